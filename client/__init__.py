@@ -1,0 +1,1 @@
+"""talkinghead client: Triton client, server launcher and the `talkinghead` CLI."""

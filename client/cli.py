@@ -1,0 +1,225 @@
+"""`talkinghead` command line: serve, weights, export, validate, preprocess, demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from python_backends.weights import WEIGHTS_ENV
+
+from .server import ServerError, ServerOptions, TritonServer, free_port, serve_forever
+from .triton_client import PROTOCOLS, Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLE_PHOTO = SAMPLES / "astronaut.png"
+SAMPLE_AUDIO = SAMPLES / "speech.wav"
+
+EXIT_REJECTED = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(Exception):
+    """Printed as `error: ...` with exit code 1; never a traceback."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CliError(f"{what} {path} is a folder; give a file") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _add_server_options(parser: argparse.ArgumentParser, ports: bool = True) -> None:
+    if ports:
+        parser.add_argument("--http-port", type=int, default=8000)
+        parser.add_argument("--grpc-port", type=int, default=8001)
+        parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--model-config-name", default=None,
+                        help="Triton --model-config-name: use configs/<name>.pbtxt where a model has one")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help=f"folder of official checkpoints (<dir>/<model>/<file>); default ${WEIGHTS_ENV}")
+    parser.add_argument("--log-verbose", type=int, default=0)
+
+
+def _server_options(args: argparse.Namespace, ephemeral: bool) -> ServerOptions:
+    ports = (free_port(), free_port(), free_port()) if ephemeral else (args.http_port, args.grpc_port,
+                                                                     args.metrics_port)
+    return ServerOptions(
+        http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+        model_config_name=args.model_config_name, weights=args.weights, log_verbose=args.log_verbose,
+    )
+
+
+@contextlib.contextmanager
+def _endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
+    """Use the server at --url when it answers; otherwise start a private one for this command."""
+    if args.url:
+        endpoint = Endpoint(args.url, args.protocol)
+        with TalkingHeadClient(endpoint) as probe:
+            if not probe.is_ready():
+                raise CliError(f"no ready tritonserver at {args.url}; start one with `talkinghead serve`")
+        yield endpoint
+        return
+    options = _server_options(args, ephemeral=True)
+    print("starting a private tritonserver (pass --url to use a running one) ...", file=sys.stderr)
+    with TritonServer(options) as server:
+        print(f"tritonserver ready (log: {server.log_path})", file=sys.stderr)
+        yield Endpoint(options.grpc_url if args.protocol == "grpc" else options.http_url, args.protocol)
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="host:port of a running tritonserver (gRPC or HTTP port)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    _add_server_options(parser, ports=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return serve_forever(_server_options(args, ephemeral=False))
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from python_backends.catalog import ROLES, weights_for
+    from python_backends.weights import weights_root
+
+    from .repository import config_path, load_config, parameters
+
+    root = args.weights or weights_root()
+    rows = []
+    for model in ROLES:
+        params = parameters(load_config(config_path(model, args.model_config_name)))
+        rows.append(weights_for(model, params, root).as_dict(with_hash=not args.no_hash))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"weights root: {root or f'(none: set --weights or ${WEIGHTS_ENV})'}")
+    for row in rows:
+        print(f"\n{row['model']}: {row['engine']} [{row['source']}]")
+        for key in ("path", "sha256", "licence", "note"):
+            if row[key]:
+                print(f"  {key:8} {row[key]}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from python_backends.export import EXPORTERS, export_model
+
+    models = args.models or list(EXPORTERS)
+    for model in models:
+        if model not in EXPORTERS:
+            raise CliError(f"no ONNX export for {model!r}; choose from {', '.join(EXPORTERS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        result = export_model(model, args.out, weights_root=args.weights, opset=args.opset)
+        print(json.dumps(result))
+    return 0
+
+
+def _preprocess(args: argparse.Namespace, photo_path: Path, audio_path: Path) -> tuple[bytes, dict]:
+    photo, audio = _read(photo_path, "photo"), _read(audio_path, "audio")
+    with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
+        return photo, client.preprocess(photo, audio)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        _, report = _preprocess(args, args.photo, args.audio)
+    except RequestRejected as exc:
+        print(json.dumps({"verdict": "rejected", "code": exc.code, "message": str(exc)}, indent=2))
+        return EXIT_REJECTED
+    summary = {k: report[k] for k in ("verdict", "photo", "head_pose", "selected_face")}
+    summary["faces"] = len(report["faces"])
+    summary["audio_duration_s"] = report["audio"]["duration_s"]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .overlay import render_overlay
+
+    try:
+        photo, report = _preprocess(args, args.photo, args.audio)
+    except RequestRejected as exc:
+        print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    args.out.mkdir(parents=True, exist_ok=True)
+    report_path = args.out / "preprocess_report.json"
+    report_path.write_text(json.dumps(report, indent=2))
+    overlay_path = render_overlay(photo, report, args.out / "preprocess_overlay.png")
+    print(f"verdict: {report['verdict']}; {len(report['faces'])} face(s); "
+          f"yaw {report['head_pose']['yaw']:+.1f} deg; audio {report['audio']['duration_s']:.2f} s")
+    print(f"report:  {report_path.resolve()}")
+    print(f"overlay: {overlay_path.resolve()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.photo, args.audio = SAMPLE_PHOTO, SAMPLE_AUDIO
+    return cmd_preprocess(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talkinghead", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run tritonserver over model_repository/ and ensembles/")
+    _add_server_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    weights = sub.add_parser("weights", help="list the weights each model will use (path, sha256, licence)")
+    weights.add_argument("--weights", type=Path, default=None)
+    weights.add_argument("--model-config-name", default=None)
+    weights.add_argument("--json", action="store_true")
+    weights.add_argument("--no-hash", action="store_true", help="skip hashing large files")
+    weights.set_defaults(func=cmd_weights)
+
+    export = sub.add_parser("export", help="export the vision networks to ONNX and check parity")
+    export.add_argument("models", nargs="*")
+    export.add_argument("--out", type=Path, default=Path("out/onnx"))
+    export.add_argument("--weights", type=Path, default=None)
+    export.add_argument("--opset", type=int, default=17)
+    export.set_defaults(func=cmd_export)
+
+    for name, func, help_text in (
+        ("validate", cmd_validate, "check a photo and an audio file and print the verdict"),
+        ("preprocess", cmd_preprocess, "run pre-processing and write a JSON report and a PNG overlay"),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("photo", type=Path)
+        command.add_argument("audio", type=Path)
+        _add_client_options(command)
+        if name == "preprocess":
+            command.add_argument("--out", type=Path, default=Path("out"))
+        command.set_defaults(func=func)
+
+    demo = sub.add_parser("demo", help="the main job on the bundled sample photo and speech")
+    demo.add_argument("--out", type=Path, default=Path("out"))
+    _add_client_options(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, ServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ServerUnavailable as exc:
+        print(f"unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,246 @@
+"""Launch a real tritonserver over our model repositories.
+
+The system `tritonserver` (NGC container) is used when it is on PATH; otherwise the binary shipped in the
+nvidia-pytriton wheel, with a private backends folder holding the python-backend stub built for the
+running interpreter. The server runs in its own process group so that stopping it also stops every
+python-backend stub (no orphans).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_backends.weights import WEIGHTS_ENV
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be found, started or reached; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    repositories: tuple[Path, ...] = (PROJECT_ROOT / "model_repository", PROJECT_ROOT / "ensembles")
+    model_config_name: str | None = None
+    weights: Path | None = None
+    log_verbose: int = 0
+    startup_timeout_s: float = 300.0
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ServerError(
+                f"port {port} on {host} is already in use; stop what holds it or pass {flag} with a free port"
+            ) from None
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def _pytriton_backend_dir(triton_root: Path) -> Path:
+    """A backends folder whose python backend carries the stub for this interpreter."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton_root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"nvidia-pytriton has no python-backend stub for Python {version}; use 3.10-3.13")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "talkinghead"
+    backends = cache / f"triton-backends-py{version}-{abs(hash(str(triton_root))) % 10**8}"
+    python_dir = backends / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in [stub, *(triton_root / "backends" / "python").iterdir()]:
+        if source.is_file():
+            target = python_dir / source.name
+            if not target.exists() or target.stat().st_size != source.stat().st_size:
+                shutil.copy2(source, target)
+    return backends
+
+
+def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start tritonserver with our repositories."""
+    env = dict(os.environ)
+    # The python-backend stub embeds an interpreter that finds packages through the first python3 on
+    # PATH: put this interpreter's bin/ first or every model fails with "No module named 'numpy'".
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if options.weights is not None:
+        env[WEIGHTS_ENV] = str(Path(options.weights).resolve())
+    env.update(options.env)
+    system = shutil.which("tritonserver")
+    if system:
+        argv = [system]
+    else:
+        triton_root = _site_packages() / "pytriton" / "tritonserver"
+        binary = triton_root / "bin" / "tritonserver"
+        if not binary.exists():
+            raise ServerError(
+                "no tritonserver found: install the server extra (pip install -e '.[server]', which brings "
+                "nvidia-pytriton) or run inside the NGC Triton container"
+            )
+        libs = _site_packages() / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+        argv = [str(binary), f"--backend-directory={_pytriton_backend_dir(triton_root)}"]
+    for repository in options.repositories:
+        if not Path(repository).is_dir():
+            raise ServerError(f"model repository {repository} does not exist")
+        argv.append(f"--model-repository={Path(repository).resolve()}")
+    argv += [
+        f"--http-address={options.host}",
+        f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        f"--metrics-port={options.metrics_port}",
+        f"--log-verbose={options.log_verbose}",
+        "--strict-readiness=true",
+        # Clients may keep connections open; do not wait Triton's default 30 s for them on shutdown.
+        "--exit-timeout-secs=5",
+    ]
+    if options.model_config_name:
+        argv.append(f"--model-config-name={options.model_config_name}")
+    argv += list(options.extra_args)
+    return argv, env
+
+
+class TritonServer:
+    """A running tritonserver; use as a context manager, or start() / stop()."""
+
+    def __init__(self, options: ServerOptions, log_path: Path | None = None) -> None:
+        self.options = options
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> TritonServer:
+        opts = self.options
+        for port, flag in ((opts.http_port, "--http-port"), (opts.grpc_port, "--grpc-port"),
+                           (opts.metrics_port, "--metrics-port")):
+            _check_port(opts.host, port, flag)
+        argv, env = server_command(opts)
+        self._log = open(self.log_path, "wb")
+        try:
+            self.process = subprocess.Popen(
+                argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        except OSError as exc:
+            raise ServerError(f"cannot start {argv[0]}: {exc}") from None
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        url = f"http://{self.options.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self.process.returncode} while starting:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(
+            f"tritonserver not ready after {self.options.startup_timeout_s:.0f} s:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait(self) -> int:
+        return self.process.wait() if self.process else 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            # SIGTERM lets Triton unload models and stop its stubs; the group kill catches stragglers.
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        self._log.close()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def serve_forever(options: ServerOptions) -> int:
+    """Run until Ctrl-C / SIGTERM, printing endpoints once ready. Returns an exit code."""
+    server = TritonServer(options)
+    def _request_stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        server.start()
+        print(f"tritonserver ready (log: {server.log_path})")
+        print(f"  HTTP    http://{options.http_url}")
+        print(f"  gRPC    {options.grpc_url}")
+        print(f"  metrics {options.metrics_url}")
+        code = server.wait()
+        print(f"tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
+        return code or 1
+    except KeyboardInterrupt:
+        print("stopping tritonserver ...")
+        return 0
+    finally:
+        server.stop()

@@ -1,0 +1,111 @@
+"""A small typed client for the talkinghead models over Triton HTTP or gRPC."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from python_backends import spec
+from python_backends.errors import split_code
+
+PROTOCOLS = ("grpc", "http")
+
+
+class RequestRejected(Exception):
+    """The server refused the input; `str()` says what to do, `code` is stable for programs."""
+
+    def __init__(self, message: str, code: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerUnavailable(Exception):
+    """The server or a model is not reachable or has no weights."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str  # host:port
+    protocol: str = "grpc"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
+
+class TalkingHeadClient:
+    """Context manager over tritonclient's HTTP or gRPC client."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 300.0) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        if endpoint.protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        self._module = module
+        kwargs = {} if endpoint.protocol == "grpc" else {"network_timeout": timeout_s, "connection_timeout": 10.0}
+        self._client = module.InferenceServerClient(endpoint.url, **kwargs)
+
+    def __enter__(self) -> TalkingHeadClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except (InferenceServerException, ConnectionError, OSError):
+            return False
+
+    def infer(self, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Send one request; the arrays carry the batch dimension when the model batches."""
+        wire = []
+        for name, value in inputs.items():
+            tensor_spec = model.input(name)
+            array = np.asarray(value, dtype=np.object_ if tensor_spec.dtype == "BYTES" else None)
+            item = self._module.InferInput(name, list(array.shape), tensor_spec.dtype)
+            item.set_data_from_numpy(array)
+            wire.append(item)
+        outputs = [self._module.InferRequestedOutput(t.name) for t in model.outputs]
+        try:
+            kwargs = {"client_timeout": self.timeout_s} if self.endpoint.protocol == "grpc" else {}
+            result = self._client.infer(model.name, wire, outputs=outputs, **kwargs)
+        except InferenceServerException as exc:
+            raise _translate(exc) from None
+        return {t.name: result.as_numpy(t.name) for t in model.outputs}
+
+    def preprocess(self, photo: bytes, audio: bytes) -> dict[str, Any]:
+        """Validate + pre-process one photo and audio; raises RequestRejected with guidance on bad input."""
+        outputs = self.infer(
+            spec.PREPROCESS,
+            {
+                spec.PHOTO_BYTES: np.array([photo], dtype=np.object_),
+                spec.AUDIO_BYTES: np.array([audio], dtype=np.object_),
+            },
+        )
+        return json.loads(outputs[spec.PREPROCESS_REPORT].reshape(-1)[0])
+
+    def model_statistics(self, model: str) -> dict[str, Any]:
+        if self.endpoint.protocol == "grpc":
+            return self._client.get_inference_statistics(model, as_json=True)
+        return self._client.get_inference_statistics(model)
+
+
+def _translate(exc: InferenceServerException) -> Exception:
+    status = str(exc.status() or "")
+    message = exc.message() or str(exc)
+    if "400" in status or "INVALID_ARGUMENT" in status:
+        text, code = split_code(message)
+        return RequestRejected(text, code)
+    if "UNAVAILABLE" in status or "503" in status or "Failed to connect" in message:
+        return ServerUnavailable(message)
+    return exc

@@ -1,0 +1,19 @@
+import json
+
+import numpy as np
+
+from python_backends import spec
+from python_backends.preprocessing import run_preprocess
+from python_backends.triton_io import OrchestratorModel
+from python_backends.validation import ValidationLimits
+
+
+class TritonPythonModel(OrchestratorModel):
+    spec = spec.PREPROCESS
+    settings_type = ValidationLimits
+
+    async def handle(self, inputs):
+        photo = inputs[spec.PHOTO_BYTES].reshape(-1)[0]
+        audio = inputs[spec.AUDIO_BYTES].reshape(-1)[0]
+        report = await run_preprocess(photo, audio, self.call_model, self.settings)
+        return {spec.PREPROCESS_REPORT: np.array([json.dumps(report).encode()], dtype=np.object_)}

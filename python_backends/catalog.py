@@ -1,0 +1,29 @@
+"""Which weights each model would use, for `talkinghead weights` (no model is loaded to answer)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import import_module
+from pathlib import Path
+
+from .errors import WeightsUnavailable
+from .settings import from_mapping
+from .weights import UNAVAILABLE, WeightsChoice
+
+# model name -> (package, settings class, weights chooser)
+ROLES: dict[str, tuple[str, str, str]] = {
+    "face_detector": ("python_backends.face_detection", "FaceDetectorSettings", "choose_weights"),
+    "face_landmarks": ("python_backends.face_landmarks", "FaceLandmarksSettings", "choose_weights"),
+    "face_embedder": ("python_backends.face_embedding", "FaceEmbedderSettings", "choose_weights"),
+    "audio_features": ("python_backends.audio", "AudioFeaturesSettings", "choose_weights"),
+}
+
+
+def weights_for(model: str, parameters: Mapping[str, str], root: Path | None) -> WeightsChoice:
+    package, settings_name, chooser = ROLES[model]
+    module = import_module(package)
+    settings = from_mapping(getattr(module, settings_name), parameters)
+    try:
+        return getattr(module, chooser)(settings, root)
+    except WeightsUnavailable as exc:
+        return WeightsChoice(model, "-", UNAVAILABLE, None, "-", note=str(exc))

@@ -1,0 +1,121 @@
+"""The pre-processing job: validate the photo and audio, then detect, align, embed and featurise.
+
+Pure orchestration over a `ModelCaller`, so the same code runs inside Triton (BLS calls, see
+triton_io.TritonModelCaller) and in unit tests with a fake caller. The face chain and the audio run
+concurrently; the first validation failure stops the job with the InputError that explains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from . import spec
+from .validation import ValidationLimits, check_audio, check_pose, decode_image, select_face
+
+ModelCaller = Callable[[spec.ModelSpec, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+
+REPORT_VERSION = "1"
+
+
+def _info(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    return json.loads(outputs[spec.MODEL_INFO].reshape(-1)[0])
+
+
+def _rounded(array: np.ndarray, digits: int = 2) -> list:
+    return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def stop(self, name: str, started: float) -> None:
+        self.ms[name] = round((time.perf_counter() - started) * 1000.0, 1)
+
+
+async def _face_chain(image: np.ndarray, call: ModelCaller, limits: ValidationLimits, timer: _Timer) -> dict:
+    batch = image[None]
+    started = timer.start()
+    detected = await call(spec.FACE_DETECTOR, {spec.IMAGE: batch})
+    timer.stop("face_detector", started)
+    count = int(detected[spec.FACE_COUNT].reshape(-1)[0])
+    boxes = detected[spec.FACE_BOXES][0][:count]
+    scores = detected[spec.FACE_SCORES][0][:count]
+    keypoints = detected[spec.FACE_KEYPOINTS][0][:count]
+    chosen = select_face(boxes, scores, keypoints, image.shape, limits)
+    box, kps = boxes[chosen].astype(np.float32), keypoints[chosen].astype(np.float32)
+
+    started = timer.start()
+    marks, embedded = await asyncio.gather(
+        call(spec.FACE_LANDMARKS, {spec.IMAGE: batch, spec.FACE_BOX: box[None]}),
+        call(spec.FACE_EMBEDDER, {spec.IMAGE: batch, spec.FACE_BOX: box[None], spec.FACE_KEYPOINTS: kps[None]}),
+    )
+    timer.stop("face_landmarks+face_embedder", started)
+    yaw, pitch, roll = (float(v) for v in marks[spec.HEAD_POSE][0])
+    check_pose(yaw, pitch, limits)
+    embedding = embedded[spec.EMBEDDING][0]
+    return {
+        "faces": [
+            {"box": _rounded(b), "score": round(float(s), 4), "keypoints": _rounded(k)}
+            for b, s, k in zip(boxes, scores, keypoints)
+        ],
+        "selected_face": int(chosen),
+        "landmarks": _rounded(marks[spec.LANDMARKS][0]),
+        "head_pose": {"yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2)},
+        "embedding": {
+            "dim": int(embedding.shape[0]),
+            "norm": round(float(np.linalg.norm(embedding)), 4),
+            "vector": _rounded(embedding, 6),
+        },
+        "models": {
+            spec.FACE_DETECTOR.name: _info(detected),
+            spec.FACE_LANDMARKS.name: _info(marks),
+            spec.FACE_EMBEDDER.name: _info(embedded),
+        },
+    }
+
+
+async def _audio_chain(audio: bytes, call: ModelCaller, limits: ValidationLimits, timer: _Timer) -> dict:
+    started = timer.start()
+    outputs = await call(spec.AUDIO_FEATURES, {spec.AUDIO_BYTES: np.array([[audio]], dtype=np.object_)})
+    timer.stop("audio_features", started)
+    report = json.loads(outputs[spec.AUDIO_REPORT].reshape(-1)[0])
+    check_audio(report, limits)
+    return {
+        "audio": {
+            **report,
+            "mel_shape": list(outputs[spec.MEL].shape[1:]),
+            "wav2vec2_shape": list(outputs[spec.WAV2VEC2_FEATURES].shape[1:]),
+            "waveform_samples": int(outputs[spec.WAVEFORM].shape[-1]),
+        },
+        "models": {spec.AUDIO_FEATURES.name: _info(outputs)},
+    }
+
+
+async def run_preprocess(photo: bytes, audio: bytes, call: ModelCaller, limits: ValidationLimits) -> dict:
+    """Validate and pre-process one job; returns the report (raises InputError with guidance on bad input)."""
+    timer = _Timer()
+    started = timer.start()
+    image = decode_image(photo, limits)
+    timer.stop("decode_photo", started)
+    face_part, audio_part = await asyncio.gather(
+        _face_chain(image, call, limits, timer), _audio_chain(audio, call, limits, timer)
+    )
+    return {
+        "report_version": REPORT_VERSION,
+        "verdict": "accepted",
+        "photo": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+        **{k: v for k, v in face_part.items() if k != "models"},
+        **{k: v for k, v in audio_part.items() if k != "models"},
+        "models": {**face_part["models"], **audio_part["models"]},
+        "timings_ms": timer.ms,
+    }

@@ -1,0 +1,117 @@
+"""Names and shapes of every Triton model and tensor, in one place.
+
+config.pbtxt files, model.py adapters, the client and the tests all import these; a test parses each
+config.pbtxt and checks it against this module, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton dtype without the TYPE_ prefix: "UINT8", "FP32", "BYTES", ...
+    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    decoupled: bool = False
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.name)
+
+
+def _by_name(tensors: tuple[TensorSpec, ...], name: str, model: str) -> TensorSpec:
+    for tensor in tensors:
+        if tensor.name == name:
+            return tensor
+    raise KeyError(f"model {model!r} has no tensor {name!r}")
+
+
+# Tensor names shared by several models.
+IMAGE = "image"  # UINT8 [H, W, 3], RGB
+FACE_BOX = "face_box"  # FP32 [4] x1, y1, x2, y2 in pixels
+FACE_BOXES = "face_boxes"  # FP32 [N, 4]
+FACE_SCORES = "face_scores"  # FP32 [N]
+FACE_KEYPOINTS = "face_keypoints"  # FP32 [N, 5, 2]: left eye, right eye, nose, mouth left, mouth right
+FACE_COUNT = "face_count"  # INT32 [1]
+LANDMARKS = "landmarks"  # FP32 [P, 2]
+HEAD_POSE = "head_pose"  # FP32 [3] yaw, pitch, roll in degrees
+EMBEDDING = "embedding"  # FP32 [D], L2-normalised
+AUDIO_BYTES = "audio_bytes"  # BYTES [1]: an encoded audio file in any format ffmpeg reads
+WAVEFORM = "waveform"  # FP32 [S]: 16 kHz mono, loudness-normalised, denoised
+MEL = "mel"  # FP32 [80, T]: log-mel, Wav2Lip / SyncNet convention
+WAV2VEC2_FEATURES = "wav2vec2_features"  # FP32 [L, T, D]: hidden states of every layer
+AUDIO_REPORT = "audio_report"  # BYTES [1]: JSON with the measurements of the audio
+MODEL_INFO = "model_info"  # BYTES [1]: JSON naming the engine and weights that produced the outputs
+PHOTO_BYTES = "photo_bytes"  # BYTES [1]: an encoded image file
+PREPROCESS_REPORT = "preprocess_report"  # BYTES [1]: JSON report of the pre-processing job
+
+_INFO = TensorSpec(MODEL_INFO, "BYTES", (1,))
+
+FACE_DETECTOR = ModelSpec(
+    name="face_detector",
+    inputs=(TensorSpec(IMAGE, "UINT8", (-1, -1, 3)),),
+    outputs=(
+        TensorSpec(FACE_BOXES, "FP32", (-1, 4)),
+        TensorSpec(FACE_SCORES, "FP32", (-1,)),
+        TensorSpec(FACE_KEYPOINTS, "FP32", (-1, 5, 2)),
+        TensorSpec(FACE_COUNT, "INT32", (1,)),
+        _INFO,
+    ),
+    max_batch_size=16,
+)
+
+FACE_LANDMARKS = ModelSpec(
+    name="face_landmarks",
+    inputs=(TensorSpec(IMAGE, "UINT8", (-1, -1, 3)), TensorSpec(FACE_BOX, "FP32", (4,))),
+    outputs=(TensorSpec(LANDMARKS, "FP32", (-1, 2)), TensorSpec(HEAD_POSE, "FP32", (3,)), _INFO),
+    max_batch_size=16,
+)
+
+FACE_EMBEDDER = ModelSpec(
+    name="face_embedder",
+    inputs=(
+        TensorSpec(IMAGE, "UINT8", (-1, -1, 3)),
+        TensorSpec(FACE_BOX, "FP32", (4,)),
+        TensorSpec(FACE_KEYPOINTS, "FP32", (5, 2)),
+    ),
+    outputs=(TensorSpec(EMBEDDING, "FP32", (-1,)), _INFO),
+    max_batch_size=16,
+)
+
+AUDIO_FEATURES = ModelSpec(
+    name="audio_features",
+    inputs=(TensorSpec(AUDIO_BYTES, "BYTES", (1,)),),
+    outputs=(
+        TensorSpec(WAVEFORM, "FP32", (-1,)),
+        TensorSpec(MEL, "FP32", (80, -1)),
+        TensorSpec(WAV2VEC2_FEATURES, "FP32", (-1, -1, -1)),
+        TensorSpec(AUDIO_REPORT, "BYTES", (1,)),
+        _INFO,
+    ),
+    max_batch_size=4,
+)
+
+PREPROCESS = ModelSpec(
+    name="preprocess",
+    inputs=(TensorSpec(PHOTO_BYTES, "BYTES", (1,)), TensorSpec(AUDIO_BYTES, "BYTES", (1,))),
+    outputs=(TensorSpec(PREPROCESS_REPORT, "BYTES", (1,)),),
+    max_batch_size=0,
+)
+
+# model_repository/ holds the models; ensembles/ holds the orchestrators that call them through BLS.
+REPOSITORY_MODELS: tuple[ModelSpec, ...] = (FACE_DETECTOR, FACE_LANDMARKS, FACE_EMBEDDER, AUDIO_FEATURES)
+ENSEMBLE_MODELS: tuple[ModelSpec, ...] = (PREPROCESS,)
+ALL_MODELS: dict[str, ModelSpec] = {m.name: m for m in REPOSITORY_MODELS + ENSEMBLE_MODELS}

@@ -1,0 +1,228 @@
+"""The one seam between Triton's python backend and the pure model code.
+
+Everything else in python_backends works on numpy arrays and dataclasses; this module turns Triton
+requests into batches, runs one predictor call per batch, splits the results back per request and maps
+our exceptions to TritonError codes (the traceback goes to the server log, never to the client).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any, Protocol
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from .errors import (
+    ConfigError,
+    InputError,
+    TalkingHeadError,
+    WeightsUnavailable,
+    input_error_from_message,
+    with_code,
+)
+from .settings import from_model_config
+from .spec import MODEL_INFO, ModelSpec, TensorSpec
+from .weights import WeightsChoice
+
+_NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
+
+class Predictor(Protocol):
+    weights: WeightsChoice
+
+    def predict(self, batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Inputs stacked on axis 0 (absent optional inputs are missing keys); one result dict per item."""
+
+
+def triton_error(exc: BaseException, model: str) -> pb_utils.TritonError:
+    if isinstance(exc, InputError):
+        return pb_utils.TritonError(with_code(exc), pb_utils.TritonError.INVALID_ARG)
+    if isinstance(exc, WeightsUnavailable):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
+    if isinstance(exc, TalkingHeadError):
+        return pb_utils.TritonError(str(exc), pb_utils.TritonError.INTERNAL)
+    return pb_utils.TritonError(f"internal error in {model}; the server log has the details")
+
+
+def output_tensor(spec: TensorSpec, value: Any) -> pb_utils.Tensor:
+    if spec.dtype == "BYTES":
+        return pb_utils.Tensor(spec.name, np.asarray(value, dtype=np.object_))
+    array = np.ascontiguousarray(value, dtype=pb_utils.triton_string_to_numpy("TYPE_" + spec.dtype))
+    if _NUMPY_2:
+        # The stub is built against numpy 1: under numpy 2 pb_utils.Tensor(name, array) reports a size
+        # mismatch, and numpy's own dlpack capsule is refused, so hand the buffer over through torch.
+        import torch.utils.dlpack
+
+        return pb_utils.Tensor.from_dlpack(spec.name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
+    return pb_utils.Tensor(spec.name, array)
+
+
+def stack_padded(items: list[np.ndarray]) -> np.ndarray:
+    """Stack arrays whose shapes may differ (e.g. a different number of faces per image), zero-padded."""
+    if all(item.shape == items[0].shape for item in items):
+        return np.stack(items)
+    shape = tuple(max(sizes) for sizes in zip(*(item.shape for item in items)))
+    out = np.zeros((len(items),) + shape, dtype=items[0].dtype)
+    for i, item in enumerate(items):
+        out[(i,) + tuple(slice(0, n) for n in item.shape)] = item
+    return out
+
+
+def device_of(args: dict[str, str]) -> str:
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{args.get('model_instance_device_id', '0')}"
+    return "cpu"
+
+
+class BatchedModel:
+    """Base for batched python-backend models: subclasses set `spec`, `settings_type` and `build`."""
+
+    spec: ModelSpec
+    settings_type: type
+
+    def build(self, settings: Any, device: str) -> Predictor:
+        raise NotImplementedError
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.logger = pb_utils.Logger
+        config = json.loads(args["model_config"])
+        self.predictor: Predictor | None = None
+        self.unavailable = ""
+        try:
+            settings = from_model_config(self.settings_type, config)
+            self.predictor = self.build(settings, device_of(args))
+        except WeightsUnavailable as exc:
+            # Stay loaded and answer UNAVAILABLE with the reason, so the rest of the server works.
+            self.unavailable = str(exc)
+            self.logger.log_warn(f"{self.spec.name}: {exc}")
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None
+        if self.predictor is not None:
+            self.info = json.dumps(self.predictor.weights.as_dict()).encode()
+            self.logger.log_info(f"{self.spec.name}: {self.info.decode()}")
+
+    def execute(self, requests: list) -> list:
+        if self.predictor is None:
+            error = pb_utils.TritonError(self.unavailable, pb_utils.TritonError.UNAVAILABLE)
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        per_request = [self._read(request) for request in requests]
+        try:
+            return self._run(per_request)
+        except Exception:
+            # Isolate the failing request(s): one bad input must not fail the whole batch.
+            if len(requests) == 1:
+                return [self._failed(self._run, per_request)]
+            return [self._failed(self._run, [inputs]) for inputs in per_request]
+
+    def _failed(self, run, per_request: list[dict[str, np.ndarray]]):
+        try:
+            return run(per_request)[0]
+        except Exception as exc:
+            if not isinstance(exc, InputError):
+                self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
+            return pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name))
+
+    def _read(self, request) -> dict[str, np.ndarray]:
+        arrays = {}
+        for tensor in self.spec.inputs:
+            value = pb_utils.get_input_tensor_by_name(request, tensor.name)
+            if value is not None:
+                arrays[tensor.name] = value.as_numpy()
+        return arrays
+
+    def _run(self, per_request: list[dict[str, np.ndarray]]) -> list:
+        names = per_request[0].keys()
+        if any(inputs.keys() != names for inputs in per_request):
+            raise InputError("requests in one batch must send the same optional inputs")
+        counts = [len(next(iter(inputs.values()))) for inputs in per_request]
+        batch = {name: np.concatenate([inputs[name] for inputs in per_request]) for name in names}
+        results = self.predictor.predict(batch)
+        if len(results) != sum(counts):
+            raise RuntimeError(f"{self.spec.name} returned {len(results)} results for {sum(counts)} items")
+        responses, start = [], 0
+        for count in counts:
+            items = results[start : start + count]
+            start += count
+            tensors = []
+            for spec in self.spec.outputs:
+                if spec.name == MODEL_INFO:
+                    tensors.append(output_tensor(spec, [[self.info]] * count))
+                else:
+                    tensors.append(output_tensor(spec, stack_padded([item[spec.name] for item in items])))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
+
+
+class TritonModelCaller:
+    """Calls another model in the same server through BLS (the `ModelCaller` the pure orchestrators use)."""
+
+    async def __call__(self, model: ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = pb_utils.InferenceRequest(
+            model_name=model.name,
+            requested_output_names=[tensor.name for tensor in model.outputs],
+            inputs=[output_tensor(model.input(name), value) for name, value in inputs.items()],
+        )
+        response = await request.async_exec()
+        if response.has_error():
+            error = response.error()
+            # Keep the callee's code: a user error downstream is still a user error here.
+            if error.code() == pb_utils.TritonError.INVALID_ARG:
+                raise input_error_from_message(error.message())
+            if error.code() == pb_utils.TritonError.UNAVAILABLE:
+                raise WeightsUnavailable(f"{model.name}: {error.message()}")
+            raise TalkingHeadError(f"{model.name} failed: {error.message()}")
+        return {tensor.name: _as_numpy(response, tensor) for tensor in model.outputs}
+
+
+def _as_numpy(response, spec: TensorSpec) -> np.ndarray:
+    tensor = pb_utils.get_output_tensor_by_name(response, spec.name)
+    if tensor is None:
+        raise TalkingHeadError(f"response has no output {spec.name!r}")
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    import torch.utils.dlpack
+
+    return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+
+class OrchestratorModel:
+    """Base for unbatched BLS orchestrators: subclasses set `spec`, `settings_type` and async `handle`."""
+
+    spec: ModelSpec
+    settings_type: type
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.logger = pb_utils.Logger
+        try:
+            self.settings = from_model_config(self.settings_type, json.loads(args["model_config"]))
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None
+        self.call_model = TritonModelCaller()
+
+    async def handle(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def execute(self, requests: list) -> list:
+        import asyncio
+
+        return list(await asyncio.gather(*(self._one(request) for request in requests)))
+
+    async def _one(self, request):
+        try:
+            inputs = {}
+            for tensor in self.spec.inputs:
+                value = pb_utils.get_input_tensor_by_name(request, tensor.name)
+                if value is None and not tensor.optional:
+                    raise InputError(f"missing input {tensor.name!r}")
+                if value is not None:
+                    inputs[tensor.name] = value.as_numpy()
+            outputs = await self.handle(inputs)
+            return pb_utils.InferenceResponse(
+                output_tensors=[output_tensor(spec, outputs[spec.name]) for spec in self.spec.outputs]
+            )
+        except Exception as exc:
+            if not isinstance(exc, InputError):
+                self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
+            return pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name))

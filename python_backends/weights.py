@@ -1,0 +1,98 @@
+"""Where each model's weights come from: an operator-supplied official checkpoint, a real pretrained file
+shipped inside an installed package (the CPU default), or nothing (the model reports itself unavailable).
+
+Official checkpoints live under the weights root (`talkinghead serve --weights DIR`, exported to the server
+as TALKINGHEAD_WEIGHTS) as `<root>/<model name>/<official file name>`, e.g.
+`<root>/face_detector/Resnet50_Final.pth`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_ENV = "TALKINGHEAD_WEIGHTS"
+
+OFFICIAL = "official"
+SHIPPED = "shipped"
+UNAVAILABLE = "unavailable"
+
+
+def weights_root() -> Path | None:
+    value = os.environ.get(WEIGHTS_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def official_path(model: str, name: str, root: Path | None = None) -> Path | None:
+    """The official checkpoint file or folder `name` for `model` under the weights root, if present."""
+    root = root if root is not None else weights_root()
+    if root is None:
+        return None
+    path = root / model / name
+    return path if path.exists() else None
+
+
+def package_path(module: str, relative: str) -> Path | None:
+    """A data file inside an installed package, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / relative
+        if path.exists():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime: float) -> str:
+    digest = hashlib.sha256()
+    target = Path(path)
+    files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+    for file in files:
+        if target.is_dir():
+            digest.update(str(file.relative_to(target)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, sorted)."""
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime)
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What a model will run with; reported in its `model_info` output and by `talkinghead weights`."""
+
+    model: str
+    engine: str  # architecture actually run, e.g. "retinaface-resnet50", "mtcnn", "dlib-resnet-v1"
+    source: str  # OFFICIAL, SHIPPED or UNAVAILABLE
+    path: Path | None
+    licence: str
+    note: str = ""  # why this choice, or what to supply to get the official model
+
+    @property
+    def available(self) -> bool:
+        return self.source != UNAVAILABLE and self.path is not None
+
+    def as_dict(self, with_hash: bool = True) -> dict:
+        return {
+            "model": self.model,
+            "engine": self.engine,
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "sha256": sha256_of(self.path) if (with_hash and self.path) else None,
+            "licence": self.licence,
+            "note": self.note,
+        }

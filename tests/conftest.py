@@ -1,0 +1,134 @@
+"""Shared fixtures: sample media, one real tritonserver per test session, clients for both protocols."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client.cli import SAMPLES
+from client.server import ServerOptions, TritonServer, free_port
+from client.triton_client import Endpoint, TalkingHeadClient
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerOptions]:
+    """The project's real repositories served by a real tritonserver (CPU defaults, no --weights)."""
+    options = ServerOptions(
+        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        # An empty weights root: the session tests the shipped CPU defaults, never a stray local folder.
+        weights=tmp_path_factory.mktemp("no-weights"),
+    )
+    server = TritonServer(options, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    server.start()
+    try:
+        yield options
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def client(request: pytest.FixtureRequest, triton_server: ServerOptions) -> Iterator[TalkingHeadClient]:
+    url = triton_server.grpc_url if request.param == "grpc" else triton_server.http_url
+    with TalkingHeadClient(Endpoint(url, request.param)) as talking_head:
+        yield talking_head
+
+
+@pytest.fixture
+def grpc_client(triton_server: ServerOptions) -> Iterator[TalkingHeadClient]:
+    with TalkingHeadClient(Endpoint(triton_server.grpc_url, "grpc")) as talking_head:
+        yield talking_head
+
+
+class _FakeTritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+def _fake_pb_utils():
+    """A small stand-in for `triton_python_backend_utils`, enough to run our model.py adapters in-process."""
+    import types
+
+    import numpy as np
+
+    module = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, np.asarray(array)
+
+        @classmethod
+        def from_dlpack(cls, name, capsule):
+            return cls(name, np.from_dlpack(capsule))
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+        def is_cpu(self):
+            return True
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class InferenceRequest:
+        def __init__(self, inputs=(), **_):
+            self.inputs = list(inputs)
+
+    def get_tensor(holder, name):
+        tensors = holder.inputs if isinstance(holder, InferenceRequest) else holder.output_tensors
+        return next((t for t in tensors if t.name() == name), None)
+
+    class Logger:
+        messages: list = []
+
+        @classmethod
+        def _log(cls, text):
+            cls.messages.append(text)
+
+        log_info = log_warn = log_error = log_verbose = _log
+
+    class TritonModelException(Exception):
+        pass
+
+    numpy_of = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32,
+                "TYPE_INT64": np.int64, "TYPE_STRING": np.object_}
+    module.Tensor, module.InferenceResponse, module.InferenceRequest = Tensor, InferenceResponse, InferenceRequest
+    module.TritonError, module.Logger, module.TritonModelException = _FakeTritonError, Logger, TritonModelException
+    module.get_input_tensor_by_name = module.get_output_tensor_by_name = get_tensor
+    module.triton_string_to_numpy = numpy_of.__getitem__
+    return module
+
+
+@pytest.fixture
+def fake_pb_utils(monkeypatch: pytest.MonkeyPatch):
+    """Installs the fake as `triton_python_backend_utils` and returns python_backends.triton_io bound to it."""
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    monkeypatch.delitem(sys.modules, "python_backends.triton_io", raising=False)
+    module = importlib.import_module("python_backends.triton_io")
+    yield module
+    sys.modules.pop("python_backends.triton_io", None)

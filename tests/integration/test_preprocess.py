@@ -1,0 +1,79 @@
+"""The pre-processing job through a real tritonserver, over gRPC and HTTP."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from client.triton_client import RequestRejected
+
+pytestmark = pytest.mark.integration
+
+
+def test_sample_photo_has_exactly_one_frontal_face(client, samples):
+    report = client.preprocess((samples / "astronaut.png").read_bytes(), (samples / "speech.wav").read_bytes())
+    assert report["verdict"] == "accepted"
+    assert len(report["faces"]) == 1
+    x1, y1, x2, y2 = report["faces"][0]["box"]
+    # The astronaut's face sits in the upper middle of the 512x512 photo.
+    assert 150 < (x1 + x2) / 2 < 300 and 50 < (y1 + y2) / 2 < 200
+    assert abs(report["head_pose"]["yaw"]) < 25
+    assert len(report["landmarks"]) >= 68
+    assert report["embedding"]["norm"] == pytest.approx(1.0, abs=1e-3)
+    assert report["audio"]["duration_s"] > 1.0
+    assert report["audio"]["mel_shape"][0] == 80
+    for model in ("face_detector", "face_landmarks", "face_embedder", "audio_features"):
+        assert report["models"][model]["source"] in ("shipped", "official")
+        assert report["models"][model]["sha256"]
+
+
+@pytest.mark.parametrize(
+    "photo, code, guidance",
+    [
+        ("profile.png", "face_in_profile", "front-facing"),
+        ("no_face.png", "no_face", "face"),
+    ],
+)
+def test_unusable_photos_are_rejected_with_guidance(client, samples, photo, code, guidance):
+    with pytest.raises(RequestRejected) as caught:
+        client.preprocess((samples / photo).read_bytes(), (samples / "speech.wav").read_bytes())
+    assert caught.value.code == code
+    assert guidance in str(caught.value)
+    assert "Traceback" not in str(caught.value)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _wav(samples_f32: np.ndarray, rate: int = 16000) -> bytes:
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((np.clip(samples_f32, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def test_corrupt_photo_and_silent_audio_are_explained(grpc_client, samples):
+    speech = (samples / "speech.wav").read_bytes()
+    with pytest.raises(RequestRejected) as caught:
+        grpc_client.preprocess(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, speech)
+    assert "photo" in str(caught.value) and caught.value.code
+    photo = (samples / "astronaut.png").read_bytes()
+    with pytest.raises(RequestRejected) as caught:
+        grpc_client.preprocess(photo, _wav(np.zeros(16000 * 3, np.float32)))
+    assert "silent" in str(caught.value).lower()
+    with pytest.raises(RequestRejected) as caught:
+        grpc_client.preprocess(photo, b"this is not audio at all")
+    assert "audio" in str(caught.value).lower()
+    # The server is still healthy after the bad requests.
+    assert grpc_client.preprocess(photo, speech)["verdict"] == "accepted"
