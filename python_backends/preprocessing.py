@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import spec
-from .validation import ValidationLimits, check_audio, check_pose, decode_image, select_face
+from .face_landmarks.head_pose import yaw_from_keypoints
+from .validation import ValidationLimits, check_audio, check_audio_upload, check_pose, decode_image, select_face
 
 ModelCaller = Callable[[spec.ModelSpec, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
@@ -61,7 +62,9 @@ async def _face_chain(image: np.ndarray, call: ModelCaller, limits: ValidationLi
     )
     timer.stop("face_landmarks+face_embedder", started)
     yaw, pitch, roll = (float(v) for v in marks[spec.HEAD_POSE][0])
-    check_pose(yaw, pitch, limits)
+    # Landmark fits collapse on side views and under-read the yaw; the detector's keypoints cross-check it.
+    keypoint_yaw = float(yaw_from_keypoints(kps))
+    check_pose(yaw, pitch, limits, keypoint_yaw=keypoint_yaw)
     embedding = embedded[spec.EMBEDDING][0]
     return {
         "faces": [
@@ -70,7 +73,10 @@ async def _face_chain(image: np.ndarray, call: ModelCaller, limits: ValidationLi
         ],
         "selected_face": int(chosen),
         "landmarks": _rounded(marks[spec.LANDMARKS][0]),
-        "head_pose": {"yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2)},
+        "head_pose": {
+            "yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2),
+            "keypoint_yaw": round(keypoint_yaw, 2),
+        },
         "embedding": {
             "dim": int(embedding.shape[0]),
             "norm": round(float(np.linalg.norm(embedding)), 4),
@@ -104,6 +110,7 @@ async def _audio_chain(audio: bytes, call: ModelCaller, limits: ValidationLimits
 async def run_preprocess(photo: bytes, audio: bytes, call: ModelCaller, limits: ValidationLimits) -> dict:
     """Validate and pre-process one job; returns the report (raises InputError with guidance on bad input)."""
     timer = _Timer()
+    check_audio_upload(audio, limits)
     started = timer.start()
     image = decode_image(photo, limits)
     timer.stop("decode_photo", started)

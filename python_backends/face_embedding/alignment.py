@@ -1,0 +1,100 @@
+"""5-point similarity alignment onto the standard ArcFace 112x112 template.
+
+Same geometry as insightface's python-package/insightface/utils/face_align.py (`estimate_norm` and
+`norm_crop`): a least-squares similarity transform (Umeyama, no reflection) from the five keypoints to
+`ARCFACE_TEMPLATE` scaled to the crop size, then cv2.warpAffine with bilinear sampling and a black
+border. Our keypoint order (left eye in image, right eye in image, nose, mouth left, mouth right) is the
+template's order.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+
+# arcface_dst of insightface's face_align.py, in pixels of a 112x112 crop.
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float32,
+)
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np.ndarray:
+    """3x3 similarity matrix T minimising sum |T(src) - dst|^2 (Umeyama 1991, as in scikit-image)."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    num, dim = src.shape
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_demean, dst_demean = src - src_mean, dst - dst_mean
+    cov = dst_demean.T @ src_demean / num
+    d = np.ones(dim)
+    if np.linalg.det(cov) < 0:
+        d[-1] = -1  # forbid a reflection: keep the best proper rotation
+    transform = np.eye(dim + 1)
+    u, s, vt = np.linalg.svd(cov)
+    rank = np.linalg.matrix_rank(cov)
+    if rank == 0:
+        return np.full_like(transform, np.nan)
+    if rank == dim - 1:
+        if np.linalg.det(u) * np.linalg.det(vt) > 0:
+            transform[:dim, :dim] = u @ vt
+        else:
+            flipped = d.copy()
+            flipped[-1] = -1
+            transform[:dim, :dim] = u @ np.diag(flipped) @ vt
+    else:
+        transform[:dim, :dim] = u @ np.diag(d) @ vt
+    scale = (s @ d) / src_demean.var(axis=0).sum() if estimate_scale else 1.0
+    transform[:dim, dim] = dst_mean - scale * (transform[:dim, :dim] @ src_mean)
+    transform[:dim, :dim] *= scale
+    return transform
+
+
+def template(size: int = 112) -> np.ndarray:
+    """The five template points for a `size` crop, scaled as insightface does for 112k or 128k crops."""
+    if size % 112 == 0:
+        ratio, shift_x = size / 112.0, 0.0
+    elif size % 128 == 0:
+        ratio = size / 128.0
+        shift_x = 8.0 * ratio  # a 128 crop is the 112 crop with 8 px more on each side
+    else:
+        raise ValueError(f"ArcFace crops are a multiple of 112 or 128 pixels, not {size}")
+    points = ARCFACE_TEMPLATE.astype(np.float64) * ratio
+    points[:, 0] += shift_x
+    return points
+
+
+def estimate_norm(keypoints5: np.ndarray, size: int = 112) -> np.ndarray:
+    """2x3 affine matrix taking image pixels to the aligned crop."""
+    points = np.asarray(keypoints5, dtype=np.float64)
+    if points.shape != (5, 2) or not np.isfinite(points).all():
+        raise InputError(f"face_keypoints must be 5 finite (x, y) points, got shape {points.shape}")
+    spread = np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean())
+    if spread < 1.0:
+        raise InputError(
+            "face_keypoints are degenerate (all five points within a pixel of each other); "
+            "send the keypoints the face detector returned for this face"
+        )
+    matrix = umeyama(points, template(size))
+    if not np.isfinite(matrix).all():
+        raise InputError("face_keypoints do not define a face orientation; send the detector's keypoints")
+    return matrix[:2, :]
+
+
+def align_face(image: np.ndarray, keypoints5: np.ndarray, size: int = 112) -> np.ndarray:
+    """The aligned `size` x `size` crop of the face whose 5 keypoints are given (same channels as image)."""
+    matrix = estimate_norm(keypoints5, size)
+    return cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), borderValue=0.0)
+
+
+def align_batch(images: np.ndarray, keypoints: np.ndarray, size: int = 112) -> np.ndarray:
+    """[N, size, size, C] aligned crops, one per (image, keypoints) pair."""
+    return np.stack([align_face(image, points, size) for image, points in zip(images, keypoints)])
