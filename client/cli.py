@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from python_backends.errors import WeightsUnavailable
 from python_backends.weights import WEIGHTS_ENV
 
 from .server import ServerError, ServerOptions, TritonServer, free_port, serve_forever
@@ -115,10 +116,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     for model in models:
         if model not in EXPORTERS:
             raise CliError(f"no ONNX export for {model!r}; choose from {', '.join(EXPORTERS)}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    failed = []
     for model in models:
-        result = export_model(model, args.out, weights_root=args.weights, opset=args.opset)
+        result = export_model(model, args.out, root=args.weights, opset=args.opset)
         print(json.dumps(result))
+        if not result["parity"]:
+            failed.append(model)
+    if failed:
+        raise CliError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for: {', '.join(failed)}")
     return 0
 
 
@@ -182,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export the vision networks to ONNX and check parity")
     export.add_argument("models", nargs="*")
-    export.add_argument("--out", type=Path, default=Path("out/onnx"))
+    export.add_argument("--out", type=Path, default=None, help="default: the weights root, beside the checkpoints")
     export.add_argument("--weights", type=Path, default=None)
     export.add_argument("--opset", type=int, default=17)
     export.set_defaults(func=cmd_export)
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ServerUnavailable as exc:
+    except (ServerUnavailable, WeightsUnavailable) as exc:
         print(f"unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:

@@ -117,8 +117,13 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
                 "no tritonserver found: install the server extra (pip install -e '.[server]', which brings "
                 "nvidia-pytriton) or run inside the NGC Triton container"
             )
-        libs = _site_packages() / "nvidia_pytriton.libs"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+        libs = [str(_site_packages() / "nvidia_pytriton.libs")]
+        # The stub links libpython3.X dynamically; the loader would pick the system one, whose patch release
+        # may not match this interpreter's stdlib extensions (seen: Debian 3.11.2 libpython under a pyenv
+        # 3.11.7 venv makes `import ssl` fail). Put this interpreter's own shared libpython first.
+        if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+            libs.insert(0, str(sysconfig.get_config_var("LIBDIR")))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (*libs, env.get("LD_LIBRARY_PATH")) if p)
         argv = [str(binary), f"--backend-directory={_pytriton_backend_dir(triton_root)}"]
     for repository in options.repositories:
         if not Path(repository).is_dir():

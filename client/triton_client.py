@@ -99,6 +99,12 @@ class TalkingHeadClient:
             return self._client.get_inference_statistics(model, as_json=True)
         return self._client.get_inference_statistics(model)
 
+    def batching_counts(self, model: str) -> tuple[int, int]:
+        """(inferences, executions) so far: their ratio is how many requests each execution batched."""
+        stats = self.model_statistics(model)["model_stats"][0]
+        # gRPC's JSON leaves out zero counters (proto3 defaults) and writes int64 as strings.
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
 
 def _translate(exc: InferenceServerException) -> Exception:
     status = str(exc.status() or "")

@@ -20,6 +20,7 @@ from .errors import (
     TalkingHeadError,
     WeightsUnavailable,
     input_error_from_message,
+    split_code,
     with_code,
 )
 from .settings import from_model_config
@@ -167,8 +168,9 @@ class TritonModelCaller:
         response = await request.async_exec()
         if response.has_error():
             error = response.error()
-            # Keep the callee's code: a user error downstream is still a user error here.
-            if error.code() == pb_utils.TritonError.INVALID_ARG:
+            # A user error downstream is still a user error here. BLS responses do not always carry the
+            # callee's error code (seen: INTERNAL for an INVALID_ARG on Triton 2.51), so our code suffix decides.
+            if error.code() == pb_utils.TritonError.INVALID_ARG or split_code(error.message())[1]:
                 raise input_error_from_message(error.message())
             if error.code() == pb_utils.TritonError.UNAVAILABLE:
                 raise WeightsUnavailable(f"{model.name}: {error.message()}")

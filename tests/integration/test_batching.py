@@ -14,16 +14,11 @@ from python_backends import spec
 pytestmark = pytest.mark.integration
 
 
-def _counts(client: TalkingHeadClient, model: str) -> tuple[int, int]:
-    stats = client.model_statistics(model)["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
-
-
 def test_concurrent_detector_requests_are_batched(triton_server, samples):
     image = np.asarray(Image.open(samples / "astronaut.png").convert("RGB"))
     endpoint = Endpoint(triton_server.grpc_url, "grpc")
     with TalkingHeadClient(endpoint) as client:
-        before = _counts(client, spec.FACE_DETECTOR.name)
+        before = client.batching_counts(spec.FACE_DETECTOR.name)
 
     def one(_: int) -> int:
         with TalkingHeadClient(endpoint) as worker:
@@ -35,7 +30,7 @@ def test_concurrent_detector_requests_are_batched(triton_server, samples):
         counts = list(pool.map(one, range(requests)))
     assert counts == [1] * requests
     with TalkingHeadClient(endpoint) as client:
-        inferences, executions = (a - b for a, b in zip(_counts(client, spec.FACE_DETECTOR.name), before))
+        inferences, executions = (a - b for a, b in zip(client.batching_counts(spec.FACE_DETECTOR.name), before))
     assert inferences == requests
     # One model instance and a queue delay: concurrent requests must share executions.
     assert executions < requests, f"{requests} requests ran in {executions} executions: no batching happened"

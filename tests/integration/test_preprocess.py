@@ -25,9 +25,12 @@ def test_sample_photo_has_exactly_one_frontal_face(client, samples):
     assert report["embedding"]["norm"] == pytest.approx(1.0, abs=1e-3)
     assert report["audio"]["duration_s"] > 1.0
     assert report["audio"]["mel_shape"][0] == 80
-    for model in ("face_detector", "face_landmarks", "face_embedder", "audio_features"):
+    for model in ("face_detector", "face_landmarks", "face_embedder"):
         assert report["models"][model]["source"] in ("shipped", "official")
         assert report["models"][model]["sha256"]
+    # No wav2vec2 weights ship in any package: the audio model says so instead of pretending.
+    assert report["models"]["audio_features"]["source"] == "unavailable"
+    assert report["audio"]["wav2vec2"].startswith("unavailable") and report["audio"]["wav2vec2_shape"] == [0, 0, 0]
 
 
 @pytest.mark.parametrize(

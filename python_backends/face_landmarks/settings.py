@@ -1,0 +1,50 @@
+"""Settings of the face_landmarks model, filled from config.pbtxt `parameters`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AUTO = "auto"
+HRNET = "hrnet"  # official HRNetV2-W18 checkpoint under the weights root
+DLIB = "dlib"  # shipped dlib 68-point shape predictor
+ENGINES = (AUTO, HRNET, DLIB)
+
+WFLW = "wflw"  # HR18-WFLW.pth, 98 points
+W300 = "300w"  # HR18-300W.pth, 68 points
+DATASETS = (AUTO, WFLW, W300)
+
+LINE_OF_SIGHT = "line_of_sight"
+CAMERA_AXIS = "camera_axis"
+POSE_REFERENCES = (LINE_OF_SIGHT, CAMERA_AXIS)
+
+
+@dataclass(frozen=True)
+class FaceLandmarksSettings:
+    # auto: an official HRNet checkpoint if the weights root has one, else the shipped dlib predictor.
+    engine: str = AUTO
+    # Which official checkpoint HRNet uses; auto prefers WFLW (98 points) over 300W (68 points).
+    hrnet_dataset: str = AUTO
+    # HRNet crop: the box's longer side times this (the official 1.25 enlargement of the face scale).
+    crop_scale: float = 1.25
+    # Head pose camera: focal length = focal_scale * image width, principal point at the image centre.
+    focal_scale: float = 1.0
+    # Angles measured from the camera -> head line of sight (frontal = looking into the lens) or the axis.
+    pose_reference: str = LINE_OF_SIGHT
+    # CPU threads for torch (0 = torch's default).
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.hrnet_dataset not in DATASETS:
+            raise ValueError(f"hrnet_dataset must be one of {list(DATASETS)}, got {self.hrnet_dataset!r}")
+        if self.pose_reference not in POSE_REFERENCES:
+            raise ValueError(
+                f"pose_reference must be one of {list(POSE_REFERENCES)}, got {self.pose_reference!r}"
+            )
+        if not 0.5 <= self.crop_scale <= 4.0:
+            raise ValueError(f"crop_scale must be within [0.5, 4], got {self.crop_scale}")
+        if not 0.1 <= self.focal_scale <= 20.0:
+            raise ValueError(f"focal_scale must be within [0.1, 20], got {self.focal_scale}")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")

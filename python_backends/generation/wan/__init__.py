@@ -1,0 +1,34 @@
+"""Wan2.2-S2V-14B diffusion transformer in our own PyTorch code, loading the official release layout."""
+
+from .checkpoint import CheckpointError, load_s2v_transformer, read_config, write_sharded_checkpoint
+from .configs import (
+    S2V_14B,
+    WAN_CONFIGS,
+    WanS2VTaskConfig,
+    WanS2VTransformerConfig,
+    from_diffusers_config,
+    to_diffusers_config,
+)
+from .s2v import WanS2VTransformer, build_s2v_model, cfg_forward, count_parameters, guide, init_random_weights_
+from .tiny import TINY_S2V_CONFIG, make_tiny_s2v_checkpoint
+
+__all__ = [
+    "S2V_14B",
+    "TINY_S2V_CONFIG",
+    "WAN_CONFIGS",
+    "CheckpointError",
+    "WanS2VTaskConfig",
+    "WanS2VTransformer",
+    "WanS2VTransformerConfig",
+    "build_s2v_model",
+    "cfg_forward",
+    "count_parameters",
+    "from_diffusers_config",
+    "guide",
+    "init_random_weights_",
+    "load_s2v_transformer",
+    "make_tiny_s2v_checkpoint",
+    "read_config",
+    "to_diffusers_config",
+    "write_sharded_checkpoint",
+]

@@ -1,0 +1,108 @@
+"""Tiny random stand-ins for Wan's VAE, umT5 checkpoint and tokenizer, in the official file names and layouts.
+
+They let tests and CPU smoke runs exercise the production loaders without the 12 GB of real files:
+`<folder>/Wan2.1_VAE.pth` (bare fp32 state dict), `<folder>/models_t5_umt5-xxl-enc-bf16.pth` (bare bf16 state
+dict) and `<folder>/google/umt5-xxl/` (a Hugging Face tokenizer folder: tokenizer.json + tokenizer_config.json).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .text_encoder import T5_FILE, TOKENIZER_FOLDER, UMT5Config, UMT5Encoder
+from .vae import VAE_FILE, WanVAE
+
+TINY_VAE_DIM = 8
+TINY_T5 = UMT5Config(vocab_size=128, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, num_buckets=32)
+
+# umT5's special tokens keep their official ids: <pad> 0, </s> 1, <unk> 2.
+_SPECIAL = ("<pad>", "</s>", "<unk>")
+_WORDS = (
+    "a", "the", "man", "woman", "person", "is", "talking", "speaks", "to", "camera", "smiling", "and", "in",
+    "front", "of", "with", "face", "video", "clear", "blurry", "low", "quality", "static",
+)  # fmt: skip
+
+
+def make_tiny_vae_checkpoint(folder: Path, dim: int = TINY_VAE_DIM, seed: int = 0) -> Path:
+    """Write a random `Wan2.1_VAE.pth` with base width `dim` (96 officially); returns the file."""
+    torch.manual_seed(seed)
+    model = WanVAE(dim=dim)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("gamma"):
+                param.normal_(1.0, 0.1)  # RMS norm gains near one, but not all equal
+            elif name.endswith("proj.weight"):
+                param.normal_(0.0, 0.05)  # official init zeroes attention outputs; random ones exercise them
+    return _save(model, Path(folder) / VAE_FILE, torch.float32)
+
+
+def make_tiny_t5_checkpoint(folder: Path, cfg: UMT5Config = TINY_T5, seed: int = 0) -> Path:
+    """Write a random `models_t5_umt5-xxl-enc-bf16.pth` for `cfg` (bf16, as the official file); returns it."""
+    torch.manual_seed(seed)
+    model = UMT5Encoder(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            # Scales that keep activations O(1) through the layers and attention neither uniform nor one-hot.
+            if "norm" in name:
+                param.normal_(1.0, 0.1)
+            elif name == "token_embedding.weight":
+                param.normal_(0.0, 1.0)
+            elif name.endswith("attn.q.weight"):
+                param.normal_(0.0, (cfg.dim * cfg.dim_attn // cfg.num_heads) ** -0.5)
+            elif name.endswith("fc2.weight"):
+                param.normal_(0.0, cfg.dim_ffn**-0.5)
+            elif name.endswith("embedding.weight"):
+                param.normal_(0.0, 0.5)  # relative position bias: strong enough to matter in tests
+            else:
+                param.normal_(0.0, cfg.dim**-0.5)
+    return _save(model, Path(folder) / T5_FILE, torch.bfloat16)
+
+
+def make_tiny_tokenizer(folder: Path) -> Path:
+    """Write a small umT5-like Unigram tokenizer to `<folder>/google/umt5-xxl/`; returns that folder.
+
+    Whole words for a few common prompt words, single characters for everything else, `<unk>` for the rest;
+    SentencePiece-style metaspace splitting and an EOS appended, like the real one.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab = [(token, 0.0) for token in _SPECIAL] + [("\u2581", -2.0)]
+    vocab += [(char, -5.0) for char in string.ascii_letters + string.digits + string.punctuation]
+    vocab += [("\u2581" + word, -1.0) for word in _WORDS]
+    if len(vocab) > TINY_T5.vocab_size:
+        raise AssertionError("the tiny vocabulary outgrew TINY_T5.vocab_size")
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=_SPECIAL.index("<unk>"), byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", _SPECIAL.index("</s>"))]
+    )
+    out = Path(folder) / TOKENIZER_FOLDER
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    config = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "additional_special_tokens": [], **special}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    return out
+
+
+def make_tiny_wan_aux(folder: Path) -> dict[str, Path]:
+    """All three in one folder, laid out like Wan's checkpoint directory."""
+    return {
+        "vae": make_tiny_vae_checkpoint(folder),
+        "t5": make_tiny_t5_checkpoint(folder),
+        "tokenizer": make_tiny_tokenizer(folder),
+    }
+
+
+def _save(model: nn.Module, path: Path, dtype: torch.dtype) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.to(dtype) for k, v in model.state_dict().items()}, path)
+    return path

@@ -1,0 +1,313 @@
+"""Wan 2.1 VAE and umT5 text encoder: official checkpoint layouts, strict loading, causal streaming, masking."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from python_backends.errors import WeightsUnavailable
+from python_backends.generation.wan.text_encoder import (
+    T5_FILE,
+    TEXT_LEN,
+    UMT5_XXL,
+    T5RelativeEmbedding,
+    UMT5Encoder,
+    UMT5Tokenizer,
+    WanTextEncoder,
+    clean_prompt,
+    load_text_encoder,
+    load_umt5_encoder,
+)
+from python_backends.generation.wan.tiny_aux import TINY_T5, TINY_VAE_DIM, make_tiny_wan_aux
+from python_backends.generation.wan.vae import VAE_FILE, StreamState, WanVAE, latent_shape, load_vae
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="module")
+def aux(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tiny_wan_aux(tmp_path_factory.mktemp("wan_aux"))
+
+
+@pytest.fixture(scope="module")
+def vae(aux: dict[str, Path]) -> WanVAE:
+    return load_vae(aux["vae"], dim=TINY_VAE_DIM)
+
+
+@pytest.fixture(scope="module")
+def text_encoder(aux: dict[str, Path]) -> WanTextEncoder:
+    return load_text_encoder(aux["t5"], aux["tokenizer"], device="cpu", dtype=torch.float32, cfg=TINY_T5)
+
+
+def _rewrite(src: Path, dst_folder: Path, name: str, edit) -> Path:
+    state = torch.load(src, map_location="cpu", weights_only=True)
+    edit(state)
+    path = dst_folder / name
+    torch.save(state, path)
+    return path
+
+
+# ---------------------------------------------------------------- VAE
+
+
+def test_vae_checkpoint_is_a_bare_state_dict_loaded_strictly(aux: dict[str, Path], vae: WanVAE) -> None:
+    assert aux["vae"].name == VAE_FILE
+    state = torch.load(aux["vae"], map_location="cpu", weights_only=True)
+    loaded = vae.state_dict()
+    assert list(state) == list(loaded)
+    assert all(torch.equal(state[k], loaded[k]) for k in state)
+    # The official WanVAE_ key patterns (attention only in the middle blocks; 3-D resampling where Wan puts it).
+    for key in (
+        "encoder.conv1.weight", "encoder.downsamples.0.residual.0.gamma", "encoder.downsamples.0.residual.6.weight",
+        "encoder.downsamples.2.resample.1.weight", "encoder.downsamples.3.shortcut.weight",
+        "encoder.downsamples.5.time_conv.weight", "encoder.downsamples.8.time_conv.bias",
+        "encoder.middle.1.norm.gamma", "encoder.middle.1.to_qkv.weight", "encoder.middle.1.proj.bias",
+        "encoder.head.0.gamma", "encoder.head.2.weight", "conv1.weight", "conv2.bias", "decoder.conv1.weight",
+        "decoder.upsamples.3.time_conv.weight", "decoder.upsamples.7.time_conv.weight",
+        "decoder.upsamples.11.resample.1.weight", "decoder.upsamples.4.shortcut.weight", "decoder.head.2.bias",
+    ):  # fmt: skip
+        assert key in state, key
+    assert "encoder.downsamples.2.time_conv.weight" not in state  # the first downsampling is spatial only
+    assert "decoder.upsamples.11.time_conv.weight" not in state  # and so is the last upsampling
+    assert state["encoder.middle.1.norm.gamma"].shape == (4 * TINY_VAE_DIM, 1, 1)
+    assert state["decoder.head.0.gamma"].shape == (TINY_VAE_DIM, 1, 1, 1)
+    assert len(state) == 194
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda s: s.pop("decoder.upsamples.7.time_conv.weight"), "decoder.upsamples.7.time_conv.weight"),
+        (lambda s: s.__setitem__("encoder.head.2.weight", torch.zeros(32, 16, 3, 3, 3)), "encoder.head.2.weight"),
+        (lambda s: s.__setitem__("encoder.extra.weight", torch.zeros(1)), "encoder.extra.weight"),
+    ],
+    ids=["missing", "mis-shaped", "unexpected"],
+)
+def test_vae_rejects_a_wrong_checkpoint_naming_the_key(aux: dict[str, Path], tmp_path: Path, edit, named) -> None:
+    path = _rewrite(aux["vae"], tmp_path, VAE_FILE, edit)
+    with pytest.raises(WeightsUnavailable, match=named.replace(".", r"\.")):
+        load_vae(path, dim=TINY_VAE_DIM)
+
+
+def test_vae_rejects_other_widths_and_missing_files(aux: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailable, match=r"mis-shaped 'encoder\.conv1\.weight'"):
+        load_vae(aux["vae"], dim=2 * TINY_VAE_DIM)
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        load_vae(tmp_path / VAE_FILE, dim=TINY_VAE_DIM)
+    (tmp_path / VAE_FILE).write_text("<html>not found</html>")
+    with pytest.raises(WeightsUnavailable, match="cannot read"):
+        load_vae(tmp_path / VAE_FILE, dim=TINY_VAE_DIM)
+
+
+def _video(frames: int = 9, height: int = 16, width: int = 24, batch: int = 2) -> torch.Tensor:
+    # A smooth moving pattern rather than noise: closer to what the VAE sees.
+    t = torch.arange(frames).view(frames, 1, 1) / frames
+    y = torch.linspace(0, 1, height).view(1, height, 1)
+    x = torch.linspace(0, 1, width).view(1, 1, width)
+    channels = [torch.sin(6 * x + 3 * t + c) * torch.cos(4 * y - 2 * t * c) for c in range(3)]
+    video = torch.stack(channels)  # [3, T, H, W]
+    return torch.stack([video * (0.9 - 0.2 * b) for b in range(batch)])
+
+
+def test_vae_shapes_follow_the_stride(vae: WanVAE) -> None:
+    video = _video()
+    latents = vae.encode(video)
+    assert latents.shape == (2, 16, 3, 2, 3) and latents.dtype == torch.float32
+    assert latents.shape[1:] == latent_shape(9, 16, 24)
+    assert latent_shape(81, 480, 832) == (16, 21, 60, 104)
+    frames = vae.decode(latents)
+    assert frames.shape == video.shape and frames.dtype == torch.float32
+    assert torch.isfinite(frames).all() and frames.abs().max() <= 1.0
+    single = vae.encode(video[1:])  # the official code encodes one video at a time; a batch must agree
+    torch.testing.assert_close(latents[1:], single, atol=1e-5, rtol=1e-5)
+
+
+def test_vae_rejects_shapes_off_the_stride(vae: WanVAE) -> None:
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        vae.encode(torch.zeros(1, 3, 8, 16, 16))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae.encode(torch.zeros(1, 3, 5, 12, 16))
+    with pytest.raises(ValueError, match="latents must be"):
+        vae.decode(torch.zeros(1, 4, 2, 2, 2))
+
+
+def test_streaming_decode_equals_full_decode(vae: WanVAE) -> None:
+    torch.manual_seed(1)
+    latents = torch.randn(1, 16, 4, 2, 3)
+    chunks = list(vae.decode_chunks(latents))
+    assert [c.shape[2] for c in chunks] == [1, 4, 4, 4]  # the first latent frame is one pixel frame
+    full = vae.decode(latents)
+    assert torch.equal(torch.cat(chunks, dim=2), full)
+    # Causal: the frames of a prefix of the latents do not depend on what follows.
+    torch.testing.assert_close(vae.decode(latents[:, :, :2]), full[:, :, :5], atol=1e-6, rtol=0)
+
+
+def test_cached_chunks_equal_one_pass_over_the_whole_clip(vae: WanVAE) -> None:
+    """The feature caches carry exactly the history each causal layer needs, for any chunking."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        x = vae.conv2(torch.randn(1, 16, 4, 2, 2))
+        whole = vae.decoder(x, StreamState())
+        state = StreamState()
+        per_frame = torch.cat([vae.decoder(x[:, :, i : i + 1], state) for i in range(4)], dim=2)
+        state = StreamState()
+        uneven = torch.cat([vae.decoder(x[:, :, :1], state), vae.decoder(x[:, :, 1:3], state),
+                            vae.decoder(x[:, :, 3:], state)], dim=2)  # fmt: skip
+        video = _video(batch=1, height=16, width=16)
+        enc_whole = vae.encoder(video, StreamState())
+        state = StreamState()
+        enc_chunks = torch.cat([vae.encoder(c, state) for c in (video[:, :, :1], video[:, :, 1:5], video[:, :, 5:])], 2)
+    assert whole.shape[2] == 13 and enc_whole.shape[2] == 3
+    torch.testing.assert_close(per_frame, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(uneven, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc_chunks, enc_whole, atol=1e-5, rtol=1e-5)
+    # Causal encoding: the latents of the first 5 frames are those of the first 2 latent frames of all 9.
+    torch.testing.assert_close(vae.encode(video[:, :, :5]), vae.encode(video)[:, :, :2], atol=1e-5, rtol=1e-5)
+
+
+def test_vae_runs_in_bfloat16(aux: dict[str, Path], vae: WanVAE) -> None:
+    vae_bf16 = load_vae(aux["vae"], dtype=torch.bfloat16, dim=TINY_VAE_DIM)
+    assert vae_bf16.dtype == torch.bfloat16
+    video = _video(batch=1, frames=5, height=16, width=16)
+    latents = vae.encode(video)
+    latents_bf16 = vae_bf16.encode(video)
+    assert latents_bf16.dtype == torch.float32
+    assert (latents_bf16 - latents).abs().max() < 0.1 * latents.abs().max()
+    frames = vae.decode(latents)
+    frames_bf16 = vae_bf16.decode(latents)
+    assert (frames_bf16 - frames).abs().max() < 0.1  # bf16 rounding through ~40 layers of a random net
+
+
+def test_real_vae_size_on_the_meta_device() -> None:
+    with torch.device("meta"):
+        model = WanVAE()
+    params = sum(p.numel() for p in model.parameters())
+    log.info("Wan2.1 VAE: %d parameters, %d tensors", params, len(model.state_dict()))
+    assert 126_000_000 < params < 128_000_000  # Wan2.1_VAE.pth is ~508 MB of float32
+    assert len(model.state_dict()) == 194
+    assert model.state_dict()["encoder.conv1.weight"].shape == (96, 3, 3, 3, 3)
+    assert model.state_dict()["decoder.upsamples.3.time_conv.weight"].shape == (768, 384, 3, 1, 1)
+
+
+# ---------------------------------------------------------------- umT5
+
+
+def test_t5_checkpoint_loads_strictly(aux: dict[str, Path], text_encoder: WanTextEncoder) -> None:
+    assert aux["t5"].name == T5_FILE
+    state = torch.load(aux["t5"], map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.bfloat16 for v in state.values())  # like the official "-enc-bf16" file
+    loaded = text_encoder.model.state_dict()
+    assert list(state) == list(loaded)
+    assert all(torch.equal(state[k].float(), loaded[k]) for k in state)
+    assert loaded["blocks.1.pos_embedding.embedding.weight"].shape == (TINY_T5.num_buckets, TINY_T5.num_heads)
+    assert "pos_embedding.embedding.weight" not in loaded  # umT5 has no shared table
+    assert len(state) == 1 + 10 * TINY_T5.num_layers + 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda s: s.pop("blocks.1.pos_embedding.embedding.weight"), "blocks.1.pos_embedding.embedding.weight"),
+        (lambda s: s.__setitem__("blocks.0.ffn.fc1.weight", torch.zeros(8, 32)), "blocks.0.ffn.fc1.weight"),
+    ],
+    ids=["missing", "mis-shaped"],
+)
+def test_t5_rejects_a_wrong_checkpoint_naming_the_key(aux: dict[str, Path], tmp_path: Path, edit, named) -> None:
+    path = _rewrite(aux["t5"], tmp_path, T5_FILE, edit)
+    with pytest.raises(WeightsUnavailable, match=named.replace(".", r"\.")):
+        load_umt5_encoder(path, dtype=torch.float32, cfg=TINY_T5)
+
+
+def test_relative_position_buckets() -> None:
+    """T5's bidirectional buckets: exact up to 7 positions each way, log-spaced to 128, keys after in 16..31."""
+    rel = T5RelativeEmbedding(32, 4)
+    distances = torch.tensor([0, -1, -7, -8, -12, -127, -1000, 1, 7, 8, 1000])
+    assert rel._bucket(distances).tolist() == [0, 1, 7, 8, 9, 15, 15, 17, 23, 24, 31]
+    assert rel(5, 7).shape == (1, 4, 5, 7)
+
+
+def test_t5_output_shape_and_padding_masking(text_encoder: WanTextEncoder) -> None:
+    model = text_encoder.model
+    torch.manual_seed(3)
+    real = torch.randint(3, TINY_T5.vocab_size, (2, 9))
+    with torch.no_grad():
+        alone = model(real, torch.ones_like(real))
+        assert alone.shape == (2, 9, TINY_T5.dim)
+        padded = torch.cat([real, torch.randint(3, TINY_T5.vocab_size, (2, 20))], dim=1)
+        mask = torch.cat([torch.ones(2, 9), torch.zeros(2, 20)], dim=1).long()
+        out = model(padded, mask)
+        assert out.shape == (2, 29, TINY_T5.dim)
+        torch.testing.assert_close(out[:, :9], alone, atol=1e-5, rtol=1e-5)  # padding is invisible
+        unmasked = model(padded)
+    assert (unmasked[:, :9] - alone).abs().max() > 1e-2  # ... only because of the mask
+
+
+def test_prompt_cleaning_and_tokenizer(aux: dict[str, Path]) -> None:
+    assert clean_prompt("  a \u201cman\u201d\n\n talking &amp;amp; \t") == 'a "man" talking &'
+    tokenizer = UMT5Tokenizer(aux["tokenizer"])
+    ids, mask = tokenizer(["a man talking", "the woman speaks to the camera, smiling!", "x" * 2000])
+    assert ids.shape == mask.shape == (3, TEXT_LEN)
+    lengths = mask.sum(dim=1).tolist()
+    assert lengths[0] == 4 and lengths[2] == TEXT_LEN  # three words + EOS; the long one truncated
+    for row, n in zip(ids.tolist(), lengths):
+        assert row[n - 1] == 1 and set(row[n:]) <= {0}  # EOS (id 1) ends the text, padding is id 0
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        UMT5Tokenizer(aux["tokenizer"].parent / "umt5-missing")
+
+
+def test_text_encoder_matches_the_official_full_length_path(text_encoder: WanTextEncoder) -> None:
+    prompts = ["a man talking", "the woman speaks to the camera, smiling!"]
+    contexts = text_encoder(prompts)
+    ids, mask = text_encoder.tokenizer(prompts)
+    lengths = mask.sum(dim=1).tolist()
+    assert [c.shape for c in contexts] == [(n, TINY_T5.dim) for n in lengths]
+    with torch.no_grad():
+        official = text_encoder.model(ids, mask)  # all 512 positions, as Wan's T5EncoderModel runs it
+    for context, reference, n in zip(contexts, official, lengths):
+        torch.testing.assert_close(context, reference[:n], atol=1e-5, rtol=1e-5)
+    padded = text_encoder.padded(prompts)
+    assert padded.shape == (2, TEXT_LEN, TINY_T5.dim)
+    assert torch.equal(padded[1, : lengths[1]], contexts[1]) and not padded[1, lengths[1] :].any()
+
+
+def test_text_encoder_bf16_and_vocab_check(aux: dict[str, Path], text_encoder: WanTextEncoder) -> None:
+    bf16 = load_text_encoder(aux["t5"], aux["tokenizer"], dtype=torch.bfloat16, cfg=TINY_T5)
+    prompt = ["a person smiling in front of the camera"]
+    reference, context = text_encoder(prompt)[0], bf16(prompt)[0]
+    assert context.dtype == torch.bfloat16
+    assert (context.float() - reference).abs().max() < 0.1 * reference.abs().max()
+    with torch.device("meta"):
+        small = UMT5Encoder(TINY_T5.__class__(vocab_size=16, dim=8, dim_attn=8, dim_ffn=8, num_heads=2, num_layers=1))
+    with pytest.raises(WeightsUnavailable, match="not a pair"):
+        WanTextEncoder(small, text_encoder.tokenizer)
+
+
+def test_real_umt5_xxl_size_on_the_meta_device() -> None:
+    with torch.device("meta"):
+        model = UMT5Encoder(UMT5_XXL)
+    state = model.state_dict()
+    params = sum(p.numel() for p in model.parameters())
+    log.info("umT5-XXL encoder: %d parameters, %d tensors", params, len(state))
+    assert 5_600_000_000 < params < 5_800_000_000  # the bf16 file is ~11.4 GB
+    assert len(state) == 242
+    assert state["token_embedding.weight"].shape == (256384, 4096)
+    assert state["blocks.23.ffn.gate.0.weight"].shape == (10240, 4096)
+    assert state["blocks.23.pos_embedding.embedding.weight"].shape == (32, 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_matches_cpu_float32(aux: dict[str, Path], vae: WanVAE, text_encoder: WanTextEncoder) -> None:
+    vae_gpu = load_vae(aux["vae"], device="cuda", dtype=torch.bfloat16, dim=TINY_VAE_DIM)
+    video = _video(batch=1, frames=5, height=16, width=16)
+    latents = vae.encode(video)
+    assert (vae_gpu.encode(video.cuda()).cpu() - latents).abs().max() < 0.1 * latents.abs().max()
+    assert (vae_gpu.decode(latents.cuda()).cpu() - vae.decode(latents)).abs().max() < 0.1
+    t5_gpu = load_text_encoder(aux["t5"], aux["tokenizer"], device="cuda", dtype=torch.bfloat16, cfg=TINY_T5)
+    prompt = ["a man talking to the camera"]
+    reference, context = text_encoder(prompt)[0], t5_gpu(prompt)[0]
+    assert context.device.type == "cuda"
+    assert (context.float().cpu() - reference).abs().max() < 0.1 * reference.abs().max()
