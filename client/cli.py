@@ -127,21 +127,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preprocess(args: argparse.Namespace, photo_path: Path, audio_path: Path) -> tuple[bytes, dict]:
-    photo, audio = _read(photo_path, "photo"), _read(audio_path, "audio")
+def _preprocess(args: argparse.Namespace) -> tuple[bytes, dict]:
+    if args.audio is None and args.driving_video is None:
+        raise CliError("give speech AUDIO, --driving-video VIDEO, or both")
+    photo = _read(args.photo, "photo")
+    audio = _read(args.audio, "audio") if args.audio else None
+    video = _read(args.driving_video, "driving video") if args.driving_video else None
     with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
-        return photo, client.preprocess(photo, audio)
+        return photo, client.preprocess(photo, audio, video)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        _, report = _preprocess(args, args.photo, args.audio)
+        _, report = _preprocess(args)
     except RequestRejected as exc:
         print(json.dumps({"verdict": "rejected", "code": exc.code, "message": str(exc)}, indent=2))
         return EXIT_REJECTED
     summary = {k: report[k] for k in ("verdict", "photo", "head_pose", "selected_face")}
     summary["faces"] = len(report["faces"])
-    summary["audio_duration_s"] = report["audio"]["duration_s"]
+    if "audio" in report:
+        summary["audio_duration_s"] = report["audio"]["duration_s"]
+    if "driving_video" in report:
+        summary["driving_video"] = report["driving_video"]
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -150,7 +157,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from .overlay import render_overlay
 
     try:
-        photo, report = _preprocess(args, args.photo, args.audio)
+        photo, report = _preprocess(args)
     except RequestRejected as exc:
         print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
         return EXIT_REJECTED
@@ -158,15 +165,14 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     report_path = args.out / "preprocess_report.json"
     report_path.write_text(json.dumps(report, indent=2))
     overlay_path = render_overlay(photo, report, args.out / "preprocess_overlay.png")
-    print(f"verdict: {report['verdict']}; {len(report['faces'])} face(s); "
-          f"yaw {report['head_pose']['yaw']:+.1f} deg; audio {report['audio']['duration_s']:.2f} s")
+    print(f"verdict: {report['verdict']}; {len(report['faces'])} face(s); yaw {report['head_pose']['yaw']:+.1f} deg")
     print(f"report:  {report_path.resolve()}")
     print(f"overlay: {overlay_path.resolve()}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.photo, args.audio = SAMPLE_PHOTO, SAMPLE_AUDIO
+    args.photo, args.audio, args.driving_video = SAMPLE_PHOTO, SAMPLE_AUDIO, None
     return cmd_preprocess(args)
 
 
@@ -198,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("photo", type=Path)
-        command.add_argument("audio", type=Path)
+        command.add_argument("audio", type=Path, nargs="?", help="speech in any format ffmpeg reads")
+        command.add_argument("--driving-video", type=Path, default=None, help="a video whose face drives the photo")
         _add_client_options(command)
         if name == "preprocess":
             command.add_argument("--out", type=Path, default=Path("out"))

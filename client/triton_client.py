@@ -83,14 +83,15 @@ class TalkingHeadClient:
             raise _translate(exc) from None
         return {t.name: result.as_numpy(t.name) for t in model.outputs}
 
-    def preprocess(self, photo: bytes, audio: bytes) -> dict[str, Any]:
-        """Validate + pre-process one photo and audio; raises RequestRejected with guidance on bad input."""
+    def preprocess(
+        self, photo: bytes, audio: bytes | None = None, driving_video: bytes | None = None
+    ) -> dict[str, Any]:
+        """Validate + pre-process a photo with speech and/or a driving video; raises RequestRejected with
+        guidance on bad input."""
+        inputs = {spec.PHOTO_BYTES: photo, spec.AUDIO_BYTES: audio, spec.DRIVING_VIDEO_BYTES: driving_video}
         outputs = self.infer(
             spec.PREPROCESS,
-            {
-                spec.PHOTO_BYTES: np.array([photo], dtype=np.object_),
-                spec.AUDIO_BYTES: np.array([audio], dtype=np.object_),
-            },
+            {name: np.array([data], dtype=np.object_) for name, data in inputs.items() if data is not None},
         )
         return json.loads(outputs[spec.PREPROCESS_REPORT].reshape(-1)[0])
 

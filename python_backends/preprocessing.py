@@ -16,12 +16,24 @@ from typing import Any
 import numpy as np
 
 from . import spec
+from .errors import InputError
 from .face_landmarks.head_pose import yaw_from_keypoints
-from .validation import ValidationLimits, check_audio, check_audio_upload, check_pose, decode_image, select_face
+from .validation import (
+    ValidationLimits,
+    check_audio,
+    check_audio_upload,
+    check_pose,
+    decode_image,
+    probe_video,
+    read_frames,
+    select_face,
+)
 
 ModelCaller = Callable[[spec.ModelSpec, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 
 REPORT_VERSION = "1"
+DRIVING_VIDEO_SAMPLES = 8  # frames checked for a face, spread over the clip
+MIN_DRIVING_FACE_FRACTION = 0.5
 
 
 def _info(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -107,22 +119,66 @@ async def _audio_chain(audio: bytes, call: ModelCaller, limits: ValidationLimits
     }
 
 
-async def run_preprocess(photo: bytes, audio: bytes, call: ModelCaller, limits: ValidationLimits) -> dict:
-    """Validate and pre-process one job; returns the report (raises InputError with guidance on bad input)."""
-    timer = _Timer()
-    check_audio_upload(audio, limits)
+async def _video_chain(video: bytes, call: ModelCaller, limits: ValidationLimits, timer: _Timer) -> dict:
     started = timer.start()
-    image = decode_image(photo, limits)
-    timer.stop("decode_photo", started)
-    face_part, audio_part = await asyncio.gather(
-        _face_chain(image, call, limits, timer), _audio_chain(audio, call, limits, timer)
-    )
+    info = await asyncio.to_thread(probe_video, video, limits)
+    every = max(1, info.frame_count // DRIVING_VIDEO_SAMPLES)
+    frames = await asyncio.to_thread(read_frames, video, every, DRIVING_VIDEO_SAMPLES, limits, 640)
+    timer.stop("decode_driving_video", started)
+    started = timer.start()
+    # All sampled frames share a shape: one batched request.
+    detected = await call(spec.FACE_DETECTOR, {spec.IMAGE: frames})
+    timer.stop("face_detector_driving_video", started)
+    with_face = int(np.count_nonzero(detected[spec.FACE_COUNT].reshape(-1) > 0))
+    if with_face < MIN_DRIVING_FACE_FRACTION * len(frames):
+        raise InputError(
+            f"a face is visible in only {with_face} of {len(frames)} sampled frames of the driving video: "
+            "use a video where one face is visible throughout",
+            "driving_video_no_face",
+        )
     return {
+        "driving_video": {
+            "width": info.width, "height": info.height, "fps": info.fps, "frame_count": info.frame_count,
+            "duration_s": info.duration_s, "codec": info.codec, "rotation_deg": info.rotation_deg,
+            "sampled_frames": int(len(frames)), "frames_with_face": with_face,
+        },
+        "models": {},
+    }
+
+
+async def run_preprocess(
+    photo: bytes,
+    audio: bytes | None,
+    call: ModelCaller,
+    limits: ValidationLimits,
+    driving_video: bytes | None = None,
+) -> dict:
+    """Validate and pre-process one job; returns the report (raises InputError with guidance on bad input).
+
+    A job animates the photo from speech (`audio`), from a driving video, or from both.
+    """
+    if audio is None and driving_video is None:
+        raise InputError("send speech audio or a driving video to animate the photo with", "driver_missing")
+    timer = _Timer()
+    if audio is not None:
+        check_audio_upload(audio, limits)
+    started = timer.start()
+    image = await asyncio.to_thread(decode_image, photo, limits)
+    timer.stop("decode_photo", started)
+    chains = [_face_chain(image, call, limits, timer)]
+    if audio is not None:
+        chains.append(_audio_chain(audio, call, limits, timer))
+    if driving_video is not None:
+        chains.append(_video_chain(driving_video, call, limits, timer))
+    parts = await asyncio.gather(*chains)
+    report = {
         "report_version": REPORT_VERSION,
         "verdict": "accepted",
         "photo": {"width": int(image.shape[1]), "height": int(image.shape[0])},
-        **{k: v for k, v in face_part.items() if k != "models"},
-        **{k: v for k, v in audio_part.items() if k != "models"},
-        "models": {**face_part["models"], **audio_part["models"]},
-        "timings_ms": timer.ms,
+        "models": {},
     }
+    for part in parts:
+        report["models"].update(part.pop("models"))
+        report.update(part)
+    report["timings_ms"] = timer.ms
+    return report

@@ -56,6 +56,7 @@ WAV2VEC2_FEATURES = "wav2vec2_features"  # FP32 [L, T, D]: hidden states of ever
 AUDIO_REPORT = "audio_report"  # BYTES [1]: JSON with the measurements of the audio
 MODEL_INFO = "model_info"  # BYTES [1]: JSON naming the engine and weights that produced the outputs
 PHOTO_BYTES = "photo_bytes"  # BYTES [1]: an encoded image file
+DRIVING_VIDEO_BYTES = "driving_video_bytes"  # BYTES [1]: an encoded video whose face drives the animation
 PREPROCESS_REPORT = "preprocess_report"  # BYTES [1]: JSON report of the pre-processing job
 
 _INFO = TensorSpec(MODEL_INFO, "BYTES", (1,))
@@ -106,7 +107,12 @@ AUDIO_FEATURES = ModelSpec(
 
 PREPROCESS = ModelSpec(
     name="preprocess",
-    inputs=(TensorSpec(PHOTO_BYTES, "BYTES", (1,)), TensorSpec(AUDIO_BYTES, "BYTES", (1,))),
+    inputs=(
+        TensorSpec(PHOTO_BYTES, "BYTES", (1,)),
+        # Speech (S2V), a driving video (Animate), or both; at least one of the two.
+        TensorSpec(AUDIO_BYTES, "BYTES", (1,), optional=True),
+        TensorSpec(DRIVING_VIDEO_BYTES, "BYTES", (1,), optional=True),
+    ),
     outputs=(TensorSpec(PREPROCESS_REPORT, "BYTES", (1,)),),
     max_batch_size=0,
 )

@@ -112,3 +112,16 @@ def test_demo_writes_report_and_overlay(triton_server, tmp_path):
     overlay = Image.open(tmp_path / "preprocess_overlay.png")
     assert overlay.size == (report["photo"]["width"], report["photo"]["height"])
     assert str(tmp_path / "preprocess_overlay.png") in result.stdout
+
+
+def test_weights_lists_what_each_model_uses(tmp_path):
+    listed = subprocess.run(CLI + ["weights", "--json", "--weights", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["model"]: row for row in json.loads(listed.stdout)}
+    assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features"}
+    assert rows["face_detector"]["engine"] == "mtcnn" and rows["face_detector"]["source"] == "shipped"
+    assert len(rows["face_detector"]["sha256"]) == 64 and "MIT" in rows["face_detector"]["licence"]
+    assert "non-commercial" in rows["face_landmarks"]["licence"]
+    # What is missing says where to put it.
+    assert rows["audio_features"]["source"] == "unavailable" and "audio_features" in rows["audio_features"]["note"]

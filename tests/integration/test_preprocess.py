@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,35 @@ def test_corrupt_photo_and_silent_audio_are_explained(grpc_client, samples):
     assert "audio" in str(caught.value).lower()
     # The server is still healthy after the bad requests.
     assert grpc_client.preprocess(photo, speech)["verdict"] == "accepted"
+
+
+def _still_video(photo: Path, tmp_path: Path) -> bytes:
+    """A 2 s MP4 of a still photo (enough for a face check on sampled frames)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    out = tmp_path / f"{photo.stem}.mp4"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-loop", "1", "-i", str(photo), "-t", "2", "-r", "10",
+         "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(out)],
+        check=True, timeout=60,
+    )
+    return out.read_bytes()
+
+
+def test_driving_video_is_checked_for_a_face(grpc_client, samples, tmp_path):
+    photo = (samples / "astronaut.png").read_bytes()
+    report = grpc_client.preprocess(photo, driving_video=_still_video(samples / "astronaut.png", tmp_path))
+    video = report["driving_video"]
+    assert video["frame_count"] == 20 and video["frames_with_face"] == video["sampled_frames"] > 1
+    assert "audio" not in report
+    with pytest.raises(RequestRejected) as caught:
+        grpc_client.preprocess(photo, driving_video=_still_video(samples / "no_face.png", tmp_path))
+    assert caught.value.code == "driving_video_no_face" and "face is visible" in str(caught.value)
+    with pytest.raises(RequestRejected) as caught:
+        grpc_client.preprocess(photo, driving_video=b"definitely not a video")
+    assert "driving video" in str(caught.value)
+    with pytest.raises(RequestRejected) as caught:
+        grpc_client.preprocess(photo)
+    assert caught.value.code == "driver_missing"

@@ -19,7 +19,8 @@ def _all_configs():
 def _tensor_tuple(tensor) -> tuple:
     from tritonclient.grpc import model_config_pb2
 
-    return (tensor.name, model_config_pb2.DataType.Name(tensor.data_type), tuple(tensor.dims))
+    return (tensor.name, model_config_pb2.DataType.Name(tensor.data_type), tuple(tensor.dims),
+            getattr(tensor, "optional", False))
 
 
 @pytest.mark.parametrize("path", list(_all_configs()))
@@ -31,7 +32,7 @@ def test_config_matches_spec(path):
     assert config.max_batch_size == expected.max_batch_size
     for declared, wanted in ((config.input, expected.inputs), (config.output, expected.outputs)):
         assert [_tensor_tuple(t) for t in declared] == [
-            (t.name, TYPE_NAMES.get(t.dtype, "TYPE_" + t.dtype), t.dims) for t in wanted
+            (t.name, TYPE_NAMES.get(t.dtype, "TYPE_" + t.dtype), t.dims, t.optional) for t in wanted
         ]
     assert config.model_transaction_policy.decoupled == expected.decoupled
     if expected.max_batch_size > 1 and not path.parent.name == "configs":

@@ -13,7 +13,9 @@ class TritonPythonModel(OrchestratorModel):
     settings_type = ValidationLimits
 
     async def handle(self, inputs):
-        photo = inputs[spec.PHOTO_BYTES].reshape(-1)[0]
-        audio = inputs[spec.AUDIO_BYTES].reshape(-1)[0]
-        report = await run_preprocess(photo, audio, self.call_model, self.settings)
+        photo, audio, video = (
+            inputs[name].reshape(-1)[0] if name in inputs else None
+            for name in (spec.PHOTO_BYTES, spec.AUDIO_BYTES, spec.DRIVING_VIDEO_BYTES)
+        )
+        report = await run_preprocess(photo, audio, self.call_model, self.settings, driving_video=video)
         return {spec.PREPROCESS_REPORT: np.array([json.dumps(report).encode()], dtype=np.object_)}
