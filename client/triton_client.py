@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import queue
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,15 @@ class RequestRejected(Exception):
 
 class ServerUnavailable(Exception):
     """The server or a model is not reachable or has no weights."""
+
+
+@dataclass(frozen=True)
+class StreamedChunk:
+    frames: np.ndarray  # [n, H, W, 3] uint8 RGB
+    start_frame: int
+    total_frames: int
+    fps: float
+    info: dict[str, Any]  # engine, timings; the first chunk also carries "job_report"
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,57 @@ class TalkingHeadClient:
         )
         return json.loads(outputs[spec.PREPROCESS_REPORT].reshape(-1)[0])
 
+    def generate(
+        self,
+        photo: bytes,
+        audio: bytes | None = None,
+        driving_video: bytes | None = None,
+        parameters: dict[str, Any] | None = None,
+        chunk_timeout_s: float = 900.0,
+    ) -> Iterator[StreamedChunk]:
+        """Run the talking_head pipeline and yield chunks as the server streams them (gRPC only).
+
+        Stopping the iteration early cancels the job on the server.
+        """
+        if self.endpoint.protocol != "grpc":
+            raise ValueError("streaming generation needs the gRPC endpoint (Triton streams over gRPC only)")
+        model = spec.TALKING_HEAD
+        data = {spec.PHOTO_BYTES: photo, spec.AUDIO_BYTES: audio, spec.DRIVING_VIDEO_BYTES: driving_video}
+        wire = []
+        for name, value in data.items():
+            if value is not None:
+                item = self._module.InferInput(name, [1], "BYTES")
+                item.set_data_from_numpy(np.array([value], dtype=np.object_))
+                wire.append(item)
+        results: queue.Queue = queue.Queue()
+        self._client.start_stream(callback=lambda result, error: results.put((result, error)))
+        finished = False
+        try:
+            self._client.async_stream_infer(model.name, wire, parameters=parameters or {},
+                                            enable_empty_final_response=True)
+            while True:
+                try:
+                    result, error = results.get(timeout=chunk_timeout_s)
+                except queue.Empty:
+                    raise ServerUnavailable(f"no chunk from the server for {chunk_timeout_s:g} s") from None
+                if error is not None:
+                    raise _translate(error)
+                response = result.get_response()
+                final = response.parameters.get("triton_final_response")
+                if response.outputs:
+                    yield StreamedChunk(
+                        frames=result.as_numpy(spec.FRAMES),
+                        start_frame=int(result.as_numpy(spec.START_FRAME)[0]),
+                        total_frames=int(result.as_numpy(spec.TOTAL_FRAMES)[0]),
+                        fps=float(result.as_numpy(spec.FPS)[0]),
+                        info=json.loads(result.as_numpy(spec.CHUNK_INFO).reshape(-1)[0]),
+                    )
+                if final is not None and final.bool_param:
+                    finished = True
+                    return
+        finally:
+            self._client.stop_stream(cancel_requests=not finished)
+
     def model_statistics(self, model: str) -> dict[str, Any]:
         if self.endpoint.protocol == "grpc":
             return self._client.get_inference_statistics(model, as_json=True)
@@ -110,8 +172,9 @@ class TalkingHeadClient:
 def _translate(exc: InferenceServerException) -> Exception:
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
-    if "400" in status or "INVALID_ARGUMENT" in status:
-        text, code = split_code(message)
+    text, code = split_code(message)
+    # Streamed (decoupled) errors come without a status: our code suffix marks the user's errors.
+    if "400" in status or "INVALID_ARGUMENT" in status or code is not None:
         return RequestRejected(text, code)
     if "UNAVAILABLE" in status or "503" in status or "Failed to connect" in message:
         return ServerUnavailable(message)

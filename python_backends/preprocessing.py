@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,10 @@ async def _face_chain(image: np.ndarray, call: ModelCaller, limits: ValidationLi
     keypoint_yaw = float(yaw_from_keypoints(kps))
     check_pose(yaw, pitch, limits, keypoint_yaw=keypoint_yaw)
     embedding = embedded[spec.EMBEDDING][0]
+    arrays = {spec.FACE_BOX: box, spec.LANDMARKS: marks[spec.LANDMARKS][0].astype(np.float32),
+              spec.EMBEDDING: embedding.astype(np.float32)}
     return {
+        "arrays": arrays,
         "faces": [
             {"box": _rounded(b), "score": round(float(s), 4), "keypoints": _rounded(k)}
             for b, s, k in zip(boxes, scores, keypoints)
@@ -108,7 +112,13 @@ async def _audio_chain(audio: bytes, call: ModelCaller, limits: ValidationLimits
     timer.stop("audio_features", started)
     report = json.loads(outputs[spec.AUDIO_REPORT].reshape(-1)[0])
     check_audio(report, limits)
+    features = outputs[spec.WAV2VEC2_FEATURES][0]
+    frames = int(report.get("wav2vec2_frames", features.shape[1] if features.ndim == 3 else 0))
+    arrays = {spec.WAVEFORM: outputs[spec.WAVEFORM][0].astype(np.float32)}
+    if features.size:
+        arrays[spec.WAV2VEC2_FEATURES] = features[:, :frames].astype(np.float32)
     return {
+        "arrays": arrays,
         "audio": {
             **report,
             "mel_shape": list(outputs[spec.MEL].shape[1:]),
@@ -137,6 +147,7 @@ async def _video_chain(video: bytes, call: ModelCaller, limits: ValidationLimits
             "driving_video_no_face",
         )
     return {
+        "arrays": {},
         "driving_video": {
             "width": info.width, "height": info.height, "fps": info.fps, "frame_count": info.frame_count,
             "duration_s": info.duration_s, "codec": info.codec, "rotation_deg": info.rotation_deg,
@@ -144,6 +155,13 @@ async def _video_chain(video: bytes, call: ModelCaller, limits: ValidationLimits
         },
         "models": {},
     }
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    report: dict
+    image: np.ndarray  # the photo as the models saw it: upright RGB, at most working_max_side
+    arrays: dict[str, np.ndarray]  # tensors for the generator, keyed by spec tensor names
 
 
 async def run_preprocess(
@@ -157,6 +175,17 @@ async def run_preprocess(
 
     A job animates the photo from speech (`audio`), from a driving video, or from both.
     """
+    return (await preprocess_job(photo, audio, call, limits, driving_video)).report
+
+
+async def preprocess_job(
+    photo: bytes,
+    audio: bytes | None,
+    call: ModelCaller,
+    limits: ValidationLimits,
+    driving_video: bytes | None = None,
+) -> Preprocessed:
+    """`run_preprocess`, also keeping the arrays (landmarks, embedding, waveform, ...) a generator needs."""
     if audio is None and driving_video is None:
         raise InputError("send speech audio or a driving video to animate the photo with", "driver_missing")
     timer = _Timer()
@@ -177,8 +206,10 @@ async def run_preprocess(
         "photo": {"width": int(image.shape[1]), "height": int(image.shape[0])},
         "models": {},
     }
+    arrays = {}
     for part in parts:
         report["models"].update(part.pop("models"))
+        arrays.update(part.pop("arrays"))
         report.update(part)
     report["timings_ms"] = timer.ms
-    return report
+    return Preprocessed(report, image, arrays)

@@ -58,6 +58,12 @@ MODEL_INFO = "model_info"  # BYTES [1]: JSON naming the engine and weights that 
 PHOTO_BYTES = "photo_bytes"  # BYTES [1]: an encoded image file
 DRIVING_VIDEO_BYTES = "driving_video_bytes"  # BYTES [1]: an encoded video whose face drives the animation
 PREPROCESS_REPORT = "preprocess_report"  # BYTES [1]: JSON report of the pre-processing job
+DRIVING_FRAMES = "driving_frames"  # UINT8 [N, H, W, 3]: decoded frames of a driving video
+FRAMES = "frames"  # UINT8 [n, H, W, 3]: one streamed chunk of generated video, RGB
+START_FRAME = "start_frame"  # INT64 [1]: index of the chunk's first frame in the clip
+TOTAL_FRAMES = "total_frames"  # INT64 [1]: the clip's frame count (best estimate until the last chunk)
+FPS = "fps"  # FP32 [1]
+CHUNK_INFO = "chunk_info"  # BYTES [1]: JSON: engine, weights, timings; the first chunk also carries the job report
 
 _INFO = TensorSpec(MODEL_INFO, "BYTES", (1,))
 
@@ -117,7 +123,44 @@ PREPROCESS = ModelSpec(
     max_batch_size=0,
 )
 
+_CHUNK_OUTPUTS = (
+    TensorSpec(FRAMES, "UINT8", (-1, -1, -1, 3)),
+    TensorSpec(START_FRAME, "INT64", (1,)),
+    TensorSpec(TOTAL_FRAMES, "INT64", (1,)),
+    TensorSpec(FPS, "FP32", (1,)),
+    TensorSpec(CHUNK_INFO, "BYTES", (1,)),
+)
+
+# Decoupled: one response per chunk of frames, then an empty final response. Per-request knobs (engine, seed,
+# steps, guidance, width, height, fps, max_duration_s, chunk_frames, prompt) travel as request parameters.
+VIDEO_GENERATOR = ModelSpec(
+    name="video_generator",
+    inputs=(
+        TensorSpec(IMAGE, "UINT8", (-1, -1, 3)),
+        TensorSpec(FACE_BOX, "FP32", (4,), optional=True),
+        TensorSpec(LANDMARKS, "FP32", (-1, 2), optional=True),
+        TensorSpec(EMBEDDING, "FP32", (-1,), optional=True),
+        TensorSpec(WAVEFORM, "FP32", (-1,), optional=True),
+        TensorSpec(WAV2VEC2_FEATURES, "FP32", (-1, -1, -1), optional=True),
+        TensorSpec(DRIVING_FRAMES, "UINT8", (-1, -1, -1, 3), optional=True),
+    ),
+    outputs=_CHUNK_OUTPUTS,
+    max_batch_size=0,
+    decoupled=True,
+)
+
+# The pipeline a client calls: validate + pre-process, then generate, streaming chunks back as they arrive.
+TALKING_HEAD = ModelSpec(
+    name="talking_head",
+    inputs=PREPROCESS.inputs,
+    outputs=_CHUNK_OUTPUTS,
+    max_batch_size=0,
+    decoupled=True,
+)
+
 # model_repository/ holds the models; ensembles/ holds the orchestrators that call them through BLS.
-REPOSITORY_MODELS: tuple[ModelSpec, ...] = (FACE_DETECTOR, FACE_LANDMARKS, FACE_EMBEDDER, AUDIO_FEATURES)
-ENSEMBLE_MODELS: tuple[ModelSpec, ...] = (PREPROCESS,)
+REPOSITORY_MODELS: tuple[ModelSpec, ...] = (
+    FACE_DETECTOR, FACE_LANDMARKS, FACE_EMBEDDER, AUDIO_FEATURES, VIDEO_GENERATOR
+)
+ENSEMBLE_MODELS: tuple[ModelSpec, ...] = (PREPROCESS, TALKING_HEAD)
 ALL_MODELS: dict[str, ModelSpec] = {m.name: m for m in REPOSITORY_MODELS + ENSEMBLE_MODELS}

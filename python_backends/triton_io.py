@@ -167,21 +167,28 @@ class TritonModelCaller:
         )
         response = await request.async_exec()
         if response.has_error():
-            error = response.error()
-            # A user error downstream is still a user error here. BLS responses do not always carry the
-            # callee's error code (seen: INTERNAL for an INVALID_ARG on Triton 2.51), so our code suffix decides.
-            if error.code() == pb_utils.TritonError.INVALID_ARG or split_code(error.message())[1]:
-                raise input_error_from_message(error.message())
-            if error.code() == pb_utils.TritonError.UNAVAILABLE:
-                raise WeightsUnavailable(f"{model.name}: {error.message()}")
-            raise TalkingHeadError(f"{model.name} failed: {error.message()}")
+            _raise_bls_error(model, response.error())
         return {tensor.name: _as_numpy(response, tensor) for tensor in model.outputs}
+
+
+def _raise_bls_error(model: ModelSpec, error) -> None:
+    # A user error downstream is still a user error here. BLS responses do not always carry the callee's
+    # error code (seen: INTERNAL for an INVALID_ARG on Triton 2.51), so our code suffix decides.
+    if error.code() == pb_utils.TritonError.INVALID_ARG or split_code(error.message())[1]:
+        raise input_error_from_message(error.message())
+    if error.code() == pb_utils.TritonError.UNAVAILABLE:
+        raise WeightsUnavailable(f"{model.name}: {error.message()}")
+    raise TalkingHeadError(f"{model.name} failed: {error.message()}")
 
 
 def _as_numpy(response, spec: TensorSpec) -> np.ndarray:
     tensor = pb_utils.get_output_tensor_by_name(response, spec.name)
     if tensor is None:
         raise TalkingHeadError(f"response has no output {spec.name!r}")
+    return _tensor_numpy(tensor)
+
+
+def _tensor_numpy(tensor) -> np.ndarray:
     if tensor.is_cpu():
         return tensor.as_numpy()
     import torch.utils.dlpack
@@ -228,3 +235,86 @@ class OrchestratorModel:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
             return pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name))
+
+
+class StreamingModel:
+    """Base for decoupled models: each request is served on a worker thread that sends one response per
+    item its `stream` yields and always ends with the FINAL flag (errors included); `finalize` waits for
+    the requests in flight. Subclasses set `spec`, `settings_type`, `build` and `stream`."""
+
+    spec: ModelSpec
+    settings_type: type
+    max_workers = 4
+
+    def build(self, settings: Any, device: str) -> None:
+        """Load what the model needs (runs once in initialize)."""
+
+    def stream(self, inputs: dict[str, np.ndarray], parameters: dict, is_cancelled):
+        """Yield dicts of output arrays keyed by output tensor name."""
+        raise NotImplementedError
+
+    def initialize(self, args: dict[str, str]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.logger = pb_utils.Logger
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException(f"{self.spec.name} must be decoupled (model_transaction_policy)")
+        try:
+            self.settings = from_model_config(self.settings_type, config)
+            self.build(self.settings, device_of(args))
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None
+        self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=self.spec.name)
+        self._in_flight: set = set()
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            future = self._pool.submit(self._serve, request)
+            self._in_flight.add(future)
+            future.add_done_callback(self._in_flight.discard)
+        return None
+
+    def _serve(self, request) -> None:
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            inputs = {}
+            for tensor in self.spec.inputs:
+                value = pb_utils.get_input_tensor_by_name(request, tensor.name)
+                if value is None and not tensor.optional:
+                    raise InputError(f"missing input {tensor.name!r}")
+                if value is not None:
+                    inputs[tensor.name] = value.as_numpy()
+            parameters = json.loads(request.parameters() or "{}")
+            for outputs in self.stream(inputs, parameters, request.is_cancelled):
+                if request.is_cancelled():
+                    error = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
+                    sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+                    return
+                tensors = [output_tensor(t, outputs[t.name]) for t in self.spec.outputs if t.name in outputs]
+                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+            sender.send(flags=final)
+        except Exception as exc:
+            if not isinstance(exc, InputError):
+                self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
+            sender.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), flags=final)
+
+    def finalize(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: dict):
+    """Call a decoupled model through BLS and yield its responses' outputs as dicts of arrays."""
+    request = pb_utils.InferenceRequest(
+        model_name=model.name,
+        requested_output_names=[tensor.name for tensor in model.outputs],
+        inputs=[output_tensor(model.input(name), value) for name, value in inputs.items()],
+        # BLS takes only bool/int/str parameter values; settings parsing reads numbers back from strings.
+        parameters={k: str(v) if isinstance(v, float) else v for k, v in parameters.items()},
+    )
+    for response in request.exec(decoupled=True):
+        if response.has_error():
+            _raise_bls_error(model, response.error())
+        if response.output_tensors():
+            yield {t.name(): _tensor_numpy(t) for t in response.output_tensors()}

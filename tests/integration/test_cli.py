@@ -99,19 +99,22 @@ def test_validate_prints_verdicts(triton_server, samples):
     assert missing.returncode == 1 and "nope.png does not exist" in missing.stderr
 
 
-def test_demo_writes_report_and_overlay(triton_server, tmp_path):
+def test_demo_writes_video_report_and_overlay(triton_server, tmp_path):
     result = subprocess.run(
-        CLI + ["demo", "--out", str(tmp_path), "--url", triton_server.http_url, "--protocol", "http"],
-        capture_output=True, text=True, timeout=180, env={**os.environ},
+        CLI + ["demo", "--out", str(tmp_path), "--url", triton_server.grpc_url],
+        capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "preprocess_report.json").read_text())
+    details = json.loads((tmp_path / "demo.json").read_text())
+    report = details["job_report"]
     assert report["verdict"] == "accepted" and len(report["faces"]) == 1
+    assert details["frames"] == 150 and details["engine"] == "preview-landmark-warp"  # 5.98 s at 25 fps
+    assert (tmp_path / "demo.mp4").stat().st_size > 10_000
     from PIL import Image
 
-    overlay = Image.open(tmp_path / "preprocess_overlay.png")
+    overlay = Image.open(tmp_path / "demo.overlay.png")
     assert overlay.size == (report["photo"]["width"], report["photo"]["height"])
-    assert str(tmp_path / "preprocess_overlay.png") in result.stdout
+    assert str(tmp_path / "demo.mp4") in result.stdout
 
 
 def test_weights_lists_what_each_model_uses(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from python_backends.errors import InputError
-from python_backends.generation.preview import PreviewEngine, PreviewSettings, mouth_track
+from python_backends.generation.job import GenerationJob, GenerationParams
+from python_backends.generation.preview import PreviewEngine, mouth_track
 from python_backends.weights import package_path
 
 
@@ -37,8 +38,8 @@ def speech(samples) -> np.ndarray:
 @pytest.fixture(scope="module")
 def clip(face, speech):
     image, points, _ = face
-    engine = PreviewEngine(PreviewSettings(fps=15, chunk_frames=16, seed=3))
-    chunks = list(engine.generate(image, points, speech))
+    job = GenerationJob(image, GenerationParams(fps=15, chunk_frames=16, seed=3), landmarks=points, waveform=speech)
+    chunks = list(PreviewEngine().generate(job))
     return chunks, np.concatenate([c.frames for c in chunks])
 
 
@@ -76,19 +77,21 @@ def test_background_stays_still_and_seed_is_deterministic(face, speech, clip):
     image, points, _ = face
     frames = clip[1]
     assert np.array_equal(frames[:, :40, :40], np.broadcast_to(image[:40, :40], frames[:, :40, :40].shape))
-    again = next(PreviewEngine(PreviewSettings(fps=15, chunk_frames=16, seed=3)).generate(image, points, speech))
+    params = GenerationParams(fps=15, chunk_frames=16, seed=3)
+    again = next(PreviewEngine().generate(GenerationJob(image, params, landmarks=points, waveform=speech)))
     assert np.array_equal(again.frames, frames[:16])
 
 
 def test_output_size_crops_around_the_face(face, speech):
     image, points, _ = face
-    chunk = next(PreviewEngine(PreviewSettings(fps=10, width=320, height=180)).generate(image, points, speech))
+    params = GenerationParams(fps=10, width=320, height=180)
+    chunk = next(PreviewEngine().generate(GenerationJob(image, params, landmarks=points, waveform=speech)))
     assert chunk.frames.shape[1:] == (180, 320, 3)
 
 
 def test_rejects_unusable_inputs(face):
     image, points, _ = face
     with pytest.raises(InputError, match="68 landmarks"):
-        next(PreviewEngine().generate(image, points[:5], np.zeros(16000, np.float32)))
+        next(PreviewEngine().generate(GenerationJob(image, landmarks=points[:5], waveform=np.zeros(16000, np.float32))))
     with pytest.raises(InputError, match="shorter than 0.1 s"):
-        next(PreviewEngine().generate(image, points, np.zeros(100, np.float32)))
+        next(PreviewEngine().generate(GenerationJob(image, landmarks=points, waveform=np.zeros(100, np.float32))))

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from ...errors import InputError
+from ..job import FrameChunk, GenerationJob
 from .face_warp import anchor_ring, warp_region
 from .mouth_driver import SAMPLE_RATE, mouth_track
 
@@ -27,27 +28,11 @@ BROWS = list(range(17, 27))
 
 @dataclass(frozen=True)
 class PreviewSettings:
-    fps: float = 25.0
-    chunk_frames: int = 16
-    max_duration_s: float = 60.0
-    width: int = 0  # 0: keep the photo's size
-    height: int = 0
-    seed: int = 0
+    """How the preview animates; fps, size, seed, duration and chunking come with each job."""
+
     max_mouth_open: float = 0.42  # of the mouth width
     head_motion_deg: float = 1.5
     blink_interval_s: float = 3.5
-
-
-@dataclass(frozen=True)
-class FrameChunk:
-    start_frame: int
-    frames: np.ndarray  # [n, H, W, 3] uint8 RGB
-    fps: float
-    total_frames: int
-
-    @property
-    def start_time_s(self) -> float:
-        return self.start_frame / self.fps
 
 
 def _crop_to_aspect(photo: np.ndarray, landmarks: np.ndarray, width: int, height: int):
@@ -96,36 +81,34 @@ class PreviewEngine:
 
     name = ENGINE_NAME
 
-    def __init__(self, settings: PreviewSettings = PreviewSettings()) -> None:
-        self.settings = settings
+    def __init__(self, settings: PreviewSettings | None = None) -> None:
+        self.settings = settings or PreviewSettings()
 
-    def frame_count(self, audio_samples: int) -> int:
-        s = self.settings
-        seconds = min(audio_samples / SAMPLE_RATE, s.max_duration_s)
-        return max(1, int(math.ceil(seconds * s.fps)))
-
-    def generate(self, photo: np.ndarray, landmarks: np.ndarray, waveform: np.ndarray) -> Iterator[FrameChunk]:
-        s = self.settings
-        landmarks = np.asarray(landmarks, np.float64)
-        if landmarks.shape != (68, 2):
-            raise InputError(f"the preview engine needs 68 landmarks (dlib / 300-W order), got {landmarks.shape}",
+    def generate(self, job: GenerationJob) -> Iterator[FrameChunk]:
+        s, p = self.settings, job.params
+        if job.landmarks is None or np.asarray(job.landmarks).shape != (68, 2):
+            shape = None if job.landmarks is None else np.asarray(job.landmarks).shape
+            raise InputError(f"the preview engine needs 68 landmarks (dlib / 300-W order), got {shape}",
                              "landmarks_unsupported")
-        if len(waveform) < SAMPLE_RATE // 10:
+        waveform = job.waveform
+        if waveform is None or len(waveform) < SAMPLE_RATE // 10:
             raise InputError("the speech is shorter than 0.1 s: upload a longer recording", "audio_too_short")
-        image, points = _crop_to_aspect(np.ascontiguousarray(photo, np.uint8), landmarks, s.width, s.height)
-        frames = self.frame_count(len(waveform))
-        track = mouth_track(waveform[: int(frames / s.fps * SAMPLE_RATE) + 1], s.fps, frames)
-        rng = np.random.default_rng(s.seed)
-        blinks = _blink_curve(frames, s.fps, s.blink_interval_s, rng)
-        motion = _head_motion(frames, s.fps, s.head_motion_deg, rng)
+        landmarks = np.asarray(job.landmarks, np.float64)
+        image, points = _crop_to_aspect(np.ascontiguousarray(job.photo, np.uint8), landmarks, p.width, p.height)
+        seconds = min(len(waveform) / SAMPLE_RATE, p.max_duration_s)
+        frames = max(1, int(math.ceil(seconds * p.fps)))
+        track = mouth_track(waveform[: int(frames / p.fps * SAMPLE_RATE) + 1], p.fps, frames)
+        rng = np.random.default_rng(p.seed)
+        blinks = _blink_curve(frames, p.fps, s.blink_interval_s, rng)
+        motion = _head_motion(frames, p.fps, s.head_motion_deg, rng)
         rig = _FaceRig(image, points)
-        for start in range(0, frames, s.chunk_frames):
-            stop = min(frames, start + s.chunk_frames)
+        for start in range(0, frames, p.chunk_frames):
+            stop = min(frames, start + p.chunk_frames)
             rendered = [
                 rig.render(track.openness[i] * s.max_mouth_open, track.roundness[i], blinks[i], motion[i])
                 for i in range(start, stop)
             ]
-            yield FrameChunk(start, np.stack(rendered), s.fps, frames)
+            yield FrameChunk(start, np.stack(rendered), p.fps, frames)
 
 
 class _FaceRig:

@@ -1,0 +1,15 @@
+from python_backends import spec
+from python_backends.pipeline import run_talking_head
+from python_backends.triton_io import StreamingModel, TritonModelCaller, stream_model
+from python_backends.validation import ValidationLimits
+
+
+class TritonPythonModel(StreamingModel):
+    spec = spec.TALKING_HEAD
+    settings_type = ValidationLimits
+
+    def build(self, settings, device):
+        self.call_model = TritonModelCaller()
+
+    def stream(self, inputs, parameters, is_cancelled):
+        return run_talking_head(inputs, parameters, self.call_model, stream_model, self.settings)

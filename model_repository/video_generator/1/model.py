@@ -1,0 +1,15 @@
+from python_backends import spec
+from python_backends.generation.service import EngineRegistry, VideoGeneratorSettings, generate
+from python_backends.triton_io import StreamingModel
+
+
+class TritonPythonModel(StreamingModel):
+    spec = spec.VIDEO_GENERATOR
+    settings_type = VideoGeneratorSettings
+    max_workers = 2
+
+    def build(self, settings, device):
+        self.engines = EngineRegistry(settings, device)
+
+    def stream(self, inputs, parameters, is_cancelled):
+        return generate(self.engines, inputs, parameters)

@@ -1,0 +1,79 @@
+"""What every video engine takes and yields: a generation job and a stream of frame chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Per-request knobs (Triton request parameters feed these). None means the engine's own default."""
+
+    engine: str = AUTO  # auto | preview | s2v-14B | animate-14B
+    seed: int = 0
+    steps: int | None = None  # denoising steps (Wan S2V official: 40; distilled: 4-8)
+    guidance: float | None = None  # classifier-free guidance scale (Wan S2V official: 4.5)
+    width: int = 0  # 0: the engine's default for the photo
+    height: int = 0
+    fps: float = 25.0
+    max_duration_s: float = 60.0
+    chunk_frames: int = 16  # frames per streamed chunk (Wan engines stream per decoded latent chunk)
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    photo: np.ndarray  # [H, W, 3] uint8 RGB, upright
+    params: GenerationParams = field(default_factory=GenerationParams)
+    face_box: np.ndarray | None = None  # [4] x1, y1, x2, y2
+    landmarks: np.ndarray | None = None  # [68, 2] dlib / 300-W order
+    embedding: np.ndarray | None = None  # identity embedding of the photo, for re-anchoring
+    waveform: np.ndarray | None = None  # [S] float32, 16 kHz mono (speech-driven engines)
+    wav2vec2_features: np.ndarray | None = None  # [L, T, D] at 50 Hz (Wan S2V)
+    driving_frames: np.ndarray | None = None  # [N, h, w, 3] uint8 (Animate)
+    driving_fps: float | None = None
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    start_frame: int
+    frames: np.ndarray  # [n, H, W, 3] uint8 RGB
+    fps: float
+    total_frames: int  # best estimate of the clip's length; the last chunk makes it exact
+
+    @property
+    def start_time_s(self) -> float:
+        return self.start_frame / self.fps
+
+
+class VideoEngine(Protocol):
+    name: str
+
+    def generate(self, job: GenerationJob) -> Iterator[FrameChunk]:
+        """Yield chunks in order as they are ready; stop early if the consumer stops iterating."""
+
+
+def params_from_request(values: dict) -> GenerationParams:
+    """Per-request parameters (Triton request `parameters`) -> GenerationParams; bad ones are the user's error."""
+    from ..errors import ConfigError, InputError
+    from ..settings import from_mapping
+
+    try:
+        params = from_mapping(GenerationParams, values)
+    except ConfigError as exc:
+        raise InputError(f"bad generation parameter: {exc}", "bad_parameter") from None
+    if not 1.0 <= params.fps <= 60.0:
+        raise InputError(f"fps must be between 1 and 60, got {params.fps:g}", "bad_parameter")
+    if params.width < 0 or params.height < 0 or (params.width == 0) != (params.height == 0):
+        raise InputError("give both width and height (pixels), or neither", "bad_parameter")
+    if params.steps is not None and not 1 <= params.steps <= 100:
+        raise InputError(f"steps must be between 1 and 100, got {params.steps}", "bad_parameter")
+    if params.max_duration_s <= 0 or params.chunk_frames < 1:
+        raise InputError("max_duration_s must be positive and chunk_frames at least 1", "bad_parameter")
+    return params

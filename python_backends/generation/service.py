@@ -1,0 +1,154 @@
+"""The video_generator model's logic: pick an engine per request, run it, turn chunks into output arrays.
+
+Engines load lazily and stay loaded: the preview engine costs nothing, a Wan 14B engine is loaded the first
+time a request needs it (or at start with `preload`). Which engine made a video is in every chunk's info.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import spec
+from ..errors import ConfigError, InputError, WeightsUnavailable
+from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
+from .job import AUTO, FrameChunk, GenerationJob, VideoEngine, params_from_request
+from .preview import ENGINE_NAME as PREVIEW_NAME
+from .preview import PreviewEngine
+
+PREVIEW = "preview"
+S2V = "s2v-14B"
+ANIMATE = "animate-14B"
+ENGINES = (PREVIEW, S2V, ANIMATE)
+PREVIEW_LABEL = "preview engine: landmark-driven warping of the photo, not a generative model"
+
+
+@dataclass(frozen=True)
+class VideoGeneratorSettings:
+    engine: str = AUTO  # used when a request names none: auto | preview | s2v-14B | animate-14B
+    s2v_folder: str = "Wan2.2-S2V-14B"  # official release folder under <weights root>/video_generator/
+    animate_folder: str = "Wan2.2-Animate-14B"
+    preload: bool = False  # load the Wan engine at start instead of on first use
+
+    def __post_init__(self) -> None:
+        if self.engine not in (AUTO, *ENGINES):
+            raise ConfigError(f"engine must be one of {(AUTO, *ENGINES)}, got {self.engine!r}")
+
+
+def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -> WeightsChoice:
+    """The engine `auto` would use for speech."""
+    folder = official_path("video_generator", settings.s2v_folder, root)
+    if folder is not None and settings.engine in (AUTO, S2V):
+        return WeightsChoice("video_generator", S2V, OFFICIAL, folder, "Apache-2.0 (Wan2.2)")
+    if settings.engine in (AUTO, PREVIEW):
+        return WeightsChoice(
+            "video_generator", PREVIEW_NAME, SHIPPED, None, "Apache-2.0 (ours; no weights)",
+            note=f"{PREVIEW_LABEL}; put the official {settings.s2v_folder}/ release folder under "
+            "<weights root>/video_generator/ for Wan2.2-S2V-14B",
+        )
+    return WeightsChoice("video_generator", settings.engine, UNAVAILABLE, None, "-",
+                         note=f"no {settings.engine} weights under <weights root>/video_generator/")
+
+
+class EngineRegistry:
+    def __init__(self, settings: VideoGeneratorSettings, device: str, root: Path | None = None) -> None:
+        self.settings, self.device = settings, device
+        self.root = root if root is not None else weights_root()
+        self._engines: dict[str, VideoEngine] = {PREVIEW: PreviewEngine()}
+        self._lock = threading.Lock()
+        if settings.preload and self._folder(S2V) is not None:
+            self.get(S2V)
+
+    def _folder(self, engine: str) -> Path | None:
+        name = self.settings.s2v_folder if engine == S2V else self.settings.animate_folder
+        return official_path("video_generator", name, self.root)
+
+    def resolve(self, requested: str, job: GenerationJob) -> str:
+        name = self.settings.engine if requested == AUTO else requested
+        if name not in (AUTO, *ENGINES):
+            raise InputError(f"unknown engine {requested!r}; choose one of {', '.join((AUTO, *ENGINES))}",
+                             "bad_parameter")
+        if name != AUTO:
+            return name
+        if job.driving_frames is not None and job.waveform is None and self._folder(ANIMATE) is not None:
+            return ANIMATE
+        if job.waveform is not None and self._folder(S2V) is not None:
+            return S2V
+        return PREVIEW
+
+    def get(self, name: str) -> VideoEngine:
+        with self._lock:
+            if name not in self._engines:
+                folder = self._folder(name)
+                if folder is None:
+                    raise WeightsUnavailable(
+                        f"engine {name} needs the official release folder under <weights root>/video_generator/ "
+                        f"({self.settings.s2v_folder if name == S2V else self.settings.animate_folder}); "
+                        "without it use engine=preview"
+                    )
+                self._engines[name] = _load_wan(name, folder, self.device)
+            return self._engines[name]
+
+
+def _load_wan(name: str, folder: Path, device: str) -> VideoEngine:
+    if name == S2V:
+        from .wan.s2v_engine import WanS2VEngine
+
+        return WanS2VEngine.from_folder(folder, device=device)
+    from .wan.animate_engine import WanAnimateEngine
+
+    return WanAnimateEngine.from_folder(folder, device=device)
+
+
+def job_from_inputs(inputs: dict[str, np.ndarray], parameters: dict) -> GenerationJob:
+    def get(name: str) -> np.ndarray | None:
+        return inputs.get(name)
+
+    return GenerationJob(
+        photo=np.ascontiguousarray(inputs[spec.IMAGE], np.uint8),
+        params=params_from_request(parameters),
+        face_box=get(spec.FACE_BOX),
+        landmarks=get(spec.LANDMARKS),
+        embedding=get(spec.EMBEDDING),
+        waveform=get(spec.WAVEFORM),
+        wav2vec2_features=get(spec.WAV2VEC2_FEATURES),
+        driving_frames=get(spec.DRIVING_FRAMES),
+    )
+
+
+def chunk_outputs(chunk: FrameChunk, info: dict) -> dict[str, np.ndarray]:
+    return {
+        spec.FRAMES: chunk.frames,
+        spec.START_FRAME: np.array([chunk.start_frame], np.int64),
+        spec.TOTAL_FRAMES: np.array([chunk.total_frames], np.int64),
+        spec.FPS: np.array([chunk.fps], np.float32),
+        spec.CHUNK_INFO: np.array([json.dumps(info).encode()], dtype=np.object_),
+    }
+
+
+def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters: dict) -> Iterator[dict]:
+    """Run one request: yields the output arrays of each chunk as soon as the engine produces it."""
+    job = job_from_inputs(inputs, parameters)
+    name = registry.resolve(job.params.engine, job)
+    engine = registry.get(name)
+    started = last = time.perf_counter()
+    for index, chunk in enumerate(engine.generate(job)):
+        now = time.perf_counter()
+        info = {
+            "engine": engine.name,
+            "engine_id": name,
+            "label": PREVIEW_LABEL if name == PREVIEW else f"Wan2.2 {name} (generative model)",
+            "chunk_index": index,
+            "frames": int(len(chunk.frames)),
+            "render_ms": round((now - last) * 1000.0, 1),
+            "elapsed_ms": round((now - started) * 1000.0, 1),
+            "seed": job.params.seed,
+        }
+        last = now
+        yield chunk_outputs(chunk, info)
