@@ -108,7 +108,8 @@ class BatchedModel:
         if self.predictor is None:
             error = pb_utils.TritonError(self.unavailable, pb_utils.TritonError.UNAVAILABLE)
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        per_request = [self._read(request) for request in requests]
+        # Triton itself refuses requests that lack a required input, so reading cannot fail here.
+        per_request = [read_inputs(request, self.spec) for request in requests]
         try:
             return self._run(per_request)
         except Exception:
@@ -124,14 +125,6 @@ class BatchedModel:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
             return pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name))
-
-    def _read(self, request) -> dict[str, np.ndarray]:
-        arrays = {}
-        for tensor in self.spec.inputs:
-            value = pb_utils.get_input_tensor_by_name(request, tensor.name)
-            if value is not None:
-                arrays[tensor.name] = value.as_numpy()
-        return arrays
 
     def _run(self, per_request: list[dict[str, np.ndarray]]) -> list:
         names = per_request[0].keys()
@@ -196,6 +189,18 @@ def _tensor_numpy(tensor) -> np.ndarray:
     return torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy()
 
 
+def read_inputs(request, model: ModelSpec) -> dict[str, np.ndarray]:
+    """The request's tensors by name; optional ones that were not sent are absent."""
+    inputs = {}
+    for tensor in model.inputs:
+        value = pb_utils.get_input_tensor_by_name(request, tensor.name)
+        if value is None and not tensor.optional:
+            raise InputError(f"missing input {tensor.name!r}: send it with the request")
+        if value is not None:
+            inputs[tensor.name] = value.as_numpy()
+    return inputs
+
+
 class OrchestratorModel:
     """Base for unbatched BLS orchestrators: subclasses set `spec`, `settings_type` and async `handle`."""
 
@@ -220,14 +225,7 @@ class OrchestratorModel:
 
     async def _one(self, request):
         try:
-            inputs = {}
-            for tensor in self.spec.inputs:
-                value = pb_utils.get_input_tensor_by_name(request, tensor.name)
-                if value is None and not tensor.optional:
-                    raise InputError(f"missing input {tensor.name!r}")
-                if value is not None:
-                    inputs[tensor.name] = value.as_numpy()
-            outputs = await self.handle(inputs)
+            outputs = await self.handle(read_inputs(request, self.spec))
             return pb_utils.InferenceResponse(
                 output_tensors=[output_tensor(spec, outputs[spec.name]) for spec in self.spec.outputs]
             )
@@ -279,13 +277,7 @@ class StreamingModel:
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
-            inputs = {}
-            for tensor in self.spec.inputs:
-                value = pb_utils.get_input_tensor_by_name(request, tensor.name)
-                if value is None and not tensor.optional:
-                    raise InputError(f"missing input {tensor.name!r}")
-                if value is not None:
-                    inputs[tensor.name] = value.as_numpy()
+            inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
             for outputs in self.stream(inputs, parameters, request.is_cancelled):
                 if request.is_cancelled():

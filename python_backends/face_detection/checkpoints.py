@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import check_state_dict
 from ..errors import WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 
 # BatchNorm's step counter is training state; checkpoints saved by old torch versions lack it.
-OPTIONAL_SUFFIXES = (".num_batches_tracked",)
-_SHOWN = 5
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -40,33 +39,11 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> 
     return {(key[len(prefix) :] if key.startswith(prefix) else key): value for key, value in state.items()}
 
 
-def _listed(keys: list[str]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:_SHOWN])
-    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
-
-
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Copy `state` into `module`, refusing missing, unexpected or mis-shaped keys (message names them)."""
     state = strip_prefix(state)
     expected = module.state_dict()
-    problems = []
-    missing = sorted(k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIXES))
-    if missing:
-        problems.append(f"missing key(s) {_listed(missing)}")
-    unexpected = sorted(k for k in state if k not in expected)
-    if unexpected:
-        problems.append(f"unexpected key(s) {_listed(unexpected)}")
-    misshaped = [
-        f"{k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if misshaped:
-        problems.append("mis-shaped " + "; ".join(misshaped[:_SHOWN]))
-    if problems:
-        raise WeightsUnavailable(
-            f"{source} does not match the {type(module).__name__} architecture: " + "; ".join(problems)
-        )
+    check_state_dict(module, state, f"{source} does not match the {type(module).__name__} architecture")
     full = {k: state.get(k, v) for k, v in expected.items()}
     module.load_state_dict(full, strict=True)
     logger.debug("loaded %d tensors from %s", len(state), source)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import check_state_dict as strict_check
 from ..errors import ConfigError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -142,29 +143,10 @@ def _arch_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise WeightsUnavailable naming every missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    # BatchNorm restores a missing counter by itself and it does not affect inference.
-    optional = {key for key in expected if key.endswith("num_batches_tracked")}
-    missing = [key for key in expected if key not in state_dict and key not in optional]
-    unexpected = [key for key in state_dict if key not in expected]
-    mis_shaped = [
-        f"{key} (checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)})"
-        for key in expected
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
-    if mis_shaped:
-        problems.append(f"mis-shaped keys: {', '.join(mis_shaped[:8])}")
-    if problems:
-        raise WeightsUnavailable(
-            f"{source} is not an arcface_torch IResNet state dict of this architecture: "
-            + "; ".join(problems)
-            + _arch_hint(state_dict)
-        )
+    strict_check(
+        model, state_dict, f"{source} is not an arcface_torch IResNet state dict of this architecture",
+        hint=_arch_hint(state_dict),
+    )
 
 
 def load_backbone(model: IResNet, path: Path) -> IResNet:

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import check_state_dict
 from ..errors import WeightsUnavailable
 from .hrnet import HEAD_WEIGHT, HighResolutionNet, HRNetConfig
 
 logger = logging.getLogger(__name__)
 
 # BatchNorm's step counter is training state; files saved by torch < 0.4.1 do not carry it.
-OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 PREFIX = "module."
-_SHOWN = 5
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -47,32 +46,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in data.items()}
 
 
-def _listed(keys: list[str]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:_SHOWN])
-    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
-
-
 def load_strict(net: HighResolutionNet, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Copy `state` into `net`, refusing missing, unexpected or mis-shaped keys (the message names them)."""
     expected = net.state_dict()
-    problems = []
-    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
-    if missing:
-        problems.append(f"missing key(s) {_listed(missing)}")
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        problems.append(f"unexpected key(s) {_listed(unexpected)}")
-    misshaped = [
-        f"{k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if misshaped:
-        problems.append("mis-shaped " + "; ".join(misshaped[:_SHOWN]))
-    if problems:
-        raise WeightsUnavailable(
-            f"{source} is not an HRNet-W18 face-alignment checkpoint: " + "; ".join(problems)
-        )
+    check_state_dict(net, state, f"{source} is not an HRNet-W18 face-alignment checkpoint")
     net.load_state_dict({k: state.get(k, v) for k, v in expected.items()}, strict=True)
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...checkpoints import check_state_dict as strict_check
 from ...errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ LATENT_STD = (
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )  # fmt: skip
 
-_SHOWN = 6
 
 
 class StreamState:
@@ -397,30 +397,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return dict(data)
 
 
-def _listed(keys: Sequence[str]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:_SHOWN])
-    return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
-
-
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise WeightsUnavailable naming every missing, unexpected and mis-shaped key (works on meta models)."""
-    expected = model.state_dict()
-    problems = []
-    missing = [k for k in expected if k not in state]
-    if missing:
-        problems.append(f"missing key(s) {_listed(missing)}")
-    unexpected = sorted(k for k in state if k not in expected)
-    if unexpected:
-        problems.append(f"unexpected key(s) {_listed(unexpected)}")
-    misshaped = [
-        f"{k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if misshaped:
-        problems.append("mis-shaped " + "; ".join(misshaped[:_SHOWN]))
-    if problems:
-        raise WeightsUnavailable(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+    strict_check(model, state, f"{source} does not match {type(model).__name__}", optional_suffixes=())
 
 
 def load_into_meta(model: nn.Module, path: Path, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
