@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -88,6 +89,41 @@ def framepack_grids(lat_h: int, lat_w: int, add_last_motion: int, drop_mode: str
         stride = 2 ** (level + 1)
         grids.append(((start, 0, 0), (end, lat_h // stride, lat_w // stride), (frames, lat_h // 2, lat_w // 2)))
     return grids
+
+
+class S2VTokens(NamedTuple):
+    """The transformer's input sequence and what every block needs besides it (see prepare_tokens)."""
+
+    x: torch.Tensor  # [B, seq, dim]: video tokens, then reference, then motion tokens
+    e: torch.Tensor  # [B, dim] float32: time embedding for the head
+    e0: torch.Tensor  # [B, 6, G, dim] float32: block modulation, slot g for token range g of `bounds`
+    bounds: tuple[int, ...]  # token range offsets (0, n_video, seq) or (0, seq)
+    cos: torch.Tensor  # [seq, head_dim // 2] rotary tables, one row per token (global positions)
+    sin: torch.Tensor
+    context: torch.Tensor  # [B, text_len, dim] embedded prompt
+    n_video: int  # tokens of the noisy latents (the ones the head predicts)
+    grid: tuple[int, int, int]  # token grid of the noisy latents (frames, rows, cols)
+    audio_local: torch.Tensor  # [B, frames, num_audio_token + 1, dim]
+    audio_global: torch.Tensor | None  # [B, frames, 1, dim] (AdaIN input) or None
+
+
+def frame_spans(start: int, end: int, per_frame: int) -> list[tuple[int, int]]:
+    """Split token range start..end of the video tokens into a cut first frame, whole frames, a cut last frame.
+
+    Empty parts are left out; a range within one frame is one span.
+    """
+    if end <= start:
+        return []
+    first_whole = -(-start // per_frame) * per_frame
+    last_whole = end // per_frame * per_frame
+    if first_whole >= last_whole:  # no whole frame inside: one or two cut frames
+        cut = first_whole if start < first_whole < end else None
+        return [(start, end)] if cut is None else [(start, cut), (cut, end)]
+    spans = [(start, first_whole)] if start < first_whole else []
+    spans.append((first_whole, last_whole))
+    if last_whole < end:
+        spans.append((last_whole, end))
+    return spans
 
 
 class CausalConv1d(nn.Module):
@@ -318,24 +354,35 @@ class WanS2VTransformer(nn.Module):
             padded.append(F.pad(item.to(device), (0, 0, 0, cfg.text_len - item.shape[0])))
         return embed_text(self.text_embedding, torch.stack(padded))
 
-    def _inject_audio(self, block: int, x: torch.Tensor, n_video: int, audio: torch.Tensor,
-                      audio_global: torch.Tensor | None) -> torch.Tensor:
+    def _inject_audio(self, block: int, x: torch.Tensor, tokens: S2VTokens, offset: int = 0) -> torch.Tensor:
+        """Add the audio cross-attention of `block` to the video tokens among x (in place).
+
+        x holds tokens offset .. offset + L of the full sequence (all of it, offset 0, unless the sequence is
+        split across ranks). Every video token attends only to its own latent frame's audio tokens, so a slice
+        is computed on its own: whole frames in one batch as the official code does, a frame cut by the slice
+        edge as a batch of one.
+        """
         injector = self.audio_injector
         idx = injector.injected_block_id[block]
-        b, _, dim = x.shape
-        frames = audio.shape[1]
-        hidden = x[:, :n_video].reshape(b * frames, n_video // frames, dim)
-        if self.config.enable_adain and self.config.adain_mode == "attn_norm":
-            hidden = injector.injector_adain_layers[idx](hidden, temb=audio_global.reshape(b * frames, -1))
-        else:
-            hidden = injector.injector_pre_norm_feat[idx](hidden)
-        residual = injector.injector[idx](hidden, audio.flatten(0, 1))
-        x[:, :n_video] += residual.reshape(b, n_video, dim)
+        b, length, dim = x.shape
+        audio, audio_global = tokens.audio_local, tokens.audio_global
+        per_frame = tokens.n_video // audio.shape[1]
+        for start, end in frame_spans(offset, min(offset + length, tokens.n_video), per_frame):
+            f0, f1 = start // per_frame, (end - 1) // per_frame + 1
+            frames = f1 - f0
+            hidden = x[:, start - offset : end - offset].reshape(b * frames, (end - start) // frames, dim)
+            if self.config.enable_adain and self.config.adain_mode == "attn_norm":
+                temb = audio_global[:, f0:f1].reshape(b * frames, -1)
+                hidden = injector.injector_adain_layers[idx](hidden, temb=temb)
+            else:
+                hidden = injector.injector_pre_norm_feat[idx](hidden)
+            residual = injector.injector[idx](hidden, audio[:, f0:f1].flatten(0, 1))
+            x[:, start - offset : end - offset] += residual.reshape(b, end - start, dim)
         return x
 
     # -- forward ----------------------------------------------------------------------------------------------
 
-    def forward(
+    def prepare_tokens(
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor,
@@ -347,13 +394,10 @@ class WanS2VTransformer(nn.Module):
         motion_frames: Sequence[int] = DEFAULT_MOTION_FRAMES,
         add_last_motion: int = 2,
         drop_motion_frames: bool = False,
-    ) -> torch.Tensor:
-        """Predict the flow for a batch; every input is stacked on dim 0 (one row per clip / CFG branch).
+    ) -> S2VTokens:
+        """Everything before the transformer blocks: the token sequence, its rotary tables and modulation.
 
-        latents [B, in_dim, F, H, W]; timestep [B] (or one value); context [B, L, text_dim] or B tensors
-        [L_i, text_dim]; ref_latents [B, in_dim, 1, H, W]; motion_latents [B, 16, T_m, H, W];
-        audio [B, 25, audio_dim, 4 * F]; cond_states [B, cond_dim, F, H, W] or None (the official pipeline's
-        all-zero pose latents). Returns [B, out_dim, F, H, W] float32.
+        Same inputs as `forward`. Split out so that sequence parallelism can shard the result across ranks.
         """
         cfg = self.config
         device = self.patch_embedding.weight.device
@@ -423,13 +467,37 @@ class WanS2VTransformer(nn.Module):
             bounds = (0, seq)
 
         ctx = self._context(context, b, device)
-        for index, block in enumerate(self.blocks):
-            x = block(x, e0, bounds, cos, sin, ctx)
-            if index in self.audio_injector.injected_block_id:
-                x = self._inject_audio(index, x, n_video, audio_local, audio_global)
+        return S2VTokens(x, e, e0, bounds, cos, sin, ctx, n_video, grid, audio_local, audio_global)
 
-        out = self.head(x[:, :n_video], e)
-        return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor | Sequence[torch.Tensor],
+        ref_latents: torch.Tensor,
+        motion_latents: torch.Tensor,
+        audio: torch.Tensor,
+        cond_states: torch.Tensor | None = None,
+        motion_frames: Sequence[int] = DEFAULT_MOTION_FRAMES,
+        add_last_motion: int = 2,
+        drop_motion_frames: bool = False,
+    ) -> torch.Tensor:
+        """Predict the flow for a batch; every input is stacked on dim 0 (one row per clip / CFG branch).
+
+        latents [B, in_dim, F, H, W]; timestep [B] (or one value); context [B, L, text_dim] or B tensors
+        [L_i, text_dim]; ref_latents [B, in_dim, 1, H, W]; motion_latents [B, 16, T_m, H, W];
+        audio [B, 25, audio_dim, 4 * F]; cond_states [B, cond_dim, F, H, W] or None (the official pipeline's
+        all-zero pose latents). Returns [B, out_dim, F, H, W] float32.
+        """
+        tokens = self.prepare_tokens(latents, timestep, context, ref_latents, motion_latents, audio, cond_states,
+                                     motion_frames, add_last_motion, drop_motion_frames)
+        x = tokens.x
+        for index, block in enumerate(self.blocks):
+            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, tokens.context)
+            if index in self.audio_injector.injected_block_id:
+                x = self._inject_audio(index, x, tokens)
+        out = self.head(x[:, : tokens.n_video], tokens.e)
+        return unpatchify(out, tokens.grid, self.config.patch_size, self.config.out_dim)
 
 
 def cfg_forward(model: WanS2VTransformer, *, latents: torch.Tensor, timestep: torch.Tensor,

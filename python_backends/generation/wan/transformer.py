@@ -14,7 +14,7 @@ is float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,10 +23,17 @@ import torch.nn.functional as F
 from .attention import attention
 
 ROPE_THETA = 10000.0
+# (q, k, v) [B, L, heads, head_dim] -> [B, L, heads, head_dim]
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A linear layer computed in its weights' dtype (what autocast does to the official bf16 model)."""
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer computed in its weights' dtype (what autocast does to the official bf16 model).
+
+    A drop-in replacement that is not an nn.Linear (fp8.FP8Linear) is called as is: it owns its precision.
+    """
+    if not isinstance(layer, nn.Linear):
+        return layer(x)
     return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
 
 
@@ -113,13 +120,15 @@ class WanSelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn: AttentionFn = attention) -> torch.Tensor:
+        """`attn` computes softmax attention of the rotated q, k and v; sequence parallelism swaps it."""
         b, s = x.shape[:2]
         shape = (b, s, self.num_heads, self.head_dim)
         q = self.norm_q(linear(self.q, x)).view(shape)
         k = self.norm_k(linear(self.k, x)).view(shape)
         v = linear(self.v, x).view(shape)
-        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        out = attn(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
         return linear(self.o, out.flatten(2))
 
 
@@ -169,10 +178,10 @@ class WanAttentionBlock(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))  # filled by loading or init_random_weights_
 
     def forward(self, x: torch.Tensor, e: torch.Tensor, bounds: Sequence[int], cos: torch.Tensor,
-                sin: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+                sin: torch.Tensor, context: torch.Tensor, self_attention: AttentionFn = attention) -> torch.Tensor:
         mod = self.modulation.float().unsqueeze(2) + e
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(dim=1)
-        y = self.self_attn(modulate(self.norm1(x).float(), shift_msa, scale_msa, bounds), cos, sin)
+        y = self.self_attn(modulate(self.norm1(x).float(), shift_msa, scale_msa, bounds), cos, sin, self_attention)
         x = x + gate(y, gate_msa, bounds)
         x = x + self.cross_attn(self.norm3(x), context)
         h = modulate(self.norm2(x).float(), shift_ffn, scale_ffn, bounds)
