@@ -14,7 +14,12 @@ import numpy as np
 
 from . import spec
 from .preprocessing import ModelCaller, preprocess_job
-from .validation import ValidationLimits
+from .validation import ValidationLimits, probe_video, read_frames
+
+# The driving video is handed to the generator at most this large: Animate works at 480p-720p anyway, and
+# the frames cross process boundaries (BLS) once per job.
+DRIVING_MAX_SIDE = 640
+DRIVING_MAX_FRAMES = 1800  # 60 s at 30 fps
 
 ModelStreamer = Callable[[spec.ModelSpec, dict[str, np.ndarray], dict], Iterator[dict[str, np.ndarray]]]
 
@@ -32,6 +37,10 @@ def run_talking_head(
     )
     job = asyncio.run(preprocess_job(photo, audio, call, limits, driving_video=video))
     generator_inputs = {spec.IMAGE: job.image, **job.arrays}
+    if video is not None:
+        info = probe_video(video, limits)
+        generator_inputs[spec.DRIVING_FRAMES] = read_frames(video, 1, DRIVING_MAX_FRAMES, limits, DRIVING_MAX_SIDE)
+        generator_inputs[spec.DRIVING_FPS] = np.array([info.fps], np.float32)
     for index, outputs in enumerate(stream(spec.VIDEO_GENERATOR, generator_inputs, parameters)):
         if index == 0:
             # The first chunk carries the job's pre-processing report, so a client has it before any video.

@@ -59,6 +59,7 @@ PHOTO_BYTES = "photo_bytes"  # BYTES [1]: an encoded image file
 DRIVING_VIDEO_BYTES = "driving_video_bytes"  # BYTES [1]: an encoded video whose face drives the animation
 PREPROCESS_REPORT = "preprocess_report"  # BYTES [1]: JSON report of the pre-processing job
 DRIVING_FRAMES = "driving_frames"  # UINT8 [N, H, W, 3]: decoded frames of a driving video
+DRIVING_FPS = "driving_fps"  # FP32 [1]: their frame rate
 FRAMES = "frames"  # UINT8 [n, H, W, 3]: one streamed chunk of generated video, RGB
 START_FRAME = "start_frame"  # INT64 [1]: index of the chunk's first frame in the clip
 TOTAL_FRAMES = "total_frames"  # INT64 [1]: the clip's frame count (best estimate until the last chunk)
@@ -143,6 +144,7 @@ VIDEO_GENERATOR = ModelSpec(
         TensorSpec(WAVEFORM, "FP32", (-1,), optional=True),
         TensorSpec(WAV2VEC2_FEATURES, "FP32", (-1, -1, -1), optional=True),
         TensorSpec(DRIVING_FRAMES, "UINT8", (-1, -1, -1, 3), optional=True),
+        TensorSpec(DRIVING_FPS, "FP32", (1,), optional=True),
     ),
     outputs=_CHUNK_OUTPUTS,
     max_batch_size=0,

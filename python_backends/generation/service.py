@@ -119,6 +119,7 @@ def job_from_inputs(inputs: dict[str, np.ndarray], parameters: dict) -> Generati
         waveform=get(spec.WAVEFORM),
         wav2vec2_features=get(spec.WAV2VEC2_FEATURES),
         driving_frames=get(spec.DRIVING_FRAMES),
+        driving_fps=float(inputs[spec.DRIVING_FPS].reshape(-1)[0]) if spec.DRIVING_FPS in inputs else None,
     )
 
 

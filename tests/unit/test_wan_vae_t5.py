@@ -311,3 +311,17 @@ def test_cuda_bfloat16_matches_cpu_float32(aux: dict[str, Path], vae: WanVAE, te
     reference, context = text_encoder(prompt)[0], t5_gpu(prompt)[0]
     assert context.device.type == "cuda"
     assert (context.float().cpu() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_single_image_encodes_like_the_first_frame_of_a_clip(tmp_path):
+    from python_backends.generation.wan.tiny_aux import make_tiny_vae_checkpoint
+    from python_backends.generation.wan.vae import load_vae
+
+    vae = load_vae(make_tiny_vae_checkpoint(tmp_path), dim=8)
+    clip = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        image_latent = vae.encode(clip[:, :, :1])
+        clip_latents = vae.encode(clip)
+    assert image_latent.shape == (1, 16, 1, 4, 4)
+    # The encoder is causal: the first latent frame depends on the first frame only.
+    torch.testing.assert_close(image_latent, clip_latents[:, :, :1])

@@ -1,5 +1,6 @@
 """Wan2.2-S2V-14B diffusion transformer in our own PyTorch code, loading the official release layout."""
 
+from .animate_configs import ANIMATE_14B
 from .checkpoint import CheckpointError, load_s2v_transformer, read_config, write_sharded_checkpoint
 from .configs import (
     S2V_14B,
@@ -12,7 +13,10 @@ from .configs import (
 from .s2v import WanS2VTransformer, build_s2v_model, cfg_forward, count_parameters, guide, init_random_weights_
 from .tiny import TINY_S2V_CONFIG, make_tiny_s2v_checkpoint
 
+WAN_CONFIGS[ANIMATE_14B.name] = ANIMATE_14B
+
 __all__ = [
+    "ANIMATE_14B",
     "S2V_14B",
     "TINY_S2V_CONFIG",
     "WAN_CONFIGS",

@@ -184,7 +184,7 @@ S2V_14B = WanS2VTaskConfig(
     supported_sizes=("720*1280", "1280*720", "480*832", "832*480", "1024*704", "704*1024", "704*1280", "1280*704"),
 )
 
-WAN_CONFIGS: dict[str, WanS2VTaskConfig] = {"s2v-14B": S2V_14B}
+WAN_CONFIGS: dict[str, object] = {"s2v-14B": S2V_14B}  # wan/__init__.py adds animate-14B (import order)
 
 # WanModel_S2V.__init__ defaults: what from_pretrained uses for a field config.json does not carry.
 WANMODEL_S2V_INIT_DEFAULTS: dict[str, Any] = {

@@ -335,7 +335,8 @@ class WanVAE(nn.Module):
         x = video.to(device=self.device, dtype=self.dtype)
         state = StreamState()
         # Official chunking: the first frame alone, then 4 frames per step.
-        chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(TEMPORAL_STRIDE, dim=2))
+        # A single image has no tail: splitting an empty tail would yield one empty chunk.
+        chunks = [x[:, :, :1]] + (list(x[:, :, 1:].split(TEMPORAL_STRIDE, dim=2)) if x.shape[2] > 1 else [])
         out = torch.cat([self.encoder(chunk, state) for chunk in chunks], dim=2)
         mu = self.conv1(out)[:, : self.z_dim].float()
         mean, inv_std = self._stats(mu)

@@ -1,0 +1,133 @@
+"""Strict loader (and writer) for the official Wan2.2-Animate-14B transformer folder layout.
+
+The released folder (Wan-AI/Wan2.2-Animate-14B) holds, next to the T5, VAE, CLIP, relighting LoRA and
+preprocessing files:
+
+    config.json                                         diffusers ConfigMixin file, _class_name WanAnimateModel
+    diffusion_pytorch_model.safetensors.index.json      {"metadata": {"total_size": N}, "weight_map": {key: shard}}
+    diffusion_pytorch_model-00001-of-00004.safetensors  ... the shards (bf16)
+
+which wan/animate.py reads with `WanAnimateModel.from_pretrained(checkpoint_dir)`. The index and shard handling
+of checkpoint.py (the S2V loader) is reused; only the config and the module tree differ. Every key the model
+needs (parameters and the motion encoder's blur-kernel buffers) must be present with its exact shape, and no
+other key may be present, or a CheckpointError names the keys and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ...errors import ConfigError
+from .animate import WanAnimateTransformer, default_dtype, meta_animate_model
+from .animate_configs import WanAnimateTransformerConfig, from_animate_config, to_animate_config
+from .checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, _check_keys, _first, read_weight_map, shard_name
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_SHARDS = 4
+
+
+def read_animate_config(folder: Path | str) -> WanAnimateTransformerConfig:
+    """config.json of the folder mapped onto WanAnimateTransformerConfig."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: point at the Wan2.2-Animate-14B folder (it holds config.json, "
+                              f"{INDEX_FILE} and the shards)") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        return from_animate_config(raw)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def read_tensors(folder: Path, expected: Mapping[str, tuple[int, ...]], device: torch.device,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of a sharded (or single-file) safetensors folder, checked key by key against `expected`."""
+    weight_map, source = read_weight_map(folder)
+    _check_keys(expected, weight_map, source)
+    by_file: dict[str, list[str]] = {}
+    for key, file in weight_map.items():
+        by_file.setdefault(file, []).append(key)
+    state: dict[str, torch.Tensor] = {}
+    for file, keys in sorted(by_file.items()):
+        path = folder / file
+        if not path.is_file():
+            raise CheckpointError(f"{source} lists {len(keys)} key(s) in {file}, which is missing "
+                                  f"(e.g. {_first(keys)})")
+        with safe_open(path, framework="pt", device=str(device)) as handle:
+            present = set(handle.keys())
+            absent = set(keys) - present
+            if absent:
+                raise CheckpointError(f"{path}: {len(absent)} key(s) listed in {source.name} are not in the "
+                                      f"file: {_first(absent)}")
+            extra = present - set(keys)
+            if extra:
+                raise CheckpointError(f"{path}: {len(extra)} key(s) not listed in {source.name}: {_first(extra)}")
+            for key in keys:
+                shape = tuple(handle.get_slice(key).get_shape())
+                if shape != expected[key]:
+                    raise CheckpointError(f"{path}: {key} has shape {list(shape)}, the model needs "
+                                          f"{list(expected[key])}")
+                state[key] = handle.get_tensor(key).to(dtype=dtype)
+    return state
+
+
+def load_animate_transformer(folder: Path | str, device: torch.device | str = "cpu",
+                             dtype: torch.dtype | None = None) -> WanAnimateTransformer:
+    """Load the official transformer folder strictly onto `device` in `dtype` (bf16 on GPU, fp32 on CPU)."""
+    folder = Path(folder)
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    config = read_animate_config(folder)
+    model = meta_animate_model(config)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    state = read_tensors(folder, expected, device, dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    log.info("loaded Wan Animate transformer from %s: %d tensors, %s on %s", folder, len(state), dtype, device)
+    return model.eval().requires_grad_(False)
+
+
+def write_animate_checkpoint(folder: Path | str, config: WanAnimateTransformerConfig,
+                             state_dict: Mapping[str, torch.Tensor], num_shards: int = OFFICIAL_SHARDS,
+                             dtype: torch.dtype | None = None) -> Path:
+    """Write config.json, the shards and the index exactly in the official layout; returns the folder.
+
+    Keys go to shards in sorted order, split by size (as huggingface sharding does), with the safetensors
+    metadata {"format": "pt"} that diffusers writes; `dtype` (e.g. bf16, as released) casts every tensor.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().to(dtype or value.dtype).contiguous().cpu()
+               for key, value in sorted(state_dict.items())}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    budget = -(-total // num_shards)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > budget and len(shards) < num_shards:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    if len(shards) != num_shards:
+        raise ValueError(f"cannot split {len(tensors)} tensors into {num_shards} shards")
+    weight_map: dict[str, str] = {}
+    for index, shard in enumerate(shards, start=1):
+        name = shard_name(index, num_shards)
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+    index_doc = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_FILE).write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
+    (folder / CONFIG_FILE).write_text(json.dumps(to_animate_config(config), indent=2) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,661 @@
+"""Wan2.2-S2V-14B as a streaming VideoEngine: photo + speech -> frame chunks, clip after clip.
+
+What one `generate(job)` does, following `WanS2V.generate` (wan/speech2video.py, Wan-Video/Wan2.2 42bf4cf):
+
+1. Size: the request's width x height (multiples of 16), or the official `get_size_less_than_area` of the photo
+   within `max_area` (480 x 832 by default; sides multiples of 64). The photo is scaled to cover that size and
+   centre-cropped, then VAE-encoded once: the reference latents, given to every clip (the model re-anchors the
+   identity on them every clip, i.e. every 5 s at the official 80 frames per clip).
+2. Audio: the wav2vec2 hidden states [25, T, 1024] at 50 Hz (from the job, or computed from the waveform with the
+   release's wav2vec2), linearly resampled to 30 Hz (`linear_interpolation`, align_corners) and picked per video
+   frame at 16 fps (`get_audio_embed_bucket_fps`: frame k takes 30 Hz frame round(30 k / 16), zeros past the
+   end), laid out [B, layers, dim, frames] for the DiT.
+3. Text: umT5 context of the prompt; the unconditional branch gets the negative prompt (official Chinese list
+   by default) and all-zero audio, with guidance 4.5 (uncond + g (cond - uncond)); skipped when g <= 1.
+4. Clips of `infer_frames` (80) frames: per clip, noise [16, infer_frames / 4, H/8, W/8] from seed + clip,
+   `steps` (40) of flow-matching UniPC with shift 3; the first clip drops the motion tokens
+   (drop_first_motion); later clips get the VAE latents of the last 73 generated frames (motion frames,
+   zero frames before the video starts), re-encoded after every clip.
+5. Decode: the clip's latents after the motion latents (after the reference latent for the first clip) through
+   the causal VAE, streamed latent frame by latent frame (`WanVAE.decode_chunks`); the first clip drops its
+   first 3 frames. Pixels map to uint8 as the official `save_video` (floor of (x + 1) / 2 * 255).
+
+Where this differs from the official pipeline, and why:
+
+* Streaming: frames go out as the VAE decodes them, in chunks of `params.chunk_frames` (flushed at the end of
+  every clip) with timing; the official decodes each clip whole and returns the video at the end.
+* Length: the official makes int(seconds / 5) + 1 whole clips; here exactly ceil(seconds x fps) frames
+  (capped at `params.max_duration_s`) are streamed, making as many clips as that needs.
+* A/V sync (`audio_sync`, on by default): the official first clip drops its first 3 frames but not their audio,
+  so its video runs 3 frames (0.19 s) ahead of the audio it is muxed with. Here every clip's audio window starts
+  3 frames earlier (the first clip's is padded with copies of the first audio frame, as the model itself pads),
+  so output frame k belongs to audio frame k. `audio_sync=False` reproduces the official indexing.
+* Frame rate: Wan S2V generates 16 fps. Another `params.fps` is served by nearest-time frame selection (output
+  frame j shows the 16 fps frame nearest to time j / fps): repeated frames above 16 fps, skipped ones below;
+  no interpolation.
+* Noise is drawn from a CPU generator in float32 (same video for a seed on any device); the official draws bf16
+  noise on the GPU. Latents stay float32 between steps (official: bf16).
+* Photo fit: scale to cover + centre crop; the official resizes the short side to min(H, W) and centre-crops,
+  which pads black bars when the photo's aspect is a little off the (64-rounded) target's.
+* Identity re-anchoring by embedding (optional): with `job.embedding` and an `embedder`, the first
+  `identity_frames` decoded frames of every clip are embedded; a clip whose mean cosine similarity to the photo's
+  embedding is below `identity_threshold` is generated again with another seed (up to `identity_retries` times;
+  the best attempt is kept). The official pipeline has no such check.
+* CFG branches are batched into one forward when `cfg_batched` (the official runs two forwards).
+* `decode_context_latents` (off by default) primes the causal VAE decoder with only the last few motion latents
+  instead of all 19: faster (at 480p the 19 cost about as much as decoding 70 frames), approximate.
+* Audio longer than `params.max_duration_s` is cut one second past it before wav2vec2 (the official encodes the
+  whole recording; the kept second gives the last frames their right-hand context).
+* `sampler="euler"` with few steps is offered for step-distilled checkpoints; the official offers UniPC and DPM++.
+* The pose-video condition (`pose_video`) and TTS of the official are not offered: cond_states are the official
+  all-zero pose latents.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
+from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
+from ...errors import InputError, WeightsUnavailable
+from ..job import FrameChunk, GenerationJob
+from .checkpoint import INDEX_FILE, SINGLE_FILE, load_s2v_transformer
+from .configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
+from .s2v import WanS2VTransformer, cfg_forward, guide
+from .scheduler import SAMPLERS, make_sampler
+from .text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
+from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+ENGINE_KEY = "s2v-14B"  # GenerationParams.engine value
+AUDIO_VIDEO_RATE = 30  # AudioEncoder.video_rate: wav2vec2 states are resampled to 30 Hz before bucketing
+FIRST_CLIP_DROPPED_FRAMES = 3  # WanS2V.generate: image[:, :, 3:] for the first clip when drop_first_motion
+SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
+MIN_SIDE = 64  # frame packing's 4x motion patches need latent sides >= 8
+MAX_SIDE = 2048
+SIZE_DIVISOR = 64  # official get_size_less_than_area pads the derived size to multiples of 64
+RETRY_SEED_STRIDE = 1_000_003  # seeds of identity retries: far from seed + clip of any other clip
+
+Embedder = Callable[[np.ndarray], np.ndarray]  # frames [n, H, W, 3] uint8 -> [n, D] (NaN rows: no face)
+
+
+@dataclass(frozen=True)
+class WanS2VOptions:
+    """Engine-level choices; steps, guidance, seed, size and fps come with each job."""
+
+    sampler: str = "unipc"  # unipc (official) | euler (step-distilled checkpoints)
+    default_steps: int | None = None  # None: the task's 40
+    default_guidance: float | None = None  # None: the task's 4.5
+    shift: float | None = None  # None: the task's 3.0
+    infer_frames: int = 80  # frames per clip (multiple of 4); generate.py --infer_frames default
+    max_area: int = 480 * 832  # default size budget for the photo's aspect (official '480*832')
+    cfg_batched: bool = True  # both guidance branches in one forward
+    audio_sync: bool = True  # shift audio windows by the first clip's dropped frames (see module docstring)
+    default_prompt: str = "A person is talking to the camera, natural facial expressions and lip movements."
+    negative_prompt: str | None = None  # None: the official sample_neg_prompt
+    identity_threshold: float = 0.35  # cosine similarity below which a clip counts as drifted
+    identity_retries: int = 2  # regenerations of a drifted clip (each with a new seed)
+    identity_frames: int = 4  # first decoded frames of a clip that are checked
+    vae_dtype: str = "float32"  # the official VAE runs in float32
+    # Motion latents decoded before a clip's own to prime the causal VAE decoder. None: all 19 (official,
+    # exact); fewer is faster (at 480p the 19 cost about as much as decoding 70 frames) but approximate.
+    decode_context_latents: int | None = None
+    text_cache_size: int = 8  # prompts whose umT5 context is kept
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.infer_frames < 4 or self.infer_frames % 4:
+            raise ValueError(f"infer_frames must be a positive multiple of 4, got {self.infer_frames}")
+        if self.infer_frames <= FIRST_CLIP_DROPPED_FRAMES:
+            raise ValueError(f"infer_frames must exceed the {FIRST_CLIP_DROPPED_FRAMES} frames the first clip drops")
+        if self.default_steps is not None and self.default_steps < 1:
+            raise ValueError(f"default_steps must be >= 1, got {self.default_steps}")
+        if self.max_area < MIN_SIDE * MIN_SIDE:
+            raise ValueError(f"max_area must be at least {MIN_SIDE * MIN_SIDE}, got {self.max_area}")
+        if not -1.0 <= self.identity_threshold <= 1.0 or self.identity_retries < 0 or self.identity_frames < 1:
+            raise ValueError("identity_threshold must be in [-1, 1], identity_retries >= 0, identity_frames >= 1")
+        if self.decode_context_latents is not None and self.decode_context_latents < 1:
+            raise ValueError(f"decode_context_latents must be >= 1 or None, got {self.decode_context_latents}")
+        if self.vae_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
+
+
+@dataclass(frozen=True)
+class WanFrameChunk(FrameChunk):
+    """A FrameChunk with the clip it came from and how long its parts took.
+
+    timing keys: elapsed_s (since the job started), denoise_s (the clip's denoising, all attempts), encode_s
+    (the clip's VAE encoding of reference / motion frames), decode_s (VAE decoding done for this chunk),
+    steps, attempts (clip generations, > 1 after identity retries), identity_similarity (NaN when unchecked).
+    """
+
+    clip: int = 0
+    timing: Mapping[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- release folder
+
+
+def release_entries(task: WanS2VTaskConfig = S2V_14B) -> dict[str, str]:
+    """Relative path -> what it is, for every entry a release folder must have besides the DiT shards."""
+    return {
+        task.transformer_config_file: "the DiT's config.json",
+        task.vae_checkpoint: "the Wan 2.1 VAE",
+        task.t5_checkpoint: "the umT5-XXL text encoder",
+        task.t5_tokenizer: "the umT5 tokenizer folder",
+        task.wav2vec: "the wav2vec2 audio encoder folder",
+    }
+
+
+def check_release_folder(folder: Path, task: WanS2VTaskConfig = S2V_14B) -> None:
+    """Raise WeightsUnavailable naming every file or folder of the official layout that `folder` lacks."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsUnavailable(f"Wan2.2-S2V release folder {folder} does not exist")
+    missing = [f"{name} ({what})" for name, what in release_entries(task).items() if not (folder / name).exists()]
+    if not (folder / INDEX_FILE).is_file() and not (folder / SINGLE_FILE).is_file():
+        missing.append(f"{INDEX_FILE} (the DiT's shard index) or {SINGLE_FILE}")
+    if missing:
+        raise WeightsUnavailable(
+            f"Wan2.2-S2V release folder {folder} is incomplete: missing {'; '.join(missing)}. Download the whole "
+            f"Wan-AI/Wan2.2-S2V-14B folder (or write a tiny one with make_tiny_s2v_release)"
+        )
+    check_folder(folder / task.wav2vec)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, source: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise WeightsUnavailable(f"{source} lacks {key!r}: it is not a checkpoint of this layout")
+    return tuple(state[key].shape)
+
+
+def infer_umt5_config(state: Mapping[str, torch.Tensor], source: Path) -> UMT5Config:
+    """The umT5 encoder size a checkpoint holds (umT5-XXL for the release); the strict loader checks the rest."""
+    vocab, dim = _shape(state, "token_embedding.weight", source)
+    layers = 0
+    while f"blocks.{layers}.norm1.weight" in state:
+        layers += 1
+    if layers == 0:
+        raise WeightsUnavailable(f"{source} has no encoder blocks ('blocks.0.norm1.weight' is missing)")
+    shared = "pos_embedding.embedding.weight" in state
+    buckets, heads = _shape(state, "pos_embedding.embedding.weight" if shared else
+                            "blocks.0.pos_embedding.embedding.weight", source)
+    return UMT5Config(vocab_size=vocab, dim=dim, dim_attn=_shape(state, "blocks.0.attn.q.weight", source)[0],
+                      dim_ffn=_shape(state, "blocks.0.ffn.fc1.weight", source)[0], num_heads=heads,
+                      num_layers=layers, num_buckets=buckets, shared_pos=shared)
+
+
+def infer_vae_dim(state: Mapping[str, torch.Tensor], source: Path) -> int:
+    """The VAE's base width (96 for Wan2.1_VAE.pth)."""
+    return _shape(state, "encoder.conv1.weight", source)[0]
+
+
+# ---------------------------------------------------------------- audio
+
+
+def resample_to_video_rate(features: torch.Tensor) -> torch.Tensor:
+    """wav2vec2 states [L, T, D] at 50 Hz -> [L, D, int(T / 50 x 30)] at 30 Hz (official linear_interpolation)."""
+    length = int(features.shape[1] / float(WAV2VEC2_FPS) * AUDIO_VIDEO_RATE)
+    if length < 1:
+        raise InputError("the speech is too short for Wan S2V: upload at least 0.1 s", "audio_too_short")
+    return F.interpolate(features.transpose(1, 2).float(), size=length, mode="linear", align_corners=True)
+
+
+def audio_window(features30: torch.Tensor, first: int, count: int, fps: int) -> torch.Tensor:
+    """[1, L, D, count] features of video frames first .. first + count - 1 at `fps`.
+
+    Frame k takes the 30 Hz frame round(30 k / fps) (numpy rounding, as get_sample_indices); frames before the
+    start take the first frame and frames past the end are zeros (get_audio_embed_bucket_fps's padding).
+    """
+    frames = np.arange(first, first + count)
+    index = np.round(np.maximum(frames, 0) * AUDIO_VIDEO_RATE / fps).astype(np.int64)
+    valid = index < features30.shape[2]
+    out = features30.new_zeros(1, features30.shape[0], features30.shape[1], count)
+    if valid.any():
+        positions = torch.from_numpy(np.flatnonzero(valid)).to(features30.device)
+        out[0, :, :, positions] = features30[:, :, torch.from_numpy(index[valid]).to(features30.device)]
+    return out
+
+
+# ---------------------------------------------------------------- size and photo
+
+
+def size_within_area(height: int, width: int, target_area: int, divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
+    """Official WanS2V.get_size_less_than_area: the largest scale (<= 1) whose 64-padded size fits the area."""
+    if height * width <= target_area:
+        min_scale, max_scale = 0.1, 1.0
+    else:
+        d = divisor - 1
+        b = d * (height + width)
+        a = height * width
+        c = d**2 - target_area
+        min_scale = (-b + math.sqrt(b**2 - 2 * a * c)) / (2 * a)
+        max_scale = math.sqrt(target_area / (height * width))
+    for i in range(100):
+        scale = max_scale - (max_scale - min_scale) * i / 100
+        new_h, new_w = int(height * scale), int(width * scale)
+        padded_h = new_h + (64 - new_h % 64) % 64
+        padded_w = new_w + (64 - new_w % 64) % 64
+        if padded_h * padded_w <= target_area:
+            return padded_h, padded_w
+    aspect = width / height
+    target_w = int((target_area * aspect) ** 0.5 // divisor * divisor)
+    target_h = int((target_area / aspect) ** 0.5 // divisor * divisor)
+    if target_w >= width or target_h >= height:
+        target_w, target_h = int(width // divisor * divisor), int(height // divisor * divisor)
+    return target_h, target_w
+
+
+def output_size(photo_hw: tuple[int, int], width: int, height: int, max_area: int) -> tuple[int, int]:
+    """(H, W) of the video: the requested size, one side derived from the photo's aspect, or the official default."""
+    h, w = photo_hw
+    if width < 0 or height < 0:
+        raise InputError(f"width and height must be positive (or 0 for automatic), got {width}x{height}")
+    if not width and not height:
+        out_h, out_w = size_within_area(h, w, max_area)
+        out_h, out_w = max(out_h, MIN_SIDE), max(out_w, MIN_SIDE)
+        if max(out_h, out_w) > MAX_SIDE:
+            raise InputError(f"a {w}x{h} photo is too elongated for Wan S2V ({out_w}x{out_h}); crop it nearer "
+                             f"to the face or send width and height", "bad_size")
+        return out_h, out_w
+    if not width:
+        width = max(SIZE_MULTIPLE, round(height * w / h / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    elif not height:
+        height = max(SIZE_MULTIPLE, round(width * h / w / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+        raise InputError(f"Wan S2V needs width and height in multiples of {SIZE_MULTIPLE}, got {width}x{height}; "
+                         f"e.g. {round(width / 16) * 16}x{round(height / 16) * 16}", "bad_size")
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise InputError(f"Wan S2V sizes run from {MIN_SIDE} to {MAX_SIDE} pixels a side, got {width}x{height}",
+                         "bad_size")
+    return height, width
+
+
+def fit_photo(photo: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale the photo to cover height x width and centre-crop it: [height, width, 3] uint8."""
+    h, w = photo.shape[:2]
+    scale = max(height / h, width / w)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    resized = cv2.resize(photo, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    y0, x0 = (new_h - height) // 2, (new_w - width) // 2
+    return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """[1, 3, t, H, W] in [-1, 1] -> [t, H, W, 3] uint8 as the official save_video (no rounding)."""
+    x = ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+# ---------------------------------------------------------------- output stream
+
+
+class FrameRateResampler:
+    """16 fps source frames in, `fps` output frames out by nearest-time selection (see module docstring)."""
+
+    def __init__(self, source_fps: int, fps: float, source_total: int, total: int) -> None:
+        self.source_fps, self.fps = source_fps, fps
+        self.source_total, self.total = source_total, total
+        self.next_out = 0
+        self.received = 0
+        self.pending: list[np.ndarray] = []  # source frames from index `received - len(pending)` on
+
+    def _source_index(self, j: int) -> int:
+        return min(self.source_total - 1, int(math.floor(j * self.source_fps / self.fps + 0.5)))
+
+    def push(self, frames: np.ndarray) -> list[np.ndarray]:
+        self.pending.extend(frames)
+        self.received += len(frames)
+        out = []
+        first = self.received - len(self.pending)
+        while self.next_out < self.total and self._source_index(self.next_out) < self.received:
+            out.append(self.pending[self._source_index(self.next_out) - first])
+            self.next_out += 1
+        if self.next_out < self.total:
+            keep_from = self._source_index(self.next_out) - first
+            self.pending = self.pending[keep_from:]
+        else:
+            self.pending = []
+        return out
+
+
+_FrameRateResampler = FrameRateResampler  # the name animate_engine imports
+
+
+@dataclass
+class _Attempt:
+    seed: int
+    stream: Iterator[torch.Tensor]
+    head: list[torch.Tensor]
+    score: float
+
+
+def identity_similarity(embedder: Embedder, frames: np.ndarray, reference: np.ndarray) -> float:
+    """Mean cosine similarity of the frames' embeddings to the reference; -1 when no frame yields a face."""
+    ref = np.asarray(reference, np.float64).reshape(-1)
+    ref = ref / max(np.linalg.norm(ref), 1e-12)
+    emb = np.asarray(embedder(frames), np.float64).reshape(len(frames), -1)
+    norms = np.linalg.norm(emb, axis=1)
+    valid = np.isfinite(norms) & (norms > 1e-12)
+    if not valid.any():
+        return -1.0
+    return float(np.mean(emb[valid] @ ref / norms[valid]))
+
+
+# ---------------------------------------------------------------- engine
+
+
+class WanS2VEngine:
+    """The S2V-14B pipeline over our own DiT, VAE, umT5 and wav2vec2 modules (see the module docstring)."""
+
+    def __init__(self, transformer: WanS2VTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
+                 audio_encoder: Wav2Vec2Features | None, task: WanS2VTaskConfig = S2V_14B,
+                 options: WanS2VOptions | None = None, embedder: Embedder | None = None) -> None:
+        self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
+        self.audio_encoder = audio_encoder
+        self.task = task
+        self.options = options or WanS2VOptions()
+        self.embedder = embedder
+        self.device = transformer.patch_embedding.weight.device
+        config = transformer.config
+        official = config == WanS2VTransformerConfig()
+        self.name = "wan2.2-s2v-14B" if official else (
+            f"wan2.2-s2v-custom(dim={config.dim},layers={config.num_layers})")
+        self._contexts: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_folder(cls, folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                    options: WanS2VOptions | None = None, embedder: Embedder | None = None,
+                    task: WanS2VTaskConfig = S2V_14B) -> WanS2VEngine:
+        """Load the official release folder (or a tiny one of the same layout) strictly onto `device`.
+
+        dtype is the DiT's (bf16 on GPU, float32 on CPU by default); umT5 runs in bf16 on GPU (the official
+        t5_dtype) and float32 on CPU; the VAE in `options.vae_dtype`; wav2vec2 in float32.
+        """
+        folder, device = Path(folder), torch.device(device)
+        options = options or WanS2VOptions()
+        check_release_folder(folder, task)
+        transformer = load_s2v_transformer(folder, device, dtype)
+        config = transformer.config
+
+        vae_path = folder / task.vae_checkpoint
+        vae = load_vae(vae_path, device, getattr(torch, options.vae_dtype),
+                       dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
+        t5_path = folder / task.t5_checkpoint
+        t5_config = infer_umt5_config(read_checkpoint(t5_path), t5_path)
+        if t5_config.dim != config.text_dim:
+            raise WeightsUnavailable(f"{t5_path} makes {t5_config.dim}-wide text features but the DiT in {folder} "
+                                     f"takes text_dim {config.text_dim}: the files are not from one release")
+        t5_dtype = torch.float32 if device.type == "cpu" else getattr(torch, task.t5_dtype)
+        text_encoder = load_text_encoder(t5_path, folder / task.t5_tokenizer, device, t5_dtype, t5_config,
+                                         text_len=config.text_len)
+        audio_encoder = Wav2Vec2Features(folder / task.wav2vec, device=str(device))
+        if (audio_encoder.layers, audio_encoder.dim) != (config.audio_layers, config.audio_dim):
+            raise WeightsUnavailable(
+                f"{folder / task.wav2vec} gives {audio_encoder.layers} hidden states of width {audio_encoder.dim}, "
+                f"the DiT weighs {config.audio_layers} of width {config.audio_dim}")
+        log.info("Wan S2V engine from %s on %s (DiT %s, %d layers, VAE %s)", folder, device,
+                 transformer.patch_embedding.weight.dtype, config.num_layers, options.vae_dtype)
+        return cls(transformer, vae, text_encoder, audio_encoder, task, options, embedder)
+
+    # -- per-job inputs -----------------------------------------------------------------------------------------
+
+    def _text(self, prompt: str) -> torch.Tensor:
+        context = self._contexts.get(prompt)
+        if context is None:
+            context = self.text_encoder([prompt])[0].to(self.device)
+            if len(self._contexts) >= self.options.text_cache_size:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[prompt] = context
+        return context
+
+    def _audio_features(self, job: GenerationJob) -> torch.Tensor:
+        """[L, T, D] wav2vec2 states at 50 Hz, checked against what the DiT takes."""
+        config = self.transformer.config
+        if job.wav2vec2_features is not None and np.asarray(job.wav2vec2_features).size:
+            features = torch.from_numpy(np.asarray(job.wav2vec2_features, np.float32))
+        elif job.waveform is not None and len(job.waveform):
+            if self.audio_encoder is None:
+                raise InputError("this Wan S2V engine has no wav2vec2: send wav2vec2 features", "no_audio_features")
+            # wav2vec2 attends over the whole recording (as the official, which encodes all of it); past
+            # max_duration only a second of context is kept, so a long upload costs no quadratic attention.
+            keep = int((job.params.max_duration_s + 1.0) * SAMPLE_RATE)
+            waveform = np.asarray(job.waveform, np.float32)[:keep]
+            features = torch.from_numpy(self.audio_encoder.encode([waveform])[0])
+        else:
+            raise InputError("Wan S2V needs speech: send a waveform or wav2vec2 features", "no_audio")
+        if features.ndim != 3 or features.shape[0] != config.audio_layers or features.shape[2] != config.audio_dim:
+            raise InputError(f"wav2vec2 features must be [{config.audio_layers}, T, {config.audio_dim}] (all hidden "
+                             f"states of wav2vec2-large-xlsr-53-english), got {tuple(features.shape)}",
+                             "bad_audio_features")
+        return features.to(self.device)
+
+    @staticmethod
+    def _duration(job: GenerationJob, features: torch.Tensor) -> float:
+        if job.waveform is not None and len(job.waveform):
+            seconds = len(job.waveform) / SAMPLE_RATE
+        else:
+            seconds = features.shape[1] / WAV2VEC2_FPS
+        seconds = min(seconds, job.params.max_duration_s)
+        if seconds < 0.1:
+            raise InputError("the speech (or max duration) is shorter than 0.1 s: send a longer recording",
+                             "audio_too_short")
+        return seconds
+
+    def _reference(self, photo: np.ndarray, height: int, width: int) -> tuple[torch.Tensor, float]:
+        fitted = fit_photo(photo, height, width)
+        pixels = torch.from_numpy(fitted).to(self.device).permute(2, 0, 1).float().div(255.0).mul(2.0).sub(1.0)
+        start = time.perf_counter()
+        # WanVAE.encode cannot take a single frame (its 4-frame chunking yields an empty chunk), so the photo is
+        # encoded as the first of 5 equal frames: the causal encoder's first latent frame sees only the first
+        # frame, so it is exactly the single-image latent the official code computes.
+        latents = self.vae.encode(pixels[None, :, None].expand(-1, -1, 5, -1, -1))[:, :, :1]
+        self._sync()
+        return latents, time.perf_counter() - start
+
+    def _sync(self) -> None:
+        """Wait for the GPU, so that the per-stage timings measure the stage rather than the queueing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # -- denoising ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _denoise(self, seed: int, shape: tuple[int, ...], steps: int, guidance: float, context: torch.Tensor,
+                 context_null: torch.Tensor, ref: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor,
+                 drop_motion: bool) -> torch.Tensor:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        shift = self.task.sample_shift if self.options.shift is None else self.options.shift
+        sampler = make_sampler(self.options.sampler, steps, shift)
+        model_dtype = self.transformer.patch_embedding.weight.dtype
+        audio = audio.to(model_dtype)  # the official feeds the audio embedding in param_dtype
+        kwargs = {"motion_frames": (self.task.motion_frames, self.task.lat_motion_frames),
+                  "drop_motion_frames": drop_motion}
+        for _ in range(steps):
+            t = sampler.timestep(self.device)
+            if guidance > 1.0 and self.options.cfg_batched:
+                cond, uncond = cfg_forward(self.transformer, latents=latents, timestep=t, context=[context],
+                                           context_null=[context_null], ref_latents=ref, motion_latents=motion,
+                                           audio=audio, **kwargs)
+                flow = guide(cond, uncond, guidance)
+            else:
+                flow = self.transformer(latents, t, [context], ref, motion, audio, **kwargs)
+                if guidance > 1.0:
+                    uncond = self.transformer(latents, t, [context_null], ref, motion, audio * 0.0, **kwargs)
+                    flow = guide(flow, uncond, guidance)
+            latents = sampler.step(flow, latents)
+        return latents
+
+    @torch.no_grad()
+    def _decoded(self, prefix: torch.Tensor, latents: torch.Tensor, drop: int) -> Iterator[torch.Tensor]:
+        """The clip's pixels [1, 3, t, H, W] as the causal VAE produces them, after `prefix` primed its memory."""
+        context = self.options.decode_context_latents
+        if context is not None and prefix.shape[2] > context:
+            prefix = prefix[:, :, prefix.shape[2] - context :]
+        skip = prefix.shape[2]
+        for index, pixels in enumerate(self.vae.decode_chunks(torch.cat([prefix, latents], dim=2))):
+            if index < skip:
+                continue
+            if drop:
+                cut = min(drop, pixels.shape[2])
+                pixels, drop = pixels[:, :, cut:], drop - cut
+            if pixels.shape[2]:
+                yield pixels
+
+    # -- the job ----------------------------------------------------------------------------------------------------
+
+    def _settings(self, job: GenerationJob) -> tuple[int, float]:
+        p = job.params
+        steps = p.steps if p.steps is not None else (self.options.default_steps or self.task.sample_steps)
+        guidance = p.guidance if p.guidance is not None else (
+            self.task.sample_guide_scale if self.options.default_guidance is None else self.options.default_guidance)
+        if not 1 <= steps <= 1000:
+            raise InputError(f"steps must be between 1 and 1000, got {steps}", "bad_steps")
+        if not 0.0 <= guidance <= 30.0:
+            raise InputError(f"guidance must be between 0 and 30, got {guidance}", "bad_guidance")
+        if p.fps <= 0 or p.chunk_frames < 1:
+            raise InputError(f"fps must be positive and chunk_frames >= 1, got {p.fps} and {p.chunk_frames}")
+        return steps, guidance
+
+    def generate(self, job: GenerationJob) -> Iterator[WanFrameChunk]:
+        """Stream the video of `job` in chunks as it is decoded; stops working when the consumer stops."""
+        started = time.perf_counter()
+        p, opt, task = job.params, self.options, self.task
+        photo = np.asarray(job.photo)
+        if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
+            raise InputError(f"the photo must be [H, W, 3] uint8 RGB, got {photo.shape} {photo.dtype}", "bad_photo")
+        steps, guidance = self._settings(job)
+        height, width = output_size(photo.shape[:2], p.width, p.height, opt.max_area)
+
+        features = self._audio_features(job)
+        seconds = self._duration(job, features)
+        features30 = resample_to_video_rate(features)
+        fps16 = task.sample_fps
+        needed = max(1, math.ceil(seconds * fps16 - 1e-9))
+        total = max(1, math.ceil(seconds * p.fps - 1e-9))
+        per_clip = opt.infer_frames
+        dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion else 0
+        clips = 1 + math.ceil(max(0, needed - (per_clip - dropped)) / per_clip)
+        audio_offset = -dropped if opt.audio_sync else 0
+
+        context = self._text(p.prompt or opt.default_prompt)
+        context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
+        ref_latents, encode_s = self._reference(photo, height, width)
+        lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
+        shape = (1, self.transformer.config.in_dim, per_clip // 4, lat_h, lat_w)
+        vae_dtype = self.vae.dtype
+        last_frames = torch.zeros(1, 3, task.motion_frames, height, width, device=self.device, dtype=vae_dtype)
+        motion_latents = torch.zeros(1, 16, task.lat_motion_frames, lat_h, lat_w, device=self.device)
+        anchoring = self.embedder is not None and job.embedding is not None
+        log.info("Wan S2V job: %dx%d, %.2f s -> %d clip(s) of %d frames, %d steps (%s), guidance %.2f, %s", width,
+                 height, seconds, clips, per_clip, steps, opt.sampler, guidance,
+                 "identity anchoring" if anchoring else "no identity check")
+
+        resampler = FrameRateResampler(fps16, p.fps, needed, total)
+        produced = 0  # 16 fps frames streamed so far
+        out_index = 0
+        for clip in range(clips):
+            first_clip = clip == 0
+            drop_motion = first_clip and task.drop_first_motion
+            if not drop_motion:  # (with drop_first_motion off, the first clip sees the encoded zero frames)
+                t0 = time.perf_counter()
+                motion_latents = self.vae.encode(last_frames)
+                self._sync()
+                encode_s += time.perf_counter() - t0
+            audio = audio_window(features30, clip * per_clip + audio_offset, per_clip, fps16)
+            prefix = ref_latents if drop_motion else motion_latents
+            drop = dropped if first_clip else 0
+
+            denoise_s = 0.0
+            best: _Attempt | None = None
+            for attempt in range(1 + (opt.identity_retries if anchoring else 0)):
+                seed = p.seed + clip + attempt * RETRY_SEED_STRIDE
+                t0 = time.perf_counter()
+                latents = self._denoise(seed, shape, steps, guidance, context, context_null, ref_latents,
+                                        motion_latents, audio, drop_motion)
+                self._sync()
+                denoise_s += time.perf_counter() - t0
+                stream = self._decoded(prefix, latents, drop)
+                if not anchoring:
+                    best = _Attempt(seed, stream, [], math.nan)
+                    break
+                head: list[torch.Tensor] = []
+                while sum(x.shape[2] for x in head) < opt.identity_frames:
+                    piece = next(stream, None)
+                    if piece is None:
+                        break
+                    head.append(piece)
+                frames = to_uint8(torch.cat(head, dim=2))[: opt.identity_frames]
+                score = identity_similarity(self.embedder, frames, job.embedding)
+                log.info("clip %d attempt %d (seed %d): identity similarity %.3f", clip, attempt, seed, score)
+                if best is None or score > best.score:
+                    if best is not None:
+                        best.stream.close()
+                    best = _Attempt(seed, stream, head, score)
+                else:
+                    stream.close()
+                if score >= opt.identity_threshold:
+                    break
+            attempts = attempt + 1
+            if anchoring and best.score < opt.identity_threshold:
+                log.warning("clip %d stayed below the identity threshold %.2f after %d attempts (best %.3f)", clip,
+                            opt.identity_threshold, attempts, best.score)
+
+            timing = {"denoise_s": denoise_s, "encode_s": encode_s, "steps": float(steps),
+                      "attempts": float(attempts), "identity_similarity": best.score}
+            encode_s = 0.0
+            last_clip = clip == clips - 1
+            keep: list[torch.Tensor] = []  # this clip's last motion_frames pixels, for the next clip's motion
+            buffer: list[np.ndarray] = []
+            decode_s, t0 = 0.0, time.perf_counter()
+            pieces = iter(best.head)
+            while True:
+                piece = next(pieces, None)
+                if piece is None:
+                    piece = next(best.stream, None)
+                    if piece is None:
+                        break
+                if not last_clip:
+                    keep.append(piece.to(vae_dtype))
+                    while sum(x.shape[2] for x in keep[1:]) >= task.motion_frames:
+                        keep.pop(0)
+                frames = to_uint8(piece)[: max(0, needed - produced)]  # (copying to the host waits for the GPU)
+                decode_s += time.perf_counter() - t0
+                produced += len(frames)
+                buffer.extend(resampler.push(frames))
+                while len(buffer) >= p.chunk_frames:
+                    chunk, buffer = buffer[: p.chunk_frames], buffer[p.chunk_frames :]
+                    yield self._chunk(out_index, chunk, p.fps, total, clip, timing, decode_s, started)
+                    out_index += len(chunk)
+                    decode_s = 0.0
+                if last_clip and produced >= needed:
+                    best.stream.close()
+                    break
+                t0 = time.perf_counter()
+            if buffer:
+                yield self._chunk(out_index, buffer, p.fps, total, clip, timing, decode_s, started)
+                out_index += len(buffer)
+            if not last_clip:
+                tail = torch.cat(keep, dim=2)[:, :, -task.motion_frames :]
+                overlap = tail.shape[2]
+                last_frames = torch.cat([last_frames[:, :, overlap:], tail], dim=2)
+        log.info("Wan S2V job done: %d frames at %.3g fps in %.2f s", out_index, p.fps, time.perf_counter() - started)
+
+    @staticmethod
+    def _chunk(start: int, frames: list[np.ndarray], fps: float, total: int, clip: int, timing: Mapping[str, float],
+               decode_s: float, started: float) -> WanFrameChunk:
+        info = {**timing, "decode_s": decode_s, "elapsed_s": time.perf_counter() - started}
+        return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info)

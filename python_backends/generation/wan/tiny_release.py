@@ -1,0 +1,79 @@
+"""A complete tiny Wan2.2-S2V-14B release folder with random weights, for CPU tests and smoke runs.
+
+Same files and layouts as Wan-AI/Wan2.2-S2V-14B, every part small:
+
+    config.json, diffusion_pytorch_model.safetensors.index.json, diffusion_pytorch_model-0000k-of-00002.safetensors
+    Wan2.1_VAE.pth                          VAE of base width 4 (96 officially)
+    models_t5_umt5-xxl-enc-bf16.pth         2-layer umT5 whose width is the DiT's text_dim (4096, as the real one)
+    google/umt5-xxl/                        small Unigram tokenizer
+    wav2vec2-large-xlsr-53-english/         24-layer, 32-wide wav2vec2 (25 hidden states, as the real one)
+
+The umT5 keeps the official width 4096 because the DiT's text_dim is not written to config.json (diffusers
+leaves it out), so the DiT always expects 4096-wide text features; its attention and feed-forward are narrow
+to keep the file at a few MB. The wav2vec2 keeps the official 24 layers because the DiT weighs exactly 25
+hidden states; its width is the tiny DiT's audio_dim.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .configs import S2V_14B
+from .text_encoder import UMT5Config
+from .tiny import TINY_S2V_CONFIG, make_tiny_s2v_checkpoint
+from .tiny_aux import make_tiny_t5_checkpoint, make_tiny_tokenizer, make_tiny_vae_checkpoint
+
+TINY_RELEASE_T5 = UMT5Config(
+    vocab_size=128, dim=TINY_S2V_CONFIG.text_dim, dim_attn=32, dim_ffn=32, num_heads=4, num_layers=2, num_buckets=32
+)
+TINY_RELEASE_VAE_DIM = 4  # the VAE's per-frame work dominates tiny CPU runs (73 motion frames a clip)
+SAMPLE_RATE = 16000
+# A minimal CTC vocabulary in the layout of jonatasgrosman/wav2vec2-large-xlsr-53-english's vocab.json.
+_CTC_VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "e": 6, "i": 7, "o": 8, "u": 9, "s": 10,
+              "t": 11}
+
+
+def make_tiny_wav2vec2(folder: Path | str, hidden_size: int = TINY_S2V_CONFIG.audio_dim,
+                       num_layers: int = TINY_S2V_CONFIG.audio_layers - 1, seed: int = 0) -> Path:
+    """A random wav2vec2 (stable layer norm, like XLSR-53) saved as a Hugging Face folder with its processor files."""
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+    )
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = Wav2Vec2Config(
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=2 * hidden_size,
+        vocab_size=len(_CTC_VOCAB), conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer", do_stable_layer_norm=True,
+    )
+    torch.manual_seed(seed)
+    Wav2Vec2ForCTC(config).eval().save_pretrained(folder)
+    vocab = folder / "vocab.json"
+    vocab.write_text(json.dumps(_CTC_VOCAB), encoding="utf-8")
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=True)
+    # Saved one by one: the official folder has preprocessor_config.json and the tokenizer files, no
+    # processor_config.json (which Wav2Vec2Processor.save_pretrained would write instead).
+    extractor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_s2v_release(folder: Path | str, seed: int = 0) -> Path:
+    """Write every file of a Wan2.2-S2V-14B release folder, with tiny random weights; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_s2v_checkpoint(folder, seed=seed)
+    make_tiny_vae_checkpoint(folder, dim=TINY_RELEASE_VAE_DIM, seed=seed)
+    make_tiny_t5_checkpoint(folder, cfg=TINY_RELEASE_T5, seed=seed)
+    make_tiny_tokenizer(folder)
+    make_tiny_wav2vec2(folder / S2V_14B.wav2vec, seed=seed)
+    return folder

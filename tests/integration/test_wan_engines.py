@@ -1,0 +1,59 @@
+"""Wan2.2-S2V-14B and Animate-14B through the real server, from release folders in the official layout.
+
+The folders hold tiny random weights (no official weights can be downloaded here): what is tested is the
+whole path from checkpoint files to streamed chunks through tritonserver, not image quality.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from client.server import ServerOptions, TritonServer, free_port
+from client.triton_client import Endpoint, TalkingHeadClient
+from python_backends.generation.wan.tiny_animate import make_tiny_animate_checkpoint
+from python_backends.generation.wan.tiny_release import make_tiny_s2v_release
+
+pytestmark = pytest.mark.integration
+
+TINY = {"width": 64, "height": 64, "steps": 2, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def wan_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan-weights")
+    make_tiny_s2v_release(root / "video_generator" / "Wan2.2-S2V-14B")
+    make_tiny_animate_checkpoint(root / "video_generator" / "Wan2.2-Animate-14B", with_aux=True)
+    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), weights=root)
+    with TritonServer(options, log_path=tmp_path_factory.mktemp("wan-log") / "tritonserver.log"):
+        with TalkingHeadClient(Endpoint(options.grpc_url)) as client:
+            yield client
+
+
+def test_s2v_streams_chunks_from_the_release_folder(wan_server, samples):
+    photo, speech = (samples / "astronaut.png").read_bytes(), (samples / "speech.wav").read_bytes()
+    chunks = list(wan_server.generate(photo, speech, parameters={**TINY, "engine": "s2v-14B", "fps": 16,
+                                                                   "max_duration_s": 2.0}))
+    assert len(chunks) > 1
+    assert {c.info["engine_id"] for c in chunks} == {"s2v-14B"} and "generative" in chunks[0].info["label"]
+    frames = np.concatenate([c.frames for c in chunks])
+    assert frames.shape == (32, 64, 64, 3) and frames.dtype == np.uint8
+    assert [c.start_frame for c in chunks] == list(np.cumsum([0] + [len(c.frames) for c in chunks[:-1]]))
+    again = np.concatenate([c.frames for c in wan_server.generate(
+        photo, speech, parameters={**TINY, "engine": "s2v-14B", "fps": 16, "max_duration_s": 2.0})])
+    assert np.array_equal(frames, again)  # same seed, same video
+
+
+def test_animate_streams_chunks_from_a_driving_video(wan_server, samples, tmp_path):
+    driving = tmp_path / "driving.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-loop", "1", "-i",
+                    str(samples / "astronaut.png"), "-t", "1", "-r", "16", "-pix_fmt", "yuv420p", str(driving)],
+                   check=True, timeout=60)
+    chunks = list(wan_server.generate((samples / "astronaut.png").read_bytes(), driving_video=driving.read_bytes(),
+                                      parameters={**TINY, "engine": "animate-14B", "fps": 16}))
+    assert len(chunks) >= 1 and {c.info["engine_id"] for c in chunks} == {"animate-14B"}
+    frames = np.concatenate([c.frames for c in chunks])
+    assert frames.shape[1:] == (64, 64, 3) and len(frames) == 16

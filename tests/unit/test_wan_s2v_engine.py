@@ -1,0 +1,535 @@
+"""Wan2.2-S2V engine: flow-matching samplers, the release-folder loader, and whole tiny-release runs on CPU."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from python_backends.errors import InputError, WeightsUnavailable
+from python_backends.generation.job import GenerationJob, GenerationParams
+from python_backends.generation.wan.configs import S2V_14B
+from python_backends.generation.wan.s2v import cfg_forward
+from python_backends.generation.wan.s2v_engine import (
+    RETRY_SEED_STRIDE,
+    FrameRateResampler,
+    WanFrameChunk,
+    WanS2VEngine,
+    WanS2VOptions,
+    audio_window,
+    fit_photo,
+    output_size,
+    resample_to_video_rate,
+    size_within_area,
+)
+from python_backends.generation.wan.scheduler import (
+    OFFICIAL_SIGMA_MAX,
+    FlowEulerSampler,
+    FlowUniPCSampler,
+    flow_schedule,
+    make_sampler,
+)
+from python_backends.generation.wan.tiny_release import make_tiny_s2v_release
+
+log = logging.getLogger(__name__)
+
+SIZE = 64
+PER_CLIP = 20  # frames per clip: the first clip streams 17, so 2 s of audio (32 frames) takes two clips
+SECONDS = 2.0
+SR = 16000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models' tensors are too small for intra-op parallelism: a second thread only adds barrier waits,
+    which cost several times the work itself when the other core is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- scheduler: reference transcription
+
+
+class OfficialFlowUniPC:
+    """wan/utils/fm_solvers_unipc.py FlowUniPCMultistepScheduler (shift=1 at construction, set_timesteps with the
+    sampling shift, predict_x0, bh2, no thresholding, no disabled corrector), transcribed line by line in float32
+    torch as the official runs it; the oracle for FlowUniPCSampler."""
+
+    def __init__(self, steps: int, shift: float, order: int = 2) -> None:
+        alphas = np.linspace(1, 1 / 1000, 1000)[::-1].copy()
+        train_sigmas = torch.from_numpy(1.0 - alphas).to(torch.float32)
+        sigma_max, sigma_min = train_sigmas[0].item(), train_sigmas[-1].item()
+        sigmas = np.linspace(sigma_max, sigma_min, steps + 1).copy()[:-1]
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        self.timesteps = torch.from_numpy(sigmas * 1000).to(torch.int64)
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0]]).astype(np.float32))
+        self.order = order
+        self.model_outputs: list = [None] * order
+        self.lower_order_nums = 0
+        self.last_sample = None
+        self.step_index = 0
+        self.this_order = 0
+
+    @staticmethod
+    def _alpha_sigma(sigma):
+        return 1 - sigma, sigma
+
+    def _coeffs(self, sigma_t, sigma_s0, other_sigmas, order):
+        alpha_t, sigma_t = self._alpha_sigma(sigma_t)
+        alpha_s0, sigma_s0 = self._alpha_sigma(sigma_s0)
+        lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
+        lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+        h = lambda_t - lambda_s0
+        rks = []
+        for sigma_si in other_sigmas:
+            alpha_si, sigma_si = self._alpha_sigma(sigma_si)
+            rks.append((torch.log(alpha_si) - torch.log(sigma_si) - lambda_s0) / h)
+        rks.append(1.0)
+        rks = torch.tensor(rks)
+        hh = -h
+        h_phi_1 = torch.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        factorial_i = 1
+        b_h = torch.expm1(hh)
+        big_r, b = [], []
+        for i in range(1, order + 1):
+            big_r.append(torch.pow(rks, i - 1))
+            b.append(h_phi_k * factorial_i / b_h)
+            factorial_i *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial_i
+        return alpha_t, sigma_t, sigma_s0, h_phi_1, b_h, rks, torch.stack(big_r), torch.tensor(b)
+
+    def _predictor(self, x, order):
+        m0 = self.model_outputs[-1]
+        i = self.step_index
+        others = [self.sigmas[i - k] for k in range(1, order)]
+        alpha_t, sigma_t, sigma_s0, h_phi_1, b_h, rks, big_r, b = self._coeffs(
+            self.sigmas[i + 1], self.sigmas[i], others, order)
+        d1s = [(self.model_outputs[-(k + 1)] - m0) / rks[k - 1] for k in range(1, order)]
+        x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+        if d1s:
+            rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(big_r[:-1, :-1], b[:-1])
+            x_t = x_t - alpha_t * b_h * torch.einsum("k,bkc...->bc...", rhos_p, torch.stack(d1s, dim=1))
+        return x_t
+
+    def _corrector(self, model_t, x, order):
+        m0 = self.model_outputs[-1]
+        i = self.step_index
+        others = [self.sigmas[i - (k + 1)] for k in range(1, order)]
+        alpha_t, sigma_t, sigma_s0, h_phi_1, b_h, rks, big_r, b = self._coeffs(
+            self.sigmas[i], self.sigmas[i - 1], others, order)
+        d1s = [(self.model_outputs[-(k + 1)] - m0) / rks[k - 1] for k in range(1, order)]
+        rhos_c = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(big_r, b)
+        x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+        corr_res = torch.einsum("k,bkc...->bc...", rhos_c[:-1], torch.stack(d1s, dim=1)) if d1s else 0
+        return x_t - alpha_t * b_h * (corr_res + rhos_c[-1] * (model_t - m0))
+
+    def step(self, model_output, sample):
+        converted = sample - self.sigmas[self.step_index] * model_output
+        if self.step_index > 0 and self.last_sample is not None:
+            sample = self._corrector(converted, self.last_sample, self.this_order)
+        self.model_outputs = self.model_outputs[1:] + [converted]
+        this_order = min(self.order, len(self.timesteps) - self.step_index)
+        self.this_order = min(this_order, self.lower_order_nums + 1)
+        self.last_sample = sample
+        prev = self._predictor(sample, self.this_order)
+        self.lower_order_nums = min(self.lower_order_nums + 1, self.order)
+        self.step_index += 1
+        return prev
+
+
+def toy_flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A smooth nonlinear stand-in for the DiT, depending on the integer timestep as the real one does."""
+    s = t.float() / 1000.0
+    return torch.tanh(1.5 * x) * (1.0 + s) - 0.4 * x * s + 0.2
+
+
+def gaussian_flow(x: torch.Tensor, sigma: float, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Exact flow of x_sigma = (1 - sigma) x0 + sigma n for x0 ~ N(mu, std^2): (x - E[x0 | x]) / sigma."""
+    a = 1.0 - sigma
+    x0_mean = mu + a * std**2 / (a**2 * std**2 + sigma**2) * (x - a * mu)
+    return (x - x0_mean) / sigma
+
+
+def solve_gaussian(sampler, x: torch.Tensor, mu, std) -> torch.Tensor:
+    for i in range(sampler.num_steps):
+        x = sampler.step(gaussian_flow(x, float(sampler.sigmas[i]), mu, std), x)
+    return x
+
+
+# ---------------------------------------------------------------- scheduler tests
+
+
+def test_schedule_matches_the_closed_form() -> None:
+    sigmas, timesteps = flow_schedule(40, 3.0)
+    assert sigmas.dtype == np.float32 and timesteps.dtype == np.int64
+    assert len(sigmas) == 41 and len(timesteps) == 40 and sigmas[-1] == 0.0
+    s = 0.999 * (1 - np.arange(40) / 40)
+    expected = 3 * s / (1 + 2 * s)
+    np.testing.assert_allclose(sigmas[:-1], expected, rtol=1e-6)
+    np.testing.assert_array_equal(timesteps, np.floor(expected * 1000 + 1e-9).astype(np.int64))
+    assert timesteps[0] == 999 and timesteps[-1] == 71
+    assert OFFICIAL_SIGMA_MAX == pytest.approx(0.999, abs=1e-7)
+    # shift 1 is the plain linear schedule; shift > 1 spends more steps at high noise
+    linear, _ = flow_schedule(10, 1.0)
+    np.testing.assert_allclose(linear[:-1], np.linspace(OFFICIAL_SIGMA_MAX, 0, 11)[:-1], rtol=1e-6)
+    assert np.all(flow_schedule(10, 5.0)[0][1:-1] > linear[1:-1])
+    # Euler for distilled checkpoints starts from pure noise: LightX2V's 1000, 750, 500, 250 with shift 5
+    sigmas4, t4 = flow_schedule(4, 5.0, sigma_max=1.0)
+    np.testing.assert_allclose(sigmas4, [1.0, 0.9375, 5 / 6, 0.625, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(t4, [1000, 937, 833, 625])
+    with pytest.raises(ValueError):
+        flow_schedule(0, 3.0)
+
+
+@pytest.mark.parametrize("name", ["unipc", "euler"])
+def test_exact_flow_lands_on_the_data(name: str) -> None:
+    """On straight paths the flow is noise - x0 everywhere: any consistent solver must end exactly at x0."""
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, generator=gen), torch.randn(2, 4, 3, generator=gen)
+    for steps in (1, 2, 5, 40):
+        sampler = make_sampler(name, steps, 3.0)
+        x = (1 - float(sampler.sigmas[0])) * x0 + float(sampler.sigmas[0]) * noise
+        for _ in range(steps):
+            x = sampler.step(noise - x0, x)
+        torch.testing.assert_close(x, x0, atol=2e-5, rtol=0)
+        with pytest.raises(RuntimeError):
+            sampler.step(noise - x0, x)
+
+
+def test_unipc_converges_faster_than_euler_on_a_gaussian() -> None:
+    """Gaussian data has a closed-form probability-flow ODE: x0 = mu + std (x - (1 - s0) mu) / sqrt(...)."""
+    gen = torch.Generator().manual_seed(1)
+    mu, std = torch.randn(64, generator=gen, dtype=torch.float64), 0.3 + torch.rand(64, generator=gen,
+                                                                                       dtype=torch.float64)
+    noise = torch.randn(64, generator=gen, dtype=torch.float64)
+    errors = {}
+    for name in ("unipc", "euler"):
+        for shift, steps in ((1.0, 20), (1.0, 40), (3.0, 20)):
+            sampler = make_sampler(name, steps, shift)
+            s0 = float(sampler.sigmas[0])
+            exact = mu + std * (noise - (1 - s0) * mu) / torch.sqrt((1 - s0) ** 2 * std**2 + s0**2)
+            errors[name, shift, steps] = float((solve_gaussian(sampler, noise.clone(), mu, std) - exact).abs().max())
+    log.info("Gaussian ODE max errors: %s", {k: f"{v:.2e}" for k, v in errors.items()})
+    assert errors["unipc", 1.0, 20] < errors["euler", 1.0, 20] / 10
+    assert errors["unipc", 3.0, 20] < errors["euler", 3.0, 20] / 5
+    assert errors["unipc", 1.0, 20] / errors["unipc", 1.0, 40] > 3.5  # second order or better
+    assert 1.7 < errors["euler", 1.0, 20] / errors["euler", 1.0, 40] < 2.3  # first order
+
+
+@pytest.mark.parametrize("steps,shift,order", [(40, 3.0, 2), (4, 5.0, 2), (2, 3.0, 2), (7, 3.0, 3), (1, 3.0, 2)])
+def test_unipc_matches_the_official_solver(steps: int, shift: float, order: int) -> None:
+    sigmas, timesteps = flow_schedule(steps, shift)
+    ours = FlowUniPCSampler(sigmas, timesteps, order=order)
+    official = OfficialFlowUniPC(steps, shift, order)
+    np.testing.assert_array_equal(ours.timesteps, official.timesteps.numpy())
+    np.testing.assert_array_equal(ours.sigmas, official.sigmas.numpy())
+    x = torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(2))
+    x_ours, x_official = x.clone(), x.clone()
+    for i in range(steps):
+        t = ours.timestep()
+        assert int(t.item()) == int(official.timesteps[i])
+        x_ours = ours.step(toy_flow(x_ours, t), x_ours)
+        x_official = official.step(toy_flow(x_official, official.timesteps[i]), x_official)
+        torch.testing.assert_close(x_ours, x_official, atol=2e-5, rtol=1e-5)
+
+
+def test_euler_is_the_explicit_update() -> None:
+    sigmas, timesteps = flow_schedule(3, 3.0, sigma_max=1.0)
+    sampler = FlowEulerSampler(sigmas, timesteps)
+    x = torch.ones(2)
+    x1 = sampler.step(torch.full((2,), 2.0), x)
+    torch.testing.assert_close(x1, x + (float(sigmas[1]) - float(sigmas[0])) * 2.0)
+    with pytest.raises(ValueError):
+        FlowEulerSampler([1.0, 0.5, 0.7], [1000, 500])  # not decreasing
+    with pytest.raises(ValueError):
+        make_sampler("dpm++", 4, 3.0)
+
+
+# ---------------------------------------------------------------- engine: helpers
+
+
+def test_official_size_rules() -> None:
+    # photo area above the budget: scale down, pad to multiples of 64, stay within 480 x 832
+    h, w = size_within_area(1024, 1024, 480 * 832)
+    assert (h, w) == (576, 576) and h * w <= 480 * 832
+    h, w = size_within_area(720, 1280, 480 * 832)
+    assert h % 64 == 0 and w % 64 == 0 and h * w <= 480 * 832 and w > h
+    assert size_within_area(300, 200, 480 * 832) == (320, 256)  # small photos are never upscaled, only padded
+    assert output_size((100, 80), 64, 64, 480 * 832) == (64, 64)
+    assert output_size((200, 100), 0, 128, 480 * 832) == (128, 64)  # width from the photo's aspect
+    with pytest.raises(InputError, match="elongated"):
+        output_size((100, 10000), 0, 0, 480 * 832)
+    for bad in ((70, 64), (64, 32), (-16, 64)):
+        with pytest.raises(InputError):
+            output_size((100, 80), *bad, 480 * 832)
+
+
+def test_audio_bucketing_follows_get_audio_embed_bucket_fps() -> None:
+    layers, dim, t50 = 3, 2, 100  # 2 s at 50 Hz
+    features = torch.arange(layers * t50 * dim, dtype=torch.float32).reshape(layers, t50, dim)
+    f30 = resample_to_video_rate(features)
+    assert f30.shape == (layers, dim, 60)
+    torch.testing.assert_close(f30[:, :, 0], features[:, 0])  # align_corners: the ends are kept
+    torch.testing.assert_close(f30[:, :, -1], features[:, -1])
+    window = audio_window(f30, 0, 40, 16)
+    assert window.shape == (1, layers, dim, 40)
+    # frame k takes 30 Hz frame round(1.875 k) with numpy's half-to-even rounding: frame 4 -> 7.5 -> 8
+    for k, expected in ((0, 0), (1, 2), (4, 8), (12, 22), (31, 58)):
+        torch.testing.assert_close(window[0, :, :, k], f30[:, :, expected])
+    assert torch.all(window[..., 32:] == 0)  # past the end: zeros, as the official padding
+    before = audio_window(f30, -3, 5, 16)  # frames before the start repeat the first
+    for k in range(4):
+        torch.testing.assert_close(before[0, :, :, k], f30[:, :, 0])
+    torch.testing.assert_close(before[0, :, :, 4], f30[:, :, 2])
+
+
+@pytest.mark.parametrize("fps", [16.0, 25.0, 30.0, 10.0, 12.5])
+def test_frame_rate_resampling_picks_the_nearest_frame(fps: float) -> None:
+    source = np.arange(37, dtype=np.uint8)[:, None]  # frame i is "i"
+    total = math.ceil(37 / 16 * fps - 1e-9)
+    resampler = FrameRateResampler(16, fps, 37, total)
+    out = []
+    for start, stop in ((0, 5), (5, 6), (6, 20), (20, 37)):  # pieces of any size, as the VAE yields them
+        out.extend(resampler.push(source[start:stop]))
+    times = np.arange(total) / fps
+    nearest = np.minimum(np.round(times * 16 + 1e-9).astype(int), 36)
+    np.testing.assert_array_equal(np.concatenate(out), nearest.astype(np.uint8))
+
+
+# ---------------------------------------------------------------- engine: tiny release end to end
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_s2v_release(tmp_path_factory.mktemp("wan_s2v_release"))
+
+
+@pytest.fixture(scope="module")
+def engine(release: Path) -> WanS2VEngine:
+    return WanS2VEngine.from_folder(release, "cpu", options=WanS2VOptions(infer_frames=PER_CLIP))
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    t = np.arange(int(SECONDS * SR)) / SR
+    envelope = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None)
+    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:80]
+    face = (np.stack([yy * 2, xx * 3, (yy + xx)], axis=-1) % 256).astype(np.uint8)
+    return np.clip(face + rng.integers(0, 30, face.shape), 0, 255).astype(np.uint8)
+
+
+def run(engine: WanS2VEngine, photo: np.ndarray, speech: np.ndarray, embedding: np.ndarray | None = None,
+        **params) -> tuple[list[WanFrameChunk], float]:
+    base = {"seed": 7, "steps": 2, "width": SIZE, "height": SIZE, "fps": 16.0, "chunk_frames": 8}
+    job = GenerationJob(photo=photo, waveform=speech, params=GenerationParams(**{**base, **params}),
+                        embedding=embedding)
+    start = time.perf_counter()
+    chunks = list(engine.generate(job))
+    return chunks, time.perf_counter() - start
+
+
+def frames_of(chunks: list[WanFrameChunk]) -> np.ndarray:
+    return np.concatenate([c.frames for c in chunks])
+
+
+@pytest.fixture(scope="module")
+def reference_run(engine: WanS2VEngine, photo: np.ndarray, speech: np.ndarray) -> list[WanFrameChunk]:
+    chunks, seconds = run(engine, photo, speech)
+    log.info("tiny S2V: %d chunks, %d frames in %.1f s", len(chunks), sum(len(c.frames) for c in chunks), seconds)
+    return chunks
+
+
+def test_streams_two_chained_clips(engine: WanS2VEngine, reference_run: list[WanFrameChunk]) -> None:
+    chunks = reference_run
+    frames = frames_of(chunks)
+    assert frames.dtype == np.uint8 and frames.shape == (32, SIZE, SIZE, 3)  # 2 s at 16 fps
+    assert len(chunks) > 1 and all(isinstance(c, WanFrameChunk) for c in chunks)
+    assert [c.start_frame for c in chunks] == list(np.cumsum([0] + [len(c.frames) for c in chunks[:-1]]))
+    assert all(c.total_frames == 32 and c.fps == 16.0 for c in chunks)
+    assert {c.clip for c in chunks} == {0, 1}
+    first = [c for c in chunks if c.clip == 0]
+    assert sum(len(c.frames) for c in first) == PER_CLIP - 3  # the first clip drops 3 frames, as official
+    for c in chunks:
+        assert c.timing["elapsed_s"] > 0 and c.timing["denoise_s"] > 0 and c.timing["steps"] == 2
+        assert c.timing["attempts"] == 1 and math.isnan(c.timing["identity_similarity"])
+    elapsed = [c.timing["elapsed_s"] for c in chunks]
+    assert elapsed == sorted(elapsed)
+    assert frames.std() > 1.0  # real decoded pixels, not a constant
+    assert engine.name.startswith("wan2.2-s2v")
+
+
+def test_same_seed_same_video_and_fps_resampling(engine, photo, speech, reference_run) -> None:
+    """A second run with the same seed at 25 fps: every frame is the 16 fps frame nearest in time."""
+    chunks, _ = run(engine, photo, speech, fps=25.0, chunk_frames=12)
+    frames, source = frames_of(chunks), frames_of(reference_run)
+    assert frames.shape[0] == 50 and all(c.total_frames == 50 and c.fps == 25.0 for c in chunks)
+    nearest = np.minimum(np.floor(np.arange(50) * 16 / 25 + 0.5).astype(int), 31)
+    np.testing.assert_array_equal(frames, source[nearest])
+
+
+def test_another_seed_another_video(engine, photo, speech, reference_run) -> None:
+    chunks, _ = run(engine, photo, speech, seed=8, max_duration_s=1.0)  # first clip only
+    frames = frames_of(chunks)
+    assert frames.shape[0] == 16 and {c.clip for c in chunks} == {0}
+    assert np.abs(frames.astype(int) - frames_of(reference_run)[:16].astype(int)).mean() > 1.0
+
+
+def official_generate(engine: WanS2VEngine, photo: np.ndarray, speech: np.ndarray, seed: int, steps: int,
+                      audio_shift: int = 0, batched: bool = False) -> np.ndarray:
+    """WanS2V.generate (no pose video, no TTS) written out as the official loop, on the engine's own modules:
+    whole-clip decoding sliced with image[:, :, -infer_frames:] (and [3:] for the first clip), the motion frames
+    rolled over and re-encoded, uint8 as save_video. Two of the engine's documented choices can be switched on:
+    audio windows starting `audio_shift` frames earlier (audio_sync) and both guidance branches in one forward
+    (cfg_batched)."""
+    task, per_clip = engine.task, PER_CLIP
+    vae, model = engine.vae, engine.transformer
+    ref_pixels = torch.from_numpy(fit_photo(photo, SIZE, SIZE)).permute(2, 0, 1).float() / 255.0 * 2 - 1
+    ref_latents = vae.encode(ref_pixels[None, :, None].repeat(1, 1, 5, 1, 1))[:, :, :1]
+    videos_last_frames = torch.zeros(1, 3, task.motion_frames, SIZE, SIZE)
+    # The official encodes the zero frames here too, but the first clip drops motion (drop_first_motion).
+    motion_latents = torch.zeros(1, 16, (task.motion_frames + 3) // 4, SIZE // 8, SIZE // 8)
+    # audio: extract_audio_feat (50 Hz -> 30 Hz) then get_audio_embed_bucket_fps(fps=16, batch_frames=80, m=0)
+    z = resample_to_video_rate(torch.from_numpy(engine.audio_encoder.encode([speech])[0])).transpose(1, 2)
+    audio_frame_num = z.shape[1]
+    min_batch_num = int(audio_frame_num / (per_clip * 30 / 16)) + 1
+    bucket_num = min_batch_num * per_clip
+    padd = math.ceil(min_batch_num * per_clip / 16 * 30) - audio_frame_num
+    time_points = np.linspace(0, bucket_num / 16, bucket_num, endpoint=False)
+    batch_idx = np.clip(np.round(time_points * 30).astype(int), 0, audio_frame_num + padd - 1)
+    bucket = torch.stack([z[:, bi] if bi < audio_frame_num else torch.zeros_like(z[:, 0]) for bi in batch_idx])
+    audio_emb = bucket.unsqueeze(0).permute(0, 2, 3, 1)  # [1, layers, dim, frames]
+    context = engine.text_encoder([engine.options.default_prompt])
+    context_null = engine.text_encoder([S2V_14B.sample_neg_prompt])
+    lat_motion = (task.motion_frames + 3) // 4
+    out = []
+    for r in range(min_batch_num):
+        lat_target = (per_clip + 3 + task.motion_frames) // 4 - lat_motion
+        noise = torch.randn(1, 16, lat_target, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed + r))
+        sampler, latents = make_sampler("unipc", steps, S2V_14B.sample_shift), noise
+        window = np.clip(np.arange(r * per_clip, (r + 1) * per_clip) - audio_shift, 0, None)
+        audio_input = audio_emb[..., torch.from_numpy(window)]
+        common = {"ref_latents": ref_latents, "motion_latents": motion_latents,
+                  "motion_frames": (task.motion_frames, lat_motion), "drop_motion_frames": r == 0}
+        with torch.no_grad():
+            for _ in range(steps):
+                t = sampler.timestep()
+                if batched:
+                    cond, uncond = cfg_forward(model, latents=latents, timestep=t, context=context,
+                                               context_null=context_null, audio=audio_input, **common)
+                else:
+                    cond = model(latents, t, context, audio=audio_input, **common)
+                    uncond = model(latents, t, context_null, audio=0.0 * audio_input, **common)
+                latents = sampler.step(uncond + S2V_14B.sample_guide_scale * (cond - uncond), latents)
+        decode_latents = torch.cat([ref_latents if r == 0 else motion_latents, latents], dim=2)
+        image = vae.decode(decode_latents)[:, :, -per_clip:]
+        if r == 0:
+            image = image[:, :, 3:]
+        overlap = min(task.motion_frames, image.shape[2])
+        videos_last_frames = torch.cat([videos_last_frames[:, :, overlap:], image[:, :, -overlap:]], dim=2)
+        motion_latents = vae.encode(videos_last_frames)
+        out.append(image)
+    video = torch.cat(out, dim=2)[0].clamp(-1, 1)
+    return ((video + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()
+
+
+def test_stream_equals_the_official_loop(engine, photo, speech, reference_run) -> None:
+    """The streamed frames are exactly the frames of the official whole-clip loop (with the engine's audio
+    shift and batched guidance); the stream stops at the audio's end, the official loop at whole clips."""
+    official = official_generate(engine, photo, speech, seed=7, steps=2, audio_shift=3, batched=True)
+    assert official.shape[0] == (PER_CLIP - 3) + PER_CLIP  # two whole clips
+    np.testing.assert_array_equal(frames_of(reference_run), official[:32])
+
+
+class FakeEmbedder:
+    """Identity 'embedding' = a fixed unit vector, or its opposite for the calls listed as drifted."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = list(scores)
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        self.calls.append(frames.shape)
+        score = self.scores[len(self.calls) - 1]
+        return np.tile([score, math.sqrt(max(0.0, 1 - score**2))], (len(frames), 1))
+
+
+def test_identity_drift_regenerates_with_a_new_seed(engine, photo, speech, reference_run) -> None:
+    retried_seed, _ = run(engine, photo, speech, max_duration_s=1.0, seed=7 + RETRY_SEED_STRIDE)
+    embedder = FakeEmbedder([0.1, 0.9])
+    engine.embedder = embedder
+    try:
+        chunks, _ = run(engine, photo, speech, max_duration_s=1.0, embedding=np.array([1.0, 0.0]))
+    finally:
+        engine.embedder = None
+    assert len(embedder.calls) == 2 and embedder.calls[0] == (4, SIZE, SIZE, 3)
+    assert chunks[0].timing["attempts"] == 2 and chunks[0].timing["identity_similarity"] == pytest.approx(0.9)
+    np.testing.assert_array_equal(frames_of(chunks), frames_of(retried_seed))
+    assert not np.array_equal(frames_of(chunks), frames_of(reference_run)[:16])  # seed 7's first clip
+
+    # every attempt drifts: the best one is kept and the video still comes out
+    embedder = FakeEmbedder([0.1, 0.3, 0.2])
+    engine.embedder = embedder
+    try:
+        chunks, _ = run(engine, photo, speech, max_duration_s=1.0, embedding=np.array([1.0, 0.0]))
+    finally:
+        engine.embedder = None
+    assert len(embedder.calls) == 3 and chunks[0].timing["attempts"] == 3
+    np.testing.assert_array_equal(frames_of(chunks), frames_of(retried_seed))
+
+
+def test_bad_requests_are_input_errors(engine, photo, speech) -> None:
+    with pytest.raises(InputError, match="multiples of 16"):
+        run(engine, photo, speech, width=72)
+    with pytest.raises(InputError, match="speech"):
+        list(engine.generate(GenerationJob(photo=photo, params=GenerationParams(width=SIZE, height=SIZE))))
+    with pytest.raises(InputError, match="wav2vec2 features must be"):
+        list(engine.generate(GenerationJob(photo=photo, wav2vec2_features=np.zeros((3, 50, 8), np.float32))))
+
+
+def test_release_folder_with_a_missing_file_is_rejected_by_name(release: Path, tmp_path: Path) -> None:
+    for name in (S2V_14B.vae_checkpoint, S2V_14B.t5_checkpoint, S2V_14B.wav2vec, "google/umt5-xxl",
+                 "diffusion_pytorch_model.safetensors.index.json"):
+        folder = tmp_path / name.replace("/", "_")
+        shutil.copytree(release, folder)
+        target = folder / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        with pytest.raises(WeightsUnavailable, match=name.split("/")[-1].replace(".", r"\.")):
+            WanS2VEngine.from_folder(folder)
+    # a shard listed in the index but absent is named by the strict DiT loader
+    folder = tmp_path / "shard"
+    shutil.copytree(release, folder)
+    (folder / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(WeightsUnavailable, match="diffusion_pytorch_model-00002-of-00002"):
+        WanS2VEngine.from_folder(folder)
+
+
+def test_decode_context_option_keeps_the_frame_count(engine) -> None:
+    """Priming the causal decoder with fewer motion latents is faster and approximate, never misaligned."""
+    gen = torch.Generator().manual_seed(3)
+    motion = torch.randn(1, 16, 4, SIZE // 8, SIZE // 8, generator=gen)
+    latents = torch.randn(1, 16, PER_CLIP // 4, SIZE // 8, SIZE // 8, generator=gen)
+    exact = torch.cat(list(engine._decoded(motion, latents, 0)), dim=2)
+    options = engine.options
+    engine.options = replace(options, decode_context_latents=2)
+    try:
+        short = torch.cat(list(engine._decoded(motion, latents, 0)), dim=2)
+    finally:
+        engine.options = options
+    assert exact.shape == short.shape == (1, 3, PER_CLIP, SIZE, SIZE)
+    assert not torch.equal(short, exact)  # approximate: the random tiny VAE says nothing about how close
