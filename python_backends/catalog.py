@@ -16,6 +16,7 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "face_landmarks": ("python_backends.face_landmarks", "FaceLandmarksSettings", "choose_weights"),
     "face_embedder": ("python_backends.face_embedding", "FaceEmbedderSettings", "choose_weights"),
     "audio_features": ("python_backends.audio", "AudioFeaturesSettings", "choose_weights"),
+    "video_generator": ("python_backends.generation.service", "VideoGeneratorSettings", "choose_weights"),
 }
 
 

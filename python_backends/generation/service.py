@@ -35,6 +35,14 @@ class VideoGeneratorSettings:
     s2v_folder: str = "Wan2.2-S2V-14B"  # official release folder under <weights root>/video_generator/
     animate_folder: str = "Wan2.2-Animate-14B"
     preload: bool = False  # load the Wan engine at start instead of on first use
+    # Wan engine switches (WanS2VOptions): sampler unipc|euler, default steps (0: official 40), a LoRA file in
+    # the release folder (e.g. step-distilled), FP8 linear layers (rowwise|tensor|none), torch.compile.
+    wan_sampler: str = "unipc"
+    wan_steps: int = 0
+    wan_lora: str = ""
+    wan_fp8: str = "none"
+    wan_compile: bool = False
+    wan_vae_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.engine not in (AUTO, *ENGINES):
@@ -92,15 +100,20 @@ class EngineRegistry:
                         f"({self.settings.s2v_folder if name == S2V else self.settings.animate_folder}); "
                         "without it use engine=preview"
                     )
-                self._engines[name] = _load_wan(name, folder, self.device)
+                self._engines[name] = _load_wan(name, folder, self.device, self.settings)
             return self._engines[name]
 
 
-def _load_wan(name: str, folder: Path, device: str) -> VideoEngine:
+def _load_wan(name: str, folder: Path, device: str, settings: VideoGeneratorSettings) -> VideoEngine:
     if name == S2V:
-        from .wan.s2v_engine import WanS2VEngine
+        from .wan.s2v_engine import WanS2VEngine, WanS2VOptions
 
-        return WanS2VEngine.from_folder(folder, device=device)
+        options = WanS2VOptions(
+            sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
+            fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, compile=settings.wan_compile,
+            vae_dtype=settings.wan_vae_dtype,
+        )
+        return WanS2VEngine.from_folder(folder, device=device, options=options)
     from .wan.animate_engine import WanAnimateEngine
 
     return WanAnimateEngine.from_folder(folder, device=device)

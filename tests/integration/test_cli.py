@@ -121,7 +121,9 @@ def test_weights_lists_what_each_model_uses(tmp_path):
                             timeout=120)
     assert listed.returncode == 0, listed.stderr
     rows = {row["model"]: row for row in json.loads(listed.stdout)}
-    assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features"}
+    assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features", "video_generator"}
+    assert rows["video_generator"]["engine"] == "preview-landmark-warp"
+    assert "Wan2.2-S2V-14B" in rows["video_generator"]["note"]
     assert rows["face_detector"]["engine"] == "mtcnn" and rows["face_detector"]["source"] == "shipped"
     assert len(rows["face_detector"]["sha256"]) == 64 and "MIT" in rows["face_detector"]["licence"]
     assert "non-commercial" in rows["face_landmarks"]["licence"]

@@ -44,7 +44,9 @@ def test_every_spec_model_has_a_folder():
     assert set(spec.ALL_MODELS) <= folders
 
 
-@pytest.mark.parametrize("model", ["face_detector", "face_landmarks", "face_embedder", "audio_features"])
+@pytest.mark.parametrize(
+    "model", ["face_detector", "face_landmarks", "face_embedder", "audio_features", "video_generator"]
+)
 def test_parameters_parse_into_settings(model):
     from client.repository import config_path
     from python_backends.catalog import ROLES

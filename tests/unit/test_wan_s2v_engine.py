@@ -533,3 +533,37 @@ def test_decode_context_option_keeps_the_frame_count(engine) -> None:
         engine.options = options
     assert exact.shape == short.shape == (1, 3, PER_CLIP, SIZE, SIZE)
     assert not torch.equal(short, exact)  # approximate: the random tiny VAE says nothing about how close
+
+
+def _lora_for(engine: WanS2VEngine, rank: int, scale: float) -> dict[str, torch.Tensor]:
+    from python_backends.generation.wan.animate_lora import lora_target_modules
+
+    generator = torch.Generator().manual_seed(1)
+    state = {}
+    for name, layer in lora_target_modules(engine.transformer).items():
+        out_dim, in_dim = layer.weight.shape
+        state[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(rank, in_dim, generator=generator)
+        state[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(out_dim, rank, generator=generator) * scale
+    return state
+
+
+def test_lora_and_fp8_switches_load_and_act(release: Path, engine, photo, speech, reference_run) -> None:
+    from safetensors.torch import save_file
+
+    save_file(_lora_for(engine, 4, 0.0), release / "zero_lora.safetensors")
+    save_file(_lora_for(engine, 4, 0.05), release / "some_lora.safetensors")
+    reference = frames_of(reference_run)
+    zero = WanS2VEngine.from_folder(release, "cpu", options=WanS2VOptions(infer_frames=PER_CLIP,
+                                                                          lora="zero_lora.safetensors"))
+    assert np.array_equal(frames_of(run(zero, photo, speech)[0]), reference)  # B = 0: the LoRA adds nothing
+    some = WanS2VEngine.from_folder(release, "cpu", options=WanS2VOptions(infer_frames=PER_CLIP,
+                                                                          lora="some_lora.safetensors"))
+    assert not np.array_equal(frames_of(run(some, photo, speech)[0]), reference)
+    fp8 = WanS2VEngine.from_folder(release, "cpu", options=WanS2VOptions(infer_frames=PER_CLIP, fp8="rowwise"))
+    from python_backends.generation.wan.fp8 import FP8Linear
+
+    assert any(isinstance(m, FP8Linear) for m in fp8.transformer.modules())
+    frames = frames_of(run(fp8, photo, speech)[0])
+    assert frames.shape == reference.shape
+    # e4m3 weights: close to the bf16/fp32 video, not equal (mean absolute difference in grey levels).
+    assert 0 < np.abs(frames.astype(float) - reference).mean() < 20

@@ -112,6 +112,12 @@ class WanS2VOptions:
     # exact); fewer is faster (at 480p the 19 cost about as much as decoding 70 frames) but approximate.
     decode_context_latents: int | None = None
     text_cache_size: int = 8  # prompts whose umT5 context is kept
+    # Speed switches (perf/RESULTS.md measures each on the H100):
+    lora: str | None = None  # LoRA merged into the DiT at load, e.g. a step-distillation LoRA (LightX2V-style);
+    #                          a path, absolute or relative to the release folder; pair it with sampler=euler
+    lora_alpha: float | None = None  # None: alpha = rank (scale 1)
+    fp8: str | None = None  # rowwise | tensor: FP8 e4m3 linear layers (Hopper/Ada); None keeps bf16
+    compile: bool = False  # torch.compile the DiT (first request pays the compile time)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -128,6 +134,8 @@ class WanS2VOptions:
             raise ValueError("identity_threshold must be in [-1, 1], identity_retries >= 0, identity_frames >= 1")
         if self.decode_context_latents is not None and self.decode_context_latents < 1:
             raise ValueError(f"decode_context_latents must be >= 1 or None, got {self.decode_context_latents}")
+        if self.fp8 not in (None, "rowwise", "tensor"):
+            raise ValueError(f"fp8 must be rowwise, tensor or unset, got {self.fp8!r}")
         if self.vae_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
 
@@ -389,6 +397,7 @@ class WanS2VEngine:
         check_release_folder(folder, task)
         transformer = load_s2v_transformer(folder, device, dtype)
         config = transformer.config
+        _apply_speed_options(transformer, folder, options)
 
         vae_path = folder / task.vae_checkpoint
         vae = load_vae(vae_path, device, getattr(torch, options.vae_dtype),
@@ -659,3 +668,21 @@ class WanS2VEngine:
                decode_s: float, started: float) -> WanFrameChunk:
         info = {**timing, "decode_s": decode_s, "elapsed_s": time.perf_counter() - started}
         return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info)
+
+
+def _apply_speed_options(transformer: torch.nn.Module, folder: Path, options: WanS2VOptions) -> None:
+    """LoRA merge first (it changes the bf16 weights), then FP8 conversion, then compilation."""
+    if options.lora:
+        from .animate_lora import merge_lora_, read_lora_state
+
+        path = Path(options.lora) if Path(options.lora).is_absolute() else folder / options.lora
+        state = read_lora_state(path)
+        rank = next(t.shape[0] for k, t in state.items() if "lora_A" in k)
+        merge_lora_(transformer, state, alpha=options.lora_alpha or rank, source=str(path))
+    if options.fp8:
+        from .fp8 import convert_to_fp8
+
+        converted = convert_to_fp8(transformer, options.fp8, use_fast_accum=True)
+        log.info("FP8 (%s) linear layers: %d", options.fp8, converted)
+    if options.compile:
+        transformer.compile()
