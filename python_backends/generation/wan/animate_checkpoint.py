@@ -21,13 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ...errors import ConfigError
 from .animate import WanAnimateTransformer, default_dtype, meta_animate_model
 from .animate_configs import WanAnimateTransformerConfig, from_animate_config, to_animate_config
-from .checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, _check_keys, _first, read_weight_map, shard_name
+from .checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, read_tensors, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -48,38 +47,6 @@ def read_animate_config(folder: Path | str) -> WanAnimateTransformerConfig:
         return from_animate_config(raw)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-
-
-def read_tensors(folder: Path, expected: Mapping[str, tuple[int, ...]], device: torch.device,
-                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor of a sharded (or single-file) safetensors folder, checked key by key against `expected`."""
-    weight_map, source = read_weight_map(folder)
-    _check_keys(expected, weight_map, source)
-    by_file: dict[str, list[str]] = {}
-    for key, file in weight_map.items():
-        by_file.setdefault(file, []).append(key)
-    state: dict[str, torch.Tensor] = {}
-    for file, keys in sorted(by_file.items()):
-        path = folder / file
-        if not path.is_file():
-            raise CheckpointError(f"{source} lists {len(keys)} key(s) in {file}, which is missing "
-                                  f"(e.g. {_first(keys)})")
-        with safe_open(path, framework="pt", device=str(device)) as handle:
-            present = set(handle.keys())
-            absent = set(keys) - present
-            if absent:
-                raise CheckpointError(f"{path}: {len(absent)} key(s) listed in {source.name} are not in the "
-                                      f"file: {_first(absent)}")
-            extra = present - set(keys)
-            if extra:
-                raise CheckpointError(f"{path}: {len(extra)} key(s) not listed in {source.name}: {_first(extra)}")
-            for key in keys:
-                shape = tuple(handle.get_slice(key).get_shape())
-                if shape != expected[key]:
-                    raise CheckpointError(f"{path}: {key} has shape {list(shape)}, the model needs "
-                                          f"{list(expected[key])}")
-                state[key] = handle.get_tensor(key).to(dtype=dtype)
-    return state
 
 
 def load_animate_transformer(folder: Path | str, device: torch.device | str = "cpu",

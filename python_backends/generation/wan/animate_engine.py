@@ -53,7 +53,7 @@ from .animate_pose import (
     render_pose,
     valid_length,
 )
-from .checkpoint import INDEX_FILE, SINGLE_FILE
+from .checkpoint import check_release_layout
 from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
 from .s2v_engine import WanFrameChunk, _FrameRateResampler, infer_umt5_config, infer_vae_dim, to_uint8
@@ -171,16 +171,8 @@ def release_entries(task: WanAnimateTaskConfig = ANIMATE_14B) -> dict[str, str]:
 
 
 def check_release_folder(folder: Path, task: WanAnimateTaskConfig = ANIMATE_14B) -> None:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WeightsUnavailable(f"Wan2.2-Animate release folder {folder} does not exist")
-    missing = [f"{name} ({what})" for name, what in release_entries(task).items() if not (folder / name).exists()]
-    if not (folder / INDEX_FILE).is_file() and not (folder / SINGLE_FILE).is_file():
-        missing.append(f"{INDEX_FILE} (the DiT's shard index) or {SINGLE_FILE}")
-    if missing:
-        raise WeightsUnavailable(f"Wan2.2-Animate release folder {folder} is incomplete: missing "
-                                 f"{'; '.join(missing)}. Download the whole Wan-AI/Wan2.2-Animate-14B folder (or "
-                                 "write a tiny one with make_tiny_animate_checkpoint(folder, with_aux=True))")
+    check_release_layout(folder, release_entries(task), "Wan2.2-Animate", "Wan-AI/Wan2.2-Animate-14B",
+                         "make_tiny_animate_checkpoint(folder, with_aux=True)")
 
 
 def _pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:

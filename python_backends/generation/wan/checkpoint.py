@@ -97,18 +97,11 @@ def _check_keys(expected: Mapping[str, tuple[int, ...]], found: Iterable[str], s
         raise CheckpointError(f"{source}: " + "; ".join(problems))
 
 
-def load_s2v_transformer(folder: Path | str, device: torch.device | str = "cpu",
-                         dtype: torch.dtype | None = None) -> WanS2VTransformer:
-    """Load the official transformer folder strictly onto `device` in `dtype` (bf16 on GPU, fp32 on CPU)."""
-    folder = Path(folder)
-    device = torch.device(device)
-    dtype = dtype or default_dtype(device)
-    config = read_config(folder)
-    model = meta_model(config)
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+def read_tensors(folder: Path, expected: Mapping[str, tuple[int, ...]], device: torch.device,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of a sharded (or single-file) safetensors folder, checked key by key against `expected`."""
     weight_map, source = read_weight_map(folder)
     _check_keys(expected, weight_map, source)
-
     by_file: dict[str, list[str]] = {}
     for key, file in weight_map.items():
         by_file.setdefault(file, []).append(key)
@@ -133,6 +126,19 @@ def load_s2v_transformer(folder: Path | str, device: torch.device | str = "cpu",
                     raise CheckpointError(f"{path}: {key} has shape {list(shape)}, the model needs "
                                           f"{list(expected[key])}")
                 state[key] = handle.get_tensor(key).to(dtype=dtype)
+    return state
+
+
+def load_s2v_transformer(folder: Path | str, device: torch.device | str = "cpu",
+                         dtype: torch.dtype | None = None) -> WanS2VTransformer:
+    """Load the official transformer folder strictly onto `device` in `dtype` (bf16 on GPU, fp32 on CPU)."""
+    folder = Path(folder)
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    config = read_config(folder)
+    model = meta_model(config)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    state = read_tensors(folder, expected, device, dtype)
     model.load_state_dict(state, strict=True, assign=True)
     log.info("loaded Wan S2V transformer from %s: %d tensors, %s on %s", folder, len(state), dtype, device)
     return model.eval().requires_grad_(False)
@@ -170,3 +176,19 @@ def write_sharded_checkpoint(folder: Path | str, config: WanS2VTransformerConfig
     (folder / INDEX_FILE).write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
     (folder / CONFIG_FILE).write_text(json.dumps(to_diffusers_config(config), indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+def check_release_layout(folder: Path, entries: Mapping[str, str], release: str, repo: str, tiny_hint: str) -> None:
+    """Raise WeightsUnavailable naming every entry of an official release folder that `folder` lacks.
+
+    `entries` maps relative paths to what they are; the DiT's shard index (or single file) is always needed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsUnavailable(f"{release} release folder {folder} does not exist")
+    missing = [f"{name} ({what})" for name, what in entries.items() if not (folder / name).exists()]
+    if not (folder / INDEX_FILE).is_file() and not (folder / SINGLE_FILE).is_file():
+        missing.append(f"{INDEX_FILE} (the DiT's shard index) or {SINGLE_FILE}")
+    if missing:
+        raise WeightsUnavailable(f"{release} release folder {folder} is incomplete: missing {'; '.join(missing)}. "
+                                 f"Download the whole {repo} folder (or write a tiny one with {tiny_hint})")

@@ -69,7 +69,7 @@ from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
 from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
 from ...errors import InputError, WeightsUnavailable
 from ..job import FrameChunk, GenerationJob
-from .checkpoint import INDEX_FILE, SINGLE_FILE, load_s2v_transformer
+from .checkpoint import check_release_layout, load_s2v_transformer
 from .configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from .s2v import WanS2VTransformer, cfg_forward, guide
 from .scheduler import SAMPLERS, make_sampler
@@ -169,17 +169,7 @@ def release_entries(task: WanS2VTaskConfig = S2V_14B) -> dict[str, str]:
 
 def check_release_folder(folder: Path, task: WanS2VTaskConfig = S2V_14B) -> None:
     """Raise WeightsUnavailable naming every file or folder of the official layout that `folder` lacks."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise WeightsUnavailable(f"Wan2.2-S2V release folder {folder} does not exist")
-    missing = [f"{name} ({what})" for name, what in release_entries(task).items() if not (folder / name).exists()]
-    if not (folder / INDEX_FILE).is_file() and not (folder / SINGLE_FILE).is_file():
-        missing.append(f"{INDEX_FILE} (the DiT's shard index) or {SINGLE_FILE}")
-    if missing:
-        raise WeightsUnavailable(
-            f"Wan2.2-S2V release folder {folder} is incomplete: missing {'; '.join(missing)}. Download the whole "
-            f"Wan-AI/Wan2.2-S2V-14B folder (or write a tiny one with make_tiny_s2v_release)"
-        )
+    check_release_layout(folder, release_entries(task), "Wan2.2-S2V", "Wan-AI/Wan2.2-S2V-14B", "make_tiny_s2v_release")
     check_folder(folder / task.wav2vec)
 
 
