@@ -129,12 +129,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preprocess(args: argparse.Namespace) -> tuple[bytes, dict]:
+def _job_inputs(args: argparse.Namespace) -> tuple[bytes, bytes | None, bytes | None]:
+    """(photo, audio, driving video) bytes from the command line; speech, a driving video or both."""
     if args.audio is None and args.driving_video is None:
         raise CliError("give speech AUDIO, --driving-video VIDEO, or both")
     photo = _read(args.photo, "photo")
     audio = _read(args.audio, "audio") if args.audio else None
     video = _read(args.driving_video, "driving video") if args.driving_video else None
+    return photo, audio, video
+
+
+def _preprocess(args: argparse.Namespace) -> tuple[bytes, dict]:
+    photo, audio, video = _job_inputs(args)
     with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
         return photo, client.preprocess(photo, audio, video)
 
@@ -180,13 +186,9 @@ GENERATION_OPTIONS = ("engine", "seed", "steps", "guidance", "width", "height", 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .mp4_writer import StreamingMp4Writer
 
-    if args.audio is None and args.driving_video is None:
-        raise CliError("give speech AUDIO, --driving-video VIDEO, or both")
     if args.protocol != "grpc":
         raise CliError("generate streams over gRPC: use --protocol grpc (the default)")
-    photo = _read(args.photo, "photo")
-    audio = _read(args.audio, "audio") if args.audio else None
-    video = _read(args.driving_video, "driving video") if args.driving_video else None
+    photo, audio, video = _job_inputs(args)
     parameters = {k: getattr(args, k) for k in GENERATION_OPTIONS if getattr(args, k) is not None}
     out: Path = args.output
     writer: StreamingMp4Writer | None = None
