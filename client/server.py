@@ -8,6 +8,7 @@ python-backend stub (no orphans).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +23,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from python_backends.weights import WEIGHTS_ENV
+
+logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +111,11 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
     if options.weights is not None:
         env[WEIGHTS_ENV] = str(Path(options.weights).resolve())
     env.update(options.env)
+    if int(np.__version__.split(".")[0]) >= 2:
+        # Seen on the GPU image (numpy 2.x): numeric outputs survive through dlpack, but every BYTES output
+        # (model_info, reports, chunk_info) reaches the client empty with this numpy-1 python-backend stub.
+        logger.warning("numpy %s in the server environment: BYTES outputs come back empty from the "
+                       "python backend; install numpy<2 there (pip install 'numpy<2')", np.__version__)
     system = shutil.which("tritonserver")
     if system:
         argv = [system]

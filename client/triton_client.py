@@ -118,16 +118,26 @@ class TalkingHeadClient:
 
         Stopping the iteration early cancels the job on the server.
         """
+        data = {spec.PHOTO_BYTES: photo, spec.AUDIO_BYTES: audio, spec.DRIVING_VIDEO_BYTES: driving_video}
+        inputs = {name: np.array([value], dtype=np.object_) for name, value in data.items() if value is not None}
+        return self.stream(spec.TALKING_HEAD, inputs, parameters, chunk_timeout_s)
+
+    def stream(
+        self,
+        model: spec.ModelSpec,
+        inputs: dict[str, np.ndarray],
+        parameters: dict[str, Any] | None = None,
+        chunk_timeout_s: float = 900.0,
+    ) -> Iterator[StreamedChunk]:
+        """Stream any decoupled chunk model (talking_head, video_generator) over gRPC."""
         if self.endpoint.protocol != "grpc":
             raise ValueError("streaming generation needs the gRPC endpoint (Triton streams over gRPC only)")
-        model = spec.TALKING_HEAD
-        data = {spec.PHOTO_BYTES: photo, spec.AUDIO_BYTES: audio, spec.DRIVING_VIDEO_BYTES: driving_video}
         wire = []
-        for name, value in data.items():
-            if value is not None:
-                item = self._module.InferInput(name, [1], "BYTES")
-                item.set_data_from_numpy(np.array([value], dtype=np.object_))
-                wire.append(item)
+        for name, value in inputs.items():
+            array = np.asarray(value, dtype=np.object_ if model.input(name).dtype == "BYTES" else None)
+            item = self._module.InferInput(name, list(array.shape), model.input(name).dtype)
+            item.set_data_from_numpy(array)
+            wire.append(item)
         results: queue.Queue = queue.Queue()
         self._client.start_stream(callback=lambda result, error: results.put((result, error)))
         finished = False
