@@ -21,12 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ...errors import ConfigError
 from .animate import WanAnimateTransformer, default_dtype, meta_animate_model
 from .animate_configs import WanAnimateTransformerConfig, from_animate_config, to_animate_config
-from .checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, read_tensors, shard_name
+from .checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, read_tensors, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +71,4 @@ def write_animate_checkpoint(folder: Path | str, config: WanAnimateTransformerCo
     Keys go to shards in sorted order, split by size (as huggingface sharding does), with the safetensors
     metadata {"format": "pt"} that diffusers writes; `dtype` (e.g. bf16, as released) casts every tensor.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().to(dtype or value.dtype).contiguous().cpu()
-               for key, value in sorted(state_dict.items())}
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    budget = -(-total // num_shards)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > budget and len(shards) < num_shards:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    if len(shards) != num_shards:
-        raise ValueError(f"cannot split {len(tensors)} tensors into {num_shards} shards")
-    weight_map: dict[str, str] = {}
-    for index, shard in enumerate(shards, start=1):
-        name = shard_name(index, num_shards)
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({key: name for key in shard})
-    index_doc = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / INDEX_FILE).write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
-    (folder / CONFIG_FILE).write_text(json.dumps(to_animate_config(config), indent=2) + "\n", encoding="utf-8")
-    return folder
+    return write_shards(folder, state_dict, num_shards, to_animate_config(config), dtype)

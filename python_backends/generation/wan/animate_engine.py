@@ -56,7 +56,7 @@ from .animate_pose import (
 from .checkpoint import check_release_layout
 from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
-from .s2v_engine import WanFrameChunk, _FrameRateResampler, infer_umt5_config, infer_vae_dim, to_uint8
+from .s2v_engine import WanEngineBase, WanFrameChunk, _FrameRateResampler, infer_umt5_config, infer_vae_dim, to_uint8
 from .scheduler import SAMPLERS, make_sampler
 from .text_encoder import WanTextEncoder, load_text_encoder
 from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
@@ -180,7 +180,7 @@ def _pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
 
 
-class WanAnimateEngine:
+class WanAnimateEngine(WanEngineBase):
     """The Animate-14B pipeline over our own DiT, VAE, umT5 and CLIP modules (see the module docstring)."""
 
     def __init__(self, transformer: WanAnimateTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
@@ -233,28 +233,6 @@ class WanAnimateEngine:
         return cls(transformer, vae, text_encoder, clip, task, options, landmarker)
 
     # -- per-job inputs -----------------------------------------------------------------------------------------
-
-    def _text(self, prompt: str) -> torch.Tensor:
-        context = self._contexts.get(prompt)
-        if context is None:
-            context = self.text_encoder([prompt])[0].to(self.device)
-            if len(self._contexts) >= self.options.text_cache_size:
-                self._contexts.pop(next(iter(self._contexts)))
-            self._contexts[prompt] = context
-        return context
-
-    def _settings(self, job: GenerationJob) -> tuple[int, float]:
-        p = job.params
-        steps = p.steps if p.steps is not None else (self.options.default_steps or self.task.sample_steps)
-        guidance = p.guidance if p.guidance is not None else (
-            self.task.sample_guide_scale if self.options.default_guidance is None else self.options.default_guidance)
-        if not 1 <= steps <= 1000:
-            raise InputError(f"steps must be between 1 and 1000, got {steps}", "bad_steps")
-        if not 0.0 <= guidance <= 30.0:
-            raise InputError(f"guidance must be between 0 and 30, got {guidance}", "bad_guidance")
-        if p.fps <= 0 or p.chunk_frames < 1:
-            raise InputError(f"fps must be positive and chunk_frames >= 1, got {p.fps} and {p.chunk_frames}")
-        return steps, guidance
 
     @staticmethod
     def _size(job: GenerationJob, pose_hw: tuple[int, int]) -> tuple[int, int]:

@@ -151,9 +151,16 @@ def write_sharded_checkpoint(folder: Path | str, config: WanS2VTransformerConfig
     Keys go to shards in sorted order, split by size (as huggingface sharding does), with the safetensors
     metadata {"format": "pt"} that diffusers writes.
     """
+    return write_shards(folder, state_dict, num_shards, to_diffusers_config(config))
+
+
+def write_shards(folder: Path | str, state_dict: Mapping[str, torch.Tensor], num_shards: int, config: dict,
+                 dtype: torch.dtype | None = None) -> Path:
+    """The official folder layout for any Wan DiT: size-balanced safetensors shards, the index, config.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().contiguous().cpu() for key, value in sorted(state_dict.items())}
+    tensors = {key: value.detach().to(dtype or value.dtype).contiguous().cpu()
+               for key, value in sorted(state_dict.items())}
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     budget = -(-total // num_shards)
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -174,7 +181,7 @@ def write_sharded_checkpoint(folder: Path | str, config: WanS2VTransformerConfig
         weight_map.update({key: name for key in shard})
     index_doc = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_FILE).write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
-    (folder / CONFIG_FILE).write_text(json.dumps(to_diffusers_config(config), indent=2) + "\n", encoding="utf-8")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return folder
 
 

@@ -355,7 +355,37 @@ def identity_similarity(embedder: Embedder, frames: np.ndarray, reference: np.nd
 # ---------------------------------------------------------------- engine
 
 
-class WanS2VEngine:
+class WanEngineBase:
+    """What the S2V and Animate engines share: the prompt cache and the per-job step/guidance defaults.
+
+    Subclasses set text_encoder, device, options (default_steps, default_guidance, text_cache_size), task
+    (sample_steps, sample_guide_scale) and _contexts (an insertion-ordered dict).
+    """
+
+    def _text(self, prompt: str) -> torch.Tensor:
+        context = self._contexts.get(prompt)
+        if context is None:
+            context = self.text_encoder([prompt])[0].to(self.device)
+            if len(self._contexts) >= self.options.text_cache_size:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[prompt] = context
+        return context
+
+    def _settings(self, job: GenerationJob) -> tuple[int, float]:
+        p = job.params
+        steps = p.steps if p.steps is not None else (self.options.default_steps or self.task.sample_steps)
+        guidance = p.guidance if p.guidance is not None else (
+            self.task.sample_guide_scale if self.options.default_guidance is None else self.options.default_guidance)
+        if not 1 <= steps <= 1000:
+            raise InputError(f"steps must be between 1 and 1000, got {steps}", "bad_steps")
+        if not 0.0 <= guidance <= 30.0:
+            raise InputError(f"guidance must be between 0 and 30, got {guidance}", "bad_guidance")
+        if p.fps <= 0 or p.chunk_frames < 1:
+            raise InputError(f"fps must be positive and chunk_frames >= 1, got {p.fps} and {p.chunk_frames}")
+        return steps, guidance
+
+
+class WanS2VEngine(WanEngineBase):
     """The S2V-14B pipeline over our own DiT, VAE, umT5 and wav2vec2 modules (see the module docstring)."""
 
     def __init__(self, transformer: WanS2VTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
@@ -410,15 +440,6 @@ class WanS2VEngine:
         return cls(transformer, vae, text_encoder, audio_encoder, task, options, embedder)
 
     # -- per-job inputs -----------------------------------------------------------------------------------------
-
-    def _text(self, prompt: str) -> torch.Tensor:
-        context = self._contexts.get(prompt)
-        if context is None:
-            context = self.text_encoder([prompt])[0].to(self.device)
-            if len(self._contexts) >= self.options.text_cache_size:
-                self._contexts.pop(next(iter(self._contexts)))
-            self._contexts[prompt] = context
-        return context
 
     def _audio_features(self, job: GenerationJob) -> torch.Tensor:
         """[L, T, D] wav2vec2 states at 50 Hz, checked against what the DiT takes."""
@@ -515,19 +536,6 @@ class WanS2VEngine:
                 yield pixels
 
     # -- the job ----------------------------------------------------------------------------------------------------
-
-    def _settings(self, job: GenerationJob) -> tuple[int, float]:
-        p = job.params
-        steps = p.steps if p.steps is not None else (self.options.default_steps or self.task.sample_steps)
-        guidance = p.guidance if p.guidance is not None else (
-            self.task.sample_guide_scale if self.options.default_guidance is None else self.options.default_guidance)
-        if not 1 <= steps <= 1000:
-            raise InputError(f"steps must be between 1 and 1000, got {steps}", "bad_steps")
-        if not 0.0 <= guidance <= 30.0:
-            raise InputError(f"guidance must be between 0 and 30, got {guidance}", "bad_guidance")
-        if p.fps <= 0 or p.chunk_frames < 1:
-            raise InputError(f"fps must be positive and chunk_frames >= 1, got {p.fps} and {p.chunk_frames}")
-        return steps, guidance
 
     def generate(self, job: GenerationJob) -> Iterator[WanFrameChunk]:
         """Stream the video of `job` in chunks as it is decoded; stops working when the consumer stops."""
