@@ -184,6 +184,7 @@ GENERATION_OPTIONS = ("engine", "seed", "steps", "guidance", "width", "height", 
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .contact_sheet import SegmentThumbnails, render_contact_sheet
     from .mp4_writer import StreamingMp4Writer
 
     if args.protocol != "grpc":
@@ -194,10 +195,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     writer: StreamingMp4Writer | None = None
     chunks: list[dict] = []
     report: dict = {}
+    qa_report: dict | None = None
+    thumbnails = SegmentThumbnails()
     try:
         with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
             for chunk in client.generate(photo, audio, video, parameters):
+                if "qa_report" in chunk.info:  # the last response: no frames, the job's QA report
+                    qa_report = chunk.info["qa_report"]
+                    continue
                 report = chunk.info.pop("job_report", report)
+                thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
                 if writer is None:
                     label = chunk.info.get("label", "")
                     writer = StreamingMp4Writer(out, chunk.fps, audio=args.audio, metadata={
@@ -206,8 +213,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 writer.write(chunk.frames)
                 chunks.append(chunk.info)
                 done = chunk.start_frame + len(chunk.frames)
-                print(f"\rchunk {chunk.info['chunk_index']:3d}: frames {done}/{chunk.total_frames} "
-                      f"({100 * done / max(1, chunk.total_frames):3.0f}%) {chunk.info['elapsed_ms'] / 1000:.1f} s",
+                qa = chunk.info.get("qa", {})
+                verdict = f" segment {qa['segment']}: {qa['verdict']}" if qa else ""
+                print(f"\rchunk {len(chunks):3d}: frames {done}/{chunk.total_frames} "
+                      f"({100 * done / max(1, chunk.total_frames):3.0f}%){verdict}   ",
                       end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         if writer is None:
@@ -225,10 +234,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sidecar = out.with_suffix(".json")
     sidecar.write_text(json.dumps({
         "video": str(out), "engine": chunks[0]["engine"], "label": chunks[0]["label"], "frames": writer.frames_written,
-        "fps": writer.fps, "parameters": parameters, "job_report": report, "chunks": chunks,
+        "fps": writer.fps, "parameters": parameters, "job_report": report,
+        "qa_verdict": qa_report["verdict"] if qa_report else None, "chunks": chunks,
     }, indent=2))
     print(f"video:   {out.resolve()} ({writer.frames_written} frames at {writer.fps:g} fps, {chunks[0]['engine']})")
     print(f"details: {sidecar.resolve()}")
+    if qa_report is not None:
+        qa_path = out.with_suffix(".qa.json")
+        qa_path.write_text(json.dumps(qa_report, indent=2))
+        sheet = render_contact_sheet(qa_report, thumbnails, out.with_suffix(".qa.png"))
+        print(f"QA:      {qa_report['verdict']} -> {qa_path.resolve()}, contact sheet {sheet.resolve()}")
     if args.overlay and report:
         from .overlay import render_overlay
 

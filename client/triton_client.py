@@ -35,7 +35,12 @@ class StreamedChunk:
     start_frame: int
     total_frames: int
     fps: float
-    info: dict[str, Any]  # engine, timings; the first chunk also carries "job_report"
+    info: dict[str, Any]  # engine, timings, the segment's "qa"; the first chunk also carries "job_report"
+
+    @property
+    def qa_report(self) -> dict[str, Any] | None:
+        """The job's QA report: talking_head's last response carries it and no frames."""
+        return self.info.get("qa_report")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ def split_code(message: str) -> tuple[str, str | None]:
     return message[: match.start()].strip(), match.group(1)
 
 
+WEIGHTS_UNAVAILABLE = "weights_unavailable"  # the code suffix of UNAVAILABLE errors, which BLS may not keep
+
+
 def input_error_from_message(message: str) -> InputError:
     text, code = split_code(message)
     return InputError(text, code or "invalid_input")

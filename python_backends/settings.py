@@ -52,14 +52,30 @@ def _convert(raw: Any, target: Any, key: str) -> Any:
     raise ConfigError(f"parameter {key!r}: unsupported settings type {target!r}")
 
 
+def _known_keys(cls: type) -> set[str]:
+    hints = typing.get_type_hints(cls)
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        keys |= _known_keys(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else {f.name}
+    return keys
+
+
 def from_mapping(cls: type[T], values: Mapping[str, Any]) -> T:
     """Build settings dataclass `cls` from string values, rejecting unknown keys."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    known = sorted(_known_keys(cls))
+    # A field that is itself a settings dataclass takes the keys named after its own fields (flat keys, as
+    # operators write them in config.pbtxt); its field names must not clash with the outer ones.
+    for name in [f for f in fields if dataclasses.is_dataclass(hints[f])]:
+        inner = {f.name for f in dataclasses.fields(hints[name])}
+        kwargs[name] = from_mapping(hints[name], {k: v for k, v in values.items() if k in inner})
+        values = {k: v for k, v in values.items() if k not in inner}
+        fields = fields - {name}
     for key, raw in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown parameter {key!r} for {cls.__name__}; known: {sorted(fields)}")
+            raise ConfigError(f"unknown parameter {key!r} for {cls.__name__}; known: {known}")
         if isinstance(raw, str) and raw.startswith("${"):
             raise ConfigError(f"parameter {key!r} holds an unfilled placeholder {raw!r}")
         kwargs[key] = _convert(raw, hints[key], key)

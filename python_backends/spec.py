@@ -65,6 +65,11 @@ START_FRAME = "start_frame"  # INT64 [1]: index of the chunk's first frame in th
 TOTAL_FRAMES = "total_frames"  # INT64 [1]: the clip's frame count (best estimate until the last chunk)
 FPS = "fps"  # FP32 [1]
 CHUNK_INFO = "chunk_info"  # BYTES [1]: JSON: engine, weights, timings; the first chunk also carries the job report
+MOTION_FRAMES = "motion_frames"  # UINT8 [n, H, W, 3]: the last accepted frames a re-generated segment continues from
+FACE_CROPS = "face_crops"  # UINT8 [T, H, W, 3]: one face crop per video frame (resized by the scorer)
+SYNC_REPORT = "sync_report"  # BYTES [1]: JSON: AV offset, LSE-D, LSE-C, distance per offset
+QA_REPORT = "qa_report"  # BYTES [1]: JSON QA report of a video (python_backends/quality/qa_report.schema.json)
+SAFETY_REPORT = "safety_report"  # BYTES [1]: JSON: NSFW, minor-face and public-figure checks, each with a status
 
 _INFO = TensorSpec(MODEL_INFO, "BYTES", (1,))
 
@@ -145,10 +150,51 @@ VIDEO_GENERATOR = ModelSpec(
         TensorSpec(WAV2VEC2_FEATURES, "FP32", (-1, -1, -1), optional=True),
         TensorSpec(DRIVING_FRAMES, "UINT8", (-1, -1, -1, 3), optional=True),
         TensorSpec(DRIVING_FPS, "FP32", (1,), optional=True),
+        TensorSpec(MOTION_FRAMES, "UINT8", (-1, -1, -1, 3), optional=True),
     ),
     outputs=_CHUNK_OUTPUTS,
     max_batch_size=0,
     decoupled=True,
+)
+
+# SyncNet scoring of one clip (syncnet_v2 layout): face crops at 25 fps with the matching 16 kHz speech.
+LIPSYNC_SCORER = ModelSpec(
+    name="lipsync_scorer",
+    inputs=(
+        TensorSpec(FACE_CROPS, "UINT8", (-1, -1, -1, 3)),
+        TensorSpec(WAVEFORM, "FP32", (-1,)),
+        TensorSpec(FPS, "FP32", (1,)),
+    ),
+    outputs=(TensorSpec(SYNC_REPORT, "BYTES", (1,)), _INFO),
+    max_batch_size=1,
+)
+
+# NSFW score of any image; with a face (box, keypoints, embedding) also the minor-face estimate and the match
+# against the operator's public-figure gallery.
+CONTENT_SAFETY = ModelSpec(
+    name="content_safety",
+    inputs=(
+        TensorSpec(IMAGE, "UINT8", (-1, -1, 3)),
+        TensorSpec(FACE_BOX, "FP32", (4,), optional=True),
+        TensorSpec(FACE_KEYPOINTS, "FP32", (5, 2), optional=True),
+        TensorSpec(EMBEDDING, "FP32", (-1,), optional=True),
+    ),
+    outputs=(TensorSpec(SAFETY_REPORT, "BYTES", (1,)), _INFO),
+    max_batch_size=8,
+)
+
+# Wav2Lip mouth pass over a run of frames: per-frame face boxes, the clip's 80-bin mel and where the run starts.
+MOUTH_REFINER = ModelSpec(
+    name="mouth_refiner",
+    inputs=(
+        TensorSpec(FRAMES, "UINT8", (-1, -1, -1, 3)),
+        TensorSpec(FACE_BOXES, "FP32", (-1, 4)),
+        TensorSpec(MEL, "FP32", (80, -1)),
+        TensorSpec(START_FRAME, "INT64", (1,)),
+        TensorSpec(FPS, "FP32", (1,)),
+    ),
+    outputs=(TensorSpec(FRAMES, "UINT8", (-1, -1, -1, 3)), _INFO),
+    max_batch_size=1,
 )
 
 # The pipeline a client calls: validate + pre-process, then generate, streaming chunks back as they arrive.
@@ -160,9 +206,24 @@ TALKING_HEAD = ModelSpec(
     decoupled=True,
 )
 
+# The quality gates over a given video (the same as talking_head runs on every generated segment): the photo it
+# must show, the speech it must match, and its frames.
+VIDEO_QA = ModelSpec(
+    name="video_qa",
+    inputs=(
+        TensorSpec(PHOTO_BYTES, "BYTES", (1,)),
+        TensorSpec(AUDIO_BYTES, "BYTES", (1,)),
+        TensorSpec(FRAMES, "UINT8", (-1, -1, -1, 3)),
+        TensorSpec(FPS, "FP32", (1,)),
+    ),
+    outputs=(TensorSpec(QA_REPORT, "BYTES", (1,)),),
+    max_batch_size=0,
+)
+
 # model_repository/ holds the models; ensembles/ holds the orchestrators that call them through BLS.
 REPOSITORY_MODELS: tuple[ModelSpec, ...] = (
-    FACE_DETECTOR, FACE_LANDMARKS, FACE_EMBEDDER, AUDIO_FEATURES, VIDEO_GENERATOR
+    FACE_DETECTOR, FACE_LANDMARKS, FACE_EMBEDDER, AUDIO_FEATURES, VIDEO_GENERATOR, LIPSYNC_SCORER, CONTENT_SAFETY,
+    MOUTH_REFINER,
 )
-ENSEMBLE_MODELS: tuple[ModelSpec, ...] = (PREPROCESS, TALKING_HEAD)
+ENSEMBLE_MODELS: tuple[ModelSpec, ...] = (PREPROCESS, TALKING_HEAD, VIDEO_QA)
 ALL_MODELS: dict[str, ModelSpec] = {m.name: m for m in REPOSITORY_MODELS + ENSEMBLE_MODELS}

@@ -15,6 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from .errors import (
+    WEIGHTS_UNAVAILABLE,
     ConfigError,
     InputError,
     TalkingHeadError,
@@ -41,10 +42,14 @@ def triton_error(exc: BaseException, model: str) -> pb_utils.TritonError:
     if isinstance(exc, InputError):
         return pb_utils.TritonError(with_code(exc), pb_utils.TritonError.INVALID_ARG)
     if isinstance(exc, WeightsUnavailable):
-        return pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE)
+        return unavailable_error(str(exc))
     if isinstance(exc, TalkingHeadError):
         return pb_utils.TritonError(str(exc), pb_utils.TritonError.INTERNAL)
     return pb_utils.TritonError(f"internal error in {model}; the server log has the details")
+
+
+def unavailable_error(message: str) -> pb_utils.TritonError:
+    return pb_utils.TritonError(f"{message} [code: {WEIGHTS_UNAVAILABLE}]", pb_utils.TritonError.UNAVAILABLE)
 
 
 def output_tensor(spec: TensorSpec, value: Any) -> pb_utils.Tensor:
@@ -106,8 +111,7 @@ class BatchedModel:
 
     def execute(self, requests: list) -> list:
         if self.predictor is None:
-            error = pb_utils.TritonError(self.unavailable, pb_utils.TritonError.UNAVAILABLE)
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+            return [pb_utils.InferenceResponse(error=unavailable_error(self.unavailable)) for _ in requests]
         # Triton itself refuses requests that lack a required input, so reading cannot fail here.
         per_request = [read_inputs(request, self.spec) for request in requests]
         try:
@@ -167,10 +171,11 @@ class TritonModelCaller:
 def _raise_bls_error(model: ModelSpec, error) -> None:
     # A user error downstream is still a user error here. BLS responses do not always carry the callee's
     # error code (seen: INTERNAL for an INVALID_ARG on Triton 2.51), so our code suffix decides.
-    if error.code() == pb_utils.TritonError.INVALID_ARG or split_code(error.message())[1]:
+    text, code = split_code(error.message())
+    if error.code() == pb_utils.TritonError.UNAVAILABLE or code == WEIGHTS_UNAVAILABLE:
+        raise WeightsUnavailable(f"{model.name}: {text}")
+    if error.code() == pb_utils.TritonError.INVALID_ARG or code:
         raise input_error_from_message(error.message())
-    if error.code() == pb_utils.TritonError.UNAVAILABLE:
-        raise WeightsUnavailable(f"{model.name}: {error.message()}")
     raise TalkingHeadError(f"{model.name} failed: {error.message()}")
 
 

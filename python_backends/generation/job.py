@@ -25,6 +25,10 @@ class GenerationParams:
     max_duration_s: float = 60.0
     chunk_frames: int = 16  # frames per streamed chunk (Wan engines stream per decoded latent chunk)
     prompt: str = ""
+    # A segment of the clip: frames [start_frame, start_frame + frame_count) at `fps` (0: to the end). The
+    # orchestrator re-generates a segment that failed QA this way, continuing from `motion_frames`.
+    start_frame: int = 0
+    frame_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class GenerationJob:
     wav2vec2_features: np.ndarray | None = None  # [L, T, D] at 50 Hz (Wan S2V)
     driving_frames: np.ndarray | None = None  # [N, h, w, 3] uint8 (Animate)
     driving_fps: float | None = None
+    motion_frames: np.ndarray | None = None  # [n, H, W, 3] uint8: the accepted frames just before start_frame
 
 
 @dataclass(frozen=True)
@@ -76,4 +81,17 @@ def params_from_request(values: dict) -> GenerationParams:
         raise InputError(f"steps must be between 1 and 100, got {params.steps}", "bad_parameter")
     if params.max_duration_s <= 0 or params.chunk_frames < 1:
         raise InputError("max_duration_s must be positive and chunk_frames at least 1", "bad_parameter")
+    if params.start_frame < 0 or params.frame_count < 0:
+        raise InputError("start_frame and frame_count must not be negative", "bad_parameter")
     return params
+
+
+def segment_range(params: GenerationParams, total: int) -> range:
+    """The frames of the clip (`total` long) this request asks for; empty asks are the user's error."""
+    from ..errors import InputError
+
+    stop = total if params.frame_count == 0 else min(total, params.start_frame + params.frame_count)
+    if params.start_frame >= total:
+        raise InputError(f"start_frame {params.start_frame} is past the clip's end ({total} frames at "
+                         f"{params.fps:g} fps)", "bad_parameter")
+    return range(params.start_frame, stop)

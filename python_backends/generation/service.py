@@ -18,7 +18,7 @@ import numpy as np
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
 from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
-from .job import AUTO, FrameChunk, GenerationJob, VideoEngine, params_from_request
+from .job import AUTO, FrameChunk, GenerationJob, VideoEngine, params_from_request, segment_range
 from .preview import ENGINE_NAME as PREVIEW_NAME
 from .preview import PreviewEngine
 
@@ -133,6 +133,7 @@ def job_from_inputs(inputs: dict[str, np.ndarray], parameters: dict) -> Generati
         wav2vec2_features=get(spec.WAV2VEC2_FEATURES),
         driving_frames=get(spec.DRIVING_FRAMES),
         driving_fps=float(inputs[spec.DRIVING_FPS].reshape(-1)[0]) if spec.DRIVING_FPS in inputs else None,
+        motion_frames=get(spec.MOTION_FRAMES),
     )
 
 
@@ -146,13 +147,29 @@ def chunk_outputs(chunk: FrameChunk, info: dict) -> dict[str, np.ndarray]:
     }
 
 
+def _segment_of(chunks: Iterator[FrameChunk], params) -> Iterator[FrameChunk]:
+    """The requested segment cut from a whole-clip stream, for engines that cannot start mid-clip (Animate):
+    right, but the frames before the segment are still generated."""
+    for chunk in chunks:
+        segment = segment_range(params, chunk.total_frames)
+        lo, hi = max(segment.start, chunk.start_frame), min(segment.stop, chunk.start_frame + len(chunk.frames))
+        if lo < hi:
+            yield FrameChunk(lo, chunk.frames[lo - chunk.start_frame: hi - chunk.start_frame], chunk.fps,
+                             chunk.total_frames)
+        if chunk.start_frame + len(chunk.frames) >= segment.stop:
+            return
+
+
 def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters: dict) -> Iterator[dict]:
     """Run one request: yields the output arrays of each chunk as soon as the engine produces it."""
     job = job_from_inputs(inputs, parameters)
     name = registry.resolve(job.params.engine, job)
     engine = registry.get(name)
     started = last = time.perf_counter()
-    for index, chunk in enumerate(engine.generate(job)):
+    chunks = engine.generate(job)
+    if not getattr(engine, "renders_segments", False):
+        chunks = _segment_of(chunks, job.params)
+    for index, chunk in enumerate(chunks):
         now = time.perf_counter()
         info = {
             "engine": engine.name,

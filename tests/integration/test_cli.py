@@ -121,7 +121,8 @@ def test_weights_lists_what_each_model_uses(tmp_path):
                             timeout=120)
     assert listed.returncode == 0, listed.stderr
     rows = {row["model"]: row for row in json.loads(listed.stdout)}
-    assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features", "video_generator"}
+    assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features", "video_generator",
+                         "lipsync_scorer", "content_safety", "mouth_refiner"}
     assert rows["video_generator"]["engine"] == "preview-landmark-warp"
     assert "Wan2.2-S2V-14B" in rows["video_generator"]["note"]
     assert rows["face_detector"]["engine"] == "mtcnn" and rows["face_detector"]["source"] == "shipped"
@@ -129,3 +130,6 @@ def test_weights_lists_what_each_model_uses(tmp_path):
     assert "non-commercial" in rows["face_landmarks"]["licence"]
     # What is missing says where to put it.
     assert rows["audio_features"]["source"] == "unavailable" and "audio_features" in rows["audio_features"]["note"]
+    for model in ("lipsync_scorer", "mouth_refiner"):  # no weights ship for these: unavailable, never a pass
+        assert rows[model]["source"] == "unavailable" and model in rows[model]["note"]
+    assert rows["content_safety"]["source"] == "shipped"

@@ -68,7 +68,8 @@ def test_generate_cli_writes_an_mp4_whose_mouth_follows_the_speech(triton_server
 def test_stream_arrives_in_chunks_and_early_stop_cancels(triton_server, samples, grpc_client):
     photo, speech = (samples / "astronaut.png").read_bytes(), (samples / "speech.wav").read_bytes()
     params = {"fps": 10, "chunk_frames": 8, "width": 256, "height": 256, "seed": 1}
-    chunks = list(grpc_client.generate(photo, speech, parameters=params))
+    *chunks, last = grpc_client.generate(photo, speech, parameters=params)
+    assert last.qa_report is not None and len(last.frames) == 0
     assert [c.start_frame for c in chunks] == list(range(0, chunks[-1].total_frames, 8))
     assert chunks[0].frames.shape[1:] == (256, 256, 3) and "job_report" in chunks[0].info
     # Stop after the first chunk: the client cancels and the server stays healthy for the next job.

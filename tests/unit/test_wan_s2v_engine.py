@@ -567,3 +567,24 @@ def test_lora_and_fp8_switches_load_and_act(release: Path, engine, photo, speech
     assert frames.shape == reference.shape
     # e4m3 weights: close to the bf16/fp32 video, not equal (mean absolute difference in grey levels).
     assert 0 < np.abs(frames.astype(float) - reference).mean() < 20
+
+
+def test_a_segment_continues_from_motion_frames(engine, photo, speech, reference_run) -> None:
+    """Re-generating the second clip as a segment from the first clip's frames (what the orchestrator does to
+    re-roll a segment) gives the whole-clip run's second clip, up to the uint8 rounding of the motion frames."""
+    source = frames_of(reference_run)
+    start = PER_CLIP - 3  # where clip 1 starts; the whole-clip run made it with seed 7 + 1
+    job = GenerationJob(photo=photo, waveform=speech, motion_frames=source[:start], params=GenerationParams(
+        seed=8, steps=2, width=SIZE, height=SIZE, fps=16.0, chunk_frames=8, start_frame=start))
+    chunks = list(engine.generate(job))
+    frames = frames_of(chunks)
+    assert [c.start_frame for c in chunks][0] == start and frames.shape == source[start:].shape
+    assert all(c.total_frames == 32 for c in chunks)
+    diff = np.abs(frames.astype(int) - source[start:].astype(int)).mean()
+    other = GenerationJob(photo=photo, waveform=speech, motion_frames=source[:start], params=GenerationParams(
+        seed=9, steps=2, width=SIZE, height=SIZE, fps=16.0, chunk_frames=8, start_frame=start))
+    rerolled = frames_of(list(engine.generate(other)))
+    assert diff < 0.5 < np.abs(rerolled.astype(int) - source[start:].astype(int)).mean()
+    bounded = GenerationJob(photo=photo, waveform=speech, motion_frames=source[:start], params=GenerationParams(
+        seed=8, steps=2, width=SIZE, height=SIZE, fps=16.0, chunk_frames=8, start_frame=start, frame_count=5))
+    assert frames_of(list(engine.generate(bounded))).shape[0] == 5

@@ -1,12 +1,11 @@
 from python_backends import spec
-from python_backends.pipeline import run_talking_head
+from python_backends.pipeline import TalkingHeadSettings, run_talking_head
 from python_backends.triton_io import StreamingModel, TritonModelCaller, stream_model
-from python_backends.validation import ValidationLimits
 
 
 class TritonPythonModel(StreamingModel):
     spec = spec.TALKING_HEAD
-    settings_type = ValidationLimits
+    settings_type = TalkingHeadSettings
 
     def build(self, settings, device):
         self.call_model = TritonModelCaller()

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ...errors import InputError
-from ..job import FrameChunk, GenerationJob
+from ..job import FrameChunk, GenerationJob, segment_range
 from .face_warp import anchor_ring, warp_region
 from .mouth_driver import SAMPLE_RATE, mouth_track
 
@@ -80,6 +80,7 @@ class PreviewEngine:
     """Landmark-driven face animation; `generate` streams chunks of frames as they are rendered."""
 
     name = ENGINE_NAME
+    renders_segments = True  # starts at params.start_frame without rendering the frames before it
 
     def __init__(self, settings: PreviewSettings | None = None) -> None:
         self.settings = settings or PreviewSettings()
@@ -102,8 +103,11 @@ class PreviewEngine:
         blinks = _blink_curve(frames, p.fps, s.blink_interval_s, rng)
         motion = _head_motion(frames, p.fps, s.head_motion_deg, rng)
         rig = _FaceRig(image, points)
-        for start in range(0, frames, p.chunk_frames):
-            stop = min(frames, start + p.chunk_frames)
+        # Every frame is a function of (audio, seed, index), so a segment renders exactly the frames a whole-clip
+        # request would: motion frames carry nothing the preview needs.
+        segment = segment_range(p, frames)
+        for start in range(segment.start, segment.stop, p.chunk_frames):
+            stop = min(segment.stop, start + p.chunk_frames)
             rendered = [
                 rig.render(track.openness[i] * s.max_mouth_open, track.roundness[i], blinks[i], motion[i])
                 for i in range(start, stop)

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
 from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
 from ...errors import InputError, WeightsUnavailable
-from ..job import FrameChunk, GenerationJob
+from ..job import FrameChunk, GenerationJob, segment_range
 from .checkpoint import check_release_layout, load_s2v_transformer
 from .configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from .s2v import WanS2VTransformer, cfg_forward, guide
@@ -291,6 +291,30 @@ def fit_photo(photo: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(resized[y0 : y0 + height, x0 : x0 + width])
 
 
+def motion_pixels(frames: np.ndarray | None, start: int, fps: float, first16: int, fps16: int, count: int,
+                  height: int, width: int) -> torch.Tensor:
+    """[1, 3, count, H, W] in [-1, 1]: the `count` 16 fps frames before source frame `first16`, taken from the
+    caller's frames (output frames start - len(frames) .. start - 1 at `fps`) by nearest time; zero frames where
+    there are none, as the official pads before the video starts."""
+    out = torch.zeros(1, 3, count, height, width)
+    if frames is None or not len(frames):
+        return out
+    frames = np.asarray(frames, np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise InputError(f"motion_frames must be [n, H, W, 3] uint8, got {frames.shape}", "bad_motion_frames")
+    oldest = start - len(frames)
+    for k in range(count):
+        source = first16 - count + k
+        j = int(math.floor(source * fps / fps16 + 0.5))
+        if source < 0 or not oldest <= j < start:
+            continue
+        frame = frames[j - oldest]
+        if frame.shape[:2] != (height, width):
+            frame = fit_photo(frame, height, width)
+        out[0, :, k] = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return out
+
+
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """[1, 3, t, H, W] in [-1, 1] -> [t, H, W, 3] uint8 as the official save_video (no rounding)."""
     x = ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
@@ -301,17 +325,24 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 class FrameRateResampler:
-    """16 fps source frames in, `fps` output frames out by nearest-time selection (see module docstring)."""
+    """16 fps source frames in, `fps` output frames out by nearest-time selection (see module docstring).
 
-    def __init__(self, source_fps: int, fps: float, source_total: int, total: int) -> None:
+    `first` is the clip index of the first output frame (a segment of the clip); source frames are then pushed
+    from the source frame nearest to it on."""
+
+    def __init__(self, source_fps: int, fps: float, source_total: int, total: int, first: int = 0) -> None:
         self.source_fps, self.fps = source_fps, fps
-        self.source_total, self.total = source_total, total
+        self.source_total, self.total, self.first = source_total, total, first
+        self.base = self._absolute(first)
         self.next_out = 0
         self.received = 0
         self.pending: list[np.ndarray] = []  # source frames from index `received - len(pending)` on
 
-    def _source_index(self, j: int) -> int:
+    def _absolute(self, j: int) -> int:
         return min(self.source_total - 1, int(math.floor(j * self.source_fps / self.fps + 0.5)))
+
+    def _source_index(self, j: int) -> int:
+        return self._absolute(j + self.first) - self.base
 
     def push(self, frames: np.ndarray) -> list[np.ndarray]:
         self.pending.extend(frames)
@@ -387,6 +418,8 @@ class WanEngineBase:
 
 class WanS2VEngine(WanEngineBase):
     """The S2V-14B pipeline over our own DiT, VAE, umT5 and wav2vec2 modules (see the module docstring)."""
+
+    renders_segments = True  # a segment starts at its own clip, conditioned on the caller's motion frames
 
     def __init__(self, transformer: WanS2VTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
                  audio_encoder: Wav2Vec2Features | None, task: WanS2VTaskConfig = S2V_14B,
@@ -553,10 +586,16 @@ class WanS2VEngine(WanEngineBase):
         fps16 = task.sample_fps
         needed = max(1, math.ceil(seconds * fps16 - 1e-9))
         total = max(1, math.ceil(seconds * p.fps - 1e-9))
+        segment = segment_range(p, total)
+        resampler = FrameRateResampler(fps16, p.fps, needed, len(segment), first=segment.start)
+        # A segment from the middle continues from the caller's motion frames: no first-clip frame drop there.
+        continuing = segment.start > 0
+        first16 = resampler.base
+        needed = resampler._absolute(segment.stop - 1) + 1 - first16  # 16 fps frames this request makes
         per_clip = opt.infer_frames
-        dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion else 0
+        dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion and not continuing else 0
         clips = 1 + math.ceil(max(0, needed - (per_clip - dropped)) / per_clip)
-        audio_offset = -dropped if opt.audio_sync else 0
+        audio_offset = first16 - dropped if opt.audio_sync else first16
 
         context = self._text(p.prompt or opt.default_prompt)
         context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
@@ -564,19 +603,19 @@ class WanS2VEngine(WanEngineBase):
         lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
         shape = (1, self.transformer.config.in_dim, per_clip // 4, lat_h, lat_w)
         vae_dtype = self.vae.dtype
-        last_frames = torch.zeros(1, 3, task.motion_frames, height, width, device=self.device, dtype=vae_dtype)
+        last_frames = motion_pixels(job.motion_frames if continuing else None, segment.start, p.fps, first16, fps16,
+                                    task.motion_frames, height, width).to(self.device, vae_dtype)
         motion_latents = torch.zeros(1, 16, task.lat_motion_frames, lat_h, lat_w, device=self.device)
         anchoring = self.embedder is not None and job.embedding is not None
         log.info("Wan S2V job: %dx%d, %.2f s -> %d clip(s) of %d frames, %d steps (%s), guidance %.2f, %s", width,
                  height, seconds, clips, per_clip, steps, opt.sampler, guidance,
                  "identity anchoring" if anchoring else "no identity check")
 
-        resampler = FrameRateResampler(fps16, p.fps, needed, total)
         produced = 0  # 16 fps frames streamed so far
-        out_index = 0
+        out_index = segment.start
         for clip in range(clips):
             first_clip = clip == 0
-            drop_motion = first_clip and task.drop_first_motion
+            drop_motion = first_clip and task.drop_first_motion and not continuing
             if not drop_motion:  # (with drop_first_motion off, the first clip sees the encoded zero frames)
                 t0 = time.perf_counter()
                 motion_latents = self.vae.encode(last_frames)

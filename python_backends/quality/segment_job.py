@@ -1,0 +1,100 @@
+"""Post-process and judge one generated segment: track the face, match colour, run the gates, mouth pass."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from .. import spec
+from ..errors import InputError, WeightsUnavailable
+from ..preprocessing import ModelCaller
+from .colour import match_colour
+from .segment_qa import FAIL, Boundary, JobContext, SegmentQA, check_segment
+from .tracking import track_faces
+
+
+def segment_length(start: int, total: int | None, frames: int, min_tail: int) -> int:
+    """`frames`, or up to the end when fewer than `min_tail` frames would be left (too short to judge lip-sync)."""
+    if total is not None and 0 < total - start - frames < min_tail:
+        return total - start
+    return frames
+
+
+async def judge_video(frames: np.ndarray, ctx: JobContext, call: ModelCaller) -> list[SegmentQA]:
+    """The gates over a finished video, segment by segment as talking_head judges what it generates."""
+    segment_frames = max(1, int(round(ctx.settings.segment_s * ctx.fps)))
+    segments: list[SegmentQA] = []
+    start, boundary = 0, None
+    while start < len(frames):
+        count = segment_length(start, len(frames), segment_frames, 2 * ctx.settings.sync_vshift + 1)
+        part = frames[start: start + count]
+        track = await track_faces(part, call, ctx.settings.detect_every, boundary.box if boundary else None)
+        segments.append(await check_segment(part, track, len(segments), start, ctx, call, boundary))
+        boundary = Boundary(part[-1], track.landmarks[-1], track.boxes[-1])
+        start += count
+    return segments
+
+
+async def safety_of_photo(ctx: JobContext, call: ModelCaller) -> dict:
+    """The photo's content-safety report (NSFW, minor face, public figure) before anything is generated."""
+    source = ctx.source
+    try:
+        outputs = await call(spec.CONTENT_SAFETY, {
+            spec.IMAGE: source.image[None], spec.FACE_BOX: source.box.astype(np.float32)[None],
+            spec.FACE_KEYPOINTS: source.keypoints.astype(np.float32)[None],
+            spec.EMBEDDING: source.embedding.astype(np.float32)[None]})
+    except WeightsUnavailable as exc:
+        ctx.safety = False
+        return {"status": "unavailable", "reason": str(exc)}
+    report = json.loads(outputs[spec.SAFETY_REPORT].reshape(-1)[0])
+    failed = {name: check for name, check in report.items() if isinstance(check, dict) and check.get("status") == FAIL}
+    if failed:
+        reasons = "; ".join(f"{name}: {check.get('reason', 'failed')}" for name, check in failed.items())
+        raise InputError(f"the photo cannot be animated under the content policy ({reasons}); use another photo",
+                         "content_policy")
+    return report
+
+
+async def _refine_mouth(frames: np.ndarray, qa: SegmentQA, ctx: JobContext, call: ModelCaller) -> dict | None:
+    """Wav2Lip over a segment whose lip-sync failed; None when the refiner has no weights (recorded)."""
+    if ctx.refiner is False or ctx.mel is None:
+        return None
+    try:
+        outputs = await call(spec.MOUTH_REFINER, {
+            spec.FRAMES: frames[None], spec.FACE_BOXES: qa.track.boxes.astype(np.float32)[None],
+            spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[qa.start_frame]], np.int64),
+            spec.FPS: np.array([[ctx.fps]], np.float32)})
+    except WeightsUnavailable as exc:
+        ctx.refiner, ctx.refiner_reason = False, str(exc)
+        return None
+    ctx.refiner = True
+    return outputs
+
+
+async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobContext, call: ModelCaller,
+                          boundary: Boundary | None) -> tuple[np.ndarray, SegmentQA]:
+    """The post-processed frames of a segment and their QA record."""
+    t0 = time.perf_counter()
+    track = await track_faces(raw, call, ctx.settings.detect_every, boundary.box if boundary else None)
+    tracking_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+    t0 = time.perf_counter()
+    frames, colour = match_colour(raw, track.boxes, ctx.source.image, ctx.source.box, ctx.settings.colour_match)
+    colour_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+    qa = await check_segment(frames, track, index, start, ctx, call, boundary)
+    post: dict = {"colour": colour.as_dict()}
+    sync = next(g for g in qa.gates if g.name == "lipsync")
+    if ctx.settings.refine_low_sync and sync.status == FAIL:
+        refined = await _refine_mouth(frames, qa, ctx, call)
+        if refined is None:
+            post["mouth_refiner"] = {"status": "unavailable", "reason": ctx.refiner_reason}
+        else:
+            frames = refined[spec.FRAMES][0]
+            post["mouth_refiner"] = {"status": "applied", "reason": sync.reason,
+                                     "model": json.loads(refined[spec.MODEL_INFO].reshape(-1)[0])}
+            track = await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None)
+            qa = await check_segment(frames, track, index, start, ctx, call, boundary)
+    qa.post = post
+    qa.timings_ms = {"tracking": tracking_ms, "colour": colour_ms, **qa.timings_ms}
+    return frames, qa

@@ -1,0 +1,98 @@
+"""Follow the face through a segment: detection on every n-th frame, landmarks on every frame.
+
+Runs over the served models (face_detector, face_landmarks) through a ModelCaller, so the numbers QA judges
+come from the same models and weights that pre-processed the photo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import spec
+from ..face_landmarks.head_pose import to_ibug68
+from ..preprocessing import ModelCaller
+
+MAX_REQUEST = 16  # frames per request: the detector's and landmarker's max_batch_size
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    boxes: np.ndarray  # [T, 4] x1, y1, x2, y2: detected, or interpolated between detections
+    landmarks: np.ndarray  # [T, 68, 2] iBUG / dlib order
+    detected: np.ndarray  # [K] frame indices the detector ran on
+    detected_boxes: np.ndarray  # [K, 4]
+    detected_keypoints: np.ndarray  # [K, 5, 2]
+    found: np.ndarray  # [K] bool: the detector found a face there
+    landmarker: str  # engine that placed the landmarks
+
+    @property
+    def lost_frames(self) -> list[int]:
+        return [int(i) for i in self.detected[~self.found]]
+
+
+async def _batched(call: ModelCaller, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One logical request split into max-batch requests that run concurrently (Triton batches them again)."""
+    count = len(next(iter(inputs.values())))
+    parts = await asyncio.gather(*(
+        call(model, {name: value[i: i + MAX_REQUEST] for name, value in inputs.items()})
+        for i in range(0, count, MAX_REQUEST)
+    ))
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _pick(boxes: np.ndarray, previous: np.ndarray | None) -> int:
+    """The face that continues the track (highest overlap with the last box), else the largest."""
+    if previous is not None:
+        overlaps = [_iou(b, previous) for b in boxes]
+        if max(overlaps) > 0.1:
+            return int(np.argmax(overlaps))
+    return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+
+
+def interpolate_boxes(indices: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray:
+    """[frames, 4] boxes, linear between the known ones and held at the ends."""
+    return np.stack([np.interp(np.arange(frames), indices, boxes[:, j]) for j in range(4)], axis=1)
+
+
+async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
+                      start_box: np.ndarray | None = None) -> FaceTrack:
+    """Detector on frames 0, n, 2n, ... and the last; landmarks on every frame with the (interpolated) box.
+    `start_box` (the photo's or the previous segment's) keeps the track on the same person."""
+    count = len(frames)
+    detected = np.unique(np.r_[np.arange(0, count, detect_every), count - 1])
+    outputs = await _batched(call, spec.FACE_DETECTOR, {spec.IMAGE: frames[detected]})
+    found = np.zeros(len(detected), bool)
+    det_boxes = np.zeros((len(detected), 4), np.float32)
+    det_points = np.zeros((len(detected), 5, 2), np.float32)
+    previous = start_box
+    for k in range(len(detected)):
+        n = int(outputs[spec.FACE_COUNT][k].reshape(-1)[0])
+        if n == 0:
+            continue
+        chosen = _pick(outputs[spec.FACE_BOXES][k][:n], previous)
+        det_boxes[k], det_points[k] = outputs[spec.FACE_BOXES][k][chosen], outputs[spec.FACE_KEYPOINTS][k][chosen]
+        found[k], previous = True, det_boxes[k]
+    if found.any():
+        boxes = interpolate_boxes(detected[found], det_boxes[found], count).astype(np.float32)
+    elif start_box is not None:
+        boxes = np.repeat(np.asarray(start_box, np.float32)[None], count, axis=0)
+    else:
+        boxes = np.repeat(np.array([[0, 0, frames.shape[2], frames.shape[1]]], np.float32), count, axis=0)
+    marks = await _batched(call, spec.FACE_LANDMARKS, {spec.IMAGE: frames, spec.FACE_BOX: boxes})
+    landmarker = json.loads(marks[spec.MODEL_INFO].reshape(-1)[0]).get("engine", "?")
+    # The QA metrics work on the 68-point iBUG layout; HRNet's WFLW 98 points map onto it.
+    landmarks = np.stack([to_ibug68(points) for points in marks[spec.LANDMARKS]])
+    return FaceTrack(boxes, landmarks, detected, det_boxes, det_points, found,
+                     landmarker)
