@@ -180,7 +180,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 GENERATION_OPTIONS = ("engine", "seed", "steps", "guidance", "width", "height", "fps", "max_duration_s",
-                      "chunk_frames", "prompt")
+                      "chunk_frames", "prompt", "output_width", "output_height")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -271,6 +271,9 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-duration", dest="max_duration_s", type=float)
     group.add_argument("--chunk-frames", type=int)
     group.add_argument("--prompt")
+    group.add_argument("--output-width", dest="output_width", type=int,
+                       help="resize the accepted video to this size after QA (Lanczos; no learned upscaler)")
+    group.add_argument("--output-height", dest="output_height", type=int)
 
 
 def build_parser() -> argparse.ArgumentParser:
