@@ -257,7 +257,7 @@ class StreamingEncoder:
     # -- finishing --------------------------------------------------------------------------------------------
     def close(self) -> EncodeResult:
         if self._container is None:
-            raise EncodeError("no frames were written")
+            raise EncodeError("no frames were written" if self._size is None else "the encoder was already closed")
         started = time.perf_counter()
         try:
             self._mux(self._video.encode(None))
@@ -268,6 +268,7 @@ class StreamingEncoder:
         except av.error.FFmpegError as exc:
             self.abort()
             raise EncodeError(f"finishing the MP4 failed: {exc}") from None
+        self._container = None
         os.replace(self._partial, self.path)
         done = time.perf_counter()
         t0 = self._timing.t0

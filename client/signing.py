@@ -187,7 +187,7 @@ def _algorithm_family(key) -> str:
 def identity_of(leaf: x509.Certificate, development: bool) -> SignerIdentity:
     return SignerIdentity(
         subject=leaf.subject.rfc4514_string(), issuer=leaf.issuer.rfc4514_string(),
-        serial=format(leaf.serial_number, "x"),
+        serial=str(leaf.serial_number),  # decimal, as C2PA readers print it
         sha256=hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest(),
         not_after=leaf.not_valid_after_utc.isoformat(), development=development,
     )
