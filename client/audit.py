@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GENESIS = "0" * 64
-_SECRET_KEY = re.compile(r"pass(word|phrase)?|secret|token|api[_-]?key|private[_-]?key|authori[sz]ation|credential_key",
-                         re.IGNORECASE)
+# Whole key names only: "pass" (a QA gate's result) is fine, "password" or "hf_token" is not.
+_SECRET_KEY = re.compile(r"pass(word|wd|phrase)|.*secret.*|(.*_)?token|api[_-]?key|(.*_)?private[_-]?key|"
+                         r"authori[sz]ation|cookie|session[_-]?key", re.IGNORECASE)
 _PEM_SECRET = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
@@ -57,7 +58,7 @@ def head_path(log: Path) -> Path:
 def _check_no_secrets(value: object, where: str = "record") -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if _SECRET_KEY.search(str(key)):
+            if _SECRET_KEY.fullmatch(str(key)):
                 raise AuditError(f"refusing to log {where}.{key}: it names a secret")
             _check_no_secrets(item, f"{where}.{key}")
     elif isinstance(value, list | tuple):

@@ -232,9 +232,6 @@ def verify_video(path: Path, trust_anchors: Path | None = None) -> VerifyResult:
     try:
         with open(path, "rb") as handle, c2pa.Reader(MIME, handle, context=_context(trust_anchors)) as reader:
             store = json.loads(reader.json())
-            manifest = reader.get_active_manifest() or {}
-            state = reader.get_validation_state()
-            results = reader.get_validation_results() or {}
     except c2pa.C2paError.ManifestNotFound:
         result.status = "unsigned"
         result.errors.append("no C2PA manifest: the file was never signed or its Content Credentials were stripped")
@@ -242,8 +239,12 @@ def verify_video(path: Path, trust_anchors: Path | None = None) -> VerifyResult:
     except c2pa.C2paError as exc:
         result.errors.append(f"the C2PA manifest is damaged and cannot be read: {exc}")
         return result
+    state, results = store.get("validation_state"), store.get("validation_results") or {}
     result.validation_state = state
     result.manifest_label = store.get("active_manifest")
+    manifest = (store.get("manifests") or {}).get(result.manifest_label) or {}
+    if not manifest:
+        result.errors.append("the manifest store names no active manifest that it contains")
     failures = results.get("activeManifest", {}).get("failure", [])
     for failure in failures:
         text = f"{failure.get('code')}: {failure.get('explanation', '')}".rstrip(": ")
