@@ -1,4 +1,4 @@
-"""Streaming encoder: codecs, exact audio length, colour, interleaving, clean failure; checked by independent decoders."""
+"""Streaming encoder: codecs, exact audio length, colour, interleaving, clean failure (checked by other decoders)."""
 
 from __future__ import annotations
 

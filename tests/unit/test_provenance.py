@@ -260,7 +260,8 @@ def test_development_credential_meets_the_c2pa_signer_profile_and_is_reused(cred
 
 
 def test_configured_credentials_come_from_the_environment_and_are_checked(tmp_path, credential):
-    env = {"TALKINGHEAD_HOME": str(tmp_path), CERT_ENV: str(credential.cert_chain), KEY_ENV: str(credential.private_key)}
+    env = {"TALKINGHEAD_HOME": str(tmp_path), CERT_ENV: str(credential.cert_chain),
+           KEY_ENV: str(credential.private_key)}
     config = load_signing_config(env=env)
     assert config.cert_chain == credential.cert_chain and not config.development
     assert not (tmp_path / "signing").exists()  # no development credential made when one is configured
