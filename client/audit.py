@@ -55,15 +55,16 @@ def head_path(log: Path) -> Path:
     return log.with_name(log.name + ".head")
 
 
-def _check_no_secrets(value: object, where: str = "record") -> None:
+def check_no_secrets(value: object, where: str = "record") -> None:
+    """Raise AuditError if a key names a secret or a value holds PEM private-key material."""
     if isinstance(value, dict):
         for key, item in value.items():
             if _SECRET_KEY.fullmatch(str(key)):
                 raise AuditError(f"refusing to log {where}.{key}: it names a secret")
-            _check_no_secrets(item, f"{where}.{key}")
+            check_no_secrets(item, f"{where}.{key}")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            _check_no_secrets(item, f"{where}[{index}]")
+            check_no_secrets(item, f"{where}[{index}]")
     elif isinstance(value, str) and _PEM_SECRET.search(value):
         raise AuditError(f"refusing to log {where}: it holds a PEM private key")
 
@@ -109,7 +110,7 @@ class AuditLog:
         reserved = {"seq", "time", "prev_hash", "hash"} & set(event)
         if reserved:
             raise AuditError(f"the event may not set {', '.join(sorted(reserved))}: the log assigns them")
-        _check_no_secrets(event)
+        check_no_secrets(event)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self.path):
             last = _last_record(self.path)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .audit import AuditLog
+from .audit import AuditLog, check_no_secrets
 from .disclosure import append_xmp, burn_label
 from .encoding import EncodeOptions, StreamingEncoder
 from .provenance import QA_NOT_RUN, ModelRecord, Provenance, SigningFailed, sign_video, verify_video
@@ -91,6 +91,7 @@ class CompliantVideoWriter:
     ) -> None:
         self.path = Path(path)
         self.job, self.compliance = job, compliance
+        check_no_secrets(job.parameters, "parameters")  # they go into the manifest and the log: refuse now
         self.provenance = Provenance(
             job_id=job.job_id, engine_id=chunk_info.get("engine_id", chunk_info.get("engine", "unknown")),
             engine=chunk_info.get("engine", "unknown"), models=models_from_job(chunk_info, job_report),
@@ -142,7 +143,29 @@ class CompliantVideoWriter:
             raise SigningFailed(f"the signed file did not verify: {'; '.join(verified.errors)}")
         output_sha256 = sha256_file(self.path)
         mark = time.perf_counter()
-        record = AuditLog(self.compliance.audit_path).append({
+        try:
+            record = self._audit(verdict, encoded, output_sha256, summary)
+        except BaseException:
+            self.path.unlink(missing_ok=True)  # no video leaves without its audit record
+            raise
+        timings["audit_s"] = time.perf_counter() - mark
+        timings["finish_s"] = time.perf_counter() - started
+        return {
+            "job_id": self.job.job_id,
+            "video": str(self.path),
+            "sha256": output_sha256,
+            "encode": {**encoded.as_dict(), "path": str(self.path), "options": encoded_options(self._encoder.options)},
+            "signed": summary is not None,
+            "signature": summary.as_dict() if summary else None,
+            "verify": verified.as_dict(),
+            "qa_verdict": verdict,
+            "audit": {"log": str(self.compliance.audit_path), "seq": record["seq"], "hash": record["hash"]},
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+
+    def _audit(self, verdict: dict, encoded, output_sha256: str, summary) -> dict:
+        signing = self.compliance.signing
+        return AuditLog(self.compliance.audit_path).append({
             "event": "video.delivered",
             "job_id": self.job.job_id,
             "tenant": self.compliance.tenant,
@@ -160,20 +183,6 @@ class CompliantVideoWriter:
             "signer": signer_identity(signing).as_dict() if signing else None,
             "manifest": summary.manifest_label if summary else None,
         })
-        timings["audit_s"] = time.perf_counter() - mark
-        timings["finish_s"] = time.perf_counter() - started
-        return {
-            "job_id": self.job.job_id,
-            "video": str(self.path),
-            "sha256": output_sha256,
-            "encode": {**encoded.as_dict(), "path": str(self.path), "options": encoded_options(self._encoder.options)},
-            "signed": summary is not None,
-            "signature": summary.as_dict() if summary else None,
-            "verify": verified.as_dict(),
-            "qa_verdict": verdict,
-            "audit": {"log": str(self.compliance.audit_path), "seq": record["seq"], "hash": record["hash"]},
-            "timings": {k: round(v, 4) for k, v in timings.items()},
-        }
 
 
 def encoded_options(options: EncodeOptions) -> dict:

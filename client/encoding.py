@@ -145,8 +145,10 @@ class StreamingEncoder:
     """Opens the MP4 on the first chunk (when the frame size is known) and encodes chunk by chunk.
 
     The file is written as `<name>.partial` beside `path` and renamed on `close()`: a crash or `abort()` never
-    leaves a truncated MP4 that looks complete. Audio (if any) is fed up to the current video time after every
-    chunk; `close()` pads it with silence or trims it so it lasts exactly `frames / fps`.
+    leaves a truncated MP4 that looks complete. `audio` is a file path or its bytes (any format ffmpeg reads), or
+    float32 samples [channels, n] at 48 kHz; it is fed up to the current video time after every chunk, and
+    `close()` pads it with silence or trims it so it lasts exactly `frames / fps`. `t0` (a `time.perf_counter()`
+    value, default now) is where the time to the first frame and to the first encoded packet are counted from.
     """
 
     def __init__(

@@ -95,7 +95,8 @@ class SignSummary:
         return {**asdict(self), "signer": self.signer.as_dict()}
 
 
-def build_manifest(provenance: Provenance, qa_verdict: dict | None, development: bool) -> dict:
+def build_manifest(provenance: Provenance, qa_verdict: dict | None, development: bool,
+                   title: str = "talkinghead.mp4") -> dict:
     disclosure = provenance.disclosure
     agent = {"name": SOFTWARE, "version": __version__}
     generation = {
@@ -110,7 +111,7 @@ def build_manifest(provenance: Provenance, qa_verdict: dict | None, development:
     }
     manifest = {
         "claim_generator_info": [agent],
-        "title": "talkinghead.mp4",
+        "title": title,
         "format": MIME,
         "assertions": [
             {"label": "c2pa.actions.v2", "data": {"actions": [{
@@ -158,8 +159,8 @@ def sign_video(
     source: Path, destination: Path, provenance: Provenance, config: SigningConfig, qa_verdict: dict | None = None,
 ) -> SignSummary:
     """Embed a signed manifest: `source` (unsigned MP4) -> `destination` (written whole, then renamed into place)."""
-    manifest = build_manifest(provenance, qa_verdict, config.development)
     destination = Path(destination)
+    manifest = build_manifest(provenance, qa_verdict, config.development, title=destination.name)
     temp = destination.with_name(f".{destination.name}.signing")
     try:
         with _signer(config) as signer, c2pa.Builder(manifest, context=_context()) as builder, \

@@ -273,3 +273,20 @@ def test_configured_credentials_come_from_the_environment_and_are_checked(tmp_pa
     (tmp_path / "signing.json").write_text(json.dumps({"cert_chain": "nope.pem", "private_key": "nope.key"}))
     with pytest.raises(SigningError, match="cannot read"):
         load_signing_config(env={"TALKINGHEAD_HOME": str(tmp_path)})
+
+
+def test_no_video_is_delivered_without_its_audit_record(tmp_path, credential, photo):
+    from client.audit import AuditError
+
+    options = ComplianceOptions(credential, audit_log=tmp_path / "a.log")
+    engine = {"engine_id": "preview", "engine": "p"}
+    with pytest.raises(AuditError, match="api_key"):  # secrets are refused before anything is generated
+        CompliantVideoWriter(tmp_path / "v.mp4", 25, JobInputs(photo, parameters={"api_key": "sk-1"}), engine, {},
+                             EncodeOptions(), options)
+    (tmp_path / "a.log").write_text("{not json\n")  # a damaged log tail: appending must fail ...
+    writer = CompliantVideoWriter(tmp_path / "v.mp4", 25, JobInputs(photo), engine, {}, EncodeOptions(), options)
+    writer.write(np.zeros((3, 16, 16, 3), np.uint8))
+    with pytest.raises(AuditError, match="not a JSON record"):
+        writer.finish()
+    assert not (tmp_path / "v.mp4").exists()  # ... and then no video is left behind
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4" or "unsigned" in p.name] == []
