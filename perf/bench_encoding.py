@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import queue
+import resource
 import tempfile
 import threading
 import time
@@ -67,21 +68,31 @@ def _cpu() -> str:
     return platform.processor()
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process: the encoder's included
+    return usage.ru_utime + usage.ru_stime
+
+
 def encode_only(frames: Frames, total: int, fps: float, chunk: int, codec: str, folder: Path) -> dict:
     encoder = StreamingEncoder(folder / f"encode_{codec}.mp4", fps, audio=SAMPLE_AUDIO,
                                options=EncodeOptions(codec=codec))
-    busy = 0.0
+    busy = cpu = 0.0
     for start in range(0, total, chunk):
         block = frames.chunk(start, min(chunk, total - start))
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), _cpu_s()
         encoder.write(block)
         busy += time.perf_counter() - began
-    began = time.perf_counter()
+        cpu += _cpu_s() - cpu_began
+    began, cpu_began = time.perf_counter(), _cpu_s()
     result = encoder.close()
     busy += time.perf_counter() - began
+    cpu += _cpu_s() - cpu_began
     info = probe(result.path)
     return {
         "codec": codec, "frames": result.frames, "encode_s": round(busy, 3), "encode_fps": round(total / busy, 2),
+        # CPU time is what the encoder costs whatever else runs on the machine; wall time is what a user waits.
+        "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(1000 * cpu / total, 1),
+        "fps_per_busy_core": round(total / cpu, 2),
         "realtime_factor": round(total / fps / busy, 3), "close_s": round(result.close_s, 3),
         "first_packet_after_first_frame_s": round(result.time_to_first_packet_s - result.time_to_first_frame_s, 4),
         "bytes": result.bytes, "video_kbit_s": round(result.bytes * 8 / (total / fps) / 1000, 1),
@@ -95,11 +106,14 @@ def pipeline(frames: Frames, total: int, fps: float, chunk: int, generator_fps: 
              streaming: bool, home: Path) -> dict:
     chunks: queue.Queue = queue.Queue()
 
+    generated: list[float] = []
+
     def generate() -> None:
         for start in range(0, total, chunk):
             count = min(chunk, total - start)
             time.sleep(count / generator_fps)  # the GPU works; the CPU is free
             chunks.put((start, count))
+        generated.append(time.perf_counter() - t0)
         chunks.put(None)
 
     job = JobInputs(SAMPLE_PHOTO.read_bytes(), SAMPLE_AUDIO.read_bytes(), None, {"fps": fps})
@@ -117,7 +131,6 @@ def pipeline(frames: Frames, total: int, fps: float, chunk: int, generator_fps: 
             writer.write(frames.chunk(*item))
         else:
             pending.append(item)  # frames are re-made from (start, count) later: no 1.9 GB buffer in RAM
-    generated = time.perf_counter() - t0
     for item in pending:
         writer.write(frames.chunk(*item))
     delivery = writer.finish()
@@ -125,8 +138,8 @@ def pipeline(frames: Frames, total: int, fps: float, chunk: int, generator_fps: 
     producer.join()
     return {
         "mode": "streaming" if streaming else "encode_at_end", "codec": codec,
-        "generation_s": round(generated, 3), "end_to_end_s": round(end_to_end, 3),
-        "after_last_chunk_s": round(end_to_end - generated, 3),
+        "generation_s": round(generated[0], 3), "end_to_end_s": round(end_to_end, 3),
+        "after_generation_s": round(end_to_end - generated[0], 3),
         "time_to_first_encoded_byte_s": delivery["encode"]["time_to_first_packet_s"],
         "finish_timings_s": delivery["timings"], "signed": delivery["signed"],
         "verify_valid": delivery["verify"]["valid"], "bytes": delivery["encode"]["bytes"],
@@ -149,6 +162,7 @@ def main() -> None:
     frames = Frames(args.width, args.height)
     codecs = args.codecs.split(",")
     load_before = os.getloadavg()
+    cpu_before = _cpu_s()
     with tempfile.TemporaryDirectory() as scratch:
         folder, home = Path(scratch), Path(scratch) / "home"
         encode = {codec: encode_only(frames, total, args.fps, args.chunk_frames, codec, folder) for codec in codecs}
@@ -175,7 +189,10 @@ def main() -> None:
         "c2pa": f"c2pa-python {c2pa.__version__}",
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "benchmark_cpu_s": round(_cpu_s() - cpu_before, 1),
+                    "note": "shared machine: other processes compete for the cores; cpu_ms_per_frame is the "
+                            "contention-independent figure, wall-clock fps the one a user sees"},
         "encode_only": encode,
         "streaming_vs_encode_at_end": comparison,
     }
