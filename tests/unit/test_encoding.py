@@ -120,3 +120,11 @@ def test_visible_label_only_touches_the_bottom_right_corner():
     assert len(changed) > 500
     assert changed[:, 0].min() > 360 * 0.8 and changed[:, 1].min() > 640 * 0.6
     assert np.array_equal(frames, np.full_like(frames, 128))  # the input is not modified
+
+
+def test_the_first_writers_interface_still_works(tmp_path):
+    from client.mp4_writer import StreamingMp4Writer
+
+    writer = StreamingMp4Writer(tmp_path / "old.mp4", 10, metadata={"comment": "x"})
+    writer.write(np.zeros((5, 16, 16, 3), np.uint8))
+    assert writer.close() == tmp_path / "old.mp4" and probe(tmp_path / "old.mp4").frames == 5
