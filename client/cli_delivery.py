@@ -139,6 +139,8 @@ def _print_verify(path: Path, result: VerifyResult, audit: dict | None) -> None:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     log = args.log or talkinghead_home() / "audit.log"
+    if not log.is_file():
+        raise DeliveryOptionError(f"audit log {log} does not exist")
     result = verify_log(log, anchors=tuple(args.anchor or ()))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
