@@ -191,7 +191,8 @@ def qa_summary(report: dict) -> dict:
     return {"status": report["verdict"], "schema_version": report["schema_version"],
             "gates": {name: gate["status"] for name, gate in report["gates"].items()},
             "segments_for_review": report["segments_for_review"], "rerolls": report["rerolls"],
-            "identity_windows": [w["mean_cosine"] for w in report["identity"]["windows"]]}
+            # One number, not a list: float arrays do not survive the manifest round trip (c2pa-python 0.38).
+            "identity_min_window_cosine": min((w["mean_cosine"] for w in report["identity"]["windows"]), default=None)}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
