@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from python_backends.weights import WEIGHTS_ENV
+
+from .stub_watchdog import ADMIN_HEADER, StubWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class ServerOptions:
     startup_timeout_s: float = 300.0
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    # Reload a model whose python-backend stub died (Triton 2.51 never restarts one): stub_watchdog.py.
+    restart_dead_stubs: bool = True
+    models: tuple[str, ...] = ()  # load only these (needs restart_dead_stubs' explicit model control); () = all
 
     @property
     def http_url(self) -> str:
@@ -102,7 +108,7 @@ def _pytriton_backend_dir(triton_root: Path) -> Path:
     return backends
 
 
-def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
+def server_command(options: ServerOptions, admin_token: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that start tritonserver with our repositories."""
     env = dict(os.environ)
     # The python-backend stub embeds an interpreter that finds packages through the first python3 on
@@ -150,6 +156,16 @@ def server_command(options: ServerOptions) -> tuple[list[str], dict[str, str]]:
         # Clients may keep connections open; do not wait Triton's default 30 s for them on shutdown.
         "--exit-timeout-secs=5",
     ]
+    if options.restart_dead_stubs:
+        # Every model loads at start as before; explicit control lets the stub watchdog reload one. The
+        # repository API (load, unload, and load with uploaded files, which runs their code) answers only
+        # requests carrying this server's admin token.
+        argv += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in options.models or ("*",))]
+        if admin_token:
+            argv += [f"--http-restricted-api=model-repository:{ADMIN_HEADER}={admin_token}",
+                     f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={admin_token}"]
+    elif options.models:
+        raise ServerError("loading a subset of the models needs restart_dead_stubs (explicit model control)")
     if options.model_config_name:
         argv.append(f"--model-config-name={options.model_config_name}")
     argv += list(options.extra_args)
@@ -163,13 +179,16 @@ class TritonServer:
         self.options = options
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
+        self.watchdog: StubWatchdog | None = None
+        self.admin_token: str | None = None  # unlocks the repository API (watchdog only); never logged
 
     def start(self) -> TritonServer:
         opts = self.options
         for port, flag in ((opts.http_port, "--http-port"), (opts.grpc_port, "--grpc-port"),
                            (opts.metrics_port, "--metrics-port")):
             _check_port(opts.host, port, flag)
-        argv, env = server_command(opts)
+        self.admin_token = secrets.token_hex(16) if opts.restart_dead_stubs else None
+        argv, env = server_command(opts, self.admin_token)
         self._log = open(self.log_path, "wb")
         try:
             self.process = subprocess.Popen(
@@ -178,6 +197,8 @@ class TritonServer:
         except OSError as exc:
             raise ServerError(f"cannot start {argv[0]}: {exc}") from None
         self._wait_ready()
+        if opts.restart_dead_stubs:
+            self.watchdog = StubWatchdog(self.process.pid, opts.http_url, {ADMIN_HEADER: self.admin_token}).start()
         return self
 
     def _wait_ready(self) -> None:
@@ -210,6 +231,8 @@ class TritonServer:
         return self.process.wait() if self.process else 0
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         process, self.process = self.process, None
         if process is None:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,9 +57,10 @@ class Endpoint:
 class TalkingHeadClient:
     """Context manager over tritonclient's HTTP or gRPC client."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float = 300.0) -> None:
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 300.0, retry_s: float = 60.0) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.retry_s = retry_s  # how long `infer` retries while a model's process is being restarted
         if endpoint.protocol == "grpc":
             import tritonclient.grpc as module
         else:
@@ -92,11 +94,19 @@ class TalkingHeadClient:
             item.set_data_from_numpy(array)
             wire.append(item)
         outputs = [self._module.InferRequestedOutput(t.name) for t in model.outputs]
-        try:
-            kwargs = {"client_timeout": self.timeout_s} if self.endpoint.protocol == "grpc" else {}
-            result = self._client.infer(model.name, wire, outputs=outputs, **kwargs)
-        except InferenceServerException as exc:
-            raise _translate(exc) from None
+        kwargs = {"client_timeout": self.timeout_s} if self.endpoint.protocol == "grpc" else {}
+        deadline, delay = time.monotonic() + self.retry_s, 0.5
+        while True:
+            try:
+                result = self._client.infer(model.name, wire, outputs=outputs, **kwargs)
+                break
+            except InferenceServerException as exc:
+                # A dead python-backend stub fails the request at once; the server's watchdog reloads the model
+                # within seconds (client/stub_watchdog.py). Requests are idempotent: retry, bounded.
+                if not _restarting(exc) or time.monotonic() + delay > deadline:
+                    raise _translate(exc) from None
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
         return {t.name: result.as_numpy(t.name) for t in model.outputs}
 
     def preprocess(
@@ -184,9 +194,21 @@ class TalkingHeadClient:
         return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
+# What Triton says while a model's stub process is dead or its model is being reloaded.
+_RESTARTING = ("is not healthy", "has no available versions")
+
+
+def _restarting(exc: InferenceServerException) -> bool:
+    message = exc.message() or str(exc)
+    return any(marker in message for marker in _RESTARTING)
+
+
 def _translate(exc: InferenceServerException) -> Exception:
     status = str(exc.status() or "")
     message = exc.message() or str(exc)
+    if _restarting(exc):
+        return ServerUnavailable(f"a model process of the server stopped and is being restarted ({message}); "
+                                 "send the request again in a few seconds")
     text, code = split_code(message)
     # Streamed (decoupled) errors come without a status: our code suffix marks the user's errors.
     if "400" in status or "INVALID_ARGUMENT" in status or code is not None:

@@ -47,7 +47,7 @@ def _convert(raw: Any, target: Any, key: str) -> Any:
     if target in (int, float, str):
         try:
             return target(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # int(float("inf")) raises OverflowError
             raise ConfigError(f"parameter {key!r}: expected {target.__name__}, got {raw!r}") from None
     raise ConfigError(f"parameter {key!r}: unsupported settings type {target!r}")
 

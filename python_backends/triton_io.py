@@ -310,8 +310,57 @@ def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: di
         # BLS takes only bool/int/str parameter values; settings parsing reads numbers back from strings.
         parameters={k: str(v) if isinstance(v, float) else v for k, v in parameters.items()},
     )
-    for response in request.exec(decoupled=True):
+    for response in guarded_responses(request, model.name):
         if response.has_error():
             _raise_bls_error(model, response.error())
         if response.output_tensors():
             yield {t.name(): _tensor_numpy(t) for t in response.output_tensors()}
+
+
+_END = object()
+
+
+def guarded_responses(request, model: str, poll_s: float = 1.0):
+    """The responses of a decoupled BLS request, failing fast if the callee's stub process dies meanwhile.
+
+    Triton 2.51 never answers a streamed request whose python-backend stub died, so a plain `exec` loop would
+    wait forever and hold this worker thread. The request runs on a helper thread; while it is silent, the
+    callee's stubs (as found at the start, in /proc) are checked every `poll_s`. If one died, this raises at
+    once and the helper thread is left blocked (a daemon: it never holds the process open).
+    """
+    import queue
+    import threading
+
+    from .stub_processes import alive, sibling_stubs
+
+    stubs = sibling_stubs(model)
+    if not stubs:  # no /proc, or not a python-backend model: nothing to watch
+        yield from request.exec(decoupled=True)
+        return
+    responses: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for response in request.exec(decoupled=True):
+                responses.put(response)
+        except BaseException as exc:
+            responses.put(exc)
+        responses.put(_END)
+
+    threading.Thread(target=pump, name=f"bls-{model}", daemon=True).start()
+    while True:
+        try:
+            item = responses.get(timeout=poll_s)
+        except queue.Empty:
+            dead = sorted(pid for pid in stubs if not alive(pid))
+            if dead:
+                raise TalkingHeadError(
+                    f"{model} stopped mid-request: its process (pid {dead[0]}) died, Stub process is not healthy; "
+                    "the server reloads the model: send the job again"
+                ) from None
+            continue
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -125,6 +125,12 @@ def _check_item(index: int, shape: tuple[int, ...], box: np.ndarray, points: np.
             "send the box in pixels of the same image",
             "bad_face_geometry",
         )
+    if np.abs(box).max() > 4 * max(width, height):  # beyond, garbage (and dlib's integer rectangle overflows)
+        raise InputError(
+            where + f"face_box {list(map(float, box))} reaches far outside the {width}x{height} image; "
+            "send the box in pixels of the same image",
+            "bad_face_geometry",
+        )
     if min(x2 - x1, y2 - y1) < MIN_FACE_PX:
         raise InputError(
             where + f"the face is only {x2 - x1:.0f}x{y2 - y1:.0f} px; use a photo where the face is at "

@@ -75,6 +75,11 @@ def choose_weights(settings: S.FaceLandmarksSettings, root: Path | None = None) 
     return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, path, DLIB_LICENCE, note=DLIB_NOTE)
 
 
+# A box may stick out of the image (a face at its edge) but not by more than this many image sizes: beyond,
+# it is garbage, and dlib's integer rectangle overflows.
+MAX_BOX_REACH = 4
+
+
 def _check_batch(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     images, boxes = batch.get(spec.IMAGE), batch.get(spec.FACE_BOX)
     if images is None or boxes is None:
@@ -100,6 +105,11 @@ def _check_batch(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
             raise InputError(
                 f"face_box {box.round(1).tolist()} lies outside the {width}x{height} image; send the box "
+                "face_detector returned for this image"
+            )
+        if np.abs(box).max() > MAX_BOX_REACH * max(width, height):
+            raise InputError(
+                f"face_box {box.round(1).tolist()} reaches far outside the {width}x{height} image; send the box "
                 "face_detector returned for this image"
             )
     return images, boxes

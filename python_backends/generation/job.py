@@ -83,7 +83,56 @@ def params_from_request(values: dict) -> GenerationParams:
         raise InputError("max_duration_s must be positive and chunk_frames at least 1", "bad_parameter")
     if params.start_frame < 0 or params.frame_count < 0:
         raise InputError("start_frame and frame_count must not be negative", "bad_parameter")
+    _check_bounds(params, values)
     return params
+
+
+# Upper bounds on what one request may ask for, so that no parameter value can exhaust the server (found by the
+# property tests in tests/reliability): a chunk of frames crosses process boundaries in one piece.
+MAX_SEED = 2**31 - 1  # every engine's generator takes it, re-roll offsets included (pipeline.REROLL_SEED_STRIDE)
+MIN_SIDE, MAX_SIDE = 64, 2048  # generation size in pixels (Wan works at 480p-720p; output_width resizes after QA)
+MAX_CHUNK_FRAMES = 256
+MAX_CHUNK_BYTES = 1 << 30  # frames per chunk x width x height x 3
+MAX_DURATION_S = 3600.0
+MAX_GUIDANCE = 30.0
+MAX_PROMPT_CHARS = 2000
+_INTEGERS = ("seed", "steps", "width", "height", "chunk_frames", "start_frame", "frame_count")
+
+
+def _check_bounds(params: GenerationParams, values: dict) -> None:
+    import math
+
+    from ..errors import InputError
+
+    def bad(message: str) -> InputError:
+        return InputError(message, "bad_parameter")
+
+    for key in _INTEGERS:
+        raw = values.get(key)
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise bad(f"{key} must be a whole number, got {raw!r}")
+    if not 0 <= params.seed <= MAX_SEED:
+        raise bad(f"seed must be between 0 and {MAX_SEED}, got {params.seed}")
+    for name in ("width", "height"):
+        side = getattr(params, name)
+        if side and not MIN_SIDE <= side <= MAX_SIDE:
+            raise bad(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels (or unset), got {side}")
+    if params.chunk_frames > MAX_CHUNK_FRAMES:
+        raise bad(f"chunk_frames must be at most {MAX_CHUNK_FRAMES}, got {params.chunk_frames}")
+    if params.chunk_frames * params.width * params.height * 3 > MAX_CHUNK_BYTES:
+        raise bad(f"{params.chunk_frames} frames of {params.width}x{params.height} per chunk exceed "
+                  f"{MAX_CHUNK_BYTES >> 20} MB: lower chunk_frames or the size")
+    if not params.max_duration_s <= MAX_DURATION_S:  # `not <=` also refuses NaN
+        raise bad(f"max_duration_s must be at most {MAX_DURATION_S:g}, got {params.max_duration_s!r}")
+    if params.guidance is not None and not 0.0 <= params.guidance <= MAX_GUIDANCE:
+        raise bad(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {params.guidance!r}")
+    if len(params.prompt) > MAX_PROMPT_CHARS:
+        raise bad(f"the prompt has {len(params.prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    most = int(MAX_DURATION_S * 60)
+    if params.start_frame > most or params.frame_count > most:
+        raise bad(f"start_frame and frame_count must be at most {most}")
+    if not math.isfinite(params.fps):
+        raise bad(f"fps must be a number between 1 and 60, got {params.fps!r}")
 
 
 def segment_range(params: GenerationParams, total: int) -> range:

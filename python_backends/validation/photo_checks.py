@@ -99,6 +99,18 @@ def select_face(
             "use a photo that shows the whole head with some space around it",
             "face_cut_off",
         )
+    if keypoints is not None and keypoints.size and limits.max_face_outside_fraction < 1.0:
+        # Detectors clip their boxes to the image, so a face cut by the frame still gets a box fully inside it;
+        # its keypoints are not clipped. An eye, the nose or a mouth corner outside the photo is a cut-off face.
+        points = keypoints[chosen]
+        off = (points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0) | (points[:, 1] > height)
+        if off.any():
+            raise InputError(
+                f"the face is cut off by the edge of the photo ({int(off.sum())} of its {len(points)} landmarks - "
+                "eyes, nose, mouth corners - are outside it): use a photo that shows the whole head with some "
+                "space around it",
+                "face_cut_off",
+            )
     return chosen
 
 

@@ -1,0 +1,130 @@
+"""Fixtures of the reliability suite: a ledger of every case tried, checks that the server stays healthy and that
+nothing hangs, and separate tritonservers for the destructive tests.
+
+The ledger is written as JSON when TALKINGHEAD_RELIABILITY_REPORT names a file (perf/reliability.py sets it);
+perf/RESULTS.md quotes its counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.server import ServerOptions, TritonServer, free_port
+from client.triton_client import Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
+
+REPORT_ENV = "TALKINGHEAD_RELIABILITY_REPORT"
+# Every bad input must be answered within this; the slowest measured (a 36 MP photo decoded for real under a
+# loaded 2-core machine) takes ~3 s.
+ANSWER_BOUND_S = 30.0
+# The models the pre-processing job needs: enough for destructive tests that do not generate video.
+PREPROCESS_MODELS = ("face_detector", "face_landmarks", "face_embedder", "audio_features", "preprocess")
+
+
+@dataclass
+class Ledger:
+    """What was tried and what came back; `summary()` gives the figures of perf/RESULTS.md."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def record(self, category: str, name: str, expected: str, outcome: str, seconds: float, **extra: Any) -> None:
+        self.records.append({"category": category, "name": name, "expected": expected, "outcome": outcome,
+                             "ok": outcome == expected, "seconds": round(seconds, 3), **extra})
+
+    def summary(self) -> dict[str, Any]:
+        by_category: dict[str, Counter] = {}
+        for record in self.records:
+            counts = by_category.setdefault(record["category"], Counter())
+            counts["tried"] += 1
+            counts["as_expected"] += record["ok"]
+            counts["accepted" if record["outcome"] == "accepted" else "refused"] += 1
+            counts["hung"] += record.get("hung", False)
+            counts["lost"] += record.get("lost", False)
+        slowest = max(self.records, key=lambda r: r["seconds"], default=None)
+        return {
+            "tried": len(self.records),
+            "as_expected": sum(r["ok"] for r in self.records),
+            "hung": sum(r.get("hung", False) for r in self.records),
+            "jobs_lost": sum(r.get("lost", False) for r in self.records),
+            "slowest": {k: slowest[k] for k in ("category", "name", "seconds")} if slowest else None,
+            "by_category": {k: dict(v) for k, v in sorted(by_category.items())},
+        }
+
+
+@pytest.fixture(scope="session")
+def ledger() -> Iterator[Ledger]:
+    book = Ledger()
+    yield book
+    target = os.environ.get(REPORT_ENV)
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps({
+            "suite": "tests/reliability", "wall_s": round(time.time() - book.started, 1),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "summary": book.summary(), "records": book.records,
+        }, indent=2))
+
+
+def outcome_of(call: Callable[[], Any]) -> tuple[str, str, float]:
+    """(outcome, message, seconds) of one request: "accepted", the rejection code, or "unavailable"."""
+    started = time.monotonic()
+    try:
+        call()
+        outcome, message = "accepted", ""
+    except RequestRejected as exc:
+        outcome, message = exc.code or "rejected_without_code", str(exc)
+    except ServerUnavailable as exc:
+        outcome, message = "unavailable", str(exc)
+    return outcome, message, time.monotonic() - started
+
+
+def assert_healthy(options: ServerOptions) -> None:
+    """The server is live and ready (strict readiness: every model loaded)."""
+    for probe in ("live", "ready"):
+        try:
+            with urllib.request.urlopen(f"http://{options.http_url}/v2/health/{probe}", timeout=10) as response:
+                assert response.status == 200, f"server not {probe}: HTTP {response.status}"
+        except urllib.error.URLError as exc:
+            raise AssertionError(f"server not {probe}: {exc}") from None
+
+
+def assert_clear(message: str) -> None:
+    """A message meant for a person: no traceback, no Python internals, and it says what to do."""
+    assert message and "Traceback" not in message and "File \"" not in message, message
+    assert len(message) < 600, message
+
+
+@pytest.fixture
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TritonServer]]:
+    """Start private tritonservers for destructive tests; all are stopped at the end of the test."""
+    started: list[TritonServer] = []
+
+    def start(models: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None) -> TritonServer:
+        http, grpc, metrics = ports or (free_port(), free_port(), free_port())
+        options = ServerOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, models=models,
+                                weights=tmp_path_factory.mktemp("no-weights"))
+        server = TritonServer(options, log_path=tmp_path_factory.mktemp("fault-server") / "tritonserver.log")
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def session_client(triton_server: ServerOptions) -> Iterator[TalkingHeadClient]:
+    with TalkingHeadClient(Endpoint(triton_server.grpc_url, "grpc"), timeout_s=ANSWER_BOUND_S * 2) as client:
+        yield client
