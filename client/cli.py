@@ -249,6 +249,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except BaseException:
         if writer is not None:
             writer.abort()  # never leave a truncated MP4 that looks complete
+        if chunks:
+            print(file=sys.stderr)  # end the progress line, so the error that follows has a line of its own
         raise
     sidecar = out.with_suffix(".json")
     sidecar.write_text(json.dumps({

@@ -69,6 +69,10 @@ class StubWatchdog:
         self._thread.start()
         return self
 
+    def watch(self, stubs: dict[int, str]) -> None:
+        """Watch these stubs (pid -> model) from the next poll on; start() watches the server's live stubs."""
+        self._known = dict(stubs)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -195,7 +195,7 @@ class TalkingHeadClient:
 
 
 # What Triton says while a model's stub process is dead or its model is being reloaded.
-_RESTARTING = ("is not healthy", "has no available versions")
+_RESTARTING = ("is not healthy", "has no available versions", "is not ready")
 
 
 def _restarting(exc: InferenceServerException) -> bool:

@@ -119,9 +119,25 @@ def _load_wan(name: str, folder: Path, device: str, settings: VideoGeneratorSett
     return WanAnimateEngine.from_folder(folder, device=device)
 
 
+MIN_IMAGE_SIDE = 32  # below this there is no face to animate (found by tests/reliability: a 0x0 image streamed)
+
+
+def _check_inputs(inputs: dict[str, np.ndarray]) -> None:
+    photo = inputs[spec.IMAGE]
+    if photo.ndim != 3 or photo.shape[2] != 3 or min(photo.shape[:2]) < MIN_IMAGE_SIDE:
+        raise InputError(f"image must be an RGB photo [H, W, 3] of at least {MIN_IMAGE_SIDE} pixels per side, got "
+                         f"{list(photo.shape)}: send the photo as preprocess decoded it", "bad_image")
+    for name in (spec.FACE_BOX, spec.LANDMARKS, spec.EMBEDDING, spec.WAVEFORM, spec.WAV2VEC2_FEATURES):
+        value = inputs.get(name)
+        if value is not None and value.size and not np.isfinite(value).all():
+            raise InputError(f"{name} holds NaN or infinite values: send what preprocess returned", "bad_input")
+
+
 def job_from_inputs(inputs: dict[str, np.ndarray], parameters: dict) -> GenerationJob:
     def get(name: str) -> np.ndarray | None:
         return inputs.get(name)
+
+    _check_inputs(inputs)
 
     return GenerationJob(
         photo=np.ascontiguousarray(inputs[spec.IMAGE], np.uint8),
