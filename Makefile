@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint serve perf clean
+.PHONY: demo test lint serve perf reliability clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ serve: $(STAMP)
 
 perf: $(STAMP)
 	$(BIN)/python perf/bench_models.py --out perf/results/models_cpu.json
+
+reliability: $(STAMP)
+	$(BIN)/python perf/reliability.py --out perf/results/reliability.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -32,8 +33,21 @@ class CliError(Exception):
     """Printed as `error: ...` with exit code 1; never a traceback."""
 
 
+# Larger than any upload the server accepts (the driving-video limit is 200 MB); checked before reading so that a
+# device such as /dev/zero or a FIFO cannot make the CLI read forever.
+MAX_INPUT_BYTES = 512_000_000
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
+        info = Path(path).stat()
+        if Path(path).is_dir():
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            raise CliError(f"{what} {path} is not a regular file (a device, pipe or socket); give a file")
+        if info.st_size > MAX_INPUT_BYTES:
+            raise CliError(f"{what} {path} is {info.st_size / 1e6:.0f} MB; the server takes at most "
+                           f"{MAX_INPUT_BYTES / 1e6:.0f} MB")
         return Path(path).read_bytes()
     except FileNotFoundError:
         raise CliError(f"{what} {path} does not exist") from None

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import ConfigError
+
 WEIGHTS_ENV = "TALKINGHEAD_WEIGHTS"
 
 OFFICIAL = "official"
@@ -32,7 +34,11 @@ def official_path(model: str, name: str, root: Path | None = None) -> Path | Non
     root = root if root is not None else weights_root()
     if root is None:
         return None
-    path = root / model / name
+    folder = Path(root) / model
+    path = folder / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or ".." in Path(model).parts:
+        # Names come from config.pbtxt parameters: one that leaves <root>/<model>/ is a mistake or an attack.
+        raise ConfigError(f"weights file {name!r} of {model} must be a path inside <weights root>/{model}/")
     return path if path.exists() else None
 
 

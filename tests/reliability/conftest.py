@@ -47,15 +47,20 @@ class Ledger:
         by_category: dict[str, Counter] = {}
         for record in self.records:
             counts = by_category.setdefault(record["category"], Counter())
-            counts["tried"] += 1
-            counts["as_expected"] += record["ok"]
-            counts["accepted" if record["outcome"] == "accepted" else "refused"] += 1
+            examples = record.get("examples", 1)  # an in-process property record stands for its examples
+            counts["tried"] += examples
+            counts["as_expected"] += examples if record["ok"] else 0
+            if "examples" in record:
+                counts["accepted"] += record.get("accepted", 0)
+                counts["refused"] += record.get("refused", 0)
+            else:
+                counts["accepted" if record["outcome"] == "accepted" else "refused"] += 1
             counts["hung"] += record.get("hung", False)
             counts["lost"] += record.get("lost", False)
         slowest = max(self.records, key=lambda r: r["seconds"], default=None)
         return {
-            "tried": len(self.records),
-            "as_expected": sum(r["ok"] for r in self.records),
+            "tried": sum(c["tried"] for c in by_category.values()),
+            "as_expected": sum(c["as_expected"] for c in by_category.values()),
             "hung": sum(r.get("hung", False) for r in self.records),
             "jobs_lost": sum(r.get("lost", False) for r in self.records),
             "slowest": {k: slowest[k] for k in ("category", "name", "seconds")} if slowest else None,

@@ -64,17 +64,27 @@ def _small_jpeg() -> bytes:
     return _SMALL_JPEG
 
 
-@OFFLINE
-@given(st.one_of(_mutations(_small_jpeg()), st.binary(max_size=2048)))
-def test_photo_decoder_gives_pixels_or_a_clear_refusal(data):
+def test_photo_decoder_gives_pixels_or_a_clear_refusal(ledger):
+    counts = {"accepted": 0, "refused": 0}
+
+    @OFFLINE
+    @given(st.one_of(_mutations(_small_jpeg()), st.binary(max_size=2048)))
+    def check(data):
+        started = time.monotonic()
+        try:
+            array = decode_image(data, ValidationLimits())
+            assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
+            counts["accepted"] += 1
+        except InputError as exc:
+            assert exc.code.startswith("photo_"), str(exc)
+            assert_clear(str(exc))
+            counts["refused"] += 1
+        assert time.monotonic() - started < 5.0
+
     started = time.monotonic()
-    try:
-        array = decode_image(data, ValidationLimits())
-        assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
-    except InputError as exc:
-        assert exc.code.startswith("photo_"), str(exc)
-        assert_clear(str(exc))
-    assert time.monotonic() - started < 5.0
+    check()
+    ledger.record("property_in_process", "decode_image(mutated JPEG | random bytes)", "pixels_or_refusal",
+                  "pixels_or_refusal", time.monotonic() - started, examples=sum(counts.values()), **counts)
 
 
 _SHORT_WAV = None
@@ -87,15 +97,25 @@ def _short_wav() -> bytes:
     return _SHORT_WAV
 
 
-@settings(OFFLINE, max_examples=40)
-@given(st.one_of(_mutations(_short_wav()), st.binary(max_size=1024)))
-def test_audio_decoder_gives_samples_or_a_clear_refusal(data):
-    try:
-        decoded = decode_audio(data, max_duration_s=10.0, timeout_s=10.0)
-        assert decoded.samples.dtype == np.float32 and np.isfinite(decoded.samples).all()
-    except InputError as exc:
-        assert exc.code.startswith("audio_"), str(exc)
-        assert_clear(str(exc))
+def test_audio_decoder_gives_samples_or_a_clear_refusal(ledger):
+    counts = {"accepted": 0, "refused": 0}
+
+    @settings(OFFLINE, max_examples=40)
+    @given(st.one_of(_mutations(_short_wav()), st.binary(max_size=1024)))
+    def check(data):
+        try:
+            decoded = decode_audio(data, max_duration_s=10.0, timeout_s=10.0)
+            assert decoded.samples.dtype == np.float32 and np.isfinite(decoded.samples).all()
+            counts["accepted"] += 1
+        except InputError as exc:
+            assert exc.code.startswith("audio_"), str(exc)
+            assert_clear(str(exc))
+            counts["refused"] += 1
+
+    started = time.monotonic()
+    check()
+    ledger.record("property_in_process", "decode_audio(mutated WAV | random bytes)", "samples_or_refusal",
+                  "samples_or_refusal", time.monotonic() - started, examples=sum(counts.values()), **counts)
 
 
 _KEYS = ("seed", "steps", "guidance", "width", "height", "fps", "max_duration_s", "chunk_frames", "prompt",
@@ -115,21 +135,31 @@ def _parameters_refused(parameters: dict) -> bool:
     return bool(params.start_frame or params.frame_count)
 
 
-@settings(OFFLINE, max_examples=400)
-@given(_PARAMETERS)
-def test_accepted_generation_parameters_are_within_bounds(parameters):
-    try:
-        params = generation_job.params_from_request(parameters)
-    except InputError as exc:
-        assert exc.code == "bad_parameter" and str(exc)
-        return
-    np.random.default_rng(params.seed + 2 * 7_919)  # the engines' generators take the seed and its re-rolls
-    assert 0 <= params.seed <= generation_job.MAX_SEED and 1 <= params.fps <= 60
-    assert params.width * params.height <= generation_job.MAX_SIDE ** 2
-    assert params.chunk_frames * params.width * params.height * 3 <= generation_job.MAX_CHUNK_BYTES
-    assert 0 < params.max_duration_s <= generation_job.MAX_DURATION_S
-    assert params.guidance is None or math.isfinite(params.guidance)
-    assert len(params.prompt) <= generation_job.MAX_PROMPT_CHARS
+def test_accepted_generation_parameters_are_within_bounds(ledger):
+    counts = {"accepted": 0, "refused": 0}
+
+    @settings(OFFLINE, max_examples=400)
+    @given(_PARAMETERS)
+    def check(parameters):
+        try:
+            params = generation_job.params_from_request(parameters)
+        except InputError as exc:
+            assert exc.code == "bad_parameter" and str(exc)
+            counts["refused"] += 1
+            return
+        counts["accepted"] += 1
+        np.random.default_rng(params.seed + 2 * 7_919)  # the engines' generators take the seed and its re-rolls
+        assert 0 <= params.seed <= generation_job.MAX_SEED and 1 <= params.fps <= 60
+        assert params.width * params.height <= generation_job.MAX_SIDE ** 2
+        assert params.chunk_frames * params.width * params.height * 3 <= generation_job.MAX_CHUNK_BYTES
+        assert 0 < params.max_duration_s <= generation_job.MAX_DURATION_S
+        assert params.guidance is None or math.isfinite(params.guidance)
+        assert len(params.prompt) <= generation_job.MAX_PROMPT_CHARS
+
+    started = time.monotonic()
+    check()
+    ledger.record("property_in_process", "params_from_request(random parameters)", "bounded_or_refused",
+                  "bounded_or_refused", time.monotonic() - started, examples=sum(counts.values()), **counts)
 
 
 # -- through the server ----------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""Run the reliability suite (tests/reliability) and write what it tried and what came back as JSON, with a table.
+
+    python perf/reliability.py --out perf/results/reliability.json
+
+Every figure comes from the suite's ledger (tests/reliability/conftest.py): each bad input, malformed request,
+property example, injected fault and security probe is one record with its expected and actual outcome.
+`--table-only` prints the table of an existing JSON file without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.reliability.conftest import REPORT_ENV  # noqa: E402
+
+TITLES = {
+    "bad_input": "bad inputs (corpus) through preprocess / talking_head",
+    "malformed_request": "malformed Triton requests (gRPC, HTTP, raw HTTP, streams)",
+    "property": "property examples through the server (hypothesis)",
+    "property_in_process": "property examples in process (decoders, parameter checks)",
+    "fault": "faults injected",
+    "security": "security probes",
+}
+
+
+def table(report: dict) -> str:
+    summary = report["summary"]
+    lines = ["| what | tried | as expected | accepted | refused | hung | jobs lost |", "|---|---|---|---|---|---|---|"]
+    for category, counts in summary["by_category"].items():
+        lines.append(f"| {TITLES.get(category, category)} | {counts['tried']} | {counts['as_expected']} | "
+                     f"{counts.get('accepted', 0)} | {counts.get('refused', 0)} | {counts['hung']} | "
+                     f"{counts['lost']} |")
+    lines.append(f"| **all** | **{summary['tried']}** | **{summary['as_expected']}** | | | **{summary['hung']}** | "
+                 f"**{summary['jobs_lost']}** |")
+    faults = [r for r in report["records"] if r["category"] == "fault"]
+    lines += ["", "| fault | outcome | seconds | detail |", "|---|---|---|---|"]
+    for record in faults:
+        detail = {k: v for k, v in record.items() if k in ("failed_after_kill_s", "recovered_after_s", "reload_s",
+                                                           "left", "stubs_alive_10s_after",
+                                                           "orphans_after_launcher_stop", "triton_reports_ready")}
+        lines.append(f"| {record['name']} | {record['outcome']} | {record['seconds']:.2f} | "
+                     f"{json.dumps(detail) if detail else ''} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "reliability.json")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k faults")
+    args = parser.parse_args()
+    if not args.table_only:
+        started = time.monotonic()
+        env = {**os.environ, REPORT_ENV: str(args.out.resolve())}
+        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                str(ROOT / "tests" / "reliability"), *args.pytest_args], cwd=ROOT, env=env)
+        print(f"pytest exit code {code} after {time.monotonic() - started:.0f} s", file=sys.stderr)
+        if code != 0:
+            return code
+    print(table(json.loads(args.out.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
