@@ -45,7 +45,7 @@ def table(report: dict) -> str:
     lines += ["", "| fault | outcome | seconds | detail |", "|---|---|---|---|"]
     for record in faults:
         detail = {k: v for k, v in record.items() if k in ("failed_after_kill_s", "recovered_after_s", "reload_s",
-                                                           "left", "stubs_alive_10s_after",
+                                                           "left", "stubs_alive_5s_after",
                                                            "orphans_after_launcher_stop", "triton_reports_ready")}
         lines.append(f"| {record['name']} | {record['outcome']} | {record['seconds']:.2f} | "
                      f"{json.dumps(detail) if detail else ''} |")
