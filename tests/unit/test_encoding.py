@@ -1,0 +1,130 @@
+"""Streaming encoder: codecs, exact audio length, colour, interleaving, clean failure (checked by other decoders)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import wave
+
+import av
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from client.disclosure import burn_label
+from client.encoding import EncodeError, EncodeOptions, StreamingEncoder, audio_samples_for, decode_audio
+from client.probe import probe
+
+
+def _wav(seconds: float, rate: int = 16000, amplitude: float = 0.5) -> bytes:
+    t = np.arange(round(seconds * rate)) / rate
+    samples = (amplitude * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def _ffmpeg_audio(path) -> np.ndarray:
+    """Decode the audio with the ffmpeg binary (its own decoder, edit lists applied) to 48 kHz float."""
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a", "-f", "f32le",
+                          "-ac", "1", "pipe:1"], capture_output=True, check=True, timeout=60).stdout
+    return np.frombuffer(raw, "<f4")
+
+
+def _encode(path, frames_per_chunk, chunks, fps, audio=None, codec="h264", size=(63, 81), seed=0):
+    rng = np.random.default_rng(seed)
+    encoder = StreamingEncoder(path, fps, audio=audio, options=EncodeOptions(codec=codec),
+                               metadata={"comment": "AI-generated test clip"})
+    for _ in range(chunks):
+        encoder.write(rng.integers(0, 256, (frames_per_chunk, *size, 3), dtype=np.uint8))
+    return encoder.close()
+
+
+@pytest.mark.parametrize("codec, name, tag", [("h264", "h264", "avc1"), ("h265", "hevc", "hvc1")])
+def test_both_codecs_stream_chunks_into_an_mp4_whose_audio_lasts_exactly_as_long_as_the_video(
+        tmp_path, codec, name, tag):
+    # 5 chunks of 7 frames at 25 fps = 1.4 s of video; 1.234 s of speech: the tail must be padded, not dropped.
+    result = _encode(tmp_path / "clip.mp4", 7, 5, 25, audio=_wav(1.234), codec=codec)
+    info = probe(result.path)
+    assert (info.video_codec, info.video_tag, info.pix_fmt, info.audio_codec) == (name, tag, "yuv420p", "aac")
+    assert (info.width, info.height) == (82, 64)  # odd sides padded to even for yuv420p
+    assert info.fps == 25.0 and info.frames == result.frames == 35
+    assert info.audio_samples == result.audio_samples == 35 * 48000 // 25
+    assert info.audio_duration_s == pytest.approx(1.4, abs=1e-9) == info.video_duration_s
+    assert info.metadata["comment"] == "AI-generated test clip"
+    assert 0 < result.time_to_first_frame_s <= result.time_to_first_packet_s <= result.encode_s
+    # ffmpeg's own decoder plays exactly that many samples; the speech is there and the padding is silent.
+    played = _ffmpeg_audio(result.path)
+    assert len(played) == 67200
+    assert np.sqrt(np.mean(played[2400:48000] ** 2)) > 0.2
+    assert np.abs(played[int(1.25 * 48000):]).max() < 0.02
+
+
+def test_ntsc_rate_and_audio_longer_than_the_video_are_cut_to_the_sample(tmp_path):
+    result = _encode(tmp_path / "ntsc.mp4", 10, 3, 29.97, audio=_wav(3.0))
+    expected = audio_samples_for(30, 29.97)
+    assert expected == round(30 * 1001 / 30000 * 48000) == 48048
+    assert result.audio_samples == probe(result.path).audio_samples == len(_ffmpeg_audio(result.path)) == expected
+
+
+def test_colour_survives_the_round_trip_because_the_stream_is_converted_and_tagged_bt709(tmp_path):
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    frames[...] = (200, 60, 30)
+    encoder = StreamingEncoder(tmp_path / "flat.mp4", 25)
+    encoder.write(frames)
+    encoder.close()
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(tmp_path / "flat.mp4"), "-f",
+                          "rawvideo", "-pix_fmt", "rgb24", "pipe:1"], capture_output=True, check=True).stdout
+    decoded = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(int)
+    assert np.abs(decoded - (200, 60, 30)).max() <= 3  # read as BT.601 it would be off by ~13
+
+
+def test_audio_is_interleaved_while_streaming_not_appended_at_the_end(tmp_path):
+    result = _encode(tmp_path / "inter.mp4", 5, 8, 20, audio=_wav(2.0), size=(32, 32))
+    with av.open(str(result.path)) as container:
+        packets = [(p.stream.type, p.pos) for p in container.demux() if p.size]
+    first_audio = min(pos for kind, pos in packets if kind == "audio")
+    last_video = max(pos for kind, pos in packets if kind == "video")
+    assert first_audio < last_video
+
+
+def test_bad_settings_and_bad_streams_are_explained(tmp_path):
+    with pytest.raises(EncodeError, match="choose one of h264, h265"):
+        EncodeOptions(codec="vp9")
+    with pytest.raises(EncodeError, match="crf 60"):
+        EncodeOptions(crf=60)
+    with pytest.raises(EncodeError, match="preset"):
+        EncodeOptions(preset="warp")
+    with pytest.raises(EncodeError, match="cannot read the audio"):
+        decode_audio(b"definitely not audio")
+    encoder = StreamingEncoder(tmp_path / "x.mp4", 25)
+    with pytest.raises(EncodeError, match="no frames"):
+        encoder.close()
+    encoder.write(np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="frame size changed"):
+        encoder.write(np.zeros((2, 18, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        encoder.write(np.zeros((2, 16, 16, 3), np.float32))
+    encoder.abort()
+    assert list(tmp_path.iterdir()) == []  # no partial MP4 left behind
+
+
+def test_visible_label_only_touches_the_bottom_right_corner():
+    frames = np.full((2, 360, 640, 3), 128, np.uint8)
+    labelled = burn_label(frames)
+    changed = np.argwhere(np.any(labelled != frames, axis=(0, 3)))
+    assert len(changed) > 500
+    assert changed[:, 0].min() > 360 * 0.8 and changed[:, 1].min() > 640 * 0.6
+    assert np.array_equal(frames, np.full_like(frames, 128))  # the input is not modified
+
+
+def test_the_first_writers_interface_still_works(tmp_path):
+    from client.mp4_writer import StreamingMp4Writer
+
+    writer = StreamingMp4Writer(tmp_path / "old.mp4", 10, metadata={"comment": "x"})
+    writer.write(np.zeros((5, 16, 16, 3), np.uint8))
+    assert writer.close() == tmp_path / "old.mp4" and probe(tmp_path / "old.mp4").frames == 5
