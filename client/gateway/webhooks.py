@@ -96,7 +96,7 @@ def refusal_reason(address: Address) -> str | None:
             return f"{inner} (IPv4 {embedded} inside IPv6)" if inner else None
     for reason, hit in (("unspecified", address.is_unspecified), ("loopback", address.is_loopback),
                         ("link-local", address.is_link_local), ("multicast", address.is_multicast),
-                        ("private", address.is_private), ("reserved", address.is_reserved)):
+                        ("reserved", address.is_reserved), ("private", address.is_private)):
         if hit:
             return reason
     if not address.is_global:
