@@ -144,6 +144,8 @@ class WorkerPool:
     async def drain(self, timeout_s: float) -> list[str]:
         """Stop claiming; let running jobs finish for up to `timeout_s`; hand the rest back to the queue."""
         self.draining.set()
+        if self.active:
+            logger.info("draining: waiting up to %.0f s for %d running job(s)", timeout_s, len(self.active))
         deadline = time.monotonic() + timeout_s
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
