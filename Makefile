@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 OUT ?= out
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint serve perf clean
+.PHONY: demo test lint serve gateway perf clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[server,dev]'
+	$(BIN)/pip install -e '.[server,dev,gateway]'
 	# facenet-pytorch pins an old torch; we only read its shipped MTCNN weights, so skip its deps.
 	$(BIN)/pip install --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/talkinghead serve
+
+gateway: $(STAMP)
+	$(BIN)/talkinghead gateway
 
 perf: $(STAMP)
 	$(BIN)/python perf/bench_models.py --out perf/results/models_cpu.json
