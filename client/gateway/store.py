@@ -24,6 +24,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 PENDING, SENDING, DELIVERED = "pending", "sending", "delivered"  # webhook delivery states (and FAILED)
 SCHEMA_VERSION = 1
+CANCELLED_ERROR = ("cancelled", "cancelled at the client's request")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tenants (
@@ -451,7 +452,7 @@ class JobStore:
                 job = Job.from_row(row)
                 lost = f"the gateway running it stopped renewing its lease (owner {job.lease_owner})"
                 if job.cancel_requested:
-                    state, args = CANCELLED, (None, None)
+                    state, args = CANCELLED, CANCELLED_ERROR
                 elif job.attempts >= max_attempts:
                     state, args = FAILED, ("server_unavailable", f"gave up after {job.attempts} runs: {lost}")
                 else:
@@ -481,9 +482,11 @@ class JobStore:
                 return None
             job = Job.from_row(row)
             if job.state == QUEUED:
-                cursor.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, "
-                               "cancel_requested = 1 WHERE id = ? AND state = 'queued'", (now, now, job_id))
-                event = webhook_for(job, CANCELLED, None, None) if webhook_for else None
+                cursor.execute("UPDATE jobs SET state = 'cancelled', error_code = ?, error_message = ?, "
+                               "finished_at = ?, updated_at = ?, cancel_requested = 1 "
+                               "WHERE id = ? AND state = 'queued'",
+                               (*CANCELLED_ERROR, now, now, job_id))
+                event = webhook_for(job, CANCELLED, *CANCELLED_ERROR) if webhook_for else None
                 if event is not None:
                     self._enqueue_webhook(cursor, job_id, event, now)
             elif job.state == RUNNING:

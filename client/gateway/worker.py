@@ -34,7 +34,7 @@ from ..triton_client import Endpoint, RequestRejected, ServerUnavailable, Talkin
 from .caches import EMBEDDING, OUTPUT, PHOTO_CODES, FingerprintSource, embedding_key, output_key, photo_summary
 from .settings import GatewaySettings
 from .storage import Storage, StorageError, job_key
-from .store import CANCELLED, FAILED, SUCCEEDED, Job, JobStore, WebhookEvent
+from .store import CANCELLED, CANCELLED_ERROR, FAILED, SUCCEEDED, Job, JobStore, WebhookEvent
 from .views import job_view
 from .webhooks import backoff_delay
 
@@ -131,12 +131,14 @@ class WorkerPool:
         self._tasks: list[asyncio.Task] = []
         self._triton_ok_at = 0.0
         self.staging = settings.staging_path / "jobs"
+        self.uploads = settings.staging_path / "uploads"
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.staging.mkdir(parents=True, exist_ok=True)
-        self._clean_staging()
+        for folder in (self.staging, self.uploads):
+            folder.mkdir(parents=True, exist_ok=True)
+            self._clean_staging(folder)
         self._tasks = [asyncio.create_task(self._loop(i), name=f"gateway-worker-{i}")
                        for i in range(self.settings.workers)]
         self._tasks.append(asyncio.create_task(self._reaper(), name="gateway-lease-reaper"))
@@ -159,10 +161,12 @@ class WorkerPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         return handed_back
 
-    def _clean_staging(self) -> None:
-        """Partial files of runs that died with an earlier process (their jobs run again from the start)."""
+    @staticmethod
+    def _clean_staging(folder: Path) -> None:
+        """Partial files of runs and uploads that died with an earlier process (their jobs run again from the
+        start; an upload cut off never got its 202)."""
         now = time.time()
-        for entry in self.staging.iterdir():
+        for entry in folder.iterdir():
             try:
                 if now - entry.stat().st_mtime > STAGING_MAX_AGE_S:
                     shutil.rmtree(entry, ignore_errors=True)
@@ -275,7 +279,7 @@ class WorkerPool:
             return self._generate(job, control, workdir)
         except _Stopped:
             if control.stop_reason == STOP_CANCELLED:
-                return Outcome(CANCELLED, "cancelled", "cancelled at the client's request")
+                return Outcome(CANCELLED, *CANCELLED_ERROR)
             return Outcome("abandoned")
         except RequestRejected as exc:
             self._remember_rejection(job, exc)

@@ -273,6 +273,25 @@ def test_oversize_upload_is_413_with_a_clear_message(deployment, samples):
     assert huge.status_code == 413 and "per file" in huge.json()["error"]["message"]
 
 
+def test_rejected_photo_fails_with_the_servers_message_and_is_refused_at_submit_next_time(deployment, receiver,
+                                                                                          samples):
+    profile, audio = (samples / "profile.png").read_bytes(), (samples / "speech.wav").read_bytes()
+    with deployment.client() as client:
+        job = client.submit(profile, audio, parameters=PARAMS, webhook_url=receiver.url)
+        failed = client.wait(job["id"], timeout_s=120, raise_on_failure=False)
+        assert failed["status"] == "failed" and failed["attempts"] == 1
+        assert "front-facing" in failed["error"]["message"]
+        headers, body = receiver.wait_for(job["id"], "video.failed")
+        verify_signature(deployment.acme["webhook_secret"], headers["Talkinghead-Signature"], body)
+        assert json.loads(body)["data"]["object"]["error"] == failed["error"]
+        started = time.perf_counter()
+        with pytest.raises(GatewayError) as caught:  # the embedding cache knows this photo: no queue, no Triton
+            client.submit(profile, audio, parameters=PARAMS)
+        assert time.perf_counter() - started < 2.0
+    assert caught.value.status == 422 and caught.value.code == failed["error"]["code"]
+    assert caught.value.message == failed["error"]["message"]
+
+
 def test_webhook_to_loopback_is_refused_without_an_allowlist(deployment, samples):
     photo, audio = _files(samples)
     with deployment.client() as client, pytest.raises(GatewayError) as caught:
