@@ -71,6 +71,22 @@ class GatewayClient:
     def close(self) -> None:
         self._http.close()
 
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request; a 429 or 503 is retried (up to 3 times) after the Retry-After the gateway sent."""
+        for attempt in range(4):
+            response = self._http.request(method, url, **kwargs)
+            if response.status_code not in (429, 503) or attempt == 3:
+                return response
+            try:
+                delay = float(response.headers.get("retry-after", "1"))
+            except ValueError:
+                delay = 1.0
+            time.sleep(min(10.0, max(0.1, delay)))
+            for item in (kwargs.get("files") or {}).values():
+                if hasattr(item[1], "seek"):
+                    item[1].seek(0)
+        return response  # pragma: no cover
+
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:
             try:
@@ -108,8 +124,8 @@ class GatewayClient:
                     for item in files.values():
                         if hasattr(item[1], "seek"):
                             item[1].seek(0)
-                    response = self._http.post("/v1/videos", files=files, data=data,
-                                               headers={"Idempotency-Key": key})
+                    response = self._send("POST", "/v1/videos", files=files, data=data,
+                                          headers={"Idempotency-Key": key})
                     break
                 except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                     if attempt == 2:
@@ -122,7 +138,7 @@ class GatewayClient:
         return self._check(response).json()
 
     def status(self, job_id: str) -> dict:
-        return self._check(self._http.get(f"/v1/videos/{job_id}")).json()
+        return self._check(self._send("GET", f"/v1/videos/{job_id}")).json()
 
     def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None, timeout_s: float | None = None,
              poll_s: float = 1.0, max_poll_s: float = 5.0, raise_on_failure: bool = True) -> dict:
@@ -176,10 +192,10 @@ class GatewayClient:
         return path
 
     def report(self, job_id: str) -> dict:
-        return self._check(self._http.get(f"/v1/videos/{job_id}/report")).json()
+        return self._check(self._send("GET", f"/v1/videos/{job_id}/report")).json()
 
     def webhooks(self, job_id: str) -> list[dict]:
-        return self._check(self._http.get(f"/v1/videos/{job_id}/webhooks")).json()["deliveries"]
+        return self._check(self._send("GET", f"/v1/videos/{job_id}/webhooks")).json()["deliveries"]
 
     def cancel(self, job_id: str) -> dict:
-        return self._check(self._http.delete(f"/v1/videos/{job_id}")).json()
+        return self._check(self._send("DELETE", f"/v1/videos/{job_id}")).json()

@@ -130,10 +130,14 @@ class FingerprintSource:
         self._unavailable: str | None = None
         self.latest: Fingerprint | None = None
 
-    def weights(self) -> dict[str, dict] | None:
-        with self._lock:
-            if self._unavailable is None and (self._weights is None or
-                                              time.monotonic() - self._weights_at > self.refresh_s):
+    def weights(self, wait: bool = True) -> dict[str, dict] | None:
+        """The weights listing, refreshed when older than `refresh_s`. With wait=False a listing being made by
+        another thread (the first one imports the model packages and hashes every file) is not waited for: the
+        caller gets the previous listing, or None."""
+        if not self._lock.acquire(blocking=wait):
+            return self._weights if self._weights_fresh() else None
+        try:
+            if self._unavailable is None and not self._weights_fresh():
                 try:
                     self._weights = _weights_listing(self.weights_root)
                     self._weights_at = time.monotonic()
@@ -141,9 +145,14 @@ class FingerprintSource:
                     self._unavailable = f"the weights cannot be listed here ({exc}); caches are off"
                     logger.warning("model fingerprint: %s", self._unavailable)
             return self._weights
+        finally:
+            self._lock.release()
 
-    def current(self, grpc_client: Any) -> Fingerprint | None:
-        weights = self.weights()
+    def _weights_fresh(self) -> bool:
+        return self._weights is not None and time.monotonic() - self._weights_at <= self.refresh_s
+
+    def current(self, grpc_client: Any, wait: bool = True) -> Fingerprint | None:
+        weights = self.weights(wait)
         if weights is None:
             return None
         from python_backends import __version__

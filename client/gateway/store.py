@@ -392,7 +392,7 @@ class JobStore:
 
     def finish_job(self, job_id: str, owner: str, state: str, *, error_code: str | None = None,
                    error_message: str | None = None, qa: dict | None = None, result: dict | None = None,
-                   webhook: WebhookEvent | None = None, now: float | None = None) -> bool:
+                   webhook: WebhookEvent | None = None, frames: int | None = None, now: float | None = None) -> bool:
         """running -> succeeded | failed | cancelled, only while `owner` holds the lease; the webhook with it."""
         assert state in TERMINAL
         now = time.time() if now is None else now
@@ -400,9 +400,11 @@ class JobStore:
             done = cursor.execute(
                 "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, qa = ?, result = ?, "
                 + ("progress = 1.0, " if state == SUCCEEDED else "")
+                + ("frames_done = ?, total_frames = ?, " if frames is not None else "")
                 + "lease_owner = NULL, lease_expires = NULL, finished_at = ?, updated_at = ? "
                 "WHERE id = ? AND state = 'running' AND lease_owner = ?",
-                (state, error_code, error_message, _dumps(qa), _dumps(result), now, now, job_id, owner),
+                (state, error_code, error_message, _dumps(qa), _dumps(result),
+                 *((frames, frames) if frames is not None else ()), now, now, job_id, owner),
             ).rowcount
             if done and webhook is not None:
                 self._enqueue_webhook(cursor, job_id, webhook, now)

@@ -120,7 +120,7 @@ class Tenants:
         wait = self.store.take_token(tenant, now)
         if wait > 0:
             raise QuotaExceeded(f"rate limit of {tenant.rate_per_s:g} requests/s (burst {tenant.burst}) exceeded; "
-                                f"retry in {wait:.1f} s", wait, "rate_limited")
+                                f"retry in {max(wait, 0.1):.1f} s", wait, "rate_limited")
 
     def check_submit(self, tenant: Tenant, max_queued: int, now: float | None = None) -> None:
         """Daily quota (rolling 24 h) and the queue cap, checked before the upload is stored."""

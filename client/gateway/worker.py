@@ -90,7 +90,8 @@ def webhook_event(job: Job, state: str, error_code: str | None = None, message: 
     final = replace(job, state=state, error_code=error_code, error_message=message, qa=qa or job.qa,
                     result=result or job.result, finished_at=time.time(), lease_owner=None)
     if state == SUCCEEDED:
-        final = replace(final, progress=1.0)
+        frames = (result or {}).get("frames")
+        final = replace(final, progress=1.0, frames_done=frames, total_frames=frames)
     return WebhookEvent(f"video.{state}", job.webhook_url, {"object": job_view(final)})
 
 
@@ -257,6 +258,7 @@ class WorkerPool:
         if outcome.state == "abandoned":
             return
         if outcome.state == "retry":
+            self._triton_ok_at = 0.0  # probe readiness again before the next claim
             delay = backoff_delay(job.attempts, self.settings.retry_base_s, self.settings.retry_max_s) + \
                 self.settings.retry_base_s / 2
             event = webhook_event(job, FAILED, "server_unavailable", f"gave up after {job.attempts} runs: "
@@ -268,7 +270,7 @@ class WorkerPool:
         event = webhook_event(job, outcome.state, outcome.error_code, outcome.message, outcome.qa, outcome.result)
         done = self.store.finish_job(job.id, self.owner, outcome.state, error_code=outcome.error_code,
                                      error_message=outcome.message, qa=outcome.qa, result=outcome.result,
-                                     webhook=event)
+                                     webhook=event, frames=(outcome.result or {}).get("frames"))
         if not done:
             logger.warning("job %s finished as %s but its lease was gone; the other run's result stands",
                            job.id, outcome.state)
@@ -314,7 +316,9 @@ class WorkerPool:
             fingerprint = None
             if self.fingerprints is not None:
                 try:
-                    fingerprint = self.fingerprints.current(client._client)
+                    # Never wait for a listing in progress (the first one after start takes seconds): this
+                    # run then simply skips the caches.
+                    fingerprint = self.fingerprints.current(client._client, wait=False)
                 except Exception as exc:  # Triton went away between the readiness probe and now
                     raise ServerUnavailable(f"cannot read Triton's model index: {exc}") from None
             cache_key = None

@@ -126,3 +126,26 @@ def test_photo_summary_keeps_the_embedding_inside():
     assert summary["embedding"]["vector"] == [0.1, 0.2, 0.3] and summary["faces"] == 1
     shown = public_photo_summary(summary)
     assert "embedding" not in shown and shown["selected_face"]["score"] == 0.99
+
+
+def test_a_job_never_waits_for_a_weights_listing_in_progress(monkeypatch):
+    import threading
+
+    from client.gateway import caches
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_listing(root):
+        started.set()
+        release.wait(10)
+        return WEIGHTS
+
+    monkeypatch.setattr(caches, "_weights_listing", slow_listing)
+    source = FingerprintSource(None)
+    background = threading.Thread(target=source.weights)
+    background.start()
+    assert started.wait(10)
+    assert source.current(_FakeTriton(), wait=False) is None  # skips the caches rather than block the run
+    release.set()
+    background.join()
+    assert source.current(_FakeTriton(), wait=False).weights == WEIGHTS

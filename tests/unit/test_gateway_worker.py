@@ -71,7 +71,7 @@ def pool(tmp_path, monkeypatch):
     class Fingerprints:
         latest = Fingerprint("fp", "t", {})
 
-        def current(self, client):
+        def current(self, client, wait=True):
             return None  # caches of outputs off: every run goes to the (fake) server
 
     def compliance(tenant_id):
