@@ -256,7 +256,8 @@ class Gateway:
 
         triton = await asyncio.to_thread(probe)
         counts = await asyncio.to_thread(self.store.counts)
-        return {"triton_ready": triton, "draining": self.draining, "jobs": counts}
+        caches = self.fingerprints.status if self.fingerprints else "off: disabled in the settings"
+        return {"triton_ready": triton, "draining": self.draining, "caches": caches, "jobs": counts}
 
 
 def _parse_parameters(text: str | None) -> dict[str, Any]:

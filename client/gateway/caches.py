@@ -148,6 +148,13 @@ class FingerprintSource:
         finally:
             self._lock.release()
 
+    @property
+    def status(self) -> str:
+        """ready (caches in use), pending (the first weights listing is still being made) or off: why."""
+        if self._unavailable is not None:
+            return f"off: {self._unavailable}"
+        return "ready" if self._weights is not None else "pending"
+
     def _weights_fresh(self) -> bool:
         return self._weights is not None and time.monotonic() - self._weights_at <= self.refresh_s
 

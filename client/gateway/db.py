@@ -122,6 +122,19 @@ class Database:
             for statement in statements:
                 cursor.execute(statement)
 
+    def release_thread(self) -> None:
+        """Close this thread's connection: for short-lived threads (one per job run), so connections do not pile
+        up over the gateway's lifetime."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:

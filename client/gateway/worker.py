@@ -299,6 +299,7 @@ class WorkerPool:
             raise
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            self.store.db.release_thread()  # this run's thread ends here
 
     def _remember_rejection(self, job: Job, exc: RequestRejected) -> None:
         latest = self.fingerprints.latest if self.fingerprints else None

@@ -43,13 +43,15 @@ class GatewayProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(CLI + ["gateway", "--config", str(self.config), "--port", str(self.port)],
                                             stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"gateway exited:\n{self.log.read_text()[-3000:]}"
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                # /readyz answers once the app is up; wait until the model fingerprint (weights listing) is made,
+                # so the caches are in use from the first job on.
+                if httpx.get(f"{self.url}/readyz", timeout=5).json()["caches"] != "pending":
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
         raise AssertionError(f"gateway did not start:\n{self.log.read_text()[-3000:]}")
@@ -380,7 +382,7 @@ def test_tritonserver_down_nothing_accepted_is_lost_and_s3_storage(triton_server
             time.sleep(3.0)
             waiting = client.status(job["id"])
             assert waiting["status"] == "queued" and waiting["attempts"] == 0
-            ready = httpx.get(f"{gateway.url}/readyz")
+            ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
             assert ready.status_code == 503 and ready.json()["triton_ready"] is False
         assert gateway.stop() in (0, -signal.SIGTERM)
         live = _write_config(tmp_path / "live.toml", tmp_path / "data", triton_server.grpc_url,

@@ -103,7 +103,16 @@ def _run_claimed(pool: WorkerPool):
     return asyncio.run(pool.run_job(job)), job
 
 
-def test_server_lost_mid_stream_is_retried_then_fails_with_a_webhook(pool):
+def test_server_lost_mid_stream_is_retried_then_fails_with_a_webhook(pool, monkeypatch):
+    import threading
+
+    released, release = [], pool.store.db.release_thread
+
+    def recording_release():
+        released.append(threading.current_thread().name)
+        release()
+
+    monkeypatch.setattr(pool.store.db, "release_thread", recording_release)
     job = _queue(pool)
     FakeClient.script = {"chunks": 2, "then": ServerUnavailable("connection reset by tritonserver")}
     outcome, _ = _run_claimed(pool)
@@ -119,6 +128,7 @@ def test_server_lost_mid_stream_is_retried_then_fails_with_a_webhook(pool):
     assert failed.error_message.startswith("gave up after 2 runs: ServerUnavailable: connection reset")
     (delivery,) = pool.store.deliveries(job.tenant_id, job.id)
     assert delivery["event"] == "video.failed"
+    assert released == ["gateway-run", "gateway-run"]  # each run's short-lived thread closed its connection
 
 
 def test_a_rejected_photo_fails_at_once_and_is_remembered(pool):
