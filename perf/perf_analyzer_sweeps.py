@@ -32,6 +32,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -65,7 +66,7 @@ WINDOW_MS = {"face_detector": 2000, "face_landmarks": 1000, "face_embedder": 200
 # (max/min of throughput and of average latency). Its default, 10, rarely converges on CPUs that other
 # work shares; a point that fails at the first value is measured again at the second.
 STABILITY_PERCENT = (50, 100)
-MAX_TRIALS = 4
+MAX_TRIALS = 6
 # Largest output of the image models in shared memory (model_info JSON is the biggest, well under 64 KiB).
 OUTPUT_SHM_BYTES = 65536
 NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64}
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cases = [c for c in plan() if c.model in wanted]
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers (their own sessions) on SIGTERM too
     document = {
         "benchmark": "perf_analyzer over the served models (bundled sample inputs)",
         "command": "python perf/perf_analyzer_sweeps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -363,10 +365,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({k: v for k, v in row.items() if k != "command"}), file=sys.stderr)
                 document["results"].append(row)
     document["sweep_wall_s"] = round(time.monotonic() - started, 1)
+    document["hardware"]["load_average_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def sample_tensors_from_file(path: Path) -> dict[str, np.ndarray]:
