@@ -10,7 +10,7 @@ older tritonclient wheel, installed by `make perf-tools` into .venv-perf/) over 
   * every model over HTTP: concurrency 1 and 4
   * the image models with system shared memory for their tensors, gRPC and HTTP: concurrency 1 and 4
   * the batched models with dynamic batching off (a copy of the repository whose configs lack
-    `dynamic_batching`, served by a second server): concurrency 1..4
+    `dynamic_batching`, served by a second server that runs beside the first): concurrency 1..4
 
 One perf_analyzer call per point (time windows per model, a loose stability criterion: see WINDOW_MS and
 STABILITY_PERCENT; its count-based mode is not used because it measures windows in whole seconds), and
@@ -310,7 +310,8 @@ def _versions(binary: Path, env: dict[str, str]) -> dict:
     done = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True)
     site = Path(sysconfig.get_paths()["purelib"])
     server = next(iter(sorted(site.glob("nvidia_pytriton-*.dist-info"))), None)
-    return {"perf_analyzer": done.stdout.strip(), "nvidia_pytriton": server.name if server else "system tritonserver"}
+    return {"perf_analyzer": (done.stdout + done.stderr).strip(),
+            "nvidia_pytriton": server.name if server else "system tritonserver"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--inputs-only", action="store_true", help="write perf/inputs/*.json and stop")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per perf_analyzer call")
+    parser.add_argument("--markdown", type=Path, default=None, help="print the tables of a results file and stop")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     wanted = set(args.models.split(","))
     unknown = wanted - set(MODELS)
     if unknown:
@@ -342,34 +347,65 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        options = stack.enter_context(server())
-        inputs = write_inputs(Endpoint(options.grpc_url, "grpc"))
+        servers = {True: stack.enter_context(server())}
+        inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"))
         print(f"wrote {len(inputs)} input files to {INPUTS_DIR}", file=sys.stderr)
         if args.inputs_only:
             return 0
         document["versions"] = _versions(binary, env)
-        for case in (c for c in cases if c.batching):
-            row = run_case(case, options, inputs[case.model], binary, env, args.timeout_s)
+        if any(not c.batching for c in cases):
+            # Both servers stay up (the idle one costs no CPU), so that every comparison below is measured
+            # back to back, under the same background load of this shared machine.
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-nobatch-")))
+            servers[False] = stack.enter_context(server(repository_without_batching(scratch)))
+            for model in {c.model for c in cases if not c.batching}:
+                check_inputs(Endpoint(servers[False].grpc_url, "grpc"), model, sample_tensors_from_file(inputs[model]))
+        # Grouped by (model, concurrency): all variants of one point run one after the other.
+        for case in sorted(cases, key=lambda c: (MODELS.index(c.model), c.concurrency)):
+            row = run_case(case, servers[case.batching], inputs[case.model], binary, env, args.timeout_s)
             print(json.dumps({k: v for k, v in row.items() if k != "command"}), file=sys.stderr)
             document["results"].append(row)
-        stack.close()  # one server at a time: the CPUs are shared
-        off_cases = [c for c in cases if not c.batching]
-        if off_cases:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-nobatch-")))
-            options = stack.enter_context(server(repository_without_batching(scratch)))
-            for model in {c.model for c in off_cases}:
-                check_inputs(Endpoint(options.grpc_url, "grpc"), model,
-                             sample_tensors_from_file(inputs[model]))
-            for case in off_cases:
-                row = run_case(case, options, inputs[case.model], binary, env, args.timeout_s)
-                print(json.dumps({k: v for k, v in row.items() if k != "command"}), file=sys.stderr)
-                document["results"].append(row)
     document["sweep_wall_s"] = round(time.monotonic() - started, 1)
     document["hardware"]["load_average_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _cell(row: dict | None, batched: bool = False) -> str:
+    if row is None:
+        return "-"
+    if "error" in row:
+        return "unstable"
+    text = f"{row['latency_ms']['p50']:.0f} / {row['latency_ms']['p95']:.0f}, {row['throughput_per_s']:.1f}"
+    if batched and row.get("inferences_per_execution"):
+        text += f" (x{row['inferences_per_execution']:.1f})"
+    return text
+
+
+def markdown(document: dict) -> str:
+    """The tables of perf/RESULTS.md: p50 / p95 latency in ms, then requests per second; (xN) = requests
+    Triton merged per execution."""
+    rows = {(r["model"], r["protocol"], r["memory"], r["batching"], r["concurrency"]): r for r in document["results"]}
+    levels = sorted({r["concurrency"] for r in document["results"]})
+    lines = ["| model | " + " | ".join(f"concurrency {c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for model in MODELS:
+        cells = [_cell(rows.get((model, "grpc", "wire", True, c)), batched=True) for c in levels]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "| model, concurrency | gRPC | HTTP | gRPC + system shm | HTTP + system shm |",
+              "|---|---|---|---|---|"]
+    for model in MODELS:
+        for c in (1, 4):
+            cells = [_cell(rows.get((model, p, m, True, c))) for m in ("wire", "system") for p in ("grpc", "http")]
+            if any(cell != "-" for cell in cells):
+                lines.append(f"| {model}, {c} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | " + " | ".join(f"{c}: on / off" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for model in BATCHED_MODELS:
+        cells = [f"{_cell(rows.get((model, 'grpc', 'wire', True, c)), True)} / "
+                 f"{_cell(rows.get((model, 'grpc', 'wire', False, c)), True)}" for c in levels]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _interrupt(signum, frame) -> None:
