@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 OUT ?= out
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint serve gateway perf clean
+.PHONY: demo test lint serve gateway perf perf-tools clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,22 @@ serve: $(STAMP)
 gateway: $(STAMP)
 	$(BIN)/talkinghead gateway
 
-perf: $(STAMP)
+# perf_analyzer lives in its own venv: the binary ships only in tritonclient wheels 2.50-2.55 (the app keeps a
+# current tritonclient); it also needs libb64 (perf/get_libb64.sh) and libcudart (a pip wheel), even on CPU.
+PERF_VENV ?= .venv-perf
+PERF_STAMP := $(PERF_VENV)/.installed
+
+$(PERF_STAMP): Makefile perf/get_libb64.sh
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/pip install 'tritonclient==2.51.0' 'nvidia-cuda-runtime-cu12'
+	sh perf/get_libb64.sh $(PERF_VENV)/lib/b64
+	touch $(PERF_STAMP)
+
+perf-tools: $(PERF_STAMP)
+
+perf: $(STAMP) $(PERF_STAMP)
 	$(BIN)/python perf/bench_models.py --out perf/results/models_cpu.json
+	$(BIN)/python perf/perf_analyzer_sweeps.py --venv $(PERF_VENV) --out perf/results/perf_analyzer_cpu.json
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PERF_VENV) $(OUT) .pytest_cache .ruff_cache

@@ -1,5 +1,4 @@
-"""`talkinghead` command line: serve, weights, export, validate, preprocess, generate, demo, verify, audit, gateway,
-submit, job."""
+"""`talkinghead` command line: serve, weights, export, validate, preprocess, generate, demo, verify, audit."""
 
 from __future__ import annotations
 
@@ -186,14 +185,22 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 GENERATION_OPTIONS = ("engine", "seed", "steps", "guidance", "width", "height", "fps", "max_duration_s",
-                      "chunk_frames", "prompt")
+                      "chunk_frames", "prompt", "output_width", "output_height")
+
+
+def qa_summary(report: dict) -> dict:
+    """What the C2PA assertion and the audit log record of the QA report: the verdict and each gate's status."""
+    return {"status": report["verdict"], "schema_version": report["schema_version"],
+            "gates": {name: gate["status"] for name, gate in report["gates"].items()},
+            "segments_for_review": report["segments_for_review"], "rerolls": report["rerolls"],
+            # One number, not a list: float arrays do not survive the manifest round trip (c2pa-python 0.38).
+            "identity_min_window_cosine": min((w["mean_cosine"] for w in report["identity"]["windows"]), default=None)}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .cli_delivery import DELIVERY_ERRORS, delivery_options, print_delivery
     from .compliance import CompliantVideoWriter, JobInputs
     from .contact_sheet import SegmentThumbnails, render_contact_sheet
-    from .qa_summary import qa_verdict
 
     if args.protocol != "grpc":
         raise CliError("generate streams over gRPC: use --protocol grpc (the default)")
@@ -230,8 +237,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         if writer is None:
             raise CliError("the server streamed no frames")
-        # Encode tail, AI disclosure, C2PA signature (with the job's QA verdict), self-verification, audit record.
-        delivery = writer.finish(qa_verdict=qa_verdict(qa_report))
+        # Encode tail, AI disclosure, C2PA signature (with the QA verdict), self-verification, audit record.
+        delivery = writer.finish(qa_verdict=qa_summary(qa_report) if qa_report else None)
     except RequestRejected as exc:
         if writer is not None:
             writer.abort()
@@ -249,7 +256,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sidecar.write_text(json.dumps({
         "video": str(out), "engine": chunks[0]["engine"], "label": chunks[0]["label"], "frames": writer.frames_written,
         "fps": delivery["encode"]["fps"], "parameters": parameters, "job_report": report, "chunks": chunks,
-        **{key: value for key, value in delivery.items() if key != "video"},  # encode, signature, verify, audit, QA
+        # encode, signature, verify, audit, qa_verdict
+        **{key: value for key, value in delivery.items() if key != "video"},
     }, indent=2))
     print_delivery(out, delivery, chunks[0]["engine"])
     print(f"details: {sidecar.resolve()}")
@@ -285,6 +293,9 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-duration", dest="max_duration_s", type=float)
     group.add_argument("--chunk-frames", type=int)
     group.add_argument("--prompt")
+    group.add_argument("--output-width", dest="output_width", type=int,
+                       help="resize the accepted video to this size after QA (Lanczos; no learned upscaler)")
+    group.add_argument("--output-height", dest="output_height", type=int)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -170,7 +170,7 @@ def cmd_submit(args: argparse.Namespace, options: tuple[str, ...]) -> int:
     qa = job.get("qa") or {}
     print(f"video:   {out.resolve()} ({job['output']['frames']} frames, sha256 {job['output']['sha256'][:16]}..., "
           f"{'signed' if job['output']['signed'] else 'unsigned'}, cache {job['output']['cache']})")
-    print(f"QA:      {qa.get('verdict', qa.get('status'))}")
+    print(f"QA:      {qa.get('status')}")
     print(f"details: {out.with_suffix('.json').resolve()}")
     return 0
 

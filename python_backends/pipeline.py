@@ -32,6 +32,7 @@ from .quality.report import job_report
 from .quality.segment_job import judge_video, process_segment, safety_of_photo, segment_length
 from .quality.segment_qa import Boundary, JobContext, SegmentQA, SourceFace
 from .quality.settings import QualitySettings
+from .quality.upscale import parse_output_size, resize_frames, resize_note
 from .validation import ValidationLimits, probe_video, read_frames
 
 # The driving video is handed to the generator at most this large: Animate works at 480p-720p anyway, and
@@ -96,6 +97,7 @@ def run_talking_head(
         inputs[name].reshape(-1)[0] if name in inputs else None
         for name in (spec.PHOTO_BYTES, spec.AUDIO_BYTES, spec.DRIVING_VIDEO_BYTES)
     )
+    parameters, output_size = parse_output_size(parameters)
     params = params_from_request(parameters)  # bad parameters fail before any work
     if params.start_frame or params.frame_count:
         raise InputError("start_frame and frame_count are chosen by the pipeline, not the request", "bad_parameter")
@@ -161,7 +163,9 @@ def run_talking_head(
                     info["job_report"] = job.report
                     info["photo_safety"] = photo_safety
             first = False
-            yield _with_info({**chunk, spec.FRAMES: best.frames[offset: offset + count]}, info)
+            frames = best.frames[offset: offset + count]
+            yield _with_info({**chunk, spec.FRAMES: resize_frames(frames, output_size) if output_size else frames},
+                             info)
             offset += count
         motion = best.raw if motion is None else np.concatenate([motion, best.raw])
         motion = motion[-context_frames:] if context_frames else None
@@ -171,13 +175,15 @@ def run_talking_head(
         index += 1
 
     engine = _info(best.chunks[0]).get("engine", "?")
-    post = {"colour_match": quality.colour_match, "mouth_refiner": (
-        "applied where lip-sync failed" if ctx.refiner else ctx.refiner_reason or "not needed"),
-        "photo_safety": photo_safety}
+    height, width = best.frames.shape[1:3]
+    post = {"colour_match": quality.colour_match, "resize": resize_note((width, height), output_size),
+            "mouth_refiner": "applied" if ctx.refiner else ctx.refiner_reason or "not needed",
+            "photo_safety": photo_safety}
     report = job_report(accepted, ctx, engine=engine, rerolls=rerolls, post=post)
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
     last = best.chunks[-1]
-    height, width = best.frames.shape[1:3]
+    if output_size:
+        width, height = output_size
     yield {
         spec.FRAMES: np.zeros((0, height, width, 3), np.uint8),
         spec.START_FRAME: np.array([start], np.int64),

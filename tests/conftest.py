@@ -15,6 +15,14 @@ from client.triton_client import Endpoint, TalkingHeadClient
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def talkinghead_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private home for the development signing credential and the audit log (never the user's ~/.config)."""
+    home = tmp_path_factory.mktemp("talkinghead-home")
+    os.environ["TALKINGHEAD_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES

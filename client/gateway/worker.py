@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditError, AuditLog
+from ..cli import qa_summary
 from ..compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
 from ..encoding import EncodeError, EncodeOptions
 from ..provenance import SigningFailed
-from ..qa_summary import qa_verdict
 from ..triton_client import Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
 from .caches import EMBEDDING, OUTPUT, PHOTO_CODES, FingerprintSource, embedding_key, output_key, photo_summary
 from .settings import GatewaySettings
@@ -358,7 +358,7 @@ class WorkerPool:
                     raise ServerUnavailable("the server streamed no frames")
                 if control.stopped:
                     raise _Stopped()
-                delivery = writer.finish(qa_verdict=qa_verdict(qa_report))
+                delivery = writer.finish(qa_verdict=qa_summary(qa_report) if qa_report else None)
             except BaseException:
                 stream.close()  # stops the gRPC stream; cancels the request on the server if it is still going
                 if writer is not None:

@@ -9,9 +9,10 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
+from ..mouth_refiner.plosive import plosive_frames, refine_runs
 from ..preprocessing import ModelCaller
 from .colour import match_colour
-from .segment_qa import FAIL, Boundary, JobContext, SegmentQA, check_segment
+from .segment_qa import FAIL, Boundary, JobContext, SegmentQA, check_segment, segment_audio
 from .tracking import track_faces
 
 
@@ -57,20 +58,25 @@ async def safety_of_photo(ctx: JobContext, call: ModelCaller) -> dict:
     return report
 
 
-async def _refine_mouth(frames: np.ndarray, qa: SegmentQA, ctx: JobContext, call: ModelCaller) -> dict | None:
-    """Wav2Lip over a segment whose lip-sync failed; None when the refiner has no weights (recorded)."""
+async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[int, int]], start: int,
+                       ctx: JobContext, call: ModelCaller) -> tuple[np.ndarray, dict]:
+    """Wav2Lip over each run [a, b) of the segment's frames; the refiner's absence is recorded, not hidden."""
     if ctx.refiner is False or ctx.mel is None:
-        return None
-    try:
-        outputs = await call(spec.MOUTH_REFINER, {
-            spec.FRAMES: frames[None], spec.FACE_BOXES: qa.track.boxes.astype(np.float32)[None],
-            spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[qa.start_frame]], np.int64),
-            spec.FPS: np.array([[ctx.fps]], np.float32)})
-    except WeightsUnavailable as exc:
-        ctx.refiner, ctx.refiner_reason = False, str(exc)
-        return None
-    ctx.refiner = True
-    return outputs
+        return frames, {"status": "unavailable", "reason": ctx.refiner_reason or "no speech"}
+    out, info = frames.copy(), {}
+    for a, b in runs:
+        try:
+            outputs = await call(spec.MOUTH_REFINER, {
+                spec.FRAMES: frames[a:b][None], spec.FACE_BOXES: boxes[a:b].astype(np.float32)[None],
+                spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[start + a]], np.int64),
+                spec.FPS: np.array([[ctx.fps]], np.float32)})
+        except WeightsUnavailable as exc:
+            ctx.refiner, ctx.refiner_reason = False, str(exc)
+            return frames, {"status": "unavailable", "reason": str(exc)}
+        ctx.refiner = True
+        out[a:b] = outputs[spec.FRAMES][0]
+        info = json.loads(outputs[spec.MODEL_INFO].reshape(-1)[0])
+    return out, {"status": "applied", "frames": [[start + a, start + b] for a, b in runs], "model": info}
 
 
 async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobContext, call: ModelCaller,
@@ -82,17 +88,18 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
     t0 = time.perf_counter()
     frames, colour = match_colour(raw, track.boxes, ctx.source.image, ctx.source.box, ctx.settings.colour_match)
     colour_ms = round((time.perf_counter() - t0) * 1000.0, 1)
-    qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     post: dict = {"colour": colour.as_dict()}
+    if ctx.settings.refine_plosives and ctx.waveform is not None:
+        # Plosive mouths (lips pressed shut before the burst) are what generators get wrong most often.
+        runs = refine_runs(plosive_frames(segment_audio(ctx.waveform, start, len(frames), ctx.fps), ctx.fps),
+                           len(frames))
+        if runs:
+            frames, post["plosives"] = await refine_mouth(frames, track.boxes, runs, start, ctx, call)
+    qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     sync = next(g for g in qa.gates if g.name == "lipsync")
     if ctx.settings.refine_low_sync and sync.status == FAIL:
-        refined = await _refine_mouth(frames, qa, ctx, call)
-        if refined is None:
-            post["mouth_refiner"] = {"status": "unavailable", "reason": ctx.refiner_reason}
-        else:
-            frames = refined[spec.FRAMES][0]
-            post["mouth_refiner"] = {"status": "applied", "reason": sync.reason,
-                                     "model": json.loads(refined[spec.MODEL_INFO].reshape(-1)[0])}
+        frames, post["low_sync"] = await refine_mouth(frames, track.boxes, [(0, len(frames))], start, ctx, call)
+        if post["low_sync"]["status"] == "applied":
             track = await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None)
             qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     qa.post = post

@@ -188,13 +188,13 @@ def test_submit_webhook_signed_download_verifies(deployment, receiver, samples, 
             verify_signature(deployment.other["webhook_secret"], headers["Talkinghead-Signature"], body)
         payload = json.loads(body)["data"]["object"]
         assert payload["status"] == "succeeded" and payload["output"]["sha256"] == done["output"]["sha256"]
-        assert payload["qa"]["verdict"] == done["qa"]["verdict"]
+        assert payload["qa"]["status"] == done["qa"]["status"]
         path = client.download(job["id"], tmp_path / "out.mp4")
         assert hashlib.sha256(path.read_bytes()).hexdigest() == done["output"]["sha256"]
         verified = verify_video(path)
         assert verified.valid, verified.errors
-        assert verified.qa_verdict["verdict"] == done["qa"]["verdict"] in ("pass", "pass_with_unavailable",
-                                                                           "needs_review")
+        assert verified.qa_verdict["status"] == done["qa"]["status"] in ("pass", "pass_with_unavailable",
+                                                                         "needs_review")
         assert verified.generation["job_id"] == job["id"]
         report = client.report(job["id"])
         assert report["qa_report"]["schema_version"] == "1.0" and report["delivery"]["signed"]

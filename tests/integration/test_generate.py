@@ -43,6 +43,13 @@ def test_generate_cli_writes_an_mp4_whose_mouth_follows_the_speech(triton_server
     details = json.loads(out.with_suffix(".json").read_text())
     assert details["engine"] == "preview-landmark-warp" and "not a generative model" in details["label"]
     assert len(details["chunks"]) > 1 and details["job_report"]["verdict"] == "accepted"
+    # The QA report and its contact sheet are written beside the video.
+    from python_backends.quality.report import validate_report
+
+    qa = json.loads(out.with_suffix(".qa.json").read_text())
+    validate_report(qa)
+    assert qa["verdict"] == details["qa_verdict"]["status"] and qa["frames"] == details["frames"]
+    assert out.with_suffix(".qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     speech = _speech(samples)
     frames = _decode_mp4(out, 512, 512)
     assert len(frames) == int(np.ceil(len(speech) / 16000 * 15)) == details["frames"]

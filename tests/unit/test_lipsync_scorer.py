@@ -192,3 +192,24 @@ def test_gate_settings_parse_and_validate():
     assert settings.max_lse_d == 7.5 and settings.max_abs_offset_frames == 1 and settings.min_lse_c == 5.0
     with pytest.raises(ConfigError):
         from_mapping(LipSyncGateSettings, {"max_abs_offset_frames": "20"})
+
+
+def test_the_served_scorer_loads_the_official_file_and_reports(tmp_path, official_state):
+    """lipsync_scorer's predictor: syncnet_v2.model under the weights root -> a JSON report per clip."""
+    import json
+
+    from python_backends import spec
+    from python_backends.qa.scorer import LipSyncScorerSettings, build_lipsync_scorer
+
+    with pytest.raises(WeightsUnavailable, match="syncnet_v2.model"):
+        build_lipsync_scorer(LipSyncScorerSettings(), "cpu", tmp_path)
+    (tmp_path / "lipsync_scorer").mkdir()
+    torch.save(official_state, tmp_path / "lipsync_scorer" / "syncnet_v2.model")
+    scorer = build_lipsync_scorer(LipSyncScorerSettings(), "cpu", tmp_path)
+    assert scorer.weights.engine == "syncnet-v2" and scorer.weights.available
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (1, 40, 64, 64, 3), dtype=np.uint8)
+    waveform = (0.1 * rng.standard_normal((1, 40 * 640))).astype(np.float32)
+    (out,) = scorer.predict({spec.FACE_CROPS: crops, spec.WAVEFORM: waveform, spec.FPS: np.array([[25.0]], np.float32)})
+    report = json.loads(out[spec.SYNC_REPORT][0])
+    assert report["status"] in ("pass", "fail") and len(report["score"]["per_offset_dist"]) == 31

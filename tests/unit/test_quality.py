@@ -1,0 +1,87 @@
+"""Quality building blocks without a server: envelope lip-sync, colour match, identity windows, segment plan,
+output resize, the report schema."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from python_backends.errors import InputError
+from python_backends.qa.envelope_sync import envelope_sync, mouth_opening, speech_envelope
+from python_backends.quality.colour import JND_DELTA_E, match_colour
+from python_backends.quality.segment_job import segment_length
+from python_backends.quality.segment_qa import identity_windows
+from python_backends.quality.upscale import parse_output_size, resize_frames
+
+FPS = 25.0
+
+
+def _syllables(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """16 kHz 'speech' (150 Hz buzz gated by random syllables) and the per-frame gate (how open a mouth is)."""
+    rng = np.random.default_rng(seed)
+    frames = int(seconds * FPS)
+    gate = np.repeat(rng.random(frames // 5) > 0.5, 5).astype(float)
+    gate = np.convolve(gate, np.ones(3) / 3, mode="same")[:frames]
+    t = np.arange(int(seconds * 16000)) / 16000
+    carrier = np.sign(np.sin(2 * np.pi * 150 * t)) * 0.3 + 0.02 * rng.standard_normal(len(t))
+    amplitude = np.repeat(gate, 640)[: len(t)]
+    return (carrier * amplitude).astype(np.float32), gate
+
+
+@pytest.mark.parametrize("shift", [0, 4, -7, 10])
+def test_envelope_sync_finds_the_offset(shift):
+    audio, gate = _syllables(8.0)
+    # The mouth opens `shift` frames after its sound: the audio leads, a positive offset.
+    opening = np.roll(gate, shift) + 0.01 * np.random.default_rng(1).standard_normal(len(gate))
+    score = envelope_sync(opening, speech_envelope(audio, FPS, len(gate)))
+    assert score.offset_frames == shift and score.correlation > 0.8 and score.confidence > 0.3
+    assert len(score.per_offset_r) == 31
+
+
+def test_envelope_sync_needs_enough_frames_and_68_points():
+    with pytest.raises(InputError, match="31 frames"):
+        envelope_sync(np.zeros(20), np.zeros(20))
+    with pytest.raises(InputError, match="68"):
+        mouth_opening(np.zeros((4, 5, 2)))
+
+
+def test_colour_match_removes_a_cast_and_leaves_a_matching_segment_alone(sample_face):
+    photo, points, _ = sample_face
+    box = np.concatenate([points.min(0), points.max(0)])
+    clean = np.repeat(photo[None], 4, axis=0)
+    untouched, report = match_colour(clean, np.repeat(box[None], 4, axis=0), photo, box)
+    assert not report.applied and untouched is clean and report.delta_e_before < JND_DELTA_E
+    cast = np.clip(clean.astype(int) + [25, 0, -20], 0, 255).astype(np.uint8)  # warmer, a visible tint
+    corrected, report = match_colour(cast, np.repeat(box[None], 4, axis=0), photo, box)
+    assert report.applied and report.delta_e_before > 10 and report.delta_e_after < 1.5
+    x1, y1, x2, y2 = box.astype(int)
+    before = np.abs(cast[0, y1:y2, x1:x2].astype(int) - photo[y1:y2, x1:x2]).mean()
+    after = np.abs(corrected[0, y1:y2, x1:x2].astype(int) - photo[y1:y2, x1:x2]).mean()
+    assert after < before / 3
+
+
+def test_identity_windows_are_judged_separately():
+    samples = [(0.5, 0.95), (2.0, 0.97), (5.1, 0.80), (6.0, 0.85), (10.2, 0.93)]
+    windows = identity_windows(samples, 5.0, 0.9)
+    assert [(w["window"], w["status"], w["samples"]) for w in windows] == [(0, "pass", 2), (1, "fail", 2),
+                                                                           (2, "pass", 1)]
+    assert windows[1]["mean_cosine"] == pytest.approx(0.825) and windows[1]["min_cosine"] == 0.8
+
+
+def test_a_short_tail_joins_the_last_segment():
+    assert segment_length(0, 150, 125, 31) == 150  # 25 frames would be left: too short to judge lip-sync
+    assert segment_length(0, 200, 125, 31) == 125
+    assert segment_length(125, 200, 125, 31) == 125  # the last segment may be short when it is all that is left
+    assert segment_length(0, None, 125, 31) == 125
+
+
+def test_output_size_is_parsed_and_applied():
+    rest, size = parse_output_size({"fps": 25, "output_width": "640", "output_height": 480})
+    assert rest == {"fps": 25} and size == (640, 480)
+    assert parse_output_size({"fps": 25}) == ({"fps": 25}, None)
+    for bad in ({"output_width": 641, "output_height": 480}, {"output_width": 640},
+                {"output_width": 9000, "output_height": 480}):
+        with pytest.raises(InputError):
+            parse_output_size(bad)
+    frames = np.zeros((2, 100, 80, 3), np.uint8)
+    assert resize_frames(frames, (160, 200)).shape == (2, 200, 160, 3)
