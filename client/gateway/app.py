@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -158,7 +159,7 @@ class Gateway:
                            f"({megabytes(settings.limits.max_request_bytes)} per request)")
         existing = None
         if idempotency_key is not None:
-            existing = await asyncio.to_thread(self._by_idempotency_key, tenant.id, idempotency_key)
+            existing = await asyncio.to_thread(self.store.job_by_idempotency_key, tenant.id, idempotency_key)
         if existing is None:
             try:
                 await asyncio.to_thread(self.tenants.check_submit, tenant, settings.limits.max_queued_jobs)
@@ -176,10 +177,6 @@ class Gateway:
             return await self._accept(tenant, upload, idempotency_key, existing)
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
-
-    def _by_idempotency_key(self, tenant_id: str, key: str) -> Job | None:
-        rows = self.store.db.read("SELECT * FROM jobs WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, key))
-        return Job.from_row(rows[0]) if rows else None
 
     async def _accept(self, tenant: Tenant, upload, idempotency_key: str | None,
                       existing: Job | None) -> tuple[Job, bool]:
@@ -261,8 +258,6 @@ class Gateway:
 
 
 def _parse_parameters(text: str | None) -> dict[str, Any]:
-    import json
-
     if not text:
         return {}
     try:
@@ -360,8 +355,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/v1/videos/{job_id}/report", summary="QA report, pre-processing report and delivery details")
     async def report(job_id: str, tenant: Authed) -> JSONResponse:
-        import json
-
         result = _ready(await gateway.job(tenant, job_id))
         body = json.loads(await asyncio.to_thread(gateway.storage.get_bytes, result["report_key"]))
         body["cache"] = {"status": result.get("cache"), "cached_from": result.get("cached_from")}

@@ -331,9 +331,8 @@ class JobStore:
         rows = self.db.read("SELECT * FROM jobs WHERE id = ? AND tenant_id = ?", (job_id, tenant_id))
         return Job.from_row(rows[0]) if rows else None
 
-    def job_any_tenant(self, job_id: str) -> Job | None:
-        """For the worker and the CLI only; API routes use `job` with the caller's tenant."""
-        rows = self.db.read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def job_by_idempotency_key(self, tenant_id: str, key: str) -> Job | None:
+        rows = self.db.read("SELECT * FROM jobs WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, key))
         return Job.from_row(rows[0]) if rows else None
 
     def jobs_since(self, tenant_id: str, since: float) -> int:
