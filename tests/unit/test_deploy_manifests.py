@@ -283,10 +283,14 @@ def test_gateway_reaches_triton_by_its_service(overlay):
     documents = RENDERED[overlay]
     gateway = _one(documents, "Deployment", GATEWAY)
     (container,) = gateway["spec"]["template"]["spec"]["containers"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert _container_ports(gateway) == {"http": 8080}
     env = {e["name"]: e.get("value") for e in container["env"]}
-    host, port = env["TALKINGHEAD_TRITON_URL"].split(":")
+    from client.gateway.settings import ENV_PREFIX, load_settings
+
+    host, port = env[ENV_PREFIX + "TRITON_URL"].split(":")
+    assert load_settings(env={ENV_PREFIX + "TRITON_URL": env[ENV_PREFIX + "TRITON_URL"]}).triton_url == f"{host}:{port}"
     service = _one(documents, "Service", host)
     assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
 
