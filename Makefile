@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 OUT ?= out
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint serve perf reliability clean
+.PHONY: demo test lint serve gateway perf perf-tools reliability clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[server,dev]'
+	$(BIN)/pip install -e '.[server,dev,gateway]'
 	# facenet-pytorch pins an old torch; we only read its shipped MTCNN weights, so skip its deps.
 	$(BIN)/pip install --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
@@ -29,11 +29,28 @@ lint: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/talkinghead serve
 
-perf: $(STAMP)
+gateway: $(STAMP)
+	$(BIN)/talkinghead gateway
+
+# perf_analyzer lives in its own venv: the binary ships only in tritonclient wheels 2.50-2.55 (the app keeps a
+# current tritonclient); it also needs libb64 (perf/get_libb64.sh) and libcudart (a pip wheel), even on CPU.
+PERF_VENV ?= .venv-perf
+PERF_STAMP := $(PERF_VENV)/.installed
+
+$(PERF_STAMP): Makefile perf/get_libb64.sh
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/pip install 'tritonclient==2.51.0' 'nvidia-cuda-runtime-cu12'
+	sh perf/get_libb64.sh $(PERF_VENV)/lib/b64
+	touch $(PERF_STAMP)
+
+perf-tools: $(PERF_STAMP)
+
+perf: $(STAMP) $(PERF_STAMP)
 	$(BIN)/python perf/bench_models.py --out perf/results/models_cpu.json
+	$(BIN)/python perf/perf_analyzer_sweeps.py --venv $(PERF_VENV) --out perf/results/perf_analyzer_cpu.json
 
 reliability: $(STAMP)
 	$(BIN)/python perf/reliability.py --out perf/results/reliability.json
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PERF_VENV) $(OUT) .pytest_cache .ruff_cache

@@ -18,6 +18,8 @@ from python_backends.weights import WEIGHTS_ENV
 
 from .cli_delivery import DeliveryOptionError, add_delivery_options
 from .cli_delivery import add_commands as add_delivery_commands
+from .cli_gateway import GatewayCliError
+from .cli_gateway import add_commands as add_gateway_commands
 from .server import ServerError, ServerOptions, TritonServer, free_port, serve_forever
 from .triton_client import PROTOCOLS, Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
 
@@ -364,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(demo)
     demo.set_defaults(func=cmd_demo)
     add_delivery_commands(sub)  # verify, audit verify
+    add_gateway_commands(sub, _add_generation_options, GENERATION_OPTIONS)  # gateway, submit, job
     return parser
 
 
@@ -371,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ServerError, DeliveryOptionError) as exc:
+    except (CliError, ServerError, DeliveryOptionError, GatewayCliError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ServerUnavailable, WeightsUnavailable) as exc:

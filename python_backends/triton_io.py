@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from .batching import stack_padded
 from .errors import (
     WEIGHTS_UNAVAILABLE,
     ConfigError,
@@ -63,17 +64,6 @@ def output_tensor(spec: TensorSpec, value: Any) -> pb_utils.Tensor:
 
         return pb_utils.Tensor.from_dlpack(spec.name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
     return pb_utils.Tensor(spec.name, array)
-
-
-def stack_padded(items: list[np.ndarray]) -> np.ndarray:
-    """Stack arrays whose shapes may differ (e.g. a different number of faces per image), zero-padded."""
-    if all(item.shape == items[0].shape for item in items):
-        return np.stack(items)
-    shape = tuple(max(sizes) for sizes in zip(*(item.shape for item in items)))
-    out = np.zeros((len(items),) + shape, dtype=items[0].dtype)
-    for i, item in enumerate(items):
-        out[(i,) + tuple(slice(0, n) for n in item.shape)] = item
-    return out
 
 
 def device_of(args: dict[str, str]) -> str:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 MODEL = spec.FACE_DETECTOR.name
 BACKBONE_CHOICES = ("auto", "resnet50", "mobilenet0.25", "mtcnn")
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "triton")  # triton: the network is its own Triton model (BLS)
 AUTO_ORDER = ("resnet50", "mobilenet0.25")  # the most accurate official checkpoint present wins
 
 
@@ -35,7 +35,8 @@ class FaceDetectorSettings:
     """Parsed from config.pbtxt `parameters` (all string_value); defaults documented there too."""
 
     backbone: str = "auto"  # auto | resnet50 | mobilenet0.25 | mtcnn
-    runtime: str = "torch"  # torch | onnxruntime (RetinaFace only)
+    runtime: str = "torch"  # torch | onnxruntime | triton (RetinaFace only)
+    network_model: str = "face_detector_net"  # runtime triton: the Triton model serving the RetinaFace export
     onnx_path: str = "retinaface.onnx"  # absolute, or relative to <weights root>/face_detector/
     confidence_threshold: float = 0.9  # final face score a detection must exceed
     nms_threshold: float = 0.4  # IoU of RetinaFace's NMS (official default); MTCNN keeps its own stages'
@@ -51,8 +52,10 @@ class FaceDetectorSettings:
             raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {self.backbone!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.runtime == "onnxruntime" and self.backbone == "mtcnn":
-            raise ConfigError("runtime 'onnxruntime' runs RetinaFace only; use backbone auto/resnet50/mobilenet0.25")
+        if self.runtime != "torch" and self.backbone == "mtcnn":
+            raise ConfigError(
+                f"runtime {self.runtime!r} runs RetinaFace only; use backbone auto/resnet50/mobilenet0.25"
+            )
         if not 0.0 <= self.confidence_threshold < 1.0:
             raise ConfigError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
         if not 0.0 < self.nms_threshold <= 1.0:
@@ -118,6 +121,11 @@ def choose_weights(settings: FaceDetectorSettings, root: Path | None = None) -> 
     """What the detector will run; WeightsUnavailable names the file to supply when nothing fits."""
     if settings.runtime == "onnxruntime":
         return _onnx_choice(settings, root)
+    if settings.runtime == "triton":
+        backbone = settings.backbone if settings.backbone in BACKBONES else "export"
+        # No local file: the network's Triton model holds it (its readiness decides availability).
+        return WeightsChoice(MODEL, f"retinaface-{backbone}-triton", OFFICIAL, None, LICENCE,
+                             f"RetinaFace served by the Triton model {settings.network_model!r}")
     if settings.backbone == "mtcnn":
         choice = _mtcnn_choice("MTCNN weights shipped in the facenet-pytorch wheel (requested)")
         if choice is None:
@@ -222,6 +230,11 @@ def build_engine(settings: FaceDetectorSettings, weights: WeightsChoice, device:
     from .retinaface import load_retinaface
     from .retinaface_runtime import OnnxRunner, RetinaFaceEngine, TorchRunner
 
+    if settings.runtime == "triton":
+        from ..triton_network import NETWORKS, TritonNetwork
+
+        network = TritonNetwork(settings.network_model, NETWORKS[MODEL])
+        return RetinaFaceEngine(network, settings.confidence_threshold, settings.nms_threshold)
     assert weights.path is not None
     if settings.runtime == "onnxruntime":
         runner = OnnxRunner(weights.path, device, settings.threads)

@@ -130,10 +130,25 @@ class ArcFaceOnnxRunner:
         return np.concatenate(parts)
 
 
+class ArcFaceTritonRunner:
+    """An ArcFace export served as its own Triton model: 112 x 112 crops scaled to [-1, 1], the input of
+    both arcface_torch (x / 255 - 0.5) / 0.5 and w600k_r50 (x - 127.5) / 127.5."""
+
+    input_size = 112
+
+    def __init__(self, network) -> None:
+        self.network = network  # triton_network.TritonNetwork: float32 [N, 3, 112, 112] -> ([N, D],)
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        blob = (crops.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5
+        (embeddings,) = self.network(np.ascontiguousarray(blob))
+        return embeddings
+
+
 class ArcFaceEmbedder:
     """Aligns each face from its 5 keypoints, then embeds all crops in one forward."""
 
-    def __init__(self, runner: ArcFaceTorchRunner | ArcFaceOnnxRunner) -> None:
+    def __init__(self, runner: ArcFaceTorchRunner | ArcFaceOnnxRunner | ArcFaceTritonRunner) -> None:
         self.runner = runner
 
     def embed_faces(self, images: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
 from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, package_path
-from .settings import ARCFACE_ONNX, ARCFACE_TORCH, AUTO, DLIB, FaceEmbedderSettings
+from .settings import ARCFACE_ONNX, ARCFACE_TORCH, ARCFACE_TRITON, AUTO, DLIB, FaceEmbedderSettings
 from .vectors import l2_normalise
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,10 @@ def _dlib_choice(settings: FaceEmbedderSettings) -> WeightsChoice | None:
 
 def choose_weights(settings: FaceEmbedderSettings, root: Path | None = None) -> WeightsChoice:
     """auto: official backbone.pth, else w600k_r50.onnx, else the shipped dlib model."""
+    if settings.embedder == ARCFACE_TRITON:
+        # No local file: the network's Triton model holds the export (its readiness decides availability).
+        return WeightsChoice(MODEL, ARCFACE_TRITON, OFFICIAL, None, _INSIGHTFACE_LICENCE,
+                             note=f"ArcFace served by the Triton model {settings.network_model!r}, 512-d")
     if settings.embedder == ARCFACE_TORCH:
         candidates = [_torch_choice(settings, root)]
         missing = f"no {BACKBONE_FILE}: put arcface_torch's {settings.arch} {BACKBONE_FILE} at <weights root>/{MODEL}/"
@@ -214,6 +218,12 @@ def _set_threads(threads: int) -> None:
 def build_face_embedder(settings: FaceEmbedderSettings, device: str, root: Path | None = None) -> FaceEmbedder:
     """The predictor for `settings`; WeightsUnavailable (with what to supply) when there are no weights."""
     choice = choose_weights(settings, root)
+    if settings.embedder == ARCFACE_TRITON:
+        from ..triton_network import NETWORKS, TritonNetwork
+        from .arcface import ArcFaceEmbedder, ArcFaceTritonRunner
+
+        network = TritonNetwork(settings.network_model, NETWORKS[MODEL])
+        return FaceEmbedder(ArcFaceEmbedder(ArcFaceTritonRunner(network)), choice)
     if not choice.available:
         raise WeightsUnavailable(f"{MODEL}: {choice.note}")
     if choice.engine == DLIB_ENGINE:

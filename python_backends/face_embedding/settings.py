@@ -10,7 +10,8 @@ AUTO = "auto"
 ARCFACE_TORCH = "arcface"  # official arcface_torch backbone.pth
 ARCFACE_ONNX = "arcface-onnx"  # insightface buffalo_l w600k_r50.onnx
 DLIB = "dlib"  # dlib_face_recognition_resnet_model_v1.dat shipped in face_recognition_models
-EMBEDDERS = (AUTO, ARCFACE_TORCH, ARCFACE_ONNX, DLIB)
+ARCFACE_TRITON = "arcface-triton"  # an ArcFace export served as its own Triton model, called through BLS
+EMBEDDERS = (AUTO, ARCFACE_TORCH, ARCFACE_ONNX, DLIB, ARCFACE_TRITON)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class FaceEmbedderSettings:
     num_jitters: int = 0
     # CPU threads for torch / onnxruntime (0 = the library's default).
     threads: int = 0
+    # arcface-triton: the Triton model serving the ArcFace network (ONNX Runtime / TensorRT).
+    network_model: str = "face_embedder_net"
 
     def __post_init__(self) -> None:
         if self.embedder not in EMBEDDERS:

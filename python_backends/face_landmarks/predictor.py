@@ -47,6 +47,17 @@ def _hrnet_candidates(settings: S.FaceLandmarksSettings) -> list[str]:
 
 def choose_weights(settings: S.FaceLandmarksSettings, root: Path | None = None) -> WeightsChoice:
     """What build_face_landmarks would run with (no model is loaded)."""
+    if settings.runtime == S.TRITON:
+        dataset = settings.hrnet_dataset
+        # No local file: the network's Triton model holds the export (its readiness decides availability).
+        return WeightsChoice(
+            MODEL,
+            HRNET_ENGINES.get(dataset, "hrnet-w18") + "-triton",
+            OFFICIAL,
+            None,
+            HRNET_LICENCES.get(dataset, HRNET_LICENCES[S.WFLW] + "; " + HRNET_LICENCES[S.W300]),
+            note=f"HRNet served by the Triton model {settings.network_model!r}",
+        )
     if settings.engine in (S.AUTO, S.HRNET):
         for dataset in _hrnet_candidates(settings):
             path = official_path(MODEL, HRNET_FILES[dataset], root)
@@ -128,14 +139,31 @@ class HRNetEngine:
         self.net = load_hrnet(path).to(self.device)
         self.crop_scale = crop_scale
 
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        """float32 [N, 3, 256, 256] normalised crops -> heatmaps [N, P, 64, 64]."""
+        with self._torch.inference_mode():
+            return self.net(self._torch.from_numpy(inputs).to(self.device)).float().cpu().numpy()
+
     def __call__(self, images: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
         frames = [box_to_center_scale(box, self.crop_scale) for box in boxes]
         crops = np.stack([crop_face(image, c, s) for image, (c, s) in zip(images, frames)])
-        inputs = self._torch.from_numpy(normalise(crops)).to(self.device)
-        with self._torch.inference_mode():
-            heatmaps = self.net(inputs).float().cpu().numpy()
+        heatmaps = self.forward(normalise(crops))
         coords = decode_heatmaps(heatmaps)
         return [heatmap_to_image(points, c, s).astype(np.float32) for points, (c, s) in zip(coords, frames)]
+
+
+class HRNetTritonEngine(HRNetEngine):
+    """The same crops and decoding, with the forward done by the network's own Triton model (BLS)."""
+
+    def __init__(self, model_name: str, crop_scale: float) -> None:
+        from ..triton_network import NETWORKS, TritonNetwork
+
+        self.network = TritonNetwork(model_name, NETWORKS[MODEL])
+        self.crop_scale = crop_scale
+
+    def forward(self, inputs: np.ndarray) -> np.ndarray:
+        (heatmaps,) = self.network(inputs)
+        return heatmaps
 
 
 class DlibEngine:
@@ -179,7 +207,9 @@ def build_face_landmarks(
 ) -> FaceLandmarksPredictor:
     """Load the engine choose_weights picks (raises WeightsUnavailable when there is none)."""
     weights = choose_weights(settings, root)
-    if weights.source == OFFICIAL:
+    if settings.runtime == S.TRITON:
+        engine = HRNetTritonEngine(settings.network_model, settings.crop_scale)
+    elif weights.source == OFFICIAL:
         if settings.threads > 0:
             import torch
 

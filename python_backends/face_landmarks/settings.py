@@ -17,6 +17,10 @@ LINE_OF_SIGHT = "line_of_sight"
 CAMERA_AXIS = "camera_axis"
 POSE_REFERENCES = (LINE_OF_SIGHT, CAMERA_AXIS)
 
+TORCH = "torch"  # HRNet forward in this process
+TRITON = "triton"  # HRNet forward in its own Triton model (ONNX Runtime / TensorRT), called through BLS
+RUNTIMES = (TORCH, TRITON)
+
 
 @dataclass(frozen=True)
 class FaceLandmarksSettings:
@@ -32,6 +36,9 @@ class FaceLandmarksSettings:
     pose_reference: str = LINE_OF_SIGHT
     # CPU threads for torch (0 = torch's default).
     threads: int = 0
+    # HRNet forward: torch here, or triton (the exported network served as `network_model`).
+    runtime: str = TORCH
+    network_model: str = "face_landmarks_net"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -48,3 +55,7 @@ class FaceLandmarksSettings:
             raise ValueError(f"focal_scale must be within [0.1, 20], got {self.focal_scale}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
+        if self.runtime == TRITON and self.engine == DLIB:
+            raise ValueError("runtime 'triton' serves the HRNet export; set engine to auto or hrnet")

@@ -1,0 +1,144 @@
+"""One small SQL layer over SQLite (default) and PostgreSQL (several gateway replicas), same statements for both.
+
+Statements are written with `?` placeholders and portable types; PostgreSQL gets them with `%s`. Every write runs
+in a transaction: SQLite's `BEGIN IMMEDIATE` takes the write lock up front (no lock-upgrade deadlocks between
+gateway processes), WAL mode lets readers go on meanwhile, and `synchronous=FULL` makes a committed job survive
+power loss, not only a crash of the process. Connections are per thread: the gateway calls the store from worker
+threads (`asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or used; the message names it and what to do."""
+
+
+class Cursor:
+    """The part of a DB-API cursor the store uses, rows as dicts, `?` placeholders on both dialects."""
+
+    def __init__(self, raw: Any, dialect: str) -> None:
+        self._raw, self._dialect = raw, dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        if self._dialect == "postgres":
+            sql = sql.replace("?", "%s")
+        self._raw.execute(sql, tuple(params))
+        return self
+
+    def one(self) -> dict | None:
+        # fetchall, not fetchone: SQLite keeps an UPDATE ... RETURNING statement open until it is stepped to
+        # its end, and COMMIT then fails with "SQL statements in progress".
+        rows = self._raw.fetchall()
+        return dict(rows[0]) if rows else None
+
+    def all(self) -> list[dict]:
+        return [dict(row) for row in self._raw.fetchall()]
+
+    @property
+    def rowcount(self) -> int:
+        return self._raw.rowcount
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = urlparse(url)
+        if parsed.scheme == "sqlite":
+            self.dialect = "sqlite"
+            self._path = Path(parsed.path)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        elif parsed.scheme in ("postgresql", "postgres"):
+            self.dialect = "postgres"
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise DatabaseError("a postgresql:// database needs psycopg: pip install 'psycopg[binary]'") from None
+        else:
+            raise DatabaseError(f"database_url {url!r}: use sqlite:///path/to/gateway.db or postgresql://...")
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self.dialect == "sqlite":
+            try:
+                conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            except sqlite3.Error as exc:
+                raise DatabaseError(f"cannot open {self._path}: {exc}") from None
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+        else:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            try:
+                conn = psycopg.connect(self.url, row_factory=dict_row, autocommit=True)
+            except psycopg.Error as exc:
+                raise DatabaseError(f"cannot connect to the PostgreSQL database: {exc}") from None
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        conn = self._connection()
+        if self.dialect == "sqlite":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Cursor(conn.cursor(), "sqlite")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        else:
+            with conn.transaction(), conn.cursor() as cursor:
+                yield Cursor(cursor, "postgres")
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[dict]:
+        """A single read outside any write transaction (a consistent snapshot of one statement)."""
+        conn = self._connection()
+        if self.dialect == "sqlite":
+            return [dict(row) for row in conn.execute(sql, tuple(params)).fetchall()]
+        with conn.cursor() as cursor:
+            return Cursor(cursor, "postgres").execute(sql, params).all()
+
+    def script(self, statements: Sequence[str]) -> None:
+        with self.transaction() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+
+    def release_thread(self) -> None:
+        """Close this thread's connection: for short-lived threads (one per job run), so connections do not pile
+        up over the gateway's lifetime."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()

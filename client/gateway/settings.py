@@ -1,0 +1,234 @@
+"""The gateway's configuration: typed frozen dataclasses filled strictly from a TOML file and the environment.
+
+Sections of the TOML file map to the nested dataclasses below (`[limits]`, `[webhooks]`, `[tenant_defaults]`,
+`[storage]`, `[delivery]`, `[caches]`), top-level keys to `GatewaySettings` itself. An unknown key or a value of
+the wrong type is a `SettingsError` naming the key, never a silent default. A few environment variables override
+the file, for containers: `TALKINGHEAD_GATEWAY_DATA_DIR`, `..._TRITON_URL`, `..._DATABASE_URL`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ENV_PREFIX = "TALKINGHEAD_GATEWAY_"
+MiB = 1 << 20
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names the key and what is expected."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 50 * MiB  # per file (photo, audio, driving video); larger uploads get 413
+    max_fields_bytes: int = 64 * 1024  # all non-file form fields together (parameters JSON, webhook URL)
+    max_queued_jobs: int = 100  # per tenant, jobs waiting to run; more get 429
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest body a submit can have: three files, the fields and multipart framing."""
+        return 3 * self.max_upload_bytes + self.max_fields_bytes + 64 * 1024
+
+
+@dataclass(frozen=True)
+class TenantDefaults:
+    """Applied to tenants created without their own numbers (`gateway add-tenant --jobs-per-day ...`)."""
+
+    jobs_per_day: int = 500  # rolling 24 h window
+    concurrent_jobs: int = 2  # running at once; the rest wait in the queue
+    rate_per_s: float = 10.0  # API requests per second (token bucket refill) ...
+    burst: int = 40  # ... and the bucket's size
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    # Hosts (exact names) or networks (CIDR) a webhook may target even though they resolve to loopback, private,
+    # link-local or other non-public addresses. Everything else must resolve to globally routable addresses only.
+    allow: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+    max_attempts: int = 8
+    backoff_base_s: float = 2.0  # attempt n waits uniform(0, min(backoff_max_s, base * 2**n)) ("full jitter")
+    backoff_max_s: float = 900.0
+    tolerance_s: int = 300  # what receivers are told to accept as clock skew / replay window
+
+    def allowed_networks(self) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], set[str]]:
+        networks, hosts = [], set()
+        for entry in self.allow:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return networks, hosts
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    kind: str = "local"  # local | s3
+    path: Path | None = None  # local: default <data_dir>/objects
+    bucket: str = ""  # s3
+    prefix: str = ""  # s3: key prefix inside the bucket
+    endpoint_url: str | None = None  # s3-compatible services (MinIO, Ceph, R2...); None: AWS
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "s3"):
+            raise SettingsError(f"storage.kind must be 'local' or 's3', got {self.kind!r}")
+        if self.kind == "s3" and not self.bucket:
+            raise SettingsError("storage.bucket is required when storage.kind = 's3'")
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How finished videos are written: the issue-7 delivery step (encode, disclose, sign, audit)."""
+
+    codec: str = "h264"
+    crf: int | None = None
+    preset: str = "veryfast"
+    sign: bool = True  # C2PA; the credential comes from signing_home (see client/signing.py)
+    signing_home: Path | None = None  # default: the data dir (its development CA is made there on first use)
+    visible_label: bool = False
+    omit_photo_ingredient: bool = False
+    audit_log: Path | None = None  # default <data_dir>/audit.log
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    embeddings: bool = True  # photo sha256 -> its pre-processing result (faces, identity embedding, or rejection)
+    outputs: bool = True  # (photo, audio, parameters, seed, model + weight versions) -> the finished video
+    # The folder tritonserver's --weights points at (the same files must be visible here): the weights part of
+    # the model fingerprint, as `talkinghead weights` lists it. None: $TALKINGHEAD_WEIGHTS, as the server does.
+    weights_root: Path | None = None
+    fingerprint_refresh_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    data_dir: Path = Path("gateway-data")
+    triton_url: str = "127.0.0.1:8001"  # gRPC host:port of tritonserver
+    database_url: str | None = None  # None: sqlite at <data_dir>/gateway.db; postgresql://... for several replicas
+    secrets_dir: Path | None = None  # webhook signing master key; default <data_dir>/secrets
+    instance_id: str = ""  # names this replica in job leases; default hostname:pid
+    workers: int = 2  # jobs this gateway streams from Triton at once
+    lease_s: float = 30.0  # a job whose lease is not renewed for this long is taken back and re-run
+    heartbeat_s: float = 5.0
+    max_attempts: int = 5  # runs of one job when tritonserver is unavailable / the gateway dies mid-job
+    retry_base_s: float = 2.0
+    retry_max_s: float = 120.0
+    chunk_timeout_s: float = 900.0  # no chunk from Triton for this long: the run counts as failed and retries
+    drain_timeout_s: float = 60.0  # graceful shutdown: how long running jobs may finish before being handed back
+    poll_s: float = 0.5  # how often idle workers look for queued jobs
+    limits: Limits = field(default_factory=Limits)
+    tenant_defaults: TenantDefaults = field(default_factory=TenantDefaults)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    caches: CacheSettings = field(default_factory=CacheSettings)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise SettingsError(f"heartbeat_s ({self.heartbeat_s:g}) must be at most half of lease_s "
+                                f"({self.lease_s:g}) so a live job never loses its lease")
+        if self.workers < 1 or self.max_attempts < 1:
+            raise SettingsError("workers and max_attempts must be at least 1")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir or self.data_dir / "secrets"
+
+    @property
+    def objects_path(self) -> Path:
+        return self.storage.path or self.data_dir / "objects"
+
+    @property
+    def staging_path(self) -> Path:
+        """Uploads being received and videos being encoded; always local, even with S3 storage."""
+        return self.data_dir / "staging"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.delivery.audit_log or self.data_dir / "audit.log"
+
+
+def _convert(raw: Any, target: Any, key: str) -> Any:
+    origin = typing.get_origin(target)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if raw is None:
+            return None
+        (inner,) = [a for a in typing.get_args(target) if a is not type(None)]
+        return _convert(raw, inner, key)
+    if dataclasses.is_dataclass(target):
+        if not isinstance(raw, Mapping):
+            raise SettingsError(f"[{key}] must be a table of settings, got {raw!r}")
+        return _build(target, raw, f"{key}.")
+    if origin is tuple:
+        if isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        if not isinstance(raw, list | tuple):
+            raise SettingsError(f"{key}: expected a list, got {raw!r}")
+        return tuple(_convert(item, typing.get_args(target)[0], key) for item in raw)
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise SettingsError(f"{key}: expected true or false, got {raw!r}")
+    if target is Path:
+        return Path(str(raw)).expanduser()
+    if target in (int, float, str):
+        if target is int and isinstance(raw, float) and not raw.is_integer():
+            raise SettingsError(f"{key}: expected a whole number, got {raw!r}")
+        try:
+            return target(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{key}: expected {target.__name__}, got {raw!r}") from None
+    raise SettingsError(f"{key}: unsupported settings type {target!r}")  # pragma: no cover
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise SettingsError(f"unknown setting {prefix}{unknown[0]}; known: {', '.join(sorted(names))}")
+    try:
+        return cls(**{name: _convert(value, hints[name], f"{prefix}{name}") for name, value in values.items()})
+    except TypeError as exc:  # pragma: no cover - a dataclass without defaults
+        raise SettingsError(f"{prefix.rstrip('.') or 'settings'}: {exc}") from None
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
+    """Settings from a TOML file (optional), then the environment, then keyword overrides (the CLI's flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    for key in ("data_dir", "triton_url", "database_url", "instance_id"):
+        if env.get(ENV_PREFIX + key.upper()):
+            values[key] = env[ENV_PREFIX + key.upper()]
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return _build(GatewaySettings, values)

@@ -1,0 +1,138 @@
+"""Tenants: API keys (only their SHA-256 is stored), quotas, rate limits, webhook secrets.
+
+An API key is `thk_` + 32 random bytes (base64url). With 256 bits of entropy a plain SHA-256 is the right hash:
+slow password hashes exist to protect guessable secrets, and they would cost every request a few hundred ms. The
+lookup is by hash; the stored hash is compared again with `hmac.compare_digest` so no code path compares secrets
+byte by byte.
+
+Webhook secrets are not stored at all: each tenant's is HMAC-SHA256(master key, tenant id + version), the master
+key being a file in the secrets folder (outside the database). A copy of the database alone cannot forge webhooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import TenantDefaults
+from .store import RUNNING, JobStore, Tenant
+
+KEY_PREFIX = "thk_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
+MASTER_KEY_FILE = "webhook-master.key"
+DAY_S = 86_400.0
+
+
+class AuthError(Exception):
+    """401: no key, a malformed key, or a key that is unknown or revoked."""
+
+
+class QuotaExceeded(Exception):
+    """429: the tenant's quota or rate limit; `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: float, code: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.code = code
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+def key_prefix(key: str) -> str:
+    """Enough of a key to name it in listings and logs, far too little to use it."""
+    return key[: len(KEY_PREFIX) + 6]
+
+
+@dataclass(frozen=True)
+class NewTenant:
+    tenant: Tenant
+    api_key: str  # shown once; only its hash is kept
+    webhook_secret: str
+
+
+class MasterKey:
+    """The webhook master key file: created (0600) on first use, read on every start."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / MASTER_KEY_FILE
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, secrets.token_hex(32).encode())
+            finally:
+                os.close(fd)
+        self._key = bytes.fromhex(self.path.read_text().strip())
+        if len(self._key) < 32:
+            raise ValueError(f"{self.path} holds a key shorter than 32 bytes; delete it to make a new one")
+
+    def webhook_secret(self, tenant: Tenant) -> str:
+        digest = hmac.new(self._key, f"webhook:{tenant.id}:{tenant.webhook_secret_version}".encode(),
+                          hashlib.sha256).hexdigest()
+        return WEBHOOK_SECRET_PREFIX + digest
+
+
+class Tenants:
+    def __init__(self, store: JobStore, master: MasterKey, defaults: TenantDefaults) -> None:
+        self.store, self.master, self.defaults = store, master, defaults
+
+    def create(self, name: str, jobs_per_day: int | None = None, concurrent_jobs: int | None = None,
+               rate_per_s: float | None = None, burst: int | None = None) -> NewTenant:
+        d = self.defaults
+        tenant = self.store.create_tenant(
+            name, d.jobs_per_day if jobs_per_day is None else jobs_per_day,
+            d.concurrent_jobs if concurrent_jobs is None else concurrent_jobs,
+            d.rate_per_s if rate_per_s is None else rate_per_s, d.burst if burst is None else burst)
+        return NewTenant(tenant, self.add_key(tenant), self.master.webhook_secret(tenant))
+
+    def add_key(self, tenant: Tenant) -> str:
+        key = new_api_key()
+        self.store.add_api_key(tenant.id, hash_key(key), key_prefix(key))
+        return key
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """The tenant of `Authorization: Bearer <key>`; AuthError otherwise (never saying which part was wrong)."""
+        if not authorization:
+            raise AuthError("send your API key as `Authorization: Bearer thk_...`")
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or len(key) > 128:
+            raise AuthError("the Authorization header must be `Bearer thk_...` with a talkinghead API key")
+        presented = hash_key(key)
+        found = self.store.key_record(presented)
+        if found is None or not hmac.compare_digest(found[0], presented):
+            raise AuthError("the API key is not valid (unknown or revoked)")
+        return found[1]
+
+    def check_rate(self, tenant: Tenant, now: float | None = None) -> None:
+        wait = self.store.take_token(tenant, now)
+        if wait > 0:
+            raise QuotaExceeded(f"rate limit of {tenant.rate_per_s:g} requests/s (burst {tenant.burst}) exceeded; "
+                                f"retry in {max(wait, 0.1):.1f} s", wait, "rate_limited")
+
+    def check_submit(self, tenant: Tenant, max_queued: int, now: float | None = None) -> None:
+        """Daily quota (rolling 24 h) and the queue cap, checked before the upload is stored."""
+        now = time.time() if now is None else now
+        since = now - DAY_S
+        if self.store.jobs_since(tenant.id, since) >= tenant.jobs_per_day:
+            oldest = self.store.oldest_since(tenant.id, since) or now
+            wait = max(1.0, oldest + DAY_S - now)
+            raise QuotaExceeded(f"daily quota of {tenant.jobs_per_day} jobs reached (rolling 24 h); the next job can "
+                                f"be submitted in {wait / 60:.0f} min", wait, "quota_exceeded")
+        queued = self.store.count_in_state(tenant.id, "queued")
+        if queued >= max_queued:
+            running = self.store.count_in_state(tenant.id, RUNNING)
+            raise QuotaExceeded(f"{queued} jobs are already waiting ({running} running, at most "
+                                f"{tenant.concurrent_jobs} at once); wait for some to finish", 30.0, "queue_full")

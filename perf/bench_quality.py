@@ -1,0 +1,151 @@
+"""CPU cost of each quality gate per second of video, on real frames of the bundled sample.
+
+The clip is made by the preview engine from the sample photo and speech (looped to --seconds). The served models
+the gates call (face_detector, face_landmarks, face_embedder, content_safety) run in this process through a
+caller with the same interface as the Triton BLS one, so the figures are the gates' own work without transport;
+each gate runs alone, one after the other, with the thread count given. The talking_head QA report's
+`timings_ms` show the same stages as they overlap inside tritonserver.
+
+    python perf/bench_quality.py --out perf/results/quality_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from python_backends import spec  # noqa: E402
+from python_backends.batching import stack_padded  # noqa: E402
+from python_backends.content_safety import ContentSafetySettings, build_content_safety  # noqa: E402
+from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
+from python_backends.face_embedding import FaceEmbedderSettings, build_face_embedder  # noqa: E402
+from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
+from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
+from python_backends.generation.preview import PreviewEngine  # noqa: E402
+from python_backends.qa.envelope_sync import mouth_opening  # noqa: E402
+from python_backends.quality.colour import match_colour  # noqa: E402
+from python_backends.quality.segment_qa import (  # noqa: E402
+    JobContext,
+    SourceFace,
+    artifact_gates,
+    envelope_gate,
+    flicker_gate,
+    identity_gate,
+    safety_gate,
+)
+from python_backends.quality.settings import QualitySettings  # noqa: E402
+from python_backends.quality.tracking import track_faces  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "client" / "samples"
+
+
+class LocalCaller:
+    """The ModelCaller interface over in-process predictors (what TritonModelCaller does over BLS)."""
+
+    def __init__(self) -> None:
+        self.predictors = {
+            spec.FACE_DETECTOR.name: build_face_detector(FaceDetectorSettings(), "cpu"),
+            spec.FACE_LANDMARKS.name: build_face_landmarks(FaceLandmarksSettings(), "cpu"),
+            spec.FACE_EMBEDDER.name: build_face_embedder(FaceEmbedderSettings(), "cpu"),
+            spec.CONTENT_SAFETY.name: build_content_safety(ContentSafetySettings(), "cpu"),
+        }
+
+    async def __call__(self, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        predictor = self.predictors[model.name]
+        results = predictor.predict(inputs)
+        info = json.dumps(predictor.weights.as_dict(with_hash=False)).encode()
+        out = {t.name: stack_padded([r[t.name] for r in results]) for t in model.outputs if t.name != spec.MODEL_INFO}
+        out[spec.MODEL_INFO] = np.array([[info]] * len(results), dtype=np.object_)
+        return out
+
+
+def _speech(seconds: float) -> np.ndarray:
+    with wave.open(str(SAMPLES / "speech.wav")) as handle:
+        audio = np.frombuffer(handle.readframes(handle.getnframes()), "<i2").astype(np.float32) / 32768
+    return np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)]
+
+
+async def _source(call: LocalCaller, photo: np.ndarray, embedder: str) -> tuple[SourceFace, np.ndarray]:
+    detected = await call(spec.FACE_DETECTOR, {spec.IMAGE: photo[None]})
+    box, keypoints = detected[spec.FACE_BOXES][0][0], detected[spec.FACE_KEYPOINTS][0][0]
+    marks = await call(spec.FACE_LANDMARKS, {spec.IMAGE: photo[None], spec.FACE_BOX: box[None]})
+    embedded = await call(spec.FACE_EMBEDDER, {spec.IMAGE: photo[None], spec.FACE_BOX: box[None],
+                                               spec.FACE_KEYPOINTS: keypoints[None]})
+    landmarks = marks[spec.LANDMARKS][0].astype(np.float64)
+    return SourceFace(photo, box.astype(np.float64), keypoints, landmarks, embedded[spec.EMBEDDING][0], embedder), \
+        landmarks
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
+    call = LocalCaller()
+    source, landmarks = asyncio.run(_source(call, photo, "dlib-resnet-v1-128"))
+    speech = _speech(args.seconds)
+    job = GenerationJob(photo=photo, landmarks=landmarks, waveform=speech, params=GenerationParams(
+        width=args.size, height=args.size, fps=args.fps, max_duration_s=args.seconds))
+    t0 = time.perf_counter()
+    frames = np.concatenate([c.frames for c in PreviewEngine().generate(job)])
+    generate_s = time.perf_counter() - t0
+    settings = QualitySettings()
+    ctx = JobContext(source, speech, args.fps, settings)
+    seconds = len(frames) / args.fps
+    costs: dict[str, float] = {}
+
+    def timed(name: str, work):
+        started = time.perf_counter()
+        value = work()
+        costs[name] = round((time.perf_counter() - started) / seconds * 1000.0, 1)
+        return value
+
+    track = timed("tracking (detector every 10th frame + landmarks every frame)",
+                  lambda: asyncio.run(track_faces(frames, call, settings.detect_every)))
+    timed("colour match (measure + apply)", lambda: match_colour(frames, track.boxes, photo, source.box, True))
+    gate, _ = timed("identity (embedder on detected frames)",
+                    lambda: asyncio.run(identity_gate(frames, track, 0, ctx, call)))
+    opening = mouth_opening(track.landmarks)
+    sync = timed("lipsync (mouth opening vs speech envelope)",
+                 lambda: envelope_gate(opening, speech, 0, args.fps, settings, "no SyncNet weights"))
+    flicker = timed("flicker (luma + flow warping error)", lambda: flicker_gate(frames, track, 0, settings))
+    artifacts = timed("jaw + eyes + edge", lambda: artifact_gates(frames, track.landmarks, 0, ctx))
+    safety = timed("content safety (NudeNet, 1 frame/s)", lambda: asyncio.run(safety_gate(frames, 0, ctx, call)))
+    verdicts = {g.name: g.status for g in (gate, sync, flicker, *artifacts, safety)}
+    result = {
+        "script": "perf/bench_quality.py", "argv": sys.argv[1:], "cpu": platform.processor() or platform.machine(),
+        "torch_threads": args.threads,
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "clip": {"seconds": round(seconds, 3), "fps": args.fps, "size": args.size,
+                                                "frames": int(len(frames)), "preview_generate_s": round(generate_s, 2)},
+        "ms_per_second_of_video": costs, "total_ms_per_second_of_video": round(sum(costs.values()), 1),
+        "verdicts_on_the_clean_clip": verdicts,
+        "note": "each gate alone, in-process; SyncNet (no weights here) measured separately: 2.25 s per video s",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

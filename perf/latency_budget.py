@@ -1,0 +1,178 @@
+"""Latency budget per stage for one 10 s clip through the real pipeline, next to the seed's budget.
+
+One job goes through tritonserver exactly as `talkinghead generate` sends it (talking_head over gRPC, chunks
+encoded as they arrive, then disclosure, C2PA signing, self-verification and the audit record). Stages come from
+the orchestrator's own timings (the pre-processing report, every chunk's generator timing, every segment's QA
+timings) and the client's clock; Triton's per-model statistics (queue and compute time, before/after deltas) are
+recorded beside them. Writes JSON and a PNG chart. On a CPU machine the generator is the preview engine; the
+GPU figure for Wan2.2-S2V-14B comes from perf/results/e2e_h100.json and is shown as its own bar.
+
+    python perf/latency_budget.py --out perf/results/latency_budget_cpu.json --chart perf/results/latency_budget.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from client.compliance import ComplianceOptions, CompliantVideoWriter, JobInputs  # noqa: E402
+from client.encoding import EncodeOptions  # noqa: E402
+from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
+from client.signing import load_signing_config  # noqa: E402
+from client.triton_client import Endpoint, TalkingHeadClient  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "client" / "samples"
+# The seed's budget for interactive use (sub-30 s end to end on an H100), seconds (low, high).
+SEED_BUDGET = {
+    "upload + validation": (1, 3), "pre-processing": (1, 2), "generation": (25, 45), "post-processing + QA": (2, 5),
+    "encoding": (1, 2), "delivery": (1, 2),
+}
+MODELS = ("face_detector", "face_landmarks", "face_embedder", "audio_features", "content_safety", "video_generator",
+          "talking_head")
+
+
+def speech_of(seconds: float) -> bytes:
+    with wave.open(str(SAMPLES / "speech.wav")) as handle:
+        params, pcm = handle.getparams(), handle.readframes(handle.getnframes())
+    need = int(seconds * params.framerate) * params.sampwidth
+    out = io.BytesIO()
+    with wave.open(out, "wb") as sink:
+        sink.setparams(params)
+        sink.writeframes((pcm * (need // len(pcm) + 1))[:need])
+    return out.getvalue()
+
+
+def triton_stats(client: TalkingHeadClient) -> dict[str, dict[str, float]]:
+    stats = {}
+    for model in MODELS:
+        entry = client.model_statistics(model)["model_stats"][0]["inference_stats"]
+        stats[model] = {key: float(entry[key].get("ns", 0)) / 1e6 for key in ("queue", "compute_infer", "success")}
+        stats[model]["count"] = float(entry["success"].get("count", 0))
+    return stats
+
+
+def run_job(url: str, seconds: float, out: Path, parameters: dict) -> dict:
+    photo, audio = (SAMPLES / "astronaut.png").read_bytes(), speech_of(seconds)
+    job = JobInputs(photo, audio, None, parameters)
+    compliance = ComplianceOptions(load_signing_config(), audit_log=out.with_suffix(".audit.log"))
+    with TalkingHeadClient(Endpoint(url, "grpc")) as client:
+        before = triton_stats(client)
+        started = time.perf_counter()
+        first = None
+        writer, report, qa_report, chunks = None, {}, None, []
+        for chunk in client.generate(photo, audio, None, parameters):
+            if chunk.qa_report is not None:
+                qa_report = chunk.qa_report
+                continue
+            first = first if first is not None else time.perf_counter() - started
+            report = chunk.info.pop("job_report", report)
+            if writer is None:
+                writer = CompliantVideoWriter(out, chunk.fps, job, chunk.info, report, EncodeOptions(), compliance,
+                                              t0=started)
+            writer.write(chunk.frames)
+            chunks.append(chunk.info)
+        streamed = time.perf_counter() - started
+        delivery = writer.finish(qa_verdict={"status": qa_report["verdict"]})
+        total = time.perf_counter() - started
+        after = triton_stats(client)
+    delta = {m: {k: round(after[m][k] - before[m][k], 1) for k in after[m]} for m in MODELS}
+    return {"report": report, "qa": qa_report, "chunks": chunks, "delivery": delivery, "first_chunk_s": first,
+            "streamed_s": streamed, "total_s": total, "triton": delta}
+
+
+def stages(job: dict) -> dict[str, float]:
+    pre = job["report"].get("timings_ms", {})
+    validation = sum(v for k, v in pre.items() if k.startswith("decode")) / 1000
+    preprocessing = sum(v for k, v in pre.items() if not k.startswith("decode")) / 1000
+    generation = sum(c.get("render_ms", 0.0) for c in job["chunks"]) / 1000
+    qa = sum(s["timings_ms"].get("tracking", 0) + s["timings_ms"].get("colour", 0) + s["timings_ms"].get("total", 0)
+             for s in job["qa"]["segments"]) / 1000
+    timings = job["delivery"]["timings"]
+    return {"upload + validation": round(validation, 3), "pre-processing": round(preprocessing, 3),
+            "generation": round(generation, 3), "post-processing + QA": round(qa, 3),
+            "encoding": round(timings["encode_close_s"], 3),
+            "delivery": round(timings["sign_s"] + timings["verify_s"] + timings["audit_s"], 3)}
+
+
+def chart(measured: dict[str, float], gpu_generation: float | None, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(SEED_BUDGET)
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    low = np.array([SEED_BUDGET[n][0] for n in names])
+    high = np.array([SEED_BUDGET[n][1] for n in names])
+    ax.barh(y + 0.2, high - low, left=low, height=0.35, color="#cccccc", label="seed budget (range, H100)")
+    ax.barh(y - 0.2, [measured[n] for n in names], height=0.35, color="#2b6cb0", label="measured here (CPU)")
+    if gpu_generation is not None:
+        ax.barh(names.index("generation") - 0.2, gpu_generation, height=0.12, color="#c05621",
+                label="measured: Wan2.2-S2V-14B on H100 (engine)")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds for one 10 s clip (stages overlap: generation, QA and encoding stream)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--chart", type=Path, required=True)
+    parser.add_argument("--url", default=None, help="a running server's gRPC host:port (default: start one)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    parameters = {"fps": 25.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("TALKINGHEAD_HOME", str(Path(tmp) / "home"))
+        if args.url:
+            job = run_job(args.url, args.seconds, Path(tmp) / "clip.mp4", parameters)
+        else:
+            options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                                    weights=Path(tmp) / "no-weights")
+            with TritonServer(options, log_path=Path(tmp) / "tritonserver.log"):
+                job = run_job(options.grpc_url, args.seconds, Path(tmp) / "clip.mp4", parameters)
+    measured = stages(job)
+    gpu_file = ROOT / "perf" / "results" / "e2e_h100.json"
+    gpu = json.loads(gpu_file.read_text())["runs"][0] if gpu_file.exists() else None
+    result = {
+        "script": "perf/latency_budget.py", "argv": sys.argv[1:], "clip_seconds": args.seconds,
+        "engine": job["chunks"][0]["engine"], "load_average_1min": round(os.getloadavg()[0], 2),
+        "stages_s": measured, "seed_budget_s": SEED_BUDGET,
+        "time_to_first_chunk_s": round(job["first_chunk_s"], 3), "streamed_s": round(job["streamed_s"], 3),
+        "end_to_end_s": round(job["total_s"], 3), "qa_verdict": job["qa"]["verdict"],
+        "preprocess_timings_ms": job["report"].get("timings_ms"), "delivery_timings_s": job["delivery"]["timings"],
+        "encode": {k: job["delivery"]["encode"].get(k) for k in ("frames", "fps", "codec", "time_to_first_packet_s",
+                                                                  "encode_s")},
+        "segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"]}
+                     for s in job["qa"]["segments"]],
+        "triton_stats_delta_ms": job["triton"],
+        "h100_engine_run": gpu,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    chart(measured, gpu["total_s"] if gpu else None, args.chart,
+          f"one {args.seconds:g} s clip: {result['engine']} on CPU, end to end {result['end_to_end_s']:.1f} s "
+          f"(first chunk {result['time_to_first_chunk_s']:.1f} s)")
+    print(json.dumps({k: result[k] for k in ("stages_s", "time_to_first_chunk_s", "end_to_end_s")}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

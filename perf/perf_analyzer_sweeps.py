@@ -1,0 +1,439 @@
+"""perf_analyzer sweeps over the served models, written as JSON (and the input-data files it needs).
+
+Starts tritonserver (the same launcher as `talkinghead serve`) on free ports, writes perf_analyzer
+`--input-data` JSON files from the bundled samples (perf/inputs/<model>.json: the astronaut photo decoded
+to the UINT8 [H, W, 3] tensor, the face box and keypoints the detector finds in it, the speech file's
+bytes), checks each file through the Python client, then runs the real perf_analyzer binary (from an
+older tritonclient wheel, installed by `make perf-tools` into .venv-perf/) over a grid:
+
+  * every model, gRPC, tensors on the wire, dynamic batching on: concurrency 1..4
+  * every model over HTTP: concurrency 1 and 4
+  * the image models with system shared memory for their tensors, gRPC and HTTP: concurrency 1 and 4
+  * the batched models with dynamic batching off (a copy of the repository whose configs lack
+    `dynamic_batching`, served by a second server that runs beside the first): concurrency 1..4
+
+One perf_analyzer call per point (time windows per model, a loose stability criterion: see WINDOW_MS and
+STABILITY_PERCENT; its count-based mode is not used because it measures windows in whole seconds), and
+Triton's own statistics read before and after each call, so every row also says how many requests each
+execution batched.
+
+    python perf/perf_analyzer_sweeps.py --out perf/results/perf_analyzer_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from PIL import Image
+from tritonclient.grpc import model_config_pb2
+
+from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
+from client.server import PROJECT_ROOT, ServerOptions, TritonServer, free_port
+from client.triton_client import Endpoint, TalkingHeadClient
+from python_backends import spec
+
+PERF_VENV = PROJECT_ROOT / ".venv-perf"
+INPUTS_DIR = PROJECT_ROOT / "perf" / "inputs"
+MODELS = ("face_detector", "face_landmarks", "face_embedder", "audio_features", "preprocess")
+IMAGE_MODELS = ("face_detector", "face_landmarks", "face_embedder")
+BATCHED_MODELS = ("face_detector", "face_landmarks", "face_embedder", "audio_features")
+# perf_analyzer's time windows, per model: each holds roughly ten or more requests on the 2-core machine
+# (see perf/RESULTS.md for the per-request cost), so a window's throughput is not a count of two or three.
+WINDOW_MS = {"face_detector": 2000, "face_landmarks": 1000, "face_embedder": 2000, "audio_features": 2000,
+             "preprocess": 4000}
+# Stability: perf_analyzer reports a point once three consecutive windows agree within this many percent
+# (max/min of throughput and of average latency). Its default, 10, rarely converges on CPUs that other
+# work shares; a point that fails at the first value is measured again at the second.
+STABILITY_PERCENT = (50, 100)
+MAX_TRIALS = 6
+# Largest output of the image models in shared memory (model_info JSON is the biggest, well under 64 KiB).
+OUTPUT_SHM_BYTES = 65536
+NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64}
+
+
+class PerfAnalyzerMissing(RuntimeError):
+    """The perf_analyzer binary or one of its shared libraries is not installed; the message says how."""
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    protocol: str  # grpc | http
+    memory: str  # wire | system (perf_analyzer --shared-memory)
+    batching: bool  # dynamic batching on (the checked-in configs) or off (a copy without it)
+    concurrency: int
+
+
+def plan(concurrency: tuple[int, ...] = (1, 2, 3, 4), ends: tuple[int, ...] = (1, 4)) -> list[Case]:
+    cases = [Case(m, "grpc", "wire", True, c) for m in MODELS for c in concurrency]
+    cases += [Case(m, "http", "wire", True, c) for m in MODELS for c in ends]
+    cases += [Case(m, p, "system", True, c) for m in IMAGE_MODELS for p in ("grpc", "http") for c in ends]
+    cases += [Case(m, "grpc", "wire", False, c) for m in BATCHED_MODELS for c in concurrency]
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------- tools
+
+
+def perf_analyzer_command(venv: Path = PERF_VENV) -> tuple[Path, dict[str, str]]:
+    """The binary and an environment whose LD_LIBRARY_PATH finds libb64 and libcudart."""
+    binary = venv / "bin" / "perf_analyzer"
+    if not binary.exists():
+        raise PerfAnalyzerMissing(f"no {binary}: run `make perf-tools` (tritonclient 2.51.0 wheel in {venv})")
+    libs = [venv / "lib" / "b64"]
+    libs += sorted((venv / "lib").glob("python3*/site-packages/nvidia/cuda_runtime/lib"))
+    missing = [name for name, pattern in (("libb64.so.0d", "libb64.so.0d"), ("libcudart.so.12", "libcudart.so.12"))
+               if not any((d / pattern).exists() for d in libs)]
+    if missing:
+        raise PerfAnalyzerMissing(f"perf_analyzer needs {', '.join(missing)} under {venv}/lib: run `make perf-tools`")
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(d) for d in libs] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    return binary, env
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _b64_raw(array: np.ndarray) -> dict:
+    """A numeric tensor as perf_analyzer reads it: raw row-major bytes, base64, with its shape."""
+    return {"b64": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode(), "shape": list(array.shape)}
+
+
+def _b64_bytes(*items: bytes) -> dict:
+    """A BYTES tensor of shape [len(items)]: perf_analyzer sends b64 content as the already serialised
+    Triton string tensor, i.e. each element as a 4-byte little-endian length followed by its bytes."""
+    blob = b"".join(struct.pack("<I", len(item)) + item for item in items)
+    return {"b64": base64.b64encode(blob).decode(), "shape": [len(items)]}
+
+
+def _content(array: np.ndarray) -> dict:
+    return {"content": np.asarray(array).ravel().tolist(), "shape": list(np.asarray(array).shape)}
+
+
+def sample_tensors(endpoint: Endpoint) -> dict[str, dict[str, np.ndarray]]:
+    """Per model, the batch-1 tensors (without the batch axis) made from the bundled samples."""
+    image = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
+    with TalkingHeadClient(endpoint) as client:
+        detected = client.infer(spec.FACE_DETECTOR, {spec.IMAGE: image[None]})
+    if int(detected[spec.FACE_COUNT][0, 0]) < 1:
+        raise RuntimeError(f"the detector found no face in {SAMPLE_PHOTO}")
+    box = detected[spec.FACE_BOXES][0, 0].astype(np.float32)
+    keypoints = detected[spec.FACE_KEYPOINTS][0, 0].astype(np.float32)
+    photo, audio = SAMPLE_PHOTO.read_bytes(), SAMPLE_AUDIO.read_bytes()
+    return {
+        "face_detector": {spec.IMAGE: image},
+        "face_landmarks": {spec.IMAGE: image, spec.FACE_BOX: box},
+        "face_embedder": {spec.IMAGE: image, spec.FACE_BOX: box, spec.FACE_KEYPOINTS: keypoints},
+        "audio_features": {spec.AUDIO_BYTES: np.array([audio], dtype=np.object_)},
+        "preprocess": {spec.PHOTO_BYTES: np.array([photo], dtype=np.object_),
+                       spec.AUDIO_BYTES: np.array([audio], dtype=np.object_)},
+    }
+
+
+def input_data_document(tensors: dict[str, np.ndarray]) -> dict:
+    step = {}
+    for name, array in tensors.items():
+        if array.dtype == np.object_:
+            step[name] = _b64_bytes(*(bytes(item) for item in array.ravel()))
+        elif array.dtype == np.uint8:
+            step[name] = _b64_raw(array)
+        else:
+            step[name] = _content(array)
+    return {"data": [step]}
+
+
+def check_inputs(endpoint: Endpoint, model: str, tensors: dict[str, np.ndarray]) -> None:
+    """One request with the same tensors through the Python client: the file's data is servable, and the
+    model's lazy initialisation is paid before anything is timed."""
+    model_spec = spec.ALL_MODELS[model]
+    batched = {k: (v[None] if model_spec.max_batch_size > 0 else v) for k, v in tensors.items()}
+    with TalkingHeadClient(endpoint) as client:
+        client.infer(model_spec, batched)
+
+
+def write_inputs(endpoint: Endpoint, directory: Path = INPUTS_DIR) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for model, tensors in sample_tensors(endpoint).items():
+        check_inputs(endpoint, model, tensors)
+        path = directory / f"{model}.json"
+        path.write_text(json.dumps(input_data_document(tensors)))
+        paths[model] = path
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+def repository_without_batching(target: Path) -> tuple[Path, Path]:
+    """Copies of model_repository/ and ensembles/ whose configs lack `dynamic_batching` (Triton's default
+    scheduler then runs every request on its own). Generated, so it cannot drift from the real configs."""
+    copies = []
+    for source in (PROJECT_ROOT / "model_repository", PROJECT_ROOT / "ensembles"):
+        copy = target / source.name
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "configs"))
+        for config_file in copy.glob("*/config.pbtxt"):
+            config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
+            if config.HasField("dynamic_batching"):
+                config.ClearField("dynamic_batching")
+                config_file.write_text(text_format.MessageToString(config))
+        copies.append(copy)
+    return copies[0], copies[1]
+
+
+@contextlib.contextmanager
+def server(repositories: tuple[Path, ...] | None = None) -> Iterator[ServerOptions]:
+    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    if repositories is not None:
+        options = ServerOptions(http_port=options.http_port, grpc_port=options.grpc_port,
+                                metrics_port=options.metrics_port, repositories=repositories)
+    with TritonServer(options):
+        yield options
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def parse_csv(text: str) -> dict:
+    """perf_analyzer's `-f` report (times in microseconds) -> one row in milliseconds."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if len(rows) != 1:
+        raise ValueError(f"expected one measurement row, got {len(rows)}:\n{text}")
+    row = rows[0]
+
+    def ms(column: str) -> float:
+        return round(float(row[column]) / 1000.0, 2)
+
+    return {
+        "throughput_per_s": round(float(row["Inferences/Second"]), 2),
+        "latency_ms": {"p50": ms("p50 latency"), "p90": ms("p90 latency"),
+                       "p95": ms("p95 latency"), "p99": ms("p99 latency")},
+        "breakdown_ms": {
+            "client_send": ms("Client Send"),
+            "network_server_send_recv": ms("Network+Server Send/Recv"),
+            "server_queue": ms("Server Queue"),
+            "server_compute_input": ms("Server Compute Input"),
+            "server_compute_infer": ms("Server Compute Infer"),
+            "server_compute_output": ms("Server Compute Output"),
+            "client_recv": ms("Client Recv"),
+        },
+    }
+
+
+def case_command(case: Case, options: ServerOptions, input_file: Path, csv_file: Path, binary: Path,
+                 stability: int = STABILITY_PERCENT[0]) -> list[str]:
+    url = options.grpc_url if case.protocol == "grpc" else options.http_url
+    argv = [
+        str(binary), "-m", case.model, "-u", url, "-i", case.protocol,
+        "--input-data", str(input_file),
+        "--concurrency-range", f"{case.concurrency}:{case.concurrency}",
+        "--measurement-mode", "time_windows", "-p", str(WINDOW_MS[case.model]),
+        "-s", str(stability), "-r", str(MAX_TRIALS),
+        "--shared-memory", "none" if case.memory == "wire" else case.memory,
+        "-f", str(csv_file),
+    ]
+    if case.memory != "wire":
+        argv += ["--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
+    return argv
+
+
+def readable(argv: list[str]) -> str:
+    """The command as a person types it: repository-relative paths, placeholders for the ports."""
+    text = shlex.join(argv)
+    return text.replace(str(PROJECT_ROOT) + "/", "")
+
+
+def run_case(case: Case, options: ServerOptions, input_file: Path, binary: Path, env: dict[str, str],
+             timeout_s: float) -> dict:
+    with tempfile.TemporaryDirectory() as scratch, TalkingHeadClient(Endpoint(options.grpc_url, "grpc")) as client:
+        csv_file = Path(scratch) / "report.csv"
+        before = client.batching_counts(case.model)
+        started = time.monotonic()
+        for stability in STABILITY_PERCENT:
+            argv = case_command(case, options, input_file, csv_file, binary, stability)
+            try:
+                done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                done = subprocess.CompletedProcess(argv, -1, "", f"no result within {timeout_s:.0f} s")
+            if done.returncode == 0 and csv_file.exists():
+                break
+        wall = time.monotonic() - started
+        after = client.batching_counts(case.model)
+        row = {**asdict(case), "command": readable(argv), "stability_percent": stability, "wall_s": round(wall, 1)}
+        if done.returncode != 0 or not csv_file.exists():
+            tail = (done.stdout + done.stderr).strip().splitlines()[-6:]
+            return {**row, "error": "\n".join(tail) or f"exit code {done.returncode}"}
+        inferences, executions = after[0] - before[0], after[1] - before[1]
+        return {**row, **parse_csv(csv_file.read_text()),
+                "inferences_per_execution": round(inferences / executions, 2) if executions else None}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def hardware() -> dict:
+    model = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    return {"machine": platform.machine(), "cpu": model, "cpus": os.cpu_count(), "memory_gib": memory,
+            "python": platform.python_version(), "load_average_at_start": list(os.getloadavg())}
+
+
+def _versions(binary: Path, env: dict[str, str]) -> dict:
+    done = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True)
+    site = Path(sysconfig.get_paths()["purelib"])
+    server = next(iter(sorted(site.glob("nvidia_pytriton-*.dist-info"))), None)
+    return {"perf_analyzer": (done.stdout + done.stderr).strip(),
+            "nvidia_pytriton": server.name if server else "system tritonserver"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("perf/results/perf_analyzer_cpu.json"))
+    parser.add_argument("--venv", type=Path, default=PERF_VENV, help="where `make perf-tools` put perf_analyzer")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--inputs-only", action="store_true", help="write perf/inputs/*.json and stop")
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="per perf_analyzer call")
+    parser.add_argument("--markdown", type=Path, default=None, help="print the tables of a results file and stop")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    wanted = set(args.models.split(","))
+    unknown = wanted - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    try:
+        binary, env = (None, None) if args.inputs_only else perf_analyzer_command(args.venv)
+    except PerfAnalyzerMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cases = [c for c in plan() if c.model in wanted]
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers (their own sessions) on SIGTERM too
+    document = {
+        "benchmark": "perf_analyzer over the served models (bundled sample inputs)",
+        "command": "python perf/perf_analyzer_sweeps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": hardware(),
+        "notes": "perf_analyzer and tritonserver share the machine's CPUs; latencies are per request at the "
+                 "client, breakdown columns are perf_analyzer's (times in ms)",
+        "results": [],
+    }
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        servers = {True: stack.enter_context(server())}
+        inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"))
+        print(f"wrote {len(inputs)} input files to {INPUTS_DIR}", file=sys.stderr)
+        if args.inputs_only:
+            return 0
+        document["versions"] = _versions(binary, env)
+        if any(not c.batching for c in cases):
+            # Both servers stay up (the idle one costs no CPU), so that every comparison below is measured
+            # back to back, under the same background load of this shared machine.
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-nobatch-")))
+            servers[False] = stack.enter_context(server(repository_without_batching(scratch)))
+            for model in {c.model for c in cases if not c.batching}:
+                check_inputs(Endpoint(servers[False].grpc_url, "grpc"), model, sample_tensors_from_file(inputs[model]))
+        # Grouped by (model, concurrency): all variants of one point run one after the other.
+        for case in sorted(cases, key=lambda c: (MODELS.index(c.model), c.concurrency)):
+            row = run_case(case, servers[case.batching], inputs[case.model], binary, env, args.timeout_s)
+            print(json.dumps({k: v for k, v in row.items() if k != "command"}), file=sys.stderr)
+            document["results"].append(row)
+    document["sweep_wall_s"] = round(time.monotonic() - started, 1)
+    document["hardware"]["load_average_at_end"] = list(os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cell(row: dict | None, batched: bool = False) -> str:
+    if row is None:
+        return "-"
+    if "error" in row:
+        return "unstable"
+    text = f"{row['latency_ms']['p50']:.0f} / {row['latency_ms']['p95']:.0f}, {row['throughput_per_s']:.1f}"
+    if batched and row.get("inferences_per_execution"):
+        text += f" (x{row['inferences_per_execution']:.1f})"
+    return text
+
+
+def markdown(document: dict) -> str:
+    """The tables of perf/RESULTS.md: p50 / p95 latency in ms, then requests per second; (xN) = requests
+    Triton merged per execution."""
+    rows = {(r["model"], r["protocol"], r["memory"], r["batching"], r["concurrency"]): r for r in document["results"]}
+    levels = sorted({r["concurrency"] for r in document["results"]})
+    lines = ["| model | " + " | ".join(f"concurrency {c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for model in MODELS:
+        cells = [_cell(rows.get((model, "grpc", "wire", True, c)), batched=True) for c in levels]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "| model, concurrency | gRPC | HTTP | gRPC + system shm | HTTP + system shm |",
+              "|---|---|---|---|---|"]
+    for model in MODELS:
+        for c in (1, 4):
+            cells = [_cell(rows.get((model, p, m, True, c))) for m in ("wire", "system") for p in ("grpc", "http")]
+            if any(cell != "-" for cell in cells):
+                lines.append(f"| {model}, {c} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | " + " | ".join(f"{c}: on / off" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for model in BATCHED_MODELS:
+        cells = [f"{_cell(rows.get((model, 'grpc', 'wire', True, c)), True)} / "
+                 f"{_cell(rows.get((model, 'grpc', 'wire', False, c)), True)}" for c in levels]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def sample_tensors_from_file(path: Path) -> dict[str, np.ndarray]:
+    """Read a perf_analyzer input file back into the tensors it encodes (to warm a second server)."""
+    step = json.loads(path.read_text())["data"][0]
+    model = spec.ALL_MODELS[path.stem]
+    tensors = {}
+    for name, value in step.items():
+        tensor = model.input(name)
+        shape = tuple(value["shape"])
+        if tensor.dtype == "BYTES":
+            blob, items, offset = base64.b64decode(value["b64"]), [], 0
+            while offset < len(blob):
+                (length,) = struct.unpack_from("<I", blob, offset)
+                items.append(blob[offset + 4:offset + 4 + length])
+                offset += 4 + length
+            tensors[name] = np.array(items, dtype=np.object_).reshape(shape)
+        elif "b64" in value:
+            raw = np.frombuffer(base64.b64decode(value["b64"]), dtype=NUMPY_TYPES[tensor.dtype])
+            tensors[name] = raw.reshape(shape)
+        else:
+            tensors[name] = np.asarray(value["content"], dtype=NUMPY_TYPES[tensor.dtype]).reshape(shape)
+    return tensors
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""deploy/kubernetes: every overlay rendered (base + overlay, without the kustomize binary: the overlays use
+only the subset rendered here, and a test keeps it that way), each object validated against the
+Kubernetes JSON schemas (kubernetes-validate, offline), and the cross-references checked: Services,
+PodDisruptionBudgets and NetworkPolicies select the pods they mean, ports and probes agree with the
+containers, the HPAs target existing Deployments with metrics prometheus-adapter serves, and the Triton
+arguments point at repositories and config variants that exist."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+from client.server import PROJECT_ROOT  # noqa: E402
+
+DEPLOY = PROJECT_ROOT / "deploy" / "kubernetes"
+OVERLAYS = ("saas", "vpc", "onprem")
+KUBERNETES_VERSION = "1.30.0"
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "replicas", "patches"}
+CLUSTER_SCOPED = {"Namespace"}
+TRITON, GATEWAY = "talkinghead-triton", "talkinghead-gateway"
+
+
+# ---------------------------------------------------------------- a renderer for the subset the overlays use
+
+
+def _pointer(path: str) -> list[str]:
+    assert path.startswith("/"), path
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def _json_patch(document: dict, operations: list[dict]) -> dict:
+    """RFC 6902 add / replace / remove."""
+    for operation in operations:
+        *parents, last = _pointer(operation["path"])
+        node = document
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        op = operation["op"]
+        if isinstance(node, list):
+            index = len(node) if last == "-" else int(last)
+            if op == "add":
+                node.insert(index, copy.deepcopy(operation["value"]))
+            elif op == "replace":
+                node[index] = copy.deepcopy(operation["value"])
+            elif op == "remove":
+                del node[index]
+            else:
+                raise AssertionError(f"unsupported JSON patch op {op!r}")
+        else:
+            if op in ("replace", "remove"):
+                assert last in node, f"{op} of missing {operation['path']}"
+            if op == "remove":
+                del node[last]
+            elif op in ("add", "replace"):
+                node[last] = copy.deepcopy(operation["value"])
+            else:
+                raise AssertionError(f"unsupported JSON patch op {op!r}")
+    return document
+
+
+def _pod_specs(document: dict) -> list[dict]:
+    if document["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return [document["spec"]["template"]["spec"]]
+    return []
+
+
+def _one(documents: list[dict], kind: str, name: str) -> dict:
+    (document,) = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    return document
+
+
+def render(directory: Path) -> list[dict]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - KUSTOMIZATION_KEYS
+    assert not unsupported, f"{directory}: {sorted(unsupported)} is not rendered by this test; keep to the subset"
+    documents: list[dict] = []
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            documents += render(path)
+        else:
+            documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for patch in kustomization.get("patches", []):
+        target = patch["target"]
+        assert set(target) == {"kind", "name"}, target
+        matches = [d for d in documents if (d["kind"], d["metadata"]["name"]) == (target["kind"], target["name"])]
+        assert len(matches) == 1, f"patch target {target} matches {len(matches)} objects"
+        operations = yaml.safe_load(patch["patch"])
+        assert isinstance(operations, list), "only JSON 6902 patches are rendered here"
+        _json_patch(matches[0], operations)
+    for image in kustomization.get("images", []):
+        found = 0
+        for document in documents:
+            for pod in _pod_specs(document):
+                for container in pod.get("containers", []) + pod.get("initContainers", []):
+                    name, _, tag = container["image"].partition(":")
+                    if name == image["name"]:
+                        container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+                        found += 1
+        assert found, f"image {image['name']} is used by no container"
+    for replicas in kustomization.get("replicas", []):
+        _one(documents, "Deployment", replicas["name"])["spec"]["replicas"] = replicas["count"]
+    if "namespace" in kustomization:
+        for document in documents:
+            if document["kind"] not in CLUSTER_SCOPED:
+                document["metadata"]["namespace"] = kustomization["namespace"]
+    return documents
+
+
+RENDERED = {overlay: render(DEPLOY / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+def _objects():
+    for overlay, documents in RENDERED.items():
+        for document in documents:
+            yield pytest.param(document, id=f"{overlay}:{document['kind']}/{document['metadata']['name']}")
+    for document in render(DEPLOY / "monitoring"):
+        yield pytest.param(document, id=f"monitoring:{document['kind']}/{document['metadata']['name']}")
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _selected_deployments(documents: list[dict], selector: dict) -> list[dict]:
+    return [d for d in documents if d["kind"] == "Deployment"
+            and _selects(selector, d["spec"]["template"]["metadata"]["labels"])]
+
+
+def _container_ports(deployment: dict) -> dict[str, int]:
+    pod = deployment["spec"]["template"]["spec"]
+    return {p["name"]: p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])}
+
+
+def _adapter_rules() -> list[dict]:
+    config_map = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
+    return yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+
+
+# ---------------------------------------------------------------- schema
+
+
+@pytest.mark.parametrize("document", list(_objects()))
+def test_object_validates_against_the_kubernetes_schema(document):
+    kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_json_patch_subset_follows_rfc_6902():
+    document = {"a": {"b": [1, 2]}, "c": 1}
+    _json_patch(document, [{"op": "add", "path": "/a/b/-", "value": 3}, {"op": "replace", "path": "/c", "value": 2},
+                           {"op": "add", "path": "/a~1x", "value": {"k": "v"}}, {"op": "remove", "path": "/a/b/0"}])
+    assert document == {"a": {"b": [2, 3]}, "c": 2, "a/x": {"k": "v"}}
+    with pytest.raises(AssertionError):
+        _json_patch(document, [{"op": "replace", "path": "/missing", "value": 1}])
+
+
+# ---------------------------------------------------------------- cross-references, per overlay
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_has_the_overlay_namespace_and_registry_images(overlay):
+    documents = RENDERED[overlay]
+    namespaces = [d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"]
+    assert namespaces == ["talkinghead"]
+    for document in documents:
+        if document["kind"] not in CLUSTER_SCOPED:
+            assert document["metadata"]["namespace"] == "talkinghead"
+        for pod in _pod_specs(document):
+            for container in pod["containers"]:
+                registry, _, rest = container["image"].partition("/")
+                assert rest and "." in registry or ":" in registry, f"{container['image']}: name the registry"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_select_one_deployment_and_its_named_ports(overlay):
+    documents = RENDERED[overlay]
+    for service in (d for d in documents if d["kind"] == "Service"):
+        (deployment,) = _selected_deployments(documents, service["spec"]["selector"])
+        ports = _container_ports(deployment)
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: no container port {port['targetPort']}"
+            assert port["port"] == ports[port["targetPort"]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_hpas_target_deployments_with_served_metrics(overlay):
+    documents = RENDERED[overlay]
+    served = {rule["name"]["as"] for rule in _adapter_rules()}
+    for hpa in (d for d in documents if d["kind"] == "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+        deployment = _one(documents, "Deployment", target["name"])
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        assert deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods":
+                assert metric["pods"]["metric"]["name"] in served
+            else:
+                assert metric["type"] == "Resource"
+                container = deployment["spec"]["template"]["spec"]["containers"][0]
+                assert metric["resource"]["name"] in container["resources"]["requests"]
+    triton_hpa = _one(documents, "HorizontalPodAutoscaler", TRITON)
+    assert {m["type"] for m in triton_hpa["spec"]["metrics"]} == {"Pods"}  # Triton scales on its queue
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_disruption_budgets_leave_pods_running(overlay):
+    documents = RENDERED[overlay]
+    budgets = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
+    assert {b["metadata"]["name"] for b in budgets} == {TRITON, GATEWAY}
+    for budget in budgets:
+        (deployment,) = _selected_deployments(documents, budget["spec"]["selector"]["matchLabels"])
+        if "minAvailable" in budget["spec"]:
+            hpa = _one(documents, "HorizontalPodAutoscaler", deployment["metadata"]["name"])
+            assert budget["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a drain would block"
+        else:
+            assert budget["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policy_lets_only_the_gateway_reach_triton(overlay):
+    documents = RENDERED[overlay]
+    policy = _one(documents, "NetworkPolicy", TRITON)
+    (triton,) = _selected_deployments(documents, policy["spec"]["podSelector"]["matchLabels"])
+    assert triton["metadata"]["name"] == TRITON
+    ports = _container_ports(triton)
+    api_rules = [rule for rule in policy["spec"]["ingress"] if "podSelector" in rule["from"][0]]
+    (rule,) = api_rules
+    (peer,) = rule["from"]
+    assert [d["metadata"]["name"] for d in _selected_deployments(documents, peer["podSelector"]["matchLabels"])] == [
+        GATEWAY]
+    assert {p["port"] for p in rule["ports"]} == {ports["http"], ports["grpc"]}
+    others = [rule for rule in policy["spec"]["ingress"] if rule is not api_rules[0]]
+    assert all(p["port"] == ports["metrics"] for rule in others for p in rule["ports"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_pod_serves_the_production_configs(overlay):
+    documents = RENDERED[overlay]
+    triton = _one(documents, "Deployment", TRITON)
+    pod = triton["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    ports = _container_ports(triton)
+    assert {k: int(args[f"{k}-port"]) for k in ("http", "grpc", "metrics")} == ports
+    assert triton["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"]
+    # --model-config-name picks the fronts' variant and the networks' backend: both must exist.
+    variant = args["model-config-name"]
+    fronts = sorted(p.parent.parent.name
+                    for p in (PROJECT_ROOT / "model_repository").glob(f"*/configs/{variant}.pbtxt"))
+    assert fronts == ["face_detector", "face_embedder", "face_landmarks"]
+    networks = PROJECT_ROOT / "deploy" / "triton" / "networks"
+    assert len(list(networks.glob(f"*/configs/{variant}.pbtxt"))) == 3
+    # Repositories: the image's copies (triton.Dockerfile) and the networks on the models volume.
+    repositories = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--model-repository=")]
+    dockerfile = (PROJECT_ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.M).group(1)
+    copied = {f"{workdir}/{dest}" for dest in re.findall(r"^COPY \S+ (\S+)$", dockerfile, re.M)}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    for repository in repositories:
+        assert repository in copied or any(repository.startswith(m + "/") for m in mounts), repository
+    assert mounts["/models"]["readOnly"] is True
+    volume = {v["name"]: v for v in pod["volumes"]}[mounts["/models"]["name"]]
+    claim = _one(documents, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TALKINGHEAD_WEIGHTS"].startswith("/models/")
+    assert mounts["/dev/shm"]["name"] in {v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_reaches_triton_by_its_service(overlay):
+    documents = RENDERED[overlay]
+    gateway = _one(documents, "Deployment", GATEWAY)
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert _container_ports(gateway) == {"http": 8080}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    from client.gateway.settings import ENV_PREFIX, load_settings
+
+    host, port = env[ENV_PREFIX + "TRITON_URL"].split(":")
+    assert load_settings(env={ENV_PREFIX + "TRITON_URL": env[ENV_PREFIX + "TRITON_URL"]}).triton_url == f"{host}:{port}"
+    service = _one(documents, "Service", host)
+    assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}
+
+
+def test_overlays_differ_where_their_set_ups_differ():
+    gateway_types = {o: _one(RENDERED[o], "Service", GATEWAY)["spec"]["type"] for o in OVERLAYS}
+    assert gateway_types == {"saas": "ClusterIP", "vpc": "LoadBalancer", "onprem": "NodePort"}
+    assert any(d["kind"] == "Ingress" for d in RENDERED["saas"])
+    annotations = _one(RENDERED["vpc"], "Service", GATEWAY)["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internal"
+    egress = _one(RENDERED["vpc"], "NetworkPolicy", "talkinghead-triton-egress")
+    assert egress["spec"]["policyTypes"] == ["Egress"] and egress["spec"]["egress"] == []
+    ingress = next(d for d in RENDERED["saas"] if d["kind"] == "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == GATEWAY and backend["port"]["name"] == "http"
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def test_adapter_rules_and_helm_values_agree():
+    values = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-adapter-values.yaml").read_text())
+    assert values["rules"]["custom"] == _adapter_rules()
+    assert values["rules"]["default"] is False
+
+
+TRITON_SERIES = ("nv_inference_pending_request_count", "nv_inference_queue_duration_us", "nv_inference_request_success")
+
+
+def adapter_series() -> set[str]:
+    """Every Triton series the adapter rules read (tests/integration checks them against a live server)."""
+    names = set()
+    for rule in _adapter_rules():
+        names |= set(re.findall(r"\bnv_[a-z_]+", rule["seriesQuery"] + " " + rule["metricsQuery"]))
+    return names
+
+
+def test_adapter_rules_are_per_pod_and_read_triton_series():
+    assert adapter_series() == set(TRITON_SERIES)
+    for rule in _adapter_rules():
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+        assert re.fullmatch(rule["name"]["matches"], rule["seriesQuery"].split("{")[0])
