@@ -105,9 +105,29 @@ def _weights_listing(root: Path | None) -> dict[str, dict]:
     return listing
 
 
+def _model_index(grpc_client: Any) -> list[dict]:
+    """Triton's model index. Where the repository API is locked (`talkinghead serve` opens it only to its stub
+    watchdog, client/server.py), the project's models one by one through the open health and metadata APIs."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return grpc_client.get_model_repository_index(as_json=True).get("models", [])
+    except InferenceServerException:
+        from python_backends.spec import ALL_MODELS
+
+        models = []
+        for name in ALL_MODELS:
+            if grpc_client.is_model_ready(name):  # a server that went away raises here, as the index would
+                versions = grpc_client.get_model_metadata(name, as_json=True).get("versions", [])
+                models += [{"name": name, "version": version, "state": "READY"} for version in versions]
+            else:
+                models.append({"name": name, "version": "", "state": "UNAVAILABLE"})
+        return models
+
+
 def triton_state(grpc_client: Any) -> str:
     """Hash of what Triton serves: every model's name, version and state, and each ready model's config."""
-    index = grpc_client.get_model_repository_index(as_json=True).get("models", [])
+    index = _model_index(grpc_client)
     entries = []
     for model in sorted(index, key=lambda m: (m.get("name", ""), m.get("version", ""))):
         config = None
