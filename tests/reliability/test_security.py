@@ -143,7 +143,7 @@ def test_request_parameters_cannot_name_files(grpc_client, triton_server, ledger
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
 def test_cli_refuses_devices_as_inputs(device, tmp_path, ledger):
-    """`validate /dev/zero` used to read until memory ran out."""
+    """`validate /dev/zero` would read until memory ran out (the CLI read whole files without looking first)."""
     started = time.monotonic()
     result = subprocess.run(CLI + ["validate", device, str(tmp_path / "missing.wav"), "--url", "127.0.0.1:1"],
                             capture_output=True, text=True, timeout=60)
