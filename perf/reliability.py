@@ -29,6 +29,10 @@ TITLES = {
     "property_in_process": "property examples in process (decoders, parameter checks)",
     "fault": "faults injected",
     "security": "security probes",
+    "gateway_security": "gateway: SSRF, tenant isolation, API key brute force",
+    "gateway_fault": "gateway: killed mid-job; webhook receiver outages (simulated clock)",
+    "gateway_load": "gateway: jobs accepted under load (locust)",
+    "gateway_load_summary": "gateway: load run (locust), no job lost",
 }
 
 

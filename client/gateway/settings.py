@@ -36,6 +36,9 @@ class Limits:
     max_upload_bytes: int = 50 * MiB  # per file (photo, audio, driving video); larger uploads get 413
     max_fields_bytes: int = 64 * 1024  # all non-file form fields together (parameters JSON, webhook URL)
     max_queued_jobs: int = 100  # per tenant, jobs waiting to run; more get 429
+    # API key guessing: failed authentications per client address (token bucket, auth_limit.py); beyond, 429.
+    failed_auth_burst: int = 10
+    failed_auth_per_minute: float = 10.0
 
     @property
     def max_request_bytes(self) -> int:
@@ -59,8 +62,9 @@ class WebhookSettings:
     # link-local or other non-public addresses. Everything else must resolve to globally routable addresses only.
     allow: tuple[str, ...] = ()
     timeout_s: float = 10.0
-    max_attempts: int = 8
-    backoff_base_s: float = 2.0  # attempt n waits uniform(0, min(backoff_max_s, base * 2**n)) ("full jitter")
+    # 16 attempts: the last one 53-107 min after the first (a receiver down for up to ~an hour still gets it).
+    max_attempts: int = 16
+    backoff_base_s: float = 2.0  # attempt n then waits uniform(c/2, c), c = min(backoff_max_s, base * 2**(n-1))
     backoff_max_s: float = 900.0
     tolerance_s: int = 300  # what receivers are told to accept as clock skew / replay window
 
