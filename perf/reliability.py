@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.reliability.conftest import REPORT_ENV  # noqa: E402
+from tests.reliability.conftest import REPORT_ENV, Ledger  # noqa: E402
 
 TITLES = {
     "bad_input": "bad inputs (corpus) through preprocess / talking_head",
@@ -37,22 +37,27 @@ TITLES = {
 
 
 def table(report: dict) -> str:
-    summary = report["summary"]
-    lines = ["| what | tried | as expected | accepted | refused | hung | jobs lost |", "|---|---|---|---|---|---|---|"]
+    summary = Ledger(report["records"]).summary()
+    lines = ["| what | tried | as expected | result | clear refusal | hung | jobs lost |",
+             "|---|---|---|---|---|---|---|"]
     for category, counts in summary["by_category"].items():
         lines.append(f"| {TITLES.get(category, category)} | {counts['tried']} | {counts['as_expected']} | "
                      f"{counts.get('accepted', 0)} | {counts.get('refused', 0)} | {counts['hung']} | "
                      f"{counts['lost']} |")
     lines.append(f"| **all** | **{summary['tried']}** | **{summary['as_expected']}** | | | **{summary['hung']}** | "
                  f"**{summary['jobs_lost']}** |")
-    faults = [r for r in report["records"] if r["category"] == "fault"]
+    faults = [r for r in report["records"] if r["category"] in ("fault", "gateway_fault")]
     lines += ["", "| fault | outcome | seconds | detail |", "|---|---|---|---|"]
     for record in faults:
         detail = {k: v for k, v in record.items() if k in ("failed_after_kill_s", "recovered_after_s", "reload_s",
                                                            "left", "stubs_alive_5s_after",
-                                                           "orphans_after_launcher_stop", "triton_reports_ready")}
+                                                           "orphans_after_launcher_stop", "triton_reports_ready",
+                                                           "attempts", "window_s", "delivered_after_s", "runs")}
         lines.append(f"| {record['name']} | {record['outcome']} | {record['seconds']:.2f} | "
                      f"{json.dumps(detail) if detail else ''} |")
+    for load in (r for r in report["records"] if r["category"] == "gateway_load_summary"):
+        lines += ["", "load run: " + json.dumps({k: v for k, v in load.items() if k not in (
+            "category", "name", "expected", "outcome", "ok", "seconds")})]
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ REPORT_ENV = "TALKINGHEAD_RELIABILITY_REPORT"
 # loaded 2-core machine) takes ~3 s.
 ANSWER_BOUND_S = 30.0
 # The models the pre-processing job needs: enough for destructive tests that do not generate video.
+RESULTS = ("accepted", "succeeded", "delivered", "recovered")
 PREPROCESS_MODELS = ("face_detector", "face_landmarks", "face_embedder", "audio_features", "preprocess")
 
 
@@ -46,6 +47,8 @@ class Ledger:
     def summary(self) -> dict[str, Any]:
         by_category: dict[str, Counter] = {}
         for record in self.records:
+            if record["category"].endswith("_summary"):  # a run's overall figures, not a case
+                continue
             counts = by_category.setdefault(record["category"], Counter())
             examples = record.get("examples", 1)  # an in-process property record stands for its examples
             counts["tried"] += examples
@@ -53,8 +56,8 @@ class Ledger:
             if "examples" in record:
                 counts["accepted"] += record.get("accepted", 0)
                 counts["refused"] += record.get("refused", 0)
-            else:
-                counts["accepted" if record["outcome"] == "accepted" else "refused"] += 1
+            else:  # a result (a job done, an event delivered, a model back) or a refusal (a clear error)
+                counts["accepted" if record["outcome"] in RESULTS else "refused"] += 1
             counts["hung"] += record.get("hung", False)
             counts["lost"] += record.get("lost", False)
         slowest = max(self.records, key=lambda r: r["seconds"], default=None)
