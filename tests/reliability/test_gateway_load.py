@@ -56,6 +56,7 @@ def test_gateway_holds_a_bounded_load_and_loses_nothing(triton_server, tmp_path_
     jobs_file.touch()
     try:
         locust = Path(sys.executable).with_name("locust")
+        assert locust.exists(), "locust is part of the dev extra: pip install -e '.[dev]'"
         started = time.monotonic()
         run = subprocess.run(
             [str(locust), "-f", str(LOCUSTFILE), "--headless", "-u", str(USERS), "-r", str(SPAWN_RATE),
