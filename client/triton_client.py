@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,9 @@ from python_backends import spec
 from python_backends.errors import split_code
 
 PROTOCOLS = ("grpc", "http")
+# A stream silent for this long, keep-alives included (the server sends one every spec.STREAM_KEEPALIVE_S), has
+# lost the process serving it. Twelve missed keep-alives: a loaded server may be late with a few.
+IDLE_TIMEOUT_S = 12 * spec.STREAM_KEEPALIVE_S
 
 
 class RequestRejected(Exception):
@@ -127,24 +130,34 @@ class TalkingHeadClient:
         audio: bytes | None = None,
         driving_video: bytes | None = None,
         parameters: dict[str, Any] | None = None,
-        chunk_timeout_s: float = 900.0,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        deadline_s: float | None = None,
+        on_keepalive: Callable[[], None] | None = None,
     ) -> Iterator[StreamedChunk]:
         """Run the talking_head pipeline and yield chunks as the server streams them (gRPC only).
 
-        Stopping the iteration early cancels the job on the server.
+        Stopping the iteration early cancels the job on the server. The timeouts are those of `stream`.
         """
         data = {spec.PHOTO_BYTES: photo, spec.AUDIO_BYTES: audio, spec.DRIVING_VIDEO_BYTES: driving_video}
         inputs = {name: np.array([value], dtype=np.object_) for name, value in data.items() if value is not None}
-        return self.stream(spec.TALKING_HEAD, inputs, parameters, chunk_timeout_s)
+        return self.stream(spec.TALKING_HEAD, inputs, parameters, idle_timeout_s, on_keepalive, deadline_s)
 
     def stream(
         self,
         model: spec.ModelSpec,
         inputs: dict[str, np.ndarray],
         parameters: dict[str, Any] | None = None,
-        chunk_timeout_s: float = 900.0,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        on_keepalive: Callable[[], None] | None = None,
+        deadline_s: float | None = None,
     ) -> Iterator[StreamedChunk]:
-        """Stream any decoupled chunk model (talking_head, video_generator) over gRPC."""
+        """Stream any decoupled chunk model (talking_head, video_generator) over gRPC.
+
+        A job may go without chunks for as long as it needs; `idle_timeout_s` without even a keep-alive ends
+        it with ServerUnavailable (the server process is gone), and so does a stream still open after
+        `deadline_s` (None: no limit; keep-alives show the process lives, not that the job progresses).
+        `on_keepalive` is called for each keep-alive.
+        """
         if self.endpoint.protocol != "grpc":
             raise ValueError("streaming generation needs the gRPC endpoint (Triton streams over gRPC only)")
         wire = []
@@ -156,18 +169,27 @@ class TalkingHeadClient:
         results: queue.Queue = queue.Queue()
         self._client.start_stream(callback=lambda result, error: results.put((result, error)))
         finished = False
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
         try:
             self._client.async_stream_infer(model.name, wire, parameters=parameters or {},
                                             enable_empty_final_response=True)
             while True:
+                wait = idle_timeout_s if deadline is None else min(idle_timeout_s, deadline - time.monotonic())
                 try:
-                    result, error = results.get(timeout=chunk_timeout_s)
+                    result, error = results.get(timeout=max(0.0, wait))
                 except queue.Empty:
-                    raise ServerUnavailable(f"no chunk from the server for {chunk_timeout_s:g} s") from None
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise ServerUnavailable(f"the job did not finish within {deadline_s:g} s") from None
+                    raise ServerUnavailable(
+                        f"the server sent nothing for {idle_timeout_s:g} s, not even a keep-alive (it sends one "
+                        f"every {spec.STREAM_KEEPALIVE_S:g} s): the process serving this job stopped; send the job "
+                        "again") from None
                 if error is not None:
                     raise _translate(error)
                 response = result.get_response()
                 final = response.parameters.get("triton_final_response")
+                if not response.outputs and not (final is not None and final.bool_param) and on_keepalive:
+                    on_keepalive()
                 if response.outputs:
                     yield StreamedChunk(
                         frames=result.as_numpy(spec.FRAMES),

@@ -137,6 +137,10 @@ _CHUNK_OUTPUTS = (
     TensorSpec(CHUNK_INFO, "BYTES", (1,)),
 )
 
+# Decoupled models answer a request that has been silent this long with an empty response (no outputs), so a
+# client can tell a slow job from a dead server process (python_backends/keepalive.py).
+STREAM_KEEPALIVE_S = 5.0
+
 # Decoupled: one response per chunk of frames, then an empty final response. Per-request knobs (engine, seed,
 # steps, guidance, width, height, fps, max_duration_s, chunk_frames, prompt) travel as request parameters.
 VIDEO_GENERATOR = ModelSpec(

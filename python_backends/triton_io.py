@@ -25,8 +25,9 @@ from .errors import (
     split_code,
     with_code,
 )
+from .keepalive import KeepAlive, ResponseStream
 from .settings import from_model_config
-from .spec import MODEL_INFO, ModelSpec, TensorSpec
+from .spec import MODEL_INFO, STREAM_KEEPALIVE_S, ModelSpec, TensorSpec
 from .weights import WeightsChoice
 
 _NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
@@ -232,12 +233,14 @@ class OrchestratorModel:
 
 class StreamingModel:
     """Base for decoupled models: each request is served on a worker thread that sends one response per
-    item its `stream` yields and always ends with the FINAL flag (errors included); `finalize` waits for
-    the requests in flight. Subclasses set `spec`, `settings_type`, `build` and `stream`."""
+    item its `stream` yields and always ends with the FINAL flag (errors included); while a request is silent,
+    queued or running, it gets keep-alives (keepalive.py); `finalize` waits for the requests in flight.
+    Subclasses set `spec`, `settings_type`, `build` and `stream`."""
 
     spec: ModelSpec
     settings_type: type
     max_workers = 4
+    keepalive_s = STREAM_KEEPALIVE_S
 
     def build(self, settings: Any, device: str) -> None:
         """Load what the model needs (runs once in initialize)."""
@@ -260,35 +263,41 @@ class StreamingModel:
             raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=self.spec.name)
         self._in_flight: set = set()
+        self._keepalive = KeepAlive(self.keepalive_s, lambda: pb_utils.InferenceResponse(output_tensors=[]))
+        self._keepalive.start(f"{self.spec.name}-keepalive")
 
     def execute(self, requests: list) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
-            future = self._pool.submit(self._serve, request)
+            sender = request.get_response_sender()
+            # Opened here, not on the worker, so that a request queued behind busy workers is kept alive too.
+            stream = self._keepalive.open(lambda response, last, sender=sender: sender.send(
+                response, flags=final if last else 0))
+            future = self._pool.submit(self._serve, request, stream)
             self._in_flight.add(future)
             future.add_done_callback(self._in_flight.discard)
         return None
 
-    def _serve(self, request) -> None:
-        sender = request.get_response_sender()
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    def _serve(self, request, stream: ResponseStream) -> None:
         try:
             inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
             for outputs in self.stream(inputs, parameters, request.is_cancelled):
                 if request.is_cancelled():
                     error = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
-                    sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+                    stream.send(pb_utils.InferenceResponse(error=error), final=True)
                     return
                 tensors = [output_tensor(t, outputs[t.name]) for t in self.spec.outputs if t.name in outputs]
-                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
-            sender.send(flags=final)
+                stream.send(pb_utils.InferenceResponse(output_tensors=tensors))
+            stream.send(final=True)
         except Exception as exc:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
-            sender.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), flags=final)
+            stream.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), final=True)
 
     def finalize(self) -> None:
         self._pool.shutdown(wait=True)
+        self._keepalive.stop()
 
 
 def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: dict):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..triton_client import IDLE_TIMEOUT_S
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -131,7 +133,11 @@ class GatewaySettings:
     max_attempts: int = 5  # runs of one job when tritonserver is unavailable / the gateway dies mid-job
     retry_base_s: float = 2.0
     retry_max_s: float = 120.0
-    chunk_timeout_s: float = 900.0  # no chunk from Triton for this long: the run counts as failed and retries
+    # A stream silent this long, keep-alives included, lost its server process: the run fails and is retried.
+    stream_idle_timeout_s: float = IDLE_TIMEOUT_S
+    # Keep-alives show the server process lives, not that the job progresses: a run still streaming after this
+    # long is stopped and retried.
+    job_timeout_s: float = 7200.0
     drain_timeout_s: float = 60.0  # graceful shutdown: how long running jobs may finish before being handed back
     poll_s: float = 0.5  # how often idle workers look for queued jobs
     limits: Limits = field(default_factory=Limits)

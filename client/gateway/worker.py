@@ -313,7 +313,7 @@ class WorkerPool:
         data = {name: self.storage.get_bytes(item["key"]) for name, item in job.inputs.items()}
         photo, audio, video = data["photo"], data.get("audio"), data.get("driving_video")
         endpoint = Endpoint(settings.triton_url, "grpc")
-        with TalkingHeadClient(endpoint, timeout_s=settings.chunk_timeout_s) as client:
+        with TalkingHeadClient(endpoint) as client:
             fingerprint = None
             if self.fingerprints is not None:
                 try:
@@ -337,7 +337,9 @@ class WorkerPool:
             qa_report: dict | None = None
             inputs = JobInputs(photo, audio, video, dict(job.parameters), job_id=job.id)
             requested = time.perf_counter()
-            stream = client.generate(photo, audio, video, job.parameters, chunk_timeout_s=settings.chunk_timeout_s)
+            stream = client.generate(photo, audio, video, job.parameters,
+                                     idle_timeout_s=settings.stream_idle_timeout_s,
+                                     deadline_s=settings.job_timeout_s)
             try:
                 for chunk in stream:
                     if control.stopped:

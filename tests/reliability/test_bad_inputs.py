@@ -57,7 +57,7 @@ _SMALL = {"fps": 5, "width": 128, "height": 128, "chunk_frames": 8, "max_duratio
 def test_refusals_through_talking_head(case: Case, grpc_client, triton_server, ledger):
     photo, audio = _inputs(case)
     outcome, message, seconds = outcome_of(
-        lambda: list(grpc_client.generate(photo, audio, parameters=_SMALL, chunk_timeout_s=ANSWER_BOUND_S * 2)))
+        lambda: list(grpc_client.generate(photo, audio, parameters=_SMALL, deadline_s=ANSWER_BOUND_S * 2)))
     ledger.record("bad_input", case_id(case), case.expect, outcome, seconds, hung=seconds > ANSWER_BOUND_S,
                   model="talking_head", why=case.why, bytes=len(case.data))
     assert outcome == case.expect, message
@@ -72,7 +72,7 @@ def test_unusual_inputs_generate_a_video(grpc_client, ledger):
     audio = next(c for c in AUDIO_CASES if c.name == "wav_8kHz").data
     chunks = []
     outcome, message, seconds = outcome_of(lambda: chunks.extend(grpc_client.generate(
-        photo, audio, parameters=_SMALL, chunk_timeout_s=300)))
+        photo, audio, parameters=_SMALL, deadline_s=300)))
     ledger.record("bad_input", "generate-cmyk_jpeg+wav_8kHz", ACCEPTED, outcome, seconds, model="talking_head",
                   why="unusual but usable inputs, generated end to end")
     assert outcome == ACCEPTED, message

@@ -21,6 +21,7 @@ import pytest
 from client.server import TritonServer
 from client.stub_watchdog import ADMIN_HEADER, StubWatchdog
 from client.triton_client import Endpoint, ServerUnavailable, TalkingHeadClient
+from python_backends.spec import STREAM_KEEPALIVE_S
 from python_backends.stub_processes import alive, live_stubs
 
 from .conftest import PREPROCESS_MODELS, assert_clear, assert_healthy, outcome_of
@@ -133,7 +134,7 @@ def test_a_stub_killed_mid_stream_ends_the_job_promptly(fault_server, ledger):
     with TalkingHeadClient(Endpoint(server.options.grpc_url, "grpc")) as client:
         started = time.monotonic()
         try:
-            for _ in client.generate(photo_png(), long_speech, parameters=SMALL, chunk_timeout_s=120):
+            for _ in client.generate(photo_png(), long_speech, parameters=SMALL, deadline_s=120):
                 if not killed_at:
                     killed_at = time.time()
                     _kill_stubs(server, "video_generator")
@@ -150,34 +151,37 @@ def test_a_stub_killed_mid_stream_ends_the_job_promptly(fault_server, ledger):
         assert "is being restarted" in str(errors[0]) and failed_after < 15, (failed_after, errors[0])
         _settled(server)
         outcome, message, seconds = outcome_of(lambda: list(client.generate(
-            photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, chunk_timeout_s=300)))
+            photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, deadline_s=300)))
     ledger.record("fault", "job_resent_after_stub_reload", "accepted", outcome, seconds)
     assert outcome == "accepted", message
 
 
-def test_orchestrator_stub_killed_mid_stream_is_bounded_by_the_chunk_timeout(fault_server, ledger):
-    """talking_head itself dies: nothing in the server can answer its stream, so the client's chunk timeout ends
-    the job (a known limit of Triton 2.51's python backend); the watchdog reloads talking_head for the next job."""
+def test_orchestrator_stub_killed_mid_stream_ends_when_keepalives_stop(fault_server, ledger):
+    """talking_head itself dies: nothing in the server can answer its stream (a known limit of Triton 2.51's
+    python backend), but its keep-alives stop, so the client ends the job after its idle timeout, not a job-length
+    one; the watchdog reloads talking_head for the next job."""
     server = fault_server
     _settled(server)
     long_speech = wav_bytes(np.tile(speech(), 3))
-    timeout = 20.0
+    idle = 4 * STREAM_KEEPALIVE_S
     killed_at = 0.0
     with TalkingHeadClient(Endpoint(server.options.grpc_url, "grpc")) as client:
         started = time.monotonic()
         with pytest.raises(ServerUnavailable) as caught:
-            for _ in client.generate(photo_png(), long_speech, parameters=SMALL, chunk_timeout_s=timeout):
+            for _ in client.generate(photo_png(), long_speech, parameters=SMALL, idle_timeout_s=idle, deadline_s=300):
                 if not killed_at:
                     killed_at = time.time()
                     _kill_stubs(server, "talking_head")
+        failed_after = time.time() - killed_at
         ledger.record("fault", "stub_killed-talking_head-mid_stream", "unavailable", "unavailable",
-                      time.monotonic() - started, failed_after_kill_s=round(time.time() - killed_at, 2),
+                      time.monotonic() - started, failed_after_kill_s=round(failed_after, 2),
                       note=str(caught.value)[:200])
         _wait_recovered(server, "talking_head", killed_at)
-        assert f"no chunk from the server for {timeout:g} s" in str(caught.value)
+        assert "not even a keep-alive" in str(caught.value)
+        assert failed_after < idle + 2 * STREAM_KEEPALIVE_S, failed_after
         _settled(server)
         outcome, message, seconds = outcome_of(lambda: list(client.generate(
-            photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, chunk_timeout_s=300)))
+            photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, deadline_s=300)))
     ledger.record("fault", "job_resent_after_orchestrator_reload", "accepted", outcome, seconds)
     assert outcome == "accepted", message
 
@@ -222,7 +226,7 @@ def test_cli_killed_mid_job_leaves_no_mp4_and_the_server_cancels(fault_server, t
     assert all(e.startswith(".") and e.endswith(".partial") for e in entries), entries
     with TalkingHeadClient(Endpoint(server.options.grpc_url, "grpc")) as client:
         outcome, message, seconds = outcome_of(lambda: list(client.generate(
-            photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, chunk_timeout_s=300)))
+            photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, deadline_s=300)))
     ledger.record("fault", "cli_killed_mid_job", "no_mp4", "no_mp4", time.monotonic() - started, left=entries,
                   next_job=outcome)
     assert outcome == "accepted", message

@@ -209,7 +209,7 @@ def test_malformed_streaming_requests(triton_server, ledger):
             started = time.monotonic()
             # Triton's own validation errors arrive on the stream without a status: not RequestRejected.
             with pytest.raises((RequestRejected, InferenceServerException)) as caught:
-                list(client.stream(model, inputs, {}, chunk_timeout_s=ANSWER_BOUND_S))
+                list(client.stream(model, inputs, {}, deadline_s=ANSWER_BOUND_S))
             seconds = time.monotonic() - started
             message = str(caught.value)
             ledger.record("malformed_request", name, "refused", "refused", seconds, model=model.name,

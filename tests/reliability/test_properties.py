@@ -241,7 +241,7 @@ def test_random_talking_head_parameters(grpc_client, triton_server, ledger):
     @given(_PARAMETERS)
     def check(parameters):
         outcome, message, seconds = outcome_of(
-            lambda: list(grpc_client.generate(b"", speech_wav(), parameters=parameters, chunk_timeout_s=60)))
+            lambda: list(grpc_client.generate(b"", speech_wav(), parameters=parameters, deadline_s=60)))
         expected = "bad_parameter" if _parameters_refused(parameters) else "photo_empty"
         ledger.record("property", "talking_head-parameters", expected, outcome, seconds, parameters=repr(parameters))
         assert outcome == expected, f"{parameters}: {message}"

@@ -135,7 +135,7 @@ def test_request_parameters_cannot_name_files(grpc_client, triton_server, ledger
                              ("engine_absolute", {"engine": "/etc/passwd"}),
                              ("unknown_path_parameter", {"weights": "/etc/passwd"})):
         outcome, message, seconds = outcome_of(lambda p=parameters: list(grpc_client.generate(
-            photo_png(), speech_wav(), parameters={**p, "fps": 5, "width": 128, "height": 128}, chunk_timeout_s=120)))
+            photo_png(), speech_wav(), parameters={**p, "fps": 5, "width": 128, "height": 128}, deadline_s=120)))
         ledger.record("security", f"parameter-{name}", "bad_parameter", outcome, seconds)
         assert outcome == "bad_parameter", message
     assert_healthy(triton_server)
@@ -180,7 +180,7 @@ def test_secrets_never_reach_logs_outputs_or_errors(triton_server, grpc_client, 
     assert result.returncode == 0, result.stderr
     # A secret sent where a parameter goes is refused by name, and its value is not echoed.
     outcome, message, _ = outcome_of(lambda: list(grpc_client.generate(
-        photo_png(), speech_wav(), parameters={"api_key": api_key}, chunk_timeout_s=60)))
+        photo_png(), speech_wav(), parameters={"api_key": api_key}, deadline_s=60)))
     assert outcome == "bad_parameter" and api_key not in message, message
     time.sleep(1)  # let the server flush its log
     places = {

@@ -42,7 +42,7 @@ class FakeClient:
     def is_ready(self):
         return True
 
-    def generate(self, photo, audio, video, parameters, chunk_timeout_s=0.0):
+    def generate(self, photo, audio, video, parameters, idle_timeout_s=0.0, deadline_s=None):
         script = type(self).script
 
         def stream():
