@@ -129,6 +129,33 @@ def _fake_pb_utils():
     return module
 
 
+def _trained_looking_batchnorm(net, seed: int = 0):
+    """Random but trained-looking BatchNorm statistics, so that a random network's outputs are not degenerate."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def random_bn():
+    """`random_bn(net, seed=0)`: the network with trained-looking BatchNorm statistics, in eval mode."""
+    return _trained_looking_batchnorm
+
+
+@pytest.fixture
+def pb_utils_stand_in():
+    """Makes a fresh fake `triton_python_backend_utils` module, for tests that extend it (BLS stand-ins)."""
+    return _fake_pb_utils
+
+
 @pytest.fixture
 def fake_pb_utils(monkeypatch: pytest.MonkeyPatch):
     """Installs the fake as `triton_python_backend_utils` and returns python_backends.triton_io bound to it."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from .settings import GatewaySettings
 
@@ -65,34 +65,25 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / _safe(key)
 
-    def _commit(self, tmp: Path, target: Path) -> None:
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-
     def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as source:
-                shutil.copyfileobj(source, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            self._commit(Path(tmp), target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with open(path, "rb") as source:
+            self._write(key, lambda out: shutil.copyfileobj(source, out, 1 << 20))
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._write(key, lambda out: out.write(data))
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
+        """Write a hidden file beside the target, fsync it, then rename it into place: readers never see a part."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                fill(out)
                 out.flush()
                 os.fsync(out.fileno())
-            self._commit(Path(tmp), target)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -47,17 +47,6 @@ class TritonPythonModel:
 '''
 
 
-def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-    return net.eval()
-
 
 def _stand_in(repository, front: str, onnx_path) -> None:
     """The network's deploy config, served by the python backend instead of ONNX Runtime / TensorRT."""
@@ -76,7 +65,7 @@ def _stand_in(repository, front: str, onnx_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def networks(tmp_path_factory):
+def networks(tmp_path_factory, random_bn):
     from python_backends.face_detection import export_onnx as export_retinaface
     from python_backends.face_detection.retinaface import RetinaFace
     from python_backends.face_embedding import IResNet
@@ -87,10 +76,10 @@ def networks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("networks")
     torch.manual_seed(0)
     nets = {
-        "face_detector": _random_bn(RetinaFace("mobilenet0.25"), 0),
-        "face_landmarks": _random_bn(HighResolutionNet(HRNetConfig(98, stem_width=8, widths=(4, 8, 16, 32),
+        "face_detector": random_bn(RetinaFace("mobilenet0.25"), 0),
+        "face_landmarks": random_bn(HighResolutionNet(HRNetConfig(98, stem_width=8, widths=(4, 8, 16, 32),
                                                                    num_blocks=1, stage_modules=(1, 1, 1))), 1),
-        "face_embedder": _random_bn(IResNet((1, 1, 1, 1), num_features=512), 2),
+        "face_embedder": random_bn(IResNet((1, 1, 1, 1), num_features=512), 2),
     }
     with torch.no_grad():  # raise the face logits, so that the production threshold (0.9) keeps detections
         for head in nets["face_detector"].ClassHead:

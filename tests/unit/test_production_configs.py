@@ -95,41 +95,14 @@ def test_exporters_write_the_names_the_networks_declare():
 # ---------------------------------------------------------------- the BLS path against exported networks
 
 
-class _TritonError(Exception):
-    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE = range(5)
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self._message, self._code = message, code
-
-    def message(self) -> str:
-        return self._message
-
-    def code(self) -> int:
-        return self._code
-
-
-def _stand_in_server(models: dict[str, Path], calls: list) -> types.ModuleType:
-    """`triton_python_backend_utils` whose BLS requests run the named ONNX files in ONNX Runtime, checking
-    the request against the network's config (names, FP32, batch within max_batch_size)."""
+def _stand_in_server(module: types.ModuleType, models: dict[str, Path], calls: list) -> types.ModuleType:
+    """The fake `triton_python_backend_utils` (tests/conftest.py) whose BLS requests run the named ONNX files in
+    ONNX Runtime, checking the request against the network's config (names, FP32, batch within max_batch_size)."""
     import onnxruntime
 
     sessions = {name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 for name, path in models.items()}
-    module = types.ModuleType("triton_python_backend_utils")
-
-    class Tensor:
-        def __init__(self, name, array):
-            self._name, self._array = name, np.asarray(array)
-
-        def name(self):
-            return self._name
-
-        def as_numpy(self):
-            return self._array
-
-        def is_cpu(self):
-            return True
+    Tensor, TritonError = module.Tensor, module.TritonError
 
     class Response:
         def __init__(self, outputs=(), error=None):
@@ -147,8 +120,8 @@ def _stand_in_server(models: dict[str, Path], calls: list) -> types.ModuleType:
 
         def exec(self):
             if self.model_name not in sessions:
-                return Response(error=_TritonError(f"Request for unknown model: '{self.model_name}'",
-                                                   _TritonError.NOT_FOUND))
+                return Response(error=TritonError(f"Request for unknown model: '{self.model_name}'",
+                                                  TritonError.NOT_FOUND))
             config = load_config(NETWORKS_DIR / self.model_name / "config.pbtxt")
             (tensor,) = self.inputs
             assert tensor.name() == config.input[0].name and tensor.as_numpy().dtype == np.float32
@@ -160,33 +133,21 @@ def _stand_in_server(models: dict[str, Path], calls: list) -> types.ModuleType:
     def get_output_tensor_by_name(response, name):
         return next((t for t in response.outputs if t.name() == name), None)
 
-    module.Tensor, module.InferenceRequest, module.TritonError = Tensor, InferenceRequest, _TritonError
-    module.get_output_tensor_by_name = get_output_tensor_by_name
+    module.InferenceRequest, module.get_output_tensor_by_name = InferenceRequest, get_output_tensor_by_name
     return module
 
 
 @pytest.fixture
-def serve_networks(monkeypatch):
+def serve_networks(monkeypatch, pb_utils_stand_in):
     calls: list = []
 
     def install(models: dict[str, Path]) -> list:
-        monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _stand_in_server(models, calls))
+        module = _stand_in_server(pb_utils_stand_in(), models, calls)
+        monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
         return calls
 
     return install
 
-
-def _random_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Trained-looking BatchNorm statistics, so that outputs are not degenerate."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -196,14 +157,14 @@ def photo() -> np.ndarray:
     return np.asarray(Image.open(PROJECT_ROOT / "client" / "samples" / "astronaut.png").convert("RGB"))
 
 
-def test_detector_front_through_bls_matches_torch(tmp_path, serve_networks, photo):
+def test_detector_front_through_bls_matches_torch(tmp_path, serve_networks, photo, random_bn):
     from python_backends.face_detection import FaceDetectorSettings, build_face_detector, export_onnx
     from python_backends.face_detection.detector import FaceDetector
     from python_backends.face_detection.retinaface import RetinaFace
     from python_backends.face_detection.retinaface_runtime import RetinaFaceEngine, TorchRunner
 
     torch.manual_seed(0)
-    net = _random_bn(RetinaFace("mobilenet0.25"))
+    net = random_bn(RetinaFace("mobilenet0.25"))
     onnx_path = export_onnx(net, tmp_path / "retinaface.onnx")
     calls = serve_networks({"face_detector_net": onnx_path})
     settings = FaceDetectorSettings(runtime="triton", confidence_threshold=0.3, max_side=160)
@@ -220,7 +181,7 @@ def test_detector_front_through_bls_matches_torch(tmp_path, serve_networks, phot
             np.testing.assert_allclose(g[name], w[name], rtol=1e-4, atol=1e-2)
 
 
-def test_landmarks_front_through_bls_matches_torch(tmp_path, serve_networks, photo):
+def test_landmarks_front_through_bls_matches_torch(tmp_path, serve_networks, photo, random_bn):
     from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks
     from python_backends.face_landmarks.hrnet import HighResolutionNet, HRNetConfig
     from python_backends.face_landmarks.onnx_export import export_onnx
@@ -228,7 +189,7 @@ def test_landmarks_front_through_bls_matches_torch(tmp_path, serve_networks, pho
 
     torch.manual_seed(1)
     # Every kind of layer W18 has, narrower and with fewer repeats: a quick export with the WFLW head.
-    net = _random_bn(HighResolutionNet(HRNetConfig(98, stem_width=8, widths=(4, 8, 16, 32), num_blocks=1,
+    net = random_bn(HighResolutionNet(HRNetConfig(98, stem_width=8, widths=(4, 8, 16, 32), num_blocks=1,
                                                    stage_modules=(1, 1, 1))))
     calls = serve_networks({"face_landmarks_net": export_onnx(net, tmp_path / "hrnet.onnx")})
     settings = FaceLandmarksSettings(runtime="triton", engine="hrnet", hrnet_dataset="wflw")
@@ -248,7 +209,7 @@ def test_landmarks_front_through_bls_matches_torch(tmp_path, serve_networks, pho
         np.testing.assert_allclose(g[spec.HEAD_POSE], w[spec.HEAD_POSE], atol=1e-2)
 
 
-def test_embedder_front_through_bls_matches_torch(tmp_path, serve_networks):
+def test_embedder_front_through_bls_matches_torch(tmp_path, serve_networks, random_bn):
     from python_backends.face_embedding import (
         ARCFACE_TEMPLATE,
         FaceEmbedderSettings,
@@ -260,7 +221,7 @@ def test_embedder_front_through_bls_matches_torch(tmp_path, serve_networks):
     from python_backends.face_embedding.predictor import FaceEmbedder
 
     torch.manual_seed(2)
-    net = _random_bn(IResNet((1, 1, 1, 1), num_features=512))
+    net = random_bn(IResNet((1, 1, 1, 1), num_features=512))
     with torch.no_grad():
         net.fc.weight.mul_(0.1)
     calls = serve_networks({"face_embedder_net": export_onnx(net, tmp_path / "backbone.onnx")})

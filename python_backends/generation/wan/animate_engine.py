@@ -56,10 +56,10 @@ from .animate_pose import (
 from .checkpoint import check_release_layout
 from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
-from .s2v_engine import WanEngineBase, WanFrameChunk, _FrameRateResampler, infer_umt5_config, infer_vae_dim, to_uint8
+from .s2v_engine import WanEngineBase, WanFrameChunk, _FrameRateResampler, load_vae_and_text_encoder, to_uint8
 from .scheduler import SAMPLERS, make_sampler
-from .text_encoder import WanTextEncoder, load_text_encoder
-from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
+from .text_encoder import WanTextEncoder
+from .vae import SPATIAL_STRIDE, WanVAE
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +211,7 @@ class WanAnimateEngine(WanEngineBase):
         check_release_folder(folder, task)
         transformer = load_animate_transformer(folder, device, dtype)
         config = transformer.config
-        vae_path = folder / task.vae_checkpoint
-        vae = load_vae(vae_path, device, getattr(torch, options.vae_dtype),
-                       dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
-        t5_path = folder / task.t5_checkpoint
-        t5_config = infer_umt5_config(read_checkpoint(t5_path), t5_path)
-        if t5_config.dim != config.text_dim:
-            raise WeightsUnavailable(f"{t5_path} makes {t5_config.dim}-wide text features but the DiT in {folder} "
-                                     f"takes text_dim {config.text_dim}: the files are not from one release")
-        t5_dtype = torch.float32 if device.type == "cpu" else getattr(torch, task.t5_dtype)
-        text_encoder = load_text_encoder(t5_path, folder / task.t5_tokenizer, device, t5_dtype, t5_config,
-                                         text_len=config.text_len)
+        vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config)
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
         if landmarker is None:
             try:

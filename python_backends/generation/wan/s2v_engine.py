@@ -59,6 +59,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -75,6 +76,9 @@ from .s2v import WanS2VTransformer, cfg_forward, guide
 from .scheduler import SAMPLERS, make_sampler
 from .text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
 from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
+
+if TYPE_CHECKING:
+    from .animate_configs import WanAnimateTaskConfig, WanAnimateTransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +202,24 @@ def infer_umt5_config(state: Mapping[str, torch.Tensor], source: Path) -> UMT5Co
 def infer_vae_dim(state: Mapping[str, torch.Tensor], source: Path) -> int:
     """The VAE's base width (96 for Wan2.1_VAE.pth)."""
     return _shape(state, "encoder.conv1.weight", source)[0]
+
+
+def load_vae_and_text_encoder(folder: Path, task: WanS2VTaskConfig | WanAnimateTaskConfig, device: torch.device,
+                              vae_dtype: str, transformer: WanS2VTransformerConfig | WanAnimateTransformerConfig,
+                              ) -> tuple[WanVAE, WanTextEncoder]:
+    """The Wan2.1 VAE and the umT5 encoder of a release folder, shared by the S2V and Animate engines; umT5 in
+    float32 on CPU, else in the release's t5_dtype, and checked to make the text features the DiT takes."""
+    vae_path = folder / task.vae_checkpoint
+    vae = load_vae(vae_path, device, getattr(torch, vae_dtype), dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
+    t5_path = folder / task.t5_checkpoint
+    t5_config = infer_umt5_config(read_checkpoint(t5_path), t5_path)
+    if t5_config.dim != transformer.text_dim:
+        raise WeightsUnavailable(f"{t5_path} makes {t5_config.dim}-wide text features but the DiT in {folder} "
+                                 f"takes text_dim {transformer.text_dim}: the files are not from one release")
+    t5_dtype = torch.float32 if device.type == "cpu" else getattr(torch, task.t5_dtype)
+    text_encoder = load_text_encoder(t5_path, folder / task.t5_tokenizer, device, t5_dtype, t5_config,
+                                     text_len=transformer.text_len)
+    return vae, text_encoder
 
 
 # ---------------------------------------------------------------- audio
@@ -452,17 +474,7 @@ class WanS2VEngine(WanEngineBase):
         config = transformer.config
         _apply_speed_options(transformer, folder, options)
 
-        vae_path = folder / task.vae_checkpoint
-        vae = load_vae(vae_path, device, getattr(torch, options.vae_dtype),
-                       dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
-        t5_path = folder / task.t5_checkpoint
-        t5_config = infer_umt5_config(read_checkpoint(t5_path), t5_path)
-        if t5_config.dim != config.text_dim:
-            raise WeightsUnavailable(f"{t5_path} makes {t5_config.dim}-wide text features but the DiT in {folder} "
-                                     f"takes text_dim {config.text_dim}: the files are not from one release")
-        t5_dtype = torch.float32 if device.type == "cpu" else getattr(torch, task.t5_dtype)
-        text_encoder = load_text_encoder(t5_path, folder / task.t5_tokenizer, device, t5_dtype, t5_config,
-                                         text_len=config.text_len)
+        vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config)
         audio_encoder = Wav2Vec2Features(folder / task.wav2vec, device=str(device))
         if (audio_encoder.layers, audio_encoder.dim) != (config.audio_layers, config.audio_dim):
             raise WeightsUnavailable(
