@@ -85,7 +85,8 @@ class Gateway:
         self.storage: Storage = open_storage(settings)
         self.master = MasterKey(settings.secrets_path)
         self.tenants = Tenants(self.store, self.master, settings.tenant_defaults)
-        self.auth_limiter = FailedAuthLimiter(settings.limits.failed_auth_burst, settings.limits.failed_auth_per_minute)
+        self.auth_limiter = FailedAuthLimiter(self.store, settings.limits.failed_auth_burst,
+                                              settings.limits.failed_auth_per_minute)
         self.guard = TargetGuard(settings.webhooks)
         self.owner = default_owner(settings.instance_id)
         caches = settings.caches
@@ -283,7 +284,7 @@ async def tenant_of(request: Request,
     """Authenticate the API key, then spend one token of the tenant's rate limit."""
     gateway: Gateway = request.app.state.gateway
     address = request.client.host if request.client else "unknown"
-    wait = gateway.auth_limiter.retry_after(address)
+    wait = await asyncio.to_thread(gateway.auth_limiter.retry_after, address)
     if wait > 0:
         raise ApiError(429, "auth_rate_limited", f"too many failed authentications from this address; retry in "
                        f"{wait:.0f} s", {"Retry-After": str(int(wait) + 1)})
@@ -291,7 +292,7 @@ async def tenant_of(request: Request,
         tenant = await asyncio.to_thread(gateway.tenants.authenticate, request.headers.get("authorization"))
         await asyncio.to_thread(gateway.tenants.check_rate, tenant)
     except AuthError as exc:
-        gateway.auth_limiter.failed(address)
+        await asyncio.to_thread(gateway.auth_limiter.failed, address)
         raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
     except QuotaExceeded as exc:
         raise ApiError(429, exc.code, str(exc), {"Retry-After": str(int(exc.retry_after_s) + 1)}) from None

@@ -100,6 +100,11 @@ SCHEMA = (
         tenant_id TEXT PRIMARY KEY,
         tokens DOUBLE PRECISION NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS auth_failures (
+        address TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS auth_failures_age ON auth_failures (updated_at)",
     """CREATE TABLE IF NOT EXISTS cache_entries (
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -221,6 +226,13 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _refilled(row: dict | None, burst: int, per_s: float, now: float) -> float:
+    """Tokens of a token bucket row (tokens, updated_at) at `now`; a missing row is a full bucket."""
+    if row is None:
+        return float(burst)
+    return min(float(burst), float(row["tokens"]) + max(0.0, now - float(row["updated_at"])) * per_s)
+
+
 class JobStore:
     def __init__(self, database: Database | str) -> None:
         self.db = database if isinstance(database, Database) else Database(database)
@@ -290,13 +302,10 @@ class JobStore:
         with self.db.transaction() as cursor:
             row = cursor.execute("SELECT tokens, updated_at FROM rate_buckets WHERE tenant_id = ?",
                                  (tenant.id,)).one()
+            tokens = _refilled(row, tenant.burst, tenant.rate_per_s, now)
             if row is None:
-                tokens = float(tenant.burst)
                 cursor.execute("INSERT INTO rate_buckets (tenant_id, tokens, updated_at) VALUES (?, ?, ?)",
                                (tenant.id, tokens, now))
-            else:
-                elapsed = max(0.0, now - float(row["updated_at"]))
-                tokens = min(float(tenant.burst), float(row["tokens"]) + elapsed * tenant.rate_per_s)
             if tokens >= 1.0:
                 cursor.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE tenant_id = ?",
                                (tokens - 1.0, now, tenant.id))
@@ -304,6 +313,24 @@ class JobStore:
             cursor.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE tenant_id = ?",
                            (tokens, now, tenant.id))
             return (1.0 - tokens) / tenant.rate_per_s if tenant.rate_per_s > 0 else 3600.0
+
+    def auth_failure_tokens(self, address: str, burst: int, per_s: float, now: float | None = None) -> float:
+        """Failed authentications `address` may still make (auth_limit.py); a bucket every replica shares."""
+        now = time.time() if now is None else now
+        rows = self.db.read("SELECT tokens, updated_at FROM auth_failures WHERE address = ?", (address,))
+        return _refilled(rows[0] if rows else None, burst, per_s, now)
+
+    def record_auth_failure(self, address: str, burst: int, per_s: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.db.transaction() as cursor:
+            row = cursor.execute("SELECT tokens, updated_at FROM auth_failures WHERE address = ?", (address,)).one()
+            tokens = max(0.0, _refilled(row, burst, per_s, now) - 1.0)
+            cursor.execute("INSERT INTO auth_failures (address, tokens, updated_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (address) DO UPDATE SET tokens = excluded.tokens, "
+                           "updated_at = excluded.updated_at", (address, tokens, now))
+            # A bucket untouched long enough to be full again is the same as none: forget it, so that a flood of
+            # addresses cannot grow the table without bound.
+            cursor.execute("DELETE FROM auth_failures WHERE updated_at < ?", (now - burst / per_s,))
 
     # -- jobs -------------------------------------------------------------------------------------------------
 

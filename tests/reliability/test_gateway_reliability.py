@@ -15,7 +15,6 @@ import pytest
 
 from client.gateway import store as store_module
 from client.gateway import webhooks as webhooks_module
-from client.gateway.auth_limit import FailedAuthLimiter
 from client.gateway.settings import WebhookSettings
 from client.gateway.store import DELIVERED, FAILED, Job, JobStore, WebhookEvent, new_id
 from client.gateway.webhooks import GuardedBackend, TargetGuard, WebhookDispatcher, WebhookSender, WebhookTargetRefused
@@ -195,19 +194,6 @@ def test_api_key_brute_force_is_rate_limited(gateway, ledger):
     assert locked.status_code == 429 and locked.json()["error"]["code"] == "auth_rate_limited" and retry_after >= 1
     assert unlocked.status_code == 404  # authenticated again: an unknown job of acme's
 
-
-def test_failed_auth_limiter_refills_and_forgets():
-    now = [0.0]
-    limiter = FailedAuthLimiter(burst=3, per_minute=6, max_addresses=2, clock=lambda: now[0])
-    for _ in range(3):
-        assert limiter.retry_after("a") == 0
-        limiter.failed("a")
-    assert limiter.retry_after("a") == pytest.approx(10.0)  # one token per 10 s
-    now[0] = 10.0
-    assert limiter.retry_after("a") == 0
-    limiter.failed("b")
-    limiter.failed("c")  # "a" is forgotten: at most two addresses remembered
-    assert limiter.retry_after("a") == 0 and len(limiter._buckets) == 2
 
 
 # -- a webhook receiver that is down for an hour ----------------------------------------------------------------

@@ -311,3 +311,25 @@ def test_unknown_database_url_is_explained():
 
     with pytest.raises(DatabaseError, match="sqlite:///"):
         Database("mysql://x")
+
+
+def test_failed_authentications_are_counted_across_replicas_and_forgotten_once_refilled(store_url):
+    from client.gateway.auth_limit import FailedAuthLimiter
+
+    now = [1000.0]
+    replicas = [JobStore(store_url), JobStore(store_url)]  # two gateways on one database
+    first, second = (FailedAuthLimiter(s, burst=3, per_minute=6, clock=lambda: now[0]) for s in replicas)
+    for limiter in (first, second, first):
+        assert limiter.retry_after("198.51.100.7") == 0
+        limiter.failed("198.51.100.7")
+    assert second.retry_after("198.51.100.7") == pytest.approx(10.0)  # one token back per 10 s, on every replica
+    assert first.retry_after("203.0.113.9") == 0  # other addresses are not affected
+    now[0] += 10.0
+    assert first.retry_after("198.51.100.7") == 0
+    first.failed("203.0.113.9")
+    now[0] += 30.0  # 198.51.100.7's bucket is full again: its row goes with the next failure anywhere
+    second.failed("203.0.113.9")
+    rows = replicas[0].db.read("SELECT address FROM auth_failures ORDER BY address")
+    assert [row["address"] for row in rows] == ["203.0.113.9"]
+    for store in replicas:
+        store.close()
