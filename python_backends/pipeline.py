@@ -48,6 +48,7 @@ ModelStreamer = Callable[[spec.ModelSpec, dict[str, np.ndarray], dict], Iterator
 class TalkingHeadSettings:
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    keepalive_s: float = spec.STREAM_KEEPALIVE_S  # keep-alive interval of the stream (triton_io.StreamingModel)
 
 
 def _info(outputs: dict[str, np.ndarray]) -> dict:

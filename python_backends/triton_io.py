@@ -235,12 +235,11 @@ class StreamingModel:
     """Base for decoupled models: each request is served on a worker thread that sends one response per
     item its `stream` yields and always ends with the FINAL flag (errors included); while a request is silent,
     queued or running, it gets keep-alives (keepalive.py); `finalize` waits for the requests in flight.
-    Subclasses set `spec`, `settings_type`, `build` and `stream`."""
+    Subclasses set `spec`, `settings_type` (with a `keepalive_s` field), `build` and `stream`."""
 
     spec: ModelSpec
     settings_type: type
     max_workers = 4
-    keepalive_s = STREAM_KEEPALIVE_S
 
     def build(self, settings: Any, device: str) -> None:
         """Load what the model needs (runs once in initialize)."""
@@ -258,12 +257,17 @@ class StreamingModel:
             raise pb_utils.TritonModelException(f"{self.spec.name} must be decoupled (model_transaction_policy)")
         try:
             self.settings = from_model_config(self.settings_type, config)
+            if not 0 < self.settings.keepalive_s <= STREAM_KEEPALIVE_S:
+                # Clients wait 12 intervals of STREAM_KEEPALIVE_S (TalkingHeadClient): a longer one breaks them.
+                raise ConfigError(f"parameter 'keepalive_s': must be above 0 and at most {STREAM_KEEPALIVE_S:g} s, "
+                                  f"got {self.settings.keepalive_s:g}")
             self.build(self.settings, device_of(args))
         except ConfigError as exc:
             raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=self.spec.name)
         self._in_flight: set = set()
-        self._keepalive = KeepAlive(self.keepalive_s, lambda: pb_utils.InferenceResponse(output_tensors=[]))
+        self._keepalive = KeepAlive(self.settings.keepalive_s,
+                                    lambda: pb_utils.InferenceResponse(output_tensors=[]))
         self._keepalive.start(f"{self.spec.name}-keepalive")
 
     def execute(self, requests: list) -> None:

@@ -32,6 +32,7 @@ PREVIEW_LABEL = "preview engine: landmark-driven warping of the photo, not a gen
 @dataclass(frozen=True)
 class VideoGeneratorSettings:
     engine: str = AUTO  # used when a request names none: auto | preview | s2v-14B | animate-14B
+    keepalive_s: float = spec.STREAM_KEEPALIVE_S  # keep-alive interval of the stream (triton_io.StreamingModel)
     s2v_folder: str = "Wan2.2-S2V-14B"  # official release folder under <weights root>/video_generator/
     animate_folder: str = "Wan2.2-Animate-14B"
     preload: bool = False  # load the Wan engine at start instead of on first use
