@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gateway_harness import GatewayProcess, add_tenant, write_config
 
 from client.gateway.webhooks import verify_signature
 from client.provenance import verify_video
@@ -28,43 +29,6 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "client.cli"]
 PARAMS = {"width": 256, "height": 256, "fps": 10}
 MAX_UPLOAD = 5 << 20
-
-
-class GatewayProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log, self.port = config, log, free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> GatewayProcess:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(CLI + ["gateway", "--config", str(self.config), "--port", str(self.port)],
-                                            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gateway exited:\n{self.log.read_text()[-3000:]}"
-            try:
-                # /readyz answers once the app is up; wait until the model fingerprint (weights listing) is made,
-                # so the caches are in use from the first job on.
-                if httpx.get(f"{self.url}/readyz", timeout=5).json()["caches"] != "pending":
-                    return self
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"gateway did not start:\n{self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
 
 
 @dataclass
@@ -107,32 +71,18 @@ def receiver():
     server.shutdown()
 
 
-def _write_config(path: Path, data_dir: Path, triton_url: str, weights: Path | None, extra: str = "") -> Path:
-    path.write_text(f"""
-data_dir = "{data_dir}"
-triton_url = "{triton_url}"
-lease_s = 4
-heartbeat_s = 1
-poll_s = 0.2
-retry_base_s = 0.5
-drain_timeout_s = 60
+# Webhooks to the loopback receiver, quick retries, a small upload cap to test 413 against.
+_SETTINGS = f"""
 [limits]
 max_upload_bytes = {MAX_UPLOAD}
 [webhooks]
 allow = ["127.0.0.1/32"]
 backoff_base_s = 0.2
-[caches]
-{f'weights_root = "{weights}"' if weights else ""}
-{extra}
-""")
-    return path
+"""
 
 
-def _add_tenant(config: Path, name: str) -> dict:
-    result = subprocess.run(CLI + ["gateway", "add-tenant", name, "--config", str(config), "--json"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def _write_config(path: Path, data_dir: Path, triton_url: str, weights: Path | None, extra: str = "") -> Path:
+    return write_config(path, data_dir, triton_url, weights, _SETTINGS + extra)
 
 
 @dataclass
@@ -150,7 +100,7 @@ class Deployment:
 def deployment(triton_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gateway")
     config = _write_config(folder / "gateway.toml", folder / "data", triton_server.grpc_url, triton_server.weights)
-    acme, other = _add_tenant(config, "acme"), _add_tenant(config, "other")
+    acme, other = add_tenant(config, "acme"), add_tenant(config, "other")
     gateway = GatewayProcess(config, folder / "gateway.log").start()
     deployment = Deployment(config, gateway, acme, other)
     yield deployment
@@ -373,7 +323,7 @@ def test_tritonserver_down_nothing_accepted_is_lost_and_s3_storage(triton_server
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}").create_bucket(Bucket="videos")
     storage = f'[storage]\nkind = "s3"\nbucket = "videos"\nprefix = "th"\nendpoint_url = "http://127.0.0.1:{s3_port}"'
     dead = _write_config(tmp_path / "dead.toml", tmp_path / "data", f"127.0.0.1:{free_port()}", None, storage)
-    tenant = _add_tenant(dead, "acme")
+    tenant = add_tenant(dead, "acme")
     gateway = GatewayProcess(dead, tmp_path / "gateway.log").start()
     try:
         photo, audio = _files(samples)
@@ -384,7 +334,7 @@ def test_tritonserver_down_nothing_accepted_is_lost_and_s3_storage(triton_server
             assert waiting["status"] == "queued" and waiting["attempts"] == 0
             ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
             assert ready.status_code == 503 and ready.json()["triton_ready"] is False
-        assert gateway.stop() in (0, -signal.SIGTERM)
+        assert gateway.stop(timeout=60) in (0, -signal.SIGTERM)
         live = _write_config(tmp_path / "live.toml", tmp_path / "data", triton_server.grpc_url,
                              triton_server.weights, storage)
         gateway = GatewayProcess(live, tmp_path / "gateway.log").start()

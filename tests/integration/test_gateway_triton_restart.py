@@ -11,7 +11,8 @@ import signal
 import time
 
 import pytest
-from test_gateway import PARAMS, GatewayProcess, _add_tenant, _files, _wait_running, _write_config
+from gateway_harness import GatewayProcess, add_tenant
+from test_gateway import PARAMS, _files, _wait_running, _write_config
 
 from client.provenance import verify_video
 from client.sdk import GatewayClient
@@ -28,7 +29,7 @@ def test_tritonserver_killed_mid_job_then_restarted(samples, tmp_path):
     options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), weights=weights)
     server = TritonServer(options, log_path=tmp_path / "triton-1.log").start()
     config = _write_config(tmp_path / "gateway.toml", tmp_path / "data", options.grpc_url, weights)
-    tenant = _add_tenant(config, "acme")
+    tenant = add_tenant(config, "acme")
     gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
     try:
         photo, audio = _files(samples)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from .gateway_harness import GatewayProcess, add_tenant, write_config
+from gateway_harness import GatewayProcess, add_tenant, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from gateway_harness import Gateway, GatewayProcess, add_tenant, write_config
 
 from client.gateway import store as store_module
 from client.gateway import webhooks as webhooks_module
@@ -21,7 +22,6 @@ from client.gateway.webhooks import GuardedBackend, TargetGuard, WebhookDispatch
 from client.server import free_port
 
 from .corpus import photo_png, speech_wav
-from .gateway_harness import Gateway, GatewayProcess, add_tenant, write_config
 
 SMALL = '{"fps": 5, "width": 128, "height": 128, "max_duration_s": 2}'
 

@@ -1,5 +1,6 @@
-"""A real gateway process (`talkinghead gateway`) on loopback for the reliability suite, in front of the session's
-tritonserver, with tenants made through the CLI as an operator would."""
+"""A real gateway process (`talkinghead gateway`) on loopback, in front of a test tritonserver, with tenants made
+through the CLI as an operator would. Shared by tests/integration and tests/reliability (tests/ is on sys.path:
+pytest puts the folder of the top conftest.py there)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"gateway exited:\n{self.log.read_text()[-3000:]}"
             try:
+                # /readyz answers once the app is up; wait until the model fingerprint (weights listing) is made,
+                # so the caches are in use from the first job on.
                 if httpx.get(f"{self.url}/readyz", timeout=5).json()["caches"] != "pending":
                     return self
             except (httpx.HTTPError, ValueError, KeyError):
