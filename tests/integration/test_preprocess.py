@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_files import wav_bytes
 from PIL import Image
 
 from client.triton_client import RequestRejected
@@ -55,17 +56,6 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _wav(samples_f32: np.ndarray, rate: int = 16000) -> bytes:
-    import wave
-
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes((np.clip(samples_f32, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
-
 
 def test_corrupt_photo_and_silent_audio_are_explained(grpc_client, samples):
     speech = (samples / "speech.wav").read_bytes()
@@ -74,7 +64,7 @@ def test_corrupt_photo_and_silent_audio_are_explained(grpc_client, samples):
     assert "photo" in str(caught.value) and caught.value.code
     photo = (samples / "astronaut.png").read_bytes()
     with pytest.raises(RequestRejected) as caught:
-        grpc_client.preprocess(photo, _wav(np.zeros(16000 * 3, np.float32)))
+        grpc_client.preprocess(photo, wav_bytes(np.zeros(16000 * 3, np.float32)))
     assert "silent" in str(caught.value).lower()
     with pytest.raises(RequestRejected) as caught:
         grpc_client.preprocess(photo, b"this is not audio at all")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import imageio_ffmpeg
 import numpy as np
+from audio_files import wav_bytes
 from PIL import Image
 
 from client.cli import SAMPLES
@@ -92,17 +93,6 @@ def zero_png(width: int, height: int, colour_type: int = 0) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b""))
 
-
-def wav_bytes(samples: np.ndarray, rate: int = 16000, channels: int = 1) -> bytes:
-    """16-bit PCM WAV; `samples` in [-1, 1], shape [S] or [S, C]."""
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(channels)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
-    return buffer.getvalue()
 
 
 def float_wav(samples: np.ndarray, rate: int = 16000) -> bytes:

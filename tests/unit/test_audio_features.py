@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import subprocess
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from audio_files import wav_bytes
 
 from python_backends import spec
 from python_backends.audio import (
@@ -47,19 +46,6 @@ REPORT_KEYS = {
 
 # ---------------------------------------------------------------- helpers
 
-
-def wav_bytes(samples: np.ndarray, rate: int = SR) -> bytes:
-    """16-bit PCM WAV; [S] mono or [S, C]."""
-    data = np.asarray(samples, dtype=np.float64)
-    channels = 1 if data.ndim == 1 else data.shape[1]
-    pcm = np.clip(np.round(data * 32767.0), -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(channels)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
-    return buffer.getvalue()
 
 
 def encode(data: bytes, suffix: str, tmp_path: Path, *args: str) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
-import wave
 
 import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from audio_files import wav_bytes
 
 from client.disclosure import burn_label
 from client.encoding import EncodeError, EncodeOptions, StreamingEncoder, audio_samples_for, decode_audio
@@ -18,14 +17,7 @@ from client.probe import probe
 
 def _wav(seconds: float, rate: int = 16000, amplitude: float = 0.5) -> bytes:
     t = np.arange(round(seconds * rate)) / rate
-    samples = (amplitude * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(samples.tobytes())
-    return buffer.getvalue()
+    return wav_bytes(amplitude * np.sin(2 * np.pi * 440 * t), rate)
 
 
 def _ffmpeg_audio(path) -> np.ndarray:
