@@ -29,7 +29,7 @@ from .errors import InputError
 from .generation.job import params_from_request
 from .preprocessing import ModelCaller, preprocess_job
 from .quality.report import job_report
-from .quality.segment_job import judge_video, process_segment, safety_of_photo, segment_length
+from .quality.segment_job import judge_video, process_segment, safety_of_photo, segment_length, segment_size
 from .quality.segment_qa import Boundary, JobContext, SegmentQA, SourceFace
 from .quality.settings import QualitySettings
 from .quality.upscale import parse_output_size, resize_frames, resize_note
@@ -116,7 +116,7 @@ def run_talking_head(
                      mel=melspectrogram(waveform) if waveform is not None else None)
     photo_safety = asyncio.run(safety_of_photo(ctx, call))
 
-    segment_frames = max(1, int(round(quality.segment_s * params.fps)))
+    size = segment_size(quality, params.fps)
     # Until the generator reports the clip's length, expect the speech's (the preview and S2V engines make that).
     expected = None
     if waveform is not None:
@@ -130,7 +130,7 @@ def run_talking_head(
         best: _Attempt | None = None
         for attempt in range(quality.max_rerolls + 1):
             seed = params.seed + attempt * REROLL_SEED_STRIDE
-            count = segment_length(start, total or expected, segment_frames, 2 * quality.sync_vshift + 1)
+            count = segment_length(start, total or expected, *size)
             request = {**parameters, "seed": seed, "start_frame": start, "frame_count": count}
             segment_inputs = dict(generator_inputs)
             if motion is not None:

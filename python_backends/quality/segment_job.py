@@ -13,7 +13,14 @@ from ..mouth_refiner.plosive import plosive_frames, refine_runs
 from ..preprocessing import ModelCaller
 from .colour import match_colour
 from .segment_qa import FAIL, Boundary, JobContext, SegmentQA, check_segment, segment_audio
+from .settings import QualitySettings
 from .tracking import track_faces
+
+
+def segment_size(settings: QualitySettings, fps: float) -> tuple[int, int]:
+    """Frames per segment (`segment_s` at `fps`) and the shortest tail judged on its own (one lip-sync window):
+    the `frames` and `min_tail` of segment_length."""
+    return max(1, int(round(settings.segment_s * fps))), 2 * settings.sync_vshift + 1
 
 
 def segment_length(start: int, total: int | None, frames: int, min_tail: int) -> int:
@@ -25,11 +32,11 @@ def segment_length(start: int, total: int | None, frames: int, min_tail: int) ->
 
 async def judge_video(frames: np.ndarray, ctx: JobContext, call: ModelCaller) -> list[SegmentQA]:
     """The gates over a finished video, segment by segment as talking_head judges what it generates."""
-    segment_frames = max(1, int(round(ctx.settings.segment_s * ctx.fps)))
+    size = segment_size(ctx.settings, ctx.fps)
     segments: list[SegmentQA] = []
     start, boundary = 0, None
     while start < len(frames):
-        count = segment_length(start, len(frames), segment_frames, 2 * ctx.settings.sync_vshift + 1)
+        count = segment_length(start, len(frames), *size)
         part = frames[start: start + count]
         track = await track_faces(part, call, ctx.settings.detect_every, boundary.box if boundary else None)
         segments.append(await check_segment(part, track, len(segments), start, ctx, call, boundary))
