@@ -4,15 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 STAMP := $(VENV)/.installed
+WAN22 := wan22==2.2.11
 
-.PHONY: demo test lint serve gateway perf perf-tools reliability clean
+.PHONY: demo test lint serve gateway perf perf-tools reliability parity clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[server,dev,gateway]'
+	$(BIN)/pip install -e '.[server,dev,gateway,parity]'
 	# facenet-pytorch pins an old torch; we only read its shipped MTCNN weights, so skip its deps.
 	$(BIN)/pip install --no-deps facenet-pytorch==2.6.0
+	# The official Wan2.2 code, the oracle of tests/parity: its own requirements (torchvision, decord, dashscope,
+	# flash_attn) cannot be installed beside the CPU torch; the `parity` extra holds what its modules import.
+	$(BIN)/pip install --no-deps $(WAN22)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +55,9 @@ perf: $(STAMP) $(PERF_STAMP)
 
 reliability: $(STAMP)
 	$(BIN)/python perf/reliability.py --out perf/results/reliability.json
+
+parity: $(STAMP)
+	$(BIN)/python perf/parity.py --out perf/results/parity_cpu.json
 
 clean:
 	rm -rf $(VENV) $(PERF_VENV) $(OUT) .pytest_cache .ruff_cache

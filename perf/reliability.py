@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from suite_ledger import run_suite  # noqa: E402
 
 from tests.reliability.conftest import REPORT_ENV, Ledger  # noqa: E402
 
@@ -68,11 +67,7 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k faults")
     args = parser.parse_args()
     if not args.table_only:
-        started = time.monotonic()
-        env = {**os.environ, REPORT_ENV: str(args.out.resolve())}
-        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                str(ROOT / "tests" / "reliability"), *args.pytest_args], cwd=ROOT, env=env)
-        print(f"pytest exit code {code} after {time.monotonic() - started:.0f} s", file=sys.stderr)
+        code = run_suite(ROOT, "tests/reliability", REPORT_ENV, args.out, args.pytest_args)
         if code != 0:
             return code
     print(table(json.loads(args.out.read_text())))

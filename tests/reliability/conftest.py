@@ -1,25 +1,22 @@
 """Fixtures of the reliability suite: a ledger of every case tried, checks that the server stays healthy and that
 nothing hangs, and separate tritonservers for the destructive tests.
 
-The ledger is written as JSON when TALKINGHEAD_RELIABILITY_REPORT names a file (perf/reliability.py sets it);
-perf/RESULTS.md quotes its counts.
+The ledger (tests/suite_ledger.py) is written as JSON when TALKINGHEAD_RELIABILITY_REPORT names a file
+(perf/reliability.py sets it); perf/RESULTS.md quotes its counts.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
+from suite_ledger import Ledger as SuiteLedger
+from suite_ledger import published
 
 from client.server import ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
@@ -33,12 +30,8 @@ RESULTS = ("accepted", "succeeded", "delivered", "recovered")
 PREPROCESS_MODELS = ("face_detector", "face_landmarks", "face_embedder", "audio_features", "preprocess")
 
 
-@dataclass
-class Ledger:
+class Ledger(SuiteLedger):
     """What was tried and what came back; `summary()` gives the figures of perf/RESULTS.md."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
 
     def record(self, category: str, name: str, expected: str, outcome: str, seconds: float, **extra: Any) -> None:
         self.records.append({"category": category, "name": name, "expected": expected, "outcome": outcome,
@@ -73,16 +66,7 @@ class Ledger:
 
 @pytest.fixture(scope="session")
 def ledger() -> Iterator[Ledger]:
-    book = Ledger()
-    yield book
-    target = os.environ.get(REPORT_ENV)
-    if target:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(json.dumps({
-            "suite": "tests/reliability", "wall_s": round(time.time() - book.started, 1),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-            "summary": book.summary(), "records": book.records,
-        }, indent=2))
+    yield from published(Ledger(), REPORT_ENV, "tests/reliability")
 
 
 def outcome_of(call: Callable[[], Any]) -> tuple[str, str, float]:

@@ -1,0 +1,226 @@
+"""The official Wan2.2 code (the `wan22` package, installed by `make install`) as a CPU test oracle.
+
+`official()` imports the Wan team's `wan` package once and returns it. Only what cannot run on a CPU machine as
+released is replaced, each with the same math:
+
+* `flash_attention` (asserts CUDA and half precision) -> `sdpa_attention` below, in every module that bound it.
+* `torchvision` (its wheels need another torch than ours, see research/toolchain.md) -> the few transforms the
+  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic.
+* `decord` (reads videos; no test gives the oracle a video file) and `dashscope` (a cloud prompt-extension client)
+  -> empty modules that raise if used.
+* `torch.cuda.current_device()`, evaluated as a default argument when `wan/modules/t5.py` is imported -> 0 during
+  the import only (every caller in the tests passes a device).
+
+The stand-in modules exist in `sys.modules` only while `wan` is imported, so nothing else in a test session sees
+them. Nothing of upstream's code is copied here: the oracle runs as shipped.
+
+Helpers that need more of torchvision add it to `_transforms_module` (with torchvision's arithmetic and a comment).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+WAN22_VERSION = "2.2.11"  # the Makefile installs this version with --no-deps
+# Modules of the `wan` package that bind `flash_attention` by name at import.
+FLASH_ATTENTION_USERS = (
+    "wan.modules", "wan.modules.attention", "wan.modules.model", "wan.modules.s2v.model_s2v",
+    "wan.modules.s2v.motioner", "wan.modules.animate.model_animate", "wan.modules.animate.clip",
+    "wan.distributed.ulysses",
+)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: torch.Tensor | None = None,
+                   k_lens: torch.Tensor | None = None, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                   q_scale: float | None = None, causal: bool = False, window_size: Sequence[int] = (-1, -1),
+                   deterministic: bool = False, dtype: torch.dtype = torch.bfloat16,
+                   version: int | None = None) -> torch.Tensor:
+    """wan.modules.attention.flash_attention's math through SDPA, in the inputs' dtype (the original casts to
+    bf16/fp16 for flash-attn, which is a precision, not a math, choice): q [B, Lq, N, D], k/v [B, Lk, N, D];
+    keys at or past k_lens[b] are masked out, as the varlen kernel never sees them."""
+    if tuple(window_size) != (-1, -1):
+        raise NotImplementedError("sliding-window attention is not used by the Wan models compared here")
+    if dropout_p:
+        raise NotImplementedError("attention dropout: the oracle runs in eval mode")
+    lq, lk = q.shape[1], k.shape[1]
+    if q_lens is not None and bool((q_lens != lq).any()):
+        raise NotImplementedError("padded queries: the official flash path cannot unflatten them either")
+    out_dtype = q.dtype
+    q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))
+    if q_scale is not None:
+        q = q * q_scale
+    mask = None
+    if k_lens is not None:
+        mask = (torch.arange(lk, device=k.device)[None, :] < k_lens.to(k.device)[:, None])[:, None, None, :]
+    if causal:
+        tril = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        mask = tril if mask is None else mask & tril
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale)
+    return x.transpose(1, 2).to(out_dtype)
+
+
+# ----------------------------------------------------------------------------- torchvision stand-ins
+
+
+class InterpolationMode:
+    NEAREST, BILINEAR, BICUBIC = "nearest", "bilinear", "bicubic"
+
+
+_PIL_FILTERS = {InterpolationMode.NEAREST: Image.NEAREST, InterpolationMode.BILINEAR: Image.BILINEAR,
+                InterpolationMode.BICUBIC: Image.BICUBIC}
+
+
+class Compose:
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+
+class Resize:
+    """torchvision Resize on PIL images: PIL's resize; an int resizes the short side, the long one truncated."""
+
+    def __init__(self, size, interpolation: str = InterpolationMode.BILINEAR, max_size=None, antialias=True) -> None:
+        if max_size is not None:
+            raise NotImplementedError("Resize(max_size=...) is not used by the wan modules")
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, image):
+        if not isinstance(image, Image.Image):
+            raise NotImplementedError("the stand-in Resize takes PIL images (the S2V and Animate paths compared)")
+        w, h = image.size
+        if isinstance(self.size, int) or len(self.size) == 1:
+            short = self.size if isinstance(self.size, int) else self.size[0]
+            long = int(short * max(w, h) / min(w, h))
+            out_w, out_h = (short, long) if w <= h else (long, short)
+        else:
+            out_h, out_w = self.size
+        return image.resize((out_w, out_h), _PIL_FILTERS[self.interpolation])
+
+
+class CenterCrop:
+    """torchvision CenterCrop on PIL images: zero padding when the crop is larger, offsets int(round(d / 2))."""
+
+    def __init__(self, size) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, image):
+        if not isinstance(image, Image.Image):
+            raise NotImplementedError("the stand-in CenterCrop takes PIL images")
+        crop_h, crop_w = self.size
+        w, h = image.size
+        if crop_w > w or crop_h > h:
+            padded = Image.new(image.mode, (max(w, crop_w), max(h, crop_h)))
+            padded.paste(image, ((crop_w - w) // 2 if crop_w > w else 0, (crop_h - h) // 2 if crop_h > h else 0))
+            image, (w, h) = padded, padded.size
+        top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+
+class ToTensor:
+    """torchvision ToTensor on 8-bit PIL images: [C, H, W] float32 / 255."""
+
+    def __call__(self, image) -> torch.Tensor:
+        array = np.array(image, dtype=np.uint8, copy=True)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div(255)
+
+
+class Normalize:
+    """torchvision Normalize on tensors [..., C, H, W]: (x - mean) / std per channel, out of place."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], inplace: bool = False) -> None:
+        self.mean, self.std, self.inplace = mean, std, inplace
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(self.mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+        return (tensor if self.inplace else tensor.clone()).sub_(mean).div_(std)
+
+
+def _unavailable(name: str):
+    def call(*_args, **_kwargs):
+        raise NotImplementedError(f"{name} is not available to the CPU oracle (see tests/parity/official.py)")
+    return call
+
+
+def _transforms_module() -> types.ModuleType:
+    transforms = types.ModuleType("torchvision.transforms")
+    for item in (Compose, Resize, CenterCrop, ToTensor, Normalize, InterpolationMode):
+        setattr(transforms, item.__name__, item)
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.__getattr__ = lambda name: _unavailable(f"torchvision.transforms.functional.{name}")
+    transforms.functional = functional
+    return transforms
+
+
+def _stand_in_modules() -> dict[str, types.ModuleType]:
+    transforms = _transforms_module()
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms = transforms
+    torchvision.utils = types.ModuleType("torchvision.utils")
+    torchvision.utils.__getattr__ = lambda name: _unavailable(f"torchvision.utils.{name}")
+    torchvision.__version__ = "0.0-stand-in"
+    decord = types.ModuleType("decord")
+    decord.VideoReader = _unavailable("decord.VideoReader")
+    dashscope = types.ModuleType("dashscope")
+    return {"torchvision": torchvision, "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": transforms.functional, "torchvision.utils": torchvision.utils,
+            "decord": decord, "dashscope": dashscope}
+
+
+@contextmanager
+def _stand_ins() -> Iterator[None]:
+    # Import what checks for torchvision's presence first, so that they see the real (absent) package.
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
+    modules = _stand_in_modules()
+    saved = {name: sys.modules.get(name) for name in modules}
+    current_device = torch.cuda.current_device
+    sys.modules.update(modules)
+    torch.cuda.current_device = lambda: 0  # only evaluated as a default argument in wan/modules/t5.py
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = current_device
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@cache
+def official() -> types.ModuleType:
+    """The official `wan` package, imported once with the CPU stand-ins above; raises with the fix if missing."""
+    try:
+        metadata = importlib.metadata.version("wan22")
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError("the official Wan2.2 code is not installed: run `make install` (it installs "
+                           f"wan22=={WAN22_VERSION} with --no-deps and the `parity` extra)") from None
+    if metadata != WAN22_VERSION:
+        raise RuntimeError(f"wan22 {metadata} is installed, the parity tests compare against {WAN22_VERSION}: "
+                           "run `make install`")
+    with _stand_ins():
+        wan = importlib.import_module("wan")
+        for name in FLASH_ATTENTION_USERS:
+            importlib.import_module(name)
+    for name in FLASH_ATTENTION_USERS:
+        sys.modules[name].flash_attention = sdpa_attention
+    return wan
