@@ -107,3 +107,5 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", r"ignore:`torch\.cuda\.amp\.autocast:FutureWarning")
     # ... and autocast('cuda') blocks, which torch disables on a CPU machine: the oracle runs in float32 here.
     config.addinivalue_line("filterwarnings", "ignore:CUDA is not available or torch_xla is imported:UserWarning")
+    # librosa (the oracle's audio loader) imports audioread, which imports modules Python 3.13 removes.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:audioread")

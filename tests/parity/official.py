@@ -11,6 +11,10 @@ released is replaced, each with the same math:
 * `torch.cuda.current_device()`, evaluated as a default argument when `wan/modules/t5.py` is imported -> 0 during
   the import only (every caller in the tests passes a device).
 
+`build_on_cpu(WanS2V, config, folder, ...)` constructs an official pipeline from a tiny release folder: while its
+constructor runs, `torch.device("cuda:N")` in the pipeline's module means the CPU, and the VAE / umT5 constructors,
+which hard-code the released widths, get the tiny release's widths. Nothing else changes.
+
 The stand-in modules exist in `sys.modules` only while `wan` is imported, so nothing else in a test session sees
 them. Nothing of upstream's code is copied here: the oracle runs as shipped.
 
@@ -25,7 +29,9 @@ import sys
 import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -224,3 +230,49 @@ def official() -> types.ModuleType:
     for name in FLASH_ATTENTION_USERS:
         sys.modules[name].flash_attention = sdpa_attention
     return wan
+
+
+# ----------------------------------------------------------------------------- official pipelines on the CPU
+
+
+class _CpuDeviceTorch(types.ModuleType):
+    """`torch` for a pipeline module whose constructor picks `cuda:{device_id}`: that choice becomes the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def device(spec: Any, index: int | None = None) -> torch.device:
+        device = torch.device(spec) if index is None else torch.device(spec, index)
+        return torch.device("cpu") if device.type == "cuda" else device
+
+
+@contextmanager
+def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+def build_on_cpu(pipeline_class: type, config: Any, folder: Path | str, *, vae_dim: int, t5: Any,
+                 **kwargs: Any) -> Any:
+    """`pipeline_class(config, folder, **kwargs)` (WanS2V, WanAnimate) built on the CPU from a tiny release.
+
+    vae_dim: the release VAE's base width (`_video_vae` hard-codes the released 96); t5: the release umT5's
+    `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes). Give `config` float32 param_dtype / t5_dtype for CPU parity.
+    """
+    official()
+    vae2_1, t5_module = sys.modules["wan.modules.vae2_1"], sys.modules["wan.modules.t5"]
+    tiny_t5 = partial(t5_module.umt5_xxl, vocab_size=t5.vocab_size, dim=t5.dim, dim_attn=t5.dim_attn,
+                      dim_ffn=t5.dim_ffn, num_heads=t5.num_heads, encoder_layers=t5.num_layers,
+                      num_buckets=t5.num_buckets, shared_pos=t5.shared_pos)
+    with (_replaced(sys.modules[pipeline_class.__module__], "torch", _CpuDeviceTorch()),
+          _replaced(vae2_1, "_video_vae", partial(vae2_1._video_vae, dim=vae_dim)),
+          _replaced(t5_module, "umt5_xxl", tiny_t5)):
+        return pipeline_class(config, str(folder), **kwargs)
