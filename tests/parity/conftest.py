@@ -102,6 +102,15 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Callable
     return release
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models: a second intra-op thread only adds barrier waits (the machine's other core is busy too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # The official modules use torch.cuda.amp decorators that torch deprecates; that is upstream's to change.
     config.addinivalue_line("filterwarnings", r"ignore:`torch\.cuda\.amp\.autocast:FutureWarning")

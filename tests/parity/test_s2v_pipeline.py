@@ -16,7 +16,10 @@ CPU: both draw float32 normal noise from a CPU generator seeded with seed + clip
 from __future__ import annotations
 
 import copy
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,10 +35,12 @@ from python_backends.generation.wan.s2v_engine import (
     WanS2VOptions,
     audio_window,
     resample_to_video_rate,
+    size_within_area,
 )
 from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
 from python_backends.generation.wan.tiny_release import TINY_RELEASE_T5, TINY_RELEASE_VAE_DIM, make_tiny_s2v_release
 
+from .conftest import FLOAT32_WHY
 from .official import build_on_cpu
 
 HEIGHT, WIDTH = 64, 128
@@ -107,88 +112,110 @@ def test_audio_embedding(pipeline, engines, inputs, parity) -> None:
     assert theirs[..., : int(SECONDS * 16)].abs().amax(dim=(0, 1, 2)).min() > 0  # speech, then the zero padding
 
 
-def official_video(pipeline, inputs, guidance: float) -> torch.Tensor:
-    with torch.no_grad():
+def test_output_size_rule(pipeline, parity) -> None:
+    """The video size for a photo within a pixel budget (WanS2V.get_size_less_than_area) against ours."""
+    sides = (64, 100, 333, 480, 720, 832, 1080, 1280, 1920, 4000)
+    cases = [(h, w, area) for h in sides for w in sides for area in (480 * 832, 720 * 1280, 1024 * 704)]
+    ours = [size_within_area(h, w, area) for h, w, area in cases]
+    theirs = [pipeline.get_size_less_than_area(h, w, target_area=area) for h, w, area in cases]
+    parity.check("S2V output size within an area", np.array(ours), np.array(theirs), tolerance=0.0,
+                 why="integers", case=f"{len(cases)} photo sizes x pixel budgets")
+
+
+@contextmanager
+def spying(obj: Any, name: str, calls: list) -> Iterator[None]:
+    """Record (args, result) of every call of `obj.name` (the result's items, for a generator) while inside."""
+    method = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        result = method(*args, **kwargs)
+        if isinstance(result, Generator):
+            return (calls.append((args, piece.clone())) or piece for piece in result)
+        calls.append((args, result))
+        return result
+
+    setattr(obj, name, spy)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
+def our_run(engine: WanS2VEngine, inputs, guidance: float, frames: int) -> dict[str, Any]:
+    """Our streamed frames (uint8, as served), the float pixels they were decoded as, per clip the latents made and
+    the reference / motion latents given to the DiT."""
+    decoded, denoised = [], []
+    job = GenerationJob(photo=inputs["photo"], waveform=inputs["waveform"], params=GenerationParams(
+        engine="s2v-14B", seed=SEED, steps=STEPS, guidance=guidance, fps=S2V_14B.sample_fps,
+        max_duration_s=frames / S2V_14B.sample_fps, prompt=PROMPT))
+    with spying(engine, "_decoded", decoded), spying(engine, "_denoise", denoised):
+        served = np.concatenate([chunk.frames for chunk in engine.generate(job)])
+    # _denoise(seed, shape, steps, guidance, context, context_null, ref, motion, audio, drop_motion)
+    return {"served": served, "pixels": torch.cat([piece for _, piece in decoded], dim=2)[0],
+            "latents": [out for _, out in denoised], "ref": denoised[0][0][6],
+            "motion": [args[7] for args, _ in denoised[1:]]}
+
+
+@pytest.fixture(scope="module", params=[4.5, 1.0], ids=["cfg-4.5", "no-cfg"])
+def official_run(request, pipeline, inputs) -> dict[str, Any]:
+    """The official video and what its VAE encoded and decoded: the reference latents, per clip the motion latents
+    handed over and the latents decoded."""
+    guidance = request.param
+    encoded, decoded = [], []
+    with spying(pipeline.vae, "encode", encoded), spying(pipeline.vae, "decode", decoded), torch.no_grad():
         video = pipeline.generate(PROMPT, inputs["photo_path"], inputs["speech_path"], enable_tts=False,
                                   tts_prompt_audio=None, tts_prompt_text=None, tts_text=None, num_repeat=None,
                                   max_area=HEIGHT * WIDTH, infer_frames=PER_CLIP, shift=SHIFT, sample_solver="unipc",
                                   sampling_steps=STEPS, guide_scale=guidance, seed=SEED, offload_model=False)
-    return video  # [3, frames, H, W] in [-1, 1]
-
-
-def our_video(engine: WanS2VEngine, inputs, guidance: float, frames: int) -> tuple[torch.Tensor, np.ndarray, list]:
-    """Our streamed frames (uint8, as served), the float pixels they were made of, and each clip's latents."""
-    pixels: list[torch.Tensor] = []
-    latents: list[torch.Tensor] = []
-    decoded, denoise = engine._decoded, engine._denoise
-
-    def decoded_spy(*args, **kwargs):
-        for piece in decoded(*args, **kwargs):
-            pixels.append(piece.clone())
-            yield piece
-
-    def denoise_spy(*args, **kwargs):
-        latents.append(denoise(*args, **kwargs))
-        return latents[-1]
-
-    engine._decoded, engine._denoise = decoded_spy, denoise_spy
-    try:
-        job = GenerationJob(photo=inputs["photo"], waveform=inputs["waveform"], params=GenerationParams(
-            engine="s2v-14B", seed=SEED, steps=STEPS, guidance=guidance, fps=S2V_14B.sample_fps,
-            max_duration_s=frames / S2V_14B.sample_fps, prompt=PROMPT))
-        served = np.concatenate([chunk.frames for chunk in engine.generate(job)])
-    finally:
-        del engine._decoded, engine._denoise
-    return torch.cat(pixels, dim=2)[0], served, latents
-
-
-@pytest.fixture(scope="module", params=[4.5, 1.0], ids=["cfg-4.5", "no-cfg"])
-def official_run(request, pipeline, inputs) -> tuple[float, torch.Tensor, list[torch.Tensor]]:
-    """The official video and, per clip, the latents it decoded (spied on the official VAE's decode)."""
-    guidance = request.param
-    decoded: list[torch.Tensor] = []
-    decode = pipeline.vae.decode
-
-    def decode_spy(latents):
-        decoded.append(latents.clone())
-        return decode(latents)
-
-    pipeline.vae.decode = decode_spy
-    try:
-        video = official_video(pipeline, inputs, guidance)
-    finally:
-        del pipeline.vae.decode
-    return guidance, video, [z[:, :, -PER_CLIP // 4 :] for z in decoded]
+    # encode calls: the photo, the zero motion frames, the (zero) pose condition, then the motion frames after
+    # every clip; decode calls: [reference or motion latents, the clip's latents] per clip.
+    latents = [torch.stack(out) for _, out in encoded]
+    return {"guidance": guidance, "video": video, "ref": latents[0], "motion": latents[3:-1],
+            "latents": [args[0][:, :, -PER_CLIP // 4 :] for args, _ in decoded], "decoded": decoded}
 
 
 def test_whole_job(official_run, engines, inputs, parity) -> None:
-    guidance, video, their_latents = official_run
+    guidance = official_run["guidance"]
+    # The pixel tolerance rests on our VAE decoding the official latents as the official does (the last clip's:
+    # motion latents, then its own):
+    (latents,), frames = official_run["decoded"][-1]
+    with torch.no_grad():
+        ours = engines[False].vae.decode(latents)
+    parity.check("S2V job: our VAE decoding the official latents", ours[0], frames[0],
+                 case=f"guidance {guidance:g}: last clip")
     for batched in (False, True) if guidance > 1 else (False,):  # without guidance there is nothing to batch
-        compare_job(guidance, video, their_latents, engines[batched], inputs, parity, batched)
+        compare_job(official_run, engines[batched], inputs, parity, batched)
 
 
-def compare_job(guidance, video, their_latents, engine, inputs, parity, batched: bool) -> None:
-    frames = video.shape[1]
-    assert len(their_latents) >= 3 and frames == (PER_CLIP - 3) + (len(their_latents) - 1) * PER_CLIP
-    pixels, served, latents = our_video(engine, inputs, guidance, frames)
-    case = f"guidance {guidance:g}, {len(latents)} clips, {STEPS} steps" + (", CFG batched" if batched else "")
+def compare_job(theirs: dict[str, Any], engine: WanS2VEngine, inputs, parity, batched: bool) -> None:
+    video, guidance = theirs["video"], theirs["guidance"]
+    clips = len(theirs["latents"])
+    assert clips >= 3 and video.shape[1] == (PER_CLIP - 3) + (clips - 1) * PER_CLIP
+    ours = our_run(engine, inputs, guidance, video.shape[1])
+    case = f"guidance {guidance:g}, {clips} clips, {STEPS} steps" + (", CFG batched" if batched else "")
     why = ("float32; the two guidance branches in one batch of two (our default) instead of two calls"
-           if batched else "float32 on CPU; the same math in another order of operations")
-    assert len(latents) == len(their_latents)
-    for clip, (ours, theirs) in enumerate(zip(latents, their_latents)):
-        parity.check("S2V job: denoised latents per clip", ours, theirs, why=why, case=f"{case}: clip {clip}")
-    parity.check("S2V job: decoded frames (float)", pixels, video, tolerance=PIXEL_TOLERANCE, why=PIXEL_WHY,
-                 case=case)
-    official_uint8 = ((video.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0)  # as save_video
+           if batched else FLOAT32_WHY)
+    parity.check("S2V job: reference latents", ours["ref"], theirs["ref"], case=case)
+    assert len(ours["latents"]) == clips and len(ours["motion"]) == len(theirs["motion"]) == clips - 1
+    for clip in range(clips):
+        if clip:
+            parity.check("S2V job: motion latents handed to the next clip", ours["motion"][clip - 1],
+                         theirs["motion"][clip - 1], why=why, case=f"{case}: clip {clip}")
+        parity.check("S2V job: denoised latents per clip", ours["latents"][clip], theirs["latents"][clip], why=why,
+                     case=f"{case}: clip {clip}")
+    parity.check("S2V job: decoded frames (float)", ours["pixels"], video, tolerance=PIXEL_TOLERANCE,
+                 why=PIXEL_WHY, case=case)
+    official_uint8 = ((video.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()  # save_video
+    served = ours["served"]
     record = parity.check("S2V job: streamed uint8 frames", served.astype(np.float64),
-                          official_uint8.numpy().astype(np.float64), tolerance=1 / 255, why=LEVEL_WHY, case=case)
+                          official_uint8.astype(np.float64), tolerance=1 / 255, why=LEVEL_WHY, case=case)
     assert record["max_abs"] <= 1
-    assert np.mean(served != official_uint8.numpy()) < 1e-3
+    assert np.mean(served != official_uint8) < 1e-3
 
 
 def test_motion_and_reference_matter(official_run) -> None:
     """The clips differ from each other (the hand-over carries motion, not a copy) and none is blank."""
-    _, video, _ = official_run
+    video = official_run["video"]
     first, second, third = video[:, 4], video[:, 5], video[:, 13]
     assert (second - first).abs().mean() > 1e-3 and (third - second).abs().mean() > 1e-3
     assert video.std() > 0.05
