@@ -4,12 +4,16 @@
 released is replaced, each with the same math:
 
 * `flash_attention` (asserts CUDA and half precision) -> `sdpa_attention` below, in every module that bound it.
-* `torchvision` (its wheels need another torch than ours, see research/toolchain.md) -> the few transforms the
-  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic.
-* `decord` (reads videos; no test gives the oracle a video file) and `dashscope` (a cloud prompt-extension client)
-  -> empty modules that raise if used.
+* Packages `import wan` needs that cannot be imported here get stand-ins, only while `wan` is imported (nothing
+  else in a test session sees them), and only where the real one is missing:
+  `torchvision` (its wheels need another torch than ours, see research/toolchain.md) -> the few transforms the
+  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic; `decord` (reads videos),
+  `dashscope` (a cloud prompt-extension client), and on the GPU image `librosa` and `ftfy` -> modules that raise
+  if used.
 * `torch.cuda.current_device()`, evaluated as a default argument when `wan/modules/t5.py` is imported -> 0 during
-  the import only (every caller in the tests passes a device).
+  the import only (every caller passes a device).
+
+Nothing of upstream's code is copied here: the oracle runs as shipped.
 
 `build_on_cpu(WanS2V, config, folder, ...)` constructs an official pipeline from a tiny release folder: while its
 constructor runs, `torch.device("cuda:N")` in the pipeline's module means the CPU, and the VAE / umT5 constructors,
@@ -175,24 +179,49 @@ def _transforms_module() -> types.ModuleType:
     return transforms
 
 
-def _stand_in_modules() -> dict[str, types.ModuleType]:
+def _torchvision_modules() -> dict[str, types.ModuleType]:
     transforms = _transforms_module()
     torchvision = types.ModuleType("torchvision")
     torchvision.transforms = transforms
     torchvision.utils = types.ModuleType("torchvision.utils")
     torchvision.utils.__getattr__ = lambda name: _unavailable(f"torchvision.utils.{name}")
     torchvision.__version__ = "0.0-stand-in"
-    decord = types.ModuleType("decord")
-    decord.VideoReader = _unavailable("decord.VideoReader")
-    dashscope = types.ModuleType("dashscope")
     return {"torchvision": torchvision, "torchvision.transforms": transforms,
-            "torchvision.transforms.functional": transforms.functional, "torchvision.utils": torchvision.utils,
-            "decord": decord, "dashscope": dashscope}
+            "torchvision.transforms.functional": transforms.functional, "torchvision.utils": torchvision.utils}
+
+
+def _raising_module(name: str) -> dict[str, types.ModuleType]:
+    module = types.ModuleType(name)
+    module.__getattr__ = lambda attr: _unavailable(f"{name}.{attr}")
+    return {name: module}
+
+
+STAND_INS = {"torchvision": _torchvision_modules, "decord": partial(_raising_module, "decord"),
+             "dashscope": partial(_raising_module, "dashscope"), "librosa": partial(_raising_module, "librosa"),
+             "ftfy": partial(_raising_module, "ftfy")}
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # noqa: BLE001 - installed but unusable here (torchvision beside another torch) is missing too
+        for key in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+            del sys.modules[key]
+        return False
+
+
+def _stand_in_modules() -> dict[str, types.ModuleType]:
+    modules: dict[str, types.ModuleType] = {}
+    for name, make in STAND_INS.items():
+        if not _importable(name):
+            modules.update(make())
+    return modules
 
 
 @contextmanager
 def _stand_ins() -> Iterator[None]:
-    # Import what checks for torchvision's presence first, so that they see the real (absent) package.
+    # Import what checks for torchvision's presence first, so that they see the real (absent or present) package.
     import diffusers  # noqa: F401
     import transformers  # noqa: F401
 

@@ -31,6 +31,7 @@ from python_backends.audio.decode import decode_audio
 from python_backends.generation.job import GenerationJob, GenerationParams
 from python_backends.generation.wan.configs import S2V_14B
 from python_backends.generation.wan.s2v_engine import (
+    FIRST_CLIP_DROPPED_FRAMES,
     WanS2VEngine,
     WanS2VOptions,
     audio_window,
@@ -110,6 +111,14 @@ def test_audio_embedding(pipeline, engines, inputs, parity) -> None:
     parity.check("S2V audio: per-frame embedding at 16 fps", ours, theirs,
                  case=f"{clips} clip windows of {PER_CLIP} frames")
     assert theirs[..., : int(SECONDS * 16)].abs().amax(dim=(0, 1, 2)).min() > 0  # speech, then the zero padding
+    # audio_sync (our default, a documented departure): every window starts FIRST_CLIP_DROPPED_FRAMES earlier,
+    # the frames before the start repeating the first, so that the first clip's dropped frames take their audio.
+    shift = FIRST_CLIP_DROPPED_FRAMES
+    index = (torch.arange(clips * PER_CLIP) - shift).clamp(min=0)
+    synced = torch.cat([audio_window(ours30, clip * PER_CLIP - shift, PER_CLIP, S2V_14B.sample_fps)
+                        for clip in range(clips)], dim=-1)
+    parity.check("S2V audio: per-frame embedding, audio_sync (ours)", synced, theirs[..., index],
+                 case=f"official frames shifted by {shift}")
 
 
 def test_output_size_rule(pipeline, parity) -> None:
