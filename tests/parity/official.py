@@ -71,7 +71,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lens: to
     if q_scale is not None:
         q = q * q_scale
     mask = None
-    if k_lens is not None:
+    if k_lens is not None and bool((k_lens < lk).any()):  # all keys valid: no mask, so SDPA may pick any kernel
         mask = (torch.arange(lk, device=k.device)[None, :] < k_lens.to(k.device)[:, None])[:, None, None, :]
     if causal:
         tril = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
