@@ -10,15 +10,13 @@ existing JSON file without running anything.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from suite_ledger import run_suite  # noqa: E402
+from suite_ledger import publish  # noqa: E402
 
 from tests.parity.conftest import REPORT_ENV, ParityLedger  # noqa: E402
 
@@ -35,19 +33,5 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "parity_cpu.json")
-    parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k s2v")
-    args = parser.parse_args()
-    if not args.table_only:
-        code = run_suite(ROOT, "tests/parity", REPORT_ENV, args.out, args.pytest_args)
-        if code != 0:
-            return code
-    print(table(json.loads(args.out.read_text())))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(publish(__doc__, ROOT, "tests/parity", REPORT_ENV, ROOT / "perf" / "results" / "parity_cpu.json", table))

@@ -9,7 +9,6 @@ property example, injected fault and security probe is one record with its expec
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from suite_ledger import run_suite  # noqa: E402
+from suite_ledger import publish  # noqa: E402
 
 from tests.reliability.conftest import REPORT_ENV, Ledger  # noqa: E402
 
@@ -60,19 +59,6 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results" / "reliability.json")
-    parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, e.g. -k faults")
-    args = parser.parse_args()
-    if not args.table_only:
-        code = run_suite(ROOT, "tests/reliability", REPORT_ENV, args.out, args.pytest_args)
-        if code != 0:
-            return code
-    print(table(json.loads(args.out.read_text())))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(publish(__doc__, ROOT, "tests/reliability", REPORT_ENV, ROOT / "perf" / "results" / "reliability.json",
+                     table))
