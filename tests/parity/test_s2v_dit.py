@@ -98,6 +98,22 @@ def test_forward_with_fewer_motion_latents(models, inputs, parity, add_last_moti
 
 
 @torch.no_grad()
+def test_forward_at_latent_sides_not_multiples_of_8(models, parity):
+    """720x1280 video is 90x160 latents: the 2x / 4x FramePack patches then leave rows and columns out."""
+    theirs, ours = models
+    g = torch.Generator().manual_seed(8)
+    size = (10, 12)
+    x = {"latents": torch.randn(1, 16, 2, *size, generator=g), "ref": torch.randn(1, 16, 1, *size, generator=g),
+         "motion": torch.randn(1, 16, 19, *size, generator=g), "cond": torch.randn(1, 16, 2, *size, generator=g),
+         "audio": torch.randn(1, 25, ours.config.audio_dim, 8, generator=g)}
+    context = torch.randn(TEXT_TOKENS, ours.config.text_dim, generator=g)
+    expected = official_forward(theirs, x, 500.0, context)
+    got = ours(x["latents"], torch.tensor([500.0]), [context], x["ref"], x["motion"], x["audio"], x["cond"],
+               motion_frames=DEFAULT_MOTION_FRAMES)[0]
+    parity.check("S2V DiT forward", got, expected, case=f"t=500, latents {size[0]}x{size[1]}")
+
+
+@torch.no_grad()
 def test_zero_pose_condition(models, inputs, parity):
     """The pipeline passes all-zero pose latents (COND[0] * 0); ours takes None for them."""
     theirs, ours = models

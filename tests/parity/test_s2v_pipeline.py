@@ -97,20 +97,27 @@ def engines(release) -> dict[bool, WanS2VEngine]:
         (False, True)}
 
 
-def test_audio_embedding(pipeline, engines, inputs, parity) -> None:
-    """wav2vec2 hidden states -> 30 Hz -> per video frame at 16 fps (WanS2V.encode_audio) against ours."""
-    theirs, clips = pipeline.encode_audio(inputs["speech_path"], infer_frames=PER_CLIP)
-    engine = engines[False]
-    hidden = torch.from_numpy(engine.audio_encoder.encode([inputs["waveform"]])[0])
-    their_hidden = pipeline.audio_encoder.extract_audio_feat(inputs["speech_path"], return_all_layers=True)
+@pytest.mark.parametrize("seconds", [SECONDS, 0.37, 3.3])
+def test_audio_embedding(pipeline, engines, inputs, parity, tmp_path, seconds) -> None:
+    """wav2vec2 hidden states -> 30 Hz -> per video frame at 16 fps (WanS2V.encode_audio) against ours; the job's
+    speech and two lengths that are not whole wav2vec2 or video frames."""
+    path, waveform = inputs["speech_path"], inputs["waveform"]
+    if seconds != SECONDS:
+        noise = 0.2 * np.random.default_rng(1).standard_normal(int(16000 * seconds))
+        path = tmp_path / "speech.wav"
+        path.write_bytes(wav_bytes(noise))
+        waveform = decode_audio(path.read_bytes()).samples
+    theirs, clips = pipeline.encode_audio(str(path), infer_frames=PER_CLIP)
+    hidden = torch.from_numpy(engines[False].audio_encoder.encode([waveform])[0])
+    their_hidden = pipeline.audio_encoder.extract_audio_feat(str(path), return_all_layers=True)
     ours30 = resample_to_video_rate(hidden)
     parity.check("S2V audio: wav2vec2 hidden states at 30 Hz", ours30.transpose(1, 2), their_hidden,
-                 case=f"{SECONDS:g} s speech, 25 layers")
+                 case=f"{seconds:g} s speech, 25 layers")
     ours = torch.cat([audio_window(ours30, clip * PER_CLIP, PER_CLIP, S2V_14B.sample_fps) for clip in range(clips)],
                      dim=-1)
     parity.check("S2V audio: per-frame embedding at 16 fps", ours, theirs,
-                 case=f"{clips} clip windows of {PER_CLIP} frames")
-    assert theirs[..., : int(SECONDS * 16)].abs().amax(dim=(0, 1, 2)).min() > 0  # speech, then the zero padding
+                 case=f"{seconds:g} s: {clips} clip windows of {PER_CLIP} frames")
+    assert theirs[..., : int(seconds * 16)].abs().amax(dim=(0, 1, 2)).min() > 0  # speech, then the zero padding
     # audio_sync (our default, a documented departure): every window starts FIRST_CLIP_DROPPED_FRAMES earlier,
     # the frames before the start repeating the first, so that the first clip's dropped frames take their audio.
     shift = FIRST_CLIP_DROPPED_FRAMES
@@ -118,7 +125,7 @@ def test_audio_embedding(pipeline, engines, inputs, parity) -> None:
     synced = torch.cat([audio_window(ours30, clip * PER_CLIP - shift, PER_CLIP, S2V_14B.sample_fps)
                         for clip in range(clips)], dim=-1)
     parity.check("S2V audio: audio_sync windows (our departure) vs the official embedding shifted", synced,
-                 theirs[..., index], case=f"shifted by {shift} frames")
+                 theirs[..., index], case=f"{seconds:g} s, shifted by {shift} frames")
 
 
 def test_text_context(pipeline, engines, parity) -> None:

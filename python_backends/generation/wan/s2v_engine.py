@@ -20,6 +20,10 @@ What one `generate(job)` does, following `WanS2V.generate` (wan/speech2video.py,
    the causal VAE, streamed latent frame by latent frame (`WanVAE.decode_chunks`); the first clip drops its
    first 3 frames. Pixels map to uint8 as the official `save_video` (floor of (x + 1) / 2 * 255).
 
+tests/parity/test_s2v_pipeline.py runs the official `WanS2V.generate` against this engine on one tiny release with
+the departures below that change numbers switched to the official behaviour (`audio_sync=False`, `cfg_batched`
+both ways, a photo at the output size): the streamed frames agree to float32 round-off.
+
 Where this differs from the official pipeline, and why:
 
 * Streaming: frames go out as the VAE decodes them, in chunks of `params.chunk_frames` (flushed at the end of
@@ -34,7 +38,8 @@ Where this differs from the official pipeline, and why:
   frame j shows the 16 fps frame nearest to time j / fps): repeated frames above 16 fps, skipped ones below;
   no interpolation.
 * Noise is drawn from a CPU generator in float32 (same video for a seed on any device); the official draws bf16
-  noise on the GPU. Latents stay float32 between steps (official: bf16).
+  noise on the GPU (on the CPU in float32 it draws exactly ours). Latents stay float32 between steps (official:
+  bf16).
 * Photo fit: scale to cover + centre crop; the official resizes the short side to min(H, W) and centre-crops,
   which pads black bars when the photo's aspect is a little off the (64-rounded) target's.
 * Identity re-anchoring by embedding (optional): with `job.embedding` and an `embedder`, the first
