@@ -18,8 +18,9 @@ unconditional (negative prompt, all-zero audio) forwards, then uncond + 4.5 (con
 All three use SDPA's default kernel choice for the same shapes.
 
 Reported: each path's median time per step (CUDA events, after warm-up), the speed ratio official / ours, and
-the difference of each of ours from the official's guided flow: max abs, max abs relative to the official's
-largest magnitude, and the relative L2 error, each against a stated tolerance:
+the difference of each of ours from the official's conditional, unconditional and guided flow: max abs, max abs
+relative to the official's largest magnitude, and the relative L2 error. The tolerance bounds the relative L2 error
+of each branch (the model's own outputs; guidance multiplies their difference by 4.5 in the guided flow):
 * ours eager vs official: relative L2 <= 1e-2. Both round every product to bf16 (2^-8 relative) and the official
   computes more in float32 (autocast, float64 rotary tables), so they differ by bf16 round-off accumulated over
   40 blocks, not by math; the CPU suite shows the same code agreeing to 5e-7 in float32.
@@ -107,12 +108,21 @@ def official_model(config: WanS2VTransformerConfig, state: dict[str, torch.Tenso
     return model.eval().requires_grad_(False)
 
 
+PARTS = ("conditional", "unconditional", "guided")
+
+
 def differences(ours: torch.Tensor, theirs: torch.Tensor, tolerance: float) -> dict[str, Any]:
-    a, b = ours.double(), theirs.double()
-    max_abs = float((a - b).abs().max())
-    rel_l2 = float((a - b).norm() / b.norm())
-    return {"max_abs": max_abs, "max_rel": max_abs / float(b.abs().max()), "rel_l2": rel_l2,
-            "tolerance_rel_l2": tolerance, "within_tolerance": rel_l2 <= tolerance}
+    """Per part of a step's output (conditional, unconditional, guided flow): max abs, max abs relative to the
+    official's largest magnitude, relative L2. The tolerance applies to the two model outputs: guidance multiplies
+    their difference by 4.5, so the guided flow's relative error is larger by construction (reported)."""
+    parts = {}
+    for name, a, b in zip(PARTS, ours.double(), theirs.double()):
+        max_abs = float((a - b).abs().max())
+        parts[name] = {"max_abs": max_abs, "max_rel": max_abs / float(b.abs().max()),
+                       "rel_l2": float((a - b).norm() / b.norm())}
+    within = all(parts[name]["rel_l2"] <= tolerance for name in PARTS[:2])
+    return {**parts["guided"], "parts": parts, "tolerance_rel_l2": tolerance,
+            "worst_branch_rel_l2": max(parts[name]["rel_l2"] for name in PARTS[:2]), "within_tolerance": within}
 
 
 def timed(clock: Clock, step: Callable[[], torch.Tensor], warmup: int, reps: int) -> tuple[dict, torch.Tensor]:
@@ -163,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
                           **official_args)[0]
             uncond = theirs([x["latents"][0]], t=t_official, context=null, audio_input=0.0 * x["audio"],
                             **official_args)[0]
-            return uncond + GUIDE * (cond - uncond)
+            return torch.stack([cond, uncond, uncond + GUIDE * (cond - uncond)])
 
     def eager_step() -> torch.Tensor:
         with torch.no_grad():
@@ -171,14 +181,14 @@ def run(args: argparse.Namespace) -> dict:
                         motion_frames=motion)
             uncond = ours(x["latents"], t_ours, null, x["ref_latents"], x["motion_latents"], 0.0 * x["audio"],
                           motion_frames=motion)
-            return guide(cond, uncond, GUIDE)[0]
+            return torch.stack([cond[0], uncond[0], guide(cond, uncond, GUIDE)[0]])
 
     def fastest_step() -> torch.Tensor:
         with torch.no_grad():
             cond, uncond = cfg_forward(ours, latents=x["latents"], timestep=t_ours, context=x["context"],
                                        context_null=null, ref_latents=x["ref_latents"],
                                        motion_latents=x["motion_latents"], audio=x["audio"], motion_frames=motion)
-            return guide(cond, uncond, GUIDE)[0]
+            return torch.stack([cond[0], uncond[0], guide(cond, uncond, GUIDE)[0]])
 
     paths: dict[str, Any] = {}
     paths["official"], reference = timed(clock, official_step, args.warmup, args.reps)
@@ -209,12 +219,12 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def table(result: dict) -> str:
-    lines = ["| path | s / step | speed vs official | max abs diff | max rel diff | rel L2 | tolerance (rel L2) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| path | s / step | speed vs official | guided flow: max abs diff | max rel diff | rel L2 | "
+             "worse branch rel L2 | tolerance (branch rel L2) |", "|---|---|---|---|---|---|---|---|"]
     for name, p in result["paths"].items():
         speed = result["speedup_vs_official"].get(name, 1.0)
-        diff = (f"{p['max_abs']:.2e} | {p['max_rel']:.2e} | {p['rel_l2']:.2e} | {p['tolerance_rel_l2']:g}"
-                if "rel_l2" in p else "reference | | | ")
+        diff = (f"{p['max_abs']:.2e} | {p['max_rel']:.2e} | {p['rel_l2']:.2e} | {p['worst_branch_rel_l2']:.2e} | "
+                f"{p['tolerance_rel_l2']:g}" if "rel_l2" in p else "reference | | | | ")
         lines.append(f"| {name} | {p['median_step_s']:.3f} | {speed:.2f}x | {diff} |")
     return "\n".join(lines)
 
