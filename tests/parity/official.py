@@ -1,4 +1,4 @@
-"""The official Wan2.2 code (the `wan22` package, installed by `make install`) as a CPU test oracle.
+"""The official Wan2.2 code (the `wan22` package, installed by `make install`) as a test oracle on the CPU.
 
 `official()` imports the Wan team's `wan` package once and returns it. Only what cannot run on a CPU machine as
 released is replaced, each with the same math:
@@ -18,9 +18,6 @@ Nothing of upstream's code is copied here: the oracle runs as shipped.
 `build_on_cpu(WanS2V, config, folder, ...)` constructs an official pipeline from a tiny release folder: while its
 constructor runs, `torch.device("cuda:N")` in the pipeline's module means the CPU, and the VAE / umT5 constructors,
 which hard-code the released widths, get the tiny release's widths. Nothing else changes.
-
-The stand-in modules exist in `sys.modules` only while `wan` is imported, so nothing else in a test session sees
-them. Nothing of upstream's code is copied here: the oracle runs as shipped.
 
 Helpers that need more of torchvision add it to `_transforms_module` (with torchvision's arithmetic and a comment).
 """
