@@ -44,6 +44,24 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerOp
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def fast_keepalive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerOptions]:
+    """A private tritonserver whose streaming models send a keep-alive on any request silent for
+    keepalive_server.FAST_KEEPALIVE_S, so tests see keep-alives whatever the machine's speed."""
+    from keepalive_server import fast_keepalive_repositories
+
+    root = tmp_path_factory.mktemp("keepalive-repositories")
+    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            repositories=fast_keepalive_repositories(root),
+                            weights=tmp_path_factory.mktemp("no-weights"))
+    server = TritonServer(options, log_path=root / "tritonserver.log")
+    server.start()
+    try:
+        yield options
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["grpc", "http"])
 def client(request: pytest.FixtureRequest, triton_server: ServerOptions) -> Iterator[TalkingHeadClient]:
     url = triton_server.grpc_url if request.param == "grpc" else triton_server.http_url
