@@ -306,10 +306,6 @@ class WebhookDispatcher:
         await asyncio.to_thread(self.store.record_attempt, delivery, self.owner, result.status_code, result.error,
                                 result.duration_ms, state, retry_at)
 
-    def _claim(self) -> Delivery | None:
-        busy = tuple(tenant for tenant, count in self.in_flight.items() if count >= self.settings.per_tenant)
-        return self.store.claim_delivery(self.owner, self.lease_s, skip_tenants=busy)
-
     async def _attempt_counted(self, delivery: Delivery) -> None:
         try:
             await self.attempt(delivery)
@@ -330,8 +326,11 @@ class WebhookDispatcher:
             while not stop.is_set():
                 delivery = None
                 if len(running) < self.settings.concurrency:
+                    busy = tuple(tenant for tenant, count in self.in_flight.items()
+                                 if count >= self.settings.per_tenant)
                     try:
-                        delivery = await asyncio.to_thread(self._claim)
+                        delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner, self.lease_s,
+                                                           None, busy)
                     except Exception:  # a database hiccup must not end deliveries for the gateway's lifetime
                         logger.exception("webhook dispatcher")
                 if delivery is not None:
