@@ -28,6 +28,7 @@ from .settings import GatewaySettings, HttpSettings
 logger = logging.getLogger("talkinghead.gateway")
 
 CHECK_EVERY_S = 0.5
+LINGER_S = 2.0
 _QUERY_VALUE = re.compile(r"=[^&]*")
 _API_KEY = re.compile(r"thk_[A-Za-z0-9_\-]+")
 
@@ -63,6 +64,8 @@ class SlowClientGuard(H11Protocol):
         self._check_handle = self.loop.call_later(CHECK_EVERY_S, self._check)
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == "cut":  # lingering after a 408: read and drop what the client still sends
+            return
         self._received += len(data)
         self._idle_s = 0.0
         super().data_received(data)
@@ -75,7 +78,7 @@ class SlowClientGuard(H11Protocol):
         return self.flow.read_paused or (self.cycle is not None and self.cycle.waiting_for_100_continue)
 
     def _check(self) -> None:
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._phase == "cut":
             return
         now = self.loop.time()
         state = self.conn.their_state
@@ -110,7 +113,15 @@ class SlowClientGuard(H11Protocol):
         if cycle is not None:  # the app, waiting for more of the body, sees a disconnect; nothing more is written
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        # A lingering close, as web servers do: closing a socket with unread data makes the kernel reset the
+        # connection, and a client that was still sending would lose the 408. So: end our side (FIN after the
+        # 408), keep reading and dropping for a moment, then close.
+        self._phase = "cut"
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:  # pragma: no cover - TLS transports cannot half-close
+            self.transport.close()
 
 
 def guarded_protocol(limits: HttpSettings) -> type[SlowClientGuard]:

@@ -314,6 +314,8 @@ def _slow_client(port: int, head: bytes, drip: bytes, every_s: float = 1.0,
                 continue
             except TimeoutError:
                 pass
+            except ConnectionResetError:  # closed on us (the answer, if any, was read before)
+                break
             if position < len(drip):
                 try:
                     sock.sendall(drip[position:position + 1])
