@@ -17,6 +17,13 @@ interleave a line or fork the chain.
 
 Secrets never enter the log: records are built from whitelisted fields by the caller, and `append` refuses any key
 that names a secret or any value that holds PEM key material.
+
+Records hold text from users (a prompt, a file name). Each line is written with control, format (bidi overrides,
+zero-width) and line-separator characters as JSON `\\uXXXX` escapes (`log_line`), so that `cat` or `less` of the
+log shows them instead of obeying them (a right-to-left override cannot rearrange what an operator reads), and
+`printable` escapes them the same way wherever the CLI prints a record's text. Verification reads every line as
+plain UTF-8 and never raises on what it finds: binary garbage, a byte-order mark, nesting or numbers no record
+has are each reported as the line they are on.
 """
 
 from __future__ import annotations
@@ -28,9 +35,12 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .files import file_problem
 
 GENESIS = "0" * 64
 # Whole key names only: "pass" (a QA gate's result) is fine, "password" or "hf_token" is not.
@@ -43,8 +53,31 @@ class AuditError(Exception):
     """The log cannot be appended to (unreadable, damaged tail, or a record that would leak a secret)."""
 
 
+_UNSAFE = {"Cc", "Cf", "Zl", "Zp", "Cs"}  # controls, format (bidi, zero-width), line/paragraph separators, surrogates
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code > 0xFFFF:  # as JSON writes it: a UTF-16 surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format (bidi override, zero-width) and separator character written as a
+    \\uXXXX escape: safe to show on a terminal."""
+    return "".join(_escape(char) if unicodedata.category(char) in _UNSAFE else char for char in text)
+
+
 def canonical(record: dict) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def log_line(record: dict) -> bytes:
+    """A record as its line in the log (without the newline): the canonical JSON, unsafe characters escaped (the
+    same JSON value, so the same hash)."""
+    return printable(canonical(record).decode()).encode()
 
 
 def record_hash(record: dict) -> str:
@@ -95,10 +128,11 @@ def _last_record(log: Path) -> dict | None:
             if data.rstrip(b"\n").count(b"\n") >= 1:
                 break
     line = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        raise AuditError(f"the last line of {log} is not a JSON record; run `talkinghead audit verify {log}`") from None
+    record = parse_line(line)
+    if not isinstance(record, dict):
+        raise AuditError(f"the last line of {log} is not a JSON record (it {record}); run `talkinghead audit verify "
+                         f"{log}`")
+    return record
 
 
 class AuditLog:
@@ -120,9 +154,13 @@ class AuditLog:
                 **event,
                 "prev_hash": last["hash"] if last else GENESIS,
             }
-            record["hash"] = record_hash(record)
+            try:
+                record["hash"] = record_hash(record)
+                line = log_line(record)
+            except (ValueError, RecursionError) as exc:  # NaN / infinity, text that is not Unicode (surrogates)
+                raise AuditError(f"the record cannot be written as JSON text: {exc}") from None
             with open(self.path, "ab") as handle:
-                handle.write(canonical(record) + b"\n")
+                handle.write(line + b"\n")
                 handle.flush()
                 os.fsync(handle.fileno())
             head = head_path(self.path)
@@ -160,12 +198,37 @@ class AuditVerifyResult:
                 "problems": [p.__dict__ for p in self.problems]}
 
 
+def parse_line(raw: bytes) -> dict | str:
+    """The record on a line of the log, or why the line is not one: never an exception, whatever the bytes. The
+    bytes are decoded as plain UTF-8: a byte-order mark, which `append` never writes, is an alteration."""
+    line = raw.rstrip(b"\n")
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"is not UTF-8 text (byte {exc.start} is {line[exc.start:exc.start + 1]!r})"
+    except RecursionError:
+        return "is nested too deeply to be a record"
+    except ValueError as exc:  # JSONDecodeError (a byte-order mark included), an integer of thousands of digits
+        return f"is not JSON ({str(exc)[:120]})"
+    if not isinstance(record, dict):
+        return "is not a JSON object"
+    seq, stored = record.get("seq"), record.get("hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(stored, str):
+        return "has no integer seq and text hash"
+    try:
+        canonical(record)
+    except (ValueError, RecursionError) as exc:  # infinity from a huge exponent, NaN, lone surrogates
+        return f"holds a value the log never writes ({str(exc)[:120]})"
+    return record
+
+
 def _seqs(path: Path) -> set[int]:
     seqs = set()
     with open(path, "rb") as handle:
         for raw in handle:
-            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
-                seqs.add(int(json.loads(raw)["seq"]))
+            record = parse_line(raw)
+            if isinstance(record, dict):
+                seqs.add(record["seq"])
     return seqs
 
 
@@ -173,21 +236,22 @@ def verify_log(path: Path, anchors: tuple[str, ...] = ()) -> AuditVerifyResult:
     """Recompute the chain; `anchors` are head hashes kept elsewhere that must still be in it."""
     path = Path(path)
     result = AuditVerifyResult(str(path))
-    if not path.exists():
-        result.problems.append(Problem(None, None, "missing", f"{path} does not exist"))
+    problem = file_problem(path)
+    if problem:
+        result.problems.append(Problem(None, None, "missing", f"{path} {problem}"))
         return result
     present = _seqs(path)  # a first pass, so a seq that is "missing" here but found later reads as reordered
     prev_hash, expected_seq, seen = GENESIS, 1, set()
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             result.records += 1
-            try:
-                record = json.loads(raw)
-                seq, stored = record["seq"], record["hash"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                result.problems.append(Problem(number, None, "edited", f"line {number} is not a valid record"))
+            record = parse_line(raw)
+            if not isinstance(record, dict):
+                result.problems.append(Problem(number, None, "edited", f"line {number} is not a valid record: it "
+                                                                       f"{record}"))
                 prev_hash, expected_seq = None, expected_seq + 1
                 continue
+            seq, stored = record["seq"], record["hash"]
             seen.add(stored)
             if record_hash(record) != stored:
                 result.problems.append(Problem(number, seq, "edited",
@@ -245,9 +309,8 @@ def find_record(path: Path, **match: object) -> dict | None:
     found = None
     with open(path, "rb") as handle:
         for raw in handle:
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
+            record = parse_line(raw)
+            if not isinstance(record, dict):
                 continue
             if all(_field(record, key) == value for key, value in match.items()):
                 found = record

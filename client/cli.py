@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from .cli_delivery import DeliveryOptionError, add_delivery_options
 from .cli_delivery import add_commands as add_delivery_commands
 from .cli_gateway import GatewayCliError
 from .cli_gateway import add_commands as add_gateway_commands
+from .files import file_problem
 from .server import ServerError, ServerOptions, TritonServer, free_port, serve_forever
 from .triton_client import PROTOCOLS, Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
 
@@ -41,20 +41,15 @@ MAX_INPUT_BYTES = 512_000_000
 
 
 def _read(path: Path, what: str) -> bytes:
+    problem = file_problem(path)
+    if problem:
+        raise CliError(f"{what} {path} {problem}; give a file")
     try:
-        info = Path(path).stat()
-        if Path(path).is_dir():
-            raise IsADirectoryError
-        if not stat.S_ISREG(info.st_mode):
-            raise CliError(f"{what} {path} is not a regular file (a device, pipe or socket); give a file")
-        if info.st_size > MAX_INPUT_BYTES:
-            raise CliError(f"{what} {path} is {info.st_size / 1e6:.0f} MB; the server takes at most "
+        size = Path(path).stat().st_size
+        if size > MAX_INPUT_BYTES:
+            raise CliError(f"{what} {path} is {size / 1e6:.0f} MB; the server takes at most "
                            f"{MAX_INPUT_BYTES / 1e6:.0f} MB")
         return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CliError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise CliError(f"{what} {path} is a folder; give a file") from None
     except OSError as exc:
         raise CliError(f"cannot read {what} {path}: {exc.strerror}") from None
 

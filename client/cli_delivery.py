@@ -7,9 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from .audit import AuditError, find_record, verify_log
+from .audit import AuditError, find_record, printable, verify_log
 from .compliance import ComplianceOptions, sha256_file
 from .encoding import CODECS, PRESETS, EncodeError, EncodeOptions
+from .files import file_problem
 from .provenance import SigningFailed, VerifyResult, verify_video
 from .signing import TRUST_ENV, SigningError, load_signing_config, talkinghead_home
 
@@ -83,11 +84,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the manifest verifies (and, with --audit-log, the file is in the intact log); 1 otherwise."""
-    if not args.video.is_file():
-        raise DeliveryOptionError(f"video {args.video} does not exist")
+    _require_file(args.video, "video")
     anchors = args.trust_anchors or (Path(os.environ[TRUST_ENV]) if os.environ.get(TRUST_ENV) else None)
-    if anchors is not None and not anchors.is_file():
-        raise DeliveryOptionError(f"trust anchors {anchors} do not exist; give a PEM file of root certificates")
+    if anchors is not None and file_problem(anchors):
+        raise DeliveryOptionError(f"trust anchors {anchors} {file_problem(anchors)}; give a PEM file of root "
+                                  "certificates")
+    if args.audit_log is not None:
+        _require_file(args.audit_log, "audit log")
     result = verify_video(args.video, anchors)
     summary = result.as_dict()
     ok = result.valid
@@ -105,51 +108,61 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _require_file(path: Path, what: str) -> None:
+    problem = file_problem(path)
+    if problem:
+        raise DeliveryOptionError(f"{what} {path} {problem}")
+
+
 def _print_verify(path: Path, result: VerifyResult, audit: dict | None) -> None:
+    """The manifest's and the audit record's texts come from files anyone could have made: printed with their
+    control and bidi characters escaped, so none can rewrite what the terminal shows."""
+    def say(text: str) -> None:
+        print(printable(text))
+
     if result.valid:
         signer = result.signer or {}
-        print(f"{path}: VALID C2PA manifest (signature, claim, assertions and video hash check out)")
-        print(f"credential:    {result.credential} (signer {signer.get('common_name')!r}, "
-              f"issuer {signer.get('issuer')!r})")
+        say(f"{path}: VALID C2PA manifest (signature, claim, assertions and video hash check out)")
+        say(f"credential:    {result.credential} (signer {signer.get('common_name')!r}, "
+            f"issuer {signer.get('issuer')!r})")
         disclosure = result.disclosure or {}
-        print(f"AI disclosure: {disclosure.get('statement', 'none in the manifest')}")
-        print(f"source type:   {result.digital_source_type}")
+        say(f"AI disclosure: {disclosure.get('statement', 'none in the manifest')}")
+        say(f"source type:   {result.digital_source_type}")
         if disclosure.get("visible_label"):
-            print(f"visible label: {disclosure.get('label_text')!r} burned into the frames")
-        print(f"QA verdict:    {json.dumps(result.qa_verdict)}")
+            say(f"visible label: {disclosure.get('label_text')!r} burned into the frames")
+        say(f"QA verdict:    {json.dumps(result.qa_verdict)}")
         generation = result.generation or {}
-        print(f"made by:       {generation.get('engine')} (job {generation.get('job_id')})")
+        say(f"made by:       {generation.get('engine')} (job {generation.get('job_id')})")
     else:
-        print(f"{path}: FAILED verification ({result.status})")
+        say(f"{path}: FAILED verification ({result.status})")
         for error in result.errors:
-            print(f"  - {error}")
+            say(f"  - {error}")
     if result.xmp:
-        print(f"XMP:           DigitalSourceType {result.xmp.get('digital_source_type')}")
+        say(f"XMP:           DigitalSourceType {result.xmp.get('digital_source_type')}")
     for warning in result.warnings:
-        print(f"note:          {warning}")
+        say(f"note:          {warning}")
     if audit is not None:
         if not audit["chain_ok"]:
-            print(f"audit:         FAILED: the log {audit['log']} is damaged; run `talkinghead audit verify`")
+            say(f"audit:         FAILED: the log {audit['log']} is damaged; run `talkinghead audit verify`")
         elif audit["record"] is None:
-            print(f"audit:         FAILED: no record in {audit['log']} has this file's SHA-256 "
-                  "(changed after delivery, or not delivered from here)")
+            say(f"audit:         FAILED: no record in {audit['log']} has this file's SHA-256 "
+                "(changed after delivery, or not delivered from here)")
         else:
-            print(f"audit:         matches record {audit['record']['seq']} (job {audit['record']['job_id']})")
+            say(f"audit:         matches record {audit['record']['seq']} (job {audit['record']['job_id']})")
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     log = args.log or talkinghead_home() / "audit.log"
-    if not log.is_file():
-        raise DeliveryOptionError(f"audit log {log} does not exist")
+    _require_file(log, "audit log")
     result = verify_log(log, anchors=tuple(args.anchor or ()))
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(json.dumps(result.as_dict(), indent=2))  # ASCII: every other character is a \u escape
     elif result.ok:
         print(f"{log}: OK, {result.records} records, chain intact"
               + (" and ends at its head" if result.head_checked else ""))
         print(f"head: seq {result.last_seq} {result.last_hash} (keep a copy elsewhere; check later with --anchor)")
     else:
-        print(f"{log}: TAMPERED ({len(result.problems)} problem(s)); first: {result.problems[0].message}")
+        print(printable(f"{log}: TAMPERED ({len(result.problems)} problem(s)); first: {result.problems[0].message}"))
         for problem in result.problems[1:]:
-            print(f"  - {problem.message}")
+            print(printable(f"  - {problem.message}"))
     return 0 if result.ok else 1

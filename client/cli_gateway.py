@@ -47,9 +47,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import logging
 
     try:
-        import uvicorn
-
-        from .gateway.app import create_app
+        from .gateway.serve import serve
     except ImportError as exc:
         raise GatewayCliError(f"the gateway needs its extra: pip install -e '.[gateway]' ({exc})") from None
     from .gateway.db import DatabaseError
@@ -57,15 +55,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        app = create_app(settings)
-    except (DatabaseError, StorageError) as exc:
-        raise GatewayCliError(str(exc)) from None
     print(f"talkinghead gateway on http://{args.host}:{args.port} (docs /docs), tritonserver {settings.triton_url}, "
           f"data {settings.data_dir.resolve()}", file=sys.stderr, flush=True)
-    # uvicorn turns SIGTERM / Ctrl-C into a graceful shutdown: stop accepting, finish requests, then the app's
-    # lifespan drains running jobs (drain_timeout_s) and hands the rest back to the queue.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
+    try:
+        serve(settings, args.host, args.port)
+    except (DatabaseError, StorageError) as exc:
+        raise GatewayCliError(str(exc)) from None
     return 0
 
 

@@ -27,8 +27,12 @@ TITLES = {
     "property_in_process": "property examples in process (decoders, parameter checks)",
     "fault": "faults injected",
     "security": "security probes",
-    "gateway_security": "gateway: SSRF, tenant isolation, API key brute force",
-    "gateway_fault": "gateway: killed mid-job; webhook receiver outages (simulated clock)",
+    "gateway_security": "gateway: SSRF, tenant isolation, API key brute force, server paths in reports",
+    "gateway_hardening": "gateway, adversarial pass (issue 21): wrong keys vs valid keys, forwarded headers, quota "
+                         "and queue-cap races (SQLite, PostgreSQL), malformed submits, slow clients, access log",
+    "gateway_fault": "gateway: killed mid-job; webhook receiver outages (simulated clock), slow and huge answers",
+    "cli_hardening": "CLI (issue 21): audit logs of garbage, bidi in the audit log, impossible tenant limits, "
+                     "pipes and folders where files go",
     "gateway_load": "gateway: jobs accepted under load (locust)",
     "gateway_load_summary": "gateway: load run (locust), no job lost",
 }
@@ -50,7 +54,9 @@ def table(report: dict) -> str:
         detail = {k: v for k, v in record.items() if k in ("failed_after_kill_s", "recovered_after_s", "reload_s",
                                                            "left", "stubs_alive_5s_after",
                                                            "orphans_after_launcher_stop", "triton_reports_ready",
-                                                           "attempts", "window_s", "delivered_after_s", "runs")}
+                                                           "attempts", "window_s", "delivered_after_s", "runs",
+                                                           "most_at_once", "peak_python_memory_mb",
+                                                           "sent_by_receiver_mb")}
         lines.append(f"| {record['name']} | {record['outcome']} | {record['seconds']:.2f} | "
                      f"{json.dumps(detail) if detail else ''} |")
     for load in (r for r in report["records"] if r["category"] == "gateway_load_summary"):

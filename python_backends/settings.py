@@ -20,6 +20,12 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: error messages echo what was sent, never kilobytes of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def parse_bool(value: str | bool, key: str = "value") -> bool:
     if isinstance(value, bool):
         return value
@@ -28,7 +34,7 @@ def parse_bool(value: str | bool, key: str = "value") -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ConfigError(f"parameter {key!r}: expected true/false, got {value!r}")
+    raise ConfigError(f"parameter {key!r}: expected true/false, got {shown(value)}")
 
 
 def _convert(raw: Any, target: Any, key: str) -> Any:
@@ -48,7 +54,7 @@ def _convert(raw: Any, target: Any, key: str) -> Any:
         try:
             return target(raw)
         except (TypeError, ValueError, OverflowError):  # int(float("inf")) raises OverflowError
-            raise ConfigError(f"parameter {key!r}: expected {target.__name__}, got {raw!r}") from None
+            raise ConfigError(f"parameter {key!r}: expected {target.__name__}, got {shown(raw)}") from None
     raise ConfigError(f"parameter {key!r}: unsupported settings type {target!r}")
 
 
@@ -75,9 +81,9 @@ def from_mapping(cls: type[T], values: Mapping[str, Any]) -> T:
         fields = fields - {name}
     for key, raw in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown parameter {key!r} for {cls.__name__}; known: {known}")
+            raise ConfigError(f"unknown parameter {shown(key)} for {cls.__name__}; known: {known}")
         if isinstance(raw, str) and raw.startswith("${"):
-            raise ConfigError(f"parameter {key!r} holds an unfilled placeholder {raw!r}")
+            raise ConfigError(f"parameter {key!r} holds an unfilled placeholder {shown(raw)}")
         kwargs[key] = _convert(raw, hints[key], key)
     try:
         return cls(**kwargs)

@@ -44,6 +44,99 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerOp
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def fast_keepalive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerOptions]:
+    """A private tritonserver whose streaming models send a keep-alive on any request silent for
+    keepalive_server.FAST_KEEPALIVE_S, so tests see keep-alives whatever the machine's speed."""
+    from keepalive_server import fast_keepalive_repositories
+
+    root = tmp_path_factory.mktemp("keepalive-repositories")
+    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            repositories=fast_keepalive_repositories(root),
+                            weights=tmp_path_factory.mktemp("no-weights"))
+    server = TritonServer(options, log_path=root / "tritonserver.log")
+    server.start()
+    try:
+        yield options
+    finally:
+        server.stop()
+
+
+def _postgres_binaries() -> Path | None:
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a loopback port, for the gateway's store; skipped where no server
+    binaries are installed (Debian's postgresql package puts them in /usr/lib/postgresql/<version>/bin)."""
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    pytest.importorskip("psycopg")
+    bindir = _postgres_binaries()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
+    folder = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root: run it as the postgres user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start postgres")
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(as_user + [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k",
+                                         str(folder), "-h", "127.0.0.1", "-c", "fsync=off"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(url).close()
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("postgres did not start")
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str):
+    """`postgres_database()`: the URL of a new, empty database on the session's PostgreSQL server."""
+    import secrets
+
+    import psycopg
+
+    def create() -> str:
+        name = f"t_{secrets.token_hex(8)}"
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+    return create
+
+
 @pytest.fixture(params=["grpc", "http"])
 def client(request: pytest.FixtureRequest, triton_server: ServerOptions) -> Iterator[TalkingHeadClient]:
     url = triton_server.grpc_url if request.param == "grpc" else triton_server.http_url

@@ -56,11 +56,14 @@ class GatewayProcess:
         return self.process.wait(timeout=timeout)
 
 
-def write_config(path: Path, data_dir: Path, triton_url: str, weights: Path | None, extra: str = "") -> Path:
-    """Quick leases and retries for tests; no webhook allowlist unless `extra` adds one."""
+def write_config(path: Path, data_dir: Path, triton_url: str, weights: Path | None, extra: str = "",
+                 database_url: str | None = None) -> Path:
+    """Quick leases and retries for tests; no webhook allowlist unless `extra` adds one. `extra` follows the
+    `[caches]` table: keys before its own first table are caches settings."""
     path.write_text(f"""
 data_dir = "{data_dir}"
 triton_url = "{triton_url}"
+{f'database_url = "{database_url}"' if database_url else ""}
 lease_s = 4
 heartbeat_s = 1
 poll_s = 0.2

@@ -36,14 +36,14 @@ from ..compliance import ComplianceOptions
 from ..encoding import EncodeOptions
 from ..signing import load_signing_config
 from ..triton_client import Endpoint, TalkingHeadClient
-from .auth_limit import FailedAuthLimiter
+from .auth_limit import FailedAuthLimiter, key_subject
 from .caches import EMBEDDING, FingerprintSource, ParameterError, canonical_parameters, digest, embedding_key
 from .settings import GatewaySettings
 from .storage import Storage, job_key, open_storage
-from .store import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore, Tenant, new_id
+from .store import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore, LimitReached, Tenant, new_id
 from .tenants import AuthError, MasterKey, QuotaExceeded, Tenants
 from .uploads import FILE_FIELDS, UploadInvalid, UploadTooLarge, megabytes, parse_upload
-from .views import job_view
+from .views import job_view, without_paths
 from .webhooks import TargetGuard, WebhookDispatcher, WebhookSender, WebhookTargetRefused
 from .worker import WorkerPool, default_owner, webhook_event
 
@@ -216,7 +216,15 @@ class Gateway:
         job = Job(id=job_id, tenant_id=tenant.id, state=QUEUED, parameters=parameters, inputs=inputs,
                   request_hash=request_hash, idempotency_key=idempotency_key, webhook_url=webhook_url,
                   next_attempt_at=now, photo=photo, created_at=now, updated_at=now)
-        stored, created = await asyncio.to_thread(self.store.create_job, job)
+        limits = self.tenants.submit_limits(tenant, self.settings.limits.max_queued_jobs)
+        try:
+            # The quota and queue cap again, bindingly: checked before the upload was read, they may have been
+            # used up by concurrent submits since.
+            stored, created = await asyncio.to_thread(self.store.create_job, job, limits)
+        except LimitReached as reached:
+            await asyncio.to_thread(self.storage.delete_prefix, f"tenants/{tenant.id}/jobs/{job_id}")
+            exc = self.tenants.refusal(tenant, reached)
+            raise ApiError(429, exc.code, str(exc), {"Retry-After": str(int(exc.retry_after_s) + 1)}) from None
         if not created:  # the same key won a race with this request: ours is not needed
             await asyncio.to_thread(self.storage.delete_prefix, f"tenants/{tenant.id}/jobs/{job_id}")
             return self._replay(stored, request_hash), False
@@ -267,8 +275,21 @@ def _parse_parameters(text: str | None) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "bad_parameters", f"parameters must be a JSON object: {exc}") from None
+    except RecursionError:
+        raise ApiError(422, "bad_parameters", "parameters are nested too deeply; send a flat JSON object such as "
+                                              '{"width": 512}') from None
+    except ValueError as exc:  # an integer of thousands of digits (Python's int-from-string limit)
+        raise ApiError(422, "bad_parameters", f"parameters hold a number that is too long: {exc}") from None
     if not isinstance(value, dict):
         raise ApiError(422, "bad_parameters", 'parameters must be a JSON object such as {"width": 512}')
+    try:
+        # A lone surrogate (\ud800 in the JSON text) is no character: it could be stored, hashed or sent nowhere.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, "bad_parameters", "parameters hold a \\u escape that is not a character (a lone UTF-16 "
+                                              "surrogate); send the text as UTF-8") from None
+    except (RecursionError, ValueError):  # nested just below the parser's limit
+        raise ApiError(422, "bad_parameters", "parameters are nested too deeply; send a flat JSON object") from None
     try:
         canonical_parameters(value)
     except ParameterError as exc:
@@ -283,17 +304,21 @@ async def tenant_of(request: Request,
                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Tenant:
     """Authenticate the API key, then spend one token of the tenant's rate limit."""
     gateway: Gateway = request.app.state.gateway
+    # The real client address: uvicorn replaces the connecting one with X-Forwarded-For only for the proxies in
+    # http.trusted_proxies (serve.py).
     address = request.client.host if request.client else "unknown"
-    wait = await asyncio.to_thread(gateway.auth_limiter.retry_after, address)
-    if wait > 0:
-        raise ApiError(429, "auth_rate_limited", f"too many failed authentications from this address; retry in "
-                       f"{wait:.0f} s", {"Retry-After": str(int(wait) + 1)})
     try:
         tenant = await asyncio.to_thread(gateway.tenants.authenticate, request.headers.get("authorization"))
-        await asyncio.to_thread(gateway.tenants.check_rate, tenant)
     except AuthError as exc:
-        await asyncio.to_thread(gateway.auth_limiter.failed, address)
+        subjects = (address,) if exc.prefix is None else (address, key_subject(exc.prefix))
+        wait = await asyncio.to_thread(gateway.auth_limiter.retry_after, *subjects)
+        if wait > 0:
+            raise ApiError(429, "auth_rate_limited", f"too many failed authentications from this address or with "
+                           f"this key; retry in {wait:.0f} s", {"Retry-After": str(int(wait) + 1)}) from None
+        await asyncio.to_thread(gateway.auth_limiter.failed, *subjects)
         raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
+    try:
+        await asyncio.to_thread(gateway.tenants.check_rate, tenant)
     except QuotaExceeded as exc:
         raise ApiError(429, exc.code, str(exc), {"Retry-After": str(int(exc.retry_after_s) + 1)}) from None
     return tenant
@@ -365,7 +390,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/v1/videos/{job_id}/report", summary="QA report, pre-processing report and delivery details")
     async def report(job_id: str, tenant: Authed) -> JSONResponse:
         result = _ready(await gateway.job(tenant, job_id))
-        body = json.loads(await asyncio.to_thread(gateway.storage.get_bytes, result["report_key"]))
+        body = without_paths(json.loads(await asyncio.to_thread(gateway.storage.get_bytes, result["report_key"])))
         body["cache"] = {"status": result.get("cache"), "cached_from": result.get("cached_from")}
         return JSONResponse(body)
 

@@ -58,10 +58,11 @@ def canonical_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     with every default filled in."""
     from python_backends.errors import InputError
     from python_backends.generation.job import params_from_request
+    from python_backends.settings import shown
 
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r}; allowed: {', '.join(PARAMETERS)}")
+        raise ParameterError(f"unknown parameter {shown(unknown[0])}; allowed: {', '.join(PARAMETERS)}")
     try:
         params = params_from_request(parameters)
     except InputError as exc:

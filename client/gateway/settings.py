@@ -1,15 +1,17 @@
 """The gateway's configuration: typed frozen dataclasses filled strictly from a TOML file and the environment.
 
-Sections of the TOML file map to the nested dataclasses below (`[limits]`, `[webhooks]`, `[tenant_defaults]`,
-`[storage]`, `[delivery]`, `[caches]`), top-level keys to `GatewaySettings` itself. An unknown key or a value of
-the wrong type is a `SettingsError` naming the key, never a silent default. A few environment variables override
-the file, for containers: `TALKINGHEAD_GATEWAY_DATA_DIR`, `..._TRITON_URL`, `..._DATABASE_URL`.
+Sections of the TOML file map to the nested dataclasses below (`[http]`, `[limits]`, `[webhooks]`,
+`[tenant_defaults]`, `[storage]`, `[delivery]`, `[caches]`), top-level keys to `GatewaySettings` itself. An unknown
+key, a value of the wrong type or an impossible value is a `SettingsError` naming the key, never a silent default.
+A few environment variables override the file, for containers: `TALKINGHEAD_GATEWAY_DATA_DIR`, `..._TRITON_URL`,
+`..._DATABASE_URL`, `..._INSTANCE_ID` and `..._TRUSTED_PROXIES` (comma-separated, fills `http.trusted_proxies`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import sys
 import typing
@@ -33,14 +35,53 @@ class SettingsError(Exception):
     """The configuration cannot be used; the message names the key and what is expected."""
 
 
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if not (math.isfinite(value) and value > 0):
+            raise SettingsError(f"{section}.{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP server in front of the API (uvicorn): whom to believe about client addresses, and how long a
+    client may take to send a request (the limits that cut off slow-loris clients)."""
+
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto are believed: the address
+    # they forward becomes the client address (access log, failed-authentication limit). Empty: no one's, and
+    # the headers are ignored. Behind an ingress or load balancer, list its addresses, and only its.
+    trusted_proxies: tuple[str, ...] = ()
+    header_timeout_s: float = 15.0  # request line and headers, from the connection (or the previous response) on
+    # A request body must keep coming: no pause longer than body_timeout_s, and after the first body_timeout_s
+    # at least min_body_bytes_per_s on average (time the gateway itself stops reading does not count).
+    body_timeout_s: float = 30.0
+    min_body_bytes_per_s: float = 1024.0
+
+    def __post_init__(self) -> None:
+        _positive("http", header_timeout_s=self.header_timeout_s, body_timeout_s=self.body_timeout_s,
+                  min_body_bytes_per_s=self.min_body_bytes_per_s)
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SettingsError(f"http.trusted_proxies: {entry!r} is not an IP address or network (CIDR); list "
+                                    "the addresses of your ingress or load balancer, e.g. [\"10.0.0.0/8\"]") from None
+
+
 @dataclass(frozen=True)
 class Limits:
     max_upload_bytes: int = 50 * MiB  # per file (photo, audio, driving video); larger uploads get 413
     max_fields_bytes: int = 64 * 1024  # all non-file form fields together (parameters JSON, webhook URL)
     max_queued_jobs: int = 100  # per tenant, jobs waiting to run; more get 429
-    # API key guessing: failed authentications per client address (token bucket, auth_limit.py); beyond, 429.
+    # API key guessing: failed authentications per client address and per presented key prefix (token buckets,
+    # auth_limit.py); beyond, 429 for wrong keys from there. A valid key is never refused by this limit.
     failed_auth_burst: int = 10
     failed_auth_per_minute: float = 10.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_upload_bytes, self.max_fields_bytes, self.max_queued_jobs, self.failed_auth_burst) < 1:
+            raise SettingsError("limits: max_upload_bytes, max_fields_bytes, max_queued_jobs and failed_auth_burst "
+                                "must be at least 1")
+        _positive("limits", failed_auth_per_minute=self.failed_auth_per_minute)
 
     @property
     def max_request_bytes(self) -> int:
@@ -57,18 +98,49 @@ class TenantDefaults:
     rate_per_s: float = 10.0  # API requests per second (token bucket refill) ...
     burst: int = 40  # ... and the bucket's size
 
+    def __post_init__(self) -> None:
+        problem = tenant_limits_problem(self.jobs_per_day, self.concurrent_jobs, self.rate_per_s, self.burst)
+        if problem:
+            raise SettingsError(f"tenant_defaults: {problem}")
+
+
+def tenant_limits_problem(jobs_per_day: int, concurrent_jobs: int, rate_per_s: float, burst: int) -> str | None:
+    """Why a tenant cannot have these limits (it could never submit or run a job), or None. The names are the
+    settings' and, in brackets, `gateway add-tenant`'s flags."""
+    if jobs_per_day < 1:
+        return f"jobs_per_day (--jobs-per-day) must be at least 1, got {jobs_per_day}"
+    if concurrent_jobs < 1:
+        return f"concurrent_jobs (--concurrent) must be at least 1, got {concurrent_jobs}: with 0 jobs never run"
+    if not (math.isfinite(rate_per_s) and rate_per_s > 0):
+        return f"rate_per_s (--rate) must be a positive number of requests per second, got {rate_per_s!r}"
+    if burst < 1:
+        return f"burst (--burst) must be at least 1, got {burst}"
+    return None
+
 
 @dataclass(frozen=True)
 class WebhookSettings:
     # Hosts (exact names) or networks (CIDR) a webhook may target even though they resolve to loopback, private,
     # link-local or other non-public addresses. Everything else must resolve to globally routable addresses only.
     allow: tuple[str, ...] = ()
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # the whole attempt (connect, send, the answer's head): a deadline, not per read
+    # Deliveries in flight at once per gateway, and per tenant among them: one slow receiver holds up only its
+    # own tenant's webhooks, never the others'.
+    concurrency: int = 16
+    per_tenant: int = 2
+    max_response_bytes: int = 4096  # of a receiver's answer, read at most (the rest is never downloaded)
     # 16 attempts: the last one 53-107 min after the first (a receiver down for up to ~an hour still gets it).
     max_attempts: int = 16
     backoff_base_s: float = 2.0  # attempt n then waits uniform(c/2, c), c = min(backoff_max_s, base * 2**(n-1))
     backoff_max_s: float = 900.0
     tolerance_s: int = 300  # what receivers are told to accept as clock skew / replay window
+
+    def __post_init__(self) -> None:
+        _positive("webhooks", timeout_s=self.timeout_s, backoff_base_s=self.backoff_base_s,
+                  backoff_max_s=self.backoff_max_s)
+        if min(self.concurrency, self.per_tenant, self.max_attempts) < 1 or self.max_response_bytes < 0:
+            raise SettingsError("webhooks: concurrency, per_tenant and max_attempts must be at least 1, "
+                                "max_response_bytes not negative")
 
     def allowed_networks(self) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], set[str]]:
         networks, hosts = [], set()
@@ -140,6 +212,7 @@ class GatewaySettings:
     job_timeout_s: float = 7200.0
     drain_timeout_s: float = 60.0  # graceful shutdown: how long running jobs may finish before being handed back
     poll_s: float = 0.5  # how often idle workers look for queued jobs
+    http: HttpSettings = field(default_factory=HttpSettings)
     limits: Limits = field(default_factory=Limits)
     tenant_defaults: TenantDefaults = field(default_factory=TenantDefaults)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -240,5 +313,9 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     for key in ("data_dir", "triton_url", "database_url", "instance_id"):
         if env.get(ENV_PREFIX + key.upper()):
             values[key] = env[ENV_PREFIX + key.upper()]
+    if env.get(ENV_PREFIX + "TRUSTED_PROXIES"):  # what a Kubernetes overlay sets for its ingress
+        http = values.get("http")
+        values["http"] = {**(http if isinstance(http, Mapping) else {}),
+                          "trusted_proxies": env[ENV_PREFIX + "TRUSTED_PROXIES"]}
     values.update({key: value for key, value in overrides.items() if value is not None})
     return _build(GatewaySettings, values)

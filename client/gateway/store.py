@@ -6,8 +6,10 @@ UPDATE inside a transaction (`WHERE state = ... AND lease_owner = ...`), so a wo
 overwrite what another worker did since. A terminal state and its webhook delivery are written in the same
 transaction: no finished job without its notification, no notification of a job that is not finished.
 
-`JobStore` runs the same SQL on SQLite and PostgreSQL (`db.Database`); only claiming differs: PostgreSQL uses
-`FOR UPDATE SKIP LOCKED` so replicas never block on each other, SQLite serialises writers anyway.
+`JobStore` runs the same SQL on SQLite and PostgreSQL (`db.Database`); only locking differs: PostgreSQL claims with
+`FOR UPDATE SKIP LOCKED` so replicas never block on each other, SQLite serialises writers anyway (`BEGIN
+IMMEDIATE`). A tenant's daily quota and queue cap are checked in the transaction that inserts the job, after
+locking the tenant's row on PostgreSQL, so concurrent submits can never get past them together.
 """
 
 from __future__ import annotations
@@ -208,6 +210,32 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class SubmitLimits:
+    """A tenant's limits on new jobs: at most `jobs_per_window` created in the last `window_s`, and at most
+    `max_queued` waiting."""
+
+    jobs_per_window: int
+    window_s: float
+    max_queued: int
+
+
+@dataclass(frozen=True)
+class SubmitCounts:
+    in_window: int
+    oldest_in_window: float | None
+    queued: int
+    running: int
+
+
+class LimitReached(Exception):
+    """A new job would pass the tenant's quota (`kind` "quota_exceeded") or queue cap ("queue_full")."""
+
+    def __init__(self, kind: str, counts: SubmitCounts, limits: SubmitLimits, now: float) -> None:
+        super().__init__(kind)
+        self.kind, self.counts, self.limits, self.now = kind, counts, limits, now
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     held: bool  # False: the lease was lost (expired and taken over, or the job was finished elsewhere)
     cancel_requested: bool = False
@@ -231,6 +259,22 @@ def _refilled(row: dict | None, burst: int, per_s: float, now: float) -> float:
     if row is None:
         return float(burst)
     return min(float(burst), float(row["tokens"]) + max(0.0, now - float(row["updated_at"])) * per_s)
+
+
+def _check_limits(read: Any, tenant_id: str, limits: SubmitLimits, now: float) -> None:
+    """Raise LimitReached if one more job would pass `limits`; `read(sql, params)` runs in the caller's
+    transaction (or alone, for the early check)."""
+    since = now - limits.window_s
+    window = read("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs WHERE tenant_id = ? AND created_at >= ?",
+                  (tenant_id, since))[0]
+    states = {row["state"]: int(row["n"]) for row in read(
+        "SELECT state, COUNT(*) AS n FROM jobs WHERE tenant_id = ? AND state IN ('queued', 'running') "
+        "GROUP BY state", (tenant_id,))}
+    counts = SubmitCounts(int(window["n"]), window["oldest"], states.get(QUEUED, 0), states.get(RUNNING, 0))
+    if counts.in_window >= limits.jobs_per_window:
+        raise LimitReached("quota_exceeded", counts, limits, now)
+    if counts.queued >= limits.max_queued:
+        raise LimitReached("queue_full", counts, limits, now)
 
 
 class JobStore:
@@ -300,12 +344,13 @@ class JobStore:
         the seconds until a token is back."""
         now = time.time() if now is None else now
         with self.db.transaction() as cursor:
-            row = cursor.execute("SELECT tokens, updated_at FROM rate_buckets WHERE tenant_id = ?",
-                                 (tenant.id,)).one()
+            # A tenant's first requests may arrive together: the row is made (full) once, then read locked, so
+            # concurrent requests neither collide on the insert nor both spend the same token (PostgreSQL).
+            cursor.execute("INSERT INTO rate_buckets (tenant_id, tokens, updated_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT (tenant_id) DO NOTHING", (tenant.id, float(tenant.burst), now))
+            row = cursor.execute("SELECT tokens, updated_at FROM rate_buckets WHERE tenant_id = ?"
+                                 + (" FOR UPDATE" if self.dialect == "postgres" else ""), (tenant.id,)).one()
             tokens = _refilled(row, tenant.burst, tenant.rate_per_s, now)
-            if row is None:
-                cursor.execute("INSERT INTO rate_buckets (tenant_id, tokens, updated_at) VALUES (?, ?, ?)",
-                               (tenant.id, tokens, now))
             if tokens >= 1.0:
                 cursor.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE tenant_id = ?",
                                (tokens - 1.0, now, tenant.id))
@@ -314,32 +359,49 @@ class JobStore:
                            (tokens, now, tenant.id))
             return (1.0 - tokens) / tenant.rate_per_s if tenant.rate_per_s > 0 else 3600.0
 
-    def auth_failure_tokens(self, address: str, burst: int, per_s: float, now: float | None = None) -> float:
-        """Failed authentications `address` may still make (auth_limit.py); a bucket every replica shares."""
+    def auth_failure_tokens(self, subject: str, burst: int, per_s: float, now: float | None = None) -> float:
+        """Failed authentications `subject` (a client address, a key prefix) may still make (auth_limit.py); a
+        bucket every replica shares."""
         now = time.time() if now is None else now
-        rows = self.db.read("SELECT tokens, updated_at FROM auth_failures WHERE address = ?", (address,))
+        rows = self.db.read("SELECT tokens, updated_at FROM auth_failures WHERE address = ?", (subject,))
         return _refilled(rows[0] if rows else None, burst, per_s, now)
 
-    def record_auth_failure(self, address: str, burst: int, per_s: float, now: float | None = None) -> None:
+    def record_auth_failure(self, subjects: tuple[str, ...], burst: int, per_s: float,
+                            now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self.db.transaction() as cursor:
-            row = cursor.execute("SELECT tokens, updated_at FROM auth_failures WHERE address = ?", (address,)).one()
-            tokens = max(0.0, _refilled(row, burst, per_s, now) - 1.0)
-            cursor.execute("INSERT INTO auth_failures (address, tokens, updated_at) VALUES (?, ?, ?) "
-                           "ON CONFLICT (address) DO UPDATE SET tokens = excluded.tokens, "
-                           "updated_at = excluded.updated_at", (address, tokens, now))
+            for subject in subjects:
+                row = cursor.execute("SELECT tokens, updated_at FROM auth_failures WHERE address = ?",
+                                     (subject,)).one()
+                tokens = max(0.0, _refilled(row, burst, per_s, now) - 1.0)
+                cursor.execute("INSERT INTO auth_failures (address, tokens, updated_at) VALUES (?, ?, ?) "
+                               "ON CONFLICT (address) DO UPDATE SET tokens = excluded.tokens, "
+                               "updated_at = excluded.updated_at", (subject, tokens, now))
             # A bucket untouched long enough to be full again is the same as none: forget it, so that a flood of
-            # addresses cannot grow the table without bound.
+            # addresses or keys cannot grow the table without bound.
             cursor.execute("DELETE FROM auth_failures WHERE updated_at < ?", (now - burst / per_s,))
 
     # -- jobs -------------------------------------------------------------------------------------------------
 
-    def create_job(self, job: Job) -> tuple[Job, bool]:
+    def create_job(self, job: Job, limits: SubmitLimits | None = None) -> tuple[Job, bool]:
         """Insert a queued job; with an idempotency key already used by this tenant, return that job instead.
 
-        Returns (job, created). The caller compares `request_hash` to tell a replay from a conflicting reuse.
+        Returns (job, created). The caller compares `request_hash` to tell a replay from a conflicting reuse. With
+        `limits`, a new job that would pass them raises LimitReached and nothing is written: the counts and the
+        insert are one transaction, the tenant's row locked on PostgreSQL (SQLite's BEGIN IMMEDIATE already holds
+        the database's write lock), so concurrent submits are admitted one after the other.
         """
         with self.db.transaction() as cursor:
+            if self.dialect == "postgres":
+                cursor.execute("SELECT id FROM tenants WHERE id = ? FOR UPDATE", (job.tenant_id,))
+            if job.idempotency_key is not None:
+                row = cursor.execute("SELECT * FROM jobs WHERE tenant_id = ? AND idempotency_key = ?",
+                                     (job.tenant_id, job.idempotency_key)).one()
+                if row is not None:
+                    return Job.from_row(row), False
+            if limits is not None:
+                _check_limits(lambda sql, params: cursor.execute(sql, params).all(), job.tenant_id, limits,
+                              job.created_at)
             inserted = cursor.execute(
                 "INSERT INTO jobs (id, tenant_id, idempotency_key, request_hash, state, parameters, inputs, "
                 "webhook_url, next_attempt_at, photo, created_at, updated_at) "
@@ -353,6 +415,11 @@ class JobStore:
                                  (job.tenant_id, job.idempotency_key)).one()
         return Job.from_row(row), False
 
+    def check_limits(self, tenant_id: str, limits: SubmitLimits, now: float | None = None) -> None:
+        """LimitReached if a new job would pass `limits` now: the early check before an upload is read (the
+        binding one is in create_job)."""
+        _check_limits(self.db.read, tenant_id, limits, time.time() if now is None else now)
+
     def job(self, tenant_id: str, job_id: str) -> Job | None:
         """A tenant's job; another tenant's id reads as missing."""
         rows = self.db.read("SELECT * FROM jobs WHERE id = ? AND tenant_id = ?", (job_id, tenant_id))
@@ -361,20 +428,6 @@ class JobStore:
     def job_by_idempotency_key(self, tenant_id: str, key: str) -> Job | None:
         rows = self.db.read("SELECT * FROM jobs WHERE tenant_id = ? AND idempotency_key = ?", (tenant_id, key))
         return Job.from_row(rows[0]) if rows else None
-
-    def jobs_since(self, tenant_id: str, since: float) -> int:
-        rows = self.db.read("SELECT COUNT(*) AS n FROM jobs WHERE tenant_id = ? AND created_at >= ?",
-                            (tenant_id, since))
-        return int(rows[0]["n"])
-
-    def oldest_since(self, tenant_id: str, since: float) -> float | None:
-        rows = self.db.read("SELECT MIN(created_at) AS t FROM jobs WHERE tenant_id = ? AND created_at >= ?",
-                            (tenant_id, since))
-        return rows[0]["t"]
-
-    def count_in_state(self, tenant_id: str, state: str) -> int:
-        rows = self.db.read("SELECT COUNT(*) AS n FROM jobs WHERE tenant_id = ? AND state = ?", (tenant_id, state))
-        return int(rows[0]["n"])
 
     def counts(self) -> dict[str, int]:
         rows = self.db.read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
@@ -535,14 +588,17 @@ class JobStore:
             (delivery_id, job_id, tenant_id, event.event, event.url, payload, now, now))
         return delivery_id
 
-    def claim_delivery(self, owner: str, lease_s: float, now: float | None = None) -> Delivery | None:
+    def claim_delivery(self, owner: str, lease_s: float, now: float | None = None,
+                       skip_tenants: tuple[str, ...] = ()) -> Delivery | None:
+        """The next due delivery, leased to `owner`; none of `skip_tenants` (those with enough in flight)."""
         now = time.time() if now is None else now
+        skip = f" AND tenant_id NOT IN ({', '.join('?' * len(skip_tenants))})" if skip_tenants else ""
         query = ("SELECT id FROM webhook_deliveries WHERE next_attempt_at <= ? AND (state = 'pending' OR "
-                 "(state = 'sending' AND lease_expires < ?)) ORDER BY next_attempt_at LIMIT 1")
+                 f"(state = 'sending' AND lease_expires < ?)){skip} ORDER BY next_attempt_at LIMIT 1")
         if self.dialect == "postgres":
             query += " FOR UPDATE SKIP LOCKED"
         with self.db.transaction() as cursor:
-            row = cursor.execute(query, (now, now)).one()
+            row = cursor.execute(query, (now, now, *skip_tenants)).one()
             if row is None:
                 return None
             claimed = cursor.execute(

@@ -16,12 +16,11 @@ import hashlib
 import hmac
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import TenantDefaults
-from .store import RUNNING, JobStore, Tenant
+from .settings import TenantDefaults, tenant_limits_problem
+from .store import JobStore, LimitReached, SubmitLimits, Tenant
 
 KEY_PREFIX = "thk_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -30,7 +29,12 @@ DAY_S = 86_400.0
 
 
 class AuthError(Exception):
-    """401: no key, a malformed key, or a key that is unknown or revoked."""
+    """401: no key, a malformed key, or a key that is unknown or revoked. `prefix`: the presented key's first
+    characters (its failures are counted under them, auth_limit.py), None without a well-formed key."""
+
+    def __init__(self, message: str, prefix: str | None = None) -> None:
+        super().__init__(message)
+        self.prefix = prefix
 
 
 class QuotaExceeded(Exception):
@@ -91,10 +95,13 @@ class Tenants:
     def create(self, name: str, jobs_per_day: int | None = None, concurrent_jobs: int | None = None,
                rate_per_s: float | None = None, burst: int | None = None) -> NewTenant:
         d = self.defaults
-        tenant = self.store.create_tenant(
-            name, d.jobs_per_day if jobs_per_day is None else jobs_per_day,
-            d.concurrent_jobs if concurrent_jobs is None else concurrent_jobs,
-            d.rate_per_s if rate_per_s is None else rate_per_s, d.burst if burst is None else burst)
+        limits = (d.jobs_per_day if jobs_per_day is None else jobs_per_day,
+                  d.concurrent_jobs if concurrent_jobs is None else concurrent_jobs,
+                  d.rate_per_s if rate_per_s is None else rate_per_s, d.burst if burst is None else burst)
+        problem = tenant_limits_problem(*limits)
+        if problem:
+            raise ValueError(problem)
+        tenant = self.store.create_tenant(name, *limits)
         return NewTenant(tenant, self.add_key(tenant), self.master.webhook_secret(tenant))
 
     def add_key(self, tenant: Tenant) -> str:
@@ -113,7 +120,7 @@ class Tenants:
         presented = hash_key(key)
         found = self.store.key_record(presented)
         if found is None or not hmac.compare_digest(found[0], presented):
-            raise AuthError("the API key is not valid (unknown or revoked)")
+            raise AuthError("the API key is not valid (unknown or revoked)", key_prefix(key))
         return found[1]
 
     def check_rate(self, tenant: Tenant, now: float | None = None) -> None:
@@ -122,17 +129,26 @@ class Tenants:
             raise QuotaExceeded(f"rate limit of {tenant.rate_per_s:g} requests/s (burst {tenant.burst}) exceeded; "
                                 f"retry in {max(wait, 0.1):.1f} s", wait, "rate_limited")
 
+    @staticmethod
+    def submit_limits(tenant: Tenant, max_queued: int) -> SubmitLimits:
+        return SubmitLimits(tenant.jobs_per_day, DAY_S, max_queued)
+
+    @staticmethod
+    def refusal(tenant: Tenant, reached: LimitReached) -> QuotaExceeded:
+        """The 429 for a job the daily quota (rolling 24 h) or the queue cap does not admit."""
+        counts = reached.counts
+        if reached.kind == "quota_exceeded":
+            oldest = counts.oldest_in_window or reached.now
+            wait = max(1.0, oldest + DAY_S - reached.now)
+            return QuotaExceeded(f"daily quota of {tenant.jobs_per_day} jobs reached (rolling 24 h); the next job "
+                                 f"can be submitted in {wait / 60:.0f} min", wait, "quota_exceeded")
+        return QuotaExceeded(f"{counts.queued} jobs are already waiting ({counts.running} running, at most "
+                             f"{tenant.concurrent_jobs} at once); wait for some to finish", 30.0, "queue_full")
+
     def check_submit(self, tenant: Tenant, max_queued: int, now: float | None = None) -> None:
-        """Daily quota (rolling 24 h) and the queue cap, checked before the upload is stored."""
-        now = time.time() if now is None else now
-        since = now - DAY_S
-        if self.store.jobs_since(tenant.id, since) >= tenant.jobs_per_day:
-            oldest = self.store.oldest_since(tenant.id, since) or now
-            wait = max(1.0, oldest + DAY_S - now)
-            raise QuotaExceeded(f"daily quota of {tenant.jobs_per_day} jobs reached (rolling 24 h); the next job can "
-                                f"be submitted in {wait / 60:.0f} min", wait, "quota_exceeded")
-        queued = self.store.count_in_state(tenant.id, "queued")
-        if queued >= max_queued:
-            running = self.store.count_in_state(tenant.id, RUNNING)
-            raise QuotaExceeded(f"{queued} jobs are already waiting ({running} running, at most "
-                                f"{tenant.concurrent_jobs} at once); wait for some to finish", 30.0, "queue_full")
+        """Daily quota (rolling 24 h) and the queue cap, before the upload is read: a refusal then costs the
+        client no upload. The binding check is when the job is stored (JobStore.create_job with the limits)."""
+        try:
+            self.store.check_limits(tenant.id, self.submit_limits(tenant, max_queued), now)
+        except LimitReached as reached:
+            raise self.refusal(tenant, reached) from None

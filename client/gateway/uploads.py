@@ -145,9 +145,9 @@ async def parse_upload(content_type: str, stream: AsyncIterator[bytes], folder: 
     callbacks = {name: getattr(parser, name) for name in (
         "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value", "on_header_end",
         "on_headers_finished")}
-    multipart = MultipartParser(options[b"boundary"], callbacks)
     received = 0
     try:
+        multipart = MultipartParser(options[b"boundary"], callbacks)  # a boundary over 256 bytes is a parse error
         async for chunk in stream:
             received += len(chunk)
             if received > limits.max_request_bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from .caches import public_photo_summary
@@ -14,6 +15,24 @@ def iso(timestamp: float | None) -> str | None:
         return None
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+# An absolute path inside a text: "/" not preceded by a name character, ":" (a URL's "//"), "/", "." or ">" (the
+# "<weights root>/..." of a hint), then at least two name segments.
+_PATH = re.compile(r"(?<![\w:/.>])/(?:[^\s/\"'<>]+/)+([^\s/\"'<>]*)")
+_CLIENT_TEXT = ("parameters", "prompt")  # what the tenant sent, returned as sent
+
+
+def without_paths(value: Any) -> Any:
+    """`value` (a report, an error) with every server path shortened to its last part (a file or folder name):
+    what a tenant reads names files, never where the gateway or tritonserver keep them."""
+    if isinstance(value, str):
+        return _PATH.sub(lambda match: match.group(1) or match.group(0).rstrip("/").rsplit("/", 1)[-1], value)
+    if isinstance(value, dict):
+        return {key: item if key in _CLIENT_TEXT else without_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_paths(item) for item in value]
+    return value
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -36,8 +55,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "webhook_url": job.webhook_url,
         "idempotency_key": job.idempotency_key,
         "photo": public_photo_summary(job.photo),
-        "qa": job.qa,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+        "qa": without_paths(job.qa),
+        "error": {"code": job.error_code, "message": without_paths(job.error_message)} if job.error_code else None,
         "output": None,
         "links": {"self": base, "content": f"{base}/content", "report": f"{base}/report"},
     }
@@ -45,5 +64,5 @@ def job_view(job: Job) -> dict[str, Any]:
         view["output"] = {key: result.get(key) for key in ("sha256", "bytes", "content_type", "frames", "fps",
                                                            "codec", "signed", "cache", "cached_from")}
     if job.last_error and job.state != SUCCEEDED:
-        view["last_error"] = job.last_error
+        view["last_error"] = without_paths(job.last_error)
     return view

@@ -14,11 +14,17 @@ hidden in IPv6 (mapped, 6to4, Teredo, NAT64), unless the operator allowlisted th
 twice: when the job is submitted (a clear 422 at once) and again inside the connection itself (`GuardedBackend`),
 which resolves, checks and connects to the checked address in one step, so a DNS answer that changes between the
 two (DNS rebinding) cannot reach an internal address. No proxies from the environment, no redirects followed.
+
+Deliveries go out concurrently (`webhooks.concurrency` per gateway, at most `webhooks.per_tenant` of one tenant's
+at once), each attempt under one deadline (`webhooks.timeout_s` for connecting, sending and the answer), and of
+an answer at most `webhooks.max_response_bytes` are read: a receiver that answers a byte at a time, or forever,
+costs its own tenant a slot for `timeout_s` and nobody else anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -26,6 +32,7 @@ import logging
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -119,15 +126,22 @@ class TargetGuard:
         """(scheme, host, port) of an acceptable URL, else WebhookTargetRefused saying what is wrong."""
         if len(url) > 2048:
             raise WebhookTargetRefused("the webhook URL is longer than 2048 characters")
+        if any(char.isspace() or not char.isprintable() for char in url):
+            # urlsplit drops tabs and line breaks silently; the URL stored and called would still hold them.
+            raise WebhookTargetRefused(f"the webhook URL must not contain spaces, line breaks or other control "
+                                       f"characters, got {url!r}")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise WebhookTargetRefused(f"the webhook URL must start with https:// (or http://), got {url!r}")
         if parts.username or parts.password:
             raise WebhookTargetRefused("the webhook URL must not carry a user name or password")
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            port = parts.port
         except ValueError:
             raise WebhookTargetRefused(f"the webhook URL has an invalid port: {url!r}") from None
+        if port == 0:
+            raise WebhookTargetRefused(f"the webhook URL has port 0, which nothing can listen on: {url!r}")
+        port = port or (443 if parts.scheme == "https" else 80)
         if not parts.hostname:
             raise WebhookTargetRefused(f"the webhook URL has no host: {url!r}")
         return parts.scheme, parts.hostname.lower().rstrip("."), port
@@ -228,15 +242,32 @@ class WebhookSender:
         timeout = self.settings.timeout_s
         started = time.perf_counter()
         try:
-            response = await self.pool.request(
-                "POST", delivery.url, headers=headers, content=body,
-                extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}})
-            status, error = response.status, None if 200 <= response.status < 300 else f"HTTP {response.status}"
+            # One deadline for the whole attempt: httpcore's timeouts are per read, and a receiver sending a byte
+            # now and then would hold the attempt for as long as it liked.
+            status = await asyncio.wait_for(self._post(delivery.url, headers, body, timeout), timeout)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except asyncio.TimeoutError:
+            status, error = None, f"no complete answer within {timeout:g} s (the attempt's deadline)"
         except WebhookTargetRefused as exc:
             status, error = None, str(exc)
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
             status, error = None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return AttemptResult(status, error, (time.perf_counter() - started) * 1000.0)
+
+    async def _post(self, url: str, headers: list, body: bytes, timeout: float) -> int:
+        """The status of the answer, after reading at most max_response_bytes of its body (leaving the rest
+        unread closes the connection instead of returning it to the pool)."""
+        limit = self.settings.max_response_bytes
+        async with self.pool.stream(
+                "POST", url, headers=headers, content=body,
+                extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
+        ) as response:
+            received = 0
+            async for chunk in response.aiter_stream():
+                received += len(chunk)
+                if received >= limit:
+                    break
+            return response.status
 
     async def close(self) -> None:
         await self.pool.aclose()
@@ -250,12 +281,17 @@ class WebhookDispatcher:
         self.store, self.sender, self.settings = store, sender, settings
         self.secret_for, self.owner, self.lease_s = secret_for, owner, lease_s
         self.rng = random.Random()
+        self.in_flight: Counter[str] = Counter()  # tenant id -> attempts under way
 
     async def run_once(self) -> bool:
         """Deliver one due webhook; False when none was due."""
         delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner, self.lease_s)
         if delivery is None:
             return False
+        await self.attempt(delivery)
+        return True
+
+    async def attempt(self, delivery: Delivery) -> None:
         result = await self.sender.send(delivery, self.secret_for(delivery.tenant_id))
         if result.ok:
             state, retry_at = DELIVERED, None
@@ -269,17 +305,45 @@ class WebhookDispatcher:
                                                          self.settings.backoff_max_s, self.rng)
         await asyncio.to_thread(self.store.record_attempt, delivery, self.owner, result.status_code, result.error,
                                 result.duration_ms, state, retry_at)
-        return True
+
+    async def _attempt_counted(self, delivery: Delivery) -> None:
+        try:
+            await self.attempt(delivery)
+        except Exception:  # a database hiccup: the delivery's lease runs out and it is claimed again
+            logger.exception("webhook %s", delivery.id)
+        finally:
+            self.in_flight[delivery.tenant_id] -= 1
+            if self.in_flight[delivery.tenant_id] <= 0:
+                del self.in_flight[delivery.tenant_id]
 
     async def run(self, stop: asyncio.Event, idle_s: float = 0.5) -> None:
-        while not stop.is_set():
-            try:
-                busy = await self.run_once()
-            except Exception:  # a database hiccup must not end deliveries for the gateway's lifetime
-                logger.exception("webhook dispatcher")
-                busy = False
-            if not busy:
-                try:
-                    await asyncio.wait_for(stop.wait(), idle_s)
-                except asyncio.TimeoutError:
-                    pass
+        """Claim due deliveries while fewer than `concurrency` are under way, skipping tenants with `per_tenant`
+        under way; each attempt runs as its own task. Cancelled (shutdown), the attempts under way are cancelled
+        too: their leases run out and they are sent again."""
+        running: set[asyncio.Task] = set()
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                delivery = None
+                if len(running) < self.settings.concurrency:
+                    busy = tuple(tenant for tenant, count in self.in_flight.items()
+                                 if count >= self.settings.per_tenant)
+                    try:
+                        delivery = await asyncio.to_thread(self.store.claim_delivery, self.owner, self.lease_s,
+                                                           None, busy)
+                    except Exception:  # a database hiccup must not end deliveries for the gateway's lifetime
+                        logger.exception("webhook dispatcher")
+                if delivery is not None:
+                    self.in_flight[delivery.tenant_id] += 1
+                    task = asyncio.create_task(self._attempt_counted(delivery))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    continue
+                # Nothing due, or no free slot: wait for an attempt to end, the idle interval, or shutdown.
+                await asyncio.wait({stopped, *running}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            for task in running:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*running, return_exceptions=True)

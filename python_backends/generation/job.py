@@ -9,6 +9,10 @@ from typing import Protocol
 import numpy as np
 
 AUTO = "auto"
+PREVIEW = "preview"
+S2V = "s2v-14B"
+ANIMATE = "animate-14B"
+ENGINES = (PREVIEW, S2V, ANIMATE)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class VideoEngine(Protocol):
         """Yield chunks in order as they are ready; stop early if the consumer stops iterating."""
 
 
+def unknown_engine(name: str) -> str:
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    return f"unknown engine {shown!r}; choose one of {', '.join((AUTO, *ENGINES))}"
+
+
 def params_from_request(values: dict) -> GenerationParams:
     """Per-request parameters (Triton request `parameters`) -> GenerationParams; bad ones are the user's error."""
     from ..errors import ConfigError, InputError
@@ -83,6 +92,8 @@ def params_from_request(values: dict) -> GenerationParams:
         raise InputError("max_duration_s must be positive and chunk_frames at least 1", "bad_parameter")
     if params.start_frame < 0 or params.frame_count < 0:
         raise InputError("start_frame and frame_count must not be negative", "bad_parameter")
+    if params.engine not in (AUTO, *ENGINES):
+        raise InputError(unknown_engine(params.engine), "bad_parameter")
     _check_bounds(params, values)
     return params
 

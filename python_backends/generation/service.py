@@ -18,14 +18,22 @@ import numpy as np
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
 from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
-from .job import AUTO, FrameChunk, GenerationJob, VideoEngine, params_from_request, segment_range
+from .job import (
+    ANIMATE,
+    AUTO,
+    ENGINES,
+    PREVIEW,
+    S2V,
+    FrameChunk,
+    GenerationJob,
+    VideoEngine,
+    params_from_request,
+    segment_range,
+    unknown_engine,
+)
 from .preview import ENGINE_NAME as PREVIEW_NAME
 from .preview import PreviewEngine
 
-PREVIEW = "preview"
-S2V = "s2v-14B"
-ANIMATE = "animate-14B"
-ENGINES = (PREVIEW, S2V, ANIMATE)
 PREVIEW_LABEL = "preview engine: landmark-driven warping of the photo, not a generative model"
 
 
@@ -81,8 +89,7 @@ class EngineRegistry:
     def resolve(self, requested: str, job: GenerationJob) -> str:
         name = self.settings.engine if requested == AUTO else requested
         if name not in (AUTO, *ENGINES):
-            raise InputError(f"unknown engine {requested!r}; choose one of {', '.join((AUTO, *ENGINES))}",
-                             "bad_parameter")
+            raise InputError(unknown_engine(requested), "bad_parameter")
         if name != AUTO:
             return name
         if job.driving_frames is not None and job.waveform is None and self._folder(ANIMATE) is not None:

@@ -266,18 +266,28 @@ def test_cancel_a_running_job(deployment, samples):
         assert caught.value.status == 409
 
 
-def test_kill9_mid_job_then_restart_completes_the_job(deployment, samples, tmp_path):
-    photo, audio = _files(samples)
-    with deployment.client() as client:
-        job = client.submit(photo, audio, parameters={**PARAMS, "seed": 4})
-        _wait_running(client, job["id"])
-    time.sleep(1.0)
-    deployment.gateway.kill9()  # mid-job: no shutdown handler runs
-    deployment.gateway = GatewayProcess(deployment.config, deployment.gateway.log).start()
-    with deployment.client() as client:
-        done = client.wait(job["id"], timeout_s=300, poll_s=0.25)
-        assert done["status"] == "succeeded" and done["attempts"] == 2
-        path = client.download(job["id"], tmp_path / "resumed.mp4")
+def test_kill9_mid_job_then_restart_completes_the_job(fast_keepalive_server, samples, tmp_path):
+    """A gateway of its own in front of the server whose video_generator takes at least 1.2 s per chunk
+    (tests/keepalive_server.py): the job (4 chunks) is still streaming a second after it started on any machine,
+    where with the session's server only a machine slower than a few seconds per job guaranteed it."""
+    config = _write_config(tmp_path / "gateway.toml", tmp_path / "data", fast_keepalive_server.grpc_url,
+                           fast_keepalive_server.weights)
+    tenant = add_tenant(config, "acme")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    try:
+        photo, audio = _files(samples)
+        with GatewayClient(gateway.url, tenant["api_key"], timeout_s=60) as client:
+            job = client.submit(photo, audio, parameters={**PARAMS, "seed": 4})
+            _wait_running(client, job["id"])
+        time.sleep(1.0)
+        gateway.kill9()  # mid-job: no shutdown handler runs
+        gateway = GatewayProcess(config, gateway.log).start()
+        with GatewayClient(gateway.url, tenant["api_key"], timeout_s=60) as client:
+            done = client.wait(job["id"], timeout_s=300, poll_s=0.25)
+            assert done["status"] == "succeeded" and done["attempts"] == 2
+            path = client.download(job["id"], tmp_path / "resumed.mp4")
+    finally:
+        gateway.stop()
     assert verify_video(path).valid
 
 

@@ -12,7 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from client.triton_client import RequestRejected, TalkingHeadClient
+from client.triton_client import Endpoint, RequestRejected, TalkingHeadClient
 from python_backends.generation.preview import mouth_track
 from python_backends.weights import package_path
 
@@ -102,25 +102,29 @@ def test_bad_generation_requests_are_explained(grpc_client, samples):
         list(grpc_client.generate(photo, speech, parameters={"engine": "s2v-14B"}))
 
 
-def test_a_job_silent_between_segments_is_kept_alive(triton_server, samples, grpc_client):
+def test_a_job_silent_between_segments_is_kept_alive(fast_keepalive_server, samples):
     """While a segment is generated and judged no chunk flows; keep-alives fill every silence, so the client can
-    wait with an idle timeout far shorter than a segment takes."""
+    wait with an idle timeout far shorter than a segment takes. The private server sends them after
+    FAST_KEEPALIVE_S of silence (production: 5 s), so every silence of the job, on any machine, holds some: with
+    the production interval this test needed a segment slower than 5 s, and a quiet machine failed it."""
     import time
 
-    from python_backends.spec import STREAM_KEEPALIVE_S
+    from keepalive_server import FAST_KEEPALIVE_S
 
     photo, speech = (samples / "astronaut.png").read_bytes(), (samples / "speech.wav").read_bytes()
     events = [("start", time.monotonic())]
-    for _chunk in grpc_client.generate(photo, speech, parameters={"fps": 15, "seed": 3},
+    with TalkingHeadClient(Endpoint(fast_keepalive_server.grpc_url, "grpc")) as client:
+        for _chunk in client.generate(photo, speech, parameters={"fps": 15, "seed": 3},
                                       on_keepalive=lambda: events.append(("keepalive", time.monotonic()))):
-        events.append(("chunk", time.monotonic()))
+            events.append(("chunk", time.monotonic()))
     kinds = [kind for kind, _ in events]
     times = np.array([at for _, at in events])
     # The keep-alive thread looks every quarter interval; a loaded CI machine may be a few seconds late.
-    assert np.diff(times).max() < 1.25 * STREAM_KEEPALIVE_S + 4.0, list(zip(kinds, np.diff(times).round(1)))
+    assert np.diff(times).max() < 1.25 * FAST_KEEPALIVE_S + 4.0, list(zip(kinds, np.diff(times).round(2)))
     # Every chunk-less stretch longer than the interval (and its slack) holds a keep-alive.
     chunk_times = [at for kind, at in events if kind != "keepalive"]
     for before, after in zip(chunk_times, chunk_times[1:]):
-        if after - before > 1.25 * STREAM_KEEPALIVE_S + 1.0:
+        if after - before > 1.25 * FAST_KEEPALIVE_S + 1.0:
             assert any(kind == "keepalive" and before < at < after for kind, at in events), (before, after)
-    assert "keepalive" in kinds, "no silence long enough for a keep-alive: the job was faster than the interval"
+    assert kinds.count("keepalive") >= 2, kinds
+    assert kinds.count("chunk") >= 2 and kinds[-1] == "chunk", kinds

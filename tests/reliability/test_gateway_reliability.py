@@ -5,6 +5,7 @@ nothing lost is tests/integration/test_gateway.py; load is test_gateway_load.py.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import threading
 import time
@@ -136,6 +137,32 @@ def test_tenants_see_nothing_of_each_other(gateway, ledger):
 
 
 @pytest.mark.integration
+def test_reports_name_files_not_server_paths(gateway, tmp_path, ledger):
+    """What a tenant reads (the job, its QA report, pre-processing report and delivery details) names weights,
+    logs and files by name only: no path of the gateway's data, staging or audit log, nor of the server's
+    weights or packages (issue 21)."""
+    submitted = _submit(gateway, "acme", key="report-paths")
+    assert submitted.status_code in (200, 202), submitted.text
+    job_id = submitted.json()["id"]
+    with httpx.Client(base_url=gateway.url, headers=gateway.headers("acme"), timeout=60) as acme:
+        deadline = time.monotonic() + 300
+        while (view := acme.get(f"/v1/videos/{job_id}")).json()["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, "job did not finish"
+            time.sleep(0.5)
+        report = acme.get(f"/v1/videos/{job_id}/report")
+    assert view.json()["status"] == "succeeded" and report.status_code == 200, report.text
+    text = view.text + report.text
+    server_paths = sorted({path for path in re.findall(r'"(/[^"]*/[^"]*)"', text) if not path.startswith("/v1/")} | {
+        place for place in (str(gateway.config.parent), "/site-packages/", "/tmp/", "/root/", "/home/")
+        if place in text})
+    ledger.record("gateway_security", "report_paths-job_and_report", "names_only",
+                  "names_only" if not server_paths else "server_paths", 0.0, paths=server_paths[:5])
+    assert not server_paths, server_paths
+    body = report.json()
+    assert body["delivery"]["audit"]["log"] == "audit.log"  # the name is still there
+
+
+@pytest.mark.integration
 def test_gateway_killed_mid_job_the_job_completes_after_restart(triton_server, tmp_path, ledger):
     """kill -9 of the gateway while it streams a job: after a restart the job's lease expires, it runs again and
     succeeds; the client sees one job throughout."""
@@ -173,27 +200,30 @@ def test_gateway_killed_mid_job_the_job_completes_after_restart(triton_server, t
 
 @pytest.mark.integration
 def test_api_key_brute_force_is_rate_limited(gateway, ledger):
-    """Guessing keys: 5 failures, then 429 with Retry-After for everything from that address, even a right key;
-    once the bucket refills, the right key works again. Runs last in this module (it locks out 127.0.0.1)."""
+    """Guessing keys: 5 failures, then 429 with Retry-After for every wrong key from that address; a right key
+    from the same address is never refused (issue 21: behind an ingress every client shares one address), and
+    once the bucket refills, wrong keys are checked (401) again. Runs last in this module (it locks out
+    127.0.0.1 for wrong keys)."""
     statuses = []
     started = time.monotonic()
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         for _ in range(40):
             guess = "thk_" + secrets.token_urlsafe(32)
             statuses.append(client.get("/v1/videos/vid_x", headers={"Authorization": f"Bearer {guess}"}).status_code)
-        locked = client.get("/v1/videos/vid_x", headers=gateway.headers("acme"))
+        right_key = client.get("/v1/videos/vid_unknown", headers=gateway.headers("acme"))
+        locked = client.get("/v1/videos/vid_x", headers={"Authorization": f"Bearer thk_{secrets.token_urlsafe(32)}"})
         retry_after = float(locked.headers.get("retry-after", "0"))
         time.sleep(retry_after + 0.2)
-        unlocked = client.get("/v1/videos/vid_unknown", headers=gateway.headers("acme"))
+        unlocked = client.get("/v1/videos/vid_x", headers={"Authorization": f"Bearer thk_{secrets.token_urlsafe(32)}"})
     guesses_checked = statuses.count(401)
     ledger.record("gateway_security", "api_key_brute_force", "rate_limited",
                   "rate_limited" if statuses.count(429) >= 30 else "not_limited", time.monotonic() - started,
                   guesses=len(statuses), checked=guesses_checked, refused_429=statuses.count(429),
-                  retry_after_s=retry_after)
+                  retry_after_s=retry_after, right_key_during_lockout=right_key.status_code)
     assert guesses_checked <= 6 and statuses.count(429) >= 30, statuses
+    assert right_key.status_code == 404  # authenticated: an unknown job of acme's
     assert locked.status_code == 429 and locked.json()["error"]["code"] == "auth_rate_limited" and retry_after >= 1
-    assert unlocked.status_code == 404  # authenticated again: an unknown job of acme's
-
+    assert unlocked.status_code == 401  # checked again once the bucket refilled
 
 
 # -- a webhook receiver that is down for an hour ----------------------------------------------------------------

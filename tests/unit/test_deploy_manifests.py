@@ -308,6 +308,32 @@ def test_overlays_differ_where_their_set_ups_differ():
     assert backend["name"] == GATEWAY and backend["port"]["name"] == "http"
 
 
+def _gateway_env(overlay: str) -> dict[str, str]:
+    (container,) = _one(RENDERED[overlay], "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_only_the_saas_gateway_believes_forwarded_addresses_and_only_from_its_ingress():
+    """Issue 21: behind the SaaS ingress the gateway must take the client address from X-Forwarded-For (else all
+    clients share the controller's address and its failed-authentication limit), and only from the controller:
+    the overlay sets the trusted proxies and lets nothing but the ingress namespace reach the gateway."""
+    from client.gateway.settings import ENV_PREFIX, load_settings
+
+    trusted = _gateway_env("saas")[ENV_PREFIX + "TRUSTED_PROXIES"]
+    assert load_settings(env={ENV_PREFIX + "TRUSTED_PROXIES": trusted}).http.trusted_proxies == tuple(
+        part.strip() for part in trusted.split(","))
+    policy = _one(RENDERED["saas"], "NetworkPolicy", GATEWAY)
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    assert [p["port"] for p in rule["ports"]] == [8080]
+    ingress = next(d for d in RENDERED["saas"] if d["kind"] == "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    # The VPC's internal load balancer forwards TCP; on-prem, only the site knows its proxy's address (the
+    # overlay says where to set it): neither believes forwarded headers by default.
+    assert all(ENV_PREFIX + "TRUSTED_PROXIES" not in _gateway_env(o) for o in ("vpc", "onprem"))
+
+
 # ---------------------------------------------------------------- monitoring
 
 

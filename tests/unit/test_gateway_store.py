@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -27,70 +20,13 @@ from client.gateway.store import (
     WebhookEvent,
     new_id,
 )
-from client.server import free_port
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL server on a loopback port; skipped where no server binaries are installed."""
-    pytest.importorskip("psycopg")
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
-    folder = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root: run it as the postgres user
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start postgres")
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = folder / "data"
-    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen(as_user + [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k",
-                                         str(folder), "-h", "127.0.0.1", "-c", "fsync=off"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    import psycopg
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            psycopg.connect(url).close()
-            break
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("postgres did not start")
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gateway.db'}"
-    url = request.getfixturevalue("postgres_url")
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:  # a fresh database per test
-        name = f"t_{new_id('db').split('_')[1]}"
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + "/" + name
+    return request.getfixturevalue("postgres_database")()  # a fresh database per test
 
 
 @pytest.fixture
@@ -333,3 +269,75 @@ def test_failed_authentications_are_counted_across_replicas_and_forgotten_once_r
     assert [row["address"] for row in rows] == ["203.0.113.9"]
     for store in replicas:
         store.close()
+
+
+def test_quota_and_queue_cap_are_enforced_in_the_insert_under_concurrency(store_url):
+    """12 threads (each its own connection, as gateway replicas) insert at once: exactly the limit gets in."""
+    from client.gateway.store import LimitReached, SubmitLimits
+
+    stores = [JobStore(store_url) for _ in range(4)]
+    tenant = _tenant(stores[0])
+    results: list[str] = []
+
+    def submit(index: int, limits: SubmitLimits) -> None:
+        try:
+            stores[index % len(stores)].create_job(_job(tenant.id, now=100.0 + index), limits)
+            results.append("created")
+        except LimitReached as reached:
+            results.append(reached.kind)
+
+    for limits, expected, kind in ((SubmitLimits(3, 86_400.0, 100), 3, "quota_exceeded"),
+                                   (SubmitLimits(100, 86_400.0, 5), 2, "queue_full")):  # 3 already queued
+        results.clear()
+        threads = [threading.Thread(target=submit, args=(i, limits)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results.count("created") == expected and results.count(kind) == 12 - expected, results
+    with pytest.raises(LimitReached) as caught:
+        stores[0].check_limits(tenant.id, SubmitLimits(100, 86_400.0, 5), now=200.0)
+    assert caught.value.kind == "queue_full" and caught.value.counts.queued == 5
+    stores[0].check_limits(tenant.id, SubmitLimits(6, 50.0, 6), now=200.0)  # only 5 queued, none in the last 50 s
+    for replica in stores:
+        replica.close()
+
+
+def test_an_idempotent_replay_is_not_refused_by_the_quota(store):
+    from client.gateway.store import SubmitLimits
+
+    tenant = _tenant(store)
+    first, created = store.create_job(_job(tenant.id, key="k1"), SubmitLimits(1, 86_400.0, 10))
+    again, created_again = store.create_job(_job(tenant.id, key="k1"), SubmitLimits(1, 86_400.0, 10))
+    assert created and not created_again and again.id == first.id
+
+
+def test_a_tenants_first_requests_at_once_share_one_rate_bucket(store_url):
+    """Concurrent first requests of a tenant: one bucket row, no duplicate-key error, no token spent twice."""
+    stores = [JobStore(store_url) for _ in range(4)]
+    tenant = stores[0].create_tenant("burst", jobs_per_day=10, concurrent_jobs=1, rate_per_s=0.001, burst=5)
+    waits: list[float] = []
+    threads = [threading.Thread(target=lambda i=i: waits.append(stores[i % 4].take_token(tenant, now=50.0)))
+               for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(waits) == 12 and waits.count(0.0) == 5, waits
+    for replica in stores:
+        replica.close()
+
+
+def test_busy_tenants_are_skipped_when_claiming_deliveries(store):
+    tenants = [_tenant(store, name) for name in ("busy", "idle")]
+    for tenant in tenants:
+        job = _job(tenant.id, webhook="https://hooks.example/x", now=10.0 if tenant.name == "busy" else 11.0)
+        store.create_job(job)
+        store.claim_job("w", 30, now=11.0)
+        store.finish_job(job.id, "w", SUCCEEDED, webhook=WebhookEvent("video.succeeded", job.webhook_url),
+                         now=11.0)
+    oldest = store.claim_delivery("d", 60, now=12.0)  # the busy tenant's comes first in time ...
+    store.record_attempt(oldest, "d", None, "x", 1.0, PENDING, retry_at=12.0, now=12.0)
+    claimed = store.claim_delivery("d", 60, now=12.0, skip_tenants=(tenants[0].id,))  # ... unless it is skipped
+    assert oldest.tenant_id == tenants[0].id and claimed.tenant_id == tenants[1].id
+    assert store.claim_delivery("d", 60, now=12.0, skip_tenants=(tenants[0].id,)) is None

@@ -104,3 +104,14 @@ def test_tenant_names_are_unique(tenants):
 
 def test_hash_key_is_sha256():
     assert hash_key("thk_x") == hashlib.sha256(b"thk_x").hexdigest()
+
+
+@pytest.mark.parametrize("limits, flag", [
+    ({"concurrent_jobs": 0}, "--concurrent"), ({"jobs_per_day": -1}, "--jobs-per-day"),
+    ({"rate_per_s": float("nan")}, "--rate"), ({"rate_per_s": float("inf")}, "--rate"),
+    ({"rate_per_s": 0.0}, "--rate"), ({"burst": 0}, "--burst"),
+])
+def test_impossible_limits_are_refused_before_anything_is_stored(tenants, limits, flag):
+    with pytest.raises(ValueError, match=flag):
+        tenants.create("acme", **limits)
+    assert tenants.store.tenant_by_name("acme") is None

@@ -103,6 +103,15 @@ def test_settings_from_toml_env_and_overrides(tmp_path):
     assert settings.database.startswith("sqlite:///") and settings.database.endswith("/srv/th/gateway.db")
 
 
+def test_trusted_proxies_default_to_none_and_come_from_the_file_or_the_environment(tmp_path):
+    assert load_settings(None, env={}).http.trusted_proxies == ()
+    config = tmp_path / "gateway.toml"
+    config.write_text('[http]\ntrusted_proxies = ["10.0.0.0/8"]\nheader_timeout_s = 5\n')
+    assert load_settings(config, env={}).http.trusted_proxies == ("10.0.0.0/8",)
+    from_env = load_settings(config, env={"TALKINGHEAD_GATEWAY_TRUSTED_PROXIES": "192.0.2.1, 2001:db8::/32"}).http
+    assert from_env.trusted_proxies == ("192.0.2.1", "2001:db8::/32") and from_env.header_timeout_s == 5
+
+
 @pytest.mark.parametrize("text, message", [
     ("wrokers = 2", "unknown setting wrokers"),
     ("[limits]\nmax_upload_bytes = 'lots'", "limits.max_upload_bytes: expected int"),
@@ -110,6 +119,13 @@ def test_settings_from_toml_env_and_overrides(tmp_path):
     ("lease_s = 4\nheartbeat_s = 3", "heartbeat_s .* at most half of lease_s"),
     ("[webhooks]\nunknown = 1", "unknown setting webhooks.unknown"),
     ("data_dir = ", "not valid TOML"),
+    ("[http]\ntrusted_proxies = ['*']", "http.trusted_proxies: '\\*' is not an IP address or network"),
+    ("[http]\nheader_timeout_s = 0", "http.header_timeout_s must be a positive number"),
+    ("[http]\nmin_body_bytes_per_s = nan", "http.min_body_bytes_per_s must be a positive number"),
+    ("[tenant_defaults]\nconcurrent_jobs = 0", "concurrent_jobs .* at least 1"),
+    ("[tenant_defaults]\nrate_per_s = -1.0", "rate_per_s .* positive"),
+    ("[webhooks]\nper_tenant = 0", "per_tenant .* at least 1"),
+    ("[limits]\nmax_queued_jobs = 0", "max_queued_jobs .* at least 1"),
 ])
 def test_bad_settings_name_the_key(tmp_path, text, message):
     config = tmp_path / "gateway.toml"

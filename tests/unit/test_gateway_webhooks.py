@@ -125,7 +125,9 @@ def test_guard_checks_every_resolved_address_and_the_allowlist():
 @pytest.mark.parametrize("url, message", [
     ("ftp://example.com/x", "must start with https://"), ("file:///etc/passwd", "must start with https://"),
     ("https://user:pw@example.com/", "user name or password"), ("https:///path", "no host"),
-    ("https://example.com:99999/", "invalid port"),
+    ("https://example.com:99999/", "invalid port"), ("https://example.com:0/", "port 0"),
+    ("https://example.com/a\r\nX-Injected: 1", "control characters"), ("https://example.com/\x00", "control"),
+    ("https://example.com/a b", "spaces"),
 ])
 def test_malformed_urls_are_refused(url, message):
     with pytest.raises(WebhookTargetRefused, match=message):
