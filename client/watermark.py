@@ -176,20 +176,25 @@ class WatermarkEmbedder:
         self._gain = float(per_bit.mean())
 
     def _fold_chips(self, luma: np.ndarray, rows: int | None = None, cols: int | None = None) -> np.ndarray:
+        """Mean luma of each chip, averaged over every tile: [N, N] (what the detector's read-out sees)."""
         k = self.chip_px
         rows, cols = rows or self._rows, cols or self._cols
-        means = luma[:rows, :cols].reshape(rows // k, k, cols // k, k).mean(axis=(1, 3), dtype=np.float32)
+        block = luma[:rows, :cols]
+        # Sum k rows, then k columns: summing along the contiguous axis last is ~4x faster than one mean over both.
+        dtype = np.uint16 if block.dtype == np.uint8 else np.float64  # 16 x 255 fits in 16 bits
+        sums = block.reshape(rows // k, k, cols).sum(axis=1, dtype=dtype).reshape(rows // k, cols // k, k)
+        means = sums.sum(axis=2, dtype=np.float64) / (k * k)
         if rows == self._rows and cols == self._cols:
             index, counts = self._fold_index, self._fold_counts
         else:
             gy, gx = np.arange(rows // k) % TILE_CHIPS, np.arange(cols // k) % TILE_CHIPS
             index = (gy[:, None] * TILE_CHIPS + gx[None, :]).ravel()
             counts = np.maximum(np.bincount(index, minlength=TILE_CHIPS**2), 1)
-        sums = np.bincount(index, weights=means.ravel(), minlength=TILE_CHIPS**2)
-        return (sums / counts).reshape(TILE_CHIPS, TILE_CHIPS)
+        folded = np.bincount(index, weights=means.ravel(), minlength=TILE_CHIPS**2)
+        return (folded / counts).reshape(TILE_CHIPS, TILE_CHIPS)
 
-    def pattern_for(self, luma: np.ndarray) -> np.ndarray:
-        """The pattern (luma levels, [H, W] float32) to add to this frame."""
+    def tile_for(self, luma: np.ndarray) -> np.ndarray:
+        """One period of the pattern (luma levels, float32) for this frame, host share cancelled."""
         chips = self._chips
         if self.cancel:
             per_bit, sync = _projections(self._fold_chips(luma))
@@ -200,14 +205,16 @@ class WatermarkEmbedder:
             sync_fix = float(np.clip(-self.cancel * sync / (self._scale * self._gain), -limit, limit))
             fix = np.where(LAYOUT.sync, sync_fix, bit_fix[np.maximum(LAYOUT.bit_of_chip, 0)])
             chips = chips + LAYOUT.signs * fix
-        tile = _render_tile(chips, self.chip_px) * self._scale
-        reps = (-(-self.height // tile.shape[0]), -(-self.width // tile.shape[1]))
-        return np.tile(tile, reps)[: self.height, : self.width]
+        return _render_tile(chips, self.chip_px) * self._scale
 
     def embed(self, luma: np.ndarray) -> np.ndarray:
         """uint8 [H, W] luma (TV range) -> watermarked uint8 luma."""
-        marked = luma.astype(np.float32) + self.pattern_for(luma)
-        return np.clip(np.rint(marked), 16, 235).astype(np.uint8)
+        tile = np.rint(self.tile_for(luma)).astype(np.int16)
+        reps = (-(-self.height // tile.shape[0]), -(-self.width // tile.shape[1]))
+        marked = np.tile(tile, reps)[: self.height, : self.width]  # a fresh array: safe to add into
+        marked += luma
+        np.clip(marked, 16, 235, out=marked)
+        return marked.astype(np.uint8)
 
     def embed_plane(self, plane) -> None:
         """Watermark a frame's luma plane (a PyAV `VideoPlane`, rows padded to `line_size`) in place."""
