@@ -19,10 +19,13 @@ Detection (blind: needs neither the original nor the frame size it was made at):
 1. average the luma of up to `max_frames` frames (the pattern is static, content moves), whiten it by dividing
    its spectrum by a smoothed copy of its own magnitude (the host's spectrum is smooth, the periodic watermark's
    is a lattice of lines that stands out);
-2. read the tile period off the autocorrelation (both axes, so any resize, even anisotropic, is found);
-3. fold the frame onto one tile at that period (a crop only shifts where the tile starts) and find the shift by
-   circular correlation with the sync pattern; the peak's z-score says whether a watermark is there at all;
-4. read the chips at that shift, combine each bit's chips, check the CRC.
+2. candidate tile periods: the unresized ones and common rendition scales of them, plus the peaks of the
+   autocorrelation (both axes, so other resizes are found too);
+3. fold the frame onto one tile at each period (a crop only shifts where the tile starts), find the shift by
+   circular correlation with the sync pattern; the best peak's z-score says whether a watermark is there at all;
+4. read the chips at that shift (plain and texture-weighted), combine each bit's chips, check the CRC.
+The embedder cancels the picture's own share of every bit (see `WatermarkEmbedder`): on an untouched file the
+read-out is exact; what disturbs it is what re-encoding, resizing and cropping changed.
 `present`: sync peak above the threshold and the CRC checks; `unreadable`: sync found, payload damaged;
 `absent`: no sync peak.
 """
@@ -228,7 +231,7 @@ class WatermarkEmbedder:
 def describe(payload: bytes) -> dict:
     """What the C2PA manifest and the audit record say about the watermark of a file."""
     return {"algorithm": ALGORITHM, "payload": payload.hex(), "payload_bits": PAYLOAD_BITS,
-            "payload_from": "sha256('talkinghead-ss-tile-v1:' + job_id)[:8]"}
+            "payload_from": f"sha256('{ALGORITHM}:' + job_id)[:8]"}
 
 
 # -- detection --------------------------------------------------------------------------------------------------

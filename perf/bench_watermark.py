@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import av
 import imageio_ffmpeg
 import numpy as np
+from bench_encoding import _cpu  # perf/ is on sys.path when run as a script
 from PIL import Image
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
@@ -202,16 +202,6 @@ def embed_cost_1080p(repeats: int) -> dict:
         times.append((time.perf_counter() - started) * 1000)
     return {"frames": repeats, "median_ms": round(float(np.median(times)), 2),
             "p90_ms": round(float(np.percentile(times, 90)), 2)}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> dict:
