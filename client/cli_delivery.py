@@ -13,6 +13,7 @@ from .encoding import CODECS, PRESETS, EncodeError, EncodeOptions
 from .files import file_problem
 from .provenance import SigningFailed, VerifyResult, verify_video
 from .signing import TRUST_ENV, SigningError, load_signing_config, talkinghead_home
+from .watermark import WatermarkReading, payload_for_job, read_video
 
 # Raised while finishing a video; `generate` reports them as `error: ...` (exit 1) after removing the partial file.
 DELIVERY_ERRORS = (EncodeError, SigningFailed, AuditError)
@@ -68,7 +69,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--trust-anchors", type=Path, default=None,
                         help="PEM root certificates to trust (default $TALKINGHEAD_TRUST_ANCHORS)")
     verify.add_argument("--audit-log", type=Path, default=None,
-                        help="also require this file's SHA-256 in a record of this (intact) audit log")
+                        help="also require this file's SHA-256 in a record of this (intact) audit log; a changed "
+                             "copy is traced to its record by the invisible watermark")
+    verify.add_argument("--no-watermark", action="store_true", help="skip reading the invisible watermark")
+    verify.add_argument("--watermark-frames", type=int, default=90, metavar="N",
+                        help="frames averaged to read the watermark (default 90)")
     verify.set_defaults(func=cmd_verify)
 
     audit = sub.add_parser("audit", help="the hash-chained audit log of delivered videos")
@@ -91,20 +96,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                   "certificates")
     if args.audit_log is not None:
         _require_file(args.audit_log, "audit log")
+    if args.watermark_frames < 1:
+        raise DeliveryOptionError(f"--watermark-frames must be at least 1, got {args.watermark_frames}")
     result = verify_video(args.video, anchors)
     summary = result.as_dict()
     ok = result.valid
+    if not args.no_watermark:
+        summary["watermark"] = watermark_summary(read_video(args.video, args.watermark_frames), result)
     if args.audit_log is not None:
         chain = verify_log(args.audit_log)
         record = find_record(args.audit_log, **{"output.sha256": sha256_file(args.video)}) if chain.ok else None
         summary["audit"] = {"log": str(args.audit_log), "chain_ok": chain.ok,
                             "record": {"seq": record["seq"], "job_id": record.get("job_id")} if record else None}
+        payload = (summary.get("watermark") or {}).get("payload")
+        if chain.ok and record is None and payload:
+            # Not the delivered bytes (re-encoded, stripped, cut), but its frames carry a job's watermark.
+            traced = find_record(args.audit_log, **{"watermark.payload": payload})
+            summary["audit"]["watermark_record"] = (
+                {"seq": traced["seq"], "job_id": traced.get("job_id")} if traced else None)
         ok = ok and chain.ok and record is not None
     summary["ok"] = ok
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        _print_verify(args.video, result, summary.get("audit"))
+        _print_verify(args.video, result, summary)
     return 0 if ok else 1
 
 
@@ -114,12 +129,37 @@ def _require_file(path: Path, what: str) -> None:
         raise DeliveryOptionError(f"{what} {path} {problem}")
 
 
-def _print_verify(path: Path, result: VerifyResult, audit: dict | None) -> None:
+def watermark_summary(reading: WatermarkReading, result: VerifyResult) -> dict:
+    """The reading, and whether its payload is the one the manifest's job id gives (None: nothing to compare)."""
+    summary = reading.as_dict()
+    job_id = (result.generation or {}).get("job_id")
+    expected = payload_for_job(job_id).hex() if job_id else None
+    summary["expected_payload"] = expected
+    summary["matches_manifest"] = None if expected is None or not reading.present else reading.payload == expected
+    return summary
+
+
+def _print_watermark(mark: dict) -> None:
+    detail = f"sync z {mark['sync_z']}, {mark['frames_read']} frames" if mark["sync_z"] is not None else ""
+    if mark["status"] == "present":
+        match = {True: "matches the manifest's job", False: "does NOT match the manifest's job",
+                 None: "no manifest to compare with"}[mark["matches_manifest"]]
+        print(f"watermark:     present, payload {mark['payload']} ({match}; {detail})")
+    elif mark["status"] == "unreadable":
+        print(f"watermark:     found but its payload is damaged beyond the CRC ({detail})")
+    elif mark["status"] == "absent":
+        print("watermark:     absent" + (f" (best sync z {mark['sync_z']}, below the threshold)" if detail else ""))
+    else:
+        print(f"watermark:     not read: {'; '.join(mark['errors'])}")
+
+
+def _print_verify(path: Path, result: VerifyResult, summary: dict) -> None:
     """The manifest's and the audit record's texts come from files anyone could have made: printed with their
     control and bidi characters escaped, so none can rewrite what the terminal shows."""
     def say(text: str) -> None:
         print(printable(text))
 
+    audit = summary.get("audit")
     if result.valid:
         signer = result.signer or {}
         say(f"{path}: VALID C2PA manifest (signature, claim, assertions and video hash check out)")
@@ -139,6 +179,8 @@ def _print_verify(path: Path, result: VerifyResult, audit: dict | None) -> None:
             say(f"  - {error}")
     if result.xmp:
         say(f"XMP:           DigitalSourceType {result.xmp.get('digital_source_type')}")
+    if "watermark" in summary:
+        _print_watermark(summary["watermark"])
     for warning in result.warnings:
         say(f"note:          {warning}")
     if audit is not None:
@@ -147,6 +189,10 @@ def _print_verify(path: Path, result: VerifyResult, audit: dict | None) -> None:
         elif audit["record"] is None:
             say(f"audit:         FAILED: no record in {audit['log']} has this file's SHA-256 "
                 "(changed after delivery, or not delivered from here)")
+            traced = audit.get("watermark_record")
+            if traced:
+                say(f"               its watermark leads to record {traced['seq']} (job {traced['job_id']}): "
+                    "a changed copy of that video")
         else:
             say(f"audit:         matches record {audit['record']['seq']} (job {audit['record']['job_id']})")
 

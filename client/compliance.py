@@ -24,6 +24,8 @@ from .disclosure import append_xmp, burn_label
 from .encoding import EncodeOptions, StreamingEncoder
 from .provenance import QA_NOT_RUN, ModelRecord, Provenance, SigningFailed, sign_video, verify_video
 from .signing import SigningConfig, signer_identity, talkinghead_home
+from .watermark import describe as describe_watermark
+from .watermark import payload_for_job
 
 TENANT_ENV = "TALKINGHEAD_TENANT"
 
@@ -63,6 +65,7 @@ class ComplianceOptions:
     visible_label: bool = False
     audit_log: Path | None = None  # None: <talkinghead home>/audit.log
     tenant: str = field(default_factory=lambda: os.environ.get(TENANT_ENV, "local"))
+    watermark: bool = True  # embed the job's invisible watermark in every frame (client/watermark.py)
 
     @property
     def audit_path(self) -> Path:
@@ -92,16 +95,18 @@ class CompliantVideoWriter:
         self.path = Path(path)
         self.job, self.compliance = job, compliance
         check_no_secrets(job.parameters, "parameters")  # they go into the manifest and the log: refuse now
+        watermark = payload_for_job(job.job_id) if compliance.watermark else None
         self.provenance = Provenance(
             job_id=job.job_id, engine_id=chunk_info.get("engine_id", chunk_info.get("engine", "unknown")),
             engine=chunk_info.get("engine", "unknown"), models=models_from_job(chunk_info, job_report),
             parameters=dict(job.parameters), photo_sha256=sha256_bytes(job.photo), photo_format=image_mime(job.photo),
             audio_sha256=sha256_bytes(job.audio), driving_video_sha256=sha256_bytes(job.driving_video),
             omit_photo=compliance.omit_photo_ingredient, visible_label=compliance.visible_label,
+            watermark=describe_watermark(watermark) if watermark is not None else None,
         )
         self._unsigned = self.path.with_name(f".{self.path.name}.unsigned")
         self._encoder = StreamingEncoder(self._unsigned, fps, audio=job.audio, options=encode,
-                                         metadata=self.provenance.disclosure.mp4_tags(), t0=t0)
+                                         metadata=self.provenance.disclosure.mp4_tags(), t0=t0, watermark=watermark)
 
     @property
     def frames_written(self) -> int:
@@ -180,6 +185,7 @@ class CompliantVideoWriter:
             "output": {"file": str(self.path), "sha256": output_sha256, "bytes": self.path.stat().st_size,
                        "codec": encoded.codec, "frames": encoded.frames, "fps": encoded.fps,
                        "audio_duration_s": encoded.audio_duration_s},
+            "watermark": self.provenance.watermark,
             "signer": signer_identity(signing).as_dict() if signing else None,
             "manifest": summary.manifest_label if summary else None,
         })

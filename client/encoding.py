@@ -21,6 +21,8 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
+from .watermark import WatermarkEmbedder
+
 CODECS = {"h264": "libx264", "h265": "libx265"}
 DEFAULT_CRF = {"h264": 18, "h265": 22}  # x265 spends ~4-6 CRF steps less than x264 for the same look
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -71,6 +73,7 @@ class EncodeResult:
     time_to_first_packet_s: float | None  # from `t0` to the first encoded video packet (first encoded byte)
     encode_s: float  # from `t0` to the finished file
     close_s: float  # flushing the encoder and writing the index (faststart rewrite) after the last chunk
+    watermark: dict | None = None  # what was embedded in every frame (client/watermark.py), None when nothing
 
     @property
     def video_duration_s(self) -> float:
@@ -88,7 +91,7 @@ class EncodeResult:
             "audio_duration_s": None if self.audio_duration_s is None else round(self.audio_duration_s, 6),
             "bytes": self.bytes, "time_to_first_frame_s": _round(self.time_to_first_frame_s),
             "time_to_first_packet_s": _round(self.time_to_first_packet_s), "encode_s": _round(self.encode_s),
-            "close_s": _round(self.close_s),
+            "close_s": _round(self.close_s), "watermark": self.watermark,
         }
 
 
@@ -149,11 +152,14 @@ class StreamingEncoder:
     float32 samples [channels, n] at 48 kHz; it is fed up to the current video time after every chunk, and
     `close()` pads it with silence or trims it so it lasts exactly `frames / fps`. `t0` (a `time.perf_counter()`
     value, default now) is where the time to the first frame and to the first encoded packet are counted from.
+    `watermark` (an 8-byte payload, `client.watermark.payload_for_job`) is embedded invisibly in the luma of every
+    frame, after the conversion to the encoder's pixel format, so it is exactly what the encoder is given.
     """
 
     def __init__(
         self, path: Path, fps: float, audio: Path | bytes | np.ndarray | None = None,
         options: EncodeOptions | None = None, metadata: dict[str, str] | None = None, t0: float | None = None,
+        watermark: bytes | None = None,
     ) -> None:
         self.path = Path(path)
         self.options = options or EncodeOptions()
@@ -171,6 +177,8 @@ class StreamingEncoder:
         self._container = None
         self._video = self._audio_stream = None
         self._size: tuple[int, int] | None = None
+        self._watermark_payload = watermark
+        self._watermark: WatermarkEmbedder | None = None
 
     # -- opening ----------------------------------------------------------------------------------------------
     def _open(self, height: int, width: int) -> None:
@@ -204,6 +212,8 @@ class StreamingEncoder:
             stream.time_base = Fraction(1, AUDIO_RATE)
             self._audio_stream = stream
         self._size = (height, width)
+        if self._watermark_payload is not None:
+            self._watermark = WatermarkEmbedder(self._watermark_payload, video.height, video.width)
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write(self, frames: np.ndarray) -> None:
@@ -226,6 +236,8 @@ class StreamingEncoder:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
                 frame = frame.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU709,
                                        dst_color_range=ColorRange.MPEG)
+                if self._watermark is not None:
+                    self._watermark.embed_plane(frame.planes[0])
                 frame.pts = self.frames_written
                 self._mux(self._video.encode(frame))
                 self.frames_written += 1
@@ -283,6 +295,7 @@ class StreamingEncoder:
             time_to_first_frame_s=None if self._timing.first_frame is None else self._timing.first_frame - t0,
             time_to_first_packet_s=None if self._timing.first_packet is None else self._timing.first_packet - t0,
             encode_s=done - t0, close_s=done - started,
+            watermark=self._watermark.describe() if self._watermark is not None else None,
         )
 
     def abort(self) -> None:

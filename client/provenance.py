@@ -6,7 +6,8 @@ The manifest holds:
 - the source photo as an `inputTo` ingredient, by SHA-256 only (no thumbnail, no pixels), or nothing at all with
   `omit_photo=True` for privacy;
 - `talkinghead.ai_disclosure` (EU AI Act Art. 50), `talkinghead.generation` (engine, models and weight hashes,
-  parameters, job id, credential kind) and `talkinghead.qa` (the QA verdict, `{"status": "not_run"}` without one).
+  parameters, job id, credential kind, the invisible watermark's algorithm and payload) and `talkinghead.qa` (the
+  QA verdict, `{"status": "not_run"}` without one).
 
 Integrity vs trust: c2pa-rs reports `signingCredential.untrusted` for any signer whose root is not on the verifier's
 trust list, our development CA included. That says nothing about tampering, so `verify_video` keeps it apart:
@@ -73,6 +74,7 @@ class Provenance:
     driving_video_sha256: str | None = None
     omit_photo: bool = False
     visible_label: bool = False
+    watermark: dict | None = None  # the invisible watermark in the frames (client/watermark.py `describe`)
 
     @property
     def disclosure(self) -> Disclosure:
@@ -108,6 +110,7 @@ def build_manifest(provenance: Provenance, qa_verdict: dict | None, development:
         "parameters": provenance.parameters,
         "source_photo": "omitted" if provenance.omit_photo else "ingredient",
         "credential": "development" if development else "configured",
+        "watermark": provenance.watermark,  # algorithm + payload: a stripped copy's frames still lead back here
     }
     manifest = {
         "claim_generator_info": [agent],
