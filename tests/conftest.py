@@ -120,12 +120,37 @@ def _fake_pb_utils():
     class TritonModelException(Exception):
         pass
 
+    class MetricFamily:
+        """Custom metrics: every value set lands in `module.metrics[(family, sorted labels)]`."""
+
+        GAUGE, COUNTER = "gauge", "counter"
+
+        def __init__(self, name, description, kind):
+            self.name, self.description, self.kind = name, description, kind
+
+        def Metric(self, labels):  # noqa: N802 - the python backend's spelling
+            family, key = self, (self.name, tuple(sorted(labels.items())))
+
+            class Metric:
+                def set(self, value):
+                    assert family.kind == MetricFamily.GAUGE
+                    module.metrics[key] = float(value)
+
+                def value(self):
+                    return module.metrics.get(key, 0.0)
+
+            return Metric()
+
     numpy_of = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32,
                 "TYPE_INT64": np.int64, "TYPE_STRING": np.object_}
     module.Tensor, module.InferenceResponse, module.InferenceRequest = Tensor, InferenceResponse, InferenceRequest
     module.TritonError, module.Logger, module.TritonModelException = _FakeTritonError, Logger, TritonModelException
     module.get_input_tensor_by_name = module.get_output_tensor_by_name = get_tensor
     module.triton_string_to_numpy = numpy_of.__getitem__
+    module.MetricFamily, module.metrics = MetricFamily, {}
+    module.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    module.using_decoupled_model_transaction_policy = \
+        lambda config: bool(config.get("model_transaction_policy", {}).get("decoupled"))
     return module
 
 

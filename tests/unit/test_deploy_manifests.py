@@ -334,3 +334,25 @@ def test_adapter_rules_are_per_pod_and_read_triton_series():
         assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
         assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
         assert re.fullmatch(rule["name"]["matches"], rule["seriesQuery"].split("{")[0])
+
+
+def backlog_series() -> set[str]:
+    """The pipeline's backlog gauges the adapter rules read (tests/integration checks them on a live server)."""
+    names = set()
+    for rule in _adapter_rules():
+        names |= set(re.findall(r"\btalkinghead_[a-z_]+(?=\{)", rule["seriesQuery"] + " " + rule["metricsQuery"]))
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_scales_on_the_pipelines_backlog_gauges(overlay):
+    from python_backends.backlog import GAUGES
+
+    assert backlog_series() == set(GAUGES)  # every gauge the models export is served, and nothing else
+    rules = {rule["name"]["as"]: rule for rule in _adapter_rules()}
+    triton_hpa = _one(RENDERED[overlay], "HorizontalPodAutoscaler", TRITON)
+    for metric in triton_hpa["spec"]["metrics"]:
+        rule = rules[metric["pods"]["metric"]["name"]]
+        series = rule["seriesQuery"].split("{")[0]
+        assert series in GAUGES, f"{metric['pods']['metric']['name']} does not read a backlog gauge"
+        assert re.search(r'model(=|=~)"(talking_head|video_generator)', rule["metricsQuery"])
