@@ -32,15 +32,18 @@ def _settings(args: argparse.Namespace):
 def _store(args: argparse.Namespace):
     from .gateway.db import DatabaseError
     from .gateway.store import JobStore
-    from .gateway.tenants import MasterKey, Tenants
+    from .gateway.tenants import MasterKey, MasterKeyError, Tenants
+    from .policy import policy_of
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        # As the gateway itself: only the development profile makes a master key (client/policy.py).
+        master = MasterKey(settings.secrets_path, create=not policy_of(settings.policy_profile).configured_credentials)
         store = JobStore(settings.database)
-    except DatabaseError as exc:
+    except (DatabaseError, MasterKeyError) as exc:
         raise GatewayCliError(str(exc)) from None
-    return store, Tenants(store, MasterKey(settings.secrets_path), settings.tenant_defaults)
+    return store, Tenants(store, master, settings.tenant_defaults)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -52,6 +55,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         from .gateway.app import create_app
     except ImportError as exc:
         raise GatewayCliError(f"the gateway needs its extra: pip install -e '.[gateway]' ({exc})") from None
+    from .gateway.credentials import StartupError
     from .gateway.db import DatabaseError
     from .gateway.storage import StorageError
 
@@ -59,7 +63,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
-    except (DatabaseError, StorageError) as exc:
+    except (DatabaseError, StorageError, StartupError) as exc:
         raise GatewayCliError(str(exc)) from None
     print(f"talkinghead gateway on http://{args.host}:{args.port} (docs /docs), tritonserver {settings.triton_url}, "
           f"data {settings.data_dir.resolve()}", file=sys.stderr, flush=True)

@@ -63,6 +63,7 @@ class ComplianceOptions:
     visible_label: bool = False
     audit_log: Path | None = None  # None: <talkinghead home>/audit.log
     tenant: str = field(default_factory=lambda: os.environ.get(TENANT_ENV, "local"))
+    policy_profile: str | None = None  # the deployment's (client/policy.py): into the manifest and the audit record
 
     @property
     def audit_path(self) -> Path:
@@ -98,6 +99,7 @@ class CompliantVideoWriter:
             parameters=dict(job.parameters), photo_sha256=sha256_bytes(job.photo), photo_format=image_mime(job.photo),
             audio_sha256=sha256_bytes(job.audio), driving_video_sha256=sha256_bytes(job.driving_video),
             omit_photo=compliance.omit_photo_ingredient, visible_label=compliance.visible_label,
+            policy_profile=compliance.policy_profile,
         )
         self._unsigned = self.path.with_name(f".{self.path.name}.unsigned")
         self._encoder = StreamingEncoder(self._unsigned, fps, audio=job.audio, options=encode,
@@ -169,6 +171,7 @@ class CompliantVideoWriter:
             "event": "video.delivered",
             "job_id": self.job.job_id,
             "tenant": self.compliance.tenant,
+            "policy_profile": self.compliance.policy_profile,
             "inputs": {"photo_sha256": self.provenance.photo_sha256, "audio_sha256": self.provenance.audio_sha256,
                        "driving_video_sha256": self.provenance.driving_video_sha256},
             "engine": {"id": self.provenance.engine_id, "name": self.provenance.engine},

@@ -6,7 +6,9 @@ The manifest holds:
 - the source photo as an `inputTo` ingredient, by SHA-256 only (no thumbnail, no pixels), or nothing at all with
   `omit_photo=True` for privacy;
 - `talkinghead.ai_disclosure` (EU AI Act Art. 50), `talkinghead.generation` (engine, models and weight hashes,
-  parameters, job id, credential kind) and `talkinghead.qa` (the QA verdict, `{"status": "not_run"}` without one).
+  parameters, job id, credential kind, the deployment's policy profile) and `talkinghead.qa` (the QA verdict,
+  `{"status": "not_run"}` without one);
+- a development credential (client/signing.py) is named in the claim generator info as well.
 
 Integrity vs trust: c2pa-rs reports `signingCredential.untrusted` for any signer whose root is not on the verifier's
 trust list, our development CA included. That says nothing about tampering, so `verify_video` keeps it apart:
@@ -39,6 +41,8 @@ DISCLOSURE_LABEL = "talkinghead.ai_disclosure"
 GENERATION_LABEL = "talkinghead.generation"
 QA_LABEL = "talkinghead.qa"
 QA_NOT_RUN = {"status": "not_run"}
+DEVELOPMENT_KEY = "talkinghead_credential"
+DEVELOPMENT_NOTE = "development credential: not for production, trusted by no verifier"
 # Failure codes that speak about trust in the signer, not about the integrity of the file or the manifest.
 TRUST_CODES = frozenset({"signingCredential.untrusted"})
 MIME = "video/mp4"
@@ -73,6 +77,7 @@ class Provenance:
     driving_video_sha256: str | None = None
     omit_photo: bool = False
     visible_label: bool = False
+    policy_profile: str | None = None  # the deployment's policy profile (client/policy.py)
 
     @property
     def disclosure(self) -> Disclosure:
@@ -108,9 +113,12 @@ def build_manifest(provenance: Provenance, qa_verdict: dict | None, development:
         "parameters": provenance.parameters,
         "source_photo": "omitted" if provenance.omit_photo else "ingredient",
         "credential": "development" if development else "configured",
+        "policy_profile": provenance.policy_profile,
     }
+    # A development credential is also named where every C2PA reader shows the generator, not only in our assertion.
+    generator = {**agent, DEVELOPMENT_KEY: DEVELOPMENT_NOTE} if development else agent
     manifest = {
-        "claim_generator_info": [agent],
+        "claim_generator_info": [generator],
         "title": title,
         "format": MIME,
         "assertions": [
