@@ -121,6 +121,31 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_audit(args: argparse.Namespace) -> int:
+    from .audit import AuditError
+    from .gateway.audit_store import DatabaseAuditLog
+    from .gateway.db import Database, DatabaseError
+
+    settings = _settings(args)
+    if settings.delivery.audit_store != "database":
+        raise GatewayCliError(f"delivery.audit_store is {settings.delivery.audit_store!r}: the log is the file "
+                              f"{settings.audit_path}; check it with `talkinghead audit verify {settings.audit_path}`")
+    try:
+        db = Database(settings.database)
+    except DatabaseError as exc:
+        raise GatewayCliError(str(exc)) from None
+    try:
+        exported = DatabaseAuditLog(db).export(args.out)
+    except AuditError as exc:
+        raise GatewayCliError(str(exc)) from None
+    finally:
+        db.close()
+    head = f"seq {exported.last_seq} {exported.last_hash}" if exported.records else "empty"
+    print(f"exported {exported.records} audit records to {exported.path} (last: {head}); check with "
+          f"`talkinghead audit verify {exported.path}`")
+    return 0
+
+
 def _client(args: argparse.Namespace):
     try:
         from .sdk import GatewayClient
@@ -233,6 +258,11 @@ def add_commands(sub: argparse._SubParsersAction, add_generation_options: Callab
     revoke.add_argument("prefix")
     _config_options(revoke)
     revoke.set_defaults(func=cmd_revoke_key)
+    export = actions.add_parser("export-audit", help="write the audit log kept in the database as a log file + head "
+                                                     "for `talkinghead audit verify`")
+    export.add_argument("out", type=Path)
+    _config_options(export)
+    export.set_defaults(func=cmd_export_audit)
 
     submit = sub.add_parser("submit", help="send a job to a gateway, wait with progress, download the MP4")
     submit.add_argument("photo", type=Path)

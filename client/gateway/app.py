@@ -35,6 +35,7 @@ from python_backends import __version__
 from ..compliance import ComplianceOptions
 from ..encoding import EncodeOptions
 from ..triton_client import Endpoint, TalkingHeadClient
+from .audit_store import DatabaseAuditLog
 from .auth_limit import FailedAuthLimiter
 from .caches import EMBEDDING, FingerprintSource, ParameterError, canonical_parameters, digest, embedding_key
 from .credentials import load_credentials
@@ -83,6 +84,8 @@ class Gateway:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.credentials = load_credentials(settings)  # strict / standard: refuses to start without them
         self.store = JobStore(settings.database)
+        # One audit chain for every replica sharing the database (audit_store.py), or the file of one gateway.
+        self.audit = DatabaseAuditLog(self.store.db) if settings.delivery.audit_store == "database" else None
         self.storage: Storage = open_storage(settings)
         self.master = self.credentials.master
         self.tenants = Tenants(self.store, self.master, settings.tenant_defaults)
@@ -108,7 +111,8 @@ class Gateway:
         def for_tenant(tenant_id: str) -> ComplianceOptions:
             return ComplianceOptions(self.credentials.signing, omit_photo_ingredient=delivery.omit_photo_ingredient,
                                      visible_label=delivery.visible_label, audit_log=self.settings.audit_path,
-                                     tenant=tenant_id, policy_profile=self.credentials.policy.profile.value)
+                                     audit_store=self.audit, tenant=tenant_id,
+                                     policy_profile=self.credentials.policy.profile.value)
 
         return for_tenant, encode
 
