@@ -127,6 +127,7 @@ def _print_verify(path: Path, result: VerifyResult, audit: dict | None) -> None:
         print(f"QA verdict:    {json.dumps(result.qa_verdict)}")
         generation = result.generation or {}
         print(f"made by:       {generation.get('engine')} (job {generation.get('job_id')})")
+        print(f"policy:        {generation.get('policy_profile') or 'not recorded'}")
     else:
         print(f"{path}: FAILED verification ({result.status})")
         for error in result.errors:

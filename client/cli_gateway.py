@@ -58,6 +58,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from .gateway.credentials import StartupError
     from .gateway.db import DatabaseError
     from .gateway.storage import StorageError
+    from .policy import policy_of
 
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -66,7 +67,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     except (DatabaseError, StorageError, StartupError) as exc:
         raise GatewayCliError(str(exc)) from None
     print(f"talkinghead gateway on http://{args.host}:{args.port} (docs /docs), tritonserver {settings.triton_url}, "
-          f"data {settings.data_dir.resolve()}", file=sys.stderr, flush=True)
+          f"data {settings.data_dir.resolve()}, policy profile {settings.policy_profile}", file=sys.stderr, flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and \
+            not policy_of(settings.policy_profile).configured_credentials:
+        print(f"warning: listening on {args.host} with the {settings.policy_profile} policy profile (development "
+              "credentials); production sets policy_profile = \"strict\" (client/policy.py)", file=sys.stderr,
+              flush=True)
     # uvicorn turns SIGTERM / Ctrl-C into a graceful shutdown: stop accepting, finish requests, then the app's
     # lifespan drains running jobs (drain_timeout_s) and hands the rest back to the queue.
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
