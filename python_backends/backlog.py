@@ -3,7 +3,7 @@
 Why: `talking_head` and `video_generator` return from `execute()` at once and run each request on a worker thread
 of their own (triton_io.StreamingModel). Triton's queue metrics (`nv_inference_pending_request_count`, queue
 duration) therefore never see a request waiting for one of those threads, nor the segments a job still has to
-generate. `Backlog` counts them; triton_io publishes the counts as Triton custom metrics (GAUGE, `model` label),
+generate. `Backlog` counts them; triton_io publishes them as Triton custom metrics (GAUGE, `model` + `instance` labels),
 which prometheus-adapter serves to the HPA (deploy/kubernetes/monitoring).
 
 Per model instance:
