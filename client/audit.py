@@ -39,6 +39,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .files import file_problem
 
@@ -135,38 +136,68 @@ def _last_record(log: Path) -> dict | None:
     return record
 
 
+def check_event(event: dict) -> None:
+    """What any audit log refuses to append: fields the log assigns, and secrets."""
+    reserved = {"seq", "time", "prev_hash", "hash"} & set(event)
+    if reserved:
+        raise AuditError(f"the event may not set {', '.join(sorted(reserved))}: the log assigns them")
+    check_no_secrets(event)
+
+
+def chained(last: tuple[int, str] | None, event: dict, now: dt.datetime | None = None) -> dict:
+    """The record that follows `last` ((seq, hash) of the chain's last record, None for the first) in the chain."""
+    record = {
+        "seq": last[0] + 1 if last else 1,
+        "time": (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="milliseconds"),
+        **event,
+        "prev_hash": last[1] if last else GENESIS,
+    }
+    try:
+        record["hash"] = record_hash(record)
+    except (ValueError, RecursionError) as exc:  # NaN / infinity, text that is not Unicode (surrogates)
+        raise AuditError(f"the record cannot be written as JSON text: {exc}") from None
+    return record
+
+
+def write_head(log: Path, seq: int, hash_: str, time: str) -> None:
+    head = head_path(log)
+    temp = head.with_name(head.name + ".tmp")
+    temp.write_text(json.dumps({"seq": seq, "hash": hash_, "time": time}))
+    os.replace(temp, head)
+
+
+class AuditAppender(Protocol):
+    """Where a delivery's audit record goes: a file (AuditLog) or the gateway's database (DatabaseAuditLog)."""
+
+    @property
+    def location(self) -> str: ...
+
+    def append(self, event: dict, now: dt.datetime | None = None) -> dict: ...
+
+
 class AuditLog:
+    """The log as a file (`<log>` + `<log>.head`); client/gateway/audit_store.py keeps the same chain in a database."""
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     def append(self, event: dict, now: dt.datetime | None = None) -> dict:
         """Add one record (the event's fields plus seq, time, prev_hash, hash) and return it."""
-        reserved = {"seq", "time", "prev_hash", "hash"} & set(event)
-        if reserved:
-            raise AuditError(f"the event may not set {', '.join(sorted(reserved))}: the log assigns them")
-        check_no_secrets(event)
+        check_event(event)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self.path):
             last = _last_record(self.path)
-            record = {
-                "seq": (last["seq"] + 1) if last else 1,
-                "time": (now or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="milliseconds"),
-                **event,
-                "prev_hash": last["hash"] if last else GENESIS,
-            }
-            try:
-                record["hash"] = record_hash(record)
-                line = log_line(record)
-            except (ValueError, RecursionError) as exc:  # NaN / infinity, text that is not Unicode (surrogates)
-                raise AuditError(f"the record cannot be written as JSON text: {exc}") from None
+            record = chained((last["seq"], last["hash"]) if last else None, event, now)
+            line = log_line(record)
             with open(self.path, "ab") as handle:
                 handle.write(line + b"\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-            head = head_path(self.path)
-            temp = head.with_name(head.name + ".tmp")
-            temp.write_text(json.dumps({"seq": record["seq"], "hash": record["hash"], "time": record["time"]}))
-            os.replace(temp, head)
+            write_head(self.path, record["seq"], record["hash"], record["time"])
         return record
 
 

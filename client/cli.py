@@ -1,4 +1,5 @@
-"""`talkinghead` command line: serve, weights, export, validate, preprocess, generate, demo, verify, audit."""
+"""`talkinghead` command line: serve, watchdog, weights, export, validate, preprocess, generate, demo, verify, audit,
+gateway, submit, job."""
 
 from __future__ import annotations
 
@@ -100,6 +101,26 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(_server_options(args, ephemeral=False))
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import signal
+    import threading
+
+    from .stub_watchdog import TOKEN_ENV, run_beside
+
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CliError(f"set {TOKEN_ENV} to the token tritonserver's repository API was locked with "
+                       "(--http-restricted-api=model-repository:talkinghead-admin=<token>)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_beside(args.http_url, token, stop, args.interval)
+    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -316,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run tritonserver over model_repository/ and ensembles/")
     _add_server_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    watchdog = sub.add_parser("watchdog", help="reload models whose python-backend stub died, beside a running "
+                                               "tritonserver (the Kubernetes sidecar; `serve` runs it itself)")
+    watchdog.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of the server's HTTP endpoint")
+    watchdog.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    watchdog.set_defaults(func=cmd_watchdog)
 
     weights = sub.add_parser("weights", help="list the weights each model will use (path, sha256, licence)")
     weights.add_argument("--weights", type=Path, default=None)

@@ -11,6 +11,7 @@ from .audit import AuditError, find_record, printable, verify_log
 from .compliance import ComplianceOptions, sha256_file
 from .encoding import CODECS, PRESETS, EncodeError, EncodeOptions
 from .files import file_problem
+from .policy import LOCAL_DEFAULT, PROFILE_NAMES, policy_of
 from .provenance import SigningFailed, VerifyResult, verify_video
 from .signing import TRUST_ENV, SigningError, load_signing_config, talkinghead_home
 from .watermark import WatermarkReading, payload_for_job, read_video
@@ -34,18 +35,25 @@ def add_delivery_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label", action="store_true", help="burn a visible 'AI-generated' label into the frames")
     group.add_argument("--audit-log", type=Path, default=None, help="default: audit.log in $TALKINGHEAD_HOME")
     group.add_argument("--tenant", default=None, help="for the audit log (default $TALKINGHEAD_TENANT or local)")
+    group.add_argument("--policy-profile", choices=PROFILE_NAMES, default=LOCAL_DEFAULT.value,
+                       help="strict and standard refuse to sign without a configured credential; development "
+                            "(default for local runs) makes a development CA on first use (client/policy.py)")
 
 
 def delivery_options(args: argparse.Namespace) -> tuple[EncodeOptions, ComplianceOptions]:
-    """Checked before generation starts, so a bad setting wastes no GPU time; the first run creates the
-    development signing credential."""
+    """Checked before generation starts, so a bad setting wastes no GPU time; in the development profile the first
+    run creates the development signing credential."""
+    policy = policy_of(args.policy_profile)
+    if args.no_sign and policy.configured_credentials:
+        raise DeliveryOptionError(f"--no-sign: the {policy.profile} policy profile delivers signed videos only")
     try:
         encode = EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset)
-        signing = None if args.no_sign else load_signing_config()
+        signing = None if args.no_sign else load_signing_config(allow_development=not policy.configured_credentials)
     except (EncodeError, SigningError) as exc:
-        raise DeliveryOptionError(str(exc)) from None
+        raise DeliveryOptionError(f"{exc} (policy profile {policy.profile})") from None
     return encode, ComplianceOptions(signing, omit_photo_ingredient=args.omit_photo_ingredient,
                                      visible_label=args.label, audit_log=args.audit_log,
+                                     policy_profile=policy.profile.value,
                                      **({"tenant": args.tenant} if args.tenant else {}))
 
 
@@ -173,6 +181,7 @@ def _print_verify(path: Path, result: VerifyResult, summary: dict) -> None:
         say(f"QA verdict:    {json.dumps(result.qa_verdict)}")
         generation = result.generation or {}
         say(f"made by:       {generation.get('engine')} (job {generation.get('job_id')})")
+        say(f"policy:        {generation.get('policy_profile') or 'not recorded'}")
     else:
         say(f"{path}: FAILED verification ({result.status})")
         for error in result.errors:

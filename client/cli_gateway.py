@@ -32,35 +32,47 @@ def _settings(args: argparse.Namespace):
 def _store(args: argparse.Namespace):
     from .gateway.db import DatabaseError
     from .gateway.store import JobStore
-    from .gateway.tenants import MasterKey, Tenants
+    from .gateway.tenants import MasterKey, MasterKeyError, Tenants
+    from .policy import policy_of
 
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        # As the gateway itself: only the development profile makes a master key (client/policy.py).
+        master = MasterKey(settings.secrets_path, create=not policy_of(settings.policy_profile).configured_credentials)
         store = JobStore(settings.database)
-    except DatabaseError as exc:
+    except (DatabaseError, MasterKeyError) as exc:
         raise GatewayCliError(str(exc)) from None
-    return store, Tenants(store, MasterKey(settings.secrets_path), settings.tenant_defaults)
+    return store, Tenants(store, master, settings.tenant_defaults)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     import logging
 
     try:
+        from .gateway.app import create_app
         from .gateway.serve import serve
     except ImportError as exc:
         raise GatewayCliError(f"the gateway needs its extra: pip install -e '.[gateway]' ({exc})") from None
+    from .gateway.credentials import StartupError
     from .gateway.db import DatabaseError
     from .gateway.storage import StorageError
+    from .policy import policy_of
 
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"talkinghead gateway on http://{args.host}:{args.port} (docs /docs), tritonserver {settings.triton_url}, "
-          f"data {settings.data_dir.resolve()}", file=sys.stderr, flush=True)
     try:
-        serve(settings, args.host, args.port)
-    except (DatabaseError, StorageError) as exc:
+        app = create_app(settings)
+    except (DatabaseError, StorageError, StartupError) as exc:
         raise GatewayCliError(str(exc)) from None
+    print(f"talkinghead gateway on http://{args.host}:{args.port} (docs /docs), tritonserver {settings.triton_url}, "
+          f"data {settings.data_dir.resolve()}, policy profile {settings.policy_profile}", file=sys.stderr, flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and \
+            not policy_of(settings.policy_profile).configured_credentials:
+        print(f"warning: listening on {args.host} with the {settings.policy_profile} policy profile (development "
+              "credentials); production sets policy_profile = \"strict\" (client/policy.py)", file=sys.stderr,
+              flush=True)
+    serve(app, settings, args.host, args.port)
     return 0
 
 
@@ -109,6 +121,31 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     if not count:
         raise GatewayCliError(f"no active key starts with {args.prefix!r} (give the first 10 characters)")
     print(f"revoked {count} key(s)")
+    return 0
+
+
+def cmd_export_audit(args: argparse.Namespace) -> int:
+    from .audit import AuditError
+    from .gateway.audit_store import DatabaseAuditLog
+    from .gateway.db import Database, DatabaseError
+
+    settings = _settings(args)
+    if settings.delivery.audit_store != "database":
+        raise GatewayCliError(f"delivery.audit_store is {settings.delivery.audit_store!r}: the log is the file "
+                              f"{settings.audit_path}; check it with `talkinghead audit verify {settings.audit_path}`")
+    try:
+        db = Database(settings.database)
+    except DatabaseError as exc:
+        raise GatewayCliError(str(exc)) from None
+    try:
+        exported = DatabaseAuditLog(db).export(args.out)
+    except AuditError as exc:
+        raise GatewayCliError(str(exc)) from None
+    finally:
+        db.close()
+    head = f"seq {exported.last_seq} {exported.last_hash}" if exported.records else "empty"
+    print(f"exported {exported.records} audit records to {exported.path} (last: {head}); check with "
+          f"`talkinghead audit verify {exported.path}`")
     return 0
 
 
@@ -224,6 +261,11 @@ def add_commands(sub: argparse._SubParsersAction, add_generation_options: Callab
     revoke.add_argument("prefix")
     _config_options(revoke)
     revoke.set_defaults(func=cmd_revoke_key)
+    export = actions.add_parser("export-audit", help="write the audit log kept in the database as a log file + head "
+                                                     "for `talkinghead audit verify`")
+    export.add_argument("out", type=Path)
+    _config_options(export)
+    export.set_defaults(func=cmd_export_audit)
 
     submit = sub.add_parser("submit", help="send a job to a gateway, wait with progress, download the MP4")
     submit.add_argument("photo", type=Path)

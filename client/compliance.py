@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .audit import AuditLog, check_no_secrets
+from .audit import AuditAppender, AuditLog, check_no_secrets
 from .disclosure import append_xmp, burn_label
 from .encoding import EncodeOptions, StreamingEncoder
 from .provenance import QA_NOT_RUN, ModelRecord, Provenance, SigningFailed, sign_video, verify_video
@@ -66,10 +66,16 @@ class ComplianceOptions:
     audit_log: Path | None = None  # None: <talkinghead home>/audit.log
     tenant: str = field(default_factory=lambda: os.environ.get(TENANT_ENV, "local"))
     watermark: bool = True  # embed the job's invisible watermark in every frame (client/watermark.py)
+    policy_profile: str | None = None  # the deployment's (client/policy.py): into the manifest and the audit record
+
+    audit_store: AuditAppender | None = None  # None: the file audit_path; the gateway may keep it in its database
 
     @property
     def audit_path(self) -> Path:
         return self.audit_log or talkinghead_home() / "audit.log"
+
+    def auditor(self) -> AuditAppender:
+        return self.audit_store or AuditLog(self.audit_path)
 
 
 def models_from_job(chunk_info: dict, job_report: dict) -> tuple[ModelRecord, ...]:
@@ -103,6 +109,7 @@ class CompliantVideoWriter:
             audio_sha256=sha256_bytes(job.audio), driving_video_sha256=sha256_bytes(job.driving_video),
             omit_photo=compliance.omit_photo_ingredient, visible_label=compliance.visible_label,
             watermark=describe_watermark(watermark) if watermark is not None else None,
+            policy_profile=compliance.policy_profile,
         )
         self._unsigned = self.path.with_name(f".{self.path.name}.unsigned")
         self._encoder = StreamingEncoder(self._unsigned, fps, audio=job.audio, options=encode,
@@ -149,7 +156,8 @@ class CompliantVideoWriter:
         output_sha256 = sha256_file(self.path)
         mark = time.perf_counter()
         try:
-            record = self._audit(verdict, encoded, output_sha256, summary)
+            auditor = self.compliance.auditor()
+            record = self._audit(auditor, verdict, encoded, output_sha256, summary)
         except BaseException:
             self.path.unlink(missing_ok=True)  # no video leaves without its audit record
             raise
@@ -164,16 +172,17 @@ class CompliantVideoWriter:
             "signature": summary.as_dict() if summary else None,
             "verify": verified.as_dict(),
             "qa_verdict": verdict,
-            "audit": {"log": str(self.compliance.audit_path), "seq": record["seq"], "hash": record["hash"]},
+            "audit": {"log": auditor.location, "seq": record["seq"], "hash": record["hash"]},
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
 
-    def _audit(self, verdict: dict, encoded, output_sha256: str, summary) -> dict:
+    def _audit(self, auditor: AuditAppender, verdict: dict, encoded, output_sha256: str, summary) -> dict:
         signing = self.compliance.signing
-        return AuditLog(self.compliance.audit_path).append({
+        return auditor.append({
             "event": "video.delivered",
             "job_id": self.job.job_id,
             "tenant": self.compliance.tenant,
+            "policy_profile": self.compliance.policy_profile,
             "inputs": {"photo_sha256": self.provenance.photo_sha256, "audio_sha256": self.provenance.audio_sha256,
                        "driving_video_sha256": self.provenance.driving_video_sha256},
             "engine": {"id": self.provenance.engine_id, "name": self.provenance.engine},

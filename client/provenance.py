@@ -6,8 +6,9 @@ The manifest holds:
 - the source photo as an `inputTo` ingredient, by SHA-256 only (no thumbnail, no pixels), or nothing at all with
   `omit_photo=True` for privacy;
 - `talkinghead.ai_disclosure` (EU AI Act Art. 50), `talkinghead.generation` (engine, models and weight hashes,
-  parameters, job id, credential kind, the invisible watermark's algorithm and payload) and `talkinghead.qa` (the
-  QA verdict, `{"status": "not_run"}` without one).
+  parameters, job id, credential kind, the invisible watermark's algorithm and payload, the deployment's policy
+  profile) and `talkinghead.qa` (the QA verdict, `{"status": "not_run"}` without one);
+- a development credential (client/signing.py) is named in the claim generator info as well.
 
 Integrity vs trust: c2pa-rs reports `signingCredential.untrusted` for any signer whose root is not on the verifier's
 trust list, our development CA included. That says nothing about tampering, so `verify_video` keeps it apart:
@@ -40,6 +41,8 @@ DISCLOSURE_LABEL = "talkinghead.ai_disclosure"
 GENERATION_LABEL = "talkinghead.generation"
 QA_LABEL = "talkinghead.qa"
 QA_NOT_RUN = {"status": "not_run"}
+DEVELOPMENT_KEY = "talkinghead_credential"
+DEVELOPMENT_NOTE = "development credential: not for production, trusted by no verifier"
 # Failure codes that speak about trust in the signer, not about the integrity of the file or the manifest.
 TRUST_CODES = frozenset({"signingCredential.untrusted"})
 MIME = "video/mp4"
@@ -75,6 +78,7 @@ class Provenance:
     omit_photo: bool = False
     visible_label: bool = False
     watermark: dict | None = None  # the invisible watermark in the frames (client/watermark.py `describe`)
+    policy_profile: str | None = None  # the deployment's policy profile (client/policy.py)
 
     @property
     def disclosure(self) -> Disclosure:
@@ -111,9 +115,12 @@ def build_manifest(provenance: Provenance, qa_verdict: dict | None, development:
         "source_photo": "omitted" if provenance.omit_photo else "ingredient",
         "credential": "development" if development else "configured",
         "watermark": provenance.watermark,  # algorithm + payload: a stripped copy's frames still lead back here
+        "policy_profile": provenance.policy_profile,
     }
+    # A development credential is also named where every C2PA reader shows the generator, not only in our assertion.
+    generator = {**agent, DEVELOPMENT_KEY: DEVELOPMENT_NOTE} if development else agent
     manifest = {
-        "claim_generator_info": [agent],
+        "claim_generator_info": [generator],
         "title": title,
         "format": MIME,
         "assertions": [

@@ -4,7 +4,8 @@ Configuration, first match wins:
 1. environment: `TALKINGHEAD_SIGNING_CERT` (PEM chain, signer first, then intermediates) and
    `TALKINGHEAD_SIGNING_KEY` (PEM private key), optional `TALKINGHEAD_SIGNING_ALG`, `TALKINGHEAD_TSA_URL`;
 2. `<home>/signing.json` with the keys `cert_chain`, `private_key` and optional `algorithm`, `tsa_url`;
-3. otherwise a development credential under `<home>/signing/dev/`, generated on first use.
+3. otherwise, in the `development` policy profile only (client/policy.py), a development credential under
+   `<home>/signing/dev/`, generated on first use; `strict` and `standard` refuse to sign without 1. or 2.
 `<home>` is `$TALKINGHEAD_HOME`, else `~/.config/talkinghead`. `TALKINGHEAD_TRUST_ANCHORS` (or `trust_anchors` in
 signing.json) names PEM roots a verifier should trust.
 
@@ -86,8 +87,17 @@ class SignerIdentity:
         return dict(self.__dict__)
 
 
-def load_signing_config(home: Path | None = None, env: Mapping[str, str] | None = None) -> SigningConfig:
-    """The configured credential, or the development one (created on first call)."""
+def missing_credential_help(home: Path) -> str:
+    """How to supply a signing credential: the message of every refusal to run without one."""
+    return (f"set {CERT_ENV} (PEM certificate chain, signer first) and {KEY_ENV} (its PEM private key), or write "
+            f"{home / 'signing.json'} naming both (\"cert_chain\", \"private_key\"); the signer certificate must "
+            "meet the C2PA signer profile (docs/deployment.md, Secrets)")
+
+
+def load_signing_config(home: Path | None = None, env: Mapping[str, str] | None = None,
+                        allow_development: bool = True) -> SigningConfig:
+    """The configured credential, or the development one (created on first call) where `allow_development`
+    (the `development` policy profile, client/policy.py); otherwise no credential is a SigningError."""
     env = os.environ if env is None else env
     home = talkinghead_home(env) if home is None else home
     anchors = Path(env[TRUST_ENV]).expanduser() if env.get(TRUST_ENV) else None
@@ -98,6 +108,8 @@ def load_signing_config(home: Path | None = None, env: Mapping[str, str] | None 
                                env.get(ALG_ENV) or "es256", env.get(TSA_ENV) or None, anchors)
     elif (home / "signing.json").is_file():
         config = _from_file(home / "signing.json", anchors)
+    elif not allow_development:
+        raise SigningError(f"no C2PA signing credential is configured: {missing_credential_help(home)}")
     else:
         config = ensure_development_credential(home / "signing" / "dev")
         if anchors is not None:

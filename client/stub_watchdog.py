@@ -10,6 +10,11 @@ The watchdog polls the server's child processes in /proc and, when a stub it has
 that model through the repository API, which starts fresh stubs; the server must run with
 `--model-control-mode=explicit` (server.py passes it). Requests sent meanwhile fail with a retryable error that
 TalkingHeadClient retries for a bounded time.
+
+Where it runs: `talkinghead serve` starts it beside the server it launches (server.py); in the Kubernetes pod it is
+the sidecar `talkinghead watchdog` (`run_beside`), which shares the pod's process namespace, finds the server in
+/proc by its HTTP port, finds it again after a restart, and takes the admin token that unlocks the repository API
+from the environment (`TOKEN_ENV`, from a Secret; deploy/kubernetes/base/triton-deployment.yaml).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from python_backends.stub_processes import live_stubs
+from python_backends.stub_processes import alive, live_stubs, tritonserver_pid
 
 logger = logging.getLogger(__name__)
 
 ADMIN_HEADER = "talkinghead-admin"  # HTTP/gRPC header carrying the token that unlocks the repository API
+TOKEN_ENV = "TALKINGHEAD_TRITON_ADMIN_TOKEN"  # where the sidecar (and the server's arguments) read that token
 
 @dataclass
 class StubEvent:
@@ -87,6 +93,8 @@ class StubWatchdog:
 
     def check(self) -> list[StubEvent]:
         """One poll: reload the models whose stubs died since the last poll; the events of this poll."""
+        if not alive(self.server_pid):
+            return []  # the server itself stopped: its stubs went with it, there is nothing to reload
         current = live_stubs(self.server_pid)
         dead = {pid: model for pid, model in self._known.items() if pid not in current}
         events = []
@@ -125,3 +133,22 @@ class StubWatchdog:
             client.load_model(model, headers=self.headers)
         finally:
             client.close()
+
+
+def run_beside(http_url: str, token: str, stop: threading.Event, interval_s: float = 1.0) -> None:
+    """Watch the tritonserver serving `http_url` from beside it (not its parent) until `stop` is set: find it in /proc
+    by its HTTP port, watch its stubs, and start over with the new server when it restarts."""
+    port = int(http_url.rsplit(":", 1)[1])
+    watchdog: StubWatchdog | None = None
+    while not stop.is_set():
+        pid = tritonserver_pid(port)
+        if watchdog is not None and watchdog.server_pid != pid:
+            watchdog.stop()
+            watchdog = None
+            logger.warning("tritonserver stopped; waiting for it to start again")
+        if watchdog is None and pid is not None:
+            watchdog = StubWatchdog(pid, http_url, {ADMIN_HEADER: token}, interval_s).start()
+            logger.info("watching the python-backend stubs of tritonserver pid %d (%s)", pid, http_url)
+        stop.wait(interval_s)
+    if watchdog is not None:
+        watchdog.stop()

@@ -25,6 +25,7 @@ import numpy as np
 from . import spec
 from .audio.decode import SAMPLE_RATE
 from .audio.mel import melspectrogram
+from .backlog import Backlog, BacklogJob, segments_in
 from .errors import InputError
 from .generation.job import params_from_request
 from .preprocessing import ModelCaller, preprocess_job
@@ -93,7 +94,10 @@ def run_talking_head(
     call: ModelCaller,
     stream: ModelStreamer,
     settings: TalkingHeadSettings,
+    backlog: BacklogJob | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
+    """`backlog` hears how many segments the job has and which one runs (the autoscaler's signal, backlog.py)."""
+    backlog = backlog or Backlog().accept()
     photo, audio, video = (
         inputs[name].reshape(-1)[0] if name in inputs else None
         for name in (spec.PHOTO_BYTES, spec.AUDIO_BYTES, spec.DRIVING_VIDEO_BYTES)
@@ -121,6 +125,12 @@ def run_talking_head(
     expected = None
     if waveform is not None:
         expected = int(np.ceil(min(len(waveform) / SAMPLE_RATE, params.max_duration_s) * params.fps - 1e-9))
+
+    def plan(frames: int) -> None:
+        backlog.plan(segments_in(frames, lambda at: segment_length(at, frames, *size)))
+
+    if expected:
+        plan(expected)
     context_frames = int(round(quality.motion_context_s * params.fps))
     accepted: list[SegmentQA] = []
     motion: np.ndarray | None = None
@@ -128,6 +138,7 @@ def run_talking_head(
     start, total, rerolls, index = 0, None, 0, 0
     while total is None or start < total:
         best: _Attempt | None = None
+        backlog.begin(index)  # (the job's end takes a segment left running out of the count, failures included)
         for attempt in range(quality.max_rerolls + 1):
             seed = params.seed + attempt * REROLL_SEED_STRIDE
             count = segment_length(start, total or expected, *size)
@@ -136,7 +147,10 @@ def run_talking_head(
             if motion is not None:
                 segment_inputs[spec.MOTION_FRAMES] = motion
             chunks = _generate(stream, segment_inputs, request)
-            total = int(chunks[-1][spec.TOTAL_FRAMES].reshape(-1)[0])
+            reported = int(chunks[-1][spec.TOTAL_FRAMES].reshape(-1)[0])
+            if reported != total:  # the clip's real length, from the generator: re-plan the segments
+                total = reported
+                plan(total)
             raw = np.concatenate([c[spec.FRAMES] for c in chunks])
             frames, qa = asyncio.run(process_segment(raw, index, start, ctx, call, boundary))
             qa.attempt, qa.seed = attempt, seed
@@ -149,6 +163,7 @@ def run_talking_head(
             if not qa.failed:
                 break
             rerolls += attempt < quality.max_rerolls
+        backlog.end()
         assert best is not None
         accepted.append(best.qa)
         first = True

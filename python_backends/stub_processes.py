@@ -1,8 +1,8 @@
 """The python-backend stub processes of a tritonserver, read from /proc (Linux, where Triton runs).
 
-Used by the launcher's watchdog (client/stub_watchdog.py), which reloads a model whose stub died, and inside the
-server by BLS callers (triton_io.stream_model), which stop waiting on a streamed request whose callee's stub
-died: Triton 2.51 never answers such a request.
+Used by the watchdog (client/stub_watchdog.py: in the launcher, or beside the server in its Kubernetes pod), which
+reloads a model whose stub died, and inside the server by BLS callers (triton_io.stream_model), which stop waiting
+on a streamed request whose callee's stub died: Triton 2.51 never answers such a request.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 STUB_NAME = "triton_python_backend_stub"
+SERVER_NAME = "tritonserver"
+DEFAULT_HTTP_PORT = 8000
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -24,13 +26,10 @@ def _stat(pid: int) -> tuple[str, int] | None:
 
 def stub_model(pid: int) -> str | None:
     """The model a live stub process serves, from its argv (`<stub> <repo>/<model>/<version>/model.py ...`)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    argv = _argv(pid)
+    if len(argv) < 2 or not argv[0].endswith(STUB_NAME):
         return None
-    if len(argv) < 2 or not argv[0].endswith(STUB_NAME.encode()):
-        return None
-    script = Path(argv[1].decode(errors="replace"))
+    script = Path(argv[1])
     return script.parents[1].name if script.name == "model.py" and len(script.parents) > 2 else None
 
 
@@ -48,6 +47,29 @@ def live_stubs(server_pid: int) -> dict[int, str]:
         if model is not None:
             stubs[pid] = model
     return stubs
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return [part.decode(errors="replace") for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
+def tritonserver_pid(http_port: int) -> int | None:
+    """The running tritonserver whose HTTP endpoint is `http_port` (from its argv), None when there is none. For a
+    watchdog beside the server rather than its parent (a sidecar sharing the pod's process namespace); matching the
+    port keeps it off other servers on the same host."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not alive(int(entry.name)):
+            continue
+        argv = _argv(int(entry.name))
+        if not argv or Path(argv[0]).name != SERVER_NAME:
+            continue
+        ports = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--http-port=")]
+        if (ports[-1] if ports else str(DEFAULT_HTTP_PORT)) == str(http_port):
+            return int(entry.name)
+    return None
 
 
 def sibling_stubs(model: str) -> set[int]:

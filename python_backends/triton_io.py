@@ -8,12 +8,15 @@ our exceptions to TritonError codes (the traceback goes to the server log, never
 from __future__ import annotations
 
 import json
+import threading
 import traceback
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from .backlog import GAUGES, Backlog, BacklogJob, BacklogSnapshot
 from .batching import stack_padded
 from .errors import (
     WEIGHTS_UNAVAILABLE,
@@ -231,20 +234,68 @@ class OrchestratorModel:
             return pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name))
 
 
+class BacklogGauges:
+    """A model instance's backlog (backlog.py) as Triton custom metrics (GAUGE) labelled by model and instance,
+    set on every change and every `interval_s` (the oldest queued age grows while nothing else changes)."""
+
+    def __init__(self, model: str, instance: str, snapshot: Callable[[], BacklogSnapshot],
+                 interval_s: float = 1.0) -> None:
+        self._snapshot, self.interval_s = snapshot, interval_s
+        self._families = {name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
+                          for name, text in GAUGES.items()}
+        labels = {"model": model, "instance": instance}
+        self._metrics = {name: family.Metric(labels=labels) for name, family in self._families.items()}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self) -> None:
+        # One at a time, so that an older snapshot never overwrites a newer one.
+        with self._lock:
+            if self._metrics:
+                for name, value in self._snapshot().as_metrics().items():
+                    self._metrics[name].set(value)
+
+    def start(self, name: str) -> BacklogGauges:
+        def run() -> None:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.publish()
+                except Exception as exc:  # a metrics hiccup must never stop the model; the next tick retries
+                    pb_utils.Logger.log_warn(f"backlog metrics not updated: {exc}")
+
+        self.publish()  # zeros from the start, also over what a dead predecessor left
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s * 2)
+        with self._lock:
+            self._metrics.clear()  # the python backend wants every Metric deleted before its MetricFamily
+            self._families.clear()
+
+
 class StreamingModel:
     """Base for decoupled models: each request is served on a worker thread that sends one response per
     item its `stream` yields and always ends with the FINAL flag (errors included); while a request is silent,
-    queued or running, it gets keep-alives (keepalive.py); `finalize` waits for the requests in flight.
+    queued or running, it gets keep-alives (keepalive.py); its backlog (queued, running, segments) is exported as
+    Triton metrics (BacklogGauges); `finalize` waits for the requests in flight.
     Subclasses set `spec`, `settings_type` (with a `keepalive_s` field), `build` and `stream`."""
 
     spec: ModelSpec
     settings_type: type
     max_workers = 4
+    # False: a request is one segment, running while `stream` runs. True: `stream` reports its segments itself
+    # through the BacklogJob it gets (talking_head, which generates a job segment by segment).
+    reports_segments = False
 
     def build(self, settings: Any, device: str) -> None:
         """Load what the model needs (runs once in initialize)."""
 
-    def stream(self, inputs: dict[str, np.ndarray], parameters: dict, is_cancelled):
+    def stream(self, inputs: dict[str, np.ndarray], parameters: dict, is_cancelled, backlog: BacklogJob):
         """Yield dicts of output arrays keyed by output tensor name."""
         raise NotImplementedError
 
@@ -269,6 +320,9 @@ class StreamingModel:
         self._keepalive = KeepAlive(self.settings.keepalive_s,
                                     lambda: pb_utils.InferenceResponse(output_tensors=[]))
         self._keepalive.start(f"{self.spec.name}-keepalive")
+        self._backlog = Backlog(on_change=lambda: self._gauges.publish())
+        self._gauges = BacklogGauges(self.spec.name, args.get("model_instance_name", self.spec.name),
+                                     self._backlog.snapshot).start(f"{self.spec.name}-backlog")
 
     def execute(self, requests: list) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -277,19 +331,26 @@ class StreamingModel:
             # Opened here, not on the worker, so that a request queued behind busy workers is kept alive too.
             stream = self._keepalive.open(lambda response, last, sender=sender: sender.send(
                 response, flags=final if last else 0))
-            future = self._pool.submit(self._serve, request, stream)
+            job = self._backlog.accept(request.is_cancelled)
+            future = self._pool.submit(self._serve, request, stream, job)
             self._in_flight.add(future)
             future.add_done_callback(self._in_flight.discard)
         return None
 
-    def _serve(self, request, stream: ResponseStream) -> None:
+    def _serve(self, request, stream: ResponseStream, job: BacklogJob) -> None:
+        cancelled = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
         try:
+            job.start()
+            if request.is_cancelled():  # cancelled (or its client gone) while it waited for this worker
+                stream.send(pb_utils.InferenceResponse(error=cancelled), final=True)
+                return
             inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
-            for outputs in self.stream(inputs, parameters, request.is_cancelled):
+            if not self.reports_segments:
+                job.begin(0)
+            for outputs in self.stream(inputs, parameters, request.is_cancelled, job):
                 if request.is_cancelled():
-                    error = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
-                    stream.send(pb_utils.InferenceResponse(error=error), final=True)
+                    stream.send(pb_utils.InferenceResponse(error=cancelled), final=True)
                     return
                 tensors = [output_tensor(t, outputs[t.name]) for t in self.spec.outputs if t.name in outputs]
                 stream.send(pb_utils.InferenceResponse(output_tensors=tensors))
@@ -298,10 +359,13 @@ class StreamingModel:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
             stream.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), final=True)
+        finally:
+            job.close()  # done, failed, cancelled or its client gone: the gauges come down
 
     def finalize(self) -> None:
         self._pool.shutdown(wait=True)
         self._keepalive.stop()
+        self._gauges.close()
 
 
 def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: dict):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,9 +69,6 @@ def fast_keepalive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def _postgres_binaries() -> Path | None:
-    import glob
-    import shutil
-
     found = shutil.which("initdb")
     if found:
         return Path(os.path.realpath(found)).parent
@@ -77,11 +80,6 @@ def _postgres_binaries() -> Path | None:
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL server on a loopback port, for the gateway's store; skipped where no server
     binaries are installed (Debian's postgresql package puts them in /usr/lib/postgresql/<version>/bin)."""
-    import shutil
-    import subprocess
-    import tempfile
-    import time
-
     pytest.importorskip("psycopg")
     bindir = _postgres_binaries()
     if bindir is None:
@@ -124,8 +122,6 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_database(postgres_url: str):
     """`postgres_database()`: the URL of a new, empty database on the session's PostgreSQL server."""
-    import secrets
-
     import psycopg
 
     def create() -> str:
@@ -148,6 +144,14 @@ def client(request: pytest.FixtureRequest, triton_server: ServerOptions) -> Iter
 def grpc_client(triton_server: ServerOptions) -> Iterator[TalkingHeadClient]:
     with TalkingHeadClient(Endpoint(triton_server.grpc_url, "grpc")) as talking_head:
         yield talking_head
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh gateway database per test: SQLite, and PostgreSQL where its server binaries exist."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("postgres_database")()
 
 
 class _FakeTritonError(Exception):
@@ -213,12 +217,37 @@ def _fake_pb_utils():
     class TritonModelException(Exception):
         pass
 
+    class MetricFamily:
+        """Custom metrics: every value set lands in `module.metrics[(family, sorted labels)]`."""
+
+        GAUGE, COUNTER = "gauge", "counter"
+
+        def __init__(self, name, description, kind):
+            self.name, self.description, self.kind = name, description, kind
+
+        def Metric(self, labels):  # noqa: N802 - the python backend's spelling
+            family, key = self, (self.name, tuple(sorted(labels.items())))
+
+            class Metric:
+                def set(self, value):
+                    assert family.kind == MetricFamily.GAUGE
+                    module.metrics[key] = float(value)
+
+                def value(self):
+                    return module.metrics.get(key, 0.0)
+
+            return Metric()
+
     numpy_of = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32,
                 "TYPE_INT64": np.int64, "TYPE_STRING": np.object_}
     module.Tensor, module.InferenceResponse, module.InferenceRequest = Tensor, InferenceResponse, InferenceRequest
     module.TritonError, module.Logger, module.TritonModelException = _FakeTritonError, Logger, TritonModelException
     module.get_input_tensor_by_name = module.get_output_tensor_by_name = get_tensor
     module.triton_string_to_numpy = numpy_of.__getitem__
+    module.MetricFamily, module.metrics = MetricFamily, {}
+    module.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    module.using_decoupled_model_transaction_policy = \
+        lambda config: bool(config.get("model_transaction_policy", {}).get("decoupled"))
     return module
 
 

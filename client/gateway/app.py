@@ -34,14 +34,15 @@ from python_backends import __version__
 
 from ..compliance import ComplianceOptions
 from ..encoding import EncodeOptions
-from ..signing import load_signing_config
 from ..triton_client import Endpoint, TalkingHeadClient
+from .audit_store import DatabaseAuditLog
 from .auth_limit import FailedAuthLimiter, key_subject
 from .caches import EMBEDDING, FingerprintSource, ParameterError, canonical_parameters, digest, embedding_key
+from .credentials import load_credentials
 from .settings import GatewaySettings
 from .storage import Storage, job_key, open_storage
 from .store import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore, LimitReached, Tenant, new_id
-from .tenants import AuthError, MasterKey, QuotaExceeded, Tenants
+from .tenants import AuthError, QuotaExceeded, Tenants
 from .uploads import FILE_FIELDS, UploadInvalid, UploadTooLarge, megabytes, parse_upload
 from .views import job_view, without_paths
 from .webhooks import TargetGuard, WebhookDispatcher, WebhookSender, WebhookTargetRefused
@@ -81,9 +82,12 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials = load_credentials(settings)  # strict / standard: refuses to start without them
         self.store = JobStore(settings.database)
+        # One audit chain for every replica sharing the database (audit_store.py), or the file of one gateway.
+        self.audit = DatabaseAuditLog(self.store.db) if settings.delivery.audit_store == "database" else None
         self.storage: Storage = open_storage(settings)
-        self.master = MasterKey(settings.secrets_path)
+        self.master = self.credentials.master
         self.tenants = Tenants(self.store, self.master, settings.tenant_defaults)
         self.auth_limiter = FailedAuthLimiter(self.store, settings.limits.failed_auth_burst,
                                               settings.limits.failed_auth_per_minute)
@@ -102,13 +106,13 @@ class Gateway:
 
     def _compliance_factory(self):
         delivery = self.settings.delivery
-        signing = load_signing_config(home=delivery.signing_home or self.settings.data_dir) if delivery.sign else None
         encode = EncodeOptions(codec=delivery.codec, crf=delivery.crf, preset=delivery.preset)
 
         def for_tenant(tenant_id: str) -> ComplianceOptions:
-            return ComplianceOptions(signing, omit_photo_ingredient=delivery.omit_photo_ingredient,
+            return ComplianceOptions(self.credentials.signing, omit_photo_ingredient=delivery.omit_photo_ingredient,
                                      visible_label=delivery.visible_label, audit_log=self.settings.audit_path,
-                                     tenant=tenant_id)
+                                     audit_store=self.audit, tenant=tenant_id,
+                                     policy_profile=self.credentials.policy.profile.value)
 
         return for_tenant, encode
 

@@ -19,11 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+from typing import TYPE_CHECKING
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import GatewaySettings, HttpSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger("talkinghead.gateway")
 
@@ -128,14 +132,11 @@ def guarded_protocol(limits: HttpSettings) -> type[SlowClientGuard]:
     return type("GuardedH11Protocol", (SlowClientGuard,), {"limits": limits})
 
 
-def serve(settings: GatewaySettings, host: str, port: int) -> None:
+def serve(app: FastAPI, settings: GatewaySettings, host: str, port: int) -> None:
     """Run the gateway until SIGTERM / Ctrl-C (uvicorn's graceful shutdown: stop accepting, finish requests, then
     the app's lifespan drains running jobs for drain_timeout_s and hands the rest back to the queue)."""
     import uvicorn
 
-    from .app import create_app
-
-    app = create_app(settings)
     trusted = list(settings.http.trusted_proxies)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
                             http=guarded_protocol(settings.http), proxy_headers=bool(trusted),

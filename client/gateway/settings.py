@@ -4,12 +4,14 @@ Sections of the TOML file map to the nested dataclasses below (`[http]`, `[limit
 `[tenant_defaults]`, `[storage]`, `[delivery]`, `[caches]`), top-level keys to `GatewaySettings` itself. An unknown
 key, a value of the wrong type or an impossible value is a `SettingsError` naming the key, never a silent default.
 A few environment variables override the file, for containers: `TALKINGHEAD_GATEWAY_DATA_DIR`, `..._TRITON_URL`,
-`..._DATABASE_URL`, `..._INSTANCE_ID` and `..._TRUSTED_PROXIES` (comma-separated, fills `http.trusted_proxies`).
+`..._DATABASE_URL`, `..._INSTANCE_ID`, `..._POLICY_PROFILE` and `..._TRUSTED_PROXIES` (comma-separated, fills
+`http.trusted_proxies`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import math
 import os
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..policy import LOCAL_DEFAULT, PolicyProfile
 from ..triton_client import IDLE_TIMEOUT_S
 
 if sys.version_info >= (3, 11):
@@ -29,6 +32,7 @@ else:  # pragma: no cover - Python 3.10
 
 ENV_PREFIX = "TALKINGHEAD_GATEWAY_"
 MiB = 1 << 20
+AUDIT_STORES = ("database", "file")
 
 
 class SettingsError(Exception):
@@ -179,7 +183,19 @@ class DeliverySettings:
     signing_home: Path | None = None  # default: the data dir (its development CA is made there on first use)
     visible_label: bool = False
     omit_photo_ingredient: bool = False
-    audit_log: Path | None = None  # default <data_dir>/audit.log
+    # Where audit records go. "database": the job store's database, so every replica sharing it appends to one hash
+    # chain (`talkinghead gateway export-audit` writes it out for `talkinghead audit verify`). "file": audit_log
+    # (default <data_dir>/audit.log), for a single gateway whose data dir is on a persistent volume.
+    audit_store: str = "database"
+    audit_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.audit_store not in AUDIT_STORES:
+            raise SettingsError(f"delivery.audit_store must be one of {', '.join(AUDIT_STORES)}, "
+                                f"got {self.audit_store!r}")
+        if self.audit_log is not None and self.audit_store != "file":
+            raise SettingsError("delivery.audit_log names the file of delivery.audit_store = \"file\"; set both, or "
+                                "neither to keep the audit log in the database")
 
 
 @dataclass(frozen=True)
@@ -194,6 +210,9 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class GatewaySettings:
+    # strict | standard | development: what the deployment requires (client/policy.py, where the default is
+    # explained); strict and standard refuse to start without a configured signing credential and master key.
+    policy_profile: PolicyProfile = LOCAL_DEFAULT
     data_dir: Path = Path("gateway-data")
     triton_url: str = "127.0.0.1:8001"  # gRPC host:port of tritonserver
     database_url: str | None = None  # None: sqlite at <data_dir>/gateway.db; postgresql://... for several replicas
@@ -246,6 +265,7 @@ class GatewaySettings:
 
     @property
     def audit_path(self) -> Path:
+        """The audit log file where delivery.audit_store = "file"."""
         return self.delivery.audit_log or self.data_dir / "audit.log"
 
 
@@ -277,6 +297,12 @@ def _convert(raw: Any, target: Any, key: str) -> Any:
         raise SettingsError(f"{key}: expected true or false, got {raw!r}")
     if target is Path:
         return Path(str(raw)).expanduser()
+    if isinstance(target, type) and issubclass(target, enum.Enum):
+        try:
+            return target(str(raw).strip().lower())
+        except ValueError:
+            choices = ", ".join(str(member.value) for member in target)
+            raise SettingsError(f"{key}: expected one of {choices}, got {raw!r}") from None
     if target in (int, float, str):
         if target is int and isinstance(raw, float) and not raw.is_integer():
             raise SettingsError(f"{key}: expected a whole number, got {raw!r}")
@@ -310,7 +336,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             raise SettingsError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
-    for key in ("data_dir", "triton_url", "database_url", "instance_id"):
+    for key in ("data_dir", "triton_url", "database_url", "instance_id", "policy_profile"):
         if env.get(ENV_PREFIX + key.upper()):
             values[key] = env[ENV_PREFIX + key.upper()]
     if env.get(ENV_PREFIX + "TRUSTED_PROXIES"):  # what a Kubernetes overlay sets for its ingress

@@ -46,6 +46,11 @@ class QuotaExceeded(Exception):
         self.code = code
 
 
+def master_key_help(path: Path) -> str:
+    return (f"write 32 random bytes as hex there (`openssl rand -hex 32 > {path}`, mode 0600), the same file on "
+            "every replica: it derives every tenant's webhook secret (docs/deployment.md, Secrets)")
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -66,21 +71,31 @@ class NewTenant:
     webhook_secret: str
 
 
-class MasterKey:
-    """The webhook master key file: created (0600) on first use, read on every start."""
+class MasterKeyError(ValueError):
+    """The webhook master key is missing or unusable; the message says how to supply one."""
 
-    def __init__(self, folder: Path) -> None:
+
+class MasterKey:
+    """The webhook master key file, read on every start. With `create` (the `development` policy profile) it is made
+    (0600) on first use; otherwise it must be supplied, the same file on every replica (client/policy.py)."""
+
+    def __init__(self, folder: Path, create: bool = True) -> None:
         self.path = Path(folder) / MASTER_KEY_FILE
         if not self.path.exists():
+            if not create:
+                raise MasterKeyError(f"no webhook master key at {self.path}: {master_key_help(self.path)}")
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(fd, secrets.token_hex(32).encode())
             finally:
                 os.close(fd)
-        self._key = bytes.fromhex(self.path.read_text().strip())
+        try:
+            self._key = bytes.fromhex(self.path.read_text().strip())
+        except ValueError:
+            raise MasterKeyError(f"{self.path} is not a hex key: {master_key_help(self.path)}") from None
         if len(self._key) < 32:
-            raise ValueError(f"{self.path} holds a key shorter than 32 bytes; delete it to make a new one")
+            raise MasterKeyError(f"{self.path} holds a key shorter than 32 bytes; delete it to make a new one")
 
     def webhook_secret(self, tenant: Tenant) -> str:
         digest = hmac.new(self._key, f"webhook:{tenant.id}:{tenant.webhook_secret_version}".encode(),

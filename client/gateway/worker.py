@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..audit import AuditError, AuditLog
+from ..audit import AuditError
 from ..cli import qa_summary
 from ..compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
 from ..encoding import EncodeError, EncodeOptions
@@ -422,13 +422,14 @@ class WorkerPool:
 
 
 def _audit_redelivery(compliance: ComplianceOptions, job: Job, source_job: str, result: dict) -> dict:
-    record = AuditLog(compliance.audit_path).append({
+    auditor = compliance.auditor()
+    record = auditor.append({
         "event": "video.redelivered_from_cache", "job_id": job.id, "tenant": compliance.tenant,
         "source_job_id": source_job,
         "inputs": {name + "_sha256": item["sha256"] for name, item in job.inputs.items()},
         "parameters": job.parameters, "output": {"sha256": result["sha256"], "bytes": result["bytes"]},
     })
-    return {"log": str(compliance.audit_path), "seq": record["seq"], "hash": record["hash"]}
+    return {"log": auditor.location, "seq": record["seq"], "hash": record["hash"]}
 
 
 def default_owner(instance_id: str) -> str:

@@ -19,7 +19,8 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 from client.server import PROJECT_ROOT  # noqa: E402
 
 DEPLOY = PROJECT_ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("saas", "vpc", "onprem")
+OVERLAYS = ("saas", "vpc", "onprem")  # production: PostgreSQL + S3-compatible storage, several gateways
+ALL_OVERLAYS = OVERLAYS + ("single",)  # + one gateway on SQLite and a persistent volume
 KUBERNETES_VERSION = "1.30.0"
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "replicas", "patches"}
 CLUSTER_SCOPED = {"Namespace"}
@@ -113,7 +114,7 @@ def render(directory: Path) -> list[dict]:
     return documents
 
 
-RENDERED = {overlay: render(DEPLOY / "overlays" / overlay) for overlay in OVERLAYS}
+RENDERED = {overlay: render(DEPLOY / "overlays" / overlay) for overlay in ALL_OVERLAYS}
 
 
 def _objects():
@@ -163,7 +164,7 @@ def test_json_patch_subset_follows_rfc_6902():
 # ---------------------------------------------------------------- cross-references, per overlay
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_every_object_has_the_overlay_namespace_and_registry_images(overlay):
     documents = RENDERED[overlay]
     namespaces = [d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"]
@@ -177,7 +178,7 @@ def test_every_object_has_the_overlay_namespace_and_registry_images(overlay):
                 assert rest and "." in registry or ":" in registry, f"{container['image']}: name the registry"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_services_select_one_deployment_and_its_named_ports(overlay):
     documents = RENDERED[overlay]
     for service in (d for d in documents if d["kind"] == "Service"):
@@ -188,7 +189,7 @@ def test_services_select_one_deployment_and_its_named_ports(overlay):
             assert port["port"] == ports[port["targetPort"]]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_hpas_target_deployments_with_served_metrics(overlay):
     documents = RENDERED[overlay]
     served = {rule["name"]["as"] for rule in _adapter_rules()}
@@ -209,7 +210,7 @@ def test_hpas_target_deployments_with_served_metrics(overlay):
     assert {m["type"] for m in triton_hpa["spec"]["metrics"]} == {"Pods"}  # Triton scales on its queue
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_disruption_budgets_leave_pods_running(overlay):
     documents = RENDERED[overlay]
     budgets = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
@@ -223,7 +224,7 @@ def test_disruption_budgets_leave_pods_running(overlay):
             assert budget["spec"]["maxUnavailable"] == 1
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_network_policy_lets_only_the_gateway_reach_triton(overlay):
     documents = RENDERED[overlay]
     policy = _one(documents, "NetworkPolicy", TRITON)
@@ -240,7 +241,7 @@ def test_network_policy_lets_only_the_gateway_reach_triton(overlay):
     assert all(p["port"] == ports["metrics"] for rule in others for p in rule["ports"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_triton_pod_serves_the_production_configs(overlay):
     documents = RENDERED[overlay]
     triton = _one(documents, "Deployment", TRITON)
@@ -278,7 +279,7 @@ def test_triton_pod_serves_the_production_configs(overlay):
     assert mounts["/dev/shm"]["name"] in {v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium")}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
 def test_gateway_reaches_triton_by_its_service(overlay):
     documents = RENDERED[overlay]
     gateway = _one(documents, "Deployment", GATEWAY)
@@ -360,3 +361,163 @@ def test_adapter_rules_are_per_pod_and_read_triton_series():
         assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
         assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
         assert re.fullmatch(rule["name"]["matches"], rule["seriesQuery"].split("{")[0])
+
+
+def backlog_series() -> set[str]:
+    """The pipeline's backlog gauges the adapter rules read (tests/integration checks them on a live server)."""
+    names = set()
+    for rule in _adapter_rules():
+        names |= set(re.findall(r"\btalkinghead_[a-z_]+(?=\{)", rule["seriesQuery"] + " " + rule["metricsQuery"]))
+    return names
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_triton_scales_on_the_pipelines_backlog_gauges(overlay):
+    from python_backends.backlog import GAUGES
+
+    assert backlog_series() == set(GAUGES)  # every gauge the models export is served, and nothing else
+    rules = {rule["name"]["as"]: rule for rule in _adapter_rules()}
+    triton_hpa = _one(RENDERED[overlay], "HorizontalPodAutoscaler", TRITON)
+    for metric in triton_hpa["spec"]["metrics"]:
+        rule = rules[metric["pods"]["metric"]["name"]]
+        series = rule["seriesQuery"].split("{")[0]
+        assert series in GAUGES, f"{metric['pods']['metric']['name']} does not read a backlog gauge"
+        assert re.search(r'model(=|=~)"(talking_head|video_generator)', rule["metricsQuery"])
+
+
+# ---------------------------------------------------------------- the stub watchdog beside tritonserver
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_triton_pod_runs_the_stub_watchdog_as_a_sidecar(overlay):
+    from client.cli import build_parser
+    from client.stub_watchdog import ADMIN_HEADER, TOKEN_ENV
+
+    triton = _one(RENDERED[overlay], "Deployment", TRITON)
+    pod = triton["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    (sidecar,) = pod["initContainers"]
+    assert pod["shareProcessNamespace"] is True  # the sidecar sees tritonserver's stub processes in /proc
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar: beside tritonserver for the pod's whole life
+    assert sidecar["image"] == server["image"]  # the same talkinghead package as the models it reloads
+    assert sidecar["command"][0] == "talkinghead"
+    args = build_parser().parse_args(sidecar["command"][1:] + sidecar["args"])
+    assert args.func.__name__ == "cmd_watchdog"
+    assert int(args.http_url.rsplit(":", 1)[1]) == _container_ports(triton)["http"]
+    # Explicit model control, the repository API locked with the token of one Secret that both containers read.
+    locked = f"model-repository:{ADMIN_HEADER}=$({TOKEN_ENV})"
+    for flag in ("--model-control-mode=explicit", "--load-model=*", f"--http-restricted-api={locked}",
+                 f"--grpc-restricted-protocol={locked}"):
+        assert flag in server["args"], flag
+    assert [e["secretRef"] for e in server["envFrom"]] == [e["secretRef"] for e in sidecar["envFrom"]] == [
+        {"name": "talkinghead-triton-admin"}]  # not optional: no pod with an open repository API
+    assert sidecar["securityContext"]["allowPrivilegeEscalation"] is False
+    assert sidecar["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+# ---------------------------------------------------------------- the gateway's state and credentials
+
+
+def _gateway(documents: list[dict], tmp_path: Path):
+    """The settings the gateway container loads (its ConfigMap's file where --config points, and its env), with
+    its container, mounts by path and volumes by name."""
+    from client.cli import build_parser
+    from client.gateway.settings import load_settings
+
+    gateway = _one(documents, "Deployment", GATEWAY)
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_map = _one(documents, "ConfigMap", volumes[mounts[str(args.config.parent)]["name"]]["configMap"]["name"])
+    local = tmp_path / "gateway.toml"
+    local.write_text(config_map["data"][args.config.name])
+    env = {e["name"]: e["value"] for e in container["env"]}
+    return load_settings(local, env=env), container, mounts, volumes
+
+
+def _volume_at(mounts: dict, volumes: dict, path: Path) -> dict:
+    mount = max((m for m in mounts if path == Path(m) or Path(m) in path.parents), key=len)
+    return volumes[mounts[mount]["name"]]
+
+
+def _secret_items(volume: dict) -> set[str]:
+    return {item["path"] for item in volume["secret"]["items"]}
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_the_gateway_is_strict_with_credentials_from_secrets(overlay, tmp_path):
+    from client.gateway.tenants import MASTER_KEY_FILE
+    from client.policy import PolicyProfile
+    from client.signing import CERT_ENV, KEY_ENV
+
+    settings, container, mounts, volumes = _gateway(RENDERED[overlay], tmp_path)
+    assert settings.policy_profile is PolicyProfile.STRICT
+    assert settings.delivery.sign and settings.delivery.audit_store == "database"
+    master = _volume_at(mounts, volumes, settings.secrets_path)
+    assert master["secret"]["secretName"] == "talkinghead-webhook-master" and MASTER_KEY_FILE in _secret_items(master)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    signing = [_volume_at(mounts, volumes, Path(env[name])) for name in (CERT_ENV, KEY_ENV)]
+    assert signing[0] is signing[1] and signing[0]["secret"]["secretName"] == "talkinghead-signing"
+    assert _secret_items(signing[0]) == {Path(env[CERT_ENV]).name, Path(env[KEY_ENV]).name}
+    for mount in mounts.values():
+        if "secret" in volumes[mount["name"]]:
+            assert mount["readOnly"] and volumes[mount["name"]]["secret"]["defaultMode"] == 0o440
+    # A read-only root: the gateway writes only to volumes.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    for path in (settings.data_dir, settings.staging_path, Path("/tmp")):
+        assert "emptyDir" in _volume_at(mounts, volumes, path) or \
+            "persistentVolumeClaim" in _volume_at(mounts, volumes, path), path
+    dockerfile = (PROJECT_ROOT / "deploy" / "docker" / "gateway.Dockerfile").read_text()
+    assert "ENV TALKINGHEAD_GATEWAY_POLICY_PROFILE=strict" in dockerfile and "'.[gateway]'" in dockerfile
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_production_gateways_share_postgresql_and_s3(overlay, tmp_path):
+    from urllib.parse import urlparse
+
+    settings, container, mounts, volumes = _gateway(RENDERED[overlay], tmp_path)
+    database = urlparse(settings.database)
+    assert database.scheme == "postgresql" and database.password is None  # the password comes from the Secret
+    assert container["envFrom"] == [{"secretRef": {"name": "talkinghead-gateway"}}]  # not optional
+    assert settings.storage.kind == "s3" and settings.storage.bucket
+    assert "emptyDir" in _volume_at(mounts, volumes, settings.data_dir)  # scratch only: nothing to lose there
+    hpa = _one(RENDERED[overlay], "HorizontalPodAutoscaler", GATEWAY)
+    assert hpa["spec"]["maxReplicas"] > 1
+
+
+def test_the_single_gateway_overlay_keeps_sqlite_to_one_replica(tmp_path):
+    documents = RENDERED["single"]
+    settings, container, mounts, volumes = _gateway(documents, tmp_path)
+    assert settings.database_url is None and settings.database.startswith("sqlite:")  # <data_dir>/gateway.db
+    assert settings.storage.kind == "local" and "envFrom" not in container
+    claim = _one(documents, "PersistentVolumeClaim",
+                 _volume_at(mounts, volumes, settings.data_dir)["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    gateway = _one(documents, "Deployment", GATEWAY)
+    assert gateway["spec"]["replicas"] == 1 and gateway["spec"]["strategy"] == {"type": "Recreate"}
+    hpa = _one(documents, "HorizontalPodAutoscaler", GATEWAY)
+    assert hpa["spec"]["minReplicas"] == hpa["spec"]["maxReplicas"] == 1
+
+
+def test_every_secret_the_pods_read_is_documented():
+    """Secrets are never in the manifests: docs/deployment.md says how to create each, with every key."""
+    docs = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
+    wanted: dict[str, set[str]] = {}
+    for documents in RENDERED.values():
+        for document in documents:
+            for pod in _pod_specs(document):
+                for container in pod.get("containers", []) + pod.get("initContainers", []):
+                    for source in container.get("envFrom", []):
+                        wanted.setdefault(source["secretRef"]["name"], set())
+                for volume in pod.get("volumes", []):
+                    if "secret" in volume:
+                        wanted.setdefault(volume["secret"]["secretName"], set()).update(
+                            item["key"] for item in volume["secret"]["items"])
+    assert set(wanted) == {"talkinghead-triton-admin", "talkinghead-gateway", "talkinghead-signing",
+                           "talkinghead-webhook-master"}
+    for name, keys in wanted.items():
+        assert f"`{name}`" in docs, name
+        for key in keys:
+            assert key in docs, f"{name}: key {key}"

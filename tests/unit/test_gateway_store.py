@@ -1,4 +1,5 @@
-"""The gateway's job store on SQLite and on a real PostgreSQL server (started here when its binaries exist)."""
+"""The gateway's job store on SQLite and on a real PostgreSQL server (tests/conftest.py starts one when its
+binaries exist)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,6 @@ from client.gateway.store import (
     WebhookEvent,
     new_id,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gateway.db'}"
-    return request.getfixturevalue("postgres_database")()  # a fresh database per test
 
 
 @pytest.fixture

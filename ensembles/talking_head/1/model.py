@@ -6,9 +6,10 @@ from python_backends.triton_io import StreamingModel, TritonModelCaller, stream_
 class TritonPythonModel(StreamingModel):
     spec = spec.TALKING_HEAD
     settings_type = TalkingHeadSettings
+    reports_segments = True
 
     def build(self, settings, device):
         self.call_model = TritonModelCaller()
 
-    def stream(self, inputs, parameters, is_cancelled):
-        return run_talking_head(inputs, parameters, self.call_model, stream_model, self.settings)
+    def stream(self, inputs, parameters, is_cancelled, backlog):
+        return run_talking_head(inputs, parameters, self.call_model, stream_model, self.settings, backlog)

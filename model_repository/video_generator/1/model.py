@@ -11,5 +11,5 @@ class TritonPythonModel(StreamingModel):
     def build(self, settings, device):
         self.engines = EngineRegistry(settings, device)
 
-    def stream(self, inputs, parameters, is_cancelled):
+    def stream(self, inputs, parameters, is_cancelled, backlog):
         return generate(self.engines, inputs, parameters)
