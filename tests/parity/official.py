@@ -3,7 +3,8 @@
 `official()` imports the Wan team's `wan` package once and returns it. Only what cannot run on a CPU machine as
 released is replaced, each with the same math:
 
-* `flash_attention` (asserts CUDA and half precision) -> `sdpa_attention` below, in every module that bound it.
+* `flash_attention` (asserts CUDA and half precision) -> `sdpa_attention` below, in every module that bound it;
+  also flash-attn's own `flash_attn_func`, which the Animate face blocks call (None when flash-attn is missing).
 * Packages `import wan` needs that cannot be imported here get stand-ins, only while `wan` is imported (nothing
   else in a test session sees them), and only where the real one is missing:
   `torchvision` (its wheels need another torch than ours, see research/toolchain.md) -> the few transforms the
@@ -18,6 +19,12 @@ Nothing of upstream's code is copied here: the oracle runs as shipped.
 `build_on_cpu(WanS2V, config, folder, ...)` constructs an official pipeline from a tiny release folder: while its
 constructor runs, `torch.device("cuda:N")` in the pipeline's module means the CPU, and the VAE / umT5 constructors,
 which hard-code the released widths, get the tiny release's widths. Nothing else changes.
+
+With `float32=True` (WanAnimate casts its inputs to bf16 and builds CLIP in fp16 whatever the config says) the
+bf16 / fp16 casts and the autocast of the pipeline's module mean float32, also while `float32_on_cpu(WanAnimate)`
+is entered around `generate`: the oracle runs in float32 (a precision choice of the GPU run, not of the math).
+`tiny_animate_widths` and `tiny_clip` build WanAnimateModel's motion encoder and CLIP projection and the CLIP
+model at the tiny release's sizes, which they hard-code.
 
 Helpers that need more of torchvision add it to `_transforms_module` (with torchvision's arithmetic and a comment).
 """
@@ -255,6 +262,7 @@ def official() -> types.ModuleType:
             importlib.import_module(name)
     for name in FLASH_ATTENTION_USERS:
         sys.modules[name].flash_attention = sdpa_attention
+    sys.modules["wan.modules.animate.face_blocks"].flash_attn_func = sdpa_attention  # (q, k, v) [B, L, N, D]
     return wan
 
 
@@ -276,6 +284,46 @@ class _CpuDeviceTorch(types.ModuleType):
         return torch.device("cpu") if device.type == "cuda" else device
 
 
+class _CpuFloat32Torch(_CpuDeviceTorch):
+    """... in which bf16 and fp16 mean float32 and autocast is off: the oracle's float32 run on the CPU."""
+
+    bfloat16 = float16 = torch.float32
+
+    @staticmethod
+    def autocast(*_args: Any, **_kwargs: Any) -> torch.autocast:
+        return torch.autocast("cpu", enabled=False)
+
+
+@contextmanager
+def float32_on_cpu(pipeline_class: type) -> Iterator[None]:
+    """While inside, the pipeline's module runs on the CPU in float32 (see _CpuFloat32Torch)."""
+    with _replaced(sys.modules[pipeline_class.__module__], "torch", _CpuFloat32Torch()):
+        yield
+
+
+@contextmanager
+def tiny_animate_widths(face_size: int, image_dim: int) -> Iterator[None]:
+    """While inside, WanAnimateModel builds its motion encoder for `face_size` crops (512 hard-coded) and its CLIP
+    projection for `image_dim`-wide tokens (1280 hard-coded); the motion encoder's channel table stays upstream's."""
+    official()
+    model_animate = sys.modules["wan.modules.animate.model_animate"]
+    generator, projection = model_animate.Generator, model_animate.MLPProj
+    with (_replaced(model_animate, "Generator", lambda size, style_dim, motion_dim: generator(
+              face_size, style_dim=style_dim, motion_dim=motion_dim)),
+          _replaced(model_animate, "MLPProj", lambda in_dim, out_dim: projection(image_dim, out_dim))):
+        yield
+
+
+@contextmanager
+def tiny_clip(**sizes: Any) -> Iterator[None]:
+    """While inside, CLIPModel builds `clip_xlm_roberta_vit_h_14(**sizes)` (vision_dim=..., text_dim=...) instead of
+    the released ViT-H/14 + XLM-RoBERTa-large sizes it hard-codes."""
+    official()
+    clip = sys.modules["wan.modules.animate.clip"]
+    with _replaced(clip, "clip_xlm_roberta_vit_h_14", partial(clip.clip_xlm_roberta_vit_h_14, **sizes)):
+        yield
+
+
 @contextmanager
 def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
     saved = getattr(owner, name)
@@ -287,18 +335,20 @@ def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
 
 
 def build_on_cpu(pipeline_class: type, config: Any, folder: Path | str, *, vae_dim: int, t5: Any,
-                 **kwargs: Any) -> Any:
+                 float32: bool = False, **kwargs: Any) -> Any:
     """`pipeline_class(config, folder, **kwargs)` (WanS2V, WanAnimate) built on the CPU from a tiny release.
 
     vae_dim: the release VAE's base width (`_video_vae` hard-codes the released 96); t5: the release umT5's
-    `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes). Give `config` float32 param_dtype / t5_dtype for CPU parity.
+    `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes). Give `config` float32 param_dtype / t5_dtype for CPU parity;
+    float32: the pipeline's hard-coded bf16 / fp16 mean float32 too (WanAnimate).
     """
     official()
     vae2_1, t5_module = sys.modules["wan.modules.vae2_1"], sys.modules["wan.modules.t5"]
     tiny_t5 = partial(t5_module.umt5_xxl, vocab_size=t5.vocab_size, dim=t5.dim, dim_attn=t5.dim_attn,
                       dim_ffn=t5.dim_ffn, num_heads=t5.num_heads, encoder_layers=t5.num_layers,
                       num_buckets=t5.num_buckets, shared_pos=t5.shared_pos)
-    with (_replaced(sys.modules[pipeline_class.__module__], "torch", _CpuDeviceTorch()),
+    cpu_torch = _CpuFloat32Torch() if float32 else _CpuDeviceTorch()
+    with (_replaced(sys.modules[pipeline_class.__module__], "torch", cpu_torch),
           _replaced(vae2_1, "_video_vae", partial(vae2_1._video_vae, dim=vae_dim)),
           _replaced(t5_module, "umt5_xxl", tiny_t5)):
         return pipeline_class(config, str(folder), **kwargs)
