@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import types
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,25 @@ class ParityLedger(Ledger):
             "by_component": {name: {"cases": cases[name], **{k: r[k] for k in (
                 "max_abs", "max_rel", "tolerance", "why", "case")}} for name, r in worst.items()},
         }
+
+
+@contextmanager
+def spying(obj: Any, name: str, calls: list) -> Iterator[None]:
+    """Record (args, result) of every call of `obj.name` (the result's items, for a generator) while inside."""
+    method = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        result = method(*args, **kwargs)
+        if isinstance(result, Generator):
+            return (calls.append((args, piece.clone())) or piece for piece in result)
+        calls.append((args, result))
+        return result
+
+    setattr(obj, name, spy)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
 
 
 @pytest.fixture(scope="session")

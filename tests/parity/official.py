@@ -8,7 +8,8 @@ released is replaced, each with the same math:
 * Packages `import wan` needs that cannot be imported here get stand-ins, only while `wan` is imported (nothing
   else in a test session sees them), and only where the real one is missing:
   `torchvision` (its wheels need another torch than ours, see research/toolchain.md) -> the few transforms the
-  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic; `decord` (reads videos),
+  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic; `decord` (reads videos;
+  `in_memory_videos` hands WanAnimate frames instead),
   `dashscope` (a cloud prompt-extension client), and on the GPU image `librosa` and `ftfy` -> modules that raise
   if used.
 * `torch.cuda.current_device()`, evaluated as a default argument when `wan/modules/t5.py` is imported -> 0 during
@@ -301,6 +302,29 @@ def float32_on_cpu(pipeline_class: type) -> Iterator[None]:
         yield
 
 
+class _FramesReader:
+    """decord.VideoReader over frames held in memory: `len` and `get_batch(indices).asnumpy()`, what wan/animate.py
+    calls; no video codec between the frames the test gives both sides."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_batch(self, indices: Sequence[int]) -> types.SimpleNamespace:
+        batch = self.frames[list(indices)]
+        return types.SimpleNamespace(asnumpy=lambda: batch.copy())
+
+
+@contextmanager
+def in_memory_videos(pipeline_class: type, videos: dict[str, np.ndarray]) -> Iterator[None]:
+    """While inside, `VideoReader(path)` in the pipeline's module (decord's, not installable here) reads
+    `videos[path]` ([N, H, W, 3] uint8 RGB, as decord decodes)."""
+    with _replaced(sys.modules[pipeline_class.__module__], "VideoReader", lambda path: _FramesReader(videos[path])):
+        yield
+
+
 @contextmanager
 def tiny_animate_widths(face_size: int, image_dim: int) -> Iterator[None]:
     """While inside, WanAnimateModel builds its motion encoder for `face_size` crops (512 hard-coded) and its CLIP
@@ -334,21 +358,29 @@ def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
         setattr(owner, name, saved)
 
 
-def build_on_cpu(pipeline_class: type, config: Any, folder: Path | str, *, vae_dim: int, t5: Any,
-                 float32: bool = False, **kwargs: Any) -> Any:
-    """`pipeline_class(config, folder, **kwargs)` (WanS2V, WanAnimate) built on the CPU from a tiny release.
-
-    vae_dim: the release VAE's base width (`_video_vae` hard-codes the released 96); t5: the release umT5's
-    `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes). Give `config` float32 param_dtype / t5_dtype for CPU parity;
-    float32: the pipeline's hard-coded bf16 / fp16 mean float32 too (WanAnimate).
-    """
+@contextmanager
+def tiny_vae_and_t5(vae_dim: int, t5: Any) -> Iterator[None]:
+    """While inside, `Wan2_1_VAE` and `T5EncoderModel` build the tiny release's sizes: vae_dim, the VAE's base width
+    (`_video_vae` hard-codes the released 96); t5, the umT5's `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes)."""
     official()
     vae2_1, t5_module = sys.modules["wan.modules.vae2_1"], sys.modules["wan.modules.t5"]
     tiny_t5 = partial(t5_module.umt5_xxl, vocab_size=t5.vocab_size, dim=t5.dim, dim_attn=t5.dim_attn,
                       dim_ffn=t5.dim_ffn, num_heads=t5.num_heads, encoder_layers=t5.num_layers,
                       num_buckets=t5.num_buckets, shared_pos=t5.shared_pos)
-    cpu_torch = _CpuFloat32Torch() if float32 else _CpuDeviceTorch()
-    with (_replaced(sys.modules[pipeline_class.__module__], "torch", cpu_torch),
-          _replaced(vae2_1, "_video_vae", partial(vae2_1._video_vae, dim=vae_dim)),
+    with (_replaced(vae2_1, "_video_vae", partial(vae2_1._video_vae, dim=vae_dim)),
           _replaced(t5_module, "umt5_xxl", tiny_t5)):
+        yield
+
+
+def build_on_cpu(pipeline_class: type, config: Any, folder: Path | str, *, vae_dim: int, t5: Any,
+                 float32: bool = False, **kwargs: Any) -> Any:
+    """`pipeline_class(config, folder, **kwargs)` (WanS2V, WanAnimate) built on the CPU from a tiny release.
+
+    vae_dim, t5: the tiny release's VAE width and umT5 config (`tiny_vae_and_t5`). Give `config` float32
+    param_dtype / t5_dtype for CPU parity; float32: the pipeline's hard-coded bf16 / fp16 mean float32 too
+    (WanAnimate).
+    """
+    official()
+    cpu_torch = _CpuFloat32Torch() if float32 else _CpuDeviceTorch()
+    with _replaced(sys.modules[pipeline_class.__module__], "torch", cpu_torch), tiny_vae_and_t5(vae_dim, t5):
         return pipeline_class(config, str(folder), **kwargs)

@@ -1,8 +1,8 @@
 """WanAnimateModel (official) against our WanAnimateTransformer: the same tiny release files, the same inputs.
 
 Both load the DiT of one tiny random Wan2.2-Animate release folder (diffusers from_pretrained on the official side,
-built at the tiny release's face-crop size and CLIP width, which it hard-codes: tests/parity/official.py
-`tiny_animate_widths`; our strict loader on ours) and run in float32 on CPU. Compared: the whole forward (noise +
+built at the tiny release's face-crop size and CLIP width, which it hard-codes: tests/parity/animate_oracle.py;
+our strict loader on ours) and run in float32 on CPU. Compared: the whole forward (noise +
 mask + reference latents, pose latents, driving face crops, CLIP tokens of the reference, text) at several
 timesteps and two clip lengths (the second crosses the official 8-crop batching of the motion encoder), the CFG
 pair we batch into one forward against the official two calls (negative prompt, all -1 faces), and the parts on
@@ -21,7 +21,7 @@ from python_backends.generation.wan.animate import cfg_forward
 from python_backends.generation.wan.animate_checkpoint import load_animate_transformer
 from python_backends.generation.wan.tiny_release import TINY_RELEASE_ANIMATE_CONFIG, make_tiny_animate_release
 
-from .official import tiny_animate_widths
+from .animate_oracle import official_tiny_animate
 
 # The official motion encoder runs through torch.utils.checkpoint, which warns when nothing needs gradients.
 pytestmark = pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad=True:UserWarning")
@@ -38,7 +38,7 @@ def models(official, tiny_release):
     from wan.modules.animate import WanAnimateModel
 
     folder = tiny_release(make_tiny_animate_release)
-    with tiny_animate_widths(CONFIG.face_size, CONFIG.image_dim):
+    with official_tiny_animate():
         theirs = WanAnimateModel.from_pretrained(str(folder), torch_dtype=torch.float32).eval().requires_grad_(False)
     ours = load_animate_transformer(folder, "cpu", torch.float32)
     return theirs, ours

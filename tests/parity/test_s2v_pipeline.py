@@ -16,8 +16,6 @@ CPU: both draw float32 normal noise from a CPU generator seeded with seed + clip
 from __future__ import annotations
 
 import copy
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from python_backends.generation.wan.s2v_engine import (
 from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
 from python_backends.generation.wan.tiny_release import TINY_RELEASE_T5, TINY_RELEASE_VAE_DIM, make_tiny_s2v_release
 
-from .conftest import FLOAT32_WHY
+from .conftest import FLOAT32_WHY, spying
 from .official import build_on_cpu
 
 HEIGHT, WIDTH = 64, 128
@@ -145,25 +143,6 @@ def test_output_size_rule(pipeline, parity) -> None:
     theirs = [pipeline.get_size_less_than_area(h, w, target_area=area) for h, w, area in cases]
     parity.check("S2V output size within an area", np.array(ours), np.array(theirs), tolerance=0.0,
                  why="integers", case=f"{len(cases)} photo sizes x pixel budgets")
-
-
-@contextmanager
-def spying(obj: Any, name: str, calls: list) -> Iterator[None]:
-    """Record (args, result) of every call of `obj.name` (the result's items, for a generator) while inside."""
-    method = getattr(obj, name)
-
-    def spy(*args, **kwargs):
-        result = method(*args, **kwargs)
-        if isinstance(result, Generator):
-            return (calls.append((args, piece.clone())) or piece for piece in result)
-        calls.append((args, result))
-        return result
-
-    setattr(obj, name, spy)
-    try:
-        yield
-    finally:
-        delattr(obj, name)
 
 
 def our_run(engine: WanS2VEngine, inputs, guidance: float, frames: int) -> dict[str, Any]:
