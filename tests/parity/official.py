@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -265,6 +266,26 @@ def official() -> types.ModuleType:
         sys.modules[name].flash_attention = sdpa_attention
     sys.modules["wan.modules.animate.face_blocks"].flash_attn_func = sdpa_attention  # (q, k, v) [B, L, N, D]
     return wan
+
+
+@cache
+def official_preprocess(name: str) -> types.ModuleType:
+    """wan/modules/animate/preprocess/<name>.py, loaded from its file the way upstream's preprocessing scripts run:
+    from that folder, importing their neighbours by bare name (`from pose2d_utils import ...`). The package's own
+    __init__ imports SAM2 and a Flux pipeline, which the drawing and geometry helpers compared here do not use."""
+    folder = Path(official().__file__).parent / "modules" / "animate" / "preprocess"
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"wan_animate_preprocess_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+        for key in set(sys.modules) - before:  # neighbours imported by bare name stay private to the module
+            if Path(getattr(sys.modules[key], "__file__", None) or "/").parent == folder:
+                del sys.modules[key]
+    return module
 
 
 # ----------------------------------------------------------------------------- official pipelines on the CPU
