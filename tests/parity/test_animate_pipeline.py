@@ -37,7 +37,7 @@ from python_backends.generation.wan.tiny_release import (
 )
 
 from .animate_oracle import official_tiny_animate
-from .conftest import FLOAT32_WHY, spying
+from .conftest import FLOAT32_WHY, check_job_frames, spying
 from .official import build_on_cpu, float32_on_cpu, in_memory_videos
 
 HEIGHT, WIDTH = 32, 48
@@ -52,7 +52,6 @@ RUNS = {"no CFG, refert 1": (1.0, 1, 9), "CFG 2.5, refert 1": (2.5, 1, 9), "no C
 # std (up to 3.3) before decoding: a latent difference of 3e-6 relative reads ~5e-5 relative to the pixel range.
 PIXEL_TOLERANCE = 1e-4
 PIXEL_WHY = "float32; latents within 3e-6 rel. read ~20x larger against the clamped [-1, 1] pixel range"
-LEVEL_WHY = "uint8 truncation (save_video): a float difference of 1e-5 can cross a level boundary"
 
 
 @pytest.fixture(scope="module")
@@ -206,15 +205,7 @@ def compare_job(theirs: dict[str, Any], engine: WanAnimateEngine, inputs, parity
                          case=f"{at}, step {step}")
         parity.check("Animate job: denoised latents per clip", ours["latents"][clip][0, :, 1:],
                      theirs["latents"][clip], why=why, case=at)
-    parity.check("Animate job: decoded frames (float)", ours["pixels"], video, tolerance=PIXEL_TOLERANCE,
-                 why=PIXEL_WHY, case=case)
-    official_uint8 = ((video.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()  # save_video
-    served = ours["served"]
-    differing = float(np.mean(served != official_uint8))
-    record = parity.check("Animate job: streamed uint8 frames", served.astype(np.float64),
-                          official_uint8.astype(np.float64), tolerance=1 / 255, why=LEVEL_WHY,
-                          case=f"{case}; {differing:.3%} of values one level off")
-    assert record["max_abs"] <= 1 and differing < 1e-3
+    check_job_frames(parity, "Animate job", ours["pixels"], ours["served"], video, case, PIXEL_TOLERANCE, PIXEL_WHY)
 
 
 def test_clips_and_guidance_matter(official_run) -> None:
