@@ -61,7 +61,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np
             transform[:dim, :dim] = u @ np.diag(flipped) @ vt
     else:
         transform[:dim, :dim] = u @ np.diag(d) @ vt
-    # This order of operations is scikit-image's: in float32 another order rounds differently.
+    # scikit-image's order of operations: its matrix to the last bit (another order is an ulp off).
     scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d) if estimate_scale else 1.0
     transform[:dim, dim] = dst_mean - scale * (transform[:dim, :dim] @ src_mean)
     transform[:dim, :dim] *= scale
