@@ -4,7 +4,7 @@ Wav2Lip: pre-emphasis 0.97, librosa.stft(n_fft=800, hop_length=200, win_length=8
 defaults (periodic Hann window, centred frames, reflect padding), magnitude, librosa's Slaney mel filterbank
 (80 mels, 55-7600 Hz, area-normalised), 20*log10(max(1e-5, x)) - 20 dB, then symmetric normalisation to
 [-4, 4] with clipping. librosa is not a dependency: the STFT and the filterbank are re-implemented here and
-checked against librosa's values in the unit tests.
+checked live against librosa in tests/parity/test_mel.py.
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ def mel_filterbank(rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = NU
     ramps = mel_freqs[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
     upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
+    # Rounded to float32 before the area normalisation, as librosa stores the ramps: the weights then equal
+    # librosa's bit for bit (one rounding after the normalisation instead is 1 ulp off in places).
+    weights = np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
     weights *= (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]  # equal area per filter
-    return weights.astype(np.float32)
+    return weights
 
 
 def stft_magnitude(x: np.ndarray) -> np.ndarray:

@@ -45,11 +45,16 @@ def input_normalisation(model_path: Path) -> tuple[float, float]:
 
 
 def crop_matrix(box: np.ndarray, size: int) -> np.ndarray:
-    """The 2x3 affine of face_align.transform(img, centre, size, scale, 0) for an x1, y1, x2, y2 box."""
-    x1, y1, x2, y2 = (float(v) for v in box)
+    """The 2x3 affine of face_align.transform(img, centre, size, scale, 0) for an x1, y1, x2, y2 box.
+
+    The box's width, height and centre sums stay in the box's own precision (numpy scalars, as in Attribute.get):
+    detectors give float32 boxes, and cv2.warpAffine's fixed-point sampling can turn a float64 rounding of them
+    into a different pixel.
+    """
+    x1, y1, x2, y2 = np.asarray(box)[:4]
     scale = size / (max(x2 - x1, y2 - y1) * BOX_CONTEXT)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    return np.array([[scale, 0.0, size / 2 - cx * scale], [0.0, scale, size / 2 - cy * scale]], dtype=np.float64)
+    cx, cy = (x1 + x2) / 2 * scale, (y1 + y2) / 2 * scale
+    return np.array([[scale, 0.0, size / 2 - cx], [0.0, scale, size / 2 - cy]], dtype=np.float64)
 
 
 def crop_face(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:

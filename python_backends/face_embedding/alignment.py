@@ -27,10 +27,19 @@ ARCFACE_TEMPLATE = np.array(
 )
 
 
+def _floating(points: np.ndarray) -> np.ndarray:
+    points = np.asarray(points)
+    return points if np.issubdtype(points.dtype, np.floating) else points.astype(np.float64)
+
+
 def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np.ndarray:
-    """3x3 similarity matrix T minimising sum |T(src) - dst|^2 (Umeyama 1991, as in scikit-image)."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
+    """3x3 similarity matrix T minimising sum |T(src) - dst|^2 (Umeyama 1991, as in scikit-image).
+
+    The statistics are computed in the points' own precision, as scikit-image does: insightface hands it float32
+    keypoints and a float32 template, and cv2.warpAffine's fixed-point sampling turns a float64 solution's
+    1e-7 difference into pixels up to 8 levels apart at a few places of a textured crop.
+    """
+    src, dst = _floating(src), _floating(dst)
     num, dim = src.shape
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
     src_demean, dst_demean = src - src_mean, dst - dst_mean
@@ -40,7 +49,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np
         d[-1] = -1  # forbid a reflection: keep the best proper rotation
     transform = np.eye(dim + 1)
     u, s, vt = np.linalg.svd(cov)
-    rank = np.linalg.matrix_rank(cov)
+    rank = int(np.count_nonzero(s > s.max() * dim * np.finfo(np.float64).eps))
     if rank == 0:
         return np.full_like(transform, np.nan)
     if rank == dim - 1:
@@ -52,7 +61,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = True) -> np
             transform[:dim, :dim] = u @ np.diag(flipped) @ vt
     else:
         transform[:dim, :dim] = u @ np.diag(d) @ vt
-    scale = (s @ d) / src_demean.var(axis=0).sum() if estimate_scale else 1.0
+    # scikit-image's order of operations: its matrix to the last bit (another order is an ulp off).
+    scale = 1.0 / src_demean.var(axis=0).sum() * (s @ d) if estimate_scale else 1.0
     transform[:dim, dim] = dst_mean - scale * (transform[:dim, :dim] @ src_mean)
     transform[:dim, :dim] *= scale
     return transform
@@ -67,14 +77,14 @@ def template(size: int = 112) -> np.ndarray:
         shift_x = 8.0 * ratio  # a 128 crop is the 112 crop with 8 px more on each side
     else:
         raise ValueError(f"ArcFace crops are a multiple of 112 or 128 pixels, not {size}")
-    points = ARCFACE_TEMPLATE.astype(np.float64) * ratio
-    points[:, 0] += shift_x
+    points = ARCFACE_TEMPLATE * np.float32(ratio)  # float32, as insightface's arcface_dst * ratio
+    points[:, 0] += np.float32(shift_x)
     return points
 
 
 def estimate_norm(keypoints5: np.ndarray, size: int = 112) -> np.ndarray:
     """2x3 affine matrix taking image pixels to the aligned crop."""
-    points = np.asarray(keypoints5, dtype=np.float64)
+    points = _floating(keypoints5)  # float32 keypoints stay float32 (see umeyama)
     if points.shape != (5, 2) or not np.isfinite(points).all():
         raise InputError(f"face_keypoints must be 5 finite (x, y) points, got shape {points.shape}")
     spread = np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean())

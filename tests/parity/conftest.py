@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import types
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,42 @@ class ParityLedger(Ledger):
             "by_component": {name: {"cases": cases[name], **{k: r[k] for k in (
                 "max_abs", "max_rel", "tolerance", "why", "case")}} for name, r in worst.items()},
         }
+
+
+LEVEL_WHY = "uint8 truncation (save_video): a float difference of 1e-5 can cross a level boundary"
+
+
+def check_job_frames(parity: ParityLedger, job: str, pixels: torch.Tensor, served: np.ndarray, video: torch.Tensor,
+                     case: str, tolerance: float, why: str) -> None:
+    """A whole job's frames against the official video [3, N, H, W] in [-1, 1]: our decoded float `pixels` (same
+    layout) within `tolerance`, our `served` uint8 frames [N, H, W, 3] within one level of save_video's uint8
+    ((x + 1) / 2 * 255, truncated) at fewer than 0.1% of the values."""
+    parity.check(f"{job}: decoded frames (float)", pixels, video, tolerance=tolerance, why=why, case=case)
+    official_uint8 = ((video.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    differing = float(np.mean(served != official_uint8))
+    record = parity.check(f"{job}: streamed uint8 frames", served.astype(np.float64),
+                          official_uint8.astype(np.float64), tolerance=1 / 255, why=LEVEL_WHY,
+                          case=f"{case}; {differing:.3%} of values one level off")
+    assert record["max_abs"] <= 1 and differing < 1e-3
+
+
+@contextmanager
+def spying(obj: Any, name: str, calls: list) -> Iterator[None]:
+    """Record (args, result) of every call of `obj.name` (the result's items, for a generator) while inside."""
+    method = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        result = method(*args, **kwargs)
+        if isinstance(result, Generator):
+            return (calls.append((args, piece.clone())) or piece for piece in result)
+        calls.append((args, result))
+        return result
+
+    setattr(obj, name, spy)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,13 @@
 `official()` imports the Wan team's `wan` package once and returns it. Only what cannot run on a CPU machine as
 released is replaced, each with the same math:
 
-* `flash_attention` (asserts CUDA and half precision) -> `sdpa_attention` below, in every module that bound it.
+* `flash_attention` (asserts CUDA and half precision) -> `sdpa_attention` below, in every module that bound it;
+  also flash-attn's own `flash_attn_func`, which the Animate face blocks call (None when flash-attn is missing).
 * Packages `import wan` needs that cannot be imported here get stand-ins, only while `wan` is imported (nothing
   else in a test session sees them), and only where the real one is missing:
   `torchvision` (its wheels need another torch than ours, see research/toolchain.md) -> the few transforms the
-  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic; `decord` (reads videos),
+  `wan` modules call, re-implemented below on PIL / torch with torchvision's arithmetic; `decord` (reads videos;
+  `in_memory_videos` hands WanAnimate frames instead),
   `dashscope` (a cloud prompt-extension client), and on the GPU image `librosa` and `ftfy` -> modules that raise
   if used.
 * `torch.cuda.current_device()`, evaluated as a default argument when `wan/modules/t5.py` is imported -> 0 during
@@ -19,6 +21,12 @@ Nothing of upstream's code is copied here: the oracle runs as shipped.
 constructor runs, `torch.device("cuda:N")` in the pipeline's module means the CPU, and the VAE / umT5 constructors,
 which hard-code the released widths, get the tiny release's widths. Nothing else changes.
 
+With `float32=True` (WanAnimate casts its inputs to bf16 and builds CLIP in fp16 whatever the config says) the
+bf16 / fp16 casts and the autocast of the pipeline's module mean float32, also while `float32_on_cpu(WanAnimate)`
+is entered around `generate`: the oracle runs in float32 (a precision choice of the GPU run, not of the math).
+`tiny_animate_widths` and `tiny_clip` build WanAnimateModel's motion encoder and CLIP projection and the CLIP
+model at the tiny release's sizes, which they hard-code.
+
 Helpers that need more of torchvision add it to `_transforms_module` (with torchvision's arithmetic and a comment).
 """
 
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -255,7 +264,28 @@ def official() -> types.ModuleType:
             importlib.import_module(name)
     for name in FLASH_ATTENTION_USERS:
         sys.modules[name].flash_attention = sdpa_attention
+    sys.modules["wan.modules.animate.face_blocks"].flash_attn_func = sdpa_attention  # (q, k, v) [B, L, N, D]
     return wan
+
+
+@cache
+def official_preprocess(name: str) -> types.ModuleType:
+    """wan/modules/animate/preprocess/<name>.py, loaded from its file the way upstream's preprocessing scripts run:
+    from that folder, importing their neighbours by bare name (`from pose2d_utils import ...`). The package's own
+    __init__ imports SAM2 and a Flux pipeline, which the drawing and geometry helpers compared here do not use."""
+    folder = Path(official().__file__).parent / "modules" / "animate" / "preprocess"
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"wan_animate_preprocess_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+        for key in set(sys.modules) - before:  # neighbours imported by bare name stay private to the module
+            if Path(getattr(sys.modules[key], "__file__", None) or "/").parent == folder:
+                del sys.modules[key]
+    return module
 
 
 # ----------------------------------------------------------------------------- official pipelines on the CPU
@@ -276,6 +306,69 @@ class _CpuDeviceTorch(types.ModuleType):
         return torch.device("cpu") if device.type == "cuda" else device
 
 
+class _CpuFloat32Torch(_CpuDeviceTorch):
+    """... in which bf16 and fp16 mean float32 and autocast is off: the oracle's float32 run on the CPU."""
+
+    bfloat16 = float16 = torch.float32
+
+    @staticmethod
+    def autocast(*_args: Any, **_kwargs: Any) -> torch.autocast:
+        return torch.autocast("cpu", enabled=False)
+
+
+@contextmanager
+def float32_on_cpu(pipeline_class: type) -> Iterator[None]:
+    """While inside, the pipeline's module runs on the CPU in float32 (see _CpuFloat32Torch)."""
+    with _replaced(sys.modules[pipeline_class.__module__], "torch", _CpuFloat32Torch()):
+        yield
+
+
+class _FramesReader:
+    """decord.VideoReader over frames held in memory: `len` and `get_batch(indices).asnumpy()`, what wan/animate.py
+    calls; no video codec between the frames the test gives both sides."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_batch(self, indices: Sequence[int]) -> types.SimpleNamespace:
+        batch = self.frames[list(indices)]
+        return types.SimpleNamespace(asnumpy=lambda: batch.copy())
+
+
+@contextmanager
+def in_memory_videos(pipeline_class: type, videos: dict[str, np.ndarray]) -> Iterator[None]:
+    """While inside, `VideoReader(path)` in the pipeline's module (decord's, not installable here) reads
+    `videos[path]` ([N, H, W, 3] uint8 RGB, as decord decodes)."""
+    with _replaced(sys.modules[pipeline_class.__module__], "VideoReader", lambda path: _FramesReader(videos[path])):
+        yield
+
+
+@contextmanager
+def tiny_animate_widths(face_size: int, image_dim: int) -> Iterator[None]:
+    """While inside, WanAnimateModel builds its motion encoder for `face_size` crops (512 hard-coded) and its CLIP
+    projection for `image_dim`-wide tokens (1280 hard-coded); the motion encoder's channel table stays upstream's."""
+    official()
+    model_animate = sys.modules["wan.modules.animate.model_animate"]
+    generator, projection = model_animate.Generator, model_animate.MLPProj
+    with (_replaced(model_animate, "Generator", lambda size, style_dim, motion_dim: generator(
+              face_size, style_dim=style_dim, motion_dim=motion_dim)),
+          _replaced(model_animate, "MLPProj", lambda in_dim, out_dim: projection(image_dim, out_dim))):
+        yield
+
+
+@contextmanager
+def tiny_clip(**sizes: Any) -> Iterator[None]:
+    """While inside, CLIPModel builds `clip_xlm_roberta_vit_h_14(**sizes)` (vision_dim=..., text_dim=...) instead of
+    the released ViT-H/14 + XLM-RoBERTa-large sizes it hard-codes."""
+    official()
+    clip = sys.modules["wan.modules.animate.clip"]
+    with _replaced(clip, "clip_xlm_roberta_vit_h_14", partial(clip.clip_xlm_roberta_vit_h_14, **sizes)):
+        yield
+
+
 @contextmanager
 def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
     saved = getattr(owner, name)
@@ -286,19 +379,29 @@ def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
         setattr(owner, name, saved)
 
 
-def build_on_cpu(pipeline_class: type, config: Any, folder: Path | str, *, vae_dim: int, t5: Any,
-                 **kwargs: Any) -> Any:
-    """`pipeline_class(config, folder, **kwargs)` (WanS2V, WanAnimate) built on the CPU from a tiny release.
-
-    vae_dim: the release VAE's base width (`_video_vae` hard-codes the released 96); t5: the release umT5's
-    `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes). Give `config` float32 param_dtype / t5_dtype for CPU parity.
-    """
+@contextmanager
+def tiny_vae_and_t5(vae_dim: int, t5: Any) -> Iterator[None]:
+    """While inside, `Wan2_1_VAE` and `T5EncoderModel` build the tiny release's sizes: vae_dim, the VAE's base width
+    (`_video_vae` hard-codes the released 96); t5, the umT5's `UMT5Config` (`umt5_xxl` hard-codes the XXL sizes)."""
     official()
     vae2_1, t5_module = sys.modules["wan.modules.vae2_1"], sys.modules["wan.modules.t5"]
     tiny_t5 = partial(t5_module.umt5_xxl, vocab_size=t5.vocab_size, dim=t5.dim, dim_attn=t5.dim_attn,
                       dim_ffn=t5.dim_ffn, num_heads=t5.num_heads, encoder_layers=t5.num_layers,
                       num_buckets=t5.num_buckets, shared_pos=t5.shared_pos)
-    with (_replaced(sys.modules[pipeline_class.__module__], "torch", _CpuDeviceTorch()),
-          _replaced(vae2_1, "_video_vae", partial(vae2_1._video_vae, dim=vae_dim)),
+    with (_replaced(vae2_1, "_video_vae", partial(vae2_1._video_vae, dim=vae_dim)),
           _replaced(t5_module, "umt5_xxl", tiny_t5)):
+        yield
+
+
+def build_on_cpu(pipeline_class: type, config: Any, folder: Path | str, *, vae_dim: int, t5: Any,
+                 float32: bool = False, **kwargs: Any) -> Any:
+    """`pipeline_class(config, folder, **kwargs)` (WanS2V, WanAnimate) built on the CPU from a tiny release.
+
+    vae_dim, t5: the tiny release's VAE width and umT5 config (`tiny_vae_and_t5`). Give `config` float32
+    param_dtype / t5_dtype for CPU parity; float32: the pipeline's hard-coded bf16 / fp16 mean float32 too
+    (WanAnimate).
+    """
+    official()
+    cpu_torch = _CpuFloat32Torch() if float32 else _CpuDeviceTorch()
+    with _replaced(sys.modules[pipeline_class.__module__], "torch", cpu_torch), tiny_vae_and_t5(vae_dim, t5):
         return pipeline_class(config, str(folder), **kwargs)

@@ -16,8 +16,6 @@ CPU: both draw float32 normal noise from a CPU generator seeded with seed + clip
 from __future__ import annotations
 
 import copy
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,7 @@ from python_backends.generation.wan.s2v_engine import (
 from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
 from python_backends.generation.wan.tiny_release import TINY_RELEASE_T5, TINY_RELEASE_VAE_DIM, make_tiny_s2v_release
 
-from .conftest import FLOAT32_WHY
+from .conftest import FLOAT32_WHY, check_job_frames, spying
 from .official import build_on_cpu
 
 HEIGHT, WIDTH = 64, 128
@@ -53,7 +51,6 @@ PROMPT = "a person is talking to the camera"
 # std (up to 3.3) before decoding: a latent difference of 1e-6 relative reads ~3e-5 relative to the pixel range.
 PIXEL_TOLERANCE = 1e-4
 PIXEL_WHY = "float32; latents within 1e-6 rel. read ~30x larger against the clamped [-1, 1] pixel range"
-LEVEL_WHY = "uint8 truncation (save_video): a float difference of 1e-5 can cross a level boundary"
 
 
 @pytest.fixture(scope="module")
@@ -147,25 +144,6 @@ def test_output_size_rule(pipeline, parity) -> None:
                  why="integers", case=f"{len(cases)} photo sizes x pixel budgets")
 
 
-@contextmanager
-def spying(obj: Any, name: str, calls: list) -> Iterator[None]:
-    """Record (args, result) of every call of `obj.name` (the result's items, for a generator) while inside."""
-    method = getattr(obj, name)
-
-    def spy(*args, **kwargs):
-        result = method(*args, **kwargs)
-        if isinstance(result, Generator):
-            return (calls.append((args, piece.clone())) or piece for piece in result)
-        calls.append((args, result))
-        return result
-
-    setattr(obj, name, spy)
-    try:
-        yield
-    finally:
-        delattr(obj, name)
-
-
 def our_run(engine: WanS2VEngine, inputs, guidance: float, frames: int) -> dict[str, Any]:
     """Our streamed frames (uint8, as served), the float pixels they were decoded as, per clip the latents made and
     the reference / motion latents given to the DiT."""
@@ -228,15 +206,7 @@ def compare_job(theirs: dict[str, Any], engine: WanS2VEngine, inputs, parity, ba
                          theirs["motion"][clip - 1], why=why, case=f"{case}: clip {clip}")
         parity.check("S2V job: denoised latents per clip", ours["latents"][clip], theirs["latents"][clip], why=why,
                      case=f"{case}: clip {clip}")
-    parity.check("S2V job: decoded frames (float)", ours["pixels"], video, tolerance=PIXEL_TOLERANCE,
-                 why=PIXEL_WHY, case=case)
-    official_uint8 = ((video.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()  # save_video
-    served = ours["served"]
-    differing = float(np.mean(served != official_uint8))
-    record = parity.check("S2V job: streamed uint8 frames", served.astype(np.float64),
-                          official_uint8.astype(np.float64), tolerance=1 / 255, why=LEVEL_WHY,
-                          case=f"{case}; {differing:.3%} of values one level off")
-    assert record["max_abs"] <= 1 and differing < 1e-3
+    check_job_frames(parity, "S2V job", ours["pixels"], ours["served"], video, case, PIXEL_TOLERANCE, PIXEL_WHY)
 
 
 def test_motion_and_reference_matter(official_run) -> None:

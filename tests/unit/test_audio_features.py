@@ -229,17 +229,8 @@ def test_stft_round_trip_is_exact():
 # ---------------------------------------------------------------- mel
 
 
-def test_mel_filterbank_matches_librosa_slaney():
-    basis = mel.mel_filterbank()
-    assert basis.shape == (80, 401) and basis.dtype == np.float32
-    # Reference values from librosa 0.11 filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600).
-    np.testing.assert_array_equal(np.nonzero(basis[0])[0], [3, 4, 5, 6])
-    np.testing.assert_allclose(basis[0, 3:7], [0.00386959, 0.01934796, 0.02081245, 0.00533408], rtol=1e-5)
-    assert (int(basis[40].argmax()), float(basis[40].max())) == (86, pytest.approx(0.014343159, rel=1e-6))
-    assert (int(basis[79].argmax()), float(basis[79].max())) == (366, pytest.approx(0.00363534, rel=1e-5))
-    assert float(basis.sum()) == pytest.approx(3.999498, rel=1e-6)
-    assert mel.hz_to_mel(1000.0) == pytest.approx(15.0)
-    assert mel.mel_to_hz(mel.hz_to_mel(5000.0)) == pytest.approx(5000.0)
+# The filterbank and STFT against librosa itself, live: tests/parity/test_mel.py. Wav2Lip's wrapper around them
+# (not installable) is anchored by reference values computed with Wav2Lip's audio.py:
 
 
 def test_melspectrogram_matches_wav2lip_reference():

@@ -9,7 +9,6 @@ import os
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -191,21 +190,6 @@ def _constant_genderage(path: Path, female: float, male: float, age_over_100: fl
     return _genderage_onnx(path, np.zeros((3, 3 * 96 * 96)), [female, male, age_over_100])
 
 
-def _insightface_blob(image_rgb: np.ndarray, box, mean: float, std: float, size: int = 96) -> np.ndarray:
-    """insightface Attribute.get by hand: BGR image, face_align.transform, blobFromImage(swapRB=True)."""
-    bgr = np.ascontiguousarray(image_rgb[..., ::-1])
-    w, h = box[2] - box[0], box[3] - box[1]
-    cx, cy = (box[2] + box[0]) / 2, (box[3] + box[1]) / 2
-    scale = size / (max(w, h) * 1.5)
-    # skimage: t1 (scale) + t2 (translate by -centre*scale) + t3 (rotation 0) + t4 (translate to the middle)
-    t1 = np.diag([scale, scale, 1.0])
-    t2 = np.array([[1, 0, -cx * scale], [0, 1, -cy * scale], [0, 0, 1]])
-    t4 = np.array([[1, 0, size / 2], [0, 1, size / 2], [0, 0, 1]])
-    matrix = (t4 @ t2 @ t1)[:2]
-    crop = cv2.warpAffine(bgr, matrix, (size, size), borderValue=0.0)
-    return cv2.dnn.blobFromImage(crop, 1.0 / std, (size, size), (mean, mean, mean), swapRB=True)
-
-
 def test_genderage_normalisation_rule(tmp_path):
     weight = np.zeros((3, 3 * 96 * 96))
     assert input_normalisation(_genderage_onnx(tmp_path / "a.onnx", weight, [0, 0, 0])) == (0.0, 1.0)
@@ -213,27 +197,7 @@ def test_genderage_normalisation_rule(tmp_path):
     assert input_normalisation(plain) == (127.5, 128.0)
 
 
-@pytest.mark.parametrize("bn_data", [True, False])
-def test_genderage_runner_matches_insightface_preprocessing(tmp_path, samples, bn_data):
-    rng = np.random.default_rng(3)
-    path = _genderage_onnx(tmp_path / "genderage.onnx", rng.normal(0, 1e-4, (3, 3 * 96 * 96)), [0.1, -0.1, 0.3],
-                           bn_data=bn_data)
-    model = GenderAgeRunner(path)
-    assert (model.input_name, model.input_size) == ("data", 96)
-    photo = _rgb(samples, "astronaut.png")
-    boxes = np.array([[175, 80, 275, 185], [-20, 300, 160, 530]], np.float32)  # the face; one off the edge
-    blob = model.blobs(np.stack([photo, photo]), boxes)
-    for index, box in enumerate(boxes):
-        reference = _insightface_blob(photo, box.astype(np.float64), model.mean, model.std)
-        np.testing.assert_allclose(blob[index : index + 1], reference, atol=1e-5)
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reference = session.run(None, {"data": np.concatenate([_insightface_blob(photo, b, model.mean, model.std)
-                                                           for b in boxes.astype(np.float64)])})[0]
-    estimates = model.estimate(np.stack([photo, photo]), boxes)
-    assert [e.age for e in estimates] == pytest.approx(list(reference[:, 2] * 100), abs=1e-3)
-    assert [e.gender for e in estimates] == ["M" if r[1] > r[0] else "F" for r in reference]
+# Cropping, normalisation and decoding against insightface itself: tests/parity/test_insightface.py.
 
 
 def test_genderage_decoding_and_minor_decision(tmp_path, samples):

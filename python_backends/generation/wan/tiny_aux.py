@@ -63,8 +63,8 @@ def make_tiny_t5_checkpoint(folder: Path, cfg: UMT5Config = TINY_T5, seed: int =
     return _save(model, Path(folder) / T5_FILE, torch.bfloat16)
 
 
-def make_tiny_tokenizer(folder: Path) -> Path:
-    """Write a small umT5-like Unigram tokenizer to `<folder>/google/umt5-xxl/`; returns that folder.
+def make_tiny_tokenizer(folder: Path, subfolder: str = TOKENIZER_FOLDER) -> Path:
+    """Write a small umT5-like Unigram tokenizer to `<folder>/<subfolder>/`; returns that folder.
 
     Whole words for a few common prompt words, single characters for everything else, `<unk>` for the rest;
     SentencePiece-style metaspace splitting and an EOS appended, like the real one.
@@ -83,7 +83,7 @@ def make_tiny_tokenizer(folder: Path) -> Path:
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", _SPECIAL.index("</s>"))]
     )
-    out = Path(folder) / TOKENIZER_FOLDER
+    out = Path(folder) / subfolder
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out / "tokenizer.json"))
     special = {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}

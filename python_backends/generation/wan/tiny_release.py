@@ -1,4 +1,5 @@
-"""A complete tiny Wan2.2-S2V-14B release folder with random weights, for CPU tests and smoke runs.
+"""Complete tiny Wan2.2-S2V-14B and Wan2.2-Animate-14B release folders with random weights, for CPU tests and smoke
+runs (the official code loads them too: tests/parity).
 
 Same files and layouts as Wan-AI/Wan2.2-S2V-14B, every part small:
 
@@ -12,24 +13,40 @@ The umT5 keeps the official width 4096 because the DiT's text_dim is not written
 leaves it out), so the DiT always expects 4096-wide text features; its attention and feed-forward are narrow
 to keep the file at a few MB. The wav2vec2 keeps the official 24 layers because the DiT weighs exactly 25
 hidden states; its width is the tiny DiT's audio_dim.
+
+The Animate folder (`make_tiny_animate_release`) adds the CLIP file and its `xlm-roberta-large/` tokenizer folder.
+Its DiT keeps the widths the official WanAnimateModel hard-codes whatever config.json says: the motion encoder's
+512-wide style vector and 512 x 20 direction matrix (so motion_encoder_dim 512), the face encoder's 4 x 1024
+channels; its motion encoder takes 8 x 8 face crops instead of 512 x 512 (one down-sampling block of the official
+size-8 channel table instead of seven). The CLIP vision tower is narrow (160 instead of 1280, 2 layers) but takes
+the released 224 x 224 images: the official cross-attention splits its context after exactly 257 CLIP tokens.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from .animate_configs import ANIMATE_14B, WanAnimateTransformerConfig
 from .configs import S2V_14B
 from .text_encoder import UMT5Config
 from .tiny import TINY_S2V_CONFIG, make_tiny_s2v_checkpoint
+from .tiny_animate import TINY_CLIP_VISION, make_tiny_animate_checkpoint, make_tiny_clip_checkpoint
 from .tiny_aux import make_tiny_t5_checkpoint, make_tiny_tokenizer, make_tiny_vae_checkpoint
 
 TINY_RELEASE_T5 = UMT5Config(
     vocab_size=128, dim=TINY_S2V_CONFIG.text_dim, dim_attn=32, dim_ffn=32, num_heads=4, num_layers=2, num_buckets=32
 )
 TINY_RELEASE_VAE_DIM = 4  # the VAE's per-frame work dominates tiny CPU runs (73 motion frames a clip)
+TINY_RELEASE_CLIP_VISION = replace(TINY_CLIP_VISION, image_size=224)
+TINY_RELEASE_ANIMATE_CONFIG = WanAnimateTransformerConfig(
+    text_len=16, dim=64, ffn_dim=128, freq_dim=32, text_dim=TINY_RELEASE_T5.dim, num_heads=2, num_layers=10,
+    motion_encoder_dim=512, image_dim=TINY_RELEASE_CLIP_VISION.dim, motion_channels=(512, 512), motion_dim=20,
+    face_hidden_dim=1024, face_heads=4,
+)
 SAMPLE_RATE = 16000
 # A minimal CTC vocabulary in the layout of jonatasgrosman/wav2vec2-large-xlsr-53-english's vocab.json.
 _CTC_VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "e": 6, "i": 7, "o": 8, "u": 9, "s": 10,
@@ -76,4 +93,17 @@ def make_tiny_s2v_release(folder: Path | str, seed: int = 0) -> Path:
     make_tiny_t5_checkpoint(folder, cfg=TINY_RELEASE_T5, seed=seed)
     make_tiny_tokenizer(folder)
     make_tiny_wav2vec2(folder / S2V_14B.wav2vec, seed=seed)
+    return folder
+
+
+def make_tiny_animate_release(folder: Path | str, seed: int = 0) -> Path:
+    """Write every file of a Wan2.2-Animate-14B release folder the generator reads, with tiny random weights."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tiny_animate_checkpoint(folder, seed=seed, config=TINY_RELEASE_ANIMATE_CONFIG, with_clip=False)
+    make_tiny_clip_checkpoint(folder, TINY_RELEASE_CLIP_VISION, seed=seed)
+    make_tiny_vae_checkpoint(folder, dim=TINY_RELEASE_VAE_DIM, seed=seed)
+    make_tiny_t5_checkpoint(folder, cfg=TINY_RELEASE_T5, seed=seed)
+    make_tiny_tokenizer(folder)
+    make_tiny_tokenizer(folder, ANIMATE_14B.clip_tokenizer)  # only loaded, never used: Animate reads no CLIP text
     return folder
