@@ -28,9 +28,9 @@ from .fp8_attention import (
     channel_amax,
     check_inputs,
     check_modes,
-    key_mean,
     padded_length,
     pv_dtype,
+    smoothing,
     softmax_scale_log2,
 )
 
@@ -83,15 +83,18 @@ def _to_8bit(x, inverse, INT8: tl.constexpr):
     """x * inverse rounded to e4m3 (nearest even, saturating) or to int8 (nearest even)."""
     y = x * inverse
     if INT8:
-        return ((y + _ROUNDER) - _ROUNDER).to(tl.int8)
-    return tl.clamp(y, -_FP8_MAX, _FP8_MAX).to(tl.float8e4nv)
+        out = ((y + _ROUNDER) - _ROUNDER).to(tl.int8)
+    else:
+        out = tl.clamp(y, -_FP8_MAX, _FP8_MAX).to(tl.float8e4nv)
+    return out
 
 
 @triton.jit
-def _quantize_qk_kernel(X, MEAN, OUT, SCALE, L, L_PAD, H, stride_xb, stride_xl, stride_xh, scale_mul,
+def _quantize_qk_kernel(X, MEAN, MUL, OUT, SCALE, L, L_PAD, H, stride_xb, stride_xl, stride_xh, scale_mul,
                         HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, PER_TOKEN: tl.constexpr,
-                        SMOOTH: tl.constexpr, INT8: tl.constexpr):
-    """BLOCK tokens of one (batch, head) -> 8-bit OUT [B*H, L_PAD, D]; scales per token or for the block."""
+                        HAS_MEAN: tl.constexpr, HAS_MUL: tl.constexpr, INT8: tl.constexpr):
+    """BLOCK tokens of one (batch, head), (x - MEAN) * MUL (per channel, if given) -> 8-bit OUT [B*H, L_PAD, D];
+    scales per token or for the block."""
     pid_l = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bh = pid_bh.to(tl.int64)
@@ -101,9 +104,11 @@ def _quantize_qk_kernel(X, MEAN, OUT, SCALE, L, L_PAD, H, stride_xb, stride_xl, 
     base = X + (pid_bh // H).to(tl.int64) * stride_xb + (pid_bh % H).to(tl.int64) * stride_xh
     x = tl.load(base + offs_l[:, None].to(tl.int64) * stride_xl + offs_d[None, :], mask=valid[:, None],
                 other=0.0).to(tl.float32)
-    if SMOOTH:
+    if HAS_MEAN:
         mean = tl.load(MEAN + bh * HEAD_DIM + offs_d)
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
+    if HAS_MUL:
+        x = x * tl.load(MUL + bh * HEAD_DIM + offs_d)[None, :]
     qmax = _INT8_MAX if INT8 else _FP8_MAX
     if PER_TOKEN:
         amax = tl.maximum(tl.max(tl.abs(x), axis=1), _MIN_AMAX)
@@ -241,8 +246,8 @@ class QuantizedQKV:
     pv: str
 
 
-def _quantize_qk(x: Tensor, int8: bool, per_token: bool, scale_mul: float,
-                 mean: Tensor | None) -> tuple[Tensor, Tensor]:
+def _quantize_qk(x: Tensor, int8: bool, per_token: bool, scale_mul: float, mean: Tensor | None,
+                 mul: Tensor | None) -> tuple[Tensor, Tensor]:
     b, length, h, d = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -251,9 +256,9 @@ def _quantize_qk(x: Tensor, int8: bool, per_token: bool, scale_mul: float,
     scale = torch.empty((b * h, l_pad if per_token else l_pad // QUANT_BLOCK), dtype=torch.float32,
                         device=x.device)
     _quantize_qk_kernel[(l_pad // QUANT_BLOCK, b * h)](
-        x, out if mean is None else mean, out, scale, length, l_pad, h, x.stride(0), x.stride(1), x.stride(2),
-        scale_mul, HEAD_DIM=d, BLOCK=QUANT_BLOCK, PER_TOKEN=per_token, SMOOTH=mean is not None, INT8=int8,
-        num_warps=8)
+        x, scale if mean is None else mean.contiguous(), scale if mul is None else mul.contiguous(), out, scale,
+        length, l_pad, h, x.stride(0), x.stride(1), x.stride(2), scale_mul, HEAD_DIM=d, BLOCK=QUANT_BLOCK,
+        PER_TOKEN=per_token, HAS_MEAN=mean is not None, HAS_MUL=mul is not None, INT8=int8, num_warps=8)
     return out, scale
 
 
@@ -270,15 +275,15 @@ def _quantize_v(v: Tensor) -> tuple[Tensor, Tensor]:
     return out, (amax / FP8_MAX).reshape(b * h, d)
 
 
-def quantize_qkv(q: Tensor, k: Tensor, v: Tensor, qk: str = "fp8", pv: str = "fp8",
-                 smooth_k: bool = True) -> QuantizedQKV:
+def quantize_qkv(q: Tensor, k: Tensor, v: Tensor, qk: str = "fp8", pv: str = "fp8", smooth_k: bool = True,
+                 balance_qk: bool = True) -> QuantizedQKV:
     """Quantise q, k (and v for pv="fp8") with the Triton quantisers: the part of the work before the kernel."""
     check_inputs(q, k, v)
     check_modes(qk, pv)
     int8 = qk == "int8"
-    mean = key_mean(k).reshape(-1, k.shape[-1]) if smooth_k else None
-    q8, q_scale = _quantize_qk(q, int8, True, softmax_scale_log2(q.shape[-1]), None)
-    k8, k_scale = _quantize_qk(k, int8, False, 1.0, mean)
+    smooth = smoothing(q, k, smooth_k, balance_qk)
+    q8, q_scale = _quantize_qk(q, int8, True, softmax_scale_log2(q.shape[-1]), None, smooth.q_mul)
+    k8, k_scale = _quantize_qk(k, int8, False, 1.0, smooth.k_mean, smooth.k_mul)
     if pv == "fp8":
         v8, v_scale = _quantize_v(v)
         return QuantizedQKV(q8, q_scale, k8, k_scale, v8, v_scale, qk, pv)
@@ -310,15 +315,20 @@ def attention_from_quantized(qkv: QuantizedQKV, shape: tuple[int, int, int, int]
 
 
 def fp8_attention_triton(q: Tensor, k: Tensor, v: Tensor, *, qk: str = "fp8", pv: str = "fp8",
-                         smooth_k: bool = True, config: KernelConfig | None = None) -> Tensor:
+                         smooth_k: bool = True, balance_qk: bool = True, config: KernelConfig | None = None) -> Tensor:
     """Quantise and attend: [B, L, H, D] q, k, v -> [B, Lq, H, D] in v's dtype (16-bit V keeps its type)."""
-    qkv = quantize_qkv(q, k, v, qk, pv, smooth_k)
+    qkv = quantize_qkv(q, k, v, qk, pv, smooth_k, balance_qk)
     out_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
     return attention_from_quantized(qkv, tuple(q.shape), k.shape[1], out_dtype, config)
 
 
+def tuned_keys() -> int:
+    """How many (shape bucket, variant) keys the autotuner has tuned: a call that raises it tuned."""
+    return len(_attn_fwd_tuned.cache)
+
+
 def last_autotune() -> dict | None:
-    """The autotuner's last choice and, if that call tuned, each config's median time in ms (None before any)."""
+    """The autotuner's last choice and the median ms of each config in the last tuning (None before any)."""
     best = getattr(_attn_fwd_tuned, "best_config", None)
     if best is None:
         return None
