@@ -28,17 +28,15 @@ toolchain table's shape) and `384p` = 704x384, 21 latent frames (1,056 tokens a 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
 import math
-import platform
 import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "perf"))
 
-from bench_generator import clip_shape, make_inputs  # noqa: E402
+from bench_generator import clip_shape, make_inputs, sdpa_context  # noqa: E402
+from bench_generator import environment as base_environment  # noqa: E402
 
 from python_backends.generation.wan import TINY_S2V_CONFIG, WanS2VTransformerConfig, build_s2v_model  # noqa: E402
 from python_backends.generation.wan.attention import (  # noqa: E402
@@ -60,7 +59,6 @@ from python_backends.generation.wan.fp8_attention import emulate_fp8_attention, 
 from python_backends.generation.wan.transformer import apply_rope, rope_cos_sin  # noqa: E402
 
 SCHEMA = "talkinghead.bench_fp8_attention/1"
-GIB = 1024**3
 VARIANTS = {name: modes for name, modes in ATTENTION_BACKENDS.items() if modes is not None}
 SDPA_BACKENDS = ("cudnn", "flash")
 # name -> (tokens, (frames, height, width) token grid for the rotary positions)
@@ -169,19 +167,6 @@ class Runner:
         """Leave NaN in the allocator's next block of this size, so an output element nothing wrote shows up."""
         if self.cuda:
             torch.full(shape, float("nan"), dtype=dtype, device=self.device)
-
-
-@contextlib.contextmanager
-def sdpa_context(backend: str | None) -> Iterator[None]:
-    if backend is None:
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    chosen = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-              "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
-    with sdpa_kernel([chosen]):
-        yield
 
 
 def query_subset(length: int, count: int, device: torch.device, seed: int) -> torch.Tensor:
@@ -398,16 +383,11 @@ def dit(runner: Runner, blocks: int, tiny: bool, seed: int) -> dict:
 
 
 def environment(device: torch.device, argv: list[str]) -> dict:
-    env = {"command": " ".join(["perf/bench_fp8_attention.py", *argv]), "python": platform.python_version(),
-           "torch": torch.__version__, "cuda": torch.version.cuda, "platform": platform.platform(),
-           "device": str(device)}
+    env = base_environment(device, ["perf/bench_fp8_attention.py", *argv])
     if device.type == "cuda":
         import triton
 
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / GIB, 1), triton=triton.__version__,
-                   multiprocessors=props.multi_processor_count, capability=list(torch.cuda.get_device_capability()),
-                   cudnn=torch.backends.cudnn.version())
+        env["triton"] = triton.__version__
     return env
 
 

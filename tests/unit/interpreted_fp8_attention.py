@@ -66,8 +66,23 @@ def interpreted(monkeypatch: pytest.MonkeyPatch):
 
 
 def _unpad(x: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    """[B*H, L_pad, D] -> [B, H, L, D]."""
+    """[B*H, L_pad, ...] -> [B, H, L, ...]."""
     return x.view(batch, -1, *x.shape[1:])[:, :, :length]
+
+
+def _v_of(got, batch: int, lk: int) -> torch.Tensor:
+    """The kernel's V operand as [B, H, Lk, D]: e4m3 stored transposed [B*H, D, Lk_pad], or the 16-bit input."""
+    if got.pv == "fp8":
+        return _unpad(got.v.transpose(1, 2), batch, lk)
+    return got.v.transpose(1, 2)
+
+
+def _emulated(got, batch: int, lq: int, lk: int, block_n: int) -> torch.Tensor:
+    """attend_quantized on exactly the operands the kernel read: [B, Lq, H, D]."""
+    v_scale = None if got.v_scale is None else got.v_scale.view(batch, -1, got.v_scale.shape[-1])
+    return attend_quantized(_unpad(got.q8, batch, lq), _unpad(got.q_scale, batch, lq), _unpad(got.k8, batch, lk),
+                            got.k_scale.view(batch, -1, got.k_scale.shape[-1]), _v_of(got, batch, lk), v_scale,
+                            block_n=block_n).transpose(1, 2)
 
 
 @pytest.mark.parametrize("qk", QK_MODES)
@@ -80,12 +95,11 @@ def test_interpreted_quantisers_match_the_torch_ones(interpreted, qk: str) -> No
     q8, q_scale = quantize_per_token(q, qk, softmax_scale_log2(32), smooth.q_mul)
     k8, k_scale = quantize_per_block(k, qk, 128, smooth.k_mean, smooth.k_mul)
     v8, v_scale = quantize_per_channel(v)
-    for kernel, torch_q in ((_unpad(got.q8, 2, 150), q8), (_unpad(got.k8, 2, 230), k8),
-                            (_unpad(got.v, 2, 32).view(2, 2, 32, -1)[..., :230].transpose(-1, -2), v8)):
+    for kernel, torch_q in ((_unpad(got.q8, 2, 150), q8), (_unpad(got.k8, 2, 230), k8), (_v_of(got, 2, 230), v8)):
         diff = (kernel.float() - torch_q.float()).abs()
         # int8: a value on a rounding tie may land one step apart (float32 evaluation order); e4m3: identical
         assert diff.max() <= (1 if qk == "int8" else 0) and (diff > 0).float().mean() < 1e-3
-    torch.testing.assert_close(_unpad(got.q_scale.unsqueeze(-1), 2, 150).squeeze(-1), q_scale)
+    torch.testing.assert_close(_unpad(got.q_scale, 2, 150), q_scale)
     torch.testing.assert_close(got.k_scale.view(2, 2, -1), k_scale)
     torch.testing.assert_close(got.v_scale.view(2, 2, 32), v_scale)
     # the padding holds zeros (the kernel reads whole blocks of it)
@@ -100,16 +114,33 @@ def test_interpreted_kernel_computes_the_emulated_online_softmax(interpreted, qk
     if pv == "bf16":
         v = v.half()  # the same 16-bit code path; the interpreter's numpy dot cannot multiply bf16
     got = interpreted.quantize_qkv(q, k, v, qk, pv)
-    if pv == "fp8":
-        values, v_scale = _unpad(got.v, batch, d).view(batch, heads, d, -1)[..., :lk].transpose(-1, -2), \
-            got.v_scale.view(batch, heads, d)
-    else:
-        values, v_scale = v.transpose(1, 2), None
     for config in (interpreted.KernelConfig(64, 64, 4, 2), interpreted.KernelConfig(128, 128, 8, 3)):
         out = interpreted.attention_from_quantized(got, tuple(q.shape), lk, torch.float32, config)
-        expected = attend_quantized(_unpad(got.q8, batch, lq), _unpad(got.q_scale.unsqueeze(-1), batch, lq)
-                                    .squeeze(-1), _unpad(got.k8, batch, lk), got.k_scale.view(batch, heads, -1),
-                                    values, v_scale, block_n=config.block_n).transpose(1, 2)
-        assert rel_error(out, expected) < 1e-5, config
+        assert rel_error(out, _emulated(got, batch, lq, lk, config.block_n)) < 1e-5, config
     end_to_end = interpreted.fp8_attention_triton(q, k, v, qk=qk, pv=pv, config=interpreted.KernelConfig(64, 64))
     assert rel_error(end_to_end, reference_attention(q, k, v)) < TOLERANCE[(qk, pv)]
+
+
+def test_interpreted_autotuned_launch_tries_every_config_and_keeps_the_fastest(interpreted,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path the model takes (config=None): the autotuner runs each config once; its timer here is the wall
+    clock (do_bench needs CUDA events), so which config wins is arbitrary, and the output must be that config's."""
+    import time
+
+    def wall_clock(fn, quantiles=None, **_):
+        start = time.perf_counter()
+        fn()
+        elapsed = (time.perf_counter() - start) * 1e3
+        return [elapsed] * len(quantiles) if quantiles else elapsed
+
+    monkeypatch.setitem(interpreted._attn_fwd_tuned.__dict__, "do_bench", wall_clock)
+    batch, lq, lk, heads, d = 1, 100, 140, 2, 32
+    q, k, v = qkv(batch, lq, lk, heads, d, seed=14)
+    got = interpreted.quantize_qkv(q, k, v, "int8", "fp8")
+    tuned = interpreted.tuned_keys()
+    out = interpreted.attention_from_quantized(got, tuple(q.shape), lk, torch.float32)
+    assert interpreted.tuned_keys() == tuned + 1
+    report = interpreted.last_autotune()
+    assert len(report["timings_ms"]) == len(interpreted.AUTOTUNE_CONFIGS)
+    block_n = int(report["config"].split("BLOCK_N: ")[1].split(",")[0])
+    assert rel_error(out, _emulated(got, batch, lq, lk, block_n)) < 1e-5
