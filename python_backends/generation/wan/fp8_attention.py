@@ -17,11 +17,13 @@ The fused Triton kernel (fp8_attention_triton.py, imported only when a CUDA tens
   final division by the row sum;
 * P V either in e4m3 (P rounded to e4m3, V in e4m3 with one scale per head and channel, the product of each key
   block added to the float32 accumulator on its own, because Hopper's FP8 tensor-core accumulator keeps fewer
-  bits than float32) or in bf16 (P and V in bf16, as the bf16 kernels do), PV_MODES.
+  bits than float32, as SageAttention2 and DeepSeek-V3 report) or in bf16 (P and V in bf16, as the bf16
+  kernels do), PV_MODES.
 
-`emulate_fp8_attention` is the same computation in torch, block by block in the kernel's order, with the same
-quantisers: the CPU reference the kernel is tested against (through the Triton interpreter) and what
-`fp8_attention` runs on the CPU. Float32 or float64 attention is the reference both are measured against.
+`emulate_fp8_attention` is the same computation in torch (the same quantisers, then `attend_quantized`: the
+kernel's online softmax block by block in its order): the reference the kernel is tested against (through the
+Triton interpreter) and what `fp8_attention` runs on the CPU. Float32 or float64 attention is the reference
+both are measured against.
 """
 
 from __future__ import annotations

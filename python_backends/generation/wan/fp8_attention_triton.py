@@ -1,4 +1,4 @@
-"""The Triton kernels of the FP8 attention (fp8_attention.py describes the math): quantisers and fused forward.
+"""The Triton kernels of the 8-bit attention (fp8_attention.py describes the math): quantisers and fused forward.
 
 Imported only when a CUDA tensor (or the Triton interpreter, in tests) needs them: it imports triton.
 
@@ -42,8 +42,8 @@ _P_SHIFT = tl.constexpr(P_SHIFT)
 # |i| < 2^22 (int8 scores: |i| <= 127^2 * 128) added to its bit pattern is the float32 1.5 * 2^23 + i. Both
 # exact; the second replaces the int32 -> float32 conversion of the INT8 scores (a quarter of the FMA rate).
 _ROUNDER = tl.constexpr(INT8_SCORE_OFFSET)
-_ROUNDER_BITS = tl.constexpr(0x4B400000)
-QUANT_BLOCK = 128  # tokens per quantiser program (a multiple of K_SCALE_BLOCK's divisor; = K_SCALE_BLOCK)
+_ROUNDER_BITS = tl.constexpr(0x4B400000)  # the float32 bits of 1.5 * 2^23
+QUANT_BLOCK = K_SCALE_BLOCK  # tokens per quantiser program: a K block's scale is its program's maximum
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,6 @@ class KernelConfig:
     def __post_init__(self) -> None:
         if K_SCALE_BLOCK % self.block_n:
             raise ValueError(f"block_n must divide {K_SCALE_BLOCK}, got {self.block_n}")
-
-    def name(self) -> str:
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}"
 
 
 # Hopper, head_dim 128: a 128-row query block over two warpgroups (64 rows each) is the shape FlashAttention-3
@@ -316,10 +313,9 @@ def attention_from_quantized(qkv: QuantizedQKV, shape: tuple[int, int, int, int]
 
 def fp8_attention_triton(q: Tensor, k: Tensor, v: Tensor, *, qk: str = "fp8", pv: str = "fp8",
                          smooth_k: bool = True, balance_qk: bool = True, config: KernelConfig | None = None) -> Tensor:
-    """Quantise and attend: [B, L, H, D] q, k, v -> [B, Lq, H, D] in v's dtype (16-bit V keeps its type)."""
+    """Quantise and attend: [B, L, H, D] q, k, v -> [B, Lq, H, D] in v's dtype."""
     qkv = quantize_qkv(q, k, v, qk, pv, smooth_k, balance_qk)
-    out_dtype = v.dtype if v.dtype in (torch.bfloat16, torch.float16) else torch.float32
-    return attention_from_quantized(qkv, tuple(q.shape), k.shape[1], out_dtype, config)
+    return attention_from_quantized(qkv, tuple(q.shape), k.shape[1], v.dtype, config)
 
 
 def tuned_keys() -> int:
