@@ -7,6 +7,7 @@ emulation, operand for operand. perf/bench_fp8_attention.py measures the kernel 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -268,3 +269,39 @@ def test_cuda_kernel_matches_its_emulation(qk: str, pv: str) -> None:
     assert rel_error(out, reference_attention(q, k, v)) < TOLERANCE[(qk, pv)]
     compiled = torch.compile(lambda a, b, c: fp8_attention(a, b, c, qk=qk, pv=pv) * 2, fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), out * 2)
+
+
+# ---- the benchmark's CPU mode ---------------------------------------------------------------------------------
+
+
+def test_benchmark_cpu_smoke_run_writes_every_section(tmp_path: Path) -> None:
+    import bench_fp8_attention as bench
+
+    out = tmp_path / "fp8_attention_cpu.json"
+    bench.main(["--tiny-cpu", "--shapes", "tiny-b", "--blocks", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["schema"] == bench.SCHEMA and result["implementation"].startswith("torch emulation")
+    names = {"sdpa_cudnn", "sdpa_flash", *bench.VARIANTS}
+    accuracy = {(e["input"], e["name"]): e for e in result["accuracy"]}
+    assert all(e["status"] == "ok" for e in result["accuracy"])
+    for kind in ("gaussian", "wan_like"):
+        for name in bench.VARIANTS:
+            err = accuracy[(kind, name)]["vs_float32"]["rel_l2"]
+            assert 2 * BF16_ERROR < err < 0.1, (kind, name)  # 8-bit, within what 8 bits cost on such data
+        assert accuracy[(kind, "sdpa_cudnn")]["vs_float32"]["rel_l2"] < 1e-5  # float32 on the CPU
+    assert {e["name"] for e in result["speed"]} == names | {"sdpa_cudnn_again"}
+    forward = {e["name"]: e for e in result["dit"]["forward"]}
+    assert set(forward) == names and all(e["status"] == "ok" and e["finite"] for e in forward.values())
+    for name in bench.VARIANTS:
+        assert 0 < forward[name]["vs_sdpa_cudnn"]["rel_l2"] < 0.02
+    assert result["dit"]["float32_model"]["status"] == "ok"
+    assert {e["name"] for e in result["dit"]["block_time"]} == names
+
+
+def test_benchmark_without_cuda_stops_with_a_message(tmp_path: Path) -> None:
+    import bench_fp8_attention as bench
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        bench.main(["--out", str(tmp_path / "x.json")])
