@@ -289,10 +289,14 @@ def quantize_qkv(q: Tensor, k: Tensor, v: Tensor, qk: str = "fp8", pv: str = "fp
 
 
 def attention_from_quantized(qkv: QuantizedQKV, shape: tuple[int, int, int, int], lk: int, out_dtype: torch.dtype,
-                             config: KernelConfig | None = None) -> Tensor:
-    """The fused kernel on quantised inputs: [B, Lq, H, D] `shape` of the output. config None: autotuned."""
+                             config: KernelConfig | None = None, out: Tensor | None = None) -> Tensor:
+    """The fused kernel on quantised inputs: [B, Lq, H, D] `shape` of the output (written into `out` if given,
+    contiguous). config None: autotuned."""
     b, lq, h, d = shape
-    out = torch.empty(shape, dtype=out_dtype, device=qkv.q8.device)
+    if out is None:
+        out = torch.empty(shape, dtype=out_dtype, device=qkv.q8.device)
+    elif out.shape != shape or out.dtype != out_dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {out_dtype} {list(shape)} with a unit last stride")
     pv_fp8 = qkv.pv == "fp8"
     if pv_fp8:  # [B*H, D, Lk_pad]: token stride 1, channel stride Lk_pad
         v_strides = (h * qkv.v.stride(0), qkv.v.stride(0), 1, qkv.v.stride(1))
@@ -312,10 +316,11 @@ def attention_from_quantized(qkv: QuantizedQKV, shape: tuple[int, int, int, int]
 
 
 def fp8_attention_triton(q: Tensor, k: Tensor, v: Tensor, *, qk: str = "fp8", pv: str = "fp8",
-                         smooth_k: bool = True, balance_qk: bool = True, config: KernelConfig | None = None) -> Tensor:
-    """Quantise and attend: [B, L, H, D] q, k, v -> [B, Lq, H, D] in v's dtype."""
+                         smooth_k: bool = True, balance_qk: bool = True, config: KernelConfig | None = None,
+                         out: Tensor | None = None) -> Tensor:
+    """Quantise and attend: [B, L, H, D] q, k, v -> [B, Lq, H, D] in v's dtype (into `out` if given)."""
     qkv = quantize_qkv(q, k, v, qk, pv, smooth_k, balance_qk)
-    return attention_from_quantized(qkv, tuple(q.shape), k.shape[1], v.dtype, config)
+    return attention_from_quantized(qkv, tuple(q.shape), k.shape[1], v.dtype, config, out)
 
 
 def tuned_keys() -> int:
