@@ -2,6 +2,7 @@
 
 One run on a Hopper GPU (H200; about 3-4 minutes, most of it compiling and autotuning 4 kernel variants):
 
+0. kernel checks at 1,000 tokens: each variant against its torch emulation on the GPU, one under torch.compile;
 1. accuracy, per shape and input kind, on fresh inputs each time: a float32 reference (TF32 off) for a subset of
    queries; SDPA cuDNN and flash (bf16) and every kernel variant (ATTENTION_BACKENDS: Q.K^T in e4m3 or int8, P.V
    in e4m3 or bf16) against it (max abs error, ||out - ref|| / ||ref||) and against cuDNN (on all queries: this
@@ -255,6 +256,32 @@ def accuracy(runner: Runner, shape: str, kind: str, q: torch.Tensor, k: torch.Te
     return entries
 
 
+def kernel_checks(runner: Runner, heads: int, head_dim: int, seed: int) -> list[dict]:
+    """On the GPU, at 1,000 tokens: each variant against its torch emulation (run on the GPU too), and one
+    through torch.compile(fullgraph=True) as the engine's `compile` option runs it (the op stays opaque)."""
+    q, k, v = gaussian_qkv(1000, heads, head_dim, device=runner.device, dtype=torch.bfloat16, seed=seed)
+    entries = []
+    for name, (qk, pv) in VARIANTS.items():
+        def body(entry: dict, name: str = name, qk: str = qk, pv: str = pv) -> None:
+            out = runner.variant(name, poison=True)(q, k, v)
+            entry["vs_emulation"] = errors(out, emulate_fp8_attention(q, k, v, qk=qk, pv=pv))
+            if entry["vs_emulation"]["rel_l2"] > 1e-2 or not entry["vs_emulation"]["finite"]:
+                entry["status"] = "wrong_result"
+
+        entries.append(guarded({"name": name, "tokens": 1000}, body))
+
+    def compiled(entry: dict) -> None:
+        fn = attention_function("triton_qk_int8_pv_fp8")
+        out = torch.compile(lambda a, b, c: fn(a, b, c) * 2, fullgraph=True)(q, k, v)
+        entry["vs_eager"] = errors(out, fn(q, k, v) * 2)
+
+    entries.append(guarded({"name": "torch.compile(triton_qk_int8_pv_fp8)", "tokens": 1000}, compiled))
+    for e in entries:
+        detail = e.get("vs_emulation", e.get("vs_eager", {})).get("rel_l2", float("nan"))
+        print(f"  check {e['name']:<40} {e['status']:<12} rel {detail:.1e}", flush=True)
+    return entries
+
+
 def speed(runner: Runner, shape: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[dict]:
     """Median times of every implementation at this shape; the variants also split into quantise and kernel."""
     b, length, heads, head_dim = q.shape
@@ -465,6 +492,9 @@ def main(argv: list[str] | None = None) -> dict:
         return False
 
     seed = args.seed
+    if runner.cuda and on_time("kernel checks"):
+        result["kernel_checks"] = kernel_checks(runner, heads, head_dim, seed)
+        save()
     for index, shape in enumerate(args.shape_names):
         length, grid = table[shape]
         inputs = None
