@@ -260,12 +260,16 @@ def _fp8_gpu() -> bool:
 @pytest.mark.parametrize("qk", QK_MODES)
 @pytest.mark.parametrize("pv", PV_MODES)
 def test_cuda_kernel_matches_its_emulation(qk: str, pv: str) -> None:
+    from python_backends.generation.wan.fp8_attention_triton import KernelConfig, fp8_attention_triton
+
     g = torch.Generator(device="cuda").manual_seed(14)
     q, k, v = (torch.randn(1, 1000, 4, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
-    out = fp8_attention(q, k, v, qk=qk, pv=pv)
+    for config in (KernelConfig(128, 128, 8, 3), KernelConfig(128, 64, 8, 3)):
+        out = fp8_attention_triton(q, k, v, qk=qk, pv=pv, config=config)
+        # bf16 output rounding, and a few P roundings moved by the GPU's FMA contraction
+        assert rel_error(out, emulate_fp8_attention(q, k, v, qk=qk, pv=pv, block_n=config.block_n)) < 1e-2
+    out = fp8_attention(q, k, v, qk=qk, pv=pv)  # autotuned, through the custom op
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    # FMA contraction on the GPU moves a few P roundings; bf16 output rounding
-    assert rel_error(out, emulate_fp8_attention(q, k, v, qk=qk, pv=pv)) < 1e-2
     assert rel_error(out, reference_attention(q, k, v)) < TOLERANCE[(qk, pv)]
     compiled = torch.compile(lambda a, b, c: fp8_attention(a, b, c, qk=qk, pv=pv) * 2, fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), out * 2)
