@@ -45,11 +45,13 @@ class VideoGeneratorSettings:
     animate_folder: str = "Wan2.2-Animate-14B"
     preload: bool = False  # load the Wan engine at start instead of on first use
     # Wan engine switches (WanS2VOptions): sampler unipc|euler, default steps (0: official 40), a LoRA file in
-    # the release folder (e.g. step-distilled), FP8 linear layers (rowwise|tensor|none), torch.compile.
+    # the release folder (e.g. step-distilled), FP8 linear layers (rowwise|tensor|none), the self-attention
+    # (sdpa or an 8-bit Triton kernel, wan/attention.py ATTENTION_BACKENDS), torch.compile.
     wan_sampler: str = "unipc"
     wan_steps: int = 0
     wan_lora: str = ""
     wan_fp8: str = "none"
+    wan_attention: str = "sdpa"
     wan_compile: bool = False
     wan_vae_dtype: str = "float32"
 
@@ -118,8 +120,8 @@ def _load_wan(name: str, folder: Path, device: str, settings: VideoGeneratorSett
 
         options = WanS2VOptions(
             sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
-            fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, compile=settings.wan_compile,
-            vae_dtype=settings.wan_vae_dtype,
+            fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, attention_backend=settings.wan_attention,
+            compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
         )
         return WanS2VEngine.from_folder(folder, device=device, options=options)
     from .wan.animate_engine import WanAnimateEngine

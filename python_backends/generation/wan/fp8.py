@@ -34,7 +34,7 @@ SCALINGS = ("rowwise", "tensor")
 # Projections of each block converted by default (suffixes of names under `blocks.<i>.`).
 BLOCK_LAYERS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o",
                 "ffn.0", "ffn.2")
-_MIN_AMAX = 1e-12  # an all-zero row must not divide by zero
+MIN_AMAX = 1e-12  # an all-zero row must not divide by zero
 
 
 def quantize(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +45,7 @@ def quantize(x: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]
         amax = torch.linalg.vector_norm(x, ord=float("inf"), dtype=torch.float32)
     else:
         raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
-    scale = amax.clamp(min=_MIN_AMAX) / FP8_MAX
+    scale = amax.clamp(min=MIN_AMAX) / FP8_MAX
     q = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale
 

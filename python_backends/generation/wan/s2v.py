@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import AttentionFn, attention
 from .configs import WanS2VTransformerConfig
 from .transformer import (
     FP32LayerNorm,
@@ -307,6 +308,8 @@ class WanS2VTransformer(nn.Module):
         if config.enable_framepack:
             self.frame_packer = FramePackMotioner(dim, config.framepack_drop_mode)
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the blocks' self-attention (attention.attention_function: SDPA or the 8-bit kernel); not a weight
+        self.self_attention: AttentionFn = attention
 
     # -- token layout ---------------------------------------------------------------------------------------
 
@@ -493,7 +496,7 @@ class WanS2VTransformer(nn.Module):
                                      motion_frames, add_last_motion, drop_motion_frames)
         x = tokens.x
         for index, block in enumerate(self.blocks):
-            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, tokens.context)
+            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, tokens.context, self.self_attention)
             if index in self.audio_injector.injected_block_id:
                 x = self._inject_audio(index, x, tokens)
         out = self.head(x[:, : tokens.n_video], tokens.e)

@@ -75,6 +75,7 @@ from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
 from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
 from ...errors import InputError, WeightsUnavailable
 from ..job import FrameChunk, GenerationJob, segment_range
+from .attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
 from .checkpoint import check_release_layout, load_s2v_transformer
 from .configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from .s2v import WanS2VTransformer, cfg_forward, guide
@@ -126,6 +127,8 @@ class WanS2VOptions:
     #                          a path, absolute or relative to the release folder; pair it with sampler=euler
     lora_alpha: float | None = None  # None: alpha = rank (scale 1)
     fp8: str | None = None  # rowwise | tensor: FP8 e4m3 linear layers (Hopper/Ada); None keeps bf16
+    # The DiT's self-attention: sdpa, or our 8-bit Triton kernel (attention.ATTENTION_BACKENDS; CUDA 8.9+)
+    attention_backend: str = SDPA
     compile: bool = False  # torch.compile the DiT (first request pays the compile time)
 
     def __post_init__(self) -> None:
@@ -145,6 +148,9 @@ class WanS2VOptions:
             raise ValueError(f"decode_context_latents must be >= 1 or None, got {self.decode_context_latents}")
         if self.fp8 not in (None, "rowwise", "tensor"):
             raise ValueError(f"fp8 must be rowwise, tensor or unset, got {self.fp8!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                             f"got {self.attention_backend!r}")
         if self.vae_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
 
@@ -724,8 +730,8 @@ class WanS2VEngine(WanEngineBase):
         return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info)
 
 
-def _apply_speed_options(transformer: torch.nn.Module, folder: Path, options: WanS2VOptions) -> None:
-    """LoRA merge first (it changes the bf16 weights), then FP8 conversion, then compilation."""
+def _apply_speed_options(transformer: WanS2VTransformer, folder: Path, options: WanS2VOptions) -> None:
+    """LoRA merge first (it changes the bf16 weights), then FP8 conversion, the attention, then compilation."""
     if options.lora:
         from .animate_lora import merge_lora_, read_lora_state
 
@@ -738,6 +744,10 @@ def _apply_speed_options(transformer: torch.nn.Module, folder: Path, options: Wa
 
         converted = convert_to_fp8(transformer, options.fp8, use_fast_accum=True)
         log.info("FP8 (%s) linear layers: %d", options.fp8, converted)
+    if options.attention_backend != SDPA:
+        check_attention_backend(options.attention_backend, next(transformer.parameters()).device)
+        transformer.self_attention = attention_function(options.attention_backend)
+        log.info("self-attention: %s", options.attention_backend)
     if options.compile:
         # Regional compilation, as perf/bench_generator.py measures it: one graph serves every block. Compiling
         # the whole DiT instead did not finish a 1 s warm-up clip in 9 minutes on the H100 (the surrounding code

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .attention import attention
+from .attention import AttentionFn, attention
 from .configs import WanS2VTransformerConfig
 from .s2v import WanS2VTransformer
 from .transformer import unpatchify
@@ -100,13 +100,16 @@ class SequenceGroup:
 
 
 def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group: SequenceGroup,
-                      sizes: Sequence[int]) -> torch.Tensor:
-    """Self-attention of this rank's tokens against the whole sequence: [B, L_rank, H, d] in and out."""
+                      sizes: Sequence[int], attn: AttentionFn = attention) -> torch.Tensor:
+    """Self-attention of this rank's tokens against the whole sequence: [B, L_rank, H, d] in and out.
+
+    `attn` computes the attention of the gathered sequence on this rank's heads (the model's self_attention).
+    """
     b = q.shape[0]
     dtype = v.dtype
     qkv = torch.cat([q.to(dtype), k.to(dtype), v])  # one exchange for the three: [3B, L_rank, H, d]
     q, k, v = group.seq_to_heads(qkv, sizes).split(b)
-    return group.heads_to_seq(attention(q, k, v), sizes)
+    return group.heads_to_seq(attn(q, k, v), sizes)
 
 
 @torch.no_grad()
@@ -130,7 +133,7 @@ def sequence_parallel_forward(model: WanS2VTransformer, group: SequenceGroup, *a
     x = tokens.x[:, start : start + length].contiguous()
     cos, sin = tokens.cos[start : start + length], tokens.sin[start : start + length]  # global positions
     bounds = tuple(min(max(edge - start, 0), length) for edge in tokens.bounds)
-    attn = partial(ulysses_attention, group=group, sizes=sizes)
+    attn = partial(ulysses_attention, group=group, sizes=sizes, attn=model.self_attention)
     for index, block in enumerate(model.blocks):
         x = block(x, tokens.e0, bounds, cos, sin, tokens.context, self_attention=attn)
         if index in model.audio_injector.injected_block_id:

@@ -14,17 +14,15 @@ is float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import AttentionFn, attention
 
 ROPE_THETA = 10000.0
-# (q, k, v) [B, L, heads, head_dim] -> [B, L, heads, head_dim]
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
