@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -e '.[server,dev,gateway]'
 	# facenet-pytorch pins an old torch; we only read its shipped MTCNN weights, so skip its deps.
 	$(BIN)/pip install --no-deps facenet-pytorch==2.6.0
+	# framelift's own RIFE 4.26 IFNet is the test oracle of ours; its deps would add opencv-python beside headless.
+	$(BIN)/pip install --no-deps framelift-video==2.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
