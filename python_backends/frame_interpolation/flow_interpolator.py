@@ -2,8 +2,8 @@
 
 For frames I0, I1 and a time t in (0, 1):
 1. Flows both ways in one batch (`flow.estimate_flow`): F01 with I0(x) ~ I1(x + F01(x)), and F10; at half
-   resolution from a short side of `half_resolution_from` pixels on (a third of the cost, and on real video as
-   good: 34.30 / 34.33 dB at 720p, 39.0 / 38.4 dB at 640x272 in our trials).
+   resolution from a short side of `half_resolution_from` pixels on (about a third of the cost; on real video
+   as good as full resolution: perf/RESULTS.md, "flow-full").
 2. Occlusion by forward-backward consistency (Sundaram et al., ECCV 2010): a pixel of I0 whose flow does not
    come back, |F01 + F10(x + F01)|^2 > a (|F01|^2 + |F10(x + F01)|^2) + b, has no match in I1 (it is covered or
    leaves the frame); the same for I1.
@@ -80,8 +80,8 @@ class FlowInterpolator:
         self.settings = settings or FlowInterpolatorSettings()
 
     @torch.no_grad()
-    def interpolate(self, image0: torch.Tensor, image1: torch.Tensor, times: Sequence[float]) -> torch.Tensor:
-        """[T, 3, H, W] frames at `times` between image0 and image1 ([1, 3, H, W] in [0, 1])."""
+    def flows(self, image0: torch.Tensor, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F01, F10), each [1, 2, H, W], for images [1, 3, H, W] in [0, 1] (module docstring, step 1)."""
         s = self.settings
         first, second = torch.cat([image0, image1]), torch.cat([image1, image0])
         if min(image0.shape[-2:]) >= s.half_resolution_from:
@@ -90,7 +90,13 @@ class FlowInterpolator:
             flows = F.interpolate(flows, size=image0.shape[-2:], mode="bilinear", align_corners=False) * 2.0
         else:
             flows = estimate_flow(first, second, s.flow)
-        f01, f10 = flows[:1], flows[1:]
+        return flows[:1], flows[1:]
+
+    @torch.no_grad()
+    def synthesize(self, image0: torch.Tensor, image1: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor,
+                   times: Sequence[float]) -> torch.Tensor:
+        """[T, 3, H, W] frames at `times` from the two images and their flows (module docstring, steps 2-4)."""
+        s = self.settings
         occ0 = occlusion(f01, f10, s.consistency_alpha, s.consistency_beta)
         occ1 = occlusion(f10, f01, s.consistency_alpha, s.consistency_beta)
         t = torch.tensor(list(times), device=image0.device, dtype=image0.dtype).view(-1, 1, 1, 1)
@@ -103,6 +109,10 @@ class FlowInterpolator:
         w0 = (1 - t) * (1 - hidden1) + 1e-3 * (1 - t)  # the small terms: plain blend where both are hidden
         w1 = t * (1 - hidden0) + 1e-3 * t
         return (w0 * warped0 + w1 * warped1) / (w0 + w1)
+
+    def interpolate(self, image0: torch.Tensor, image1: torch.Tensor, times: Sequence[float]) -> torch.Tensor:
+        """[T, 3, H, W] frames at `times` between image0 and image1 ([1, 3, H, W] in [0, 1])."""
+        return self.synthesize(image0, image1, *self.flows(image0, image1), times)
 
     def __call__(self, frame0: np.ndarray, frame1: np.ndarray, times: Sequence[float]) -> list[np.ndarray]:
         """Frames [H, W, 3] uint8 at `times` in (0, 1) between two frames [H, W, 3] uint8."""
