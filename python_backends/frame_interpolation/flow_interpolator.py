@@ -2,8 +2,8 @@
 
 For frames I0, I1 and a time t in (0, 1):
 1. Flows both ways in one batch (`flow.estimate_flow`): F01 with I0(x) ~ I1(x + F01(x)), and F10; at half
-   resolution from a short side of `half_resolution_from` pixels on (about a third of the cost; on real video
-   as good as full resolution: perf/RESULTS.md, "flow-full").
+   resolution from a short side of `half_resolution_from` pixels on (less than half the cost; on real video
+   within 0.11 dB of full resolution: perf/RESULTS.md, "flow-full").
 2. Occlusion by forward-backward consistency (Sundaram et al., ECCV 2010): a pixel of I0 whose flow does not
    come back, |F01 + F10(x + F01)|^2 > a (|F01|^2 + |F10(x + F01)|^2) + b, has no match in I1 (it is covered or
    leaves the frame); the same for I1.
