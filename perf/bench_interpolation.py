@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--frames", type=int, default=61, help="first frames of each video (0: all)")
     parser.add_argument("--videos", default=",".join(VIDEOS))
     parser.add_argument("--cost-frames", type=int, default=9, help="16 fps source frames per cost run")
+    parser.add_argument("--cost-sizes", default=",".join(f"{w}x{h}" for w, h in COST_SIZES))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); one "
                         "makes CPU-ms the work of one core, steady on a shared machine")
     parser.add_argument("--markdown", type=Path, help="print the RESULTS tables of a JSON written before")
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     costed = {"repeat": None, "flow": FlowInterpolator(args.device), "rife-4.26": load_rife(rife_path, args.device)}
     if on_cpu:
         costed["dis"] = DisInterpolator()
-    for size in COST_SIZES:
+    for size in [tuple(int(v) for v in text.split("x")) for text in args.cost_sizes.split(",")]:
         for name, interpolator in costed.items():
             result["cost"].append(cost(frames, size, name, interpolator, args.device))
     result["load_average_end"] = list(os.getloadavg())

@@ -4,7 +4,9 @@ choice of method and weights."""
 
 from __future__ import annotations
 
+import json
 import math
+import types
 from pathlib import Path
 
 import cv2
@@ -307,3 +309,46 @@ def test_rife_without_its_file_says_where_to_put_it(tmp_path: Path) -> None:
     assert row.source == UNAVAILABLE and "flownet.pkl" in row.note
     with pytest.raises(ConfigError, match="interpolation must be one of"):
         InterpolationSettings(interpolation="linear")
+
+
+def test_the_video_generator_gives_loaded_wan_engines_the_configured_interpolation(rife_file: Path, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    from python_backends.generation import service
+
+    (tmp_path / "video_generator" / "Wan2.2-S2V-14B").mkdir(parents=True)
+    monkeypatch.setattr(service, "_load_wan", lambda *args: types.SimpleNamespace())  # the wiring, not the DiT
+
+    def engine(**parameters):
+        settings = service.VideoGeneratorSettings(frame_interpolation=InterpolationSettings(**parameters))
+        return service.EngineRegistry(settings, "cpu", root=tmp_path).get(service.S2V)
+
+    assert engine().interpolation == Interpolation(FLOW)
+    assert engine(interpolation="none").interpolation == Interpolation(NONE)
+    target = tmp_path / "video_generator" / "RIFE" / "flownet.pkl"
+    target.parent.mkdir()
+    torch.save({"module.encode.cnn0.weight": torch.zeros(1)}, target)  # not RIFE 4.26: refused at load
+    with pytest.raises(WeightsUnavailable, match="missing key"):
+        engine()
+    target.write_bytes(rife_file.read_bytes())
+    assert engine().interpolation.method == RIFE
+
+
+def test_benchmark_scores_real_frames(tmp_path: Path) -> None:
+    """perf/bench_interpolation.py on a few frames of the real talking-face video: its JSON, and flow beating
+    repetition there (the full run's figures are in perf/RESULTS.md)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "perf" / "bench_interpolation.py"
+    spec = importlib.util.spec_from_file_location("bench_interpolation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "interpolation.json"
+    bench.main(["--out", str(out), "--frames", "9", "--videos", "carphone_pristine.mp4", "--cost-frames", "2",
+                "--cost-sizes", "64x48"])
+    result = json.loads(out.read_text())
+    methods = result["quality"][0]["keep_1_of_2"]["methods"]
+    assert result["quality"][0]["keep_1_of_2"]["held_out_frames"] == 4
+    assert methods["flow"]["psnr"] > methods["repeat"]["psnr"] + 1 and methods["flow"]["ssim"] > methods["repeat"][
+        "ssim"]
+    assert {row["method"] for row in result["cost"]} == {"repeat", "flow", "rife-4.26", "dis"}
+    assert all(row["interpolated_frames"] == 1 for row in result["cost"])
