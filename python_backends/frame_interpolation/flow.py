@@ -5,7 +5,7 @@ is warped by the current flow and the flow is corrected `iterations` times by th
 linearised brightness constancy over a Gaussian window (all colour channels are constraints), with a small
 Tikhonov term so flat regions keep the flow they inherited instead of blowing up; the flow is then median
 filtered (removes isolated outliers) and carried up to the next level. Each step is a handful of convolutions
-and one grid_sample, so a whole frame costs a few milliseconds on a GPU.
+and one grid_sample, all batched, which is what a GPU runs well (cost: perf/bench_interpolation.py).
 
 The flow uses the backward-warp convention: image0(x) ~ image1(x + flow(x)).
 """
