@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	# The official Wan2.2 code, the oracle of tests/parity: its own requirements (torchvision, decord, dashscope,
 	# flash_attn) cannot be installed beside the CPU torch; the `parity` extra holds what its modules import.
 	$(BIN)/pip install --no-deps $(WAN22)
+	# framelift's own RIFE 4.26 IFNet is the test oracle of ours; its deps would add opencv-python beside headless.
+	$(BIN)/pip install --no-deps framelift-video==2.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -124,7 +124,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from python_backends.catalog import ROLES, weights_for
+    from python_backends.catalog import ROLES, config_model, weights_for
     from python_backends.weights import weights_root
 
     from .repository import config_path, load_config, parameters
@@ -132,7 +132,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
     root = args.weights or weights_root()
     rows = []
     for model in ROLES:
-        params = parameters(load_config(config_path(model, args.model_config_name)))
+        params = parameters(load_config(config_path(config_model(model), args.model_config_name)))
         rows.append(weights_for(model, params, root).as_dict(with_hash=not args.no_hash))
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -20,7 +20,15 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "lipsync_scorer": ("python_backends.qa.scorer", "LipSyncScorerSettings", "choose_weights"),
     "content_safety": ("python_backends.content_safety", "ContentSafetySettings", "choose_weights"),
     "mouth_refiner": ("python_backends.mouth_refiner", "MouthRefinerSettings", "choose_weights"),
+    "frame_interpolator": ("python_backends.generation.service", "VideoGeneratorSettings",
+                           "choose_interpolation_weights"),
 }
+# Roles that run inside another model read that model's config.pbtxt.
+CONFIG_OF: dict[str, str] = {"frame_interpolator": "video_generator"}
+
+
+def config_model(role: str) -> str:
+    return CONFIG_OF.get(role, role)
 
 
 def weights_for(model: str, parameters: Mapping[str, str], root: Path | None) -> WeightsChoice:

@@ -95,13 +95,13 @@ class Fingerprint:
 
 def _weights_listing(root: Path | None) -> dict[str, dict]:
     """`talkinghead weights` as data (imports the model packages: server extras needed)."""
-    from python_backends.catalog import ROLES, weights_for
+    from python_backends.catalog import ROLES, config_model, weights_for
 
     from ..repository import config_path, load_config, parameters
 
     listing = {}
     for model in ROLES:
-        choice = weights_for(model, parameters(load_config(config_path(model, None))), root).as_dict()
+        choice = weights_for(model, parameters(load_config(config_path(config_model(model), None))), root).as_dict()
         listing[model] = {key: choice[key] for key in ("engine", "source", "sha256")}
     return listing
 

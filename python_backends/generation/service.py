@@ -10,13 +10,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
+from ..frame_interpolation import config as interpolation
 from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
 from .job import (
     ANIMATE,
@@ -54,6 +55,9 @@ class VideoGeneratorSettings:
     wan_attention: str = "sdpa"
     wan_compile: bool = False
     wan_vae_dtype: str = "float32"
+    # 16 fps -> params.fps for the Wan engines: keys interpolation (auto | none | flow | rife), rife_file, rife_scale
+    frame_interpolation: interpolation.InterpolationSettings = field(
+        default_factory=interpolation.InterpolationSettings)
 
     def __post_init__(self) -> None:
         if self.engine not in (AUTO, *ENGINES):
@@ -73,6 +77,10 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
         )
     return WeightsChoice("video_generator", settings.engine, UNAVAILABLE, None, "-",
                          note=f"no {settings.engine} weights under <weights root>/video_generator/")
+
+
+def choose_interpolation_weights(settings: VideoGeneratorSettings, root: Path | None = None) -> WeightsChoice:
+    return interpolation.choose_weights(settings.frame_interpolation, root)
 
 
 class EngineRegistry:
@@ -110,7 +118,10 @@ class EngineRegistry:
                         f"({self.settings.s2v_folder if name == S2V else self.settings.animate_folder}); "
                         "without it use engine=preview"
                     )
-                self._engines[name] = _load_wan(name, folder, self.device, self.settings)
+                engine = _load_wan(name, folder, self.device, self.settings)
+                engine.interpolation = interpolation.resolve(self.settings.frame_interpolation, self.root)
+                engine.interpolation.interpolator(self.device)  # a bad RIFE file fails here, not mid-request
+                self._engines[name] = engine
             return self._engines[name]
 
 

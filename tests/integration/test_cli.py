@@ -122,7 +122,7 @@ def test_weights_lists_what_each_model_uses(tmp_path):
     assert listed.returncode == 0, listed.stderr
     rows = {row["model"]: row for row in json.loads(listed.stdout)}
     assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features", "video_generator",
-                         "lipsync_scorer", "content_safety", "mouth_refiner"}
+                         "lipsync_scorer", "content_safety", "mouth_refiner", "frame_interpolator"}
     assert rows["video_generator"]["engine"] == "preview-landmark-warp"
     assert "Wan2.2-S2V-14B" in rows["video_generator"]["note"]
     assert rows["face_detector"]["engine"] == "mtcnn" and rows["face_detector"]["source"] == "shipped"
@@ -133,3 +133,6 @@ def test_weights_lists_what_each_model_uses(tmp_path):
     for model in ("lipsync_scorer", "mouth_refiner"):  # no weights ship for these: unavailable, never a pass
         assert rows[model]["source"] == "unavailable" and model in rows[model]["note"]
     assert rows["content_safety"]["source"] == "shipped"
+    # Without RIFE's file the Wan engines interpolate with optical flow; the row says where RIFE goes.
+    assert rows["frame_interpolator"]["engine"].startswith("flow") and "RIFE/flownet.pkl" in rows[
+        "frame_interpolator"]["note"]

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from python_backends.errors import InputError, WeightsUnavailable
+from python_backends.frame_interpolation.config import Interpolation
+from python_backends.frame_interpolation.flow_interpolator import FlowInterpolator
+from python_backends.frame_interpolation.resampler import InterpolatingResampler
 from python_backends.generation.job import GenerationJob, GenerationParams
 from python_backends.generation.wan.configs import S2V_14B
 from python_backends.generation.wan.s2v_engine import (
     RETRY_SEED_STRIDE,
-    FrameRateResampler,
     WanFrameChunk,
     WanS2VEngine,
     WanS2VOptions,
@@ -181,9 +183,10 @@ def test_audio_bucketing_follows_get_audio_embed_bucket_fps() -> None:
 
 @pytest.mark.parametrize("fps", [16.0, 25.0, 30.0, 10.0, 12.5])
 def test_frame_rate_resampling_picks_the_nearest_frame(fps: float) -> None:
+    """interpolation=none: nearest-time frame selection."""
     source = np.arange(37, dtype=np.uint8)[:, None]  # frame i is "i"
     total = math.ceil(37 / 16 * fps - 1e-9)
-    resampler = FrameRateResampler(16, fps, 37, total)
+    resampler = InterpolatingResampler(16, fps, 37, total)
     out = []
     for start, stop in ((0, 5), (5, 6), (6, 20), (20, 37)):  # pieces of any size, as the VAE yields them
         out.extend(resampler.push(source[start:stop]))
@@ -261,12 +264,28 @@ def test_streams_two_chained_clips(engine: WanS2VEngine, reference_run: list[Wan
 
 
 def test_same_seed_same_video_and_fps_resampling(engine, photo, speech, reference_run) -> None:
-    """A second run with the same seed at 25 fps: every frame is the 16 fps frame nearest in time."""
-    chunks, _ = run(engine, photo, speech, fps=25.0, chunk_frames=12)
-    frames, source = frames_of(chunks), frames_of(reference_run)
+    """Runs with the same seed at 25 fps. With interpolation=none every frame is the 16 fps frame nearest in
+    time; with the default (flow) frame j is the flow interpolator's frame at 16 j / 25 between its two 16 fps
+    neighbours, the 16 fps frame itself where the times coincide, the last one past it."""
+    source = frames_of(reference_run)
+    assert engine.interpolation == Interpolation("flow")  # the default without RIFE weights
+    engine.interpolation = Interpolation("none")
+    try:
+        chunks, _ = run(engine, photo, speech, fps=25.0, chunk_frames=12)
+    finally:
+        engine.interpolation = Interpolation("flow")
+    frames = frames_of(chunks)
     assert frames.shape[0] == 50 and all(c.total_frames == 50 and c.fps == 25.0 for c in chunks)
     nearest = np.minimum(np.floor(np.arange(50) * 16 / 25 + 0.5).astype(int), 31)
     np.testing.assert_array_equal(frames, source[nearest])
+
+    interpolated = frames_of(run(engine, photo, speech, fps=25.0, chunk_frames=12)[0])
+    assert interpolated.shape == frames.shape
+    flow = FlowInterpolator("cpu")
+    for j in (0, 1, 7, 25, 30, 49):
+        k, t = divmod(j * 16, 25)
+        expected = source[k] if t == 0 or k == 31 else flow(source[k], source[k + 1], [t / 25])[0]  # 31: last
+        np.testing.assert_array_equal(interpolated[j], expected)
 
 
 def test_another_seed_another_video(engine, photo, speech, reference_run) -> None:

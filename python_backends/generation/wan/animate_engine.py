@@ -19,11 +19,12 @@ What one job does, following `WanAnimate.generate` in animation mode (wan/animat
    drop their first refert_num frames (they repeat the previous clip's end). The output is cut to the real
    number of driving frames (capped by params.max_duration_s).
 
-Differences from the official pipeline: streaming; nearest-time frame selection when params.fps differs from the
-driving fps (as the S2V engine); noise from a CPU generator in float32; latents float32 between steps; the CLIP
-image is the letterboxed photo (the official uses the same image); replacement mode (background + mask videos,
-relighting LoRA) is not wired here (animate_lora.merge_lora_ exists for it). tests/parity/test_animate_pipeline.py
-runs this job against the official `WanAnimate.generate` (same files, inputs, seed): equal to float32 round-off.
+Differences from the official pipeline: streaming; frame interpolation (or nearest-time frame selection) when
+params.fps differs from the driving fps (as the S2V engine); noise from a CPU generator in float32; latents
+float32 between steps; the CLIP image is the letterboxed photo (the official uses the same image); replacement
+mode (background + mask videos, relighting LoRA) is not wired here (animate_lora.merge_lora_ exists for it).
+tests/parity/test_animate_pipeline.py runs this job against the official `WanAnimate.generate` (same files,
+inputs, seed): equal to float32 round-off.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from .animate_pose import (
 from .checkpoint import check_release_layout
 from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
-from .s2v_engine import WanEngineBase, WanFrameChunk, _FrameRateResampler, load_vae_and_text_encoder, to_uint8
+from .s2v_engine import WanEngineBase, WanFrameChunk, load_vae_and_text_encoder, to_uint8
 from .scheduler import SAMPLERS, make_sampler
 from .text_encoder import WanTextEncoder
 from .vae import SPATIAL_STRIDE, WanVAE
@@ -302,7 +303,7 @@ class WanAnimateEngine(WanEngineBase):
         y_ref = torch.cat([torch.ones(1, 4, 1, lat_h, lat_w, device=self.device), ref_latents], dim=1)
         generator = torch.Generator(device="cpu").manual_seed(p.seed)
         total = max(1, math.ceil(real / cond.fps * p.fps - 1e-9))
-        resampler = _FrameRateResampler(cond.fps, p.fps, real, total)
+        resampler = self.interpolation.resampler(cond.fps, p.fps, real, total, device=self.device)
         log.info("Wan Animate job: %dx%d, %d frames -> %d clip(s) of %d, %d steps (%s), guidance %.2f", width, height,
                  real, max(1, (target - refert) // (clip_len - refert)), clip_len, steps, opt.sampler, guidance)
 

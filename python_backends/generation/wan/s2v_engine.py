@@ -34,9 +34,10 @@ Where this differs from the official pipeline, and why:
   so its video runs 3 frames (0.19 s) ahead of the audio it is muxed with. Here every clip's audio window starts
   3 frames earlier (the first clip's is padded with copies of the first audio frame, as the model itself pads),
   so output frame k belongs to audio frame k. `audio_sync=False` reproduces the official indexing.
-* Frame rate: Wan S2V generates 16 fps. Another `params.fps` is served by nearest-time frame selection (output
-  frame j shows the 16 fps frame nearest to time j / fps): repeated frames above 16 fps, skipped ones below;
-  no interpolation.
+* Frame rate: Wan S2V generates 16 fps. Another `params.fps` is served by frame interpolation (output frame j
+  is the frame at time j / fps between its two 16 fps neighbours: `frame_interpolation`, the engine's
+  `interpolation`: optical flow by default, RIFE with its weights) or, with interpolation none, by nearest-time
+  frame selection (repeated frames above 16 fps, skipped ones below).
 * Noise is drawn from a CPU generator in float32 (same video for a seed on any device); the official draws bf16
   noise on the GPU (on the CPU in float32 it draws exactly ours). Latents stay float32 between steps (official:
   bf16).
@@ -74,6 +75,7 @@ import torch.nn.functional as F
 from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
 from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
 from ...errors import InputError, WeightsUnavailable
+from ...frame_interpolation.config import Interpolation
 from ..job import FrameChunk, GenerationJob, segment_range
 from .attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
 from .checkpoint import check_release_layout, load_s2v_transformer
@@ -354,48 +356,6 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
-# ---------------------------------------------------------------- output stream
-
-
-class FrameRateResampler:
-    """16 fps source frames in, `fps` output frames out by nearest-time selection (see module docstring).
-
-    `first` is the clip index of the first output frame (a segment of the clip); source frames are then pushed
-    from the source frame nearest to it on."""
-
-    def __init__(self, source_fps: int, fps: float, source_total: int, total: int, first: int = 0) -> None:
-        self.source_fps, self.fps = source_fps, fps
-        self.source_total, self.total, self.first = source_total, total, first
-        self.base = self._absolute(first)
-        self.next_out = 0
-        self.received = 0
-        self.pending: list[np.ndarray] = []  # source frames from index `received - len(pending)` on
-
-    def _absolute(self, j: int) -> int:
-        return min(self.source_total - 1, int(math.floor(j * self.source_fps / self.fps + 0.5)))
-
-    def _source_index(self, j: int) -> int:
-        return self._absolute(j + self.first) - self.base
-
-    def push(self, frames: np.ndarray) -> list[np.ndarray]:
-        self.pending.extend(frames)
-        self.received += len(frames)
-        out = []
-        first = self.received - len(self.pending)
-        while self.next_out < self.total and self._source_index(self.next_out) < self.received:
-            out.append(self.pending[self._source_index(self.next_out) - first])
-            self.next_out += 1
-        if self.next_out < self.total:
-            keep_from = self._source_index(self.next_out) - first
-            self.pending = self.pending[keep_from:]
-        else:
-            self.pending = []
-        return out
-
-
-_FrameRateResampler = FrameRateResampler  # the name animate_engine imports
-
-
 @dataclass
 class _Attempt:
     seed: int
@@ -423,8 +383,11 @@ class WanEngineBase:
     """What the S2V and Animate engines share: the prompt cache and the per-job step/guidance defaults.
 
     Subclasses set text_encoder, device, options (default_steps, default_guidance, text_cache_size), task
-    (sample_steps, sample_guide_scale) and _contexts (an insertion-ordered dict).
+    (sample_steps, sample_guide_scale) and _contexts (an insertion-ordered dict). `interpolation` converts the
+    generated frame rate to params.fps (the video_generator service sets it from its settings).
     """
+
+    interpolation: Interpolation = Interpolation()
 
     def _text(self, prompt: str) -> torch.Tensor:
         context = self._contexts.get(prompt)
@@ -610,11 +573,11 @@ class WanS2VEngine(WanEngineBase):
         needed = max(1, math.ceil(seconds * fps16 - 1e-9))
         total = max(1, math.ceil(seconds * p.fps - 1e-9))
         segment = segment_range(p, total)
-        resampler = FrameRateResampler(fps16, p.fps, needed, len(segment), first=segment.start)
+        resampler = self.interpolation.resampler(fps16, p.fps, needed, len(segment), segment.start, self.device)
         # A segment from the middle continues from the caller's motion frames: no first-clip frame drop there.
         continuing = segment.start > 0
         first16 = resampler.base
-        needed = resampler._absolute(segment.stop - 1) + 1 - first16  # 16 fps frames this request makes
+        needed = resampler.source_stop - first16  # 16 fps frames this request makes
         per_clip = opt.infer_frames
         dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion and not continuing else 0
         clips = 1 + math.ceil(max(0, needed - (per_clip - dropped)) / per_clip)
