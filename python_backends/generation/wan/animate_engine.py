@@ -22,7 +22,7 @@ What one job does, following `WanAnimate.generate` in animation mode (wan/animat
 Differences from the official pipeline: streaming; nearest-time frame selection when params.fps differs from the
 driving fps (as the S2V engine); noise from a CPU generator in float32; latents float32 between steps; the CLIP
 image is the letterboxed photo (the official uses the same image); replacement mode (background + mask videos,
-relighting LoRA) is not wired here (animate_lora.merge_lora_ exists for it).
+relighting LoRA) is not wired here (lora.merge_lora_ with lora.relighting_targets reads it).
 """
 
 from __future__ import annotations

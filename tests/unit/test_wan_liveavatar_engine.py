@@ -1,0 +1,139 @@
+"""The LiveAvatar engine on a tiny Wan2.2-S2V release + a tiny liveavatar.safetensors in the release's layout.
+
+Random weights stay random: these runs check the pipeline (folders, LoRA merge, sampler, blocks, caches, decoding,
+frame accounting), not what the video looks like.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from python_backends.errors import InputError, WeightsUnavailable
+from python_backends.generation.job import GenerationJob, GenerationParams
+from python_backends.generation.wan.checkpoint import CheckpointError
+from python_backends.generation.wan.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
+from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions
+from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SR, SECONDS, SIZE = 16000, 2.0, 64
+# 2 blocks (24 frames) a clip: 2 s = 32 frames + the 3 the first clip drops = 3 blocks over 2 clips. 13 frames
+# of history instead of the release's 365: the tiny VAE spends ~30 ms a frame, and the code path is the same.
+OPTIONS = LiveAvatarOptions(infer_frames=24, history_frames=13)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("weights") / "video_generator"
+    s2v = make_tiny_s2v_release(root / "Wan2.2-S2V-14B")
+    make_tiny_liveavatar_lora(root / "LiveAvatar")
+    return s2v, root / "LiveAvatar"
+
+
+@pytest.fixture(scope="module")
+def engine(folders) -> WanLiveAvatarEngine:
+    return WanLiveAvatarEngine.from_folders(*folders, "cpu", options=OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    t = np.arange(int(SECONDS * SR)) / SR
+    return (0.3 * np.clip(np.sin(2 * np.pi * 3 * t), 0, None) * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    yy, xx = np.mgrid[0:80, 0:72]
+    return (np.stack([yy * 2, xx * 3, yy + xx], axis=-1) % 256).astype(np.uint8)
+
+
+def job(photo, speech, **params) -> GenerationJob:
+    base = {"seed": 5, "width": SIZE, "height": SIZE, "fps": 16.0}
+    return GenerationJob(photo=photo, waveform=speech, params=GenerationParams(**{**base, **params}))
+
+
+@pytest.fixture(scope="module")
+def reference_run(engine, photo, speech) -> list:
+    return list(engine.generate(job(photo, speech)))
+
+
+def test_streams_block_by_block_over_two_clips(engine, reference_run) -> None:
+    chunks = reference_run
+    # block 0 of clip 0 streams 12 - 3 frames, block 1 12, then clip 1's first block the 11 still needed
+    assert [len(c.frames) for c in chunks] == [9, 12, 11]
+    assert [c.start_frame for c in chunks] == [0, 9, 21] and {c.total_frames for c in chunks} == {32}
+    assert [c.clip for c in chunks] == [0, 0, 1] and [c.timing["block"] for c in chunks] == [0.0, 1.0, 2.0]
+    assert all(c.frames.shape[1:] == (SIZE, SIZE, 3) and c.frames.dtype == np.uint8 for c in chunks)
+    sampling = chunks[0].sampling
+    assert sampling["sampler"] == "euler-diffusers" and sampling["steps"] == 4 and not sampling["cfg"]
+    assert sampling["dit_forwards_per_clip"] == 8 and sampling["latent_frames_per_forward"] == 3
+    assert engine.name.startswith("liveavatar-")
+
+
+def test_the_lora_is_merged_and_the_sampler_is_its_own(folders, engine) -> None:
+    plain = WanS2VEngine.from_folder(folders[0], "cpu", options=WanS2VOptions())
+    q = engine.transformer.blocks[0].self_attn.q.weight
+    assert not torch.equal(q, plain.transformer.blocks[0].self_attn.q.weight)
+    torch.testing.assert_close(engine.transformer.blocks[0].norm3.weight, plain.transformer.blocks[0].norm3.weight)
+    assert engine.options.default_steps == 4 and engine.options.default_guidance == 0.0 and engine.options.shift == 3
+
+
+def test_same_seed_same_video_another_seed_another(engine, photo, speech, reference_run) -> None:
+    frames = np.concatenate([c.frames for c in reference_run])
+    again = np.concatenate([c.frames for c in engine.generate(job(photo, speech))])
+    assert np.array_equal(frames, again)
+    other = np.concatenate([c.frames for c in engine.generate(job(photo, speech, seed=6))])
+    assert other.shape == frames.shape and not np.array_equal(other, frames)
+
+
+def test_fewer_steps_and_a_short_segment(engine, photo, speech) -> None:
+    two = list(engine.generate(job(photo, speech, steps=2, frame_count=5)))
+    assert sum(len(c.frames) for c in two) == 5 and two[0].sampling["steps"] == 2
+    later = list(engine.generate(job(photo, speech, start_frame=20, frame_count=6),))
+    assert [c.start_frame for c in later][0] == 20 and sum(len(c.frames) for c in later) == 6
+
+
+def test_a_segment_continues_from_the_callers_frames(engine, photo, speech, reference_run) -> None:
+    frames = np.concatenate([c.frames for c in reference_run])
+    source = GenerationJob(photo=photo, waveform=speech, motion_frames=frames[:20], params=GenerationParams(
+        seed=9, width=SIZE, height=SIZE, fps=16.0, start_frame=20))
+    chunks = list(engine.generate(source))
+    assert chunks[0].start_frame == 20 and sum(len(c.frames) for c in chunks) == 12
+
+
+def test_guidance_and_bad_options_are_refused(engine, photo, speech) -> None:
+    with pytest.raises(InputError, match="without classifier-free guidance"):
+        list(engine.generate(job(photo, speech, guidance=4.5)))
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        LiveAvatarOptions(infer_frames=40)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        LiveAvatarOptions(history_frames=72)
+    assert LiveAvatarOptions().history_frames == 365 and LiveAvatarOptions().max_area == 704 * 384
+
+
+def test_missing_or_wrong_lora_file_is_refused_by_name(folders, tmp_path: Path) -> None:
+    s2v, live = folders
+    with pytest.raises(WeightsUnavailable, match=f"{LORA_FILE} is missing: download Quark-Vision/Live-Avatar"):
+        WanLiveAvatarEngine.from_folders(s2v, tmp_path, "cpu", options=OPTIONS)
+    partial = tmp_path / "partial"
+    shutil.copytree(live, partial)
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v for k, v in load_file(partial / LORA_FILE).items() if ".blocks.0.ffn.0." not in k}
+    save_file(state, str(partial / LORA_FILE))
+    with pytest.raises(CheckpointError, match=r"liveavatar\.safetensors: 1 target module\(s\) have no LoRA weights: "
+                                              r"blocks\.0\.ffn\.0"):
+        WanLiveAvatarEngine.from_folders(s2v, partial, "cpu", options=OPTIONS)
+
+
+def test_a_longer_history_keeps_the_frame_count(folders, photo, speech, reference_run) -> None:
+    longer = WanLiveAvatarEngine.from_folders(*folders, "cpu", options=replace(OPTIONS, history_frames=29))
+    chunks = list(longer.generate(job(photo, speech, frame_count=21)))
+    assert [len(c.frames) for c in chunks] == [len(c.frames) for c in reference_run[:2]]
