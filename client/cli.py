@@ -299,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation (sent as request parameters; unset = the server's default)")
-    group.add_argument("--engine", choices=("auto", "preview", "s2v-14B", "animate-14B"))
+    group.add_argument("--engine", choices=("auto", "preview", "s2v-14B", "liveavatar-14B", "animate-14B"))
     group.add_argument("--seed", type=int)
     group.add_argument("--steps", type=int)
     group.add_argument("--guidance", type=float)

@@ -15,7 +15,7 @@ AUTO = "auto"
 class GenerationParams:
     """Per-request knobs (Triton request parameters feed these). None means the engine's own default."""
 
-    engine: str = AUTO  # auto | preview | s2v-14B | animate-14B
+    engine: str = AUTO  # auto | preview | s2v-14B | liveavatar-14B | animate-14B
     seed: int = 0
     steps: int | None = None  # denoising steps (Wan S2V official: 40; distilled: 4-8)
     guidance: float | None = None  # classifier-free guidance scale (Wan S2V official: 4.5)

@@ -568,3 +568,41 @@ def test_engine_generate_uses_the_driving_frames(tiny_engine: WanAnimateEngine) 
     assert video.shape == (5, 32, 48, 3)
     with pytest.raises(InputError, match="driving video"):
         engine.generate(GenerationJob(photo=frames[0], params=engine_job().params))
+
+
+def test_engine_merges_a_lightx2v_step_distill_lora(tmp_path_factory: pytest.TempPathFactory,
+                                                    tiny_engine: WanAnimateEngine) -> None:
+    """LightX2V's Animate config merges the Wan2.1-I2V 4-step LoRA (lightx2v layout: diffusion_model.<module>
+    .lora_down/.lora_up, .diff_b biases) and runs 4 UniPC steps without CFG; the served settings do that when
+    the file is present."""
+    from python_backends.generation.service import ANIMATE, VideoGeneratorSettings, _load_wan, choose_weights
+
+    root = tmp_path_factory.mktemp("animate_weights")
+    folder = make_tiny_animate_checkpoint(root / "video_generator" / "Wan2.2-Animate-14B", seed=0, with_aux=True)
+    g = torch.Generator().manual_seed(4)
+    state = {}
+    for name in ("blocks.0.cross_attn.k_img", "blocks.1.self_attn.o", "blocks.2.ffn.2"):
+        out_dim, in_dim = tiny_engine.transformer.get_submodule(name).weight.shape
+        state[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(8, in_dim, generator=g)
+        state[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(out_dim, 8, generator=g) * 0.01
+    state["diffusion_model.blocks.1.self_attn.o.diff_b"] = torch.full((64,), 0.5)
+    lora = root / "video_generator" / "Wan2.1-Distill-Loras" / "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
+    lora.parent.mkdir(parents=True)
+    save_file(state, str(lora))
+    settings = VideoGeneratorSettings()
+    engine = _load_wan(ANIMATE, (folder,), "cpu", settings, root)
+    assert engine.options.default_steps == 4 and engine.options.sampler == "unipc"
+    base = tiny_engine.transformer
+    torch.testing.assert_close(engine.transformer.blocks[1].self_attn.o.bias, base.blocks[1].self_attn.o.bias + 0.5)
+    torch.testing.assert_close(engine.transformer.blocks[0].cross_attn.k_img.weight,
+                               base.blocks[0].cross_attn.k_img.weight + state[
+                                   "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] @ state[
+                                   "diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight"])
+    assert torch.equal(engine.transformer.blocks[3].ffn[0].weight, base.blocks[3].ffn[0].weight)
+    assert "LightX2V 4-step LoRA" in choose_weights(settings, root).note
+    bad = {**state, "diffusion_model.blocks.0.face_adapter.lora_down.weight": torch.zeros(8, 64),
+           "diffusion_model.blocks.0.face_adapter.lora_up.weight": torch.zeros(64, 8)}
+    save_file(bad, str(lora))
+    with pytest.raises(CheckpointError, match=r"wan2\.1_i2v_lora_rank64_lightx2v_4step\.safetensors: .*blocks\.0\."
+                                              r"face_adapter\.lora_down\.weight targets blocks\.0\.face_adapter"):
+        _load_wan(ANIMATE, (folder,), "cpu", settings, root)

@@ -137,3 +137,39 @@ def test_a_longer_history_keeps_the_frame_count(folders, photo, speech, referenc
     longer = WanLiveAvatarEngine.from_folders(*folders, "cpu", options=replace(OPTIONS, history_frames=29))
     chunks = list(longer.generate(job(photo, speech, frame_count=21)))
     assert [len(c.frames) for c in chunks] == [len(c.frames) for c in reference_run[:2]]
+
+
+# ---------------------------------------------------------------- through video_generator's logic
+
+
+def served_settings(**overrides: str):
+    """The video_generator settings its config.pbtxt gives, with overrides."""
+    from client.repository import REPOSITORIES, load_config, parameters
+    from python_backends.generation.service import VideoGeneratorSettings
+    from python_backends.settings import from_mapping
+
+    config = load_config(REPOSITORIES[0] / "video_generator" / "config.pbtxt")
+    return from_mapping(VideoGeneratorSettings, {**parameters(config), **overrides})
+
+
+def test_video_generator_serves_liveavatar_when_its_lora_is_present(folders, photo, speech) -> None:
+    from python_backends import spec
+    from python_backends.generation.service import LIVEAVATAR, S2V, EngineRegistry, choose_weights, generate
+
+    root = folders[0].parent.parent
+    settings = served_settings(liveavatar_history_frames="13")
+    choice = choose_weights(settings, root)
+    assert choice.engine == LIVEAVATAR and choice.path == folders[1] / LORA_FILE and "Apache-2.0" in choice.licence
+    assert "4 euler-diffusers steps, no CFG: 16 DiT forwards per 48-frame clip" in choice.note
+    registry = EngineRegistry(settings, "cpu", root)
+    inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
+    outputs = list(generate(registry, inputs, {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16}))
+    import json
+
+    infos = [json.loads(o[spec.CHUNK_INFO][0]) for o in outputs]
+    assert {i["engine_id"] for i in infos} == {LIVEAVATAR} and infos[0]["sampling"]["dit_forwards_per_clip"] == 16
+    assert sum(len(o[spec.FRAMES]) for o in outputs) == 8  # 0.5 s at 16 fps
+    official = choose_weights(served_settings(liveavatar_folder="Elsewhere"), root)
+    assert official.engine == S2V and official.path == folders[0]
+    assert "40 unipc steps, CFG 4.5 (x2 forwards): 80 DiT forwards per 80-frame clip" in official.note
+    assert "Quark-Vision/Live-Avatar" in official.note
