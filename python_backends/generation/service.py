@@ -122,7 +122,7 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
         note = (f"Wan2.2-S2V-14B ({paths[0]}) with LiveAvatar's DMD LoRA merged, block-causal streaming within "
                 f"704x384 (an area): {describe_sampling(_liveavatar_options(settings).sampling())}")
         return WeightsChoice(MODEL, LIVEAVATAR, OFFICIAL, paths[1] / LORA_FILE, LIVEAVATAR_LICENCE,
-                             note=note + _animate_note(settings, root))
+                             note=note + _animate_note(settings, root), parts=(paths[0],))
     paths = wan_paths(settings, S2V, root)
     if paths is not None and settings.engine in (AUTO, S2V):
         note = (f"{describe_sampling(_s2v_options(settings).sampling())}; for LiveAvatar's 4-step distilled "

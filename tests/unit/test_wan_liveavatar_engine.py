@@ -160,6 +160,9 @@ def test_video_generator_serves_liveavatar_when_its_lora_is_present(folders, pho
     settings = served_settings(liveavatar_history_frames="13")
     choice = choose_weights(settings, root)
     assert choice.engine == LIVEAVATAR and choice.path == folders[1] / LORA_FILE and "Apache-2.0" in choice.licence
+    from python_backends.weights import sha256_of
+
+    assert choice.parts == (folders[0],) and choice.sha256() != sha256_of(choice.path)  # the base counts too
     assert "4 euler-diffusers steps, no CFG: 16 DiT forwards per 48-frame clip" in choice.note
     registry = EngineRegistry(settings, "cpu", root)
     inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}

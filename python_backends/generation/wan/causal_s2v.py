@@ -26,12 +26,12 @@ Wan2.2-S2V-14B folder and merges its LoRA); what changes is which tokens a forwa
   and the reference). Here d comes from a generator seeded with the job's seed, or is fixed (`ref_distance`).
 
 What anchors this rewrite, with no LiveAvatar code installable as an oracle (tests/unit/test_wan_causal_s2v.py):
-the streaming forward over several blocks equals, block for block, one forward of our S2V DiT over all of them
-with LiveAvatar's training attention mask (`_prepare_blockwise_causal_attn_mask`: video tokens see the video
-tokens of their own and earlier blocks and every condition token; condition tokens see only condition tokens),
-derived by hand from that function and applied through our official-parity DiT. With one block and no condition
-tokens' dependence on the video (mask), the two are the same computation; with several they are the cache's
-definition.
+the streamed blocks equal, block for block, one forward of our parity-proven S2V DiT over all of them under the
+attention mask LiveAvatar's model was trained with (`_prepare_blockwise_causal_attn_mask`, written out by hand
+in the test: video tokens see the video tokens of their own and earlier blocks within the window and every
+condition token; condition tokens see only condition tokens), each block's audio encoded on its own as at
+inference. The streaming side never forms that mask (it prefills, then runs blocks alone against the caches), so
+the agreement checks the caches, slots, window, positions, modulation and per-block audio.
 
 Departures, all below bf16 precision: LiveAvatar's rope_precompute stores its rotary factors as complex32 (fp16
 parts, ~5e-4 error) and its blocks return the residual stream in bf16; here float32 rotary tables from float64

@@ -778,6 +778,7 @@ class WanS2VEngine(WanEngineBase):
         """What a clip costs in DiT forward passes with these settings (the engine's defaults when None)."""
         return self.options.sampling(self.task, steps, guidance)
 
+
 def _apply_speed_options(transformer: torch.nn.Module, folder: Path, options: WanS2VOptions) -> None:
     """LoRA merge first (it changes the bf16 weights), then FP8 conversion, then compilation."""
     if options.lora:

@@ -26,7 +26,7 @@ sampled with, on one of two schedules (the model sees the float timesteps 1000 s
   set_timesteps(steps), LiveAvatar's inference sampler (causal_s2v_pipeline.py builds it with shift 3 whatever
   --sample_shift says). It shifts twice: its training table ends at sigma_min = shift(1/1000), the inference
   timesteps are spread linearly from 1000 to 1000 sigma_min and shifted again, so 4 steps at shift 3 run at
-  t = 1000, 857.69, 602.15, 8.93 (tests/parity/test_distilled_samplers.py compares it with diffusers itself).
+  t = 1000, 857.69, 602.15, 8.93 (tests/parity/test_liveavatar.py compares it with diffusers itself).
 """
 
 from __future__ import annotations
