@@ -124,9 +124,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     print(f"weights root: {root or f'(none: set --weights or ${WEIGHTS_ENV})'}")
     for row in rows:
         print(f"\n{row['model']}: {row['engine']} [{row['source']}]")
-        for key in ("path", "sha256", "licence", "note"):
-            if row[key]:
-                print(f"  {key:8} {row[key]}")
+        for key in ("path", "parts", "sha256", "licence", "note"):
+            if row.get(key):
+                print(f"  {key:8} {', '.join(row[key]) if key == 'parts' else row[key]}")
     return 0
 
 
