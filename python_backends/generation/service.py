@@ -113,11 +113,10 @@ def _animate_note(settings: VideoGeneratorSettings, root: Path | None) -> str:
 
 def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -> WeightsChoice:
     """What `auto` would use for speech, what a clip costs with it, and what else is there."""
-    from .wan.s2v_engine import describe_sampling
-
     paths = wan_paths(settings, LIVEAVATAR, root)
     if paths is not None and settings.engine in (AUTO, LIVEAVATAR):
         from .wan.liveavatar_engine import LORA_FILE
+        from .wan.s2v_engine import describe_sampling
 
         note = (f"Wan2.2-S2V-14B ({paths[0]}) with LiveAvatar's DMD LoRA merged, block-causal streaming within "
                 f"704x384 (an area): {describe_sampling(_liveavatar_options(settings).sampling())}")
@@ -125,6 +124,8 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
                              note=note + _animate_note(settings, root), parts=(paths[0],))
     paths = wan_paths(settings, S2V, root)
     if paths is not None and settings.engine in (AUTO, S2V):
+        from .wan.s2v_engine import describe_sampling
+
         note = (f"{describe_sampling(_s2v_options(settings).sampling())}; for LiveAvatar's 4-step distilled "
                 f"streaming put Quark-Vision/Live-Avatar's liveavatar.safetensors in <weights root>/{MODEL}/"
                 f"{settings.liveavatar_folder}/")
@@ -153,6 +154,11 @@ class EngineRegistry:
 
     def _paths(self, engine: str) -> tuple[Path, ...] | None:
         return wan_paths(self.settings, engine, self.root)
+
+    def summary(self) -> str:
+        """For the model's startup log: the engine `auto` takes for speech and what a clip costs with it."""
+        choice = choose_weights(self.settings, self.root)
+        return f"speech engine {choice.engine} [{choice.source}]: {choice.note}"
 
     def _speech_engine(self) -> str | None:
         return next((name for name in SPEECH_ENGINES if self._paths(name) is not None), None)

@@ -165,6 +165,7 @@ def test_video_generator_serves_liveavatar_when_its_lora_is_present(folders, pho
     assert choice.parts == (folders[0],) and choice.sha256() != sha256_of(choice.path)  # the base counts too
     assert "4 euler-diffusers steps, no CFG: 16 DiT forwards per 48-frame clip" in choice.note
     registry = EngineRegistry(settings, "cpu", root)
+    assert registry.summary().startswith("speech engine liveavatar-14B [official]: Wan2.2-S2V-14B")
     inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
     outputs = list(generate(registry, inputs, {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16}))
     import json

@@ -76,7 +76,6 @@ from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
 log = logging.getLogger(__name__)
 
 ENGINE_KEY = "liveavatar-14B"  # GenerationParams.engine value
-RELEASE = "LiveAvatar"  # <root>/video_generator/LiveAvatar/ (Quark-Vision/Live-Avatar)
 LORA_FILE = "liveavatar.safetensors"
 LORA_RANK, LORA_ALPHA = 128, 64.0  # liveavatar/configs/s2v_causal_sft.yaml
 LORA_TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")  # same file, lora_target_modules
@@ -209,22 +208,25 @@ class WanLiveAvatarEngine(WanS2VEngine):
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
         shift = task.sample_shift if opt.shift is None else opt.shift
 
-        produced, out_index = 0, plan.segment.start
+        produced, out_index, prime_s = 0, plan.segment.start, 0.0
         for n in range(blocks):
             clip, index = divmod(n, opt.blocks_per_clip)
-            t0 = time.perf_counter()
             if index == 0:  # a new clip: its noise, and the VAE decoder primed with the last frames' latents
                 generator = torch.Generator(device="cpu").manual_seed(p.seed + clip)
                 noise = torch.randn(lat_shape, generator=generator, dtype=torch.float32).to(self.device)
+                t0 = time.perf_counter()
                 # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
                 prefix = motion_latents if clip == 0 else self.vae.encode(history)
+                self._sync()
+                t1 = time.perf_counter()
+                encode_s += t1 - t0
                 decoder = LatentDecoder(self.vae)
                 for _ in decoder.feed(prefix):
                     pass
-                clip_pixels: list[torch.Tensor] = []
                 self._sync()
-                encode_s += time.perf_counter() - t0
-                t0 = time.perf_counter()
+                prime_s = time.perf_counter() - t1
+                clip_pixels: list[torch.Tensor] = []
+            t0 = time.perf_counter()
             latents = noise[:, :, index * opt.block_frames : (index + 1) * opt.block_frames]
             audio = audio_window(features30, n * per_block + audio_offset, per_block, fps16).to(model_dtype)
             frame_start = frame_base + n * opt.block_frames
@@ -243,7 +245,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
                 block_pixels, dropped = block_pixels[:, :, dropped:], 0
             clip_pixels.append(block_pixels.to(self.vae.dtype))
             frames = to_uint8(block_pixels)[: max(0, plan.needed - produced)]
-            decode_s = time.perf_counter() - t0
+            decode_s, prime_s = time.perf_counter() - t0 + prime_s, 0.0
             produced += len(frames)
             out = plan.resampler.push(frames)
             if index == opt.blocks_per_clip - 1 and n + 1 < blocks:  # the next clip's decoder primes on these
