@@ -19,6 +19,7 @@ from python_backends.generation.job import GenerationJob, GenerationParams
 from python_backends.generation.wan.checkpoint import CheckpointError
 from python_backends.generation.wan.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
 from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions
+from python_backends.generation.wan.scheduler import make_sampler
 from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,6 +84,10 @@ def test_the_lora_is_merged_and_the_sampler_is_its_own(folders, engine) -> None:
     assert not torch.equal(q, plain.transformer.blocks[0].self_attn.q.weight)
     torch.testing.assert_close(engine.transformer.blocks[0].norm3.weight, plain.transformer.blocks[0].norm3.weight)
     assert engine.options.default_steps == 4 and engine.options.default_guidance == 0.0 and engine.options.shift == 3
+    # diffusers' FlowMatchEuler with shift 3 shifts twice (scheduler.py): the model sees these four timesteps
+    sampler = make_sampler(engine.options.sampler, 4, 3.0)
+    np.testing.assert_allclose(sampler.timesteps, [1000.0, 857.6923, 602.1506, 8.928572], rtol=1e-6)
+    np.testing.assert_allclose(sampler.sigmas, [1.0, 0.8576923, 0.6021506, 0.008928572, 0.0], rtol=1e-6)
 
 
 def test_same_seed_same_video_another_seed_another(engine, photo, speech, reference_run) -> None:
@@ -96,7 +101,7 @@ def test_same_seed_same_video_another_seed_another(engine, photo, speech, refere
 def test_fewer_steps_and_a_short_segment(engine, photo, speech) -> None:
     two = list(engine.generate(job(photo, speech, steps=2, frame_count=5)))
     assert sum(len(c.frames) for c in two) == 5 and two[0].sampling["steps"] == 2
-    later = list(engine.generate(job(photo, speech, start_frame=20, frame_count=6),))
+    later = list(engine.generate(job(photo, speech, start_frame=20, frame_count=6)))
     assert [c.start_frame for c in later][0] == 20 and sum(len(c.frames) for c in later) == 6
 
 
