@@ -68,11 +68,6 @@ class LoraWeights:
     pairs: Mapping[str, LoraPair]
     diffs: Mapping[str, tuple[torch.Tensor, str]]  # parameter name -> (difference, the file's key)
 
-    @property
-    def rank(self) -> int | None:
-        ranks = {pair.down.shape[0] for pair in self.pairs.values()}
-        return ranks.pop() if len(ranks) == 1 else None
-
 
 def read_lora_file(path: Path | str) -> dict[str, torch.Tensor]:
     """A .safetensors file, or a PyTorch checkpoint holding the tensors flat or under "state_dict" (as
