@@ -140,9 +140,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     print(f"weights root: {root or f'(none: set --weights or ${WEIGHTS_ENV})'}")
     for row in rows:
         print(f"\n{row['model']}: {row['engine']} [{row['source']}]")
-        for key in ("path", "sha256", "licence", "note"):
-            if row[key]:
-                print(f"  {key:8} {row[key]}")
+        for key in ("path", "parts", "sha256", "licence", "note"):
+            if row.get(key):
+                print(f"  {key:8} {', '.join(row[key]) if key == 'parts' else row[key]}")
     return 0
 
 
@@ -315,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation (sent as request parameters; unset = the server's default)")
-    group.add_argument("--engine", choices=("auto", "preview", "s2v-14B", "animate-14B"))
+    group.add_argument("--engine", choices=("auto", "preview", "s2v-14B", "liveavatar-14B", "animate-14B"))
     group.add_argument("--seed", type=int)
     group.add_argument("--steps", type=int)
     group.add_argument("--guidance", type=float)

@@ -11,7 +11,13 @@ Left out, and said so in the JSON: the umT5 prompt encoding (cached per prompt; 
 the real shape) and wav2vec2 (features are given as random [25, T, 1024] at 50 Hz, the real shape), the CPU
 stages (pre-processing, QA, encoding: perf/results/quality_cpu.json, encoding_cpu.json) and process hops.
 
+`--engine liveavatar` runs LiveAvatar's path instead (`WanLiveAvatarEngine.generate`: 4-step diffusers-Euler
+block-causal streaming, 48-frame clips of 3-latent-frame blocks, its 365-frame VAE history unless
+`--history-frames` says fewer), at its 704x384 by default; its LoRA is not merged (random weights: the merge does
+not change the speed).
+
     python perf/bench_e2e_gpu.py --out perf/results/e2e_h100.json
+    python perf/bench_e2e_gpu.py --engine liveavatar --sizes 704x384,832x480 --out perf/results/e2e_liveavatar.json
     python perf/bench_e2e_gpu.py --tiny --out /tmp/e2e_tiny.json      # CPU smoke test of the script
 """
 
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.wan import TINY_S2V_CONFIG, WanS2VTransformerConfig  # noqa: E402
+from python_backends.generation.wan.liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine  # noqa: E402
 from python_backends.generation.wan.s2v import build_s2v_model  # noqa: E402
 from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions, _apply_speed_options  # noqa: E402
 from python_backends.generation.wan.vae import WanVAE  # noqa: E402
@@ -46,7 +53,8 @@ def build_engine(tiny: bool, device: torch.device, options: WanS2VOptions) -> Wa
     transformer = build_s2v_model(config, device, dtype)
     _apply_speed_options(transformer, Path("."), options)
     vae = WanVAE(dim=8 if tiny else 96).to(device, getattr(torch, options.vae_dtype)).eval().requires_grad_(False)
-    engine = WanS2VEngine(transformer, vae, text_encoder=None, audio_encoder=None, options=options)
+    engine_class = WanLiveAvatarEngine if isinstance(options, LiveAvatarOptions) else WanS2VEngine
+    engine = engine_class(transformer, vae, text_encoder=None, audio_encoder=None, options=options)
     for prompt in (options.default_prompt, engine.task.sample_neg_prompt):
         tokens = min(PROMPT_TOKENS, config.text_len)
         engine._contexts[prompt] = torch.randn(tokens, config.text_dim, device=device, dtype=dtype)
@@ -95,15 +103,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup-seconds", type=float, default=6.0, help="long enough for two clips")
     parser.add_argument("--fp8", default="rowwise", help="rowwise | tensor | none")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--sizes", default="832x480,1280x720", help="generated sizes to run, WxH,...")
+    parser.add_argument("--sizes", default=None, help="generated sizes to run, WxH,... (default 832x480,1280x720; "
+                        "704x384 for liveavatar)")
+    parser.add_argument("--engine", choices=("s2v", "liveavatar"), default="s2v")
+    parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
     args = parser.parse_args(argv)
+    args.sizes = args.sizes or ("704x384" if args.engine == "liveavatar" else "832x480,1280x720")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    options = WanS2VOptions(sampler="euler", default_steps=args.steps, default_guidance=1.0,
-                            vae_dtype="bfloat16" if device.type == "cuda" else "float32",
-                            fp8=None if args.fp8 == "none" or device.type == "cpu" else args.fp8,
-                            compile=args.compile and device.type == "cuda", infer_frames=16 if args.tiny else 80)
-    result: dict = {"script": "perf/bench_e2e_gpu.py", "argv": sys.argv[1:], "device": str(device),
+    speed = {"default_steps": args.steps, "default_guidance": 1.0,
+             "vae_dtype": "bfloat16" if device.type == "cuda" else "float32",
+             "fp8": None if args.fp8 == "none" or device.type == "cpu" else args.fp8,
+             "compile": args.compile and device.type == "cuda"}
+    if args.engine == "liveavatar":
+        options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
+                                    history_frames=13 if args.tiny else args.history_frames)
+    else:
+        options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80)
+    result: dict = {"script": "perf/bench_e2e_gpu.py", "argv": sys.argv[1:], "engine": args.engine,
+                    "device": str(device),
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames")},

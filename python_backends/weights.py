@@ -87,18 +87,33 @@ class WeightsChoice:
     path: Path | None
     licence: str
     note: str = ""  # why this choice, or what to supply to get the official model
+    parts: tuple[Path, ...] = ()  # further files or folders the weights are made of (a LoRA's base model)
 
     @property
     def available(self) -> bool:
         return self.source != UNAVAILABLE and self.path is not None
 
+    def sha256(self) -> str | None:
+        """sha256 of `path`, or with `parts` of all of them together (so a changed base changes it too)."""
+        if self.path is None:
+            return None
+        if not self.parts:
+            return sha256_of(self.path)
+        digest = hashlib.sha256()
+        for path in (self.path, *self.parts):
+            digest.update(sha256_of(path).encode())
+        return digest.hexdigest()
+
     def as_dict(self, with_hash: bool = True) -> dict:
-        return {
+        out = {
             "model": self.model,
             "engine": self.engine,
             "source": self.source,
             "path": str(self.path) if self.path else None,
-            "sha256": sha256_of(self.path) if (with_hash and self.path) else None,
+            "sha256": self.sha256() if with_hash else None,
             "licence": self.licence,
             "note": self.note,
         }
+        if self.parts:
+            out["parts"] = [str(path) for path in self.parts]
+        return out

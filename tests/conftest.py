@@ -314,3 +314,16 @@ def sample_face(samples):
         return np.array([[p.x, p.y] for p in predictor(frame, rect).parts()], np.float64)
 
     return image, landmarks(image), landmarks
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models' tensors are too small for intra-op parallelism: a second thread only adds barrier waits, which
+    cost several times the work itself when the machine's other core is busy. Use it per module with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

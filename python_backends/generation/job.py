@@ -11,15 +11,16 @@ import numpy as np
 AUTO = "auto"
 PREVIEW = "preview"
 S2V = "s2v-14B"
+LIVEAVATAR = "liveavatar-14B"  # Wan2.2-S2V-14B + LiveAvatar's DMD LoRA, block-causal, 4 steps
 ANIMATE = "animate-14B"
-ENGINES = (PREVIEW, S2V, ANIMATE)
+ENGINES = (PREVIEW, S2V, LIVEAVATAR, ANIMATE)
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """Per-request knobs (Triton request parameters feed these). None means the engine's own default."""
 
-    engine: str = AUTO  # auto | preview | s2v-14B | animate-14B
+    engine: str = AUTO  # auto | preview | s2v-14B | liveavatar-14B | animate-14B
     seed: int = 0
     steps: int | None = None  # denoising steps (Wan S2V official: 40; distilled: 4-8)
     guidance: float | None = None  # classifier-free guidance scale (Wan S2V official: 4.5)

@@ -1,7 +1,10 @@
 """The video_generator model's logic: pick an engine per request, run it, turn chunks into output arrays.
 
 Engines load lazily and stay loaded: the preview engine costs nothing, a Wan 14B engine is loaded the first
-time a request needs it (or at start with `preload`). Which engine made a video is in every chunk's info.
+time a request needs it (or at start with `preload`). Which engine made a video, and what a clip costs with its
+sampler (`sampling`: steps, guidance, DiT forwards per clip), is in every chunk's info. For speech `auto` takes
+LiveAvatar (4 steps, no CFG, block-causal) when its LoRA sits beside the official S2V folder, else the official
+S2V sampler (40 UniPC steps x CFG 4.5 = 80 DiT forwards per 80-frame clip), else the preview engine.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .job import (
     ANIMATE,
     AUTO,
     ENGINES,
+    LIVEAVATAR,
     PREVIEW,
     S2V,
     FrameChunk,
@@ -35,19 +39,31 @@ from .job import (
 from .preview import ENGINE_NAME as PREVIEW_NAME
 from .preview import PreviewEngine
 
+SPEECH_ENGINES = (LIVEAVATAR, S2V)  # what `auto` picks for speech, first present first
 PREVIEW_LABEL = "preview engine: landmark-driven warping of the photo, not a generative model"
+MODEL = "video_generator"
+LIVEAVATAR_LICENCE = "Apache-2.0 (LiveAvatar LoRA, Alibaba-Quark/LiveAvatar; base Wan2.2-S2V-14B, Apache-2.0)"
+# ModelTC/LightX2V and ModelTC/Wan2.2-Lightning carry Apache-2.0 LICENSE files; the Hugging Face cards of the LoRA
+# files themselves could not be read from here.
+LIGHTX2V_LICENCE = "Apache-2.0 per ModelTC's LightX2V / Wan2.2-Lightning repositories (check the model card)"
 
 
 @dataclass(frozen=True)
 class VideoGeneratorSettings:
-    engine: str = AUTO  # used when a request names none: auto | preview | s2v-14B | animate-14B
+    engine: str = AUTO  # used when a request names none: auto | preview | s2v-14B | liveavatar-14B | animate-14B
     keepalive_s: float = spec.STREAM_KEEPALIVE_S  # keep-alive interval of the stream (triton_io.StreamingModel)
     s2v_folder: str = "Wan2.2-S2V-14B"  # official release folder under <weights root>/video_generator/
+    liveavatar_folder: str = "LiveAvatar"  # Quark-Vision/Live-Avatar (liveavatar.safetensors) beside s2v_folder
     animate_folder: str = "Wan2.2-Animate-14B"
+    # LightX2V's 4-step distill LoRA for Animate (its configs/wan22/wan_animate_lora.json), under
+    # <weights root>/video_generator/; merged with `animate_lora_steps` UniPC steps when the file is present.
+    animate_lora: str = "Wan2.1-Distill-Loras/wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
+    animate_lora_steps: int = 4
     preload: bool = False  # load the Wan engine at start instead of on first use
-    # Wan engine switches (WanS2VOptions): sampler unipc|euler, default steps (0: official 40), a LoRA file in
-    # the release folder (e.g. step-distilled), FP8 linear layers (rowwise|tensor|none), the self-attention
-    # (sdpa or an 8-bit Triton kernel, wan/attention.py ATTENTION_BACKENDS), torch.compile.
+    # Official S2V engine switches (WanS2VOptions): sampler unipc|euler|euler-diffusers, default steps (0: official
+    # 40), a LoRA file in the release folder, FP8 linear layers (rowwise|tensor|none), the self-attention (sdpa or an
+    # 8-bit Triton kernel, wan/attention.py ATTENTION_BACKENDS), torch.compile; FP8, compile, the attention and the
+    # VAE dtype apply to LiveAvatar too, whose sampler is its own.
     wan_sampler: str = "unipc"
     wan_steps: int = 0
     wan_lora: str = ""
@@ -58,25 +74,86 @@ class VideoGeneratorSettings:
     # 16 fps -> params.fps for the Wan engines: keys interpolation (auto | none | flow | rife), rife_file, rife_scale
     frame_interpolation: interpolation.InterpolationSettings = field(
         default_factory=interpolation.InterpolationSettings)
+    liveavatar_history_frames: int = 365  # frames VAE-encoded for motion latents / decoder priming (release: 365)
+    liveavatar_ref_distance: int = 0  # 0: drawn per forward from 4..30 as the release does; 4..30 fixes it
 
     def __post_init__(self) -> None:
         if self.engine not in (AUTO, *ENGINES):
             raise ConfigError(f"engine must be one of {(AUTO, *ENGINES)}, got {self.engine!r}")
 
 
+def wan_paths(settings: VideoGeneratorSettings, engine: str, root: Path | None) -> tuple[Path, ...] | None:
+    """The files an engine loads from under <root>/video_generator/, or None when any is missing."""
+    if engine == ANIMATE:
+        folder = official_path(MODEL, settings.animate_folder, root)
+        return None if folder is None else (folder,)
+    s2v = official_path(MODEL, settings.s2v_folder, root)
+    if engine == S2V or s2v is None:
+        return None if s2v is None else (s2v,)
+    from .wan.liveavatar_engine import LORA_FILE
+
+    lora = official_path(MODEL, f"{settings.liveavatar_folder}/{LORA_FILE}", root)
+    return None if lora is None else (s2v, lora.parent)
+
+
+def _s2v_options(settings: VideoGeneratorSettings):
+    from .wan.s2v_engine import WanS2VOptions
+
+    return WanS2VOptions(
+        sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
+        fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, attention_backend=settings.wan_attention,
+        compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
+    )
+
+
+def _liveavatar_options(settings: VideoGeneratorSettings):
+    from .wan.liveavatar_engine import LiveAvatarOptions
+
+    return LiveAvatarOptions(fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8,
+                             attention_backend=settings.wan_attention, compile=settings.wan_compile,
+                             vae_dtype=settings.wan_vae_dtype,
+                             history_frames=settings.liveavatar_history_frames,
+                             ref_distance=settings.liveavatar_ref_distance or None)
+
+
+def _animate_note(settings: VideoGeneratorSettings, root: Path | None) -> str:
+    if wan_paths(settings, ANIMATE, root) is None:
+        return ""
+    lora = official_path(MODEL, settings.animate_lora, root) if settings.animate_lora else None
+    if lora is None:
+        return "; Animate-14B: official 20 UniPC steps, no CFG (20 DiT forwards per 77-frame clip)"
+    return (f"; Animate-14B + LightX2V 4-step LoRA {lora} ({LIGHTX2V_LICENCE}): {settings.animate_lora_steps} "
+            f"UniPC steps, no CFG")
+
+
 def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -> WeightsChoice:
-    """The engine `auto` would use for speech."""
-    folder = official_path("video_generator", settings.s2v_folder, root)
-    if folder is not None and settings.engine in (AUTO, S2V):
-        return WeightsChoice("video_generator", S2V, OFFICIAL, folder, "Apache-2.0 (Wan2.2)")
+    """What `auto` would use for speech, what a clip costs with it, and what else is there."""
+    paths = wan_paths(settings, LIVEAVATAR, root)
+    if paths is not None and settings.engine in (AUTO, LIVEAVATAR):
+        from .wan.liveavatar_engine import LORA_FILE
+        from .wan.s2v_engine import describe_sampling
+
+        note = (f"Wan2.2-S2V-14B ({paths[0]}) with LiveAvatar's DMD LoRA merged, block-causal streaming within "
+                f"704x384 (an area): {describe_sampling(_liveavatar_options(settings).sampling())}")
+        return WeightsChoice(MODEL, LIVEAVATAR, OFFICIAL, paths[1] / LORA_FILE, LIVEAVATAR_LICENCE,
+                             note=note + _animate_note(settings, root), parts=(paths[0],))
+    paths = wan_paths(settings, S2V, root)
+    if paths is not None and settings.engine in (AUTO, S2V):
+        from .wan.s2v_engine import describe_sampling
+
+        note = (f"{describe_sampling(_s2v_options(settings).sampling())}; for LiveAvatar's 4-step distilled "
+                f"streaming put Quark-Vision/Live-Avatar's liveavatar.safetensors in <weights root>/{MODEL}/"
+                f"{settings.liveavatar_folder}/")
+        return WeightsChoice(MODEL, S2V, OFFICIAL, paths[0], "Apache-2.0 (Wan2.2)",
+                             note=note + _animate_note(settings, root))
     if settings.engine in (AUTO, PREVIEW):
         return WeightsChoice(
-            "video_generator", PREVIEW_NAME, SHIPPED, None, "Apache-2.0 (ours; no weights)",
+            MODEL, PREVIEW_NAME, SHIPPED, None, "Apache-2.0 (ours; no weights)",
             note=f"{PREVIEW_LABEL}; put the official {settings.s2v_folder}/ release folder under "
-            "<weights root>/video_generator/ for Wan2.2-S2V-14B",
+            f"<weights root>/{MODEL}/ for Wan2.2-S2V-14B" + _animate_note(settings, root),
         )
-    return WeightsChoice("video_generator", settings.engine, UNAVAILABLE, None, "-",
-                         note=f"no {settings.engine} weights under <weights root>/video_generator/")
+    return WeightsChoice(MODEL, settings.engine, UNAVAILABLE, None, "-",
+                         note=f"no {settings.engine} weights under <weights root>/{MODEL}/")
 
 
 def choose_interpolation_weights(settings: VideoGeneratorSettings, root: Path | None = None) -> WeightsChoice:
@@ -89,12 +166,21 @@ class EngineRegistry:
         self.root = root if root is not None else weights_root()
         self._engines: dict[str, VideoEngine] = {PREVIEW: PreviewEngine()}
         self._lock = threading.Lock()
-        if settings.preload and self._folder(S2V) is not None:
-            self.get(S2V)
+        if settings.preload:
+            speech = self._speech_engine()
+            if speech is not None:
+                self.get(speech)
 
-    def _folder(self, engine: str) -> Path | None:
-        name = self.settings.s2v_folder if engine == S2V else self.settings.animate_folder
-        return official_path("video_generator", name, self.root)
+    def _paths(self, engine: str) -> tuple[Path, ...] | None:
+        return wan_paths(self.settings, engine, self.root)
+
+    def summary(self) -> str:
+        """For the model's startup log: the engine `auto` takes for speech and what a clip costs with it."""
+        choice = choose_weights(self.settings, self.root)
+        return f"speech engine {choice.engine} [{choice.source}]: {choice.note}"
+
+    def _speech_engine(self) -> str | None:
+        return next((name for name in SPEECH_ENGINES if self._paths(name) is not None), None)
 
     def resolve(self, requested: str, job: GenerationJob) -> str:
         name = self.settings.engine if requested == AUTO else requested
@@ -102,42 +188,49 @@ class EngineRegistry:
             raise InputError(unknown_engine(requested), "bad_parameter")
         if name != AUTO:
             return name
-        if job.driving_frames is not None and job.waveform is None and self._folder(ANIMATE) is not None:
+        if job.driving_frames is not None and job.waveform is None and self._paths(ANIMATE) is not None:
             return ANIMATE
-        if job.waveform is not None and self._folder(S2V) is not None:
-            return S2V
+        if job.waveform is not None:
+            return self._speech_engine() or PREVIEW
         return PREVIEW
 
     def get(self, name: str) -> VideoEngine:
         with self._lock:
             if name not in self._engines:
-                folder = self._folder(name)
-                if folder is None:
-                    raise WeightsUnavailable(
-                        f"engine {name} needs the official release folder under <weights root>/video_generator/ "
-                        f"({self.settings.s2v_folder if name == S2V else self.settings.animate_folder}); "
-                        "without it use engine=preview"
-                    )
-                engine = _load_wan(name, folder, self.device, self.settings)
+                paths = self._paths(name)
+                if paths is None:
+                    raise WeightsUnavailable(_missing(self.settings, name))
+                engine = _load_wan(name, paths, self.device, self.settings, self.root)
                 engine.interpolation = interpolation.resolve(self.settings.frame_interpolation, self.root)
                 engine.interpolation.interpolator(self.device)  # a bad RIFE file fails here, not mid-request
                 self._engines[name] = engine
             return self._engines[name]
 
 
-def _load_wan(name: str, folder: Path, device: str, settings: VideoGeneratorSettings) -> VideoEngine:
+def _missing(settings: VideoGeneratorSettings, name: str) -> str:
+    needs = {S2V: f"the official release folder {settings.s2v_folder}/",
+             LIVEAVATAR: f"the official {settings.s2v_folder}/ and {settings.liveavatar_folder}/liveavatar.safetensors "
+                         "(Quark-Vision/Live-Avatar)",
+             ANIMATE: f"the official release folder {settings.animate_folder}/"}[name]
+    return f"engine {name} needs {needs} under <weights root>/{MODEL}/; without it use engine=preview"
+
+
+def _load_wan(name: str, paths: tuple[Path, ...], device: str, settings: VideoGeneratorSettings,
+              root: Path | None) -> VideoEngine:
     if name == S2V:
-        from .wan.s2v_engine import WanS2VEngine, WanS2VOptions
+        from .wan.s2v_engine import WanS2VEngine
 
-        options = WanS2VOptions(
-            sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
-            fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, attention_backend=settings.wan_attention,
-            compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
-        )
-        return WanS2VEngine.from_folder(folder, device=device, options=options)
-    from .wan.animate_engine import WanAnimateEngine
+        return WanS2VEngine.from_folder(paths[0], device=device, options=_s2v_options(settings))
+    if name == LIVEAVATAR:
+        from .wan.liveavatar_engine import WanLiveAvatarEngine
 
-    return WanAnimateEngine.from_folder(folder, device=device)
+        return WanLiveAvatarEngine.from_folders(*paths, device=device, options=_liveavatar_options(settings))
+    from .wan.animate_engine import WanAnimateEngine, WanAnimateOptions
+
+    lora = official_path(MODEL, settings.animate_lora, root) if settings.animate_lora else None
+    options = WanAnimateOptions() if lora is None else WanAnimateOptions(
+        lora=str(lora), default_steps=settings.animate_lora_steps)
+    return WanAnimateEngine.from_folder(paths[0], device=device, options=options)
 
 
 MIN_IMAGE_SIDE = 32  # below this there is no face to animate (found by tests/reliability: a 0x0 image streamed)
@@ -218,5 +311,8 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
             "elapsed_ms": round((now - started) * 1000.0, 1),
             "seed": job.params.seed,
         }
+        sampling = getattr(chunk, "sampling", None)
+        if sampling:  # what the clip costs: sampler, steps, guidance, DiT forwards per clip
+            info["sampling"] = dict(sampling)
         last = now
         yield chunk_outputs(chunk, info)

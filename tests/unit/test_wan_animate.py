@@ -38,7 +38,6 @@ from python_backends.generation.wan.animate_engine import (
     conditioning_from_driving,
 )
 from python_backends.generation.wan.animate_face import Blur, Direction, FaceBlock
-from python_backends.generation.wan.animate_lora import lora_target_modules, merge_lora_, read_lora_state
 from python_backends.generation.wan.animate_pose import (
     AAPOSE_COLORS,
     crop_face,
@@ -59,6 +58,7 @@ from python_backends.generation.wan.clip_vision import (
     meta_clip_vision,
     xlm_roberta_text_shapes,
 )
+from python_backends.generation.wan.lora import merge_lora_, read_lora_file, relighting_targets
 from python_backends.generation.wan.tiny_animate import (
     TINY_ANIMATE_CONFIG,
     TINY_CLIP_VISION,
@@ -411,16 +411,17 @@ def test_random_build_matches_meta_shapes() -> None:
 
 def lora_state(model: torch.nn.Module, rank: int = 4, prefix: str = "", seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
+    modules = dict(model.named_modules())
     state = {}
-    for name, layer in lora_target_modules(model).items():
-        out_dim, in_dim = layer.weight.shape
+    for name in sorted(relighting_targets(model)):
+        out_dim, in_dim = modules[name].weight.shape
         state[f"{prefix}{name}.lora_A.weight"] = torch.randn(rank, in_dim, generator=g)
         state[f"{prefix}{name}.lora_B.weight"] = torch.randn(out_dim, rank, generator=g) * 0.01
     return state
 
 
 def test_lora_targets_are_the_official_modules() -> None:
-    targets = lora_target_modules(meta_animate_model(WanAnimateTransformerConfig()))
+    targets = relighting_targets(meta_animate_model(WanAnimateTransformerConfig()))
     assert len(targets) == 40 * 12  # per block: self-attention q k v o, cross-attention q k v o k_img v_img, ffn 0 2
     assert "blocks.0.cross_attn.k_img" in targets and "blocks.39.ffn.2" in targets
     assert not any("face" in name or "modulation" in name for name in targets)
@@ -432,21 +433,24 @@ def test_lora_merge_adds_scaled_b_a(tmp_path: Path) -> None:
     state = lora_state(model, prefix="base_model.model.")
     path = tmp_path / "relighting_lora.ckpt"
     torch.save({"state_dict": state}, path)
-    merge_lora_(model, read_lora_state(path), alpha=8)
+    merge_lora_(model, read_lora_file(path), alpha=8, targets=relighting_targets(model))
     a = state["base_model.model.blocks.1.cross_attn.v_img.lora_A.weight"]
     b = state["base_model.model.blocks.1.cross_attn.v_img.lora_B.weight"]
     torch.testing.assert_close(model.blocks[1].cross_attn.v_img.weight, before + 2.0 * b @ a)
     fresh = build_animate_model(TINY_ANIMATE_CONFIG, seed=2)
+    targets = relighting_targets(fresh)
     partial = {k: v for k, v in lora_state(fresh).items() if not k.startswith("blocks.3.ffn.0.")}
     with pytest.raises(CheckpointError, match=r"no LoRA weights: blocks\.3\.ffn\.0"):
-        merge_lora_(fresh, partial)
+        merge_lora_(fresh, partial, targets=targets)
     stray = {**lora_state(fresh), "face_adapter.fuser_blocks.0.linear2.lora_A.weight": torch.zeros(4, 64),
              "face_adapter.fuser_blocks.0.linear2.lora_B.weight": torch.zeros(64, 4)}
     with pytest.raises(CheckpointError, match=r"does not target: face_adapter\.fuser_blocks\.0\.linear2"):
-        merge_lora_(fresh, stray)
+        merge_lora_(fresh, stray, targets=targets)
     bad = {**lora_state(fresh), "blocks.0.self_attn.q.lora_B.weight": torch.zeros(32, 4)}
-    with pytest.raises(CheckpointError, match=r"blocks\.0\.self_attn\.q\.lora_A \[4, 64\] / lora_B \[32, 4\]"):
-        merge_lora_(fresh, bad)
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.self_attn\.q down \(A\) \[4, 64\] / up \(B\) \[32, 4\]"):
+        merge_lora_(fresh, bad, targets=targets)
+    assert torch.equal(fresh.blocks[0].self_attn.q.weight, build_animate_model(TINY_ANIMATE_CONFIG, seed=2)
+                       .blocks[0].self_attn.q.weight)  # a refused file changes nothing
 
 
 # -- conditioning geometry (official preprocessing rules) ---------------------------------------------------------
@@ -564,3 +568,41 @@ def test_engine_generate_uses_the_driving_frames(tiny_engine: WanAnimateEngine) 
     assert video.shape == (5, 32, 48, 3)
     with pytest.raises(InputError, match="driving video"):
         engine.generate(GenerationJob(photo=frames[0], params=engine_job().params))
+
+
+def test_engine_merges_a_lightx2v_step_distill_lora(tmp_path_factory: pytest.TempPathFactory,
+                                                    tiny_engine: WanAnimateEngine) -> None:
+    """LightX2V's Animate config merges the Wan2.1-I2V 4-step LoRA (lightx2v layout: diffusion_model.<module>
+    .lora_down/.lora_up, .diff_b biases) and runs 4 UniPC steps without CFG; the served settings do that when
+    the file is present."""
+    from python_backends.generation.service import ANIMATE, VideoGeneratorSettings, _load_wan, choose_weights
+
+    root = tmp_path_factory.mktemp("animate_weights")
+    folder = make_tiny_animate_checkpoint(root / "video_generator" / "Wan2.2-Animate-14B", seed=0, with_aux=True)
+    g = torch.Generator().manual_seed(4)
+    state = {}
+    for name in ("blocks.0.cross_attn.k_img", "blocks.1.self_attn.o", "blocks.2.ffn.2"):
+        out_dim, in_dim = tiny_engine.transformer.get_submodule(name).weight.shape
+        state[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(8, in_dim, generator=g)
+        state[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(out_dim, 8, generator=g) * 0.01
+    state["diffusion_model.blocks.1.self_attn.o.diff_b"] = torch.full((64,), 0.5)
+    lora = root / "video_generator" / "Wan2.1-Distill-Loras" / "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
+    lora.parent.mkdir(parents=True)
+    save_file(state, str(lora))
+    settings = VideoGeneratorSettings()
+    engine = _load_wan(ANIMATE, (folder,), "cpu", settings, root)
+    assert engine.options.default_steps == 4 and engine.options.sampler == "unipc"
+    base = tiny_engine.transformer
+    torch.testing.assert_close(engine.transformer.blocks[1].self_attn.o.bias, base.blocks[1].self_attn.o.bias + 0.5)
+    torch.testing.assert_close(engine.transformer.blocks[0].cross_attn.k_img.weight,
+                               base.blocks[0].cross_attn.k_img.weight + state[
+                                   "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight"] @ state[
+                                   "diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight"])
+    assert torch.equal(engine.transformer.blocks[3].ffn[0].weight, base.blocks[3].ffn[0].weight)
+    assert "LightX2V 4-step LoRA" in choose_weights(settings, root).note
+    bad = {**state, "diffusion_model.blocks.0.face_adapter.lora_down.weight": torch.zeros(8, 64),
+           "diffusion_model.blocks.0.face_adapter.lora_up.weight": torch.zeros(64, 8)}
+    save_file(bad, str(lora))
+    with pytest.raises(CheckpointError, match=r"wan2\.1_i2v_lora_rank64_lightx2v_4step\.safetensors: .*blocks\.0\."
+                                              r"face_adapter\.lora_down\.weight targets blocks\.0\.face_adapter"):
+        _load_wan(ANIMATE, (folder,), "cpu", settings, root)

@@ -32,6 +32,7 @@ from python_backends.generation.wan.s2v_engine import (
 from python_backends.generation.wan.scheduler import (
     OFFICIAL_SIGMA_MAX,
     FlowEulerSampler,
+    distill_schedule,
     flow_schedule,
     make_sampler,
 )
@@ -45,14 +46,7 @@ SECONDS = 2.0
 SR = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models' tensors are too small for intra-op parallelism: a second thread only adds barrier waits,
-    which cost several times the work itself when the other core is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- scheduler helpers
@@ -88,15 +82,17 @@ def test_schedule_matches_the_closed_form() -> None:
     linear, _ = flow_schedule(10, 1.0)
     np.testing.assert_allclose(linear[:-1], np.linspace(OFFICIAL_SIGMA_MAX, 0, 11)[:-1], rtol=1e-6)
     assert np.all(flow_schedule(10, 5.0)[0][1:-1] > linear[1:-1])
-    # Euler for distilled checkpoints starts from pure noise: LightX2V's 1000, 750, 500, 250 with shift 5
-    sigmas4, t4 = flow_schedule(4, 5.0, sigma_max=1.0)
+    # Euler for distilled checkpoints starts from pure noise: LightX2V's step list 1000, 750, 500, 250 with
+    # shift 5, and the model sees the shifted timesteps unrounded (WanStepDistillScheduler: sigmas * 1000)
+    sigmas4, t4 = distill_schedule(4, 5.0)
     np.testing.assert_allclose(sigmas4, [1.0, 0.9375, 5 / 6, 0.625, 0.0], rtol=1e-6)
-    np.testing.assert_array_equal(t4, [1000, 937, 833, 625])
+    np.testing.assert_allclose(t4, [1000, 937.5, 2500 / 3, 625], rtol=1e-6)
+    assert make_sampler("euler", 4, 5.0).timestep().item() == 1000.0
     with pytest.raises(ValueError):
         flow_schedule(0, 3.0)
 
 
-@pytest.mark.parametrize("name", ["unipc", "euler"])
+@pytest.mark.parametrize("name", ["unipc", "euler", "euler-diffusers"])
 def test_exact_flow_lands_on_the_data(name: str) -> None:
     """On straight paths the flow is noise - x0 everywhere: any consistent solver must end exactly at x0."""
     gen = torch.Generator().manual_seed(0)
@@ -375,12 +371,13 @@ def test_decode_context_option_keeps_the_frame_count(engine) -> None:
 
 
 def _lora_for(engine: WanS2VEngine, rank: int, scale: float) -> dict[str, torch.Tensor]:
-    from python_backends.generation.wan.animate_lora import lora_target_modules
+    from python_backends.generation.wan.lora import relighting_targets
 
     generator = torch.Generator().manual_seed(1)
+    modules = dict(engine.transformer.named_modules())
     state = {}
-    for name, layer in lora_target_modules(engine.transformer).items():
-        out_dim, in_dim = layer.weight.shape
+    for name in sorted(relighting_targets(engine.transformer)):
+        out_dim, in_dim = modules[name].weight.shape
         state[f"diffusion_model.{name}.lora_A.weight"] = torch.randn(rank, in_dim, generator=generator)
         state[f"diffusion_model.{name}.lora_B.weight"] = torch.randn(out_dim, rank, generator=generator) * scale
     return state

@@ -10,6 +10,7 @@ class TritonPythonModel(StreamingModel):
 
     def build(self, settings, device):
         self.engines = EngineRegistry(settings, device)
+        self.logger.log_info(f"{self.spec.name}: {self.engines.summary()}")
 
     def stream(self, inputs, parameters, is_cancelled, backlog):
         return generate(self.engines, inputs, parameters)

@@ -22,9 +22,9 @@ What one job does, following `WanAnimate.generate` in animation mode (wan/animat
 Differences from the official pipeline: streaming; frame interpolation (or nearest-time frame selection) when
 params.fps differs from the driving fps (as the S2V engine); noise from a CPU generator in float32; latents
 float32 between steps; the CLIP image is the letterboxed photo (the official uses the same image); replacement
-mode (background + mask videos, relighting LoRA) is not wired here (animate_lora.merge_lora_ exists for it).
-tests/parity/test_animate_pipeline.py runs this job against the official `WanAnimate.generate` (same files,
-inputs, seed): equal to float32 round-off.
+mode (background + mask videos, relighting LoRA) is not wired here (lora.merge_lora_ with lora.relighting_targets
+reads it). tests/parity/test_animate_pipeline.py runs this job against the official `WanAnimate.generate` (same
+files, inputs, seed): equal to float32 round-off.
 """
 
 from __future__ import annotations
@@ -150,6 +150,10 @@ class WanAnimateOptions:
     negative_prompt: str | None = None  # None: the official sample_neg_prompt
     vae_dtype: str = "float32"
     text_cache_size: int = 8
+    # A step-distillation LoRA merged at load (any lora.py layout), e.g. the Wan2.1-I2V 4-step LoRA LightX2V's
+    # configs/wan22/wan_animate_lora.json applies to Animate-14B with 4 UniPC steps, shift 5, no CFG.
+    lora: str | None = None
+    lora_strength: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -212,6 +216,10 @@ class WanAnimateEngine(WanEngineBase):
         options = options or WanAnimateOptions()
         check_release_folder(folder, task)
         transformer = load_animate_transformer(folder, device, dtype)
+        if options.lora:
+            from .lora import merge_lora_
+
+            merge_lora_(transformer, Path(options.lora), strength=options.lora_strength)
         config = transformer.config
         vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config)
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
@@ -220,8 +228,12 @@ class WanAnimateEngine(WanEngineBase):
                 landmarker = dlib_landmarker()
             except (ImportError, WeightsUnavailable) as exc:
                 log.warning("no face landmarker for driving videos (%s): pass AnimateConditioning", exc)
-        log.info("Wan Animate engine from %s on %s (DiT %s, %d layers)", folder, device,
-                 transformer.patch_embedding.weight.dtype, config.num_layers)
+        steps = options.default_steps or task.sample_steps
+        guidance = task.sample_guide_scale if options.default_guidance is None else options.default_guidance
+        log.info("Wan Animate engine from %s on %s (DiT %s, %d layers%s); per %d-frame clip by default: %d %s steps, "
+                 "%s", folder, device, transformer.patch_embedding.weight.dtype, config.num_layers,
+                 f", LoRA {options.lora}" if options.lora else "", options.clip_len, steps, options.sampler,
+                 f"CFG {guidance:g}: {2 * steps} DiT forwards" if guidance > 1 else f"no CFG: {steps} DiT forwards")
         return cls(transformer, vae, text_encoder, clip, task, options, landmarker)
 
     # -- per-job inputs -----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ frame rate; the model prepends `motion_frames[0]` copies of the first frame and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -30,9 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import AttentionFn, attention
+from .attention import attention
 from .configs import WanS2VTransformerConfig
 from .transformer import (
+    AttentionFn,
     FP32LayerNorm,
     Head,
     WanAttentionBlock,
@@ -77,6 +78,11 @@ def grid_positions(start: Sequence[int], end: Sequence[int], extent: Sequence[in
     cols = np.linspace(w_o, t_w + w_o - 1, seq_w).astype(int)
     grid = np.stack(np.meshgrid(frames, rows, cols, indexing="ij"), axis=-1).reshape(-1, 3)
     return torch.from_numpy(grid.astype(np.int64))
+
+
+def ref_positions(ref_hw: Sequence[int], frame: int = REF_FRAME_POSITION) -> torch.Tensor:
+    """Rotary positions [rows * cols, 3] of the reference image's tokens: one frame at `frame` (official 30)."""
+    return grid_positions((frame, 0, 0), (frame + 1, *ref_hw), (1, *ref_hw))
 
 
 def framepack_grids(lat_h: int, lat_w: int, add_last_motion: int, drop_mode: str) -> list[tuple]:
@@ -383,6 +389,63 @@ class WanS2VTransformer(nn.Module):
             x[:, start - offset : end - offset] += residual.reshape(b, end - start, dim)
         return x
 
+    # -- token pieces (shared with the block-causal streaming forward, causal_s2v.py) ------------------------------
+
+    def audio_tokens(self, audio: torch.Tensor, batch: int,
+                     motion_frames: Sequence[int] = DEFAULT_MOTION_FRAMES) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-frame audio tokens: prepend motion_frames[0] copies of the first audio frame, encode, drop the first
+        motion_frames[1] encoded frames. audio [B, layers, audio_dim, frames] -> (local, global or None)."""
+        cfg = self.config
+        audio = audio.to(self.patch_embedding.weight.device)
+        if audio.dim() != 4 or audio.shape[0] != batch:
+            raise ValueError(f"audio must be [B={batch}, layers, {cfg.audio_dim}, frames], got {tuple(audio.shape)}")
+        audio = torch.cat([audio[..., :1].expand(*audio.shape[:3], motion_frames[0]), audio], dim=-1)
+        audio_local, audio_global = self.casual_audio_encoder(audio)
+        audio_local = audio_local[:, motion_frames[1]:]
+        if audio_global is not None:
+            audio_global = audio_global[:, motion_frames[1]:]
+        return audio_local, audio_global
+
+    def video_tokens(self, latents: torch.Tensor,
+                     cond_states: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Noisy-latent tokens [B, n, dim] (patch embedding + condition encoder) and their grid (F, rows, cols)."""
+        device = self.patch_embedding.weight.device
+        x = conv_in_weight_dtype(self.patch_embedding, latents.to(device))
+        if self.config.cond_dim > 0:
+            if cond_states is None:  # conv of all-zero latents == its bias
+                x = x + self.cond_encoder.bias.to(x.dtype).view(1, -1, 1, 1, 1)
+            else:
+                x = x + conv_in_weight_dtype(self.cond_encoder, cond_states.to(device))
+        elif cond_states is not None:
+            raise ValueError("this model has no cond_encoder (cond_dim=0); pass cond_states=None")
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+    def ref_tokens(self, ref_latents: torch.Tensor, batch: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Reference-image tokens [B, n, dim] and their (rows, cols)."""
+        if ref_latents.shape[0] != batch or ref_latents.shape[2] != 1:
+            raise ValueError(f"ref_latents must be [B={batch}, C, 1, H, W], got {tuple(ref_latents.shape)}")
+        ref = conv_in_weight_dtype(self.patch_embedding, ref_latents.to(self.patch_embedding.weight.device))
+        return ref.flatten(2).transpose(1, 2), tuple(ref.shape[3:])
+
+    def mark(self, x: torch.Tensor, counts: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Add trainable_cond_mask rows: (mark, token count) in order; 0 noisy, 1 reference, 2 motion tokens."""
+        marks = torch.cat([torch.full((n,), m, dtype=torch.long, device=x.device) for m, n in counts])
+        return x + self.trainable_cond_mask(marks).to(x.dtype)
+
+    def time_modulation(self, timestep: torch.Tensor, batch: int, zero_slot: bool,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e [B, dim] for the head, e0 [B, 6, G, dim] for the blocks); G = 2 with the t = 0 slot appended."""
+        cfg = self.config
+        t = timestep.to(device=device, dtype=torch.float64).reshape(-1)
+        t = t.expand(batch) if t.numel() == 1 else t
+        if not zero_slot:
+            e, e0 = time_embedding_fp32(self.time_embedding, self.time_projection, cfg.freq_dim, t)
+            return e, e0.unsqueeze(2)
+        e, e0 = time_embedding_fp32(self.time_embedding, self.time_projection, cfg.freq_dim,
+                                    torch.cat([t, t.new_zeros(1)]))
+        return e[:batch], torch.stack([e0[:batch], e0[batch:].expand(batch, -1, -1)], dim=2)
+
     # -- forward ----------------------------------------------------------------------------------------------
 
     def prepare_tokens(
@@ -406,41 +469,16 @@ class WanS2VTransformer(nn.Module):
         device = self.patch_embedding.weight.device
         b = latents.shape[0]
         add_last_motion = int(cfg.add_last_motion) * add_last_motion
-
-        # audio: prepend the motion frames' worth of the first audio frame, encode, drop them again
-        audio = audio.to(device)
-        if audio.dim() != 4 or audio.shape[0] != b:
-            raise ValueError(f"audio must be [B={b}, layers, {cfg.audio_dim}, frames], got {tuple(audio.shape)}")
-        audio = torch.cat([audio[..., :1].expand(*audio.shape[:3], motion_frames[0]), audio], dim=-1)
-        audio_local, audio_global = self.casual_audio_encoder(audio)
-        audio_local = audio_local[:, motion_frames[1]:]
-        if audio_global is not None:
-            audio_global = audio_global[:, motion_frames[1]:]
-
-        # noisy latents (+ condition), reference, motion tokens
-        x = conv_in_weight_dtype(self.patch_embedding, latents.to(device))
-        if cfg.cond_dim > 0:
-            if cond_states is None:  # conv of all-zero latents == its bias
-                x = x + self.cond_encoder.bias.to(x.dtype).view(1, -1, 1, 1, 1)
-            else:
-                x = x + conv_in_weight_dtype(self.cond_encoder, cond_states.to(device))
-        elif cond_states is not None:
-            raise ValueError("this model has no cond_encoder (cond_dim=0); pass cond_states=None")
-        grid = tuple(x.shape[2:])
-        x = x.flatten(2).transpose(1, 2)
+        audio_local, audio_global = self.audio_tokens(audio, b, motion_frames)
+        x, grid = self.video_tokens(latents, cond_states)
         n_video = x.shape[1]
         if audio_local.shape[1] != grid[0]:
             raise ValueError(f"audio covers {audio_local.shape[1]} latent frames but the latents have {grid[0]}; "
                              f"pass 4 x latent frames of audio features")
-        if ref_latents.shape[0] != b or ref_latents.shape[2] != 1:
-            raise ValueError(f"ref_latents must be [B={b}, C, 1, H, W], got {tuple(ref_latents.shape)}")
-        ref = conv_in_weight_dtype(self.patch_embedding, ref_latents.to(device))
-        ref_hw = tuple(ref.shape[3:])
-        ref = ref.flatten(2).transpose(1, 2)
+        ref, ref_hw = self.ref_tokens(ref_latents, b)
 
         pieces, marks = [x, ref], [0, 1]
-        positions = [grid_positions((0, 0, 0), grid, grid),
-                     grid_positions((REF_FRAME_POSITION, 0, 0), (REF_FRAME_POSITION + 1, *ref_hw), (1, *ref_hw))]
+        positions = [grid_positions((0, 0, 0), grid, grid), ref_positions(ref_hw)]
         motion_key: tuple = ()
         if not drop_motion_frames:
             motion_latents = motion_latents.to(device)
@@ -449,28 +487,27 @@ class WanS2VTransformer(nn.Module):
             marks.append(2)
             positions.append(motion_pos)
             motion_key = (tuple(motion_latents.shape[2:]), add_last_motion)
-        mask = torch.cat([torch.full((p.shape[1],), m, dtype=torch.long, device=device)
-                          for p, m in zip(pieces, marks)])
-        x = torch.cat(pieces, dim=1)
-        x = x + self.trainable_cond_mask(mask).to(x.dtype)
+        x = self.mark(torch.cat(pieces, dim=1), [(m, p.shape[1]) for m, p in zip(marks, pieces)])
         seq = x.shape[1]
         cos, sin = self._rope((grid, ref_hw, motion_key, str(device)), torch.cat(positions), device)
 
         # timestep modulation: noisy tokens use t, reference/motion tokens use t = 0 (zero_timestep)
-        t = timestep.to(device=device, dtype=torch.float64).reshape(-1)
-        t = t.expand(b) if t.numel() == 1 else t
-        if cfg.zero_timestep:
-            e, e0 = time_embedding_fp32(self.time_embedding, self.time_projection, cfg.freq_dim,
-                                        torch.cat([t, t.new_zeros(1)]))
-            e, e0 = e[:b], torch.stack([e0[:b], e0[b:].expand(b, -1, -1)], dim=2)
-            bounds: tuple[int, ...] = (0, min(max(0, n_video), seq), seq)
-        else:
-            e, e0 = time_embedding_fp32(self.time_embedding, self.time_projection, cfg.freq_dim, t)
-            e0 = e0.unsqueeze(2)
-            bounds = (0, seq)
-
+        e, e0 = self.time_modulation(timestep, b, cfg.zero_timestep, device)
+        bounds: tuple[int, ...] = (0, min(max(0, n_video), seq), seq) if cfg.zero_timestep else (0, seq)
         ctx = self._context(context, b, device)
         return S2VTokens(x, e, e0, bounds, cos, sin, ctx, n_video, grid, audio_local, audio_global)
+
+    def run_blocks(self, tokens: S2VTokens,
+                   attention_of: Callable[[int], AttentionFn] | None = None) -> torch.Tensor:
+        """Every block on tokens.x, with the audio injection after the official blocks (on the video tokens);
+        attention_of(index) swaps a block's self-attention (the streaming forward's cached attention)."""
+        x = tokens.x
+        for index, block in enumerate(self.blocks):
+            attn = self.self_attention if attention_of is None else attention_of(index)
+            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, tokens.context, attn)
+            if index in self.audio_injector.injected_block_id and tokens.n_video:
+                x = self._inject_audio(index, x, tokens)
+        return x
 
     def forward(
         self,
@@ -494,11 +531,7 @@ class WanS2VTransformer(nn.Module):
         """
         tokens = self.prepare_tokens(latents, timestep, context, ref_latents, motion_latents, audio, cond_states,
                                      motion_frames, add_last_motion, drop_motion_frames)
-        x = tokens.x
-        for index, block in enumerate(self.blocks):
-            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, tokens.context, self.self_attention)
-            if index in self.audio_injector.injected_block_id:
-                x = self._inject_audio(index, x, tokens)
+        x = self.run_blocks(tokens)
         out = self.head(x[:, : tokens.n_video], tokens.e)
         return unpatchify(out, tokens.grid, self.config.patch_size, self.config.out_dim)
 

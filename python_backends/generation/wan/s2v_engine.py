@@ -76,7 +76,7 @@ from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
 from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
 from ...errors import InputError, WeightsUnavailable
 from ...frame_interpolation.config import Interpolation
-from ..job import FrameChunk, GenerationJob, segment_range
+from ..job import FrameChunk, GenerationJob, GenerationParams, segment_range
 from .attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
 from .checkpoint import check_release_layout, load_s2v_transformer
 from .configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
@@ -86,6 +86,7 @@ from .text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
 from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
 
 if TYPE_CHECKING:
+    from ...frame_interpolation.resampler import InterpolatingResampler
     from .animate_configs import WanAnimateTaskConfig, WanAnimateTransformerConfig
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,25 @@ class WanS2VOptions:
     # Speed switches (perf/RESULTS.md measures each on the H100):
     lora: str | None = None  # LoRA merged into the DiT at load, e.g. a step-distillation LoRA (LightX2V-style);
     #                          a path, absolute or relative to the release folder; pair it with sampler=euler
-    lora_alpha: float | None = None  # None: alpha = rank (scale 1)
+    lora_alpha: float | None = None  # for pairs without a file alpha; None: alpha = rank (scale 1)
+    lora_strength: float = 1.0  # LightX2V's "strength": multiplies the whole LoRA delta
+    lora_targets: tuple[str, ...] | None = None  # a PEFT release's target_modules: its LoRA must cover exactly
+    #                                             those modules; None: any linear layers, as many as the file has
     fp8: str | None = None  # rowwise | tensor: FP8 e4m3 linear layers (Hopper/Ada); None keeps bf16
     # The DiT's self-attention: sdpa, or our 8-bit Triton kernel (attention.ATTENTION_BACKENDS; CUDA 8.9+)
     attention_backend: str = SDPA
     compile: bool = False  # torch.compile the DiT (first request pays the compile time)
+
+    def sampling(self, task: WanS2VTaskConfig = S2V_14B, steps: int | None = None,
+                 guidance: float | None = None) -> dict[str, object]:
+        """What a clip costs in DiT forward passes with these settings (the defaults where None)."""
+        steps = steps or self.default_steps or task.sample_steps
+        if guidance is None:
+            guidance = task.sample_guide_scale if self.default_guidance is None else self.default_guidance
+        cfg = guidance > 1.0
+        return {"sampler": self.sampler, "steps": steps, "guidance": guidance, "cfg": cfg,
+                "frames_per_clip": self.infer_frames, "dit_forwards_per_clip": steps * (2 if cfg else 1),
+                "latent_frames_per_forward": self.infer_frames // 4}
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -168,6 +183,7 @@ class WanFrameChunk(FrameChunk):
 
     clip: int = 0
     timing: Mapping[str, float] = field(default_factory=dict)
+    sampling: Mapping[str, object] = field(default_factory=dict)  # what the job costs (WanS2VEngine.sampling)
 
 
 # ---------------------------------------------------------------- release folder
@@ -327,11 +343,12 @@ def fit_photo(photo: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def motion_pixels(frames: np.ndarray | None, start: int, fps: float, first16: int, fps16: int, count: int,
-                  height: int, width: int) -> torch.Tensor:
+                  height: int, width: int, fill: torch.Tensor | None = None) -> torch.Tensor:
     """[1, 3, count, H, W] in [-1, 1]: the `count` 16 fps frames before source frame `first16`, taken from the
-    caller's frames (output frames start - len(frames) .. start - 1 at `fps`) by nearest time; zero frames where
-    there are none, as the official pads before the video starts."""
-    out = torch.zeros(1, 3, count, height, width)
+    caller's frames (output frames start - len(frames) .. start - 1 at `fps`) by nearest time; where there are
+    none, `fill` ([1, 3, 1, H, W]) or zero frames, as the official pads before the video starts."""
+    out = torch.zeros(1, 3, count, height, width) if fill is None else fill.float().cpu().expand(
+        1, 3, count, height, width).clone()
     if frames is None or not len(frames):
         return out
     frames = np.asarray(frames, np.uint8)
@@ -374,6 +391,45 @@ def identity_similarity(embedder: Embedder, frames: np.ndarray, reference: np.nd
     if not valid.any():
         return -1.0
     return float(np.mean(emb[valid] @ ref / norms[valid]))
+
+
+def describe_sampling(sampling: Mapping[str, object]) -> str:
+    """One line for logs and weight notes: sampler, steps, guidance and the DiT forwards a clip costs."""
+    cfg = f"CFG {sampling['guidance']:g} (x2 forwards)" if sampling["cfg"] else "no CFG"
+    return (f"{sampling['steps']} {sampling['sampler']} steps, {cfg}: {sampling['dit_forwards_per_clip']} DiT "
+            f"forwards per {sampling['frames_per_clip']}-frame clip ({sampling['latent_frames_per_forward']} "
+            f"latent frames a forward)")
+
+
+def check_photo(job: GenerationJob) -> np.ndarray:
+    photo = np.asarray(job.photo)
+    if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
+        raise InputError(f"the photo must be [H, W, 3] uint8 RGB, got {photo.shape} {photo.dtype}", "bad_photo")
+    return photo
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which frames a request streams: the clip's output frames, the requested segment of them, and the
+    16 fps source frames that segment needs."""
+
+    total: int  # output frames of the whole clip at params.fps
+    segment: range  # the output frames this request streams
+    resampler: InterpolatingResampler  # 16 fps frames in, params.fps frames out
+    first16: int  # the first 16 fps frame of the segment
+    needed: int  # 16 fps frames this request makes
+    continuing: bool  # a segment from the middle: it continues from the caller's motion frames
+
+
+def frame_plan(params: GenerationParams, seconds: float, fps16: int, interpolation: Interpolation,
+               device: object = "cpu") -> FramePlan:
+    source_total = max(1, math.ceil(seconds * fps16 - 1e-9))
+    total = max(1, math.ceil(seconds * params.fps - 1e-9))
+    segment = segment_range(params, total)
+    resampler = interpolation.resampler(fps16, params.fps, source_total, len(segment), segment.start, device)
+    first16 = resampler.base
+    needed = resampler.source_stop - first16
+    return FramePlan(total, segment, resampler, first16, needed, segment.start > 0)
 
 
 # ---------------------------------------------------------------- engine
@@ -454,9 +510,11 @@ class WanS2VEngine(WanEngineBase):
             raise WeightsUnavailable(
                 f"{folder / task.wav2vec} gives {audio_encoder.layers} hidden states of width {audio_encoder.dim}, "
                 f"the DiT weighs {config.audio_layers} of width {config.audio_dim}")
-        log.info("Wan S2V engine from %s on %s (DiT %s, %d layers, VAE %s)", folder, device,
-                 transformer.patch_embedding.weight.dtype, config.num_layers, options.vae_dtype)
-        return cls(transformer, vae, text_encoder, audio_encoder, task, options, embedder)
+        engine = cls(transformer, vae, text_encoder, audio_encoder, task, options, embedder)
+        log.info("%s from %s on %s (DiT %s, %d layers, VAE %s); per clip by default: %s", engine.name, folder,
+                 device, transformer.patch_embedding.weight.dtype, config.num_layers, options.vae_dtype,
+                 describe_sampling(engine.sampling()))
+        return engine
 
     # -- per-job inputs -----------------------------------------------------------------------------------------
 
@@ -560,24 +618,19 @@ class WanS2VEngine(WanEngineBase):
         """Stream the video of `job` in chunks as it is decoded; stops working when the consumer stops."""
         started = time.perf_counter()
         p, opt, task = job.params, self.options, self.task
-        photo = np.asarray(job.photo)
-        if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-            raise InputError(f"the photo must be [H, W, 3] uint8 RGB, got {photo.shape} {photo.dtype}", "bad_photo")
+        photo = check_photo(job)
         steps, guidance = self._settings(job)
+        sampling = self.sampling(steps, guidance)
         height, width = output_size(photo.shape[:2], p.width, p.height, opt.max_area)
 
         features = self._audio_features(job)
         seconds = self._duration(job, features)
         features30 = resample_to_video_rate(features)
         fps16 = task.sample_fps
-        needed = max(1, math.ceil(seconds * fps16 - 1e-9))
-        total = max(1, math.ceil(seconds * p.fps - 1e-9))
-        segment = segment_range(p, total)
-        resampler = self.interpolation.resampler(fps16, p.fps, needed, len(segment), segment.start, self.device)
-        # A segment from the middle continues from the caller's motion frames: no first-clip frame drop there.
-        continuing = segment.start > 0
-        first16 = resampler.base
-        needed = resampler.source_stop - first16  # 16 fps frames this request makes
+        plan = frame_plan(p, seconds, fps16, self.interpolation, self.device)
+        segment, resampler, continuing, first16, needed = (plan.segment, plan.resampler, plan.continuing,
+                                                           plan.first16, plan.needed)
+        total = plan.total
         per_clip = opt.infer_frames
         dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion and not continuing else 0
         clips = 1 + math.ceil(max(0, needed - (per_clip - dropped)) / per_clip)
@@ -670,7 +723,7 @@ class WanS2VEngine(WanEngineBase):
                 buffer.extend(resampler.push(frames))
                 while len(buffer) >= p.chunk_frames:
                     chunk, buffer = buffer[: p.chunk_frames], buffer[p.chunk_frames :]
-                    yield self._chunk(out_index, chunk, p.fps, total, clip, timing, decode_s, started)
+                    yield self._chunk(out_index, chunk, p.fps, total, clip, timing, decode_s, started, sampling)
                     out_index += len(chunk)
                     decode_s = 0.0
                 if last_clip and produced >= needed:
@@ -678,7 +731,7 @@ class WanS2VEngine(WanEngineBase):
                     break
                 t0 = time.perf_counter()
             if buffer:
-                yield self._chunk(out_index, buffer, p.fps, total, clip, timing, decode_s, started)
+                yield self._chunk(out_index, buffer, p.fps, total, clip, timing, decode_s, started, sampling)
                 out_index += len(buffer)
             if not last_clip:
                 tail = torch.cat(keep, dim=2)[:, :, -task.motion_frames :]
@@ -688,20 +741,23 @@ class WanS2VEngine(WanEngineBase):
 
     @staticmethod
     def _chunk(start: int, frames: list[np.ndarray], fps: float, total: int, clip: int, timing: Mapping[str, float],
-               decode_s: float, started: float) -> WanFrameChunk:
+               decode_s: float, started: float, sampling: Mapping[str, object]) -> WanFrameChunk:
         info = {**timing, "decode_s": decode_s, "elapsed_s": time.perf_counter() - started}
-        return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info)
+        return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info, sampling=sampling)
+
+    def sampling(self, steps: int | None = None, guidance: float | None = None) -> dict[str, object]:
+        """What a clip costs in DiT forward passes with these settings (the engine's defaults when None)."""
+        return self.options.sampling(self.task, steps, guidance)
 
 
 def _apply_speed_options(transformer: WanS2VTransformer, folder: Path, options: WanS2VOptions) -> None:
     """LoRA merge first (it changes the bf16 weights), then FP8 conversion, the attention, then compilation."""
     if options.lora:
-        from .animate_lora import merge_lora_, read_lora_state
+        from .lora import merge_lora_, peft_targets
 
         path = Path(options.lora) if Path(options.lora).is_absolute() else folder / options.lora
-        state = read_lora_state(path)
-        rank = next(t.shape[0] for k, t in state.items() if "lora_A" in k)
-        merge_lora_(transformer, state, alpha=options.lora_alpha or rank, source=str(path))
+        targets = None if options.lora_targets is None else peft_targets(transformer, options.lora_targets)
+        merge_lora_(transformer, path, alpha=options.lora_alpha, strength=options.lora_strength, targets=targets)
     if options.fp8:
         from .fp8 import convert_to_fp8
 

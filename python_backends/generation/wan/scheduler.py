@@ -16,9 +16,17 @@ the corrector after every model evaluation but the first, and the order-2 predic
 the solved value (both as the official code). Every coefficient here is computed in float64 from the schedule;
 the official code computes them in float32, which moves results by ~1e-7 relative.
 
-Euler: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v_i, the first-order solver that step-distilled Wan checkpoints
-(LightX2V-style 4-8 step LoRAs) are sampled with. Its default schedule starts at sigma = 1 (pure noise), as
-those checkpoints' timestep lists (1000, 750, 500, 250 with shift 5) do.
+Euler: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v_i, the first-order solver step-distilled Wan checkpoints are
+sampled with, on one of two schedules (the model sees the float timesteps 1000 sigma_i, not truncated):
+
+* "euler": LightX2V's WanStepDistillScheduler (lightx2v/models/schedulers/wan/step_distill/scheduler.py) with its
+  uniform `denoising_step_list` (1000, 750, 500, 250 for 4 steps): s_i = 1 - i / steps, sigma_i = shift(s_i),
+  starting from pure noise; the LightX2V and Lightning distill configs use shift 5.
+* "euler-diffusers": diffusers' FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift) after
+  set_timesteps(steps), LiveAvatar's inference sampler (causal_s2v_pipeline.py builds it with shift 3 whatever
+  --sample_shift says). It shifts twice: its training table ends at sigma_min = shift(1/1000), the inference
+  timesteps are spread linearly from 1000 to 1000 sigma_min and shifted again, so 4 steps at shift 3 run at
+  t = 1000, 857.69, 602.15, 8.93 (tests/parity/test_liveavatar.py compares it with diffusers itself).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import torch
 NUM_TRAIN_TIMESTEPS = 1000
 # sigma_max of the official scheduler: the first training sigma 1 - 1/1000, stored in float32 before .item().
 OFFICIAL_SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
-SAMPLERS = ("unipc", "euler")
+SAMPLERS = ("unipc", "euler", "euler-diffusers")
 
 
 def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -55,12 +63,35 @@ def flow_schedule(steps: int, shift: float, sigma_max: float = OFFICIAL_SIGMA_MA
     return np.concatenate([sigmas, [0.0]]).astype(np.float32), timesteps
 
 
+def distill_schedule(steps: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """LightX2V's step-distill schedule: (sigmas [steps + 1] float32 ending in 0, timesteps 1000 sigma float32)."""
+    if steps < 1 or shift <= 0:
+        raise ValueError(f"steps must be >= 1 and shift positive, got {steps} and {shift}")
+    sigmas = shift_sigmas(1.0 - np.arange(steps) / steps, shift).astype(np.float32)
+    return np.concatenate([sigmas, [0.0]]).astype(np.float32), sigmas * np.float32(NUM_TRAIN_TIMESTEPS)
+
+
+def diffusers_euler_schedule(steps: int, shift: float,
+                             num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> tuple[np.ndarray, np.ndarray]:
+    """diffusers FlowMatchEulerDiscreteScheduler(num_train_timesteps, shift).set_timesteps(steps): (sigmas
+    [steps + 1] float32 ending in 0, timesteps float32), with its float32 training table and float64 spacing."""
+    if steps < 1 or shift <= 0:
+        raise ValueError(f"steps must be >= 1 and shift positive, got {steps} and {shift}")
+    train = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1] / np.float32(
+        num_train_timesteps)
+    train = (np.float32(shift) * train / (1 + (np.float32(shift) - 1) * train)).astype(np.float32)
+    sigma_max, sigma_min = float(train[0]), float(train[-1])
+    spaced = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, steps)
+    sigmas = shift_sigmas(spaced / num_train_timesteps, shift).astype(np.float32)
+    return np.concatenate([sigmas, [0.0]]).astype(np.float32), sigmas * np.float32(num_train_timesteps)
+
+
 class FlowSampler:
     """Common state: the schedule, the step counter, and the sigma each model call is made at."""
 
-    def __init__(self, sigmas: Sequence[float], timesteps: Sequence[int]) -> None:
+    def __init__(self, sigmas: Sequence[float], timesteps: Sequence[float]) -> None:
         self.sigmas = np.asarray(sigmas, dtype=np.float32)
-        self.timesteps = np.asarray(timesteps, dtype=np.int64)
+        self.timesteps = np.asarray(timesteps, dtype=np.float64)  # integers for UniPC, fractional for Euler
         if self.sigmas.ndim != 1 or len(self.sigmas) != len(self.timesteps) + 1:
             raise ValueError("need one more sigma than timesteps (the final sigma)")
         if np.any(np.diff(self.sigmas) >= 0) or self.sigmas[-1] < 0 or self.sigmas[0] > 1:
@@ -72,7 +103,7 @@ class FlowSampler:
         return len(self.timesteps)
 
     def timestep(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """The model's timestep input for the current step: [1] float (an integer value)."""
+        """The model's timestep input for the current step: [1] float32."""
         return torch.tensor([float(self.timesteps[self.index])], dtype=torch.float32, device=device)
 
     def _sigma(self, i: int) -> float:
@@ -179,11 +210,13 @@ class FlowUniPCSampler(FlowSampler):
 
 
 def make_sampler(name: str, steps: int, shift: float, sigma_max: float | None = None) -> FlowSampler:
-    """A fresh sampler for one clip: "unipc" (official, sigma_max 0.999) or "euler" (distilled, sigma_max 1)."""
+    """A fresh sampler for one clip (or block): "unipc" (official, sigma_max 0.999), "euler" (LightX2V step
+    distill) or "euler-diffusers" (LiveAvatar); sigma_max only applies to UniPC."""
     if name == "unipc":
         sigmas, timesteps = flow_schedule(steps, shift, OFFICIAL_SIGMA_MAX if sigma_max is None else sigma_max)
         return FlowUniPCSampler(sigmas, timesteps)
     if name == "euler":
-        sigmas, timesteps = flow_schedule(steps, shift, 1.0 if sigma_max is None else sigma_max)
-        return FlowEulerSampler(sigmas, timesteps)
+        return FlowEulerSampler(*distill_schedule(steps, shift))
+    if name == "euler-diffusers":
+        return FlowEulerSampler(*diffusers_euler_schedule(steps, shift))
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")

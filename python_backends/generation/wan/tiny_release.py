@@ -107,3 +107,30 @@ def make_tiny_animate_release(folder: Path | str, seed: int = 0) -> Path:
     make_tiny_tokenizer(folder)
     make_tiny_tokenizer(folder, ANIMATE_14B.clip_tokenizer)  # only loaded, never used: Animate reads no CLIP text
     return folder
+
+
+def make_tiny_liveavatar_lora(folder: Path | str, seed: int = 0, scale: float = 0.02, prefix: str = "base_model.model.",
+                              rank: int = 128) -> Path:
+    """`folder`/liveavatar.safetensors for the tiny S2V DiT in the release's layout: PEFT keys with the adapter
+    segment (`<prefix><module>.lora_A.default.weight` [r, in], `.lora_B.default.weight` [out, r]), rank 128, on
+    every module LiveAvatar's config targets (q, k, v, o, ffn.0, ffn.2: self-, cross- and audio attention). B is
+    random (PEFT initialises it to zero; a trained file is not), `scale` its standard deviation."""
+    from safetensors.torch import save_file
+
+    from .liveavatar_engine import LORA_FILE, LORA_TARGETS
+    from .lora import peft_targets
+    from .s2v import meta_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = meta_model(TINY_S2V_CONFIG)
+    modules = dict(model.named_modules())
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(peft_targets(model, LORA_TARGETS)):
+        out_dim, in_dim = modules[name].weight.shape
+        state[f"{prefix}{name}.lora_A.default.weight"] = torch.randn(rank, in_dim, generator=generator) / in_dim**0.5
+        state[f"{prefix}{name}.lora_B.default.weight"] = torch.randn(out_dim, rank, generator=generator) * scale
+    path = folder / LORA_FILE
+    save_file({k: v.to(torch.bfloat16) for k, v in state.items()}, str(path))
+    return path

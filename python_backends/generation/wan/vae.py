@@ -345,17 +345,32 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """Pixels [B, 3, t, H, W] in [-1, 1] (float32) per latent frame: t = 1 for the first, then 4 each."""
-        _check_latents(latents, self.z_dim)
-        z = latents.to(device=self.device, dtype=torch.float32)
-        mean, inv_std = self._stats(z)
-        x = self.conv2((z / inv_std + mean).to(self.dtype))
-        state = StreamState()
-        for i in range(x.shape[2]):
-            yield self.decoder(x[:, :, i : i + 1], state).float().clamp_(-1.0, 1.0)
+        return LatentDecoder(self).feed(latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, 16, T, h, w] normalised latents -> video [B, 3, 1 + 4 (T - 1), 8h, 8w] in [-1, 1] (float32)."""
         return torch.cat(list(self.decode_chunks(latents)), dim=2)
+
+
+class LatentDecoder:
+    """One causal decode continued over several calls: feeding a video's latents in pieces yields exactly the
+    pixels of decoding them at once (conv2 is 1x1x1, the decoder carries its causal tails in the stream state),
+    so frames can leave as soon as each piece of latents is denoised."""
+
+    def __init__(self, vae: WanVAE) -> None:
+        self.vae = vae
+        self.state = StreamState()
+
+    @torch.no_grad()
+    def feed(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Pixels [B, 3, t, H, W] in [-1, 1] (float32) per latent frame: t = 1 for the video's first, then 4."""
+        vae = self.vae
+        _check_latents(latents, vae.z_dim)
+        z = latents.to(device=vae.device, dtype=torch.float32)
+        mean, inv_std = vae._stats(z)
+        x = vae.conv2((z / inv_std + mean).to(vae.dtype))
+        for i in range(x.shape[2]):
+            yield vae.decoder(x[:, :, i : i + 1], self.state).float().clamp_(-1.0, 1.0)
 
 
 def _check_video(video: torch.Tensor) -> None:

@@ -1,0 +1,144 @@
+"""LiveAvatar's block-causal streaming forward (causal_s2v.py) against our S2V DiT with LiveAvatar's attention mask.
+
+LiveAvatar's code is not installable (not on PyPI), so it cannot be run as an oracle. The anchor instead: its
+KV-cached streaming must compute, block for block, what one forward of the whole sequence computes under the
+attention mask its model was trained with (`CausalWanModel_S2V._prepare_blockwise_causal_attn_mask`, written
+out by hand below), through our S2V DiT, whose forward is proven equal to the official one (tests/parity). The
+mask: a video token attends to the video tokens of its own block and the blocks before it (within the cache's
+window), and to every condition (reference + motion) token; a condition token attends only to condition tokens.
+The streaming side never forms that mask: it prefills the condition tokens alone, then runs each block alone
+against cached keys and values, so agreement tests the cache (slots, window, positions, modulation, audio per
+block) rather than restating it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from python_backends.generation.wan.causal_s2v import REF_DISTANCES, CausalS2V, RefDistances, StepCache, ref_shift
+from python_backends.generation.wan.s2v import DEFAULT_MOTION_FRAMES, WanS2VTransformer, build_s2v_model
+from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
+from python_backends.generation.wan.transformer import apply_rope, rope_cos_sin, unpatchify
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+FRAMES, SIDE = 3, 8  # latent frames per block; latent side (FramePack's 4x patches need multiples of 8)
+
+
+@pytest.fixture(scope="module")
+def model() -> WanS2VTransformer:
+    return build_s2v_model(TINY_S2V_CONFIG, seed=11)
+
+
+def case(model: WanS2VTransformer, blocks: int, seed: int = 0) -> dict:
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "latents": [torch.randn(1, cfg.in_dim, FRAMES, SIDE, SIDE, generator=g) for _ in range(blocks)],
+        "audio": [torch.randn(1, cfg.audio_layers, cfg.audio_dim, 4 * FRAMES, generator=g) for _ in range(blocks)],
+        "ref": torch.randn(1, cfg.in_dim, 1, SIDE, SIDE, generator=g),
+        "motion": torch.randn(1, 16, DEFAULT_MOTION_FRAMES[1], SIDE, SIDE, generator=g),
+        "context": [torch.randn(6, cfg.text_dim, generator=g)],
+    }
+
+
+def streamed(model: WanS2VTransformer, x: dict, t: float, window: int, shift: int = 0) -> list[torch.Tensor]:
+    causal = CausalS2V(model)
+    cond = causal.prefill(x["ref"], x["motion"], x["context"])
+    cache = causal.new_step_cache(window)
+    return [causal.block(latents, torch.tensor([t]), x["context"], audio, cond, cache, block=b,
+                         frame_start=b * FRAMES, shift=shift)
+            for b, (latents, audio) in enumerate(zip(x["latents"], x["audio"]))]
+
+
+def training_mask(n_video: int, per_block: int, seq: int, window: int) -> torch.Tensor:
+    """[seq, seq] True where query i may attend to key j (video tokens first, then the condition tokens)."""
+    i, j = torch.arange(seq)[:, None], torch.arange(seq)[None, :]
+    video_q, video_k = i < n_video, j < n_video
+    block_q, block_k = i // per_block, j // per_block
+    in_window = (block_k <= block_q) & (block_k > block_q - window)
+    return (video_q & video_k & in_window) | (video_q & ~video_k) | (~video_q & ~video_k)
+
+
+@torch.no_grad()
+def masked_full_forward(model: WanS2VTransformer, x: dict, t: float, window: int) -> torch.Tensor:
+    """One forward of our S2V DiT over all blocks with the training mask; each block's audio encoded on its own,
+    as LiveAvatar's inference encodes it (its training forward encodes the clip's audio at once)."""
+    latents = torch.cat(x["latents"], dim=2)
+    tokens = model.prepare_tokens(latents, torch.tensor([t]), x["context"], x["ref"], x["motion"],
+                                  torch.cat(x["audio"], dim=-1), motion_frames=DEFAULT_MOTION_FRAMES)
+    per_block = [model.audio_tokens(a, 1, DEFAULT_MOTION_FRAMES) for a in x["audio"]]
+    tokens = tokens._replace(audio_local=torch.cat([a for a, _ in per_block], dim=1),
+                             audio_global=torch.cat([g for _, g in per_block], dim=1))
+    per_block_tokens = tokens.n_video // len(x["latents"])
+    mask = training_mask(tokens.n_video, per_block_tokens, tokens.x.shape[1], window)
+
+    def masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q.to(v.dtype).transpose(1, 2), k.to(v.dtype).transpose(1, 2),
+                                             v.transpose(1, 2), attn_mask=mask)
+        return out.transpose(1, 2)
+
+    out = model.head(model.run_blocks(tokens, lambda index: masked)[:, : tokens.n_video], tokens.e)
+    return unpatchify(out, tokens.grid, model.config.patch_size, model.config.out_dim)
+
+
+@pytest.mark.parametrize("blocks,window", [(1, 4), (3, 4), (4, 2)], ids=["one-block", "in-window", "ring"])
+def test_streaming_equals_the_masked_full_forward(model: WanS2VTransformer, blocks: int, window: int) -> None:
+    x = case(model, blocks)
+    for t in (1000.0, 602.15):
+        full = masked_full_forward(model, x, t, window)
+        for b, out in enumerate(streamed(model, x, t, window)):
+            torch.testing.assert_close(out, full[:, :, b * FRAMES : (b + 1) * FRAMES], rtol=1e-5, atol=1e-5,
+                                       msg=lambda m, b=b, t=t: f"block {b}, t={t}: {m}")
+
+
+def test_blocks_see_the_past_never_the_future(model: WanS2VTransformer) -> None:
+    """Continuity across blocks comes through the cache: changing block 0 moves block 1's output, changing
+    block 1 leaves block 0 as it was; outside the window a block is forgotten."""
+    x = case(model, 3)
+    base = streamed(model, x, 857.69, window=2)
+    first = dict(x, latents=[x["latents"][0] * 0.5, *x["latents"][1:]])
+    moved = streamed(model, first, 857.69, window=2)
+    assert (moved[1] - base[1]).abs().max() > 1e-3
+    assert not torch.equal(moved[2], base[2])  # block 2 sees block 1, which saw block 0 at every layer
+    later = dict(x, latents=[*x["latents"][:2], x["latents"][2] * 0.5])
+    again = streamed(model, later, 857.69, window=2)
+    torch.testing.assert_close(again[0], base[0], rtol=0, atol=0)
+    torch.testing.assert_close(again[1], base[1], rtol=0, atol=0)
+
+
+def test_reference_rollout_moves_only_the_reference_keys(model: WanS2VTransformer) -> None:
+    # rotations compose, so rotating the prefill's keys (frame 30) by n puts them at frame 30 + n
+    cfg = model.config
+    k = torch.randn(1, 5, cfg.num_heads, cfg.head_dim)
+    at = {f: rope_cos_sin(torch.tensor([[f, 2, 3]] * 5), cfg.head_dim) for f in (30, 37)}
+    by7 = rope_cos_sin(torch.tensor([[7, 0, 0]]), cfg.head_dim)
+    torch.testing.assert_close(apply_rope(apply_rope(k, *at[30]), *by7), apply_rope(k, *at[37]), rtol=1e-5,
+                               atol=1e-5)
+    # the release: max(0, f0 - (30 - d)) with d in 4..30
+    assert ref_shift(0, 30) == 0 and ref_shift(12, 4) == 0 and ref_shift(12, 30) == 12 and ref_shift(40, 10) == 20
+    x = case(model, 1)
+    assert (streamed(model, x, 500.0, 4, shift=5)[0] - streamed(model, x, 500.0, 4)[0]).abs().max() > 1e-4
+
+
+def test_reference_distances_are_seeded_or_fixed() -> None:
+    a, b = RefDistances(3), RefDistances(3)
+    first = [a.next() for _ in range(200)]
+    assert first == [b.next() for _ in range(200)] != [RefDistances(4).next() for _ in range(200)]
+    assert min(first) == REF_DISTANCES[0] and max(first) == REF_DISTANCES[1]
+    assert {RefDistances(0, fixed=12).next() for _ in range(5)} == {12}
+    with pytest.raises(ValueError):
+        RefDistances(0, fixed=31)
+
+
+def test_step_cache_is_a_ring_of_equal_blocks() -> None:
+    cache = StepCache(layers=1, window=2)
+    blocks = [torch.full((1, 4, 2, 8), float(i)) for i in range(3)]
+    keys, _ = cache.store(0, 0, blocks[0], blocks[0])
+    assert keys.shape[1] == 4
+    cache.store(0, 1, blocks[1], blocks[1])
+    keys, values = cache.store(0, 2, blocks[2], blocks[2])  # overwrites block 0's slot
+    assert sorted(keys[0, :, 0, 0].unique().tolist()) == [1.0, 2.0] and keys.shape[1] == 8
+    with pytest.raises(ValueError, match="same token count"):
+        cache.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))

@@ -1,0 +1,184 @@
+"""The LiveAvatar engine on a tiny Wan2.2-S2V release + a tiny liveavatar.safetensors in the release's layout.
+
+Random weights stay random: these runs check the pipeline (folders, LoRA merge, sampler, blocks, caches, decoding,
+frame accounting), not what the video looks like.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from python_backends.errors import InputError, WeightsUnavailable
+from python_backends.generation.job import GenerationJob, GenerationParams
+from python_backends.generation.wan.checkpoint import CheckpointError
+from python_backends.generation.wan.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
+from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions
+from python_backends.generation.wan.scheduler import make_sampler
+from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SR, SECONDS, SIZE = 16000, 2.0, 64
+# 2 blocks (24 frames) a clip: 2 s = 32 frames + the 3 the first clip drops = 3 blocks over 2 clips. 13 frames
+# of history instead of the release's 365: the tiny VAE spends ~30 ms a frame, and the code path is the same.
+OPTIONS = LiveAvatarOptions(infer_frames=24, history_frames=13)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("weights") / "video_generator"
+    s2v = make_tiny_s2v_release(root / "Wan2.2-S2V-14B")
+    make_tiny_liveavatar_lora(root / "LiveAvatar")
+    return s2v, root / "LiveAvatar"
+
+
+@pytest.fixture(scope="module")
+def engine(folders) -> WanLiveAvatarEngine:
+    return WanLiveAvatarEngine.from_folders(*folders, "cpu", options=OPTIONS)
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    t = np.arange(int(SECONDS * SR)) / SR
+    return (0.3 * np.clip(np.sin(2 * np.pi * 3 * t), 0, None) * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    yy, xx = np.mgrid[0:80, 0:72]
+    return (np.stack([yy * 2, xx * 3, yy + xx], axis=-1) % 256).astype(np.uint8)
+
+
+def job(photo, speech, **params) -> GenerationJob:
+    base = {"seed": 5, "width": SIZE, "height": SIZE, "fps": 16.0}
+    return GenerationJob(photo=photo, waveform=speech, params=GenerationParams(**{**base, **params}))
+
+
+@pytest.fixture(scope="module")
+def reference_run(engine, photo, speech) -> list:
+    return list(engine.generate(job(photo, speech)))
+
+
+def test_streams_block_by_block_over_two_clips(engine, reference_run) -> None:
+    chunks = reference_run
+    # block 0 of clip 0 streams 12 - 3 frames, block 1 12, then clip 1's first block the 11 still needed
+    assert [len(c.frames) for c in chunks] == [9, 12, 11]
+    assert [c.start_frame for c in chunks] == [0, 9, 21] and {c.total_frames for c in chunks} == {32}
+    assert [c.clip for c in chunks] == [0, 0, 1] and [c.timing["block"] for c in chunks] == [0.0, 1.0, 2.0]
+    assert all(c.frames.shape[1:] == (SIZE, SIZE, 3) and c.frames.dtype == np.uint8 for c in chunks)
+    sampling = chunks[0].sampling
+    assert sampling["sampler"] == "euler-diffusers" and sampling["steps"] == 4 and not sampling["cfg"]
+    assert sampling["dit_forwards_per_clip"] == 8 and sampling["latent_frames_per_forward"] == 3
+    assert engine.name.startswith("liveavatar-")
+
+
+def test_the_lora_is_merged_and_the_sampler_is_its_own(folders, engine) -> None:
+    plain = WanS2VEngine.from_folder(folders[0], "cpu", options=WanS2VOptions())
+    q = engine.transformer.blocks[0].self_attn.q.weight
+    assert not torch.equal(q, plain.transformer.blocks[0].self_attn.q.weight)
+    torch.testing.assert_close(engine.transformer.blocks[0].norm3.weight, plain.transformer.blocks[0].norm3.weight)
+    assert engine.options.default_steps == 4 and engine.options.default_guidance == 0.0 and engine.options.shift == 3
+    # diffusers' FlowMatchEuler with shift 3 shifts twice (scheduler.py): the model sees these four timesteps
+    sampler = make_sampler(engine.options.sampler, 4, 3.0)
+    np.testing.assert_allclose(sampler.timesteps, [1000.0, 857.6923, 602.1506, 8.928572], rtol=1e-6)
+    np.testing.assert_allclose(sampler.sigmas, [1.0, 0.8576923, 0.6021506, 0.008928572, 0.0], rtol=1e-6)
+
+
+def test_same_seed_same_video_another_seed_another(engine, photo, speech, reference_run) -> None:
+    frames = np.concatenate([c.frames for c in reference_run])
+    again = np.concatenate([c.frames for c in engine.generate(job(photo, speech))])
+    assert np.array_equal(frames, again)
+    other = np.concatenate([c.frames for c in engine.generate(job(photo, speech, seed=6))])
+    assert other.shape == frames.shape and not np.array_equal(other, frames)
+
+
+def test_fewer_steps_and_a_short_segment(engine, photo, speech) -> None:
+    two = list(engine.generate(job(photo, speech, steps=2, frame_count=5)))
+    assert sum(len(c.frames) for c in two) == 5 and two[0].sampling["steps"] == 2
+    later = list(engine.generate(job(photo, speech, start_frame=20, frame_count=6)))
+    assert [c.start_frame for c in later][0] == 20 and sum(len(c.frames) for c in later) == 6
+
+
+def test_a_segment_continues_from_the_callers_frames(engine, photo, speech, reference_run) -> None:
+    frames = np.concatenate([c.frames for c in reference_run])
+    source = GenerationJob(photo=photo, waveform=speech, motion_frames=frames[:20], params=GenerationParams(
+        seed=9, width=SIZE, height=SIZE, fps=16.0, start_frame=20))
+    chunks = list(engine.generate(source))
+    assert chunks[0].start_frame == 20 and sum(len(c.frames) for c in chunks) == 12
+
+
+def test_guidance_and_bad_options_are_refused(engine, photo, speech) -> None:
+    with pytest.raises(InputError, match="without classifier-free guidance"):
+        list(engine.generate(job(photo, speech, guidance=4.5)))
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        LiveAvatarOptions(infer_frames=40)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        LiveAvatarOptions(history_frames=72)
+    assert LiveAvatarOptions().history_frames == 365 and LiveAvatarOptions().max_area == 704 * 384
+
+
+def test_missing_or_wrong_lora_file_is_refused_by_name(folders, tmp_path: Path) -> None:
+    s2v, live = folders
+    with pytest.raises(WeightsUnavailable, match=f"{LORA_FILE} is missing: download Quark-Vision/Live-Avatar"):
+        WanLiveAvatarEngine.from_folders(s2v, tmp_path, "cpu", options=OPTIONS)
+    partial = tmp_path / "partial"
+    shutil.copytree(live, partial)
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v for k, v in load_file(partial / LORA_FILE).items() if ".blocks.0.ffn.0." not in k}
+    save_file(state, str(partial / LORA_FILE))
+    with pytest.raises(CheckpointError, match=r"liveavatar\.safetensors: 1 target module\(s\) have no LoRA weights: "
+                                              r"blocks\.0\.ffn\.0"):
+        WanLiveAvatarEngine.from_folders(s2v, partial, "cpu", options=OPTIONS)
+
+
+def test_a_longer_history_keeps_the_frame_count(folders, photo, speech, reference_run) -> None:
+    longer = WanLiveAvatarEngine.from_folders(*folders, "cpu", options=replace(OPTIONS, history_frames=29))
+    chunks = list(longer.generate(job(photo, speech, frame_count=21)))
+    assert [len(c.frames) for c in chunks] == [len(c.frames) for c in reference_run[:2]]
+
+
+# ---------------------------------------------------------------- through video_generator's logic
+
+
+def served_settings(**overrides: str):
+    """The video_generator settings its config.pbtxt gives, with overrides."""
+    from client.repository import REPOSITORIES, load_config, parameters
+    from python_backends.generation.service import VideoGeneratorSettings
+    from python_backends.settings import from_mapping
+
+    config = load_config(REPOSITORIES[0] / "video_generator" / "config.pbtxt")
+    return from_mapping(VideoGeneratorSettings, {**parameters(config), **overrides})
+
+
+def test_video_generator_serves_liveavatar_when_its_lora_is_present(folders, photo, speech) -> None:
+    from python_backends import spec
+    from python_backends.generation.service import LIVEAVATAR, S2V, EngineRegistry, choose_weights, generate
+
+    root = folders[0].parent.parent
+    settings = served_settings(liveavatar_history_frames="13")
+    choice = choose_weights(settings, root)
+    assert choice.engine == LIVEAVATAR and choice.path == folders[1] / LORA_FILE and "Apache-2.0" in choice.licence
+    from python_backends.weights import sha256_of
+
+    assert choice.parts == (folders[0],) and choice.sha256() != sha256_of(choice.path)  # the base counts too
+    assert "4 euler-diffusers steps, no CFG: 16 DiT forwards per 48-frame clip" in choice.note
+    registry = EngineRegistry(settings, "cpu", root)
+    assert registry.summary().startswith("speech engine liveavatar-14B [official]: Wan2.2-S2V-14B")
+    inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
+    outputs = list(generate(registry, inputs, {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16}))
+    import json
+
+    infos = [json.loads(o[spec.CHUNK_INFO][0]) for o in outputs]
+    assert {i["engine_id"] for i in infos} == {LIVEAVATAR} and infos[0]["sampling"]["dit_forwards_per_clip"] == 16
+    assert sum(len(o[spec.FRAMES]) for o in outputs) == 8  # 0.5 s at 16 fps
+    official = choose_weights(served_settings(liveavatar_folder="Elsewhere"), root)
+    assert official.engine == S2V and official.path == folders[0]
+    assert "40 unipc steps, CFG 4.5 (x2 forwards): 80 DiT forwards per 80-frame clip" in official.note
+    assert "Quark-Vision/Live-Avatar" in official.note
