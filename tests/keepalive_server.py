@@ -23,8 +23,8 @@ import time as _time
 _stream = TritonPythonModel.stream
 
 
-def _slow_stream(self, inputs, parameters, is_cancelled):
-    for outputs in _stream(self, inputs, parameters, is_cancelled):
+def _slow_stream(self, *args):  # whatever StreamingModel.stream takes (inputs, parameters, is_cancelled, ...)
+    for outputs in _stream(self, *args):
         _time.sleep({SLOW_CHUNK_S})
         yield outputs
 
