@@ -76,6 +76,9 @@ class VideoGeneratorSettings:
         default_factory=interpolation.InterpolationSettings)
     liveavatar_history_frames: int = 365  # frames VAE-encoded for motion latents / decoder priming (release: 365)
     liveavatar_ref_distance: int = 0  # 0: drawn per forward from 4..30 as the release does; 4..30 fixes it
+    # Benchmarks only: build the speech engines at release size with random weights in memory instead of reading
+    # release folders (wan/random_engine.py). Speed is real; the video is noise.
+    benchmark_random_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in (AUTO, *ENGINES):
@@ -176,10 +179,16 @@ class EngineRegistry:
 
     def summary(self) -> str:
         """For the model's startup log: the engine `auto` takes for speech and what a clip costs with it."""
+        if self.settings.benchmark_random_weights:
+            from .wan.random_engine import STAND_INS
+
+            return f"speech engine {self._speech_engine()} [benchmark]: {'; '.join(STAND_INS)}"
         choice = choose_weights(self.settings, self.root)
         return f"speech engine {choice.engine} [{choice.source}]: {choice.note}"
 
     def _speech_engine(self) -> str | None:
+        if self.settings.benchmark_random_weights:
+            return self.settings.engine if self.settings.engine in SPEECH_ENGINES else SPEECH_ENGINES[0]
         return next((name for name in SPEECH_ENGINES if self._paths(name) is not None), None)
 
     def resolve(self, requested: str, job: GenerationJob) -> str:
@@ -198,9 +207,12 @@ class EngineRegistry:
         with self._lock:
             if name not in self._engines:
                 paths = self._paths(name)
-                if paths is None:
+                if self.settings.benchmark_random_weights and name in SPEECH_ENGINES:
+                    engine = _random_wan(name, self.device, self.settings)
+                elif paths is None:
                     raise WeightsUnavailable(_missing(self.settings, name))
-                engine = _load_wan(name, paths, self.device, self.settings, self.root)
+                else:
+                    engine = _load_wan(name, paths, self.device, self.settings, self.root)
                 engine.interpolation = interpolation.resolve(self.settings.frame_interpolation, self.root)
                 engine.interpolation.interpolator(self.device)  # a bad RIFE file fails here, not mid-request
                 self._engines[name] = engine
@@ -231,6 +243,13 @@ def _load_wan(name: str, paths: tuple[Path, ...], device: str, settings: VideoGe
     options = WanAnimateOptions() if lora is None else WanAnimateOptions(
         lora=str(lora), default_steps=settings.animate_lora_steps)
     return WanAnimateEngine.from_folder(paths[0], device=device, options=options)
+
+
+def _random_wan(name: str, device: str, settings: VideoGeneratorSettings) -> VideoEngine:
+    from .wan.random_engine import build_random_engine
+
+    options = _liveavatar_options(settings) if name == LIVEAVATAR else _s2v_options(settings)
+    return build_random_engine(options, device)
 
 
 MIN_IMAGE_SIDE = 32  # below this there is no face to animate (found by tests/reliability: a 0x0 image streamed)

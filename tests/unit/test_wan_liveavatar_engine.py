@@ -182,3 +182,25 @@ def test_video_generator_serves_liveavatar_when_its_lora_is_present(folders, pho
     assert official.engine == S2V and official.path == folders[0]
     assert "40 unipc steps, CFG 4.5 (x2 forwards): 80 DiT forwards per 80-frame clip" in official.note
     assert "Quark-Vision/Live-Avatar" in official.note
+
+
+def test_benchmark_random_weights_build_the_engine_in_memory(photo, speech, monkeypatch, tmp_path: Path) -> None:
+    """`benchmark_random_weights` serves LiveAvatar with no release folder (tiny widths here, release size on a GPU)."""
+    from functools import partial
+
+    from python_backends import spec
+    from python_backends.generation.service import LIVEAVATAR, EngineRegistry, generate
+    from python_backends.generation.wan import TINY_S2V_CONFIG, random_engine
+
+    monkeypatch.setattr(random_engine, "build_random_engine",
+                        partial(random_engine.build_random_engine, config=TINY_S2V_CONFIG, scratch=tmp_path))
+    registry = EngineRegistry(served_settings(benchmark_random_weights="true", liveavatar_history_frames="13"),
+                              "cpu", tmp_path / "no-weights")
+    assert registry.summary().startswith(f"speech engine {LIVEAVATAR} [benchmark]: random weights built in memory")
+    inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
+    outputs = list(generate(registry, inputs, {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16}))
+    import json
+
+    infos = [json.loads(o[spec.CHUNK_INFO][0]) for o in outputs]
+    assert {i["engine_id"] for i in infos} == {LIVEAVATAR} and infos[0]["engine"].endswith("(random weights)")
+    assert sum(len(o[spec.FRAMES]) for o in outputs) == 8  # 0.5 s at 16 fps, through the real wav2vec2 loader

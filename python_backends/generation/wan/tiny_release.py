@@ -54,8 +54,12 @@ _CTC_VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "a": 5, "e": 
 
 
 def make_tiny_wav2vec2(folder: Path | str, hidden_size: int = TINY_S2V_CONFIG.audio_dim,
-                       num_layers: int = TINY_S2V_CONFIG.audio_layers - 1, seed: int = 0) -> Path:
-    """A random wav2vec2 (stable layer norm, like XLSR-53) saved as a Hugging Face folder with its processor files."""
+                       num_layers: int = TINY_S2V_CONFIG.audio_layers - 1, seed: int = 0,
+                       release_shape: bool = False) -> Path:
+    """A random wav2vec2 (stable layer norm, like XLSR-53) saved as a Hugging Face folder with its processor files.
+
+    `release_shape` keeps XLSR-53's heads, feed-forward and convolutions (transformers' defaults) for benchmarks.
+    """
     from transformers import (
         Wav2Vec2Config,
         Wav2Vec2CTCTokenizer,
@@ -65,11 +69,10 @@ def make_tiny_wav2vec2(folder: Path | str, hidden_size: int = TINY_S2V_CONFIG.au
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = Wav2Vec2Config(
-        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=2 * hidden_size,
-        vocab_size=len(_CTC_VOCAB), conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-        feat_extract_norm="layer", do_stable_layer_norm=True,
-    )
+    narrow = {} if release_shape else dict(num_attention_heads=2, intermediate_size=2 * hidden_size, conv_dim=(16,) * 7,
+                                           num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    config = Wav2Vec2Config(hidden_size=hidden_size, num_hidden_layers=num_layers, vocab_size=len(_CTC_VOCAB),
+                            feat_extract_norm="layer", do_stable_layer_norm=True, **narrow)
     torch.manual_seed(seed)
     Wav2Vec2ForCTC(config).eval().save_pretrained(folder)
     vocab = folder / "vocab.json"

@@ -1,0 +1,182 @@
+"""A 10 s clip through tritonserver on one GPU, from request to signed MP4, with every QA gate on.
+
+The served path end to end: `talking_head` (BLS) validates and pre-processes, asks `video_generator` for each
+segment over a BLS stream, judges it with the QA gates and streams it over gRPC to the client, which encodes,
+discloses, signs (C2PA) and audits it (`latency_budget.run_job`, as `talkinghead generate` does). The generator
+runs on the GPU with the speech engine at release size and random bf16 weights built in memory
+(`benchmark_random_weights`: the speed is real, the video is noise), the fastest settings (FP8 rowwise linear
+layers, per-block torch.compile, bf16 VAE; LiveAvatar's own 4-step sampler, or 4 Euler steps for S2V).
+
+Because the video is noise, the QA gates fail it: re-rolls are switched off (`max_rerolls` 0) so one
+generation per segment is measured, as a clip that passes would cost; every gate still runs. The other models
+run where `--profile` puts them: `cpu` (their checked-in configs) or `gpu` (KIND_GPU for every model that has a
+GPU path). A warm-up job (two clips, so both compiled graphs exist) runs first and is reported apart.
+
+    python perf/served_e2e_gpu.py --out $OUT/served_e2e_h200.json --chart $OUT/served_e2e_h200.png
+    python perf/served_e2e_gpu.py --engine preview --seconds 2 --warmup-seconds 1 --out /tmp/served.json  # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from latency_budget import chart, run_job, stages  # noqa: E402
+
+from client.repository import REPOSITORIES  # noqa: E402
+from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
+
+GPU_MODELS = ("face_detector", "face_landmarks", "face_embedder", "content_safety", "lipsync_scorer",
+              "mouth_refiner", "video_generator")
+
+
+def set_parameter(config: str, key: str, value: str) -> str:
+    pattern = re.compile(r'(\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
+    if not pattern.search(config):
+        raise KeyError(f"config has no parameter {key!r}")
+    return pattern.sub(lambda m: m.group(1) + value + m.group(2), config)
+
+
+def served_repositories(work: Path, generator: dict[str, str], talking_head: dict[str, str],
+                        gpu_models: tuple[str, ...]) -> tuple[Path, ...]:
+    """Copies of the checked-in repositories with the benchmark's parameters and instance kinds."""
+    copies = []
+    for repository in REPOSITORIES:
+        copy = work / repository.name
+        shutil.copytree(repository, copy)
+        copies.append(copy)
+        for config_path in copy.glob("*/config.pbtxt"):
+            model, text = config_path.parent.name, config_path.read_text()
+            overrides = {"video_generator": generator, "talking_head": talking_head}.get(model, {})
+            for key, value in overrides.items():
+                text = set_parameter(text, key, value)
+            if model in gpu_models:
+                text = text.replace("kind: KIND_CPU", "kind: KIND_GPU")
+            config_path.write_text(text)
+    return tuple(copies)
+
+
+class GpuMemory:
+    """Peak memory used on GPU 0 by every process (all models resident), polled with nvidia-smi."""
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.peak_mib, self.interval_s = 0.0, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self.available = shutil.which("nvidia-smi") is not None
+
+    def read(self) -> float | None:
+        if not self.available:
+            return None
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+        return float(out.stdout.strip().splitlines()[0]) if out.returncode == 0 else None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mib = max(self.peak_mib, self.read() or 0.0)
+
+    def __enter__(self) -> GpuMemory:
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+
+def summarise(job: dict) -> dict:
+    chunks = job["chunks"]
+    return {
+        "stages_s": stages(job), "time_to_first_chunk_s": round(job["first_chunk_s"], 3),
+        "streamed_s": round(job["streamed_s"], 3), "end_to_end_s": round(job["total_s"], 3),
+        "frames": job["delivery"]["encode"].get("frames"),
+        "output_fps": job["delivery"]["encode"].get("fps"), "engine": chunks[0].get("engine"),
+        "qa_verdict": job["qa"]["verdict"],
+        "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"]}
+                        for s in job["qa"]["segments"]],
+        "chunk_render_ms": [c.get("render_ms") for c in chunks],
+        "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--chart", type=Path, default=None)
+    parser.add_argument("--engine", default="liveavatar-14B", help="liveavatar-14B | s2v-14B | preview (CPU smoke)")
+    parser.add_argument("--size", default="832x480", help="generated size WxH")
+    parser.add_argument("--output-size", default="1920x1080")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup-seconds", type=float, default=6.0, help="long enough for two clips")
+    parser.add_argument("--history-frames", type=int, default=365, help="LiveAvatar's VAE history (release: 365)")
+    parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help="where the other models run")
+    parser.add_argument("--fp8", default="rowwise")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    out_w, out_h = (int(v) for v in args.output_size.split("x"))
+    wan = args.engine != "preview"
+    generator = {"engine": args.engine, "preload": str(wan).lower(), "benchmark_random_weights": str(wan).lower()}
+    if wan:
+        generator.update({"wan_fp8": args.fp8, "wan_compile": str(args.compile).lower(),
+                          "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
+                          "liveavatar_history_frames": str(args.history_frames)})
+    talking_head = {"max_rerolls": "0"}
+    gpu_models = (GPU_MODELS if args.profile == "gpu" else ("video_generator",)) if wan else ()
+    parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,
+                  "seed": 1}
+    result: dict = {"script": "perf/served_e2e_gpu.py", "argv": sys.argv[1:], "engine_setting": args.engine,
+                    "generated_size": [width, height], "output_size": [out_w, out_h], "fps": args.fps,
+                    "clip_seconds": args.seconds, "models_on_gpu": list(gpu_models),
+                    "video_generator_parameters": generator, "talking_head_parameters": talking_head,
+                    "weights": "random, built in memory at release size (benchmark_random_weights)" if wan else
+                    "none (preview engine)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("TALKINGHEAD_HOME", str(work / "home"))
+        repositories = served_repositories(work, generator, talking_head, gpu_models)
+        options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                                repositories=repositories, weights=work / "no-weights", startup_timeout_s=1200)
+        log = work / "tritonserver.log"
+        t0 = time.perf_counter()
+        try:
+            with GpuMemory() as memory, TritonServer(options, log_path=log):
+                result["server_ready_s"] = round(time.perf_counter() - t0, 2)
+                result["gpu_memory_after_load_mib"] = memory.read()
+                print(f"server ready in {result['server_ready_s']} s", flush=True)
+                warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters)
+                result["warmup"] = {"seconds": args.warmup_seconds, "end_to_end_s": round(warm["total_s"], 2),
+                                    "time_to_first_chunk_s": round(warm["first_chunk_s"], 2)}
+                print(f"warm-up: {json.dumps(result['warmup'])}", flush=True)
+                job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters)
+                result["run"] = summarise(job)
+                result["peak_gpu_memory_mib"] = memory.peak_mib or None
+        finally:
+            result["tritonserver_log_tail"] = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+    run = result["run"]
+    if args.chart:
+        chart(run["stages_s"], None, args.chart,
+              f"one {args.seconds:g} s clip through tritonserver: {run['engine']}, end to end "
+              f"{run['end_to_end_s']:.1f} s (first chunk {run['time_to_first_chunk_s']:.1f} s)")
+    print(json.dumps({k: run[k] for k in ("stages_s", "time_to_first_chunk_s", "end_to_end_s")}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
