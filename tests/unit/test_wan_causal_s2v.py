@@ -142,3 +142,24 @@ def test_step_cache_is_a_ring_of_equal_blocks() -> None:
     assert sorted(keys[0, :, 0, 0].unique().tolist()) == [1.0, 2.0] and keys.shape[1] == 8
     with pytest.raises(ValueError, match="same token count"):
         cache.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))
+
+
+def test_compiled_blocks_do_not_recompile_per_layer(model: WanS2VTransformer) -> None:
+    """Every layer's compiled block must reuse one graph: the streaming attention once closed over the layer
+    index, so torch.compile recompiled per layer, hit its limit of 8 and ran the 40 blocks of the 14B eagerly."""
+    import copy
+
+    import torch._dynamo
+
+    compiled = copy.deepcopy(model)
+    assert len(compiled.blocks) == 2
+    for block in compiled.blocks:
+        block.compile(backend="eager")
+    x = case(compiled, blocks=3)
+    torch._dynamo.reset()
+    # One graph for the prefill's token count and one for a block's: a third compile means a guard on the layer.
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        out = streamed(compiled, x, t=500.0, window=2)
+    torch._dynamo.reset()
+    reference = streamed(model, x, t=500.0, window=2)
+    assert all(torch.equal(a, b) for a, b in zip(out, reference))

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .s2v import DEFAULT_MOTION_FRAMES, REF_FRAME_POSITION, S2VTokens, WanS2VTransformer, grid_positions, ref_positions
-from .transformer import AttentionFn, apply_rope, rope_cos_sin, unpatchify
+from .transformer import apply_rope, rope_cos_sin, unpatchify
 
 BLOCK_FRAMES = 3  # wan_s2v_14B_modified.py num_frames_per_block
 REF_DISTANCES = (4, 30)  # _forward_inference: relative_dist = random.randint(4, 30), both ends included
@@ -97,6 +97,46 @@ def ref_shift(frame_start: int, distance: int) -> int:
     return max(0, frame_start - (REF_FRAME_POSITION - distance))
 
 
+@dataclass
+class _AttentionCall:
+    """What the current streaming forward's self-attentions read: the prefill's record, or a block's caches."""
+
+    recording: tuple[list, list] | None = None
+    cache: StepCache | None = None
+    block: int = 0
+    cond: CondCache | None = None
+    ref_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set(self, **fields) -> None:
+        self.__init__(**fields)
+
+
+class _LayerAttention:
+    """Layer `index`'s self-attention in the streaming forward, one object per layer for the model's life.
+
+    A compiled block then sees the same callable on every call, and what changes per call (block index, caches,
+    the reference's rotation) is read outside the graph. A fresh closure per block made torch.compile guard on
+    the block index and recompile per block until its recompile limit (8), then run the blocks eagerly.
+    """
+
+    def __init__(self, index: int, model: WanS2VTransformer, call: _AttentionCall) -> None:
+        self.index, self.model, self.call = index, model, call
+
+    @torch.compiler.disable
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        call, index, attention = self.call, self.index, self.model.self_attention
+        if call.recording is not None:
+            keys, values = call.recording
+            keys[index], values[index] = k.to(v.dtype), v
+            return attention(q, k, v)
+        keys, values = call.cache.store(index, call.block, k.to(v.dtype), v)
+        cond_k = call.cond.keys[index]
+        if call.ref_rope is not None:
+            moved = apply_rope(cond_k[:, : call.cond.n_ref], *call.ref_rope).to(cond_k.dtype)
+            cond_k = torch.cat([moved, cond_k[:, call.cond.n_ref :]], dim=1)
+        return attention(q, torch.cat([keys, cond_k], dim=1), torch.cat([values, call.cond.values[index]], dim=1))
+
+
 class CausalS2V:
     """The block-causal forward of a WanS2VTransformer (shared weights): `prefill` once, `block` per step."""
 
@@ -106,6 +146,8 @@ class CausalS2V:
         if not cfg.zero_timestep:
             raise ValueError("LiveAvatar's causal forward modulates condition tokens with t = 0 (zero_timestep)")
         self.model, self.block_frames, self.motion_frames = model, block_frames, tuple(motion_frames)
+        self._call = _AttentionCall()
+        self._layers = [_LayerAttention(index, model, self._call) for index in range(len(model.blocks))]
 
     @property
     def device(self) -> torch.device:
@@ -129,14 +171,8 @@ class CausalS2V:
                            0, (0, 0, 0), None, None)
         keys: list[torch.Tensor] = [None] * len(m.blocks)  # type: ignore[list-item]
         values: list[torch.Tensor] = [None] * len(m.blocks)  # type: ignore[list-item]
-
-        def recording(index: int) -> AttentionFn:
-            def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                keys[index], values[index] = k.to(v.dtype), v
-                return m.self_attention(q, k, v)
-            return attn
-
-        m.run_blocks(tokens, recording)
+        self._call.set(recording=(keys, values))
+        m.run_blocks(tokens, self._layers.__getitem__)
         return CondCache(keys, values, ref.shape[1])
 
     @torch.no_grad()
@@ -168,18 +204,8 @@ class CausalS2V:
         if shift:
             ref_cos, ref_sin = (t.to(device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))
 
-        def cached(index: int) -> AttentionFn:
-            def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                keys, values = cache.store(index, block, k.to(v.dtype), v)
-                cond_k = cond.keys[index]
-                if ref_cos is not None:
-                    moved = apply_rope(cond_k[:, : cond.n_ref], ref_cos, ref_sin).to(cond_k.dtype)
-                    cond_k = torch.cat([moved, cond_k[:, cond.n_ref :]], dim=1)
-                return m.self_attention(q, torch.cat([keys, cond_k], dim=1),
-                                        torch.cat([values, cond.values[index]], dim=1))
-            return attn
-
-        out = m.head(m.run_blocks(tokens, cached), e)
+        self._call.set(cache=cache, block=block, cond=cond, ref_rope=None if ref_cos is None else (ref_cos, ref_sin))
+        out = m.head(m.run_blocks(tokens, self._layers.__getitem__), e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
 
 
