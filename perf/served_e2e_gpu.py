@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
                 result["run"] = summarise(job)
                 result["peak_gpu_memory_mib"] = memory.peak_mib or None
         finally:
-            result["tritonserver_log_tail"] = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            result["tritonserver_log_errors"] = [line[:2000] for line in lines if line.startswith("E")][-40:]
+            result["tritonserver_log_tail"] = "\n".join(lines[-30:])
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2))
     run = result["run"]

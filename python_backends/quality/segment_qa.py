@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
+from ..face_embedding.predictor import MIN_FACE_PX
 from ..preprocessing import ModelCaller
 from ..qa.envelope_sync import envelope_sync, mouth_opening, speech_envelope
 from ..qa_metrics import (
@@ -157,12 +158,18 @@ def presence_gate(track: FaceTrack, start: int) -> Gate:
 
 async def identity_gate(frames: np.ndarray, track: FaceTrack, start: int, ctx: JobContext, call: ModelCaller
                         ) -> tuple[Gate, list[tuple[float, float]]]:
-    found = track.detected[track.found]
+    # A face the detector finds below the embedder's smallest size cannot be compared: a verdict on the
+    # generated video, not an error (the embedder refuses such a box as bad input, which once ended a job).
+    sides = np.minimum(*(track.detected_boxes[:, 2:] - track.detected_boxes[:, :2]).T)
+    usable = track.found & (sides >= MIN_FACE_PX)
+    found = track.detected[usable]
     if not len(found):
-        return Gate("identity", FAIL, "no face to compare with the photo"), []
+        reason = (f"the faces found are under {MIN_FACE_PX} px across, too small to compare with the photo"
+                  if track.found.any() else "no face to compare with the photo")
+        return Gate("identity", FAIL, reason), []
     outputs = await call(spec.FACE_EMBEDDER, {
-        spec.IMAGE: frames[found], spec.FACE_BOX: track.detected_boxes[track.found],
-        spec.FACE_KEYPOINTS: track.detected_keypoints[track.found]})
+        spec.IMAGE: frames[found], spec.FACE_BOX: track.detected_boxes[usable],
+        spec.FACE_KEYPOINTS: track.detected_keypoints[usable]})
     embedder = json.loads(outputs[spec.MODEL_INFO].reshape(-1)[0]).get("engine", "?")
     if outputs[spec.EMBEDDING].shape[-1] != len(ctx.source.embedding):
         return Gate("identity", UNAVAILABLE, f"embedder {embedder} gives {outputs[spec.EMBEDDING].shape[-1]}-d "

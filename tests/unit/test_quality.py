@@ -85,3 +85,22 @@ def test_output_size_is_parsed_and_applied():
             parse_output_size(bad)
     frames = np.zeros((2, 100, 80, 3), np.uint8)
     assert resize_frames(frames, (160, 200)).shape == (2, 200, 160, 3)
+
+
+def test_identity_gate_fails_a_face_too_small_to_embed_without_asking_the_embedder():
+    """A generated frame whose only face is 15x20 px once ended the job with the embedder's bad-input error."""
+    import asyncio
+
+    from python_backends.quality.segment_qa import identity_gate
+    from python_backends.quality.tracking import FaceTrack
+
+    track = FaceTrack(boxes=np.zeros((2, 4), np.float32), landmarks=np.zeros((2, 68, 2), np.float32),
+                      detected=np.array([0, 1]), detected_boxes=np.array([[10, 10, 25, 30], [0, 0, 0, 0]], np.float32),
+                      detected_keypoints=np.zeros((2, 5, 2), np.float32), found=np.array([True, False]),
+                      landmarker="dlib")
+
+    async def no_call(model, inputs):
+        raise AssertionError(f"{model.name} was called with a face it refuses")
+
+    gate, samples = asyncio.run(identity_gate(np.zeros((2, 64, 64, 3), np.uint8), track, 0, None, no_call))
+    assert gate.status == "fail" and "under 16 px across" in gate.reason and samples == []

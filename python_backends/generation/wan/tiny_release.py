@@ -58,7 +58,7 @@ def make_tiny_wav2vec2(folder: Path | str, hidden_size: int = TINY_S2V_CONFIG.au
                        release_shape: bool = False) -> Path:
     """A random wav2vec2 (stable layer norm, like XLSR-53) saved as a Hugging Face folder with its processor files.
 
-    `release_shape` keeps XLSR-53's heads, feed-forward and convolutions (transformers' defaults) for benchmarks.
+    `release_shape` keeps XLSR-53's heads, feed-forward and convolutions for benchmarks.
     """
     from transformers import (
         Wav2Vec2Config,
@@ -69,8 +69,10 @@ def make_tiny_wav2vec2(folder: Path | str, hidden_size: int = TINY_S2V_CONFIG.au
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    narrow = {} if release_shape else dict(num_attention_heads=2, intermediate_size=2 * hidden_size, conv_dim=(16,) * 7,
-                                           num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    # XLSR-53 (wav2vec2-large): 16 heads, 4096 feed-forward; its convolutions are transformers' defaults.
+    narrow = dict(num_attention_heads=16, intermediate_size=4096) if release_shape else dict(
+        num_attention_heads=2, intermediate_size=2 * hidden_size, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2)
     config = Wav2Vec2Config(hidden_size=hidden_size, num_hidden_layers=num_layers, vocab_size=len(_CTC_VOCAB),
                             feat_extract_norm="layer", do_stable_layer_norm=True, **narrow)
     torch.manual_seed(seed)
