@@ -1,0 +1,122 @@
+"""The content policy per profile, and the review queue end to end in a gateway whose workers stream from a stand-in
+for tritonserver: held jobs are not delivered, an operator approves or rejects them, webhooks and audit records."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from review_harness import live_gateway, qa_report
+
+from client.content_policy import decide
+from client.policy import policy_of
+from client.provenance import verify_video
+
+
+@pytest.mark.parametrize("profile, minor, verdict, action", [
+    ("strict", "unavailable", "pass_with_unavailable", "hold"),
+    ("strict", "pass", "pass", "deliver"),
+    ("strict", "pass", "needs_review", "hold"),
+    ("standard", "unavailable", "pass_with_unavailable", "deliver"),
+    ("standard", "pass", "needs_review", "hold"),
+    ("development", "unavailable", "needs_review", "deliver"),
+    ("development", "fail", "pass", "hold"),  # a failed check is never delivered unseen, in any profile
+])
+def test_content_decisions_per_profile(profile, minor, verdict, action):
+    decision = decide(qa_report(minor=minor, verdict=verdict), policy_of(profile), driving_video=False,
+                      visible_label=True)
+    assert decision.action == action
+    assert decision.checks["photo.minor"] == minor and decision.checks["output.content_safety"] == "pass"
+    if minor == "unavailable":
+        assert any("photo.minor" in reason for reason in decision.reasons)
+
+
+def test_missing_reports_are_unavailable_never_a_pass():
+    report = qa_report(minor="pass", verdict="pass")
+    decision = decide(report, policy_of("strict"), driving_video=True, visible_label=True)
+    # A driving video sent but no report of its checks (e.g. an older server): unavailable, held.
+    assert decision.checks["driving_video.content_safety"] == "unavailable" and decision.held
+    assert decide(None, policy_of("strict"), False, True).checks == {"photo.content_safety": "unavailable",
+                                                                      "output.content_safety": "unavailable"}
+    report["post_processing"]["driving_video_safety"] = {"status": "pass", **{
+        name: {"status": "pass", "reasons": []} for name in ("nsfw", "minor", "public_figure")}}
+    assert not decide(report, policy_of("strict"), True, True).held
+
+
+def test_strict_profiles_turn_the_label_on():
+    assert policy_of("strict").visible_label and policy_of("standard").visible_label
+    assert not policy_of("development").visible_label
+
+
+def _op(gw, key: str):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch):
+    with live_gateway(tmp_path, monkeypatch, webhooks={"allow": ["127.0.0.1"]}) as gw:
+        tenant_id, key = gw.tenant("acme", profile="strict")
+        _, other_key = gw.tenant("globex")  # the deployment's development profile: delivered
+        operator = gw.operator("alice")
+        held = gw.submit(key, webhook_url="http://127.0.0.1:9/hook")
+        delivered = gw.submit(other_key)
+        job = gw.wait(key, held, ("held", "succeeded", "failed"))
+        assert job["status"] == "held" and job["output"] is None
+        assert gw.wait(other_key, delivered, ("succeeded", "failed"))["status"] == "succeeded"
+        tenant = {"Authorization": f"Bearer {key}"}
+        refused = httpx.get(f"{gw.url}/v1/videos/{held}/content", headers=tenant)
+        assert refused.status_code == 409 and "held" in refused.json()["error"]["message"]
+
+        queue = httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(gw, operator)).json()["jobs"]
+        assert [item["job_id"] for item in queue] == [held]
+        assert "photo.minor" in queue[0]["reasons"][0]
+        shown = httpx.get(f"{gw.url}/v1/review/jobs/{held}", headers=_op(gw, operator)).json()
+        decision = shown["job"]["content_policy"]
+        assert decision["action"] == "hold" and decision["profile"] == "strict" and decision["visible_label"]
+        assert shown["qa_report"]["content_policy"] == decision
+        video = httpx.get(f"{gw.url}/v1/review/jobs/{held}/content", headers=_op(gw, operator))
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+        (tmp_path / "held.mp4").write_bytes(video.content)
+        assert verify_video(tmp_path / "held.mp4").qa_verdict["content_policy"] == decision  # the C2PA assertion
+        sheet = httpx.get(f"{gw.url}/v1/review/jobs/{held}/contact-sheet", headers=_op(gw, operator))
+        assert sheet.status_code == 200 and sheet.content[:4] == b"\x89PNG"
+
+        approved = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(gw, operator),
+                              json={"note": "adult, checked by hand"})
+        assert approved.status_code == 200 and approved.json()["status"] == "succeeded"
+        content = httpx.get(f"{gw.url}/v1/videos/{held}/content", headers=tenant)
+        assert content.status_code == 200 and content.content == video.content
+        again = httpx.post(f"{gw.url}/v1/review/jobs/{held}/reject", headers=_op(gw, operator),
+                           json={"reason": "changed my mind"})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "already_decided"
+
+        events = [d["event"] for d in httpx.get(f"{gw.url}/v1/videos/{held}/webhooks", headers=tenant).json()
+                  ["deliveries"]]
+        assert events == ["video.held", "video.approved"]
+        audit = [json.loads(row["record"]) for row in
+                 gw.gateway.store.db.read("SELECT record FROM audit_records ORDER BY seq")]
+        held_record = next(r for r in audit if r["job_id"] == held and r["event"] == "video.held")
+        assert held_record["qa_verdict"]["content_policy"] == decision
+        assert held_record["disclosure"]["visible_label"] is True  # the strict tenant's label is on
+        approval = next(r for r in audit if r["event"] == "video.review_approved")
+        assert approval["operator"]["name"] == "alice" and approval["reason"] == "adult, checked by hand"
+        other = next(r for r in audit if r["job_id"] == delivered)
+        assert other["event"] == "video.delivered" and other["qa_verdict"]["content_policy"]["action"] == "deliver"
+
+
+def test_rejection_needs_a_reason_and_the_tenant_reads_it(tmp_path, monkeypatch):
+    with live_gateway(tmp_path, monkeypatch) as gw:
+        _, key = gw.tenant("acme", profile="strict")
+        operator = gw.operator("bob")
+        held = gw.submit(key)
+        gw.wait(key, held, ("held",))
+        url = f"{gw.url}/v1/review/jobs/{held}/reject"
+        missing = httpx.post(url, headers=_op(gw, operator), json={})
+        assert missing.status_code == 422 and missing.json()["error"]["code"] == "reason_missing"
+        assert httpx.post(url, headers=_op(gw, operator), json={"reason": "  "}).status_code == 422
+        rejected = httpx.post(url, headers=_op(gw, operator), json={"reason": "the face looks under 18"})
+        assert rejected.status_code == 200
+        job = gw.wait(key, held, ("failed",))
+        assert job["error"] == {"code": "rejected_in_review", "message": "rejected in review: the face looks under 18"}
+        assert httpx.get(f"{gw.url}/v1/videos/{held}/content",
+                         headers={"Authorization": f"Bearer {key}"}).status_code == 409
