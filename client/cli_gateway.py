@@ -177,6 +177,23 @@ def cmd_tenant_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase_tenant(args: argparse.Namespace) -> int:
+    from .gateway.app import Gateway
+    from .gateway.retention import EraseRefused
+
+    gateway = Gateway(_settings(args))
+    try:
+        tenant = _tenant_named(gateway.store, args.name)
+        try:
+            done = gateway.retention.erase_tenant(tenant.id, args.erase, requested_by="operator (CLI)")
+        except EraseRefused as exc:
+            raise GatewayCliError(str(exc)) from None
+    finally:
+        gateway.store.close()
+    print(json.dumps(done, indent=2))
+    return 0
+
+
 def cmd_export_audit(args: argparse.Namespace) -> int:
     from .audit import AuditError
     from .gateway.audit_store import DatabaseAuditLog
@@ -329,6 +346,12 @@ def add_commands(sub: argparse._SubParsersAction, add_generation_options: Callab
                                help=f"days {what} are kept (0: until erased) | default")
     _config_options(overrides)
     overrides.set_defaults(func=cmd_tenant_settings)
+    erase = actions.add_parser("erase-tenant", help="erase a tenant's inputs (photos, audio, videos, face data) or "
+                                                    "all its data, from storage, caches and the database")
+    erase.add_argument("name")
+    erase.add_argument("--erase", choices=("inputs", "all"), required=True)
+    _config_options(erase)
+    erase.set_defaults(func=cmd_erase_tenant)
     export = actions.add_parser("export-audit", help="write the audit log kept in the database as a log file + head "
                                                      "for `talkinghead audit verify`")
     export.add_argument("out", type=Path)

@@ -5,6 +5,7 @@ tests without a real server. The QA report's content checks are chosen per test 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +26,13 @@ from client.server import free_port
 from client.triton_client import StreamedChunk
 
 FRAMES, SIZE, FPS = 12, 64, 12.0
+# The photo's face data as pre-processing reports it; distinctive numbers, so a test can look for them on disk.
+EMBEDDING = [0.918273, -0.564738, 0.291847, -0.737261]
+JOB_REPORT = {"photo": {"width": 512, "height": 512}, "faces": [{"box": [101.25, 87.5, 301.75, 322.5], "score": 0.99,
+                                                                "keypoints": [[151.5, 170.25]] * 5}],
+              "selected_face": 0, "landmarks": [[173.125, 201.375]] * 68,
+              "head_pose": {"yaw": 1.5, "pitch": -2.0, "roll": 0.5},
+              "embedding": {"dim": 4, "norm": 1.0, "vector": EMBEDDING}, "models": {}}
 
 
 def qa_report(minor: str = "unavailable", verdict: str = "pass_with_unavailable", segments: int = 1) -> dict:
@@ -78,8 +86,10 @@ class FakeTriton:
             for start in range(0, FRAMES, 4):
                 frames = np.stack([np.stack([np.roll(ramp, 5 * (start + i))[None, :].repeat(SIZE, 0)] * 3, -1)
                                    for i in range(4)]).astype(np.uint8)
-                yield StreamedChunk(frames, start, FRAMES, FPS, {"engine": "fake", "engine_id": "preview",
-                                                                 "segment": 0})
+                info = {"engine": "fake", "engine_id": "preview", "segment": 0}
+                if start == 0:
+                    info["job_report"] = json.loads(json.dumps(JOB_REPORT))
+                yield StreamedChunk(frames, start, FRAMES, FPS, info)
             yield StreamedChunk(np.zeros((0, SIZE, SIZE, 3), np.uint8), FRAMES, FRAMES, FPS,
                                 {"qa_report": type(self).report})
 
@@ -127,6 +137,7 @@ class LiveGateway:
 @contextmanager
 def live_gateway(data_dir: Path, monkeypatch, **settings_overrides):
     """The gateway app on a free loopback port, workers streaming from FakeTriton; development deployment."""
+    settings_overrides.setdefault("webhooks", {"allow": ["127.0.0.1"]})  # receivers on loopback (none listens)
     monkeypatch.setattr(worker_module, "TalkingHeadClient", FakeTriton)
     monkeypatch.setattr("client.gateway.app.TalkingHeadClient", FakeTriton)
     settings = load_settings(None, env={}, data_dir=str(data_dir), poll_s=0.05, **settings_overrides,

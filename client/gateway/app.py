@@ -41,6 +41,7 @@ from .audit_store import DatabaseAuditLog
 from .auth_limit import FailedAuthLimiter, key_subject
 from .caches import EMBEDDING, FingerprintSource, ParameterError, canonical_parameters, digest, embedding_key
 from .credentials import load_credentials
+from .retention import EraseRefused, Retention
 from .review import ReviewQueue
 from .review_api import add_review_routes
 from .settings import GatewaySettings
@@ -95,7 +96,7 @@ class Gateway:
         self.master = self.credentials.master
         self.tenants = Tenants(self.store, self.master, settings.tenant_defaults)
         self.tenant_settings = TenantSettingsStore(self.store.db)
-        self.review = ReviewQueue(self.store, lambda tenant_id: self._compliance_factory()[0](tenant_id).auditor())
+        self.review = ReviewQueue(self.store, self.auditor)
         self.auth_limiter = FailedAuthLimiter(self.store, settings.limits.failed_auth_burst,
                                               settings.limits.failed_auth_per_minute)
         self.guard = TargetGuard(settings.webhooks)
@@ -103,6 +104,8 @@ class Gateway:
         caches = settings.caches
         self.fingerprints = FingerprintSource(caches.weights_root, caches.fingerprint_refresh_s) \
             if (caches.outputs or caches.embeddings) else None
+        self.retention = Retention(self.store, self.storage, settings, self.tenant_settings, self.auditor,
+                                   self.fingerprints)
         self.workers: WorkerPool | None = None
         self.dispatcher: WebhookDispatcher | None = None
         self.draining = False
@@ -124,6 +127,20 @@ class Gateway:
 
         return for_tenant, encode
 
+    def auditor(self, tenant_id: str):
+        """The audit log that delivery records go to (for review decisions and erasures)."""
+        return self._compliance_factory()[0](tenant_id).auditor()
+
+    async def _retention_sweeper(self) -> None:
+        while True:
+            try:
+                erased = await asyncio.to_thread(self.retention.sweep)
+                for tenant_id, what in erased.items():
+                    logger.info("retention: tenant %s: erased %s", tenant_id, what)
+            except Exception:
+                logger.exception("retention sweep")
+            await asyncio.sleep(self.settings.retention.sweep_s)
+
     def content_policy(self, tenant_id: str) -> Policy:
         """The tenant's content rules: its own policy profile (tenant_settings.py), else the deployment's."""
         return self.tenant_settings.policy(tenant_id, self.settings.policy_profile)
@@ -137,6 +154,7 @@ class Gateway:
         self.dispatcher = WebhookDispatcher(self.store, sender, self.settings.webhooks, self._webhook_secret,
                                             self.owner)
         self._background.append(asyncio.create_task(self.dispatcher.run(self._stop)))
+        self._background.append(asyncio.create_task(self._retention_sweeper()))
         if self.fingerprints is not None:  # list the weights now, not on the first job
             self._background.append(asyncio.create_task(asyncio.to_thread(self.fingerprints.weights)))
         logger.info("gateway %s ready: triton %s, store %s, storage %s", self.owner, self.settings.triton_url,
@@ -417,15 +435,27 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         job = await gateway.job(tenant, job_id)
         return JSONResponse({"deliveries": await asyncio.to_thread(gateway.store.deliveries, tenant.id, job.id)})
 
-    @app.delete("/v1/videos/{job_id}", summary="Cancel a job",
+    @app.delete("/v1/videos/{job_id}", summary="Cancel a job, or erase its data (?erase=inputs|all)",
                 responses={202: {"description": "cancel requested; the job stops at its next chunk"},
-                           409: {"description": "already finished"}})
-    async def cancel(job_id: str, tenant: Authed) -> JSONResponse:
+                           409: {"description": "already finished (cancel), or still running (erase)"}})
+    async def cancel(job_id: str, tenant: Authed, erase: str | None = None) -> JSONResponse:
+        if erase is not None:
+            return JSONResponse(await _erase(gateway.retention.erase_job, tenant.id, job_id, erase))
         before = await gateway.job(tenant, job_id)
         if before.terminal and before.state != CANCELLED:
             raise ApiError(409, "already_finished", f"video {job_id} already {before.state}; nothing to cancel")
         job = await asyncio.to_thread(gateway.store.cancel_job, tenant.id, job_id, webhook_event)
         return JSONResponse(job_view(job), 202 if job.state == RUNNING else 200)
+
+    async def _erase(action, *args) -> dict:
+        try:
+            return await asyncio.to_thread(action, *args)
+        except EraseRefused as exc:
+            raise ApiError(exc.status, exc.code, str(exc)) from None
+
+    @app.delete("/v1/data", summary="Erase the data of every finished job of this tenant (?erase=inputs|all)")
+    async def erase_tenant(tenant: Authed, erase: str) -> JSONResponse:
+        return JSONResponse(await _erase(gateway.retention.erase_tenant, tenant.id, erase))
 
     add_review_routes(app)
 

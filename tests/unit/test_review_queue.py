@@ -54,7 +54,7 @@ def _op(gw, key: str):
 
 
 def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch):
-    with live_gateway(tmp_path, monkeypatch, webhooks={"allow": ["127.0.0.1"]}) as gw:
+    with live_gateway(tmp_path, monkeypatch) as gw:
         tenant_id, key = gw.tenant("acme", profile="strict")
         _, other_key = gw.tenant("globex")  # the deployment's development profile: delivered
         operator = gw.operator("alice")
