@@ -91,7 +91,7 @@ class FakeTriton:
                     info["job_report"] = json.loads(json.dumps(JOB_REPORT))
                 yield StreamedChunk(frames, start, FRAMES, FPS, info)
             yield StreamedChunk(np.zeros((0, SIZE, SIZE, 3), np.uint8), FRAMES, FRAMES, FPS,
-                                {"qa_report": type(self).report})
+                                {"qa_report": json.loads(json.dumps(type(self).report))})  # a fresh copy per job
 
         return stream()
 

@@ -42,7 +42,7 @@ from .auth_limit import FailedAuthLimiter, key_subject
 from .caches import EMBEDDING, FingerprintSource, ParameterError, canonical_parameters, digest, embedding_key
 from .credentials import load_credentials
 from .retention import EraseRefused, Retention
-from .review import ReviewQueue
+from .review import HELD, ReviewQueue
 from .review_api import add_review_routes
 from .settings import GatewaySettings
 from .storage import Storage, job_key, open_storage
@@ -442,6 +442,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         if erase is not None:
             return JSONResponse(await _erase(gateway.retention.erase_job, tenant.id, job_id, erase))
         before = await gateway.job(tenant, job_id)
+        if before.state == HELD:
+            withdrawn = await asyncio.to_thread(gateway.review.withdraw, tenant.id, job_id)
+            if withdrawn is not None:
+                return JSONResponse(job_view(withdrawn))
+            before = await gateway.job(tenant, job_id)  # decided meanwhile
         if before.terminal and before.state != CANCELLED:
             raise ApiError(409, "already_finished", f"video {job_id} already {before.state}; nothing to cancel")
         job = await asyncio.to_thread(gateway.store.cancel_job, tenant.id, job_id, webhook_event)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..audit import AuditAppender
-from .store import FAILED, SUCCEEDED, Job, JobStore, WebhookEvent, new_id
+from .store import CANCELLED, CANCELLED_ERROR, FAILED, SUCCEEDED, Job, JobStore, WebhookEvent, new_id
 from .tenants import AuthError
 from .views import job_view
 
@@ -205,6 +205,24 @@ class ReviewQueue:
                 "operator": {"id": operator.id, "name": operator.name}, "reason": note or None,
                 "held_for": json.loads(row["reasons"]), "output_sha256": (job.result or {}).get("sha256")})
         return final
+
+    def withdraw(self, tenant_id: str, job_id: str, now: float | None = None) -> Job | None:
+        """The tenant cancels its held job: held -> cancelled, the review closed as withdrawn. None if not held."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as cursor:
+            row = cursor.execute(
+                "UPDATE jobs SET state = ?, error_code = ?, error_message = ?, finished_at = ?, updated_at = ? "
+                "WHERE id = ? AND tenant_id = ? AND state = ? RETURNING *",
+                (CANCELLED, *CANCELLED_ERROR, now, now, job_id, tenant_id, HELD)).one()
+            if row is None:
+                return None
+            cursor.execute("UPDATE reviews SET decision = 'withdrawn', operator = 'tenant', decided_at = ? "
+                           "WHERE job_id = ?", (now, job_id))
+            job = Job.from_row(row)
+            event = review_event(job, "video.cancelled")
+            if event is not None:
+                self.store._enqueue_webhook(cursor, job_id, event, now)
+        return job
 
 
 def reviewable(job: Job) -> dict[str, Any]:

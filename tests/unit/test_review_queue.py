@@ -120,3 +120,16 @@ def test_rejection_needs_a_reason_and_the_tenant_reads_it(tmp_path, monkeypatch)
         assert job["error"] == {"code": "rejected_in_review", "message": "rejected in review: the face looks under 18"}
         assert httpx.get(f"{gw.url}/v1/videos/{held}/content",
                          headers={"Authorization": f"Bearer {key}"}).status_code == 409
+
+
+def test_the_tenant_may_cancel_a_held_job_and_the_operator_then_gets_409(tmp_path, monkeypatch):
+    with live_gateway(tmp_path, monkeypatch) as gw:
+        _, key = gw.tenant("acme", profile="strict")
+        operator = gw.operator("carol")
+        held = gw.submit(key)
+        gw.wait(key, held, ("held",))
+        cancelled = httpx.delete(f"{gw.url}/v1/videos/{held}", headers={"Authorization": f"Bearer {key}"})
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        late = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(gw, operator))
+        assert late.status_code == 409 and "withdrawn" in late.json()["error"]["message"]
+        assert httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(gw, operator)).json()["jobs"] == []
