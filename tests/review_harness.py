@@ -124,6 +124,14 @@ class LiveGateway:
         assert response.status_code == 202, response.text
         return response.json()["id"]
 
+    def held_job(self, tenant: str = "acme", operator: str = "alice") -> tuple[str, str, str]:
+        """(tenant API key, operator key, job id) of a strict tenant's job, held for review."""
+        _, key = self.tenant(tenant, profile="strict")
+        operator_key = self.operator(operator)
+        job_id = self.submit(key)
+        self.wait(key, job_id, ("held",))
+        return key, operator_key, job_id
+
     def wait(self, key: str, job_id: str, states: tuple[str, ...], timeout_s: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -42,10 +42,7 @@ def _resource_hosts(driver) -> set[str]:
 
 def test_review_page_approves_a_held_job_and_docs_work_offline(tmp_path, monkeypatch, browser):
     with live_gateway(tmp_path, monkeypatch) as gw:
-        _, key = gw.tenant("acme", profile="strict")
-        operator = gw.operator("alice")
-        job_id = gw.submit(key)
-        gw.wait(key, job_id, ("held",))
+        key, operator, job_id = gw.held_job()
         wait = WebDriverWait(browser, 15)
 
         browser.get(f"{gw.url}/review")

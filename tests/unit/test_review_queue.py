@@ -49,12 +49,17 @@ def test_strict_profiles_turn_the_label_on():
     assert not policy_of("development").visible_label
 
 
-def _op(gw, key: str):
+def _op(key: str):
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch):
-    with live_gateway(tmp_path, monkeypatch) as gw:
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request) -> dict:
+    return {} if request.param == "sqlite" else {"database_url": request.getfixturevalue("postgres_database")()}
+
+
+def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch, database):
+    with live_gateway(tmp_path, monkeypatch, **database) as gw:
         tenant_id, key = gw.tenant("acme", profile="strict")
         _, other_key = gw.tenant("globex")  # the deployment's development profile: delivered
         operator = gw.operator("alice")
@@ -67,26 +72,26 @@ def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch)
         refused = httpx.get(f"{gw.url}/v1/videos/{held}/content", headers=tenant)
         assert refused.status_code == 409 and "held" in refused.json()["error"]["message"]
 
-        queue = httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(gw, operator)).json()["jobs"]
+        queue = httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(operator)).json()["jobs"]
         assert [item["job_id"] for item in queue] == [held]
         assert "photo.minor" in queue[0]["reasons"][0]
-        shown = httpx.get(f"{gw.url}/v1/review/jobs/{held}", headers=_op(gw, operator)).json()
+        shown = httpx.get(f"{gw.url}/v1/review/jobs/{held}", headers=_op(operator)).json()
         decision = shown["job"]["content_policy"]
         assert decision["action"] == "hold" and decision["profile"] == "strict" and decision["visible_label"]
         assert shown["qa_report"]["content_policy"] == decision
-        video = httpx.get(f"{gw.url}/v1/review/jobs/{held}/content", headers=_op(gw, operator))
+        video = httpx.get(f"{gw.url}/v1/review/jobs/{held}/content", headers=_op(operator))
         assert video.status_code == 200 and video.content[4:8] == b"ftyp"
         (tmp_path / "held.mp4").write_bytes(video.content)
         assert verify_video(tmp_path / "held.mp4").qa_verdict["content_policy"] == decision  # the C2PA assertion
-        sheet = httpx.get(f"{gw.url}/v1/review/jobs/{held}/contact-sheet", headers=_op(gw, operator))
+        sheet = httpx.get(f"{gw.url}/v1/review/jobs/{held}/contact-sheet", headers=_op(operator))
         assert sheet.status_code == 200 and sheet.content[:4] == b"\x89PNG"
 
-        approved = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(gw, operator),
+        approved = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(operator),
                               json={"note": "adult, checked by hand"})
         assert approved.status_code == 200 and approved.json()["status"] == "succeeded"
         content = httpx.get(f"{gw.url}/v1/videos/{held}/content", headers=tenant)
         assert content.status_code == 200 and content.content == video.content
-        again = httpx.post(f"{gw.url}/v1/review/jobs/{held}/reject", headers=_op(gw, operator),
+        again = httpx.post(f"{gw.url}/v1/review/jobs/{held}/reject", headers=_op(operator),
                            json={"reason": "changed my mind"})
         assert again.status_code == 409 and again.json()["error"]["code"] == "already_decided"
 
@@ -106,15 +111,12 @@ def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch)
 
 def test_rejection_needs_a_reason_and_the_tenant_reads_it(tmp_path, monkeypatch):
     with live_gateway(tmp_path, monkeypatch) as gw:
-        _, key = gw.tenant("acme", profile="strict")
-        operator = gw.operator("bob")
-        held = gw.submit(key)
-        gw.wait(key, held, ("held",))
+        key, operator, held = gw.held_job(operator="bob")
         url = f"{gw.url}/v1/review/jobs/{held}/reject"
-        missing = httpx.post(url, headers=_op(gw, operator), json={})
+        missing = httpx.post(url, headers=_op(operator), json={})
         assert missing.status_code == 422 and missing.json()["error"]["code"] == "reason_missing"
-        assert httpx.post(url, headers=_op(gw, operator), json={"reason": "  "}).status_code == 422
-        rejected = httpx.post(url, headers=_op(gw, operator), json={"reason": "the face looks under 18"})
+        assert httpx.post(url, headers=_op(operator), json={"reason": "  "}).status_code == 422
+        rejected = httpx.post(url, headers=_op(operator), json={"reason": "the face looks under 18"})
         assert rejected.status_code == 200
         job = gw.wait(key, held, ("failed",))
         assert job["error"] == {"code": "rejected_in_review", "message": "rejected in review: the face looks under 18"}
@@ -124,12 +126,9 @@ def test_rejection_needs_a_reason_and_the_tenant_reads_it(tmp_path, monkeypatch)
 
 def test_the_tenant_may_cancel_a_held_job_and_the_operator_then_gets_409(tmp_path, monkeypatch):
     with live_gateway(tmp_path, monkeypatch) as gw:
-        _, key = gw.tenant("acme", profile="strict")
-        operator = gw.operator("carol")
-        held = gw.submit(key)
-        gw.wait(key, held, ("held",))
+        key, operator, held = gw.held_job(operator="carol")
         cancelled = httpx.delete(f"{gw.url}/v1/videos/{held}", headers={"Authorization": f"Bearer {key}"})
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-        late = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(gw, operator))
+        late = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(operator))
         assert late.status_code == 409 and "withdrawn" in late.json()["error"]["message"]
-        assert httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(gw, operator)).json()["jobs"] == []
+        assert httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(operator)).json()["jobs"] == []
