@@ -235,6 +235,8 @@ def _progress(job: dict) -> None:
     frames = f" frames {done}/{total}" if total else ""
     print(f"\r{job['id']}: {job['status']:9} {100 * job['progress']:3.0f}%{frames}   ", end="", file=sys.stderr,
           flush=True)
+    if job.get("review"):  # held by the content policy: the wait goes on until an operator decides
+        print(f"\n{job['review']['message']}; waiting for an operator's decision", file=sys.stderr, flush=True)
 
 
 def cmd_submit(args: argparse.Namespace, options: tuple[str, ...]) -> int:

@@ -67,6 +67,7 @@ def test_held_job_waits_for_an_operator_then_is_delivered(tmp_path, monkeypatch,
         delivered = gw.submit(other_key)
         job = gw.wait(key, held, ("held", "succeeded", "failed"))
         assert job["status"] == "held" and job["output"] is None
+        assert job["review"]["message"].startswith("held for an operator's review: content check unavailable")
         assert gw.wait(other_key, delivered, ("succeeded", "failed"))["status"] == "succeeded"
         tenant = {"Authorization": f"Bearer {key}"}
         refused = httpx.get(f"{gw.url}/v1/videos/{held}/content", headers=tenant)
