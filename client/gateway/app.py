@@ -459,7 +459,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             raise ApiError(exc.status, exc.code, str(exc)) from None
 
     @app.delete("/v1/data", summary="Erase the data of every finished job of this tenant (?erase=inputs|all)")
-    async def erase_tenant(tenant: Authed, erase: str) -> JSONResponse:
+    async def erase_tenant(tenant: Authed, erase: str | None = None) -> JSONResponse:
         return JSONResponse(await _erase(gateway.retention.erase_tenant, tenant.id, erase))
 
     add_review_routes(app)

@@ -247,6 +247,6 @@ class Retention:
         logger.info("erased %s of %d job(s) of tenant %s (%s)", scope, len(job_ids), tenant_id, requested_by)
 
 
-def check_scope(scope: str) -> None:
+def check_scope(scope: str | None) -> None:
     if scope not in ERASE_SCOPES:
         raise EraseRefused(422, "bad_erase", f"erase must be one of {', '.join(ERASE_SCOPES)}, got {scope!r}")

@@ -56,9 +56,9 @@ SCHEMA = (
 class ReviewError(Exception):
     """An operator's request that cannot be done; `status` and `code` are the HTTP answer."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.headers = status, code, headers or {}
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,10 @@ async def operator_of(request: Request,
         wait = await asyncio.to_thread(gateway.auth_limiter.retry_after, *subjects)
         if wait > 0:
             raise ReviewError(429, "auth_rate_limited", f"too many failed authentications from this address or "
-                                                        f"with this key; retry in {wait:.0f} s") from None
+                                                        f"with this key; retry in {wait:.0f} s",
+                              {"Retry-After": str(int(wait) + 1)}) from None
         await asyncio.to_thread(gateway.auth_limiter.failed, *subjects)
-        raise ReviewError(401, "unauthorized", str(exc)) from None
+        raise ReviewError(401, "unauthorized", str(exc), {"WWW-Authenticate": "Bearer"}) from None
 
 
 OperatorDep = Annotated[Operator, Depends(operator_of)]
@@ -67,14 +68,14 @@ def add_review_routes(app: FastAPI) -> None:
 
     @app.exception_handler(ReviewError)
     async def review_error(request: Request, exc: ReviewError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, exc.status, headers=headers)
+        return JSONResponse({"error": {"code": exc.code, "message": str(exc)}}, exc.status, headers=exc.headers)
 
     @app.get("/review", include_in_schema=False)
     async def review_page() -> HTMLResponse:
         return HTMLResponse(STATIC.joinpath("review.html").read_text(),
                             headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
-                                                                "media-src 'self' blob:; style-src 'self'",
+                                                                "media-src 'self' blob:; style-src 'self'; "
+                                                                "frame-ancestors 'none'",
                                      "Cache-Control": "no-store"})
 
     @app.get("/review/review.js", include_in_schema=False)

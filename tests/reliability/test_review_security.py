@@ -48,6 +48,7 @@ def test_keys_of_one_kind_never_open_the_other_api(queue, ledger):
                  for i in range(6)]
         ledger.record("gateway_security", "review_auth-brute_force", "http_429", f"http_{codes[-1]}", 0.0)
         assert codes[-1] == 429, codes
+        assert int(client.get("/v1/review/jobs", headers=_bearer("tho_guess" * 5)).headers["Retry-After"]) >= 1
         # The page itself is static and holds no data; everything it shows comes through the operator API.
         page = client.get("/review")
         assert page.status_code == 200 and held not in page.text and "Content-Security-Policy" in page.headers

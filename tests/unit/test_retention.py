@@ -117,6 +117,8 @@ def test_tenant_wide_erase_and_bad_requests(tmp_path, monkeypatch):
         _cache_embedding(gw, tenant_id)
         bad = httpx.delete(f"{gw.url}/v1/videos/{jobs[0]}?erase=photo", headers=_headers(key))
         assert bad.status_code == 422 and "inputs, all" in bad.json()["error"]["message"]
+        unscoped = httpx.delete(f"{gw.url}/v1/data", headers=_headers(key))
+        assert unscoped.status_code == 422 and unscoped.json()["error"]["code"] == "bad_erase"
         foreign = httpx.delete(f"{gw.url}/v1/videos/{kept}?erase=all", headers=_headers(key))
         assert foreign.status_code == 404
         done = httpx.delete(f"{gw.url}/v1/data?erase=all", headers=_headers(key))
