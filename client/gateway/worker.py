@@ -443,6 +443,11 @@ class WorkerPool:
         entry = self.store.cache_get(OUTPUT, key, job.tenant_id)
         if entry is None:
             return None
+        # Only delivered videos are cached; one delivered under another content profile (the tenant's changed
+        # since) is made again, so that its checks and label follow the profile now in force.
+        cached_profile = ((entry.get("qa") or {}).get("content_policy") or {}).get("profile")
+        if cached_profile != self.content_policy(job.tenant_id).profile.value:
+            return None
         result = dict(entry["result"])
         if self.storage.size(result["video_key"]) != result["bytes"]:
             self.store.cache_delete(OUTPUT, key)  # the cached object is gone or changed: generate again

@@ -9,7 +9,14 @@ import httpx
 import pytest
 from review_harness import live_gateway, qa_report
 
+from client.compliance import ComplianceOptions
 from client.content_policy import decide
+from client.encoding import EncodeOptions
+from client.gateway.caches import OUTPUT
+from client.gateway.settings import load_settings
+from client.gateway.storage import LocalStorage
+from client.gateway.store import QUEUED, Job, JobStore
+from client.gateway.worker import WorkerPool
 from client.policy import policy_of
 from client.provenance import verify_video
 
@@ -133,3 +140,28 @@ def test_the_tenant_may_cancel_a_held_job_and_the_operator_then_gets_409(tmp_pat
         late = httpx.post(f"{gw.url}/v1/review/jobs/{held}/approve", headers=_op(operator))
         assert late.status_code == 409 and "withdrawn" in late.json()["error"]["message"]
         assert httpx.get(f"{gw.url}/v1/review/jobs", headers=_op(operator)).json()["jobs"] == []
+
+
+def test_a_cached_video_is_reused_only_under_the_profile_it_was_delivered_under(tmp_path):
+    settings = load_settings(None, env={}, data_dir=str(tmp_path))
+    store, storage = JobStore(settings.database), LocalStorage(settings.objects_path)
+    tenant = store.create_tenant("acme", 10, 1, 1.0, 1)
+    storage.put_bytes("tenants/x/jobs/vid_src/video.mp4", b"video")
+    result = {"video_key": "tenants/x/jobs/vid_src/video.mp4", "bytes": 5, "sha256": "s"}
+    store.cache_put(OUTPUT, "k", tenant.id, {"job_id": "vid_src", "result": result,
+                                             "qa": {"content_policy": {"profile": "development"}}})
+    job = Job(id="vid_new", tenant_id=tenant.id, state=QUEUED, parameters={}, inputs={}, request_hash="h")
+    profile = {"now": "strict"}
+
+    def compliance(tenant_id):
+        return ComplianceOptions(None, audit_log=tmp_path / "audit.log", tenant=tenant_id)
+
+    pool = WorkerPool(settings, store, storage, "w1", None, compliance, EncodeOptions(),
+                      content_policy=lambda tenant_id: policy_of(profile["now"]))
+    try:
+        assert pool._from_cache(job, "k") is None  # the tenant is strict now: generate (and judge) again
+        profile["now"] = "development"
+        hit = pool._from_cache(job, "k")
+        assert hit.state == "succeeded" and hit.result["cached_from"] == "vid_src"
+    finally:
+        store.close()
