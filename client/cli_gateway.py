@@ -153,6 +153,20 @@ def cmd_add_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revoke_operator(args: argparse.Namespace) -> int:
+    from .gateway.review import ReviewQueue
+
+    store, _ = _store(args)
+    try:
+        count = ReviewQueue(store).revoke_operator(args.prefix)
+    finally:
+        store.close()
+    if not count:
+        raise GatewayCliError(f"no active operator key starts with {args.prefix!r} (give the first 10 characters)")
+    print(f"revoked {count} operator key(s)")
+    return 0
+
+
 def cmd_tenant_settings(args: argparse.Namespace) -> int:
     from .gateway.tenant_settings import TenantSettingsStore
 
@@ -339,6 +353,10 @@ def add_commands(sub: argparse._SubParsersAction, add_generation_options: Callab
     operator.add_argument("--json", action="store_true")
     _config_options(operator)
     operator.set_defaults(func=cmd_add_operator)
+    revoke_op = actions.add_parser("revoke-operator", help="revoke operator keys by their first 10 characters")
+    revoke_op.add_argument("prefix")
+    _config_options(revoke_op)
+    revoke_op.set_defaults(func=cmd_revoke_operator)
     overrides = actions.add_parser("tenant-settings", help="a tenant's own content policy profile and retention "
                                                            "periods; `default` clears one; prints them")
     overrides.add_argument("name")

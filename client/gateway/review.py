@@ -93,6 +93,11 @@ class ReviewQueue:
                            (_hash(key), new_id("op"), name, key[:10], tenant_id, now or time.time()))
         return key
 
+    def revoke_operator(self, prefix: str, now: float | None = None) -> int:
+        with self.db.transaction() as cursor:
+            return cursor.execute("UPDATE operators SET revoked_at = ? WHERE prefix = ? AND revoked_at IS NULL",
+                                  (now or time.time(), prefix)).rowcount
+
     def authenticate(self, authorization: str | None) -> Operator:
         if not authorization:
             raise AuthError("send an operator key as `Authorization: Bearer tho_...`")

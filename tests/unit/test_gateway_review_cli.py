@@ -6,8 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from client.gateway.review import ReviewQueue
 from client.gateway.store import JobStore
+from client.gateway.tenants import AuthError
 
 CLI = [sys.executable, "-m", "client.cli", "gateway"]
 
@@ -28,6 +31,14 @@ def test_operator_and_tenant_settings_commands(tmp_path):
     try:
         operator = ReviewQueue(store).authenticate(f"Bearer {key}")
         assert operator.name == "alice" and operator.tenant_id == store.tenant_by_name("acme").id
+    finally:
+        store.close()
+
+    assert _run("revoke-operator", key[:10], *data).stdout.strip() == "revoked 1 operator key(s)"
+    store = JobStore(f"sqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        with pytest.raises(AuthError, match="not valid"):
+            ReviewQueue(store).authenticate(f"Bearer {key}")
     finally:
         store.close()
 
