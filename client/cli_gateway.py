@@ -112,16 +112,21 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_revoke_key(args: argparse.Namespace) -> int:
+def _revoke(args: argparse.Namespace, revoke: Callable, what: str) -> int:
+    """`revoke(store, prefix)` -> how many keys of `what` kind it revoked."""
     store, _ = _store(args)
     try:
-        count = store.revoke_api_key(args.prefix)
+        count = revoke(store, args.prefix)
     finally:
         store.close()
     if not count:
-        raise GatewayCliError(f"no active key starts with {args.prefix!r} (give the first 10 characters)")
-    print(f"revoked {count} key(s)")
+        raise GatewayCliError(f"no active {what} starts with {args.prefix!r} (give the first 10 characters)")
+    print(f"revoked {count} {what}(s)")
     return 0
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    return _revoke(args, lambda store, prefix: store.revoke_api_key(prefix), "key")
 
 
 def _tenant_named(store, name: str):
@@ -156,15 +161,7 @@ def cmd_add_operator(args: argparse.Namespace) -> int:
 def cmd_revoke_operator(args: argparse.Namespace) -> int:
     from .gateway.review import ReviewQueue
 
-    store, _ = _store(args)
-    try:
-        count = ReviewQueue(store).revoke_operator(args.prefix)
-    finally:
-        store.close()
-    if not count:
-        raise GatewayCliError(f"no active operator key starts with {args.prefix!r} (give the first 10 characters)")
-    print(f"revoked {count} operator key(s)")
-    return 0
+    return _revoke(args, lambda store, prefix: ReviewQueue(store).revoke_operator(prefix), "operator key")
 
 
 def cmd_tenant_settings(args: argparse.Namespace) -> int:
@@ -343,20 +340,19 @@ def add_commands(sub: argparse._SubParsersAction, add_generation_options: Callab
     key.add_argument("name")
     _config_options(key)
     key.set_defaults(func=cmd_add_key)
-    revoke = actions.add_parser("revoke-key", help="revoke API keys by their first characters")
-    revoke.add_argument("prefix")
-    _config_options(revoke)
-    revoke.set_defaults(func=cmd_revoke_key)
+    for name, help_text, command in (("revoke-key", "revoke API keys by their first characters", cmd_revoke_key),
+                                     ("revoke-operator", "revoke operator keys by their first 10 characters",
+                                      cmd_revoke_operator)):
+        revoke = actions.add_parser(name, help=help_text)
+        revoke.add_argument("prefix")
+        _config_options(revoke)
+        revoke.set_defaults(func=command)
     operator = actions.add_parser("add-operator", help="an operator key for the review queue (/review); shown once")
     operator.add_argument("name", help="who reviews: named in the audit record of every decision")
     operator.add_argument("--tenant", default=None, help="review only this tenant's jobs (default: every tenant)")
     operator.add_argument("--json", action="store_true")
     _config_options(operator)
     operator.set_defaults(func=cmd_add_operator)
-    revoke_op = actions.add_parser("revoke-operator", help="revoke operator keys by their first 10 characters")
-    revoke_op.add_argument("prefix")
-    _config_options(revoke_op)
-    revoke_op.set_defaults(func=cmd_revoke_operator)
     overrides = actions.add_parser("tenant-settings", help="a tenant's own content policy profile and retention "
                                                            "periods; `default` clears one; prints them")
     overrides.add_argument("name")
