@@ -30,6 +30,7 @@ SAMPLE_AUDIO = SAMPLES / "speech.wav"
 
 EXIT_REJECTED = 2
 EXIT_UNAVAILABLE = 3
+EXIT_HELD = 4  # written, but the content policy holds it for a person's review (client/content_policy.py)
 
 
 class CliError(Exception):
@@ -231,6 +232,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .cli_delivery import DELIVERY_ERRORS, delivery_options, print_delivery
     from .compliance import CompliantVideoWriter, JobInputs
     from .contact_sheet import SegmentThumbnails, render_contact_sheet
+    from .content_policy import decide
+    from .policy import policy_of
+    from .provenance import QA_NOT_RUN
 
     if args.protocol != "grpc":
         raise CliError("generate streams over gRPC: use --protocol grpc (the default)")
@@ -267,8 +271,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         if writer is None:
             raise CliError("the server streamed no frames")
+        # The content policy's decision rides in the QA verdict: C2PA assertion, audit record, .qa.json.
+        decision = decide(qa_report, policy_of(args.policy_profile), video is not None, compliance.visible_label)
+        verdict = qa_summary(qa_report) if qa_report else dict(QA_NOT_RUN)
+        verdict["content_policy"] = decision.as_dict()
+        if qa_report is not None:
+            qa_report["content_policy"] = decision.as_dict()
         # Encode tail, AI disclosure, C2PA signature (with the QA verdict), self-verification, audit record.
-        delivery = writer.finish(qa_verdict=qa_summary(qa_report) if qa_report else None)
+        delivery = writer.finish(qa_verdict=verdict)
     except RequestRejected as exc:
         if writer is not None:
             writer.abort()
@@ -302,6 +312,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .overlay import render_overlay
 
         print(f"overlay: {render_overlay(photo, report, out.with_suffix('.overlay.png')).resolve()}")
+    if decision.held:
+        print(f"held for review ({decision.profile} profile): {'; '.join(decision.reasons)}; have a person review "
+              "it before publishing", file=sys.stderr)
+        return EXIT_HELD
     return 0
 
 

@@ -52,7 +52,7 @@ def delivery_options(args: argparse.Namespace) -> tuple[EncodeOptions, Complianc
     except (EncodeError, SigningError) as exc:
         raise DeliveryOptionError(f"{exc} (policy profile {policy.profile})") from None
     return encode, ComplianceOptions(signing, omit_photo_ingredient=args.omit_photo_ingredient,
-                                     visible_label=args.label, audit_log=args.audit_log,
+                                     visible_label=args.label or policy.visible_label, audit_log=args.audit_log,
                                      policy_profile=policy.profile.value,
                                      **({"tenant": args.tenant} if args.tenant else {}))
 

@@ -112,15 +112,96 @@ def cmd_add_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_revoke_key(args: argparse.Namespace) -> int:
+def _revoke(args: argparse.Namespace, revoke: Callable, what: str) -> int:
+    """`revoke(store, prefix)` -> how many keys of `what` kind it revoked."""
     store, _ = _store(args)
     try:
-        count = store.revoke_api_key(args.prefix)
+        count = revoke(store, args.prefix)
     finally:
         store.close()
     if not count:
-        raise GatewayCliError(f"no active key starts with {args.prefix!r} (give the first 10 characters)")
-    print(f"revoked {count} key(s)")
+        raise GatewayCliError(f"no active {what} starts with {args.prefix!r} (give the first 10 characters)")
+    print(f"revoked {count} {what}(s)")
+    return 0
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    return _revoke(args, lambda store, prefix: store.revoke_api_key(prefix), "key")
+
+
+def _tenant_named(store, name: str):
+    tenant = store.tenant_by_name(name)
+    if tenant is None:
+        raise GatewayCliError(f"no tenant named {name!r}; create it with `talkinghead gateway add-tenant`")
+    return tenant
+
+
+def cmd_add_operator(args: argparse.Namespace) -> int:
+    from .gateway.review import ReviewQueue
+
+    store, _ = _store(args)
+    try:
+        tenant = _tenant_named(store, args.tenant) if args.tenant else None
+        try:
+            key = ReviewQueue(store).add_operator(args.name, tenant.id if tenant else None)
+        except ValueError as exc:
+            raise GatewayCliError(str(exc)) from None
+    finally:
+        store.close()
+    scope = f"tenant {tenant.name} only" if tenant else "every tenant"
+    if args.json:
+        print(json.dumps({"name": args.name, "operator_key": key, "scope": tenant.id if tenant else None}))
+        return 0
+    print(f"operator:     {args.name} (reviews {scope})")
+    print(f"operator key: {key}")
+    print("              (shown once: only its SHA-256 is stored; use it on /review and /v1/review/...)")
+    return 0
+
+
+def cmd_revoke_operator(args: argparse.Namespace) -> int:
+    from .gateway.review import ReviewQueue
+
+    return _revoke(args, lambda store, prefix: ReviewQueue(store).revoke_operator(prefix), "operator key")
+
+
+def cmd_tenant_settings(args: argparse.Namespace) -> int:
+    from .gateway.tenant_settings import TenantSettingsStore
+
+    store, _ = _store(args)
+    try:
+        tenant = _tenant_named(store, args.name)
+        settings = TenantSettingsStore(store.db)
+        try:
+            current = settings.update(tenant.id, policy_profile=args.policy_profile,
+                                      retain_inputs_days=args.retain_inputs_days,
+                                      retain_embeddings_days=args.retain_embeddings_days,
+                                      retain_outputs_days=args.retain_outputs_days)
+        except ValueError as exc:
+            raise GatewayCliError(str(exc)) from None
+    finally:
+        store.close()
+    shown = {"policy_profile": current.policy_profile.value if current.policy_profile else None,
+             "retain_inputs_days": current.retain_inputs_days,
+             "retain_embeddings_days": current.retain_embeddings_days,
+             "retain_outputs_days": current.retain_outputs_days}
+    print(json.dumps({"tenant": tenant.name, "overrides": shown, "null": "the deployment's setting"}, indent=2))
+    return 0
+
+
+def cmd_erase_tenant(args: argparse.Namespace) -> int:
+    from .gateway.app import Gateway
+    from .gateway.retention import EraseRefused
+
+    gateway = Gateway(_settings(args))
+    try:
+        tenant = _tenant_named(gateway.store, args.name)
+        try:
+            done = gateway.retention.erase_tenant(tenant.id, args.erase, requested_by="operator (CLI)")
+        except EraseRefused as exc:
+            raise GatewayCliError(str(exc)) from None
+    finally:
+        gateway.store.close()
+    print(json.dumps(done, indent=2))
     return 0
 
 
@@ -165,6 +246,8 @@ def _progress(job: dict) -> None:
     frames = f" frames {done}/{total}" if total else ""
     print(f"\r{job['id']}: {job['status']:9} {100 * job['progress']:3.0f}%{frames}   ", end="", file=sys.stderr,
           flush=True)
+    if job.get("review"):  # held by the content policy: the wait goes on until an operator decides
+        print(f"\n{job['review']['message']}; waiting for an operator's decision", file=sys.stderr, flush=True)
 
 
 def cmd_submit(args: argparse.Namespace, options: tuple[str, ...]) -> int:
@@ -257,10 +340,34 @@ def add_commands(sub: argparse._SubParsersAction, add_generation_options: Callab
     key.add_argument("name")
     _config_options(key)
     key.set_defaults(func=cmd_add_key)
-    revoke = actions.add_parser("revoke-key", help="revoke API keys by their first characters")
-    revoke.add_argument("prefix")
-    _config_options(revoke)
-    revoke.set_defaults(func=cmd_revoke_key)
+    for name, help_text, command in (("revoke-key", "revoke API keys by their first characters", cmd_revoke_key),
+                                     ("revoke-operator", "revoke operator keys by their first 10 characters",
+                                      cmd_revoke_operator)):
+        revoke = actions.add_parser(name, help=help_text)
+        revoke.add_argument("prefix")
+        _config_options(revoke)
+        revoke.set_defaults(func=command)
+    operator = actions.add_parser("add-operator", help="an operator key for the review queue (/review); shown once")
+    operator.add_argument("name", help="who reviews: named in the audit record of every decision")
+    operator.add_argument("--tenant", default=None, help="review only this tenant's jobs (default: every tenant)")
+    operator.add_argument("--json", action="store_true")
+    _config_options(operator)
+    operator.set_defaults(func=cmd_add_operator)
+    overrides = actions.add_parser("tenant-settings", help="a tenant's own content policy profile and retention "
+                                                           "periods; `default` clears one; prints them")
+    overrides.add_argument("name")
+    overrides.add_argument("--policy-profile", default=None, help="strict | standard | development | default")
+    for what in ("inputs", "embeddings", "outputs"):
+        overrides.add_argument(f"--retain-{what}-days", default=None,
+                               help=f"days {what} are kept (0: until erased) | default")
+    _config_options(overrides)
+    overrides.set_defaults(func=cmd_tenant_settings)
+    erase = actions.add_parser("erase-tenant", help="erase a tenant's inputs (photos, audio, videos, face data) or "
+                                                    "all its data, from storage, caches and the database")
+    erase.add_argument("name")
+    erase.add_argument("--erase", choices=("inputs", "all"), required=True)
+    _config_options(erase)
+    erase.set_defaults(func=cmd_erase_tenant)
     export = actions.add_parser("export-audit", help="write the audit log kept in the database as a log file + head "
                                                      "for `talkinghead audit verify`")
     export.add_argument("out", type=Path)

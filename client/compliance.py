@@ -178,8 +178,9 @@ class CompliantVideoWriter:
 
     def _audit(self, auditor: AuditAppender, verdict: dict, encoded, output_sha256: str, summary) -> dict:
         signing = self.compliance.signing
+        held = (verdict.get("content_policy") or {}).get("action") == "hold"  # client/content_policy.py
         return auditor.append({
-            "event": "video.delivered",
+            "event": "video.held" if held else "video.delivered",
             "job_id": self.job.job_id,
             "tenant": self.compliance.tenant,
             "policy_profile": self.compliance.policy_profile,

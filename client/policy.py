@@ -11,9 +11,19 @@ requires. Code asks `policy_of(profile)` for a rule; no other module compares pr
 |               | first run: announced in the startup log, and   | folder                               |
 |               | every manifest says "development"              |                                      |
 
-Issue 20's content policy builds on the same profiles (not implemented yet): in `strict` a content check that is
-`unavailable` holds the job for review instead of delivering it, and the visible "AI-generated" label is on. Add
-such rules as fields of `Policy`, so that every profile states its value in `POLICIES`.
+Content rules (issue 20; applied by client/content_policy.py to the QA report of every job, photo, driving video
+and output frames alike):
+
+| profile       | a content check `unavailable` | QA verdict `needs_review` | visible "AI-generated" label  |
+|---------------|-------------------------------|---------------------------|-------------------------------|
+| `strict`      | held for an operator's review | held for review           | on                            |
+| `standard`    | delivered; the decision names | held for review           | on                            |
+|               | the checks that did not run   |                           |                               |
+| `development` | delivered, recorded           | delivered, recorded       | as delivery.visible_label     |
+
+A content check that fails stops the job on the server in every profile (content_policy error). A tenant may get
+another profile for these content rules (`talkinghead gateway tenant-settings NAME --policy-profile ...`); the
+credential rules stay the deployment's. Add rules as fields of `Policy`, so that every profile states its value.
 
 Where it is set:
 - gateway: `policy_profile` in gateway.toml, or `TALKINGHEAD_GATEWAY_POLICY_PROFILE`. The gateway image
@@ -51,11 +61,20 @@ class Policy:
     # Signing key + certificate chain and the webhook master key must be supplied by the operator; nothing is
     # generated, and the gateway refuses to start without them.
     configured_credentials: bool
+    # A content check (NSFW, minor face, public figure; photo, driving video or output) that could not run holds
+    # the job for an operator instead of delivering it.
+    hold_unavailable_checks: bool = False
+    # A QA verdict of `needs_review` (segments that failed their gates after every re-roll) holds the job.
+    hold_needs_review: bool = False
+    # The burnt-in "AI-generated" label is always on (else delivery.visible_label decides).
+    visible_label: bool = False
 
 
 POLICIES = {
-    PolicyProfile.STRICT: Policy(PolicyProfile.STRICT, configured_credentials=True),
-    PolicyProfile.STANDARD: Policy(PolicyProfile.STANDARD, configured_credentials=True),
+    PolicyProfile.STRICT: Policy(PolicyProfile.STRICT, configured_credentials=True, hold_unavailable_checks=True,
+                                 hold_needs_review=True, visible_label=True),
+    PolicyProfile.STANDARD: Policy(PolicyProfile.STANDARD, configured_credentials=True, hold_needs_review=True,
+                                   visible_label=True),
     PolicyProfile.DEVELOPMENT: Policy(PolicyProfile.DEVELOPMENT, configured_credentials=False),
 }
 

@@ -29,6 +29,7 @@ from .backlog import Backlog, BacklogJob, segments_in
 from .errors import InputError
 from .generation.job import params_from_request
 from .preprocessing import ModelCaller, preprocess_job
+from .quality.driving_safety import safety_of_driving_video
 from .quality.report import job_report
 from .quality.segment_job import judge_video, process_segment, safety_of_photo, segment_length, segment_size
 from .quality.segment_qa import Boundary, JobContext, SegmentQA, SourceFace
@@ -119,6 +120,8 @@ def run_talking_head(
     ctx = JobContext(SourceFace.from_preprocessed(job.image, job.arrays, job.report), waveform, params.fps, quality,
                      mel=melspectrogram(waveform) if waveform is not None else None)
     photo_safety = asyncio.run(safety_of_photo(ctx, call))
+    # The driving video is judged like the photo (sampled frames) before anything is generated.
+    driving_safety = asyncio.run(safety_of_driving_video(video, call, settings.limits)) if video is not None else None
 
     size = segment_size(quality, params.fps)
     # Until the generator reports the clip's length, expect the speech's (the preview and S2V engines make that).
@@ -194,7 +197,7 @@ def run_talking_head(
     height, width = best.frames.shape[1:3]
     post = {"colour_match": quality.colour_match, "resize": resize_note((width, height), output_size),
             "mouth_refiner": "applied" if ctx.refiner else ctx.refiner_reason or "not needed",
-            "photo_safety": photo_safety}
+            "photo_safety": photo_safety, "driving_video_safety": driving_safety}
     report = job_report(accepted, ctx, engine=engine, rerolls=rerolls, post=post)
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
     last = best.chunks[-1]

@@ -28,20 +28,26 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import iterate_in_threadpool
 
 from python_backends import __version__
 
 from ..compliance import ComplianceOptions
 from ..encoding import EncodeOptions
+from ..policy import Policy
 from ..triton_client import Endpoint, TalkingHeadClient
 from .audit_store import DatabaseAuditLog
 from .auth_limit import FailedAuthLimiter, key_subject
 from .caches import EMBEDDING, FingerprintSource, ParameterError, canonical_parameters, digest, embedding_key
 from .credentials import load_credentials
+from .retention import EraseRefused, Retention
+from .review import HELD, ReviewQueue
+from .review_api import add_review_routes
 from .settings import GatewaySettings
 from .storage import Storage, job_key, open_storage
 from .store import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore, LimitReached, Tenant, new_id
+from .tenant_settings import TenantSettingsStore
 from .tenants import AuthError, QuotaExceeded, Tenants
 from .uploads import FILE_FIELDS, UploadInvalid, UploadTooLarge, megabytes, parse_upload
 from .views import job_view, without_paths
@@ -89,6 +95,8 @@ class Gateway:
         self.storage: Storage = open_storage(settings)
         self.master = self.credentials.master
         self.tenants = Tenants(self.store, self.master, settings.tenant_defaults)
+        self.tenant_settings = TenantSettingsStore(self.store.db)
+        self.review = ReviewQueue(self.store, self.auditor)
         self.auth_limiter = FailedAuthLimiter(self.store, settings.limits.failed_auth_burst,
                                               settings.limits.failed_auth_per_minute)
         self.guard = TargetGuard(settings.webhooks)
@@ -96,6 +104,8 @@ class Gateway:
         caches = settings.caches
         self.fingerprints = FingerprintSource(caches.weights_root, caches.fingerprint_refresh_s) \
             if (caches.outputs or caches.embeddings) else None
+        self.retention = Retention(self.store, self.storage, settings, self.tenant_settings, self.auditor,
+                                   self.fingerprints)
         self.workers: WorkerPool | None = None
         self.dispatcher: WebhookDispatcher | None = None
         self.draining = False
@@ -109,22 +119,42 @@ class Gateway:
         encode = EncodeOptions(codec=delivery.codec, crf=delivery.crf, preset=delivery.preset)
 
         def for_tenant(tenant_id: str) -> ComplianceOptions:
+            label = delivery.visible_label or self.content_policy(tenant_id).visible_label
             return ComplianceOptions(self.credentials.signing, omit_photo_ingredient=delivery.omit_photo_ingredient,
-                                     visible_label=delivery.visible_label, audit_log=self.settings.audit_path,
+                                     visible_label=label, audit_log=self.settings.audit_path,
                                      audit_store=self.audit, tenant=tenant_id,
                                      policy_profile=self.credentials.policy.profile.value)
 
         return for_tenant, encode
 
+    def auditor(self, tenant_id: str):
+        """The audit log that delivery records go to (for review decisions and erasures)."""
+        return self._compliance_factory()[0](tenant_id).auditor()
+
+    async def _retention_sweeper(self) -> None:
+        while True:
+            try:
+                erased = await asyncio.to_thread(self.retention.sweep)
+                for tenant_id, what in erased.items():
+                    logger.info("retention: tenant %s: erased %s", tenant_id, what)
+            except Exception:
+                logger.exception("retention sweep")
+            await asyncio.sleep(self.settings.retention.sweep_s)
+
+    def content_policy(self, tenant_id: str) -> Policy:
+        """The tenant's content rules: its own policy profile (tenant_settings.py), else the deployment's."""
+        return self.tenant_settings.policy(tenant_id, self.settings.policy_profile)
+
     async def start(self) -> None:
         compliance, encode = await asyncio.to_thread(self._compliance_factory)
         self.workers = WorkerPool(self.settings, self.store, self.storage, self.owner, self.fingerprints,
-                                  compliance, encode)
+                                  compliance, encode, content_policy=self.content_policy, review=self.review)
         self.workers.start()
         sender = WebhookSender(self.settings.webhooks, self.guard)
         self.dispatcher = WebhookDispatcher(self.store, sender, self.settings.webhooks, self._webhook_secret,
                                             self.owner)
         self._background.append(asyncio.create_task(self.dispatcher.run(self._stop)))
+        self._background.append(asyncio.create_task(self._retention_sweeper()))
         if self.fingerprints is not None:  # list the weights now, not on the first job
             self._background.append(asyncio.create_task(asyncio.to_thread(self.fingerprints.weights)))
         logger.info("gateway %s ready: triton %s, store %s, storage %s", self.owner, self.settings.triton_url,
@@ -342,7 +372,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await gateway.stop()
 
-    app = FastAPI(title="talkinghead gateway", version=__version__, lifespan=lifespan,
+    # Swagger UI's JavaScript and CSS come from the installed fastapi-offline package, not a CDN: /docs works in a
+    # VPC or on-prem without internet.
+    app = FastAPIOffline(title="talkinghead gateway", version=__version__, lifespan=lifespan,
                   description="Photo + speech -> a lip-synced, signed talking-head MP4. Jobs run on tritonserver; "
                               "authenticate with `Authorization: Bearer <API key>`.")
     app.state.gateway = gateway
@@ -403,15 +435,34 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         job = await gateway.job(tenant, job_id)
         return JSONResponse({"deliveries": await asyncio.to_thread(gateway.store.deliveries, tenant.id, job.id)})
 
-    @app.delete("/v1/videos/{job_id}", summary="Cancel a job",
+    @app.delete("/v1/videos/{job_id}", summary="Cancel a job, or erase its data (?erase=inputs|all)",
                 responses={202: {"description": "cancel requested; the job stops at its next chunk"},
-                           409: {"description": "already finished"}})
-    async def cancel(job_id: str, tenant: Authed) -> JSONResponse:
+                           409: {"description": "already finished (cancel), or still running (erase)"}})
+    async def cancel(job_id: str, tenant: Authed, erase: str | None = None) -> JSONResponse:
+        if erase is not None:
+            return JSONResponse(await _erase(gateway.retention.erase_job, tenant.id, job_id, erase))
         before = await gateway.job(tenant, job_id)
+        if before.state == HELD:
+            withdrawn = await asyncio.to_thread(gateway.review.withdraw, tenant.id, job_id)
+            if withdrawn is not None:
+                return JSONResponse(job_view(withdrawn))
+            before = await gateway.job(tenant, job_id)  # decided meanwhile
         if before.terminal and before.state != CANCELLED:
             raise ApiError(409, "already_finished", f"video {job_id} already {before.state}; nothing to cancel")
         job = await asyncio.to_thread(gateway.store.cancel_job, tenant.id, job_id, webhook_event)
         return JSONResponse(job_view(job), 202 if job.state == RUNNING else 200)
+
+    async def _erase(action, *args) -> dict:
+        try:
+            return await asyncio.to_thread(action, *args)
+        except EraseRefused as exc:
+            raise ApiError(exc.status, exc.code, str(exc)) from None
+
+    @app.delete("/v1/data", summary="Erase the data of every finished job of this tenant (?erase=inputs|all)")
+    async def erase_tenant(tenant: Authed, erase: str | None = None) -> JSONResponse:
+        return JSONResponse(await _erase(gateway.retention.erase_tenant, tenant.id, erase))
+
+    add_review_routes(app)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict:

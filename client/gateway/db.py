@@ -81,6 +81,8 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
+            # Deleted rows are overwritten with zeros, not left in free pages: erasure (retention.py) means gone.
+            conn.execute("PRAGMA secure_delete=ON")
         else:
             import psycopg
             from psycopg.rows import dict_row
@@ -121,6 +123,16 @@ class Database:
         with self.transaction() as cursor:
             for statement in statements:
                 cursor.execute(statement)
+
+    def compact(self) -> None:
+        """After an erasure: SQLite moves the WAL (which holds page images from before it) into the database file
+        and empties it; PostgreSQL vacuums the tables that held the erased rows."""
+        conn = self._connection()
+        if self.dialect == "sqlite":
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return
+        for table in ("jobs", "cache_entries", "webhook_deliveries", "webhook_attempts", "reviews"):
+            conn.execute(f"VACUUM {table}")
 
     def release_thread(self) -> None:
         """Close this thread's connection: for short-lived threads (one per job run), so connections do not pile

@@ -209,6 +209,27 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long a tenant's data is kept (days; 0: until erased). A tenant may have its own periods
+    (`gateway tenant-settings NAME --retain-inputs-days ...`). Inputs are the uploaded photo, audio and driving
+    video; embeddings the photo's face summary (identity embedding, landmarks) in the cache, the job row and the
+    stored report; outputs the finished video and its report."""
+
+    inputs_days: float = 30.0
+    embeddings_days: float = 30.0
+    outputs_days: float = 0.0
+    sweep_s: float = 3600.0  # how often the gateway looks for data past its period
+
+    def __post_init__(self) -> None:
+        for name in ("inputs_days", "embeddings_days", "outputs_days"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SettingsError(f"retention.{name} must be a number of days >= 0 (0: keep until erased), "
+                                    f"got {value!r}")
+        _positive("retention", sweep_s=self.sweep_s)
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     # strict | standard | development: what the deployment requires (client/policy.py, where the default is
     # explained); strict and standard refuse to start without a configured signing credential and master key.
@@ -238,6 +259,7 @@ class GatewaySettings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     caches: CacheSettings = field(default_factory=CacheSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     def __post_init__(self) -> None:
         if self.heartbeat_s * 2 > self.lease_s:

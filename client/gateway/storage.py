@@ -41,6 +41,8 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> None: ...
 
+    def delete(self, key: str) -> None: ...  # one object; a missing one is no error
+
 
 def _safe(key: str) -> str:
     parts = key.split("/")
@@ -109,6 +111,9 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
 
 class S3Storage:
     """Any S3-compatible service through boto3 (credentials from the usual AWS environment / config chain)."""
@@ -161,6 +166,9 @@ class S3Storage:
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
 def open_storage(settings: GatewaySettings) -> Storage:

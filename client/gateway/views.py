@@ -63,6 +63,8 @@ def job_view(job: Job) -> dict[str, Any]:
     if job.state == SUCCEEDED and result:
         view["output"] = {key: result.get(key) for key in ("sha256", "bytes", "content_type", "frames", "fps",
                                                            "codec", "signed", "cache", "cached_from")}
+    if job.state == "held":  # review.py: the video waits for an operator; the message says why
+        view["review"] = {"status": "held", "message": without_paths(job.error_message)}
     if job.last_error and job.state != SUCCEEDED:
         view["last_error"] = without_paths(job.last_error)
     return view

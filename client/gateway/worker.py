@@ -28,10 +28,14 @@ from typing import Any
 from ..audit import AuditError
 from ..cli import qa_summary
 from ..compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
+from ..contact_sheet import SegmentThumbnails, render_contact_sheet
+from ..content_policy import decide
 from ..encoding import EncodeError, EncodeOptions
-from ..provenance import SigningFailed
+from ..policy import Policy, policy_of
+from ..provenance import QA_NOT_RUN, SigningFailed
 from ..triton_client import Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
 from .caches import EMBEDDING, OUTPUT, PHOTO_CODES, FingerprintSource, embedding_key, output_key, photo_summary
+from .review import HELD, ReviewQueue, review_event
 from .settings import GatewaySettings
 from .storage import Storage, StorageError, job_key
 from .store import CANCELLED, CANCELLED_ERROR, FAILED, SUCCEEDED, Job, JobStore, WebhookEvent
@@ -71,7 +75,7 @@ class RunControl:
 
 @dataclass
 class Outcome:
-    state: str  # succeeded | failed | cancelled | retry | abandoned (lease lost / handed back)
+    state: str  # succeeded | held | failed | cancelled | retry | abandoned (lease lost / handed back)
     error_code: str | None = None
     message: str | None = None
     qa: dict | None = None
@@ -124,8 +128,12 @@ def run_in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future:
 class WorkerPool:
     def __init__(self, settings: GatewaySettings, store: JobStore, storage: Storage, owner: str,
                  fingerprints: FingerprintSource | None, compliance: Callable[[str], ComplianceOptions],
-                 encode: EncodeOptions) -> None:
+                 encode: EncodeOptions, content_policy: Callable[[str], Policy] | None = None,
+                 review: ReviewQueue | None = None) -> None:
         self.settings, self.store, self.storage, self.owner = settings, store, storage, owner
+        # The tenant's content policy (client/policy.py) and the queue its held jobs wait in (review.py).
+        self.content_policy = content_policy or (lambda tenant_id: policy_of(settings.policy_profile))
+        self.review = review
         self.fingerprints, self.compliance, self.encode = fingerprints, compliance, encode
         self.draining = asyncio.Event()
         self.active: dict[str, RunControl] = {}
@@ -257,6 +265,15 @@ class WorkerPool:
     def _record(self, job: Job, outcome: Outcome) -> None:
         if outcome.state == "abandoned":
             return
+        if outcome.state == HELD:
+            reasons = list(((outcome.qa or {}).get("content_policy") or {}).get("reasons") or ["held"])
+            done = self.review is not None and self.review.hold(
+                job.id, self.owner, qa=outcome.qa, result=outcome.result, reasons=reasons,
+                frames=(outcome.result or {}).get("frames"),
+                webhook_for=lambda held: review_event(held, "video.held"))
+            if not done:
+                logger.warning("job %s was held for review but its lease was gone", job.id)
+            return
         if outcome.state == "retry":
             self._triton_ok_at = 0.0  # probe readiness again before the next claim
             delay = backoff_delay(job.attempts, self.settings.retry_base_s, self.settings.retry_max_s) + \
@@ -336,6 +353,7 @@ class WorkerPool:
             report: dict = {}
             qa_report: dict | None = None
             inputs = JobInputs(photo, audio, video, dict(job.parameters), job_id=job.id)
+            thumbnails = SegmentThumbnails()  # the reviewer's contact sheet, should the job be held
             requested = time.perf_counter()
             stream = client.generate(photo, audio, video, job.parameters,
                                      idle_timeout_s=settings.stream_idle_timeout_s,
@@ -354,19 +372,36 @@ class WorkerPool:
                         writer = CompliantVideoWriter(out, chunk.fps, inputs, chunk.info, report, self.encode,
                                                       self.compliance(job.tenant_id), t0=requested)
                     writer.write(chunk.frames)
+                    thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
                     control.frames_done = chunk.start_frame + len(chunk.frames)
                     control.total_frames = chunk.total_frames
                 if writer is None:
                     raise ServerUnavailable("the server streamed no frames")
                 if control.stopped:
                     raise _Stopped()
-                delivery = writer.finish(qa_verdict=qa_summary(qa_report) if qa_report else None)
+                decision = decide(qa_report, self.content_policy(job.tenant_id), video is not None,
+                                  writer.compliance.visible_label)
+                verdict = qa_summary(qa_report) if qa_report else dict(QA_NOT_RUN)
+                # The decision rides in the verdict: the C2PA assertion and the audit record carry it.
+                verdict["content_policy"] = decision.as_dict()
+                if qa_report is not None:
+                    qa_report["content_policy"] = decision.as_dict()
+                delivery = writer.finish(qa_verdict=verdict)
             except BaseException:
                 stream.close()  # stops the gRPC stream; cancels the request on the server if it is still going
                 if writer is not None:
                     writer.abort()
                 raise
-        return self._store_output(job, out, delivery, report, qa_report, fingerprint, cache_key)
+        if not decision.held:
+            return self._store_output(job, out, delivery, report, qa_report, fingerprint, cache_key)
+        # Only delivered videos are served again from the cache.
+        outcome = self._store_output(job, out, delivery, report, qa_report, fingerprint, None)
+        if qa_report is not None and qa_report.get("segments"):
+            sheet_key = job_key(job.tenant_id, job.id, "contact_sheet.png")
+            self.storage.put_file(sheet_key, render_contact_sheet(qa_report, thumbnails, workdir / "sheet.png"),
+                                  "image/png")
+            outcome.result["contact_sheet_key"] = sheet_key
+        return replace(outcome, state=HELD)
 
     def _remember_photo(self, job: Job, report: dict, fingerprint: Any) -> None:
         summary = photo_summary(report)
@@ -407,6 +442,11 @@ class WorkerPool:
     def _from_cache(self, job: Job, key: str) -> Outcome | None:
         entry = self.store.cache_get(OUTPUT, key, job.tenant_id)
         if entry is None:
+            return None
+        # Only delivered videos are cached; one delivered under another content profile (the tenant's changed
+        # since) is made again, so that its checks and label follow the profile now in force.
+        cached_profile = ((entry.get("qa") or {}).get("content_policy") or {}).get("profile")
+        if cached_profile != self.content_policy(job.tenant_id).profile.value:
             return None
         result = dict(entry["result"])
         if self.storage.size(result["video_key"]) != result["bytes"]:

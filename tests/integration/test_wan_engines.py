@@ -59,6 +59,11 @@ def test_animate_streams_chunks_from_a_driving_video(wan_server, samples, tmp_pa
     *chunks, last = wan_server.generate((samples / "astronaut.png").read_bytes(), driving_video=driving.read_bytes(),
                                         parameters={**TINY, "engine": "animate-14B", "fps": 16, "chunk_frames": 8})
     assert last.qa_report is not None and last.qa_report["gates"]["lipsync"]["status"] == "unavailable"
+    # The driving video went through the photo's content checks on sampled frames (its face: the astronaut).
+    driving_safety = last.qa_report["post_processing"]["driving_video_safety"]
+    assert driving_safety["frames"] == 4 and driving_safety["nsfw"]["status"] == "pass"
+    assert driving_safety["minor"]["status"] == "unavailable"  # no age model ships: never a pass
+    assert last.qa_report["post_processing"]["photo_safety"]["minor"]["status"] == "unavailable"
     assert len(chunks) > 1 and {c.info["engine_id"] for c in chunks} == {"animate-14B"}
     frames = np.concatenate([c.frames for c in chunks])
     assert frames.shape[1:] == (64, 64, 3) and len(frames) == 16
