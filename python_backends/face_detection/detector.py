@@ -17,6 +17,7 @@ import torch
 
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
+from ..licences import LicencePolicy
 from ..weights import OFFICIAL, SHIPPED, WeightsChoice, official_path, weights_root
 from . import mtcnn
 from .faces import Faces
@@ -46,6 +47,7 @@ class FaceDetectorSettings:
     mtcnn_thresholds: tuple[float, ...] = mtcnn.DEFAULT_THRESHOLDS  # P-, R-, O-Net stage thresholds
     mtcnn_factor: float = mtcnn.DEFAULT_FACTOR  # MTCNN pyramid scale step
     threads: int = 0  # CPU threads for torch / onnxruntime; 0 = the library default
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONE_CHOICES:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
-from ..weights import OFFICIAL, SHIPPED, WeightsChoice, official_path, package_path
+from ..weights import FORBIDDEN, OFFICIAL, SHIPPED, UNKNOWN, WeightsChoice, official_path, package_path
 from . import settings as S
 from .head_pose import head_pose_from_landmarks
 from .transforms import box_to_center_scale, crop_face, decode_heatmaps, heatmap_to_image, normalise
@@ -30,6 +30,7 @@ HRNET_LICENCES = {
     S.W300: "MIT (HRNet code and released weights); trained on iBUG 300-W, whose terms exclude "
     "commercial use",
 }
+HRNET_USES = {S.WFLW: UNKNOWN, S.W300: FORBIDDEN}
 DLIB_PACKAGE = ("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")
 DLIB_ENGINE = "dlib-shape-predictor-68"
 DLIB_LICENCE = "CC0 (dlib-models via face_recognition_models); trained on iBUG 300-W: non-commercial use only"
@@ -37,6 +38,10 @@ DLIB_NOTE = (
     "shipped default: iBUG 300-W's licence excludes commercial use, so this model must not go into a "
     "commercial product without clearing that with Imperial College London; put HR18-WFLW.pth from "
     "HRNet/HRNet-Facial-Landmark-Detection under <weights>/face_landmarks/ to run HRNet instead"
+)
+DLIB_ALTERNATIVE = (
+    "the shipped MediaPipe Face Mesh (Apache-2.0): set the face_landmarks parameter engine to 'auto' or "
+    "'mediapipe'"
 )
 MIN_BOX_SIZE = 8.0  # pixels; smaller boxes hold no usable face detail
 
@@ -69,6 +74,8 @@ def choose_weights(settings: S.FaceLandmarksSettings, root: Path | None = None) 
                     path,
                     HRNET_LICENCES[dataset],
                     note="official HRNet-Facial-Landmark-Detection checkpoint",
+                    commercial_use=HRNET_USES[dataset],
+                    alternative=DLIB_ALTERNATIVE,
                 )
         if settings.engine == S.HRNET:
             files = " or ".join(HRNET_FILES[d] for d in _hrnet_candidates(settings))
@@ -83,7 +90,8 @@ def choose_weights(settings: S.FaceLandmarksSettings, root: Path | None = None) 
             f"no face_landmarks weights: install face_recognition_models (it ships {DLIB_PACKAGE[1]}) "
             f"or put HR18-WFLW.pth under <weights>/{MODEL}/"
         )
-    return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, path, DLIB_LICENCE, note=DLIB_NOTE)
+    return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, path, DLIB_LICENCE, note=DLIB_NOTE, commercial_use=FORBIDDEN,
+                         alternative=DLIB_ALTERNATIVE)
 
 
 # A box may stick out of the image (a face at its edge) but not by more than this many image sizes: beyond,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..licences import LicencePolicy
+
 AUTO = "auto"
 HRNET = "hrnet"  # official HRNetV2-W18 checkpoint under the weights root
 DLIB = "dlib"  # shipped dlib 68-point shape predictor
@@ -39,6 +41,7 @@ class FaceLandmarksSettings:
     # HRNet forward: torch here, or triton (the exported network served as `network_model`).
     runtime: str = TORCH
     network_model: str = "face_landmarks_net"
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
