@@ -125,8 +125,10 @@ def test_weights_lists_what_each_model_uses(tmp_path):
                          "lipsync_scorer", "content_safety", "mouth_refiner", "frame_interpolator"}
     assert rows["video_generator"]["engine"] == "preview-landmark-warp"
     assert "Wan2.2-S2V-14B" in rows["video_generator"]["note"]
-    assert rows["face_detector"]["engine"] == "mtcnn" and rows["face_detector"]["source"] == "shipped"
-    assert len(rows["face_detector"]["sha256"]) == 64 and "MIT" in rows["face_detector"]["licence"]
+    assert rows["face_detector"]["engine"] == "blazeface+facemesh" and rows["face_detector"]["source"] == "shipped"
+    assert len(rows["face_detector"]["sha256"]) == 64 and "Apache-2.0" in rows["face_detector"]["licence"]
+    assert rows["face_landmarks"]["engine"] == "mediapipe-facemesh-468"
+    assert {rows[m]["commercial_use"] for m in ("face_detector", "face_landmarks")} == {"allowed"}
     # Each row says what its licence allows commercially; --commercial says what would be refused, and why.
     for row in rows.values():
         refused = row["commercial_use"] == "forbidden" and row["source"] != "unavailable"
