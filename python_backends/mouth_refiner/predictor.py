@@ -66,9 +66,11 @@ class MouthRefiner:
                 raise InputError(f"missing input {name!r}")
         results = []
         for i in range(len(batch[spec.FRAMES])):
+            contours = batch[spec.MOUTH_CONTOUR][i] if spec.MOUTH_CONTOUR in batch else None
             frames = self.refiner.refine(
                 batch[spec.FRAMES][i], batch[spec.FACE_BOXES][i], batch[spec.MEL][i],
                 start_frame=int(_scalar(batch, spec.START_FRAME, i)), fps=float(_scalar(batch, spec.FPS, i)),
+                contours=contours,
             )
             results.append({spec.FRAMES: frames})
         return results

@@ -96,15 +96,17 @@ def test_mtcnn_finds_the_one_face_in_the_astronaut_photo(mtcnn, astronaut):
     assert 25 < right_eye[0] - left_eye[0] < 60  # a plausible inter-ocular distance for this face
 
 
+@pytest.mark.parametrize("detector", ["mtcnn", "blazeface"])
 @pytest.mark.parametrize("name", ["no_face.png", "noise", "flat"])
-def test_mtcnn_finds_no_face_where_there_is_none(mtcnn, name):
+def test_no_face_is_found_where_there_is_none(request, detector, name):
+    detector = request.getfixturevalue(detector)
     if name == "noise":
         image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     elif name == "flat":
         image = np.full((64, 80, 3), 200, dtype=np.uint8)
     else:
         image = _rgb(name)
-    (result,) = mtcnn.predict({spec.IMAGE: image[None]})
+    (result,) = detector.predict({spec.IMAGE: image[None]})
     assert result[spec.FACE_COUNT].tolist() == [0]
     assert result[spec.FACE_BOXES].shape == (0, 4) and result[spec.FACE_SCORES].shape == (0,)
     assert result[spec.FACE_KEYPOINTS].shape == (0, 5, 2)
@@ -161,18 +163,6 @@ def test_blazeface_finds_the_one_face_with_ordered_keypoints(blazeface, mtcnn, n
     left_eye, right_eye, nose, mouth_left, mouth_right = result[spec.FACE_KEYPOINTS][0]
     assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
     assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
-
-
-@pytest.mark.parametrize("name", ["no_face.png", "noise", "flat"])
-def test_blazeface_finds_no_face_where_there_is_none(blazeface, name):
-    if name == "noise":
-        image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
-    elif name == "flat":
-        image = np.full((64, 80, 3), 200, dtype=np.uint8)
-    else:
-        image = _rgb(name)
-    (result,) = blazeface.predict({spec.IMAGE: image[None]})
-    assert result[spec.FACE_COUNT].tolist() == [0] and result[spec.FACE_KEYPOINTS].shape == (0, 5, 2)
 
 
 def test_blazeface_batch_matches_single_runs(blazeface, astronaut):
