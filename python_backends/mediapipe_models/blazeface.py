@@ -13,7 +13,7 @@ from ..face_detection.faces import Faces
 from .crops import rotation_between
 from .face_mesh import FaceMesh
 from .mesh_layout import five_keypoints
-from .ssd import AnchorOptions, DecoderOptions, anchors, decode, letterbox
+from .ssd import AnchorOptions, DecoderOptions, Detections, anchors, decode, letterbox, weighted_nms
 from .tflite import TFLiteNetwork
 
 SHORT, FULL = "short", "full"
@@ -25,6 +25,9 @@ ANCHORS = {
 DECODERS = {SHORT: DecoderOptions(num_keypoints=6, min_score=0.5), FULL: DecoderOptions(num_keypoints=6, min_score=0.6)}
 INPUT_RANGE = (-1.0, 1.0)
 MESH_PRESENCE = 0.5  # below this the mesh did not find a face in the crop: keep BlazeFace's keypoints
+# The small-face search: tiles of a quarter of the image's short side (at least 128 px), overlapping by half.
+TILES_PER_SIDE = 4
+TILE_MIN_SIDE = 128
 FILES = {SHORT: "face_detection_short_range", FULL: "face_detection_full_range_sparse"}
 
 
@@ -61,8 +64,33 @@ class BlazeFaceEngine:
         for network in self.networks:
             boxes, scores, points = network(image)
             if len(boxes):
-                break
+                return boxes, scores, points
+        if self.mesh is not None:
+            return self._tiled(image)
         return boxes, scores, points
+
+    def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Faces too small for the whole-image pass (a few pixels at 192 px): the last network over overlapping
+        tiles, each find confirmed by Face Mesh (presence; tiles of texture give BlazeFace false finds the mesh
+        rejects), then merged with MediaPipe's weighted NMS. Runs only on images where nothing was found."""
+        network = self.networks[-1]
+        height, width = image.shape[:2]
+        side = max(TILE_MIN_SIDE, min(height, width) // TILES_PER_SIDE)
+        found = []
+        for y in _starts(height, side):
+            for x in _starts(width, side):
+                boxes, scores, points = network(np.ascontiguousarray(image[y: y + side, x: x + side]))
+                offset = np.array([x, y], np.float32)
+                found += [(b + np.tile(offset, 2), s, p + offset) for b, s, p in zip(boxes, scores, points)]
+        if found:
+            boxes = np.stack([f[0] for f in found])
+            _meshes, presence = self.mesh.in_boxes([image] * len(found), boxes, refine=0)
+            found = [f for f, p in zip(found, presence) if p >= MESH_PRESENCE]
+        if not found:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
+        merged = weighted_nms(Detections(np.stack([f[0] for f in found]), np.array([f[1] for f in found], np.float32),
+                                         np.stack([f[2] for f in found])), network.decoder.min_suppression_iou)
+        return merged.boxes, merged.scores, merged.keypoints
 
     def detect(self, images: np.ndarray, min_face_px: float) -> list[Faces]:
         per_image = []
@@ -88,10 +116,18 @@ class BlazeFaceEngine:
         for _b, _s, points in per_image:
             for k in range(len(points)):
                 if presence[start + k] >= MESH_PRESENCE:
-                    points[k] = five_keypoints(meshes[start + k])
+                    points[k] = five_keypoints(meshes[start + k], *images.shape[2:0:-1])
             start += len(points)
 
 
 def _five_from_blazeface(points: np.ndarray) -> np.ndarray:
     """Without a mesh: eyes and nose as BlazeFace puts them, both mouth corners at its mouth centre."""
     return np.stack([points[:, 0], points[:, 1], points[:, 2], points[:, 3], points[:, 3]], axis=1)
+
+
+def _starts(length: int, side: int) -> list[int]:
+    """Tile origins covering [0, length) with tiles of `side` overlapping by half (the last one flush)."""
+    if length <= side:
+        return [0]
+    starts = list(range(0, length - side, side // 2))
+    return starts + [length - side]

@@ -34,8 +34,20 @@ NOSE_TIP = 1
 OUTER_MOUTH_CORNERS = (61, 291)
 
 
-def five_keypoints(mesh: np.ndarray) -> np.ndarray:
-    """[5, 2] detector-style keypoints from one face's mesh [468, >=2]."""
+def five_keypoints(mesh: np.ndarray, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """[5, 2] detector-style keypoints from one face's mesh [468, >=2]: eye centres, nose tip, mouth corners.
+
+    Given the image size, an eye cut by the frame (a corner outside it) reports that outside corner instead of
+    its centre: the photo checks read a keypoint outside the photo as a face cut off by its edge, and the mesh,
+    fitted to a crop padded with black, otherwise keeps a half-visible eye's centre just inside."""
     points = np.asarray(mesh)[:, :2]
-    eyes = [points[list(pair)].mean(axis=0) for pair in EYE_CORNERS]
+    eyes = []
+    for pair in EYE_CORNERS:
+        corners = points[list(pair)]
+        outside = _outside(corners, width, height) if width and height else np.zeros(2, bool)
+        eyes.append(corners[int(np.argmax(outside))] if outside.any() else corners.mean(axis=0))
     return np.stack([*eyes, points[NOSE_TIP], points[OUTER_MOUTH_CORNERS[0]], points[OUTER_MOUTH_CORNERS[1]]])
+
+
+def _outside(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    return (points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0) | (points[:, 1] > height)

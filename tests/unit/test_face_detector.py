@@ -165,6 +165,20 @@ def test_blazeface_finds_the_one_face_with_ordered_keypoints(blazeface, mtcnn, n
     assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
 
 
+def test_blazeface_finds_a_tiny_face_by_tiles_and_flags_a_cut_one(blazeface, astronaut):
+    """A 21-pixel face on a 1024-pixel canvas is a few pixels at BlazeFace's 192 px: the tiled search finds it. A face
+    cut by the frame's edge reports the cut eye's outside corner, so the photo checks see it leave the photo."""
+    canvas = np.full((1024, 1024, 3), 128, np.uint8)
+    canvas[448:576, 448:576] = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    (tiny,) = blazeface.predict({spec.IMAGE: canvas[None]})
+    assert tiny[spec.FACE_COUNT].tolist() == [1]
+    x1, y1, x2, y2 = tiny[spec.FACE_BOXES][0]
+    assert 448 + 128 * 175 / 512 - 6 < x1 < x2 < 448 + 128 * 275 / 512 + 6  # the astronaut's face, scaled
+    cut = cv2.resize(astronaut[:, 200:], None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    (result,) = blazeface.predict({spec.IMAGE: cut[None]})
+    assert result[spec.FACE_COUNT].tolist() == [1] and result[spec.FACE_KEYPOINTS][0][0, 0] < 0
+
+
 def test_blazeface_batch_matches_single_runs(blazeface, astronaut):
     (single,) = blazeface.predict({spec.IMAGE: astronaut[None]})
     noise = np.random.default_rng(1).integers(0, 256, astronaut.shape, dtype=np.uint8)
