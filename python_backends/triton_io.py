@@ -322,9 +322,12 @@ class StreamingModel:
                 # Clients wait 12 intervals of STREAM_KEEPALIVE_S (TalkingHeadClient): a longer one breaks them.
                 raise ConfigError(f"parameter 'keepalive_s': must be above 0 and at most {STREAM_KEEPALIVE_S:g} s, "
                                   f"got {self.settings.keepalive_s:g}")
-            refuse_unlicensed(self.spec.name, self.settings)
+            try:
+                refuse_unlicensed(self.spec.name, self.settings)
+            except WeightsUnavailable as exc:  # a streaming model has no UNAVAILABLE mode: it does not load
+                raise ConfigError(str(exc)) from None
             self.build(self.settings, device_of(args))
-        except (ConfigError, WeightsUnavailable) as exc:
+        except ConfigError as exc:
             raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=self.spec.name)
         self._in_flight: set = set()
