@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --no-deps $(WAN22)
 	# framelift's own RIFE 4.26 IFNet is the test oracle of ours; its deps would add opencv-python beside headless.
 	$(BIN)/pip install --no-deps framelift-video==2.1.0
+	# MediaPipe's .tflite files (BlazeFace, Face Mesh, BlazePose; Apache-2.0) out of the mediapipe wheel, which
+	# is downloaded, never installed: its runtime pins protobuf<5, which clashes with tritonclient.
+	$(BIN)/python -m python_backends.mediapipe_models.files
 	touch $(STAMP)
 
 install: $(STAMP)

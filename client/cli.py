@@ -66,6 +66,8 @@ def _add_server_options(parser: argparse.ArgumentParser, ports: bool = True) -> 
     parser.add_argument("--weights", type=Path, default=None,
                         help=f"folder of official checkpoints (<dir>/<model>/<file>); default ${WEIGHTS_ENV}")
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--commercial", action="store_true",
+                        help="refuse weights whose licence forbids commercial use (every model's `commercial`)")
 
 
 def _server_options(args: argparse.Namespace, ephemeral: bool) -> ServerOptions:
@@ -74,6 +76,7 @@ def _server_options(args: argparse.Namespace, ephemeral: bool) -> ServerOptions:
     return ServerOptions(
         http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
         model_config_name=args.model_config_name, weights=args.weights, log_verbose=args.log_verbose,
+        commercial=args.commercial,
     )
 
 
@@ -126,6 +129,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 def cmd_weights(args: argparse.Namespace) -> int:
     from python_backends.catalog import ROLES, config_model, weights_for
+    from python_backends.licences import refusal
+    from python_backends.settings import parse_bool
     from python_backends.weights import weights_root
 
     from .repository import config_path, load_config, parameters
@@ -134,16 +139,22 @@ def cmd_weights(args: argparse.Namespace) -> int:
     rows = []
     for model in ROLES:
         params = parameters(load_config(config_path(config_model(model), args.model_config_name)))
-        rows.append(weights_for(model, params, root).as_dict(with_hash=not args.no_hash))
+        choice = weights_for(model, params, root)
+        row = choice.as_dict(with_hash=not args.no_hash)
+        if args.commercial or parse_bool(params.get("commercial", "false"), "commercial"):
+            row["refused"] = refusal(choice)  # what `serve --commercial` would refuse to load, and why
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"weights root: {root or f'(none: set --weights or ${WEIGHTS_ENV})'}")
     for row in rows:
         print(f"\n{row['model']}: {row['engine']} [{row['source']}]")
-        for key in ("path", "parts", "sha256", "licence", "note"):
+        for key in ("path", "parts", "sha256", "licence", "commercial_use", "commercial_alternative", "note",
+                    "refused"):
             if row.get(key):
-                print(f"  {key:8} {', '.join(row[key]) if key == 'parts' else row[key]}")
+                label = {"commercial_use": "commerce", "commercial_alternative": "instead"}.get(key, key)
+                print(f"  {label:8} {', '.join(row[key]) if key == 'parts' else row[key]}")
     return 0
 
 
@@ -363,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--model-config-name", default=None)
     weights.add_argument("--json", action="store_true")
     weights.add_argument("--no-hash", action="store_true", help="skip hashing large files")
+    weights.add_argument("--commercial", action="store_true",
+                         help="also say which weights `serve --commercial` would refuse, and what to supply instead")
     weights.set_defaults(func=cmd_weights)
 
     export = sub.add_parser("export", help="export the vision networks to ONNX and check parity")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from python_backends.licences import COMMERCIAL_ENV
 from python_backends.weights import WEIGHTS_ENV
 
 from .stub_watchdog import ADMIN_HEADER, StubWatchdog
@@ -49,6 +50,7 @@ class ServerOptions:
     model_config_name: str | None = None
     weights: Path | None = None
     log_verbose: int = 0
+    commercial: bool = False  # refuse weights whose licence forbids commercial use (licences.py)
     startup_timeout_s: float = 300.0
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -116,6 +118,8 @@ def server_command(options: ServerOptions, admin_token: str | None = None) -> tu
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if options.weights is not None:
         env[WEIGHTS_ENV] = str(Path(options.weights).resolve())
+    if options.commercial:
+        env[COMMERCIAL_ENV] = "1"
     env.update(options.env)
     if int(np.__version__.split(".")[0]) >= 2:
         # Seen on the GPU image (numpy 2.x): numeric outputs survive through dlpack, but every BYTES output

@@ -33,6 +33,7 @@ from python_backends.content_safety import ContentSafetySettings, build_content_
 from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
 from python_backends.face_embedding import FaceEmbedderSettings, build_face_embedder  # noqa: E402
 from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
+from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
 from python_backends.qa.envelope_sync import mouth_opening  # noqa: E402
@@ -55,13 +56,15 @@ SAMPLES = Path(__file__).resolve().parents[1] / "client" / "samples"
 class LocalCaller:
     """The ModelCaller interface over in-process predictors (what TritonModelCaller does over BLS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, detector: FaceDetectorSettings | None = None, landmarks: FaceLandmarksSettings | None = None,
+                 safety: bool = True) -> None:
         self.predictors = {
-            spec.FACE_DETECTOR.name: build_face_detector(FaceDetectorSettings(), "cpu"),
-            spec.FACE_LANDMARKS.name: build_face_landmarks(FaceLandmarksSettings(), "cpu"),
+            spec.FACE_DETECTOR.name: build_face_detector(detector or FaceDetectorSettings(), "cpu"),
+            spec.FACE_LANDMARKS.name: build_face_landmarks(landmarks or FaceLandmarksSettings(), "cpu"),
             spec.FACE_EMBEDDER.name: build_face_embedder(FaceEmbedderSettings(), "cpu"),
-            spec.CONTENT_SAFETY.name: build_content_safety(ContentSafetySettings(), "cpu"),
         }
+        if safety:
+            self.predictors[spec.CONTENT_SAFETY.name] = build_content_safety(ContentSafetySettings(), "cpu")
 
     async def __call__(self, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         predictor = self.predictors[model.name]
@@ -84,7 +87,7 @@ async def _source(call: LocalCaller, photo: np.ndarray, embedder: str) -> tuple[
     marks = await call(spec.FACE_LANDMARKS, {spec.IMAGE: photo[None], spec.FACE_BOX: box[None]})
     embedded = await call(spec.FACE_EMBEDDER, {spec.IMAGE: photo[None], spec.FACE_BOX: box[None],
                                                spec.FACE_KEYPOINTS: keypoints[None]})
-    landmarks = marks[spec.LANDMARKS][0].astype(np.float64)
+    landmarks = to_ibug68(marks[spec.LANDMARKS][0])  # the generators and QA take the 68-point layout
     return SourceFace(photo, box.astype(np.float64), keypoints, landmarks, embedded[spec.EMBEDDING][0], embedder), \
         landmarks
 
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     timed("colour match (measure + apply)", lambda: match_colour(frames, track.boxes, photo, source.box, True))
     gate, _ = timed("identity (embedder on detected frames)",
                     lambda: asyncio.run(identity_gate(frames, track, 0, ctx, call)))
-    opening = mouth_opening(track.landmarks)
+    opening = mouth_opening(track.mouth_points)
     sync = timed("lipsync (mouth opening vs speech envelope)",
                  lambda: envelope_gate(opening, speech, 0, args.fps, settings, "no SyncNet weights"))
     flicker = timed("flicker (luma + flow warping error)", lambda: flicker_gate(frames, track, 0, settings))

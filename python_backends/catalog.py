@@ -7,6 +7,7 @@ from importlib import import_module
 from pathlib import Path
 
 from .errors import WeightsUnavailable
+from .licences import commercial_required, refusal
 from .settings import from_mapping
 from .weights import UNAVAILABLE, WeightsChoice
 
@@ -29,6 +30,28 @@ CONFIG_OF: dict[str, str] = {"frame_interpolator": "video_generator"}
 
 def config_model(role: str) -> str:
     return CONFIG_OF.get(role, role)
+
+
+def roles_in(model: str) -> list[str]:
+    """The roles whose weights Triton model `model` loads (itself and those that run inside it)."""
+    return [role for role in ROLES if config_model(role) == model]
+
+
+def licence_refusals(model: str, settings: object, root: Path | None = None) -> list[str]:
+    """Why the `commercial` setting refuses what `model` would load (empty when it may load, or when off)."""
+    if not commercial_required(getattr(settings, "licence", None)):
+        return []
+    reasons = []
+    for role in roles_in(model):
+        package, _settings_name, chooser = ROLES[role]
+        try:
+            choice = getattr(import_module(package), chooser)(settings, root)
+        except WeightsUnavailable:
+            continue  # nothing would be loaded, so nothing to refuse
+        reason = refusal(choice)
+        if reason is not None:
+            reasons.append(reason)
+    return reasons
 
 
 def weights_for(model: str, parameters: Mapping[str, str], root: Path | None) -> WeightsChoice:

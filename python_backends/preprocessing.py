@@ -18,7 +18,7 @@ import numpy as np
 
 from . import spec
 from .errors import InputError
-from .face_landmarks.head_pose import yaw_from_keypoints
+from .face_landmarks.head_pose import to_ibug68, yaw_from_keypoints
 from .validation import (
     ValidationLimits,
     check_audio,
@@ -79,7 +79,9 @@ async def _face_chain(image: np.ndarray, call: ModelCaller, limits: ValidationLi
     keypoint_yaw = float(yaw_from_keypoints(kps))
     check_pose(yaw, pitch, limits, keypoint_yaw=keypoint_yaw)
     embedding = embedded[spec.EMBEDDING][0]
-    arrays = {spec.FACE_BOX: box, spec.LANDMARKS: marks[spec.LANDMARKS][0].astype(np.float32),
+    # The generators take the 68-point iBUG layout, whatever the landmarker's own (98 WFLW, 468 Face Mesh).
+    landmarks = to_ibug68(marks[spec.LANDMARKS][0]).astype(np.float32)
+    arrays = {spec.FACE_BOX: box, spec.LANDMARKS: landmarks,
               spec.EMBEDDING: embedding.astype(np.float32)}
     return {
         "arrays": arrays,
@@ -88,7 +90,7 @@ async def _face_chain(image: np.ndarray, call: ModelCaller, limits: ValidationLi
             for b, s, k in zip(boxes, scores, keypoints)
         ],
         "selected_face": int(chosen),
-        "landmarks": _rounded(marks[spec.LANDMARKS][0]),
+        "landmarks": _rounded(landmarks),
         "head_pose": {
             "yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2),
             "keypoint_yaw": round(keypoint_yaw, 2),

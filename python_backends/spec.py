@@ -47,6 +47,7 @@ FACE_SCORES = "face_scores"  # FP32 [N]
 FACE_KEYPOINTS = "face_keypoints"  # FP32 [N, 5, 2]: left eye, right eye, nose, mouth left, mouth right
 FACE_COUNT = "face_count"  # INT32 [1]
 LANDMARKS = "landmarks"  # FP32 [P, 2]
+MOUTH_CONTOUR = "mouth_contour"  # FP32 [n, K, 2]: the outer lip contour per frame (Face Mesh), in pixels
 HEAD_POSE = "head_pose"  # FP32 [3] yaw, pitch, roll in degrees
 EMBEDDING = "embedding"  # FP32 [D], L2-normalised
 AUDIO_BYTES = "audio_bytes"  # BYTES [1]: an encoded audio file in any format ffmpeg reads
@@ -196,6 +197,7 @@ MOUTH_REFINER = ModelSpec(
         TensorSpec(MEL, "FP32", (80, -1)),
         TensorSpec(START_FRAME, "INT64", (1,)),
         TensorSpec(FPS, "FP32", (1,)),
+        TensorSpec(MOUTH_CONTOUR, "FP32", (-1, -1, 2), optional=True),
     ),
     outputs=(TensorSpec(FRAMES, "UINT8", (-1, -1, -1, 3)), _INFO),
     max_batch_size=1,

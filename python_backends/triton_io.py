@@ -70,6 +70,15 @@ def output_tensor(spec: TensorSpec, value: Any) -> pb_utils.Tensor:
     return pb_utils.Tensor(spec.name, array)
 
 
+def refuse_unlicensed(model: str, settings: Any) -> None:
+    """Under the `commercial` setting, refuse (before loading anything) weights whose licence forbids it."""
+    from .catalog import licence_refusals
+
+    reasons = licence_refusals(model, settings)
+    if reasons:
+        raise WeightsUnavailable("; ".join(reasons))
+
+
 def device_of(args: dict[str, str]) -> str:
     if args.get("model_instance_kind") == "GPU":
         return f"cuda:{args.get('model_instance_device_id', '0')}"
@@ -92,6 +101,7 @@ class BatchedModel:
         self.unavailable = ""
         try:
             settings = from_model_config(self.settings_type, config)
+            refuse_unlicensed(self.spec.name, settings)
             self.predictor = self.build(settings, device_of(args))
         except WeightsUnavailable as exc:
             # Stay loaded and answer UNAVAILABLE with the reason, so the rest of the server works.
@@ -312,6 +322,10 @@ class StreamingModel:
                 # Clients wait 12 intervals of STREAM_KEEPALIVE_S (TalkingHeadClient): a longer one breaks them.
                 raise ConfigError(f"parameter 'keepalive_s': must be above 0 and at most {STREAM_KEEPALIVE_S:g} s, "
                                   f"got {self.settings.keepalive_s:g}")
+            try:
+                refuse_unlicensed(self.spec.name, self.settings)
+            except WeightsUnavailable as exc:  # a streaming model has no UNAVAILABLE mode: it does not load
+                raise ConfigError(str(exc)) from None
             self.build(self.settings, device_of(args))
         except ConfigError as exc:
             raise pb_utils.TritonModelException(f"{self.spec.name}: {exc}") from None

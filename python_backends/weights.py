@@ -23,6 +23,13 @@ OFFICIAL = "official"
 SHIPPED = "shipped"
 UNAVAILABLE = "unavailable"
 
+# What a weights file's licence says about commercial use (WeightsChoice.commercial_use).
+ALLOWED = "allowed"
+FORBIDDEN = "forbidden"  # the `commercial` setting refuses these (licences.py)
+CONDITIONS = "conditions"  # allowed, with obligations to meet first (e.g. an AGPL notice)
+UNKNOWN = "unknown"  # no weights, or terms we could not establish: the operator checks
+COMMERCIAL_USES = (ALLOWED, FORBIDDEN, CONDITIONS, UNKNOWN)
+
 
 def weights_root() -> Path | None:
     value = os.environ.get(WEIGHTS_ENV, "").strip()
@@ -88,6 +95,12 @@ class WeightsChoice:
     licence: str
     note: str = ""  # why this choice, or what to supply to get the official model
     parts: tuple[Path, ...] = ()  # further files or folders the weights are made of (a LoRA's base model)
+    commercial_use: str = UNKNOWN  # ALLOWED, FORBIDDEN, CONDITIONS or UNKNOWN, from `licence`
+    alternative: str = ""  # a commercially usable replacement the operator can supply, when not ALLOWED
+
+    def __post_init__(self) -> None:
+        if self.commercial_use not in COMMERCIAL_USES:
+            raise ValueError(f"commercial_use must be one of {COMMERCIAL_USES}, got {self.commercial_use!r}")
 
     @property
     def available(self) -> bool:
@@ -112,8 +125,11 @@ class WeightsChoice:
             "path": str(self.path) if self.path else None,
             "sha256": self.sha256() if with_hash else None,
             "licence": self.licence,
+            "commercial_use": self.commercial_use,
             "note": self.note,
         }
+        if self.alternative:
+            out["commercial_alternative"] = self.alternative
         if self.parts:
             out["parts"] = [str(path) for path in self.parts]
         return out

@@ -12,6 +12,10 @@ COPY client client
 # The server extra pins torch; on Linux that wheel is the CUDA build. numpy stays < 2 (the stub's ABI).
 RUN pip install --no-cache-dir '.[server]' \
  && pip install --no-cache-dir --no-deps facenet-pytorch==2.6.0
+# MediaPipe's .tflite files (BlazeFace, Face Mesh, BlazePose; Apache-2.0) out of the mediapipe wheel, which is
+# downloaded, never installed (its runtime pins protobuf<5).
+ENV TALKINGHEAD_MEDIAPIPE_DIR=/opt/talkinghead/mediapipe
+RUN python3 -m python_backends.mediapipe_models.files --dir /opt/talkinghead/mediapipe
 COPY model_repository model_repository
 COPY ensembles ensembles
 COPY deploy/triton/networks deploy/triton/networks

@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
-from ..weights import OFFICIAL, UNAVAILABLE, WeightsChoice, official_path
+from ..licences import LicencePolicy
+from ..weights import ALLOWED, OFFICIAL, UNAVAILABLE, WeightsChoice, official_path
 from . import levels, loudness, mel
 from .decode import SAMPLE_RATE, decode_audio
 from .denoise import denoise
@@ -43,6 +44,7 @@ class AudioFeaturesSettings:
     wav2vec2: bool = True  # compute wav2vec2 features when the weights are present
     wav2vec2_folder: str = WAV2VEC2_FOLDER  # under <weights root>/audio_features/
     require_wav2vec2: bool = False  # refuse to serve (UNAVAILABLE) without wav2vec2 weights
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if not -70.0 < self.target_lufs < 0.0:
@@ -69,7 +71,7 @@ def choose_weights(settings: AudioFeaturesSettings, root: Path | None = None) ->
         return WeightsChoice(
             model=MODEL, engine=f"{_DSP} + {settings.wav2vec2_folder}", source=OFFICIAL, path=folder,
             licence="Apache-2.0 (jonatasgrosman/wav2vec2-large-xlsr-53-english)",
-            note="wav2vec2 hidden states as Wan2.2-S2V's AudioEncoder computes them",
+            note="wav2vec2 hidden states as Wan2.2-S2V's AudioEncoder computes them", commercial_use=ALLOWED,
         )
     if not settings.wav2vec2:
         note = "wav2vec2 disabled by the wav2vec2 parameter; waveform, mel and report are served"

@@ -17,7 +17,16 @@ import numpy as np
 from .. import spec
 from ..errors import InputError
 from ..face_embedding.predictor import MIN_FACE_PX
-from ..weights import SHIPPED, UNAVAILABLE, WeightsChoice, official_path, package_path, weights_root
+from ..weights import (
+    CONDITIONS,
+    FORBIDDEN,
+    SHIPPED,
+    UNAVAILABLE,
+    WeightsChoice,
+    official_path,
+    package_path,
+    weights_root,
+)
 from .age import GENDERAGE_FILE, AgeEstimate, GenderAgeRunner
 from .nsfw import EXPLICIT_CLASSES, Detection, NudeNetRunner, nsfw_score
 from .public_figures import GALLERY_FILE, GalleryStore, best_match, default_threshold
@@ -37,6 +46,14 @@ _NUDENET_LICENCE = (
     "metadata stamps AGPL-3.0: review before commercial use"
 )
 _INSIGHTFACE_LICENCE = "genderage.onnx (insightface buffalo_l): non-commercial research use only"
+_NUDENET_ALTERNATIVE = (
+    "an NSFW detector without the AGPL obligation (e.g. one trained and exported in-house), or meet AGPL-3.0's "
+    "source-offer terms for the served 320n.onnx"
+)
+_AGE_ALTERNATIVE = (
+    f"remove {GENDERAGE_FILE} (the minor-face check then reports unavailable, which the strict policy holds "
+    "for review) or supply an age estimator licensed for commercial use under that name"
+)
 GENDERAGE_HINT = (
     f"put insightface buffalo_l's {GENDERAGE_FILE} at <weights root>/{MODEL}/{GENDERAGE_FILE} "
     "(no age model ships in any package)"
@@ -69,7 +86,10 @@ def choose_weights(settings: ContentSafetySettings, root: Path | None = None) ->
     engine = NUDENET_ENGINE + ("+genderage" if genderage else "")
     licence = _NUDENET_LICENCE + (f"; {_INSIGHTFACE_LICENCE}" if genderage else "")
     note = "shipped NudeNet body-part detector (320 px); " + "; ".join(parts)
-    return WeightsChoice(MODEL, engine, SHIPPED, detector, licence, note=note)
+    # The insightface age model forbids commercial use; NudeNet's AGPL stamp is an obligation, not a ban.
+    use, alternative = (FORBIDDEN, _AGE_ALTERNATIVE) if genderage else (CONDITIONS, _NUDENET_ALTERNATIVE)
+    return WeightsChoice(MODEL, engine, SHIPPED, detector, licence, note=note, commercial_use=use,
+                         alternative=alternative)
 
 
 def _check(status: str, score: float | None, threshold: float | None, reason: str, **extra) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..licences import LicencePolicy
+
 
 @dataclass(frozen=True)
 class ContentSafetySettings:
@@ -25,6 +27,7 @@ class ContentSafetySettings:
     arcface_match_threshold: float | None = None
     # CPU threads for onnxruntime (0 = its default).
     threads: int = 0
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.nsfw_threshold <= 1.0:

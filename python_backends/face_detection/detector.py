@@ -1,7 +1,8 @@
 """The face_detector model: settings, weights choice, and the batched predictor Triton calls.
 
 Engines: RetinaFace (official biubug6 checkpoints, ResNet-50 or MobileNet-0.25, torch or onnxruntime)
-when the operator supplies them, otherwise MTCNN with the weights shipped in facenet-pytorch (CPU default).
+when the operator supplies them, otherwise MediaPipe's BlazeFace with Face Mesh keypoints (the .tflite files of
+the mediapipe wheel, Apache-2.0: the CPU default), or MTCNN with the weights shipped in facenet-pytorch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
-from ..weights import OFFICIAL, SHIPPED, WeightsChoice, official_path, weights_root
+from ..licences import LicencePolicy
+from ..mediapipe_models import blazeface
+from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNKNOWN, WeightsChoice, official_path, weights_root
 from . import mtcnn
 from .faces import Faces
 from .retinaface import BACKBONES, LICENCE, backbone_config
@@ -25,20 +28,29 @@ from .retinaface import BACKBONES, LICENCE, backbone_config
 logger = logging.getLogger(__name__)
 
 MODEL = spec.FACE_DETECTOR.name
-BACKBONE_CHOICES = ("auto", "resnet50", "mobilenet0.25", "mtcnn")
+BLAZEFACE = "blazeface"
+BLAZEFACE_ENGINE = "blazeface+facemesh"
+BACKBONE_CHOICES = ("auto", BLAZEFACE, "resnet50", "mobilenet0.25", "mtcnn")
 RUNTIMES = ("torch", "onnxruntime", "triton")  # triton: the network is its own Triton model (BLS)
 AUTO_ORDER = ("resnet50", "mobilenet0.25")  # the most accurate official checkpoint present wins
+MEDIAPIPE_HINT = "run `make install` (python -m python_backends.mediapipe_models.files extracts them)"
+COMMERCIAL_ALTERNATIVE = (
+    "the shipped MediaPipe BlazeFace (Apache-2.0): backbone 'blazeface' (the weights were trained on face "
+    "datasets whose terms we could not establish)"
+)
 
 
 @dataclass(frozen=True)
 class FaceDetectorSettings:
     """Parsed from config.pbtxt `parameters` (all string_value); defaults documented there too."""
 
-    backbone: str = "auto"  # auto | resnet50 | mobilenet0.25 | mtcnn
+    backbone: str = "auto"  # auto | blazeface | resnet50 | mobilenet0.25 | mtcnn
     runtime: str = "torch"  # torch | onnxruntime | triton (RetinaFace only)
     network_model: str = "face_detector_net"  # runtime triton: the Triton model serving the RetinaFace export
     onnx_path: str = "retinaface.onnx"  # absolute, or relative to <weights root>/face_detector/
-    confidence_threshold: float = 0.9  # final face score a detection must exceed
+    confidence_threshold: float = 0.9  # final face score a detection must exceed (RetinaFace, MTCNN)
+    # BlazeFace's own min_detection_confidence (MediaPipe's default 0.5): its scores run lower than MTCNN's.
+    blazeface_min_score: float = 0.5
     nms_threshold: float = 0.4  # IoU of RetinaFace's NMS (official default); MTCNN keeps its own stages'
     max_faces: int = 16  # most faces returned per image, highest scores first
     max_side: int = 1024  # images with a longer side are downscaled for detection; 0 = never
@@ -46,18 +58,21 @@ class FaceDetectorSettings:
     mtcnn_thresholds: tuple[float, ...] = mtcnn.DEFAULT_THRESHOLDS  # P-, R-, O-Net stage thresholds
     mtcnn_factor: float = mtcnn.DEFAULT_FACTOR  # MTCNN pyramid scale step
     threads: int = 0  # CPU threads for torch / onnxruntime; 0 = the library default
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONE_CHOICES:
             raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {self.backbone!r}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.runtime != "torch" and self.backbone == "mtcnn":
+        if self.runtime != "torch" and self.backbone in ("mtcnn", BLAZEFACE):
             raise ConfigError(
                 f"runtime {self.runtime!r} runs RetinaFace only; use backbone auto/resnet50/mobilenet0.25"
             )
         if not 0.0 <= self.confidence_threshold < 1.0:
             raise ConfigError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
+        if not 0.0 < self.blazeface_min_score < 1.0:
+            raise ConfigError(f"blazeface_min_score must be in (0, 1), got {self.blazeface_min_score}")
         if not 0.0 < self.nms_threshold <= 1.0:
             raise ConfigError(f"nms_threshold must be in (0, 1], got {self.nms_threshold}")
         if self.max_faces < 1:
@@ -79,14 +94,26 @@ def _retinaface_choice(backbone: str, root: Path | None) -> WeightsChoice | None
     path = official_path(MODEL, cfg.checkpoint, root)
     if path is None:
         return None
-    return WeightsChoice(MODEL, f"retinaface-{backbone}", OFFICIAL, path, LICENCE, "official biubug6 checkpoint")
+    return WeightsChoice(MODEL, f"retinaface-{backbone}", OFFICIAL, path, LICENCE, "official biubug6 checkpoint",
+                         commercial_use=UNKNOWN, alternative=COMMERCIAL_ALTERNATIVE)
 
 
 def _mtcnn_choice(note: str) -> WeightsChoice | None:
     paths = mtcnn.shipped_paths()
     if paths is None:
         return None
-    return WeightsChoice(MODEL, "mtcnn", SHIPPED, paths["pnet"].parent, mtcnn.LICENCE, note)
+    return WeightsChoice(MODEL, "mtcnn", SHIPPED, paths["pnet"].parent, mtcnn.LICENCE, note,
+                         commercial_use=UNKNOWN, alternative=COMMERCIAL_ALTERNATIVE)
+
+
+def _blazeface_choice(note: str) -> WeightsChoice | None:
+    from ..mediapipe_models import files
+
+    paths = [files.model_path(name) for name in (*blazeface.FILES.values(), "face_landmark")]
+    if not all(paths):
+        return None
+    return WeightsChoice(MODEL, BLAZEFACE_ENGINE, SHIPPED, paths[0], files.LICENCE, note,
+                         parts=tuple(paths[1:]), commercial_use=ALLOWED)
 
 
 def _missing(backbone: str, root: Path | None) -> str:
@@ -126,6 +153,11 @@ def choose_weights(settings: FaceDetectorSettings, root: Path | None = None) -> 
         # No local file: the network's Triton model holds it (its readiness decides availability).
         return WeightsChoice(MODEL, f"retinaface-{backbone}-triton", OFFICIAL, None, LICENCE,
                              f"RetinaFace served by the Triton model {settings.network_model!r}")
+    if settings.backbone == BLAZEFACE:
+        choice = _blazeface_choice("MediaPipe BlazeFace + Face Mesh keypoints (requested)")
+        if choice is None:
+            raise WeightsUnavailable(f"backbone 'blazeface' needs MediaPipe's files: {MEDIAPIPE_HINT}")
+        return choice
     if settings.backbone == "mtcnn":
         choice = _mtcnn_choice("MTCNN weights shipped in the facenet-pytorch wheel (requested)")
         if choice is None:
@@ -145,9 +177,11 @@ def choose_weights(settings: FaceDetectorSettings, root: Path | None = None) -> 
         if choice is not None:
             return choice
     files = " or ".join(_missing(b, root) for b in AUTO_ORDER)
-    choice = _mtcnn_choice(f"no official RetinaFace checkpoint; put {files} to use RetinaFace")
+    choice = _blazeface_choice(f"no official RetinaFace checkpoint; put {files} to use RetinaFace")
+    choice = choice or _mtcnn_choice(f"no MediaPipe files ({MEDIAPIPE_HINT}) and no RetinaFace checkpoint ({files})")
     if choice is None:
-        raise WeightsUnavailable(f"no face detector weights: put {files}, or install facenet-pytorch for MTCNN")
+        raise WeightsUnavailable(f"no face detector weights: {MEDIAPIPE_HINT}, put {files}, or install "
+                                 "facenet-pytorch for MTCNN")
     return choice
 
 
@@ -198,7 +232,9 @@ class FaceDetector:
         return [self._finish(faces, sx, sy, width, height) for faces in found]
 
     def _finish(self, faces: Faces, sx: float, sy: float, width: int, height: int) -> Faces:
-        faces = faces.take(np.flatnonzero(faces.scores > self.settings.confidence_threshold))
+        # An engine that keeps its detections at its own score (BlazeFace: MediaPipe's rule) says so.
+        threshold = -1.0 if getattr(self.engine, "thresholded", False) else self.settings.confidence_threshold
+        faces = faces.take(np.flatnonzero(faces.scores > threshold))
         faces = faces.take(np.argsort(-faces.scores, kind="stable")[: self.settings.max_faces])
         scale = np.array([sx, sy], dtype=np.float32)
         boxes = (faces.boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4)
@@ -223,6 +259,8 @@ def build_engine(settings: FaceDetectorSettings, weights: WeightsChoice, device:
     if settings.threads:
         # Process-wide, but each Triton python model runs in its own stub process.
         torch.set_num_threads(settings.threads)
+    if weights.engine == BLAZEFACE_ENGINE:
+        return _blazeface_engine(settings, device)
     if weights.engine == "mtcnn":
         assert weights.path is not None
         nets = mtcnn.load_nets({name: weights.path / Path(rel).name for name, rel in mtcnn.FILES.items()})
@@ -241,6 +279,17 @@ def build_engine(settings: FaceDetectorSettings, weights: WeightsChoice, device:
     else:
         runner = TorchRunner(load_retinaface(weights.path, weights.engine.removeprefix("retinaface-")), device)
     return RetinaFaceEngine(runner, settings.confidence_threshold, settings.nms_threshold)
+
+
+def _blazeface_engine(settings: FaceDetectorSettings, device: str) -> Engine:
+    from ..mediapipe_models import files
+    from ..mediapipe_models.face_mesh import FaceMesh
+
+    if device != "cpu":
+        logger.info("BlazeFace runs on the CPU (TFLite); device %s is not used", device)
+    networks = [blazeface.BlazeFaceNetwork(files.require(name), kind, settings.blazeface_min_score, settings.threads)
+                for kind, name in blazeface.FILES.items()]
+    return blazeface.BlazeFaceEngine(networks, FaceMesh(files.require("face_landmark"), settings.threads))
 
 
 def build_face_detector(settings: FaceDetectorSettings, device: str, root: Path | None = None) -> FaceDetector:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
-from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, package_path
+from ..weights import ALLOWED, FORBIDDEN, OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, package_path
 from .settings import ARCFACE_ONNX, ARCFACE_TORCH, ARCFACE_TRITON, AUTO, DLIB, FaceEmbedderSettings
 from .vectors import l2_normalise
 
@@ -35,6 +35,10 @@ _DLIB_LICENCE = (
     "public domain: the dlib-models README says Davis King released his model files into the public "
     "domain; the face_recognition_models wheel ships them under CC0-1.0"
 )
+_INSIGHTFACE_ALTERNATIVE = (
+    "an embedder licensed for commercial use: remove the insightface file to fall back to the shipped dlib "
+    "ResNet (public domain, 128-d), or supply ArcFace weights you trained or licensed for commercial use"
+)
 
 
 def _official_note(settings: FaceEmbedderSettings) -> str:
@@ -54,6 +58,8 @@ def _torch_choice(settings: FaceEmbedderSettings, root: Path | None) -> WeightsC
         OFFICIAL,
         path,
         _INSIGHTFACE_LICENCE,
+        commercial_use=FORBIDDEN,
+        alternative=_INSIGHTFACE_ALTERNATIVE,
         note=f"arcface_torch {settings.arch} backbone, 512-d",
     )
 
@@ -68,6 +74,8 @@ def _onnx_choice(root: Path | None) -> WeightsChoice | None:
         OFFICIAL,
         path,
         _INSIGHTFACE_LICENCE,
+        commercial_use=FORBIDDEN,
+        alternative=_INSIGHTFACE_ALTERNATIVE,
         note="insightface buffalo_l w600k_r50 on onnxruntime, 512-d",
     )
 
@@ -80,7 +88,7 @@ def _dlib_choice(settings: FaceEmbedderSettings) -> WeightsChoice | None:
     note = f"shipped dlib model, 128-d, aligned by {shape.name}"
     if settings.embedder == AUTO:
         note += "; for ArcFace (512-d) " + _official_note(settings)
-    return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, model, _DLIB_LICENCE, note=note)
+    return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, model, _DLIB_LICENCE, note=note, commercial_use=ALLOWED)
 
 
 def choose_weights(settings: FaceEmbedderSettings, root: Path | None = None) -> WeightsChoice:
@@ -88,6 +96,7 @@ def choose_weights(settings: FaceEmbedderSettings, root: Path | None = None) -> 
     if settings.embedder == ARCFACE_TRITON:
         # No local file: the network's Triton model holds the export (its readiness decides availability).
         return WeightsChoice(MODEL, ARCFACE_TRITON, OFFICIAL, None, _INSIGHTFACE_LICENCE,
+                             commercial_use=FORBIDDEN, alternative=_INSIGHTFACE_ALTERNATIVE,
                              note=f"ArcFace served by the Triton model {settings.network_model!r}, 512-d")
     if settings.embedder == ARCFACE_TORCH:
         candidates = [_torch_choice(settings, root)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..licences import LicencePolicy
 from .iresnet import ARCH_LAYERS
 
 AUTO = "auto"
@@ -26,6 +27,7 @@ class FaceEmbedderSettings:
     threads: int = 0
     # arcface-triton: the Triton model serving the ArcFace network (ONNX Runtime / TensorRT).
     network_model: str = "face_embedder_net"
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.embedder not in EMBEDDERS:

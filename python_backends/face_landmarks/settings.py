@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..licences import LicencePolicy
+
 AUTO = "auto"
 HRNET = "hrnet"  # official HRNetV2-W18 checkpoint under the weights root
-DLIB = "dlib"  # shipped dlib 68-point shape predictor
-ENGINES = (AUTO, HRNET, DLIB)
+DLIB = "dlib"  # shipped dlib 68-point shape predictor (non-commercial: iBUG 300-W)
+MEDIAPIPE = "mediapipe"  # MediaPipe Face Mesh, 468 points, from the mediapipe wheel's .tflite (Apache-2.0)
+ENGINES = (AUTO, HRNET, MEDIAPIPE, DLIB)
 
 WFLW = "wflw"  # HR18-WFLW.pth, 98 points
 W300 = "300w"  # HR18-300W.pth, 68 points
@@ -24,8 +27,10 @@ RUNTIMES = (TORCH, TRITON)
 
 @dataclass(frozen=True)
 class FaceLandmarksSettings:
-    # auto: an official HRNet checkpoint if the weights root has one, else the shipped dlib predictor.
+    # auto: an official HRNet checkpoint if the weights root has one, else MediaPipe Face Mesh, else dlib.
     engine: str = AUTO
+    # Face Mesh: re-crops around the previous pass's mesh (MediaPipe's tracking ROI); 0 = the box's square only.
+    mesh_refine: int = 1
     # Which official checkpoint HRNet uses; auto prefers WFLW (98 points) over 300W (68 points).
     hrnet_dataset: str = AUTO
     # HRNet crop: the box's longer side times this (the official 1.25 enlargement of the face scale).
@@ -39,6 +44,7 @@ class FaceLandmarksSettings:
     # HRNet forward: torch here, or triton (the exported network served as `network_model`).
     runtime: str = TORCH
     network_model: str = "face_landmarks_net"
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -55,6 +61,8 @@ class FaceLandmarksSettings:
             raise ValueError(f"focal_scale must be within [0.1, 20], got {self.focal_scale}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if not 0 <= self.mesh_refine <= 3:
+            raise ValueError(f"mesh_refine must be within [0, 3], got {self.mesh_refine}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {list(RUNTIMES)}, got {self.runtime!r}")
         if self.runtime == TRITON and self.engine == DLIB:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, WeightsUnavailable
-from ..weights import OFFICIAL, SHIPPED, WeightsChoice, official_path
+from ..weights import ALLOWED, OFFICIAL, SHIPPED, WeightsChoice, official_path
 
 if TYPE_CHECKING:
     from .resampler import FrameInterpolator, InterpolatingResampler
@@ -100,11 +100,11 @@ def choose_weights(settings: InterpolationSettings, root: Path | None = None) ->
     chosen = resolve(settings, root)
     if chosen.method == RIFE:
         return WeightsChoice(ROLE, RIFE_ENGINE, OFFICIAL, chosen.rife_path, RIFE_LICENCE,
-                             note=f"runs inside {MODEL}: 16 fps -> output rate")
+                             note=f"runs inside {MODEL}: 16 fps -> output rate", commercial_use=ALLOWED)
     if chosen.method == FLOW:
         return WeightsChoice(ROLE, "flow (pyramid Lucas-Kanade, occlusion-aware blending)", SHIPPED, None,
                              "Apache-2.0 (ours; no weights)",
                              note=f"put RIFE 4.26's flownet.pkl at <weights root>/{MODEL}/{settings.rife_file} "
-                                  "for RIFE (MIT)")
+                                  "for RIFE (MIT)", commercial_use=ALLOWED)
     return WeightsChoice(ROLE, "none (nearest-time frame selection: frames repeat)", SHIPPED, None, "-",
                          note="interpolation=none")

@@ -21,7 +21,8 @@ import numpy as np
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
 from ..frame_interpolation import config as interpolation
-from ..weights import OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
+from ..licences import LicencePolicy
+from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
 from .job import (
     ANIMATE,
     AUTO,
@@ -79,6 +80,7 @@ class VideoGeneratorSettings:
     # Benchmarks only: build the speech engines at release size with random weights in memory instead of reading
     # release folders (wan/random_engine.py). Speed is real; the video is noise.
     benchmark_random_weights: bool = False
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.engine not in (AUTO, *ENGINES):
@@ -139,7 +141,7 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
         note = (f"Wan2.2-S2V-14B ({paths[0]}) with LiveAvatar's DMD LoRA merged, block-causal streaming within "
                 f"704x384 (an area): {describe_sampling(_liveavatar_options(settings).sampling())}")
         return WeightsChoice(MODEL, LIVEAVATAR, OFFICIAL, paths[1] / LORA_FILE, LIVEAVATAR_LICENCE,
-                             note=note + _animate_note(settings, root), parts=(paths[0],))
+                             note=note + _animate_note(settings, root), parts=(paths[0],), commercial_use=ALLOWED)
     paths = wan_paths(settings, S2V, root)
     if paths is not None and settings.engine in (AUTO, S2V):
         from .wan.s2v_engine import describe_sampling
@@ -148,12 +150,13 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
                 f"streaming put Quark-Vision/Live-Avatar's liveavatar.safetensors in <weights root>/{MODEL}/"
                 f"{settings.liveavatar_folder}/")
         return WeightsChoice(MODEL, S2V, OFFICIAL, paths[0], "Apache-2.0 (Wan2.2)",
-                             note=note + _animate_note(settings, root))
+                             note=note + _animate_note(settings, root), commercial_use=ALLOWED)
     if settings.engine in (AUTO, PREVIEW):
         return WeightsChoice(
             MODEL, PREVIEW_NAME, SHIPPED, None, "Apache-2.0 (ours; no weights)",
             note=f"{PREVIEW_LABEL}; put the official {settings.s2v_folder}/ release folder under "
             f"<weights root>/{MODEL}/ for Wan2.2-S2V-14B" + _animate_note(settings, root),
+            commercial_use=ALLOWED,
         )
     return WeightsChoice(MODEL, settings.engine, UNAVAILABLE, None, "-",
                          note=f"no {settings.engine} weights under <weights root>/{MODEL}/")

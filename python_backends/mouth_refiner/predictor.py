@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
-from ..weights import OFFICIAL, UNAVAILABLE, WeightsChoice, official_path
+from ..weights import FORBIDDEN, OFFICIAL, UNAVAILABLE, WeightsChoice, official_path
 from .refiner import Wav2LipRefiner
 from .settings import AUTO, WAV2LIP, WAV2LIP_GAN, MouthRefinerSettings
 
@@ -22,6 +22,10 @@ LICENCE = (
     "Wav2Lip (Rudrabha/Wav2Lip) code and pretrained wav2lip.pth / wav2lip_gan.pth: personal / research / "
     "non-commercial use only (trained on LRS2); commercial use needs the authors' permission"
 )
+ALTERNATIVE = (
+    "a lip-sync generator licensed for commercial use, e.g. MuseTalk (TMElyralab/MuseTalk, MIT code and "
+    "weights), or a Wav2Lip licence from its authors; or leave mouth_refiner off"
+)
 
 
 def choose_weights(settings: MouthRefinerSettings, root: Path | None = None) -> WeightsChoice:
@@ -32,11 +36,13 @@ def choose_weights(settings: MouthRefinerSettings, root: Path | None = None) -> 
         path = official_path(MODEL, FILES[name], root)
         if path is not None:
             return WeightsChoice(MODEL, ENGINES[name], OFFICIAL, path, LICENCE,
-                                 note=f"official {FILES[name]} (96x96 lower-face generator)")
+                                 note=f"official {FILES[name]} (96x96 lower-face generator)",
+                                 commercial_use=FORBIDDEN, alternative=ALTERNATIVE)
     wanted = " or ".join(FILES[n] for n in names)
     return WeightsChoice(
         MODEL, "-", UNAVAILABLE, None, LICENCE,
         note=f"no {wanted}: put the official Rudrabha/Wav2Lip checkpoint at <weights root>/{MODEL}/",
+        commercial_use=FORBIDDEN, alternative=ALTERNATIVE,
     )
 
 
@@ -60,9 +66,11 @@ class MouthRefiner:
                 raise InputError(f"missing input {name!r}")
         results = []
         for i in range(len(batch[spec.FRAMES])):
+            contours = batch[spec.MOUTH_CONTOUR][i] if spec.MOUTH_CONTOUR in batch else None
             frames = self.refiner.refine(
                 batch[spec.FRAMES][i], batch[spec.FACE_BOXES][i], batch[spec.MEL][i],
                 start_frame=int(_scalar(batch, spec.START_FRAME, i)), fps=float(_scalar(batch, spec.FPS, i)),
+                contours=contours,
             )
             results.append({spec.FRAMES: frames})
         return results

@@ -103,12 +103,28 @@ def blend_mask(height: int, width: int, feather: float) -> np.ndarray:
     return mask
 
 
-def blend_into(frame: np.ndarray, box: Sequence[int], face_rgb: np.ndarray, feather: float) -> None:
+def contour_mask(height: int, width: int, contour: np.ndarray, margin: float) -> np.ndarray:
+    """[height, width] weights around a closed lip contour given in box pixels: 1 inside the contour grown by
+    `margin` of the mouth's width (the skin that moves with the lips), falling smoothly to 0 over that margin."""
+    points = np.asarray(contour, np.float64)
+    grow = max(1.0, margin * float(np.ptp(points[:, 0])))
+    inside = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(inside, [np.round(points).astype(np.int32)], 1)
+    outside_distance = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3)
+    return _smoothstep(2.0 - outside_distance / grow).astype(np.float32)  # 1 up to `grow` away, 0 at twice that
+
+
+def blend_into(frame: np.ndarray, box: Sequence[int], face_rgb: np.ndarray, feather: float,
+               contour: np.ndarray | None = None, margin: float = 0.35) -> None:
     """Blend `face_rgb` (float 0..255, box-sized) into `frame` inside `box`, in place; pixels where the mask is
-    zero (outside the box, the upper half of the face) keep their exact values."""
+    zero (outside the box, the upper half of the face, and with a lip `contour` in frame pixels, everything away
+    from the mouth) keep their exact values."""
     x1, y1, x2, y2 = (int(v) for v in box)
     region = frame[y1:y2, x1:x2]
-    mask = blend_mask(y2 - y1, x2 - x1, feather)[..., None]
+    weights = blend_mask(y2 - y1, x2 - x1, feather)
+    if contour is not None:
+        weights = weights * contour_mask(y2 - y1, x2 - x1, np.asarray(contour) - (x1, y1), margin)
+    mask = weights[..., None]
     mixed = region.astype(np.float32) + mask * (face_rgb - region.astype(np.float32))
     frame[y1:y2, x1:x2] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
@@ -180,14 +196,21 @@ class Wav2LipRefiner:
         return out
 
     def refine(self, frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray, start_frame: int = 0,
-               fps: float = 25.0) -> np.ndarray:
+               fps: float = 25.0, contours: np.ndarray | None = None) -> np.ndarray:
         """frames [n, H, W, 3] uint8 RGB, boxes [n, 4] x1, y1, x2, y2 (the face detector's), mel [80, T] of the
-        whole clip, start_frame = the clip index of frames[0] -> new frames [n, H, W, 3] uint8."""
+        whole clip, start_frame = the clip index of frames[0] -> new frames [n, H, W, 3] uint8. With `contours`
+        [n, K, 2] (each frame's outer lip contour) only the mouth region is blended back."""
         frames = np.asarray(frames)
         boxes = np.asarray(boxes, dtype=np.float32)
         mel = np.asarray(mel, dtype=np.float32)
         start_frame, fps = int(start_frame), float(fps)
         check_run(frames, boxes, mel, start_frame, fps)
+        if contours is not None:
+            contours = np.asarray(contours, np.float32)
+            if contours.ndim != 3 or contours.shape[0] != len(frames) or contours.shape[1] < 3 \
+                    or contours.shape[2] != 2 or not np.isfinite(contours).all():
+                raise InputError(f"mouth_contour must be [n, K >= 3, 2] finite pixels, one contour per frame; got "
+                                 f"{list(contours.shape)} for {len(frames)} frames", "bad_face_geometry")
         height, width = frames.shape[1:3]
         coords = self.face_boxes(boxes, height, width)
         # The network was trained on BGR crops (cv2.imread order); our frames are RGB.
@@ -198,7 +221,7 @@ class Wav2LipRefiner:
         faces = self.predict_faces(crops, mel_windows(mel, start_frame, len(frames), fps))
         out = frames.copy()
         # The prediction stays float through resize and blend (the official truncates it to uint8 first).
-        for frame, face, (x1, y1, x2, y2) in zip(out, faces, coords):
+        for k, (frame, face, (x1, y1, x2, y2)) in enumerate(zip(out, faces, coords)):
             resized = cv2.resize(face, (int(x2 - x1), int(y2 - y1)))[..., ::-1]
-            blend_into(frame, (x1, y1, x2, y2), resized, self.feather)
+            blend_into(frame, (x1, y1, x2, y2), resized, self.feather, None if contours is None else contours[k])
         return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..licences import LicencePolicy
+
 AUTO = "auto"
 WAV2LIP_GAN = "wav2lip_gan"  # <weights root>/mouth_refiner/wav2lip_gan.pth: sharper mouths (the GAN fine-tune)
 WAV2LIP = "wav2lip"  # <weights root>/mouth_refiner/wav2lip.pth: the most accurate sync, blurrier
@@ -24,6 +26,7 @@ class MouthRefinerSettings:
     feather: float = 0.15
     # CPU threads for torch (0 = torch's default).
     threads: int = 0
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
         if self.checkpoint not in CHECKPOINTS:

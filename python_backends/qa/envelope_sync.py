@@ -19,11 +19,15 @@ import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
 from ..errors import InputError
+from ..mediapipe_models.mesh_layout import INNER_LIP_PAIRS, MESH_POINTS
 
 SAMPLE_RATE = 16000
 SPEECH_BAND_HZ = (300.0, 3000.0)  # where voiced speech energy sits; removes hum and hiss from the envelope
 UPPER_LIP, LOWER_LIP = np.array([61, 62, 63]), np.array([67, 66, 65])  # inner lips, dlib / 300-W order
 EYE_CORNERS = (36, 45)
+# Face Mesh: nine facing pairs along the whole inner-lip contour (corner to corner), outer eye corners.
+MESH_UPPER_LIP, MESH_LOWER_LIP = INNER_LIP_PAIRS[:, 0], INNER_LIP_PAIRS[:, 1]
+MESH_EYE_CORNERS = (33, 263)
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,16 @@ class EnvelopeSync:
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
-    """[T] inner-lip gap over the inter-ocular distance, from [T, 68, 2] landmarks (scale-free)."""
+    """[T] inner-lip gap over the inter-ocular distance, from [T, 68, 2] (dlib: the three middle pairs) or
+    [T, 468, 2] (Face Mesh: nine pairs along the dense inner-lip contour) landmarks (scale-free)."""
     points = np.asarray(landmarks, np.float64)
-    if points.ndim != 3 or points.shape[1:] != (68, 2):
-        raise InputError(f"mouth opening needs [frames, 68, 2] landmarks; got {points.shape}")
-    gap = np.linalg.norm(points[:, UPPER_LIP] - points[:, LOWER_LIP], axis=-1).mean(1)
-    eyes = np.linalg.norm(points[:, EYE_CORNERS[1]] - points[:, EYE_CORNERS[0]], axis=-1)
+    if points.ndim != 3 or points.shape[1:] not in ((68, 2), (MESH_POINTS, 2)):
+        raise InputError(f"mouth opening needs [frames, 68 or {MESH_POINTS}, 2] landmarks; got {points.shape}")
+    mesh = points.shape[1] == MESH_POINTS
+    upper, lower = (MESH_UPPER_LIP, MESH_LOWER_LIP) if mesh else (UPPER_LIP, LOWER_LIP)
+    corners = MESH_EYE_CORNERS if mesh else EYE_CORNERS
+    gap = np.linalg.norm(points[:, upper] - points[:, lower], axis=-1).mean(1)
+    eyes = np.linalg.norm(points[:, corners[1]] - points[:, corners[0]], axis=-1)
     return gap / np.maximum(eyes, 1e-6)
 
 

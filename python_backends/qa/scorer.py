@@ -11,6 +11,7 @@ import torch
 
 from .. import spec
 from ..errors import WeightsUnavailable
+from ..licences import LicencePolicy
 from ..weights import WeightsChoice
 from .lipsync import LipSyncGateSettings, lipsync_gate
 from .syncnet import choose_weights as _choose_syncnet
@@ -22,6 +23,7 @@ class LipSyncScorerSettings(LipSyncGateSettings):
     """The gate thresholds (qa/lipsync.py: defaults against published LSE values) and CPU threads."""
 
     threads: int = 0
+    licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
 
 def choose_weights(settings: LipSyncScorerSettings, root: Path | None = None) -> WeightsChoice:

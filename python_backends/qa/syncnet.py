@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checkpoints import check_state_dict
 from ..errors import WeightsUnavailable
-from ..weights import OFFICIAL, UNAVAILABLE, WeightsChoice, official_path
+from ..weights import ALLOWED, OFFICIAL, UNAVAILABLE, WeightsChoice, official_path
 
 LOG = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def choose_weights(root: Path | None = None) -> WeightsChoice:
             MODEL_NAME, "syncnet-v2", UNAVAILABLE, None, "MIT (joonson/syncnet_python)",
             note=f"supply {CHECKPOINT} (syncnet_python's download_model.sh) as <weights>/{MODEL_NAME}/{CHECKPOINT}",
         )
-    return WeightsChoice(MODEL_NAME, "syncnet-v2", OFFICIAL, path, "MIT (joonson/syncnet_python)")
+    return WeightsChoice(MODEL_NAME, "syncnet-v2", OFFICIAL, path, "MIT (joonson/syncnet_python)",
+                         commercial_use=ALLOWED)
 
 
 def load_syncnet(path: Path, device: str | torch.device = "cpu") -> SyncNet:

@@ -66,17 +66,21 @@ async def safety_of_photo(ctx: JobContext, call: ModelCaller) -> dict:
 
 
 async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[int, int]], start: int,
-                       ctx: JobContext, call: ModelCaller) -> tuple[np.ndarray, dict]:
-    """Wav2Lip over each run [a, b) of the segment's frames; the refiner's absence is recorded, not hidden."""
+                       ctx: JobContext, call: ModelCaller, lips: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Wav2Lip over each run [a, b) of the segment's frames; the refiner's absence is recorded, not hidden.
+    `lips` ([T, K, 2] outer lip contours, from Face Mesh) keep the blend to the mouth region."""
     if ctx.refiner is False or ctx.mel is None:
         return frames, {"status": "unavailable", "reason": ctx.refiner_reason or "no speech"}
     out, info = frames.copy(), {}
     for a, b in runs:
         try:
-            outputs = await call(spec.MOUTH_REFINER, {
+            inputs = {
                 spec.FRAMES: frames[a:b][None], spec.FACE_BOXES: boxes[a:b].astype(np.float32)[None],
                 spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[start + a]], np.int64),
-                spec.FPS: np.array([[ctx.fps]], np.float32)})
+                spec.FPS: np.array([[ctx.fps]], np.float32)}
+            if lips is not None:
+                inputs[spec.MOUTH_CONTOUR] = lips[a:b].astype(np.float32)[None]
+            outputs = await call(spec.MOUTH_REFINER, inputs)
         except WeightsUnavailable as exc:
             ctx.refiner, ctx.refiner_reason = False, str(exc)
             return frames, {"status": "unavailable", "reason": str(exc)}
@@ -101,11 +105,13 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
         runs = refine_runs(plosive_frames(segment_audio(ctx.waveform, start, len(frames), ctx.fps), ctx.fps),
                            len(frames))
         if runs:
-            frames, post["plosives"] = await refine_mouth(frames, track.boxes, runs, start, ctx, call)
+            frames, post["plosives"] = await refine_mouth(frames, track.boxes, runs, start, ctx, call,
+                                                          track.outer_lips)
     qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     sync = next(g for g in qa.gates if g.name == "lipsync")
     if ctx.settings.refine_low_sync and sync.status == FAIL:
-        frames, post["low_sync"] = await refine_mouth(frames, track.boxes, [(0, len(frames))], start, ctx, call)
+        frames, post["low_sync"] = await refine_mouth(frames, track.boxes, [(0, len(frames))], start, ctx, call,
+                                                      track.outer_lips)
         if post["low_sync"]["status"] == "applied":
             track = await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None)
             qa = await check_segment(frames, track, index, start, ctx, call, boundary)

@@ -344,7 +344,7 @@ async def check_segment(frames: np.ndarray, track: FaceTrack, index: int, start:
 
     started = time.perf_counter()
     identity_task = asyncio.ensure_future(identity_gate(frames, track, start, ctx, call))
-    opening = mouth_opening(track.landmarks)
+    opening = mouth_opening(track.mouth_points)
     sync_task = asyncio.ensure_future(lipsync_gate(frames, track, opening, start, ctx, call))
     safety_task = asyncio.ensure_future(safety_gate(frames, start, ctx, call))
     # The previous segment's last frame joins the pixel and landmark series, so a seam is judged as a pair.

@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import spec
 from ..face_landmarks.head_pose import to_ibug68
+from ..mediapipe_models.mesh_layout import MESH_POINTS, OUTER_LIP
 from ..preprocessing import ModelCaller
 
 MAX_REQUEST = 16  # frames per request: the detector's and landmarker's max_batch_size
@@ -22,12 +23,23 @@ MAX_REQUEST = 16  # frames per request: the detector's and landmarker's max_batc
 @dataclass(frozen=True)
 class FaceTrack:
     boxes: np.ndarray  # [T, 4] x1, y1, x2, y2: detected, or interpolated between detections
-    landmarks: np.ndarray  # [T, 68, 2] iBUG / dlib order
+    landmarks: np.ndarray  # [T, 68, 2] iBUG / dlib order (a denser landmarker's iBUG subset)
     detected: np.ndarray  # [K] frame indices the detector ran on
     detected_boxes: np.ndarray  # [K, 4]
     detected_keypoints: np.ndarray  # [K, 5, 2]
     found: np.ndarray  # [K] bool: the detector found a face there
     landmarker: str  # engine that placed the landmarks
+    dense: np.ndarray | None = None  # [T, P, 2] the landmarker's own points when denser than 68 (Face Mesh: 468)
+
+    @property
+    def mouth_points(self) -> np.ndarray:
+        """The densest landmarks there are, for the mouth: the mesh's lip contours, else the 68 points'."""
+        return self.landmarks if self.dense is None else self.dense
+
+    @property
+    def outer_lips(self) -> np.ndarray | None:
+        """[T, 20, 2] the mesh's outer lip contour (the mouth refiner's blend region), None without a mesh."""
+        return None if self.dense is None else self.dense[:, OUTER_LIP]
 
     @property
     def lost_frames(self) -> list[int]:
@@ -94,5 +106,6 @@ async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
     landmarker = json.loads(marks[spec.MODEL_INFO].reshape(-1)[0]).get("engine", "?")
     # The QA metrics work on the 68-point iBUG layout; HRNet's WFLW 98 points map onto it.
     landmarks = np.stack([to_ibug68(points) for points in marks[spec.LANDMARKS]])
+    dense = marks[spec.LANDMARKS] if marks[spec.LANDMARKS].shape[1] == MESH_POINTS else None
     return FaceTrack(boxes, landmarks, detected, det_boxes, det_points, found,
-                     landmarker)
+                     landmarker, dense)

@@ -117,17 +117,24 @@ def test_demo_writes_video_report_and_overlay(triton_server, tmp_path):
 
 
 def test_weights_lists_what_each_model_uses(tmp_path):
-    listed = subprocess.run(CLI + ["weights", "--json", "--weights", str(tmp_path)], capture_output=True, text=True,
-                            timeout=120)
+    listed = subprocess.run(CLI + ["weights", "--json", "--commercial", "--weights", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
     rows = {row["model"]: row for row in json.loads(listed.stdout)}
     assert set(rows) == {"face_detector", "face_landmarks", "face_embedder", "audio_features", "video_generator",
                          "lipsync_scorer", "content_safety", "mouth_refiner", "frame_interpolator"}
     assert rows["video_generator"]["engine"] == "preview-landmark-warp"
     assert "Wan2.2-S2V-14B" in rows["video_generator"]["note"]
-    assert rows["face_detector"]["engine"] == "mtcnn" and rows["face_detector"]["source"] == "shipped"
-    assert len(rows["face_detector"]["sha256"]) == 64 and "MIT" in rows["face_detector"]["licence"]
-    assert "non-commercial" in rows["face_landmarks"]["licence"]
+    assert rows["face_detector"]["engine"] == "blazeface+facemesh" and rows["face_detector"]["source"] == "shipped"
+    assert len(rows["face_detector"]["sha256"]) == 64 and "Apache-2.0" in rows["face_detector"]["licence"]
+    assert rows["face_landmarks"]["engine"] == "mediapipe-facemesh-468"
+    assert {rows[m]["commercial_use"] for m in ("face_detector", "face_landmarks")} == {"allowed"}
+    # Each row says what its licence allows commercially; --commercial says what would be refused, and why.
+    for row in rows.values():
+        refused = row["commercial_use"] == "forbidden" and row["source"] != "unavailable"
+        assert bool(row["refused"]) == refused, row
+    assert "AGPL-3.0" in rows["content_safety"]["licence"] and rows["content_safety"]["commercial_use"] == "conditions"
+    assert "MuseTalk" in rows["mouth_refiner"]["commercial_alternative"]
     # What is missing says where to put it.
     assert rows["audio_features"]["source"] == "unavailable" and "audio_features" in rows["audio_features"]["note"]
     for model in ("lipsync_scorer", "mouth_refiner"):  # no weights ship for these: unavailable, never a pass

@@ -96,15 +96,17 @@ def test_mtcnn_finds_the_one_face_in_the_astronaut_photo(mtcnn, astronaut):
     assert 25 < right_eye[0] - left_eye[0] < 60  # a plausible inter-ocular distance for this face
 
 
+@pytest.mark.parametrize("detector", ["mtcnn", "blazeface"])
 @pytest.mark.parametrize("name", ["no_face.png", "noise", "flat"])
-def test_mtcnn_finds_no_face_where_there_is_none(mtcnn, name):
+def test_no_face_is_found_where_there_is_none(request, detector, name):
+    detector = request.getfixturevalue(detector)
     if name == "noise":
         image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
     elif name == "flat":
         image = np.full((64, 80, 3), 200, dtype=np.uint8)
     else:
         image = _rgb(name)
-    (result,) = mtcnn.predict({spec.IMAGE: image[None]})
+    (result,) = detector.predict({spec.IMAGE: image[None]})
     assert result[spec.FACE_COUNT].tolist() == [0]
     assert result[spec.FACE_BOXES].shape == (0, 4) and result[spec.FACE_SCORES].shape == (0,)
     assert result[spec.FACE_KEYPOINTS].shape == (0, 5, 2)
@@ -140,11 +142,63 @@ def test_bad_images_are_refused_with_a_message(mtcnn):
         mtcnn.predict({})
 
 
+# --- BlazeFace + Face Mesh keypoints (the default), real photos -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blazeface():
+    return build_face_detector(FaceDetectorSettings(), "cpu")
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "hopper.jpg", "profile.png"])
+def test_blazeface_finds_the_one_face_with_ordered_keypoints(blazeface, mtcnn, name):
+    image = _rgb(name)
+    (result,) = blazeface.predict({spec.IMAGE: image[None]})
+    assert result[spec.FACE_COUNT].tolist() == [1] and result[spec.FACE_KEYPOINTS].shape == (1, 5, 2)
+    (reference,) = mtcnn.predict({spec.IMAGE: image[None]})
+    box, other = result[spec.FACE_BOXES][0], reference[spec.FACE_BOXES][0]
+    inter = np.prod(np.clip(np.minimum(box[2:], other[2:]) - np.maximum(box[:2], other[:2]), 0, None))
+    overlap = inter / (np.prod(box[2:] - box[:2]) + np.prod(other[2:] - other[:2]) - inter)
+    assert overlap > 0.5, f"BlazeFace and MTCNN boxes overlap only {overlap:.2f}"
+    left_eye, right_eye, nose, mouth_left, mouth_right = result[spec.FACE_KEYPOINTS][0]
+    assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+def test_blazeface_finds_a_tiny_face_by_tiles_and_flags_a_cut_one(blazeface, astronaut):
+    """A 21-pixel face on a 1024-pixel canvas is a few pixels at BlazeFace's 192 px: the tiled search finds it. A face
+    cut by the frame's edge reports the cut eye's outside corner, so the photo checks see it leave the photo."""
+    canvas = np.full((1024, 1024, 3), 128, np.uint8)
+    canvas[448:576, 448:576] = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    (tiny,) = blazeface.predict({spec.IMAGE: canvas[None]})
+    assert tiny[spec.FACE_COUNT].tolist() == [1]
+    x1, y1, x2, y2 = tiny[spec.FACE_BOXES][0]
+    assert 448 + 128 * 175 / 512 - 6 < x1 < x2 < 448 + 128 * 275 / 512 + 6  # the astronaut's face, scaled
+    cut = cv2.resize(astronaut[:, 200:], None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    (result,) = blazeface.predict({spec.IMAGE: cut[None]})
+    assert result[spec.FACE_COUNT].tolist() == [1] and result[spec.FACE_KEYPOINTS][0][0, 0] < 0
+
+
+def test_blazeface_batch_matches_single_runs(blazeface, astronaut):
+    (single,) = blazeface.predict({spec.IMAGE: astronaut[None]})
+    noise = np.random.default_rng(1).integers(0, 256, astronaut.shape, dtype=np.uint8)
+    mixed = blazeface.predict({spec.IMAGE: np.stack([noise, astronaut])})
+    for name in OUTPUTS:
+        np.testing.assert_allclose(mixed[1][name], single[name], atol=1e-3)
+    assert mixed[0][spec.FACE_COUNT].tolist() == [0]
+
+
 # --- choosing weights -----------------------------------------------------------------------------------
 
 
-def test_auto_prefers_resnet50_then_mobilenet_then_shipped_mtcnn(tmp_path):
-    assert choose_weights(FaceDetectorSettings(), tmp_path).engine == "mtcnn"
+def test_auto_prefers_resnet50_then_mobilenet_then_shipped_blazeface_then_mtcnn(tmp_path, monkeypatch):
+    blazeface = choose_weights(FaceDetectorSettings(), tmp_path)
+    assert (blazeface.engine, blazeface.commercial_use) == ("blazeface+facemesh", "allowed")
+    with monkeypatch.context() as without_mediapipe:
+        without_mediapipe.setenv("TALKINGHEAD_MEDIAPIPE_DIR", str(tmp_path / "none"))
+        assert choose_weights(FaceDetectorSettings(), tmp_path).engine == "mtcnn"
+        with pytest.raises(WeightsUnavailable, match="make install"):
+            choose_weights(FaceDetectorSettings(backbone="blazeface"), tmp_path)
     (tmp_path / "face_detector").mkdir()
     (tmp_path / "face_detector" / "mobilenet0.25_Final.pth").write_bytes(b"x")
     choice = choose_weights(FaceDetectorSettings(), tmp_path)

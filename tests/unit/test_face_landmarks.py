@@ -86,6 +86,11 @@ def no_weights(tmp_path_factory) -> object:
 
 @pytest.fixture(scope="module")
 def dlib_model(no_weights):
+    return build_face_landmarks(FaceLandmarksSettings(engine="dlib"), "cpu", root=no_weights)
+
+
+@pytest.fixture(scope="module")
+def mesh_model(no_weights):
     return build_face_landmarks(FaceLandmarksSettings(), "cpu", root=no_weights)
 
 
@@ -110,7 +115,32 @@ def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 # ---------------------------------------------------------------- shipped dlib default, real photo
 
 
-def test_default_is_shipped_dlib_with_licence_note(dlib_model):
+def test_default_is_mediapipe_face_mesh(mesh_model):
+    weights = mesh_model.weights
+    assert (weights.engine, weights.source, weights.commercial_use) == ("mediapipe-facemesh-468", SHIPPED, "allowed")
+    assert weights.path.name == "face_landmark.tflite" and "Apache-2.0" in weights.licence
+
+
+def test_face_mesh_agrees_with_dlib_and_mirrors(mesh_model, dlib_model, astronaut):
+    """The mesh's iBUG-68 subset lands where dlib's points are (normalised by the eye distance), and the head pose
+    from it mirrors with the photo."""
+    box = _dlib_box(astronaut)
+    mesh, pose = _predict(mesh_model, astronaut, box)
+    assert mesh.shape == (468, 2) and mesh.dtype == np.float32 and pose.shape == (3,)
+    dlib_marks, dlib_pose = _predict(dlib_model, astronaut, box)
+    subset = hp.to_ibug68(mesh)
+    eye_distance = np.linalg.norm(dlib_marks[36:42].mean(0) - dlib_marks[42:48].mean(0))
+    inner = np.linalg.norm(subset[17:] - dlib_marks[17:], axis=1).mean() / eye_distance
+    assert inner < 0.08, f"inner-face NME {inner:.3f} against dlib"
+    assert np.all(np.abs(pose - dlib_pose) < 10), (pose, dlib_pose)
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    mesh_f, pose_f = _predict(mesh_model, flipped, _dlib_box(flipped))
+    assert abs(pose[0] + pose_f[0]) < 5 and abs(pose[2] + pose_f[2]) < 5
+    width = astronaut.shape[1]
+    assert abs((width - 1 - mesh_f[1, 0]) - mesh[1, 0]) < 3  # the nose tip (mesh point 1) mirrors onto itself
+
+
+def test_dlib_only_when_asked_with_licence_note(dlib_model):
     weights = dlib_model.weights
     assert (weights.engine, weights.source) == ("dlib-shape-predictor-68", SHIPPED)
     assert weights.path.name == "shape_predictor_68_face_landmarks.dat" and weights.path.exists()
@@ -402,6 +432,7 @@ def test_choose_weights_prefers_official_checkpoints(tmp_path, no_weights):
     assert (chosen.engine, chosen.source, chosen.path.name) == ("hrnet-w18-wflw98", OFFICIAL, "HR18-WFLW.pth")
     assert choose_weights(FaceLandmarksSettings(hrnet_dataset="300w"), tmp_path).engine == "hrnet-w18-300w68"
     assert choose_weights(FaceLandmarksSettings(engine="dlib"), tmp_path).source == SHIPPED
+    assert choose_weights(FaceLandmarksSettings(engine="mediapipe"), tmp_path).engine == "mediapipe-facemesh-468"
     with pytest.raises(WeightsUnavailable, match="HR18-WFLW.pth or HR18-300W.pth"):
         choose_weights(FaceLandmarksSettings(engine="hrnet"), no_weights)
 
@@ -412,7 +443,7 @@ def test_settings_parse_and_reject():
     from python_backends.errors import ConfigError
 
     with pytest.raises(ConfigError, match="engine"):
-        from_mapping(FaceLandmarksSettings, {"engine": "mediapipe"})
+        from_mapping(FaceLandmarksSettings, {"engine": "openface"})
     with pytest.raises(ConfigError, match="pose_reference"):
         from_mapping(FaceLandmarksSettings, {"pose_reference": "world"})
 

@@ -24,6 +24,7 @@ from python_backends.mouth_refiner import (
 from python_backends.mouth_refiner.plosive import burst_times
 from python_backends.mouth_refiner.refiner import (
     blend_mask,
+    contour_mask,
     mel_windows,
     network_inputs,
     padded_boxes,
@@ -302,6 +303,31 @@ def test_refine_regenerates_only_the_lower_face_at_the_runs_place_in_the_speech(
     # A run starting one frame later is that second frame (up to float rounding across batch sizes).
     single = predictor.refiner.refine(image[None], box[None], mel, start_frame=11, fps=25.0)
     assert np.abs(single[0].astype(int) - out[1].astype(int)).max() <= 1
+
+
+def test_contour_mask_covers_the_lips_and_fades_around_them():
+    lips = np.array([[30, 60], [45, 52], [60, 60], [45, 70]], np.float64)  # a diamond mouth, 30 px wide
+    mask = contour_mask(100, 90, lips, 0.35)
+    assert mask[60, 45] == 1.0 and mask[60, 60 + 9] == 1.0  # inside, and within the margin (10.5 px)
+    assert mask[60, 60 + 25] == 0.0 and mask[20, 45] == 0.0  # beyond twice the margin: untouched
+    assert 0.0 < mask[60, 60 + 15] < 1.0  # a ramp between
+
+
+def test_refine_with_a_lip_contour_keeps_the_cheeks_and_chin(predictor, astronaut):
+    """With Face Mesh's outer lip contour only the mouth region is replaced; the rest of the lower face keeps the
+    frame's own pixels (where the plain half-box blend replaces them)."""
+    image, box = astronaut
+    mel = _mel()
+    plain = predictor.refiner.refine(image[None], box[None], mel, start_frame=10, fps=25.0)[0]
+    x1, y1, x2, y2 = box
+    cx, cy, half = (x1 + x2) / 2, y1 + 0.78 * (y2 - y1), 0.15 * (x2 - x1)
+    lips = np.array([[[cx - half, cy], [cx, cy - 0.3 * half], [cx + half, cy], [cx, cy + 0.4 * half]]])
+    masked = predictor.refiner.refine(image[None], box[None], mel, start_frame=10, fps=25.0, contours=lips)[0]
+    mouth, cheek = (int(cy), int(cx)), (int(cy), int(x1 + 0.1 * (x2 - x1)))
+    assert np.array_equal(masked[mouth], plain[mouth])  # the mouth is regenerated as before
+    assert np.array_equal(masked[cheek], image[cheek]) and not np.array_equal(plain[cheek], image[cheek])
+    with pytest.raises(InputError, match="mouth_contour"):
+        predictor.refiner.refine(image[None], box[None], mel, start_frame=10, fps=25.0, contours=lips[:, :2])
 
 
 @pytest.mark.parametrize("change, message", [

@@ -45,6 +45,20 @@ def test_envelope_sync_needs_enough_frames_and_68_points():
         mouth_opening(np.zeros((4, 5, 2)))
 
 
+def test_mouth_opening_reads_the_whole_inner_lip_of_a_face_mesh():
+    """Face Mesh points: the gap is the mean over the nine facing inner-lip pairs, over the outer eye corners."""
+    from python_backends.mediapipe_models.mesh_layout import INNER_LIP_PAIRS
+
+    mesh = np.zeros((3, 468, 2))
+    mesh[:, 263, 0] = 50.0  # eye corners 33 (at 0) and 263: 50 px apart
+    gaps = np.array([0.0, 5.0, 10.0])
+    mesh[:, INNER_LIP_PAIRS[:, 1], 1] = gaps[:, None]
+    mesh[2, INNER_LIP_PAIRS[0, 1], 1] = 1.0  # a mouth open only in the middle still reads, corners barely
+    expected = gaps / 50.0
+    expected[2] = (1.0 + 8 * 10.0) / 9 / 50.0
+    np.testing.assert_allclose(mouth_opening(mesh), expected)
+
+
 def test_colour_match_removes_a_cast_and_leaves_a_matching_segment_alone(sample_face):
     photo, points, _ = sample_face
     box = np.concatenate([points.min(0), points.max(0)])

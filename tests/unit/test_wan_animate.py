@@ -40,6 +40,8 @@ from python_backends.generation.wan.animate_engine import (
 from python_backends.generation.wan.animate_face import Blur, Direction, FaceBlock
 from python_backends.generation.wan.animate_pose import (
     AAPOSE_COLORS,
+    AAPOSE_KEYPOINTS,
+    body_keypoints,
     crop_face,
     face_box,
     head_keypoints,
@@ -491,6 +493,31 @@ def test_pose_rendering_draws_the_head_limbs_in_official_colours() -> None:
     assert tuple(image[mid[1], mid[0]]) == tuple(int(c * 0.6) for c in AAPOSE_COLORS[13])
     assert image[:100].max() == 0 and image[300:].max() == 0  # nothing but the head is drawn
     assert stick_width(400, 400) == 1 and stick_width(1280, 720) == 2
+
+
+def test_body_keypoints_map_blazepose_onto_aapose() -> None:
+    points = np.arange(66, dtype=np.float64).reshape(33, 2)
+    visibility = np.linspace(0.1, 0.9, 33)
+    keypoints = body_keypoints(points, visibility)
+    neck = keypoints[AAPOSE_KEYPOINTS.index("Neck")]
+    assert np.allclose(neck, [*(points[11] + points[12]) / 2, visibility[11]])  # shoulders' midpoint, lower vis
+    assert np.allclose(keypoints[AAPOSE_KEYPOINTS.index("RWrist")], [*points[16], visibility[16]])
+    assert np.allclose(keypoints[AAPOSE_KEYPOINTS.index("LEar")], [*points[7], visibility[7]])
+    with pytest.raises(ValueError, match="33"):
+        body_keypoints(points[:17], visibility[:17])
+
+
+def test_driving_video_conditioning_draws_the_body(samples: Path, tiny_engine) -> None:
+    """With the body pose model (the engine's default), the skeleton reaches below the face: neck and shoulders."""
+    photo = cv2.cvtColor(cv2.imread(str(samples / "astronaut.png")), cv2.COLOR_BGR2RGB)
+    assert tiny_engine.body_pose is not None
+    cond = conditioning_from_driving(photo[None], 25.0, tiny_engine.landmarker, tiny_engine.body_pose)
+    x1, x2, y1, y2 = face_box(tiny_engine.landmarker(photo), photo.shape[:2])
+    drawn = cond.pose_frames[0].copy()
+    drawn[y1:y2, x1:x2] = 0
+    assert drawn.max() > 0 and np.argwhere(drawn.any(axis=-1))[:, 0].max() > y2  # limbs below the face
+    neck_limb = tuple(int(c * 0.6) for c in AAPOSE_COLORS[12])  # limb 13 (Neck -> Nose) at 60 %
+    assert np.all(cond.pose_frames[0] == neck_limb, axis=-1).any()
 
 
 def test_driving_video_conditioning_with_dlib(samples: Path, tiny_engine) -> None:

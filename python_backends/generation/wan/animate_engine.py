@@ -4,9 +4,10 @@ What one job does, following `WanAnimate.generate` in animation mode (wan/animat
 
 1. Conditioning (`AnimateConditioning`): per driving frame a rendered pose image and a 512x512 face crop, at the
    driving frame rate (the official src_pose.mp4 / src_face.mp4). `generate_from` takes them ready-made;
-   `generate(job)` makes them from `job.driving_frames` with a face landmarker (see animate_pose.py: face crops
-   exactly as the official; pose renderings limited to the head keypoints, because the official YOLOv10m +
-   ViTPose-H whole-body ONNX models are not available here).
+   `generate(job)` makes them from `job.driving_frames` with a face landmarker and MediaPipe's body pose (see
+   animate_pose.py: face crops exactly as the official; pose renderings from BlazePose's 33 landmarks mapped onto
+   the 20 AAPose keypoints, no hands, because the official YOLOv10m + ViTPose-H whole-body ONNX models are not
+   available here; head keypoints only on frames where BlazePose finds no body).
 2. Size: the request's width x height (multiples of 16), else the pose frames' size; pose frames and the photo
    are letterboxed to it (official padding_resize). The photo is VAE-encoded once (the reference latent frame,
    mask 1) and CLIP-encoded once (ViT-H/14 penultimate tokens of the letterboxed photo).
@@ -47,6 +48,7 @@ from .animate_checkpoint import load_animate_transformer
 from .animate_configs import ANIMATE_14B, WanAnimateTaskConfig, WanAnimateTransformerConfig
 from .animate_pose import (
     FACE_SIZE,
+    body_keypoints,
     crop_face,
     head_keypoints,
     i2v_mask,
@@ -68,6 +70,8 @@ log = logging.getLogger(__name__)
 ENGINE_KEY = "animate-14B"
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 Landmarker = Callable[[np.ndarray], "np.ndarray | None"]  # RGB frame -> [68, 2] pixel landmarks, None: no face
+# RGB frame -> [20, 3] AAPose keypoints (x, y, confidence), None: no person
+BodyPoser = Callable[[np.ndarray], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,10 @@ class AnimateConditioning:
             raise InputError(f"the driving frame rate must be positive, got {self.fps}", "bad_fps")
 
 
-def conditioning_from_driving(frames: np.ndarray, fps: float, landmarker: Landmarker) -> AnimateConditioning:
-    """Face crops (official geometry) and head-keypoint pose renderings of a driving video.
+def conditioning_from_driving(frames: np.ndarray, fps: float, landmarker: Landmarker,
+                              body_pose: BodyPoser | None = None) -> AnimateConditioning:
+    """Face crops (official geometry) and pose renderings of a driving video: the body pose model's skeleton where
+    it finds a person, else the head keypoints of the face landmarks.
 
     Frames where the landmarker finds no face reuse the nearest earlier face (the first found one before it).
     """
@@ -108,8 +114,43 @@ def conditioning_from_driving(frames: np.ndarray, fps: float, landmarker: Landma
     for frame, lm in zip(frames, found):
         last = last if lm is None else lm
         faces.append(crop_face(frame, last, FACE_SIZE))
-        poses.append(render_pose(height, width, head_keypoints(last)))
+        body = body_pose(frame) if body_pose is not None else None
+        poses.append(render_pose(height, width, head_keypoints(last) if body is None else body))
     return AnimateConditioning(np.stack(poses), np.stack(faces), fps)
+
+
+def mediapipe_landmarker() -> Landmarker:
+    """BlazeFace + Face Mesh (largest face per frame), the mesh's iBUG-68 subset: commercially usable."""
+    from ...face_detection import FaceDetectorSettings, build_face_detector
+    from ...face_landmarks import FaceLandmarksSettings, build_face_landmarks
+    from ...face_landmarks.head_pose import to_ibug68
+
+    detector = build_face_detector(FaceDetectorSettings(backbone="blazeface"), "cpu")
+    mesh = build_face_landmarks(FaceLandmarksSettings(engine="mediapipe"), "cpu")
+
+    def landmarks(frame: np.ndarray) -> np.ndarray | None:
+        (faces,) = detector.detect(frame[None])
+        if not len(faces):
+            return None
+        box = faces.boxes[int(np.argmax(np.prod(faces.boxes[:, 2:] - faces.boxes[:, :2], axis=1)))]
+        (points,) = mesh.engine(frame[None], box[None])
+        return to_ibug68(points)
+
+    return landmarks
+
+
+def mediapipe_body_pose() -> BodyPoser:
+    """BlazePose's 33 body landmarks as AAPose keypoints (animate_pose.body_keypoints)."""
+    from ...mediapipe_models import files
+    from ...mediapipe_models.pose import BlazePose
+
+    model = BlazePose(files.require("pose_detection"), files.require("pose_landmark_full"))
+
+    def keypoints(frame: np.ndarray) -> np.ndarray | None:
+        pose = model(frame)
+        return None if pose is None else body_keypoints(pose.points, pose.visibility)
+
+    return keypoints
 
 
 def dlib_landmarker() -> Landmarker:
@@ -191,8 +232,10 @@ class WanAnimateEngine(WanEngineBase):
 
     def __init__(self, transformer: WanAnimateTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
                  clip: ClipVisionTransformer, task: WanAnimateTaskConfig = ANIMATE_14B,
-                 options: WanAnimateOptions | None = None, landmarker: Landmarker | None = None) -> None:
+                 options: WanAnimateOptions | None = None, landmarker: Landmarker | None = None,
+                 body_pose: BodyPoser | None = None) -> None:
         self.transformer, self.vae, self.text_encoder, self.clip = transformer, vae, text_encoder, clip
+        self.body_pose = body_pose
         self.task = task
         self.options = options or WanAnimateOptions()
         self.landmarker = landmarker
@@ -210,7 +253,8 @@ class WanAnimateEngine(WanEngineBase):
     @classmethod
     def from_folder(cls, folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                     options: WanAnimateOptions | None = None, landmarker: Landmarker | None = None,
-                    task: WanAnimateTaskConfig = ANIMATE_14B) -> WanAnimateEngine:
+                    task: WanAnimateTaskConfig = ANIMATE_14B, body_pose: BodyPoser | None = None,
+                    ) -> WanAnimateEngine:
         """Load the official release folder (or a tiny one of the same layout) strictly onto `device`."""
         folder, device = Path(folder), torch.device(device)
         options = options or WanAnimateOptions()
@@ -225,16 +269,21 @@ class WanAnimateEngine(WanEngineBase):
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
         if landmarker is None:
             try:
-                landmarker = dlib_landmarker()
+                landmarker = mediapipe_landmarker()
             except (ImportError, WeightsUnavailable) as exc:
                 log.warning("no face landmarker for driving videos (%s): pass AnimateConditioning", exc)
+        if body_pose is None:
+            try:
+                body_pose = mediapipe_body_pose()
+            except (ImportError, WeightsUnavailable) as exc:
+                log.warning("no body pose model for driving videos (%s): head keypoints only", exc)
         steps = options.default_steps or task.sample_steps
         guidance = task.sample_guide_scale if options.default_guidance is None else options.default_guidance
         log.info("Wan Animate engine from %s on %s (DiT %s, %d layers%s); per %d-frame clip by default: %d %s steps, "
                  "%s", folder, device, transformer.patch_embedding.weight.dtype, config.num_layers,
                  f", LoRA {options.lora}" if options.lora else "", options.clip_len, steps, options.sampler,
                  f"CFG {guidance:g}: {2 * steps} DiT forwards" if guidance > 1 else f"no CFG: {steps} DiT forwards")
-        return cls(transformer, vae, text_encoder, clip, task, options, landmarker)
+        return cls(transformer, vae, text_encoder, clip, task, options, landmarker, body_pose)
 
     # -- per-job inputs -----------------------------------------------------------------------------------------
 
@@ -278,7 +327,7 @@ class WanAnimateEngine(WanEngineBase):
                              "no_pose_source")
         fps = job.driving_fps or job.params.fps
         return self.generate_from(job, conditioning_from_driving(np.asarray(job.driving_frames), fps,
-                                                                 self.landmarker))
+                                                                 self.landmarker, self.body_pose))
 
     def generate_from(self, job: GenerationJob, cond: AnimateConditioning) -> Iterator[WanFrameChunk]:
         """Stream the video of `job.photo` moving as `cond` says, in chunks as it is decoded."""

@@ -11,8 +11,9 @@ The official preprocessing turns the driving video into two videos the generator
 
 This module rewrites the drawing and the geometry; the keypoints themselves must come from outside. The
 official pose models (process_checkpoint/det/yolov10m.onnx and pose2d/vitpose_h_wholebody.onnx) are not
-available here, so `head_keypoints` derives the five head keypoints (nose, eyes, ears) from 68 face landmarks,
-which renders the head part of the official skeleton only (no neck, shoulders, arms or hands).
+available here: `body_keypoints` maps MediaPipe's BlazePose (33 body landmarks, shipped in the mediapipe wheel)
+onto the 20 AAPose keypoints (body, head and toes; no hands), and `head_keypoints` derives the five head keypoints
+from 68 face landmarks for frames where BlazePose finds no body.
 """
 
 from __future__ import annotations
@@ -91,6 +92,28 @@ def head_keypoints(landmarks: np.ndarray, confidence: float = 1.0) -> np.ndarray
     for name, xy in named.items():
         points[AAPOSE_KEYPOINTS.index(name)] = (*xy, confidence)
     return points
+
+
+# AAPose keypoint -> BlazePose landmark(s) (pose.LANDMARKS); Neck is the shoulders' midpoint, as OpenPose's.
+AAPOSE_FROM_BLAZEPOSE = {
+    "Nose": (0,), "Neck": (11, 12), "RShoulder": (12,), "RElbow": (14,), "RWrist": (16,), "LShoulder": (11,),
+    "LElbow": (13,), "LWrist": (15,), "RHip": (24,), "RKnee": (26,), "RAnkle": (28,), "LHip": (23,), "LKnee": (25,),
+    "LAnkle": (27,), "REye": (5,), "LEye": (2,), "REar": (8,), "LEar": (7,), "LToe": (31,), "RToe": (32,),
+}  # fmt: skip
+
+
+def body_keypoints(points: np.ndarray, visibility: np.ndarray) -> np.ndarray:
+    """AAPose keypoints [20, 3] from BlazePose's 33 landmarks [33, >=2] (pixels) and their visibility [33]; a
+    keypoint made of several landmarks takes their mean position and their lowest visibility."""
+    points, visibility = np.asarray(points, np.float64)[:, :2], np.asarray(visibility, np.float64)
+    if points.shape != (33, 2) or visibility.shape != (33,):
+        raise ValueError(f"BlazePose landmarks must be [33, 2] with [33] visibility, got {points.shape}, "
+                         f"{visibility.shape}")
+    out = np.zeros((len(AAPOSE_KEYPOINTS), 3))
+    for k, name in enumerate(AAPOSE_KEYPOINTS):
+        index = list(AAPOSE_FROM_BLAZEPOSE[name])
+        out[k] = (*points[index].mean(axis=0), visibility[index].min())
+    return out
 
 
 def face_box(landmarks: np.ndarray, image_hw: tuple[int, int], scale: float = FACE_SCALE) -> tuple[int, ...]:

@@ -1,0 +1,233 @@
+"""MediaPipe (BlazeFace + Face Mesh, the defaults now) against the previous defaults (MTCNN + dlib's 68 points) on
+CPU, written as JSON.
+
+Photos: the bundled samples (client/samples), every photo of the reliability corpus (tests/reliability/corpus.py)
+that decodes, and each sample portrait mirrored and turned by +-20 degrees. Per detector/landmarker pair, in
+process (the served predictors, through the ModelCaller interface the pipeline uses):
+- faces found per photo, and the photo checks' outcome (`preprocessing._face_chain`: accepted or the refusal code)
+  against what the corpus expects;
+- landmark agreement where both pairs find the same largest face (boxes overlapping, IoU > 0.3): NME of the
+  mesh's iBUG-68 subset against dlib's 68 points, over dlib's eye-centre distance, for all points, the inner face
+  (brows, eyes, nose, mouth: 17-67), the jaw line (0-16) and the mouth (48-67); once end to end (each pair with
+  its own detector's box) and once with the mesh run on MTCNN's box (the landmarker alone);
+- head-pose agreement: |difference| of yaw, pitch, roll (solvePnP on the 68 points, as served);
+- time per frame: each detector and landmarker on 16-frame batches of a preview clip, and the QA face tracking
+  (`quality.tracking.track_faces`: the detector every 10th frame, the landmarker on every frame) per frame.
+dlib's 68 points are a reference, not ground truth: it was trained on iBUG 300-W, whose jaw points the mesh has no
+exact counterpart for (mesh_layout.MESH_TO_IBUG68 picks the nearest face-oval vertices).
+
+    python perf/bench_mediapipe.py --out perf/results/mediapipe_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from bench_encoding import _cpu  # perf/ is on sys.path when run as a script
+from bench_quality import LocalCaller, _speech
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
+
+from corpus import PHOTO_CASES  # noqa: E402
+
+from python_backends import spec  # noqa: E402
+from python_backends.errors import InputError  # noqa: E402
+from python_backends.face_detection import FaceDetectorSettings  # noqa: E402
+from python_backends.face_landmarks import FaceLandmarksSettings  # noqa: E402
+from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
+from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
+from python_backends.generation.preview import PreviewEngine  # noqa: E402
+from python_backends.preprocessing import _face_chain, _Timer  # noqa: E402
+from python_backends.quality.settings import QualitySettings  # noqa: E402
+from python_backends.quality.tracking import track_faces  # noqa: E402
+from python_backends.validation import ValidationLimits, decode_image  # noqa: E402
+
+SAMPLES = ROOT / "client" / "samples"
+PORTRAITS = ("astronaut.png", "hopper.jpg", "profile.png")
+BEFORE, AFTER = "mtcnn+dlib68", "blazeface+facemesh468"
+GROUPS = {"all": slice(0, 68), "inner": slice(17, 68), "jaw": slice(0, 17), "mouth": slice(48, 68)}
+BATCH = 16
+SAME_FACE_IOU = 0.3  # both pairs' largest faces must overlap this much to compare their landmarks
+
+
+def _pairs(threads: int) -> dict[str, tuple[FaceDetectorSettings, FaceLandmarksSettings]]:
+    return {
+        BEFORE: (FaceDetectorSettings(backbone="mtcnn", threads=threads), FaceLandmarksSettings(engine="dlib")),
+        AFTER: (FaceDetectorSettings(threads=threads), FaceLandmarksSettings(threads=threads)),
+    }
+
+
+def _photos(limits: ValidationLimits) -> dict[str, tuple[np.ndarray | None, str | None]]:
+    """name -> (decoded RGB photo or None, the corpus' expected outcome or None)."""
+    photos: dict[str, tuple[np.ndarray | None, str | None]] = {}
+    for name in (*PORTRAITS, "no_face.png"):
+        image = np.asarray(Image.open(SAMPLES / name).convert("RGB"))
+        photos[f"sample/{name}"] = (image, None)
+        if name in PORTRAITS:
+            photos[f"variant/{name}/mirrored"] = (np.ascontiguousarray(image[:, ::-1]), None)
+            for angle in (-20, 20):
+                h, w = image.shape[:2]
+                turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+                photos[f"variant/{name}/turned{angle:+d}"] = (cv2.warpAffine(image, turn, (w, h)), None)
+    for case in PHOTO_CASES:
+        try:
+            photos[f"corpus/{case.name}"] = (decode_image(case.data, limits), case.expect)
+        except InputError as exc:
+            photos[f"corpus/{case.name}"] = (None, case.expect if exc.code == case.expect else f"decode:{exc.code}")
+    return photos
+
+
+async def _face(call: LocalCaller, image: np.ndarray) -> dict:
+    """Faces found, the largest one's box, 68 points and head pose, and the photo checks' outcome."""
+    detected = await call(spec.FACE_DETECTOR, {spec.IMAGE: image[None]})
+    count = int(detected[spec.FACE_COUNT].reshape(-1)[0])
+    out: dict = {"faces": count}
+    if count:
+        boxes = detected[spec.FACE_BOXES][0][:count]
+        box = boxes[int(np.argmax(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)))]
+        marks = await call(spec.FACE_LANDMARKS, {spec.IMAGE: image[None], spec.FACE_BOX: box[None]})
+        out.update(box=box, points=to_ibug68(marks[spec.LANDMARKS][0]), pose=marks[spec.HEAD_POSE][0])
+    try:
+        await _face_chain(image, call, ValidationLimits(), _Timer())
+        out["outcome"] = "accepted"
+    except InputError as exc:
+        out["outcome"] = exc.code
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.prod(np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None))
+    return float(inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter))
+
+
+def _nme(points: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    eyes = np.linalg.norm(reference[36:42].mean(0) - reference[42:48].mean(0))
+    errors = np.linalg.norm(points - reference, axis=1) / max(eyes, 1e-6)
+    return {group: float(errors[index].mean()) for group, index in GROUPS.items()}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, np.float64)
+    return {"median": round(float(np.median(array)), 4), "mean": round(float(array.mean()), 4),
+            "max": round(float(array.max()), 4), "n": int(len(array))}
+
+
+def _per_frame_ms(work, frames: int, repeats: int) -> float:
+    work()  # warm-up: first-call allocations, interpreter resize
+    started = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    return round((time.perf_counter() - started) / repeats / frames * 1000.0, 2)
+
+
+def _clip(call: LocalCaller, seconds: float, fps: float) -> np.ndarray:
+    photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
+    found = asyncio.run(_face(call, photo))
+    job = GenerationJob(photo=photo, landmarks=found["points"], waveform=_speech(seconds),
+                        params=GenerationParams(width=512, height=512, fps=fps, max_duration_s=seconds))
+    return np.concatenate([chunk.frames for chunk in PreviewEngine().generate(job)])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=1, help="torch and TFLite threads of every model")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of the preview clip QA tracks")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    limits = ValidationLimits()
+    photos = _photos(limits)
+    callers = {name: LocalCaller(det, marks, safety=False) for name, (det, marks) in _pairs(args.threads).items()}
+    mesh_alone = LocalCaller(FaceDetectorSettings(backbone="mtcnn", threads=args.threads),
+                             FaceLandmarksSettings(threads=args.threads), safety=False)
+
+    per_photo, nme = {}, {"end_to_end": {g: [] for g in GROUPS}, "mesh_on_mtcnn_box": {g: [] for g in GROUPS}}
+    pose_diff: dict[str, list[float]] = {"yaw": [], "pitch": [], "roll": []}
+    for name, (image, expected) in photos.items():
+        if image is None:
+            per_photo[name] = {"decoded": False, "expected": expected}
+            continue
+        found = {pair: asyncio.run(_face(call, image)) for pair, call in callers.items()}
+        row = {"decoded": True, "expected": expected,
+               **{pair: {"faces": f["faces"], "outcome": f["outcome"]} for pair, f in found.items()}}
+        before, after = found[BEFORE], found[AFTER]
+        same_face = before["faces"] and after["faces"] and _iou(before["box"], after["box"]) > SAME_FACE_IOU
+        if before["faces"] and after["faces"] and not same_face:
+            row["largest_faces_differ"] = True  # e.g. equal faces in a grid: no landmark comparison
+        if same_face:
+            end_to_end = _nme(after["points"], before["points"])
+            marks = asyncio.run(mesh_alone(spec.FACE_LANDMARKS, {spec.IMAGE: image[None],
+                                                                 spec.FACE_BOX: before["box"][None]}))
+            same_box = _nme(to_ibug68(marks[spec.LANDMARKS][0]), before["points"])
+            for group in GROUPS:
+                nme["end_to_end"][group].append(end_to_end[group])
+                nme["mesh_on_mtcnn_box"][group].append(same_box[group])
+            diff = np.abs(np.asarray(after["pose"], np.float64) - np.asarray(before["pose"], np.float64))
+            for axis, value in zip(("yaw", "pitch", "roll"), diff):
+                pose_diff[axis].append(float(value))
+            row["nme_inner"] = round(end_to_end["inner"], 4)
+            row["pose_abs_diff_deg"] = [round(float(v), 2) for v in diff]
+        per_photo[name] = row
+
+    decoded = [row for row in per_photo.values() if row["decoded"]]
+    corpus = [row for name, row in per_photo.items() if name.startswith("corpus/") and row["decoded"]]
+    faces_found = {pair: {
+        "photos_with_a_face": sum(row[pair]["faces"] > 0 for row in decoded),
+        "photos": len(decoded),
+        "corpus_outcome_as_expected": sum(row[pair]["outcome"] == row["expected"] for row in corpus),
+        "corpus_photos_decoded": len(corpus),
+    } for pair in callers}
+
+    frames = _clip(callers[AFTER], args.seconds, 25.0)
+    batch = frames[:BATCH]
+    timing = {}
+    detect_every = QualitySettings().detect_every
+    for pair, call in callers.items():
+        detector = call.predictors[spec.FACE_DETECTOR.name]
+        landmarker = call.predictors[spec.FACE_LANDMARKS.name]
+        boxes = np.repeat(asyncio.run(_face(call, frames[0]))["box"][None], BATCH, axis=0).astype(np.float32)
+        timing[pair] = {
+            "detector_ms_per_frame": _per_frame_ms(lambda d=detector: d.predict({spec.IMAGE: batch}), BATCH,
+                                                   args.repeats),
+            "landmarks_ms_per_frame": _per_frame_ms(
+                lambda m=landmarker, b=boxes: m.predict({spec.IMAGE: batch, spec.FACE_BOX: b}), BATCH, args.repeats),
+            "qa_tracking_ms_per_frame": _per_frame_ms(
+                lambda c=call: asyncio.run(track_faces(frames, c, detect_every)), len(frames), 1),
+        }
+
+    result = {
+        "script": "perf/bench_mediapipe.py", "argv": sys.argv[1:], "cpu": _cpu(), "threads": args.threads,
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "pairs": {pair: {"detector": c.predictors[spec.FACE_DETECTOR.name].weights.engine,
+                         "landmarks": c.predictors[spec.FACE_LANDMARKS.name].weights.engine}
+                  for pair, c in callers.items()},
+        "faces_found": faces_found,
+        "landmark_nme_vs_dlib": {kind: {g: _summary(v) for g, v in groups.items()} for kind, groups in nme.items()},
+        "head_pose_abs_diff_deg": {axis: _summary(v) for axis, v in pose_diff.items()},
+        "time_per_frame": {"clip": {"frames": int(len(frames)), "size": 512, "detect_every": detect_every,
+                                    "batch": BATCH}, **timing},
+        "per_photo": per_photo,
+        "note": "NME over dlib's eye-centre distance; dlib is the reference, not ground truth. Time per frame: "
+                "in-process predictors, one thread each, on a shared 2-core machine (load average above)",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_photo"}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

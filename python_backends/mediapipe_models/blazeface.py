@@ -1,0 +1,133 @@
+"""BlazeFace (face_detection_short_range.tflite, face_detection_full_range_sparse.tflite) with MediaPipe's own
+anchors, decoding and weighted NMS; the five keypoints come from a Face Mesh pass on each face found (BlazeFace
+has eyes, nose, mouth centre and ears, but no mouth corners)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..face_detection.faces import Faces
+from .crops import rotation_between
+from .face_mesh import FaceMesh
+from .mesh_layout import five_keypoints
+from .ssd import AnchorOptions, DecoderOptions, Detections, anchors, decode, letterbox, weighted_nms
+from .tflite import TFLiteNetwork
+
+SHORT, FULL = "short", "full"
+# face_detection_short_range.pbtxt / face_detection_full_range.pbtxt (MediaPipe 0.10.14).
+ANCHORS = {
+    SHORT: AnchorOptions(128, (8, 16, 16, 16)),
+    FULL: AnchorOptions(192, (4,), interpolated_scale_aspect_ratio=0.0),
+}
+DECODERS = {SHORT: DecoderOptions(num_keypoints=6, min_score=0.5), FULL: DecoderOptions(num_keypoints=6, min_score=0.6)}
+INPUT_RANGE = (-1.0, 1.0)
+MESH_PRESENCE = 0.5  # below this the mesh did not find a face in the crop: keep BlazeFace's keypoints
+# The small-face search: tiles of a quarter of the image's short side (at least 128 px), overlapping by half.
+TILES_PER_SIDE = 4
+TILE_MIN_SIDE = 128
+FILES = {SHORT: "face_detection_short_range", FULL: "face_detection_full_range_sparse"}
+
+
+class BlazeFaceNetwork:
+    """One BlazeFace model: letterboxed image in, weighted-NMS detections out, in image pixels."""
+
+    def __init__(self, path: Path, model_range: str, min_score: float, threads: int = 0) -> None:
+        self.network = TFLiteNetwork(path, threads)
+        self.size = self.network.size[0]
+        self.anchors = anchors(ANCHORS[model_range])
+        self.decoder = replace(DECODERS[model_range], min_score=min_score)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """boxes [N, 4], scores [N], keypoints [N, 6, 2] (eyes, nose, mouth centre, ears) of one RGB image."""
+        tensor, box = letterbox(image, self.size, INPUT_RANGE)
+        raw_boxes, raw_scores = self.network(tensor[None])
+        found = decode(raw_boxes[0], raw_scores[0], self.anchors, self.size, self.decoder)
+        boxes = box.to_image(found.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+        return boxes, found.scores, box.to_image(found.keypoints)
+
+
+class BlazeFaceEngine:
+    """face_detection.detector.Engine: RGB uint8 [B, H, W, 3] -> Faces per image. The short-range model first
+    (faces within ~2 m, as portraits are), the full-range one on images where it found none; boxes and scores are
+    BlazeFace's, the five keypoints Face Mesh's where the mesh sees a face there."""
+
+    thresholded = True  # detections are already kept at blazeface_min_score: FaceDetector adds no threshold
+
+    def __init__(self, networks: list[BlazeFaceNetwork], mesh: FaceMesh | None) -> None:
+        self.networks = networks
+        self.mesh = mesh
+
+    def raw_detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        for network in self.networks:
+            boxes, scores, points = network(image)
+            if len(boxes):
+                return boxes, scores, points
+        if self.mesh is not None:
+            return self._tiled(image)
+        return boxes, scores, points
+
+    def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Faces too small for the whole-image pass (a few pixels at 192 px): the last network over overlapping
+        tiles, each find confirmed by Face Mesh (presence; tiles of texture give BlazeFace false finds the mesh
+        rejects), then merged with MediaPipe's weighted NMS. Runs only on images where nothing was found."""
+        network = self.networks[-1]
+        height, width = image.shape[:2]
+        side = max(TILE_MIN_SIDE, min(height, width) // TILES_PER_SIDE)
+        found = []
+        for y in _starts(height, side):
+            for x in _starts(width, side):
+                boxes, scores, points = network(np.ascontiguousarray(image[y: y + side, x: x + side]))
+                offset = np.array([x, y], np.float32)
+                found += [(b + np.tile(offset, 2), s, p + offset) for b, s, p in zip(boxes, scores, points)]
+        if found:
+            boxes = np.stack([f[0] for f in found])
+            _meshes, presence = self.mesh.in_boxes([image] * len(found), boxes, refine=0)
+            found = [f for f, p in zip(found, presence) if p >= MESH_PRESENCE]
+        if not found:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32)
+        merged = weighted_nms(Detections(np.stack([f[0] for f in found]), np.array([f[1] for f in found], np.float32),
+                                         np.stack([f[2] for f in found])), network.decoder.min_suppression_iou)
+        return merged.boxes, merged.scores, merged.keypoints
+
+    def detect(self, images: np.ndarray, min_face_px: float) -> list[Faces]:
+        per_image = []
+        for image in images:
+            boxes, scores, points = self.raw_detect(image)
+            sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            keep = sides >= min_face_px
+            per_image.append((boxes[keep], scores[keep], _five_from_blazeface(points[keep])))
+        if self.mesh is not None:
+            self._mesh_keypoints(images, per_image)
+        return [Faces(b.astype(np.float32), s.astype(np.float32), p.astype(np.float32)) for b, s, p in per_image]
+
+    def _mesh_keypoints(self, images: np.ndarray, per_image: list) -> None:
+        """One batched mesh pass (and one re-crop) over every face of every image; replaces the keypoints in place
+        where the mesh is confident, keeping BlazeFace's elsewhere (a profile the mesh cannot fit)."""
+        crops_of = [image for image, (b, _s, _p) in zip(images, per_image) for _ in range(len(b))]
+        if not crops_of:
+            return
+        boxes = np.concatenate([b for b, _s, _p in per_image])
+        rotations = [rotation_between(p[0], p[1], 0.0) for _b, _s, pts in per_image for p in pts]
+        meshes, presence = self.mesh.in_boxes(crops_of, boxes, refine=1, rotations=rotations)
+        start = 0
+        for _b, _s, points in per_image:
+            for k in range(len(points)):
+                if presence[start + k] >= MESH_PRESENCE:
+                    points[k] = five_keypoints(meshes[start + k], *images.shape[2:0:-1])
+            start += len(points)
+
+
+def _five_from_blazeface(points: np.ndarray) -> np.ndarray:
+    """Without a mesh: eyes and nose as BlazeFace puts them, both mouth corners at its mouth centre."""
+    return np.stack([points[:, 0], points[:, 1], points[:, 2], points[:, 3], points[:, 3]], axis=1)
+
+
+def _starts(length: int, side: int) -> list[int]:
+    """Tile origins covering [0, length) with tiles of `side` overlapping by half (the last one flush)."""
+    if length <= side:
+        return [0]
+    starts = list(range(0, length - side, side // 2))
+    return starts + [length - side]
