@@ -136,6 +136,11 @@ class WanS2VOptions:
     # The DiT's self-attention: sdpa, or our 8-bit Triton kernel (attention.ATTENTION_BACKENDS; CUDA 8.9+)
     attention_backend: str = SDPA
     compile: bool = False  # torch.compile the DiT (first request pays the compile time)
+    # Everything after the DiT (VAE decoding where the next clip does not need it, the copy to the host, frame
+    # interpolation, chunking) runs in stage threads while the DiT works on the next block / clip
+    # (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. Same frames either way.
+    overlap: bool = True
+    overlap_depth: int = 2
 
     def sampling(self, task: WanS2VTaskConfig = S2V_14B, steps: int | None = None,
                  guidance: float | None = None) -> dict[str, object]:
@@ -168,6 +173,8 @@ class WanS2VOptions:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
+        if self.overlap_depth < 1:
+            raise ValueError(f"overlap_depth must be at least 1, got {self.overlap_depth}")
         if self.vae_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
 
@@ -563,9 +570,10 @@ class WanS2VEngine(WanEngineBase):
         return latents, time.perf_counter() - start
 
     def _sync(self) -> None:
-        """Wait for the GPU, so that the per-stage timings measure the stage rather than the queueing."""
+        """Wait for this thread's CUDA stream, so that the per-stage timings measure the stage rather than the
+        queueing (the stream, not the device: stage threads run on their own streams meanwhile)."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     # -- denoising ------------------------------------------------------------------------------------------------
 
