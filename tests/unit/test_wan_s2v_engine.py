@@ -284,6 +284,27 @@ def test_same_seed_same_video_and_fps_resampling(engine, photo, speech, referenc
         np.testing.assert_array_equal(interpolated[j], expected)
 
 
+def test_overlapped_stages_stream_the_same_chunks_as_one_thread(engine, photo, speech, reference_run) -> None:
+    """The host copy, interpolation and chunking in a stage thread beside the DiT change no pixel, no chunk."""
+    from dataclasses import replace
+
+    options = engine.options
+    engine.options = replace(options, overlap=False)
+    try:
+        plain, _ = run(engine, photo, speech)
+        plain30, _ = run(engine, photo, speech, fps=30.0, chunk_frames=12)
+    finally:
+        engine.options = options
+    assert [(c.start_frame, len(c.frames), c.clip) for c in plain] == [
+        (c.start_frame, len(c.frames), c.clip) for c in reference_run]
+    np.testing.assert_array_equal(frames_of(plain), frames_of(reference_run))
+    overlapped30, _ = run(engine, photo, speech, fps=30.0, chunk_frames=12)
+    assert [len(c.frames) for c in overlapped30] == [len(c.frames) for c in plain30]
+    np.testing.assert_array_equal(frames_of(overlapped30), frames_of(plain30))
+    stats = engine.last_stages.as_dict()
+    assert set(stats["busy_s"]) == {"denoise+decode", "frames"} and stats["items"]["frames"] == len(overlapped30)
+
+
 def test_another_seed_another_video(engine, photo, speech, reference_run) -> None:
     chunks, _ = run(engine, photo, speech, seed=8, max_duration_s=1.0)  # first clip only
     frames = frames_of(chunks)
