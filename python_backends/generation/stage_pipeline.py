@@ -21,6 +21,7 @@ original exception). Closing the iterator (a client that stopped reading) stops 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -130,6 +131,9 @@ class _Device:
             stack.add(torch.cuda.stream(torch.cuda.Stream(self.device)))
         return stack
 
+    def no_grad(self) -> Any:
+        return contextlib.nullcontext() if self.torch is None else self.torch.no_grad()
+
     def wait(self, message: _Message) -> None:
         if message.event is not None:
             self.torch.cuda.current_stream(self.device).wait_event(message.event)
@@ -192,10 +196,12 @@ class StageRun:
     def _timed(self, name: str, produce: Callable[[], Iterable[Any]]) -> Iterator[Any]:
         """The items of `produce()`, with the time spent making each added to `name`'s busy time."""
         started = time.perf_counter()
-        iterator = iter(_items(produce()))
+        with self._device.no_grad():
+            iterator = iter(_items(produce()))
         while True:
             try:
-                item = next(iterator)
+                with self._device.no_grad():  # as in the threads, so that both runs do the same work
+                    item = next(iterator)
             except StopIteration:
                 self.stats.busy_s[name] += time.perf_counter() - started
                 return
