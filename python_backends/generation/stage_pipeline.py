@@ -117,8 +117,11 @@ class _Device:
         import torch
 
         self.torch = torch
-        self.cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
-        self.device = torch.device(device) if self.cuda else None
+        place = torch.device(device)
+        self.cuda = place.type == "cuda" and torch.cuda.is_available()
+        if self.cuda and place.index is None:  # "cuda": the caller's current device (set_device needs an index)
+            place = torch.device("cuda", torch.cuda.current_device())
+        self.device = place if self.cuda else None
 
     def thread_context(self) -> _Contexts:
         """Grad mode and the current device are per thread: no grad, the caller's device, on a new stream."""
