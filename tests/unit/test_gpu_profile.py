@@ -77,3 +77,16 @@ def test_the_orchestrators_requests_fit_the_face_models_batches(profile: str | N
             assert settings.quality.request_frames <= load_config(config_path(model, profile)).max_batch_size
         if profile:  # a 5 s segment at 30 fps in one request per face model
             assert settings.quality.request_frames >= 150
+
+
+def test_the_profile_on_the_cpu_changes_only_the_instance_kind(tmp_path: Path) -> None:
+    from profile_repositories import profile_on_cpu
+
+    copies = profile_on_cpu(tmp_path, PROFILE)
+    for model, path in _variants().items():
+        copy = next(c for c in copies if (c / model).is_dir()) / model
+        assert (copy / "config.pbtxt").read_text() == (path.parent.parent / "config.pbtxt").read_text()
+        rewritten = (copy / "configs" / f"{PROFILE}.pbtxt").read_text()
+        assert "KIND_GPU" not in rewritten and rewritten == path.read_text().replace("KIND_GPU", "KIND_CPU")
+    with pytest.raises(ValueError, match="no model has a configs/nothing.pbtxt"):
+        profile_on_cpu(tmp_path / "other", "nothing")
