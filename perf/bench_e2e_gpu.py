@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                         help="stages after the DiT overlapped with it, one after another, or both runs")
+    parser.add_argument("--balance-clips", action=argparse.BooleanOptionalAction, default=True,
+                        help="s2v: clips only as long as the job needs (3 x 56 frames for 10 s, not 3 x 80)")
     parser.add_argument("--output-size", default="1920x1080", help="WxH the frames are resized to")
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True,
                         help="encode the 1080p stream to H.264 on the CPU as the last stage")
@@ -179,12 +181,13 @@ def main(argv: list[str] | None = None) -> dict:
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames)
     else:
-        options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80)
+        options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80,
+                                balance_clips=args.balance_clips)
     result: dict = {"script": "perf/bench_e2e_gpu.py", "argv": sys.argv[1:], "engine": args.engine,
                     "device": str(device),
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
-                        "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames")},
+                        "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames", "balance_clips")},
                     "excluded": ["umT5 prompt encoding (cached per prompt)", "wav2vec2 (features given)",
                                  "CPU stages: pre-processing, QA, encoding", "process hops (BLS, gRPC)"],
                     "runs": []}
@@ -199,10 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
         if args.tiny:
             width, height = 64, 64
         t0 = time.perf_counter()
-        # Warm-up over two clips: the first clip (no motion frames) and the later ones are different graphs.
-        run_clip(engine, args.warmup_seconds, args.fps, args.steps, (width, height), output, device)
+        # Warm-up over two clips: the first clip (no motion frames) and the later ones are different graphs; with
+        # balanced S2V clips the clip length depends on the duration, so the warm-up runs the measured one.
+        warmup = args.seconds if options.balance_clips and args.engine == "s2v" else args.warmup_seconds
+        run_clip(engine, warmup, args.fps, args.steps, (width, height), output, device)
         warm = round(time.perf_counter() - t0, 2)
-        print(f"{width}x{height}: warm-up ({args.warmup_seconds:g} s clip, compile) {warm} s", flush=True)
+        print(f"{width}x{height}: warm-up ({warmup:g} s clip, compile) {warm} s", flush=True)
         modes = {"on": [True], "off": [False], "both": [False, True]}[args.overlap]
         for overlap in modes:
             with tempfile.TemporaryDirectory() as scratch:

@@ -305,6 +305,31 @@ def test_overlapped_stages_stream_the_same_chunks_as_one_thread(engine, photo, s
     assert set(stats["busy_s"]) == {"denoise+decode", "frames"} and stats["items"]["frames"] == len(overlapped30)
 
 
+def test_balanced_clips_denoise_only_what_the_job_needs(engine, photo, speech, monkeypatch) -> None:
+    """1.5 s = 24 frames + the 3 the first clip drops: two full 20-frame clips denoise 40 frames, two balanced
+    ones 32 (4 latent frames each), and the same 24 frames stream."""
+    from dataclasses import replace
+
+    denoised = []
+    denoise = engine._denoise
+
+    def recording(seed, shape, *args):
+        denoised.append(shape[2])
+        return denoise(seed, shape, *args)
+
+    monkeypatch.setattr(engine, "_denoise", recording)
+    full, _ = run(engine, photo, speech, max_duration_s=1.5)
+    options = engine.options
+    engine.options = replace(options, balance_clips=True)
+    try:
+        balanced, _ = run(engine, photo, speech, max_duration_s=1.5)
+    finally:
+        engine.options = options
+    assert denoised == [5, 5, 4, 4]
+    assert len(frames_of(full)) == len(frames_of(balanced)) == 24
+    assert balanced[0].sampling["frames_per_clip"] == 16 and full[0].sampling["frames_per_clip"] == PER_CLIP
+
+
 def test_another_seed_another_video(engine, photo, speech, reference_run) -> None:
     chunks, _ = run(engine, photo, speech, seed=8, max_duration_s=1.0)  # first clip only
     frames = frames_of(chunks)

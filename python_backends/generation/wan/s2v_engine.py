@@ -142,6 +142,10 @@ class WanS2VOptions:
     # (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. Same frames either way.
     overlap: bool = True
     overlap_depth: int = 2
+    # Tiling: False makes full infer_frames clips (official), so a 10 s clip (163 frames with the 3 the first clip
+    # drops) takes 3 x 80 = 240 frames of denoising; True keeps the clip count and shortens every clip to what the
+    # job needs (3 x 56 = 168). Clips shorter than the released 80 frames are our departure.
+    balance_clips: bool = False
 
     def sampling(self, task: WanS2VTaskConfig = S2V_14B, steps: int | None = None,
                  guidance: float | None = None) -> dict[str, object]:
@@ -643,6 +647,10 @@ class WanS2VEngine(WanEngineBase):
         per_clip = opt.infer_frames
         dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion and not continuing else 0
         clips = 1 + math.ceil(max(0, needed - (per_clip - dropped)) / per_clip)
+        if opt.balance_clips:  # as many clips, each just long enough: no mostly unused last clip
+            per_clip = max(4, math.ceil((needed + dropped) / clips / 4) * 4)
+            clips = math.ceil((needed + dropped) / per_clip)
+            sampling = {**sampling, "frames_per_clip": per_clip, "latent_frames_per_forward": per_clip // 4}
         audio_offset = first16 - dropped if opt.audio_sync else first16
 
         context = self._text(p.prompt or opt.default_prompt)
@@ -697,8 +705,8 @@ class WanS2VEngine(WanEngineBase):
                 motion_latents = self.vae.encode(last_frames)
                 self._sync()
                 encode_s += time.perf_counter() - t0
-            audio = audio_window(features30, clip * opt.infer_frames + audio_offset, opt.infer_frames,
-                                 task.sample_fps)
+            per_clip = shape[2] * 4
+            audio = audio_window(features30, clip * per_clip + audio_offset, per_clip, task.sample_fps)
             prefix = ref_latents if drop_motion else motion_latents
             drop = dropped if first_clip else 0
 
