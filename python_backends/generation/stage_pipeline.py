@@ -123,15 +123,15 @@ class _Device:
             place = torch.device("cuda", torch.cuda.current_device())
         self.device = place if self.cuda else None
 
-    def thread_context(self) -> _Contexts:
-        """Grad mode and the current device are per thread: no grad, the caller's device, on a new stream."""
-        torch = self.torch
-        if torch is None:
-            return _Contexts([])
-        stack = _Contexts([torch.no_grad()])
+    def thread_context(self) -> contextlib.ExitStack:
+        """Entered in the thread it serves: grad mode and the current device are per thread (no grad, the
+        caller's device), and the thread's work goes on a stream of its own."""
+        stack = contextlib.ExitStack()
+        if self.torch is not None:
+            stack.enter_context(self.torch.no_grad())
         if self.cuda:
-            torch.cuda.set_device(self.device)
-            stack.add(torch.cuda.stream(torch.cuda.Stream(self.device)))
+            self.torch.cuda.set_device(self.device)
+            stack.enter_context(self.torch.cuda.stream(self.torch.cuda.Stream(self.device)))
         return stack
 
     def no_grad(self) -> Any:
@@ -149,22 +149,6 @@ class _Device:
         event = stream.record_event()
         stream.synchronize()
         return event
-
-
-class _Contexts:
-    def __init__(self, contexts: list) -> None:
-        self.contexts = contexts
-
-    def add(self, context) -> None:
-        self.contexts.append(context)
-
-    def __enter__(self) -> None:
-        for context in self.contexts:
-            context.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        for context in reversed(self.contexts):
-            context.__exit__(*exc)
 
 
 def _items(result: Iterable[Any] | None) -> Iterable[Any]:
