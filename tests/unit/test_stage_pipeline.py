@@ -157,4 +157,6 @@ def test_cuda_stages_on_their_own_streams_give_the_sequential_result() -> None:
 
     sequential = list(run_stages(source(), stages(), device="cuda", overlap=False))
     run = run_stages(source(), stages(), device="cuda", depth=1)
-    assert list(run) == sequential and run.stats.items == {"source": 6, "square": 6, "host": 6}
+    # (cuBLAS may pick another algorithm on another stream: equal to round-off, in order)
+    assert list(run) == pytest.approx(sequential, rel=1e-4) and run.stats.items == {"source": 6, "square": 6,
+                                                                                     "host": 6}
