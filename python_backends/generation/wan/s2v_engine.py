@@ -139,7 +139,7 @@ class WanS2VOptions:
     compile: bool = False  # torch.compile the DiT (first request pays the compile time)
     # Everything after the DiT (VAE decoding where the next clip does not need it, the copy to the host, frame
     # interpolation, chunking) runs in stage threads while the DiT works on the next block / clip
-    # (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. Same frames either way.
+    # (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. The same frames either way.
     overlap: bool = True
     overlap_depth: int = 2
     # Tiling: False makes full infer_frames clips (official), so a 10 s clip (163 frames with the 3 the first clip
