@@ -7,9 +7,11 @@ slow consumer stops the DiT instead of piling up frames in memory) and the first
 they exist.
 
 Each stage is a callable taking one item and returning the items it makes from it (a list or a generator; none
-for an item that completes nothing yet), plus an optional `flush` for what it still holds at the end. Stages
-may keep state: each runs in one thread, items in order. Running the same stages one after another in the
-caller's thread (`overlap=False`) gives the same items; that is what the overlapped run is tested against.
+for an item that completes nothing yet; a generator may go on working after its last item, off the critical
+path), plus an optional `flush` for what it still holds at the end and an optional `start` run before its first
+item arrives. Stages may keep state: each runs in one thread, items in order. Running the same stages one after
+another in the caller's thread (`overlap=False`) gives the same items; that is what the overlapped run is tested
+against.
 
 On a GPU every thread issues its work on its own CUDA stream; an item crosses to the next thread with an event
 recorded after it was made, which the next stream waits for, and each stage waits for its own stream before it
@@ -39,6 +41,7 @@ class Stage:
     name: str
     run: Callable[[Any], Iterable[Any] | None]
     flush: Callable[[], Iterable[Any] | None] | None = None
+    start: Callable[[], None] | None = None  # work that needs no input, done before the first item arrives
 
 
 @dataclass
@@ -201,6 +204,8 @@ class StageRun:
         started = time.perf_counter()
 
         def through(stage: Stage, items: Iterator[Any]) -> Iterator[Any]:
+            if stage.start is not None:
+                yield from self._timed(stage.name, stage.start)
             for item in items:
                 yield from self._timed(stage.name, lambda item=item: stage.run(item))
             if stage.flush is not None:
@@ -275,6 +280,9 @@ class StageRun:
         last = _Message(_STOPPED)
         try:
             with self._device.thread_context():
+                if stage.start is not None:  # while the stages before this one make its first item
+                    for _ in self._timed(stage.name, stage.start):
+                        pass
                 while True:
                     message = inbox.get()
                     if message is None or message.value is _STOPPED:

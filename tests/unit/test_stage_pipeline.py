@@ -135,6 +135,20 @@ def test_stages_overlap_in_time() -> None:
     assert run.stats.wall_s < 0.75 * sum(run.stats.busy_s.values())
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_start_runs_before_the_first_item_and_a_generator_stage_works_on_after_its_item(overlap) -> None:
+    log: list[str] = []
+
+    def run(x: int):
+        log.append(f"run {x}")
+        yield x
+        log.append(f"after {x}")  # e.g. priming the next clip's decoder once this item is on its way
+
+    stage = Stage("a", run, start=lambda: log.append("start"))
+    assert list(run_stages(range(2), [stage], overlap=overlap)) == [0, 1]
+    assert log == ["start", "run 0", "after 0", "run 1", "after 1"]
+
+
 def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError, match="depth"):
         run_stages([], [], depth=0)

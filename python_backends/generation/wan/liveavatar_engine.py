@@ -212,7 +212,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
         decoder = _BlockDecoder(self, motion_latents, history, dropped, blocks, encode_s)
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
                             sampling, started)
-        run = run_stages(source, [Stage("decode", decoder.run), Stage("frames", chunks.run, chunks.flush)],
+        run = run_stages(source, [Stage("decode", decoder.run, start=decoder.start),
+                                  Stage("frames", chunks.run, chunks.flush)],
                          depth=opt.overlap_depth, device=self.device, source_name="denoise", overlap=opt.overlap)
         try:
             yield from run
@@ -261,43 +262,50 @@ class _Block:
 
 class _BlockDecoder:
     """The decode stage: per clip, the causal VAE primed with the latents of the last `history_frames` frames (the
-    photo's for the first clip), then each block's latents decoded as it arrives."""
+    photo's for the first clip), then each block's latents decoded as it arrives. Priming is off the critical path:
+    the first clip's before the first block arrives (`start`), the next clip's right after this clip's last block
+    went out, while the DiT denoises the next block."""
 
     def __init__(self, engine: WanLiveAvatarEngine, motion_latents: torch.Tensor, history: torch.Tensor,
                  dropped: int, blocks: int, encode_s: float) -> None:
         self.engine, self.motion_latents, self.history = engine, motion_latents, history
-        self.dropped, self.blocks, self.encode_s = dropped, blocks, encode_s
+        self.dropped, self.blocks = dropped, blocks
+        self.spent = {"encode_s": encode_s, "decode_s": 0.0}  # not yet reported with a piece
         self.decoder: LatentDecoder | None = None
         self.clip_pixels: list[torch.Tensor] = []
 
-    def run(self, block: _Block) -> list[PixelPiece]:
+    def start(self) -> None:
+        self._prime(0)
+
+    def _prime(self, clip: int) -> None:
         engine, vae = self.engine, self.engine.vae
-        prime_s = 0.0
-        if block.index == 0:
-            t0 = time.perf_counter()
-            # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
-            prefix = self.motion_latents if block.clip == 0 else vae.encode(self.history)
-            engine._sync()
-            t1 = time.perf_counter()
-            self.encode_s += t1 - t0
-            self.decoder = LatentDecoder(vae)
-            for _ in self.decoder.feed(prefix):
-                pass
-            engine._sync()
-            prime_s = time.perf_counter() - t1
-            self.clip_pixels = []
+        t0 = time.perf_counter()
+        # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
+        prefix = self.motion_latents if clip == 0 else vae.encode(self.history)
+        engine._sync()
+        t1 = time.perf_counter()
+        self.spent["encode_s"] += t1 - t0
+        self.decoder = LatentDecoder(vae)
+        for _ in self.decoder.feed(prefix):
+            pass
+        engine._sync()
+        self.spent["decode_s"] += time.perf_counter() - t1
+        self.clip_pixels = []
+
+    def run(self, block: _Block) -> Iterator[PixelPiece]:
+        engine, vae = self.engine, self.engine.vae
         t0 = time.perf_counter()
         pixels = torch.cat(list(self.decoder.feed(block.latents)), dim=2)
         if self.dropped:
             pixels, self.dropped = pixels[:, :, self.dropped:], 0
         self.clip_pixels.append(pixels.to(vae.dtype))
+        engine._sync()
+        self.spent["decode_s"] += time.perf_counter() - t0
+        sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
+        timing = {"denoise_s": block.denoise_s, "steps": block.steps, "block": float(block.n)}
+        yield PixelPiece(pixels, block.clip, timing, sums, flush=True)
         if block.index == engine.options.blocks_per_clip - 1 and block.n + 1 < self.blocks:
-            # the next clip's decoder primes on these
+            # the next clip's decoder primes on this clip's last frames
             recent = torch.cat(self.clip_pixels, dim=2)[:, :, -engine.task.motion_frames:]
             self.history = torch.cat([self.history[:, :, recent.shape[2]:], recent], dim=2)
-        engine._sync()
-        sums = {"encode_s": self.encode_s, "decode_s": time.perf_counter() - t0 + prime_s}
-        self.encode_s = 0.0
-        timing = {"denoise_s": block.denoise_s, "steps": block.steps, "block": float(block.n)}
-        return [PixelPiece(pixels, block.clip, timing, sums, flush=True)]
-
+            self._prime(block.clip + 1)
