@@ -42,7 +42,6 @@ import torch
 
 from ...errors import InputError, WeightsUnavailable
 from ..job import GenerationJob
-from ..stage_pipeline import Stage, run_stages
 from .animate import WanAnimateTransformer
 from .animate_checkpoint import load_animate_transformer
 from .animate_configs import ANIMATE_14B, WanAnimateTaskConfig, WanAnimateTransformerConfig
@@ -61,7 +60,7 @@ from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
 from .s2v_engine import WanEngineBase, WanFrameChunk, load_vae_and_text_encoder
 from .scheduler import SAMPLERS, make_sampler
-from .streaming import ChunkMaker, PixelPiece
+from .streaming import ChunkMaker, PixelPiece, stream_chunks
 from .text_encoder import WanTextEncoder
 from .vae import SPATIAL_STRIDE, WanVAE
 
@@ -329,15 +328,7 @@ class WanAnimateEngine(WanEngineBase):
         source = self._clip_pieces(real, target, order, poses, faces, height, width, steps, guidance, context,
                                    context_null, y_ref, image_context, generator, encode_s)
         chunks = ChunkMaker(resampler, real, 0, p.fps, total, p.chunk_frames, {}, started)
-        run = run_stages(source, [Stage("frames", chunks.run, chunks.flush)], depth=opt.overlap_depth,
-                         device=self.device, source_name="denoise+decode", overlap=opt.overlap)
-        try:
-            yield from run
-        finally:
-            run.close()
-            self.last_stages = run.stats
-        log.info("Wan Animate job done: %d frames at %.3g fps in %.2f s (stages: %s)", chunks.index, p.fps,
-                 time.perf_counter() - started, run.stats.as_dict())
+        yield from stream_chunks(self, "Wan Animate", source, chunks, "denoise+decode")
 
     def _clip_pieces(self, real: int, target: int, order: list[int], poses: list[np.ndarray],
                      faces: list[np.ndarray], height: int, width: int, steps: int, guidance: float,

@@ -52,7 +52,7 @@ import torch
 
 from ...errors import InputError, WeightsUnavailable
 from ..job import GenerationJob
-from ..stage_pipeline import Stage, run_stages
+from ..stage_pipeline import Stage
 from .causal_s2v import BLOCK_FRAMES, CausalS2V, RefDistances, ref_shift
 from .configs import S2V_14B, WanS2VTaskConfig
 from .s2v_engine import (
@@ -70,7 +70,7 @@ from .s2v_engine import (
     resample_to_video_rate,
 )
 from .scheduler import make_sampler
-from .streaming import ChunkMaker, PixelPiece
+from .streaming import ChunkMaker, PixelPiece, stream_chunks
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
 
 log = logging.getLogger(__name__)
@@ -212,16 +212,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
         decoder = _BlockDecoder(self, motion_latents, history, dropped, blocks, encode_s)
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
                             sampling, started)
-        run = run_stages(source, [Stage("decode", decoder.run, start=decoder.start),
-                                  Stage("frames", chunks.run, chunks.flush)],
-                         depth=opt.overlap_depth, device=self.device, source_name="denoise", overlap=opt.overlap)
-        try:
-            yield from run
-        finally:
-            run.close()
-            self.last_stages = run.stats
-        log.info("LiveAvatar job done: %d frames at %.3g fps in %.2f s (stages: %s)", chunks.index - plan.segment.start,
-                 p.fps, time.perf_counter() - started, run.stats.as_dict())
+        yield from stream_chunks(self, "LiveAvatar", source, chunks, "denoise",
+                                 (Stage("decode", decoder.run, start=decoder.start),))
 
     def _denoised_blocks(self, blocks: int, lat_shape: tuple[int, ...], shift: float, steps: int, seed: int,
                          features30: torch.Tensor, audio_offset: int, frame_base: int, context: torch.Tensor,

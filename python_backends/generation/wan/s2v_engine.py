@@ -666,21 +666,12 @@ class WanS2VEngine(WanEngineBase):
                  height, seconds, clips, per_clip, steps, opt.sampler, guidance,
                  "identity anchoring" if anchoring else "no identity check")
 
-        from ..stage_pipeline import Stage, run_stages
-        from .streaming import ChunkMaker
+        from .streaming import ChunkMaker, stream_chunks
 
         source = self._clip_pieces(job, clips, needed, dropped, continuing, audio_offset, features30, shape, steps,
                                    guidance, context, context_null, ref_latents, last_frames, encode_s, anchoring)
         chunks = ChunkMaker(resampler, needed, segment.start, p.fps, total, p.chunk_frames, sampling, started)
-        run = run_stages(source, [Stage("frames", chunks.run, chunks.flush)], depth=opt.overlap_depth,
-                         device=self.device, source_name="denoise+decode", overlap=opt.overlap)
-        try:
-            yield from run
-        finally:
-            run.close()
-            self.last_stages = run.stats
-        log.info("Wan S2V job done: %d frames at %.3g fps in %.2f s (stages: %s)", chunks.index, p.fps,
-                 time.perf_counter() - started, run.stats.as_dict())
+        yield from stream_chunks(self, "Wan S2V", source, chunks, "denoise+decode")
 
     def _clip_pieces(self, job: GenerationJob, clips: int, needed: int, dropped: int, continuing: bool,
                      audio_offset: int,

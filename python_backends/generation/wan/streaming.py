@@ -8,8 +8,9 @@ conditioning (LiveAvatar) and part of the source where it does (S2V re-encodes t
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 
 from ...frame_interpolation.resampler import InterpolatingResampler
+from ..stage_pipeline import Stage, run_stages
 from .s2v_engine import WanFrameChunk, to_uint8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ChunkMaker:
     def __init__(self, resampler: InterpolatingResampler, needed: int, first_index: int, fps: float, total: int,
                  chunk_frames: int, sampling: Mapping[str, object], started: float) -> None:
         self.resampler, self.needed, self.index, self.fps, self.total = resampler, needed, first_index, fps, total
+        self.first = first_index
         self.chunk_frames, self.sampling, self.started = chunk_frames, sampling, started
         self.produced = 0  # source (16 fps) frames taken so far
         self.buffer: list[np.ndarray] = []
@@ -74,3 +79,19 @@ class ChunkMaker:
                               sampling=self.sampling)
         self.index += count
         return chunk
+
+
+def stream_chunks(engine: Any, label: str, source: Iterable[Any], chunks: ChunkMaker, source_name: str,
+                  stages: tuple[Stage, ...] = ()) -> Iterator[WanFrameChunk]:
+    """The chunks of a job: `source` (the engine's DiT loop), then `stages`, then `chunks`, overlapped as the
+    engine's options say; the run's stage times stay on `engine.last_stages` (the latest job's, for benchmarks)."""
+    options = engine.options
+    run = run_stages(source, [*stages, Stage("frames", chunks.run, chunks.flush)], depth=options.overlap_depth,
+                     device=engine.device, source_name=source_name, overlap=options.overlap)
+    try:
+        yield from run
+    finally:
+        run.close()
+        engine.last_stages = run.stats
+    log.info("%s job done: %d frames at %.3g fps in %.2f s (stages: %s)", label, chunks.index - chunks.first,
+             chunks.fps, time.perf_counter() - chunks.started, run.stats.as_dict())
