@@ -4,8 +4,13 @@ What runs is the serving code path (`WanS2VEngine.generate`: reference VAE encod
 with motion frames re-encoded, streamed VAE decode, frame-rate resampling to the output fps), with random bf16
 weights at the released size (speed does not depend on weight values), the fastest settings we have: a few-step
 Euler sampler without CFG (what step-distilled checkpoints run), FP8 linear layers and torch.compile, bf16 VAE.
-Each streamed chunk is then resized to 1920x1080 on the GPU (bicubic: no learned upscaler) and copied to the host
-as uint8, as the pipeline hands it to the encoder.
+The stages after the DiT run as the served engines run them (generation/stage_pipeline.py): VAE decoding
+(LiveAvatar: beside the next block's denoising; S2V: in the DiT's thread, as the next clip's motion frames need
+it), the copy to the host and 16 -> `--fps` frame interpolation (the flow interpolator: no RIFE weights here), then
+here each chunk resized to `--output-size` (1920x1080) on the GPU (bicubic: no learned upscaler), copied to the
+host as uint8 and encoded to H.264 on the CPU (client/encoding.py; `--no-encode` leaves it out). `--overlap both`
+(the default) runs the clip with the stages overlapped and one after another; each run reports every stage's busy
+time, their sum, the overlapped wall time, the time to the first frames and the peak GPU memory.
 
 Left out, and said so in the JSON: the umT5 prompt encoding (cached per prompt; contexts are random tensors of
 the real shape) and wav2vec2 (features are given as random [25, T, 1024] at 50 Hz, the real shape), the CPU
@@ -18,7 +23,8 @@ not change the speed).
 
     python perf/bench_e2e_gpu.py --out perf/results/e2e_h100.json
     python perf/bench_e2e_gpu.py --engine liveavatar --sizes 704x384,832x480 --out perf/results/e2e_liveavatar.json
-    python perf/bench_e2e_gpu.py --tiny --out /tmp/e2e_tiny.json      # CPU smoke test of the script
+    python perf/bench_e2e_gpu.py --engine liveavatar --sizes 704x384 --history-frames 73 --out e2e.json
+    python perf/bench_e2e_gpu.py --tiny --output-size 128x128 --out /tmp/e2e_tiny.json   # CPU smoke test
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import json
 import logging
 import platform
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
+from python_backends.generation.stage_pipeline import Stage, run_stages  # noqa: E402
 from python_backends.generation.wan import TINY_S2V_CONFIG, WanS2VTransformerConfig  # noqa: E402
 from python_backends.generation.wan.liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine  # noqa: E402
 from python_backends.generation.wan.s2v import build_s2v_model  # noqa: E402
@@ -61,8 +70,42 @@ def build_engine(tiny: bool, device: torch.device, options: WanS2VOptions) -> Wa
     return engine
 
 
+class ResizeAndCopy:
+    """Stage: a chunk's frames to the output size on the device (bicubic: no learned upscaler) and back to the host
+    as uint8, as the pipeline hands them to the encoder."""
+
+    def __init__(self, output: tuple[int, int], device: torch.device) -> None:
+        self.output, self.device = output, device
+
+    def run(self, chunk) -> list[np.ndarray]:
+        pixels = torch.from_numpy(chunk.frames).to(self.device).permute(0, 3, 1, 2).float()
+        big = F.interpolate(pixels, size=(self.output[1], self.output[0]), mode="bicubic", align_corners=False)
+        return [big.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()]
+
+
+class Encode:
+    """Stage: H.264 on the CPU as the client encodes the stream (client/encoding.py, its defaults)."""
+
+    def __init__(self, path: Path, fps: float, started: float) -> None:
+        from client.encoding import StreamingEncoder
+
+        self.encoder = StreamingEncoder(path, fps, t0=started)
+        self.result: dict | None = None
+
+    def run(self, frames: np.ndarray) -> list[int]:
+        self.encoder.write(frames)
+        return [len(frames)]
+
+    def flush(self) -> list[int]:
+        self.result = self.encoder.close().as_dict()
+        return []
+
+
 def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size: tuple[int, int],
-             output: tuple[int, int], device: torch.device) -> dict:
+             output: tuple[int, int], device: torch.device, overlap: bool = True, encode_to: Path | None = None
+             ) -> dict:
+    """One clip through the engine and the stages after it (resize + copy, optionally encoding), overlapped or
+    one after another; the wall time, time to the first frames and each stage's busy time."""
     width, height = size
     config = engine.transformer.config
     rng = np.random.default_rng(0)
@@ -71,26 +114,38 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
     job = GenerationJob(photo=photo, wav2vec2_features=features, params=GenerationParams(
         seed=0, steps=steps, guidance=1.0, width=width, height=height, fps=fps, max_duration_s=seconds,
         chunk_frames=16))
+    engine.options = replace(engine.options, overlap=overlap)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    first, frames, upscale_s = None, 0, 0.0
-    for chunk in engine.generate(job):
-        t0 = time.perf_counter()
-        pixels = torch.from_numpy(chunk.frames).to(device).permute(0, 3, 1, 2).float()
-        big = F.interpolate(pixels, size=(output[1], output[0]), mode="bicubic", align_corners=False)
-        big.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-        upscale_s += time.perf_counter() - t0
-        frames += len(chunk.frames)
+    resize = ResizeAndCopy(output, device)
+    stages = [Stage("resize+copy", resize.run)]
+    encoder = Encode(encode_to, fps, started) if encode_to is not None else None
+    if encoder is not None:
+        stages.append(Stage("encode", encoder.run, encoder.flush))
+    run = run_stages(engine.generate(job), stages, device=device, source_name="engine", overlap=overlap)
+    first, frames = None, 0
+    for item in run:
         first = first if first is not None else time.perf_counter() - started
+        frames += item if isinstance(item, int) else len(item)
     total = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"seconds": seconds, "fps": fps, "frames": frames, "generated_size": [width, height],
-            "output_size": list(output), "steps": steps, "time_to_first_chunk_s": round(first, 3),
-            "total_s": round(total, 3), "upscale_and_copy_s": round(upscale_s, 3),
-            "gpu_seconds_per_output_second": round(total / seconds, 3),
-            "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None}
+    inner = engine.last_stages.as_dict()
+    outer = run.stats.as_dict()
+    busy = {**inner["busy_s"], **{k: v for k, v in outer["busy_s"].items() if k != "engine"}}
+    result = {"seconds": seconds, "fps": fps, "frames": frames, "generated_size": [width, height],
+              "output_size": list(output), "steps": steps, "overlap": overlap,
+              "time_to_first_chunk_s": round(first, 3), "total_s": round(total, 3),
+              "stage_busy_s": busy, "sum_of_stages_s": round(sum(busy.values()), 3),
+              "engine_wall_s": inner["wall_s"], "engine_time_to_first_chunk_s": inner["first_item_s"],
+              "upscale_and_copy_s": busy["resize+copy"],
+              "gpu_seconds_per_output_second": round(total / seconds, 3),
+              "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None}
+    if encoder is not None:
+        result["encode"] = {k: encoder.result[k] for k in ("codec", "width", "height", "frames", "bytes",
+                                                           "time_to_first_packet_s", "encode_s", "close_s")}
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -107,6 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "704x384 for liveavatar)")
     parser.add_argument("--engine", choices=("s2v", "liveavatar"), default="s2v")
     parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
+    parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
+                        help="stages after the DiT overlapped with it, one after another, or both runs")
+    parser.add_argument("--balance-clips", action=argparse.BooleanOptionalAction, default=True,
+                        help="s2v: clips only as long as the job needs (3 x 56 frames for 10 s, not 3 x 80)")
+    parser.add_argument("--output-size", default="1920x1080", help="WxH the frames are resized to")
+    parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True,
+                        help="encode the 1080p stream to H.264 on the CPU as the last stage")
     args = parser.parse_args(argv)
     args.sizes = args.sizes or ("704x384" if args.engine == "liveavatar" else "832x480,1280x720")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -119,12 +181,13 @@ def main(argv: list[str] | None = None) -> dict:
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames)
     else:
-        options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80)
+        options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80,
+                                balance_clips=args.balance_clips)
     result: dict = {"script": "perf/bench_e2e_gpu.py", "argv": sys.argv[1:], "engine": args.engine,
                     "device": str(device),
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
-                        "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames")},
+                        "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames", "balance_clips")},
                     "excluded": ["umT5 prompt encoding (cached per prompt)", "wav2vec2 (features given)",
                                  "CPU stages: pre-processing, QA, encoding", "process hops (BLS, gRPC)"],
                     "runs": []}
@@ -132,21 +195,30 @@ def main(argv: list[str] | None = None) -> dict:
     engine = build_engine(args.tiny, device, options)
     result["build_s"] = round(time.perf_counter() - t0, 2)
     print(f"engine built in {result['build_s']} s", flush=True)
+    output = tuple(int(v) for v in args.output_size.split("x"))
+    result["options"]["interpolation"] = engine.interpolation.method
     for size_text in args.sizes.split(","):
         width, height = (int(v) for v in size_text.split("x"))
         if args.tiny:
             width, height = 64, 64
         t0 = time.perf_counter()
-        # Warm-up over two clips: the first clip (no motion frames) and the later ones are different graphs.
-        run_clip(engine, args.warmup_seconds, args.fps, args.steps, (width, height), (1920, 1080), device)
+        # Warm-up over two clips: the first clip (no motion frames) and the later ones are different graphs; with
+        # balanced S2V clips the clip length depends on the duration, so the warm-up runs the measured one.
+        warmup = args.seconds if options.balance_clips and args.engine == "s2v" else args.warmup_seconds
+        run_clip(engine, warmup, args.fps, args.steps, (width, height), output, device)
         warm = round(time.perf_counter() - t0, 2)
-        print(f"{width}x{height}: warm-up ({args.warmup_seconds:g} s clip, compile) {warm} s", flush=True)
-        run = run_clip(engine, args.seconds, args.fps, args.steps, (width, height), (1920, 1080), device)
-        run["warmup_s"] = warm
-        result["runs"].append(run)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(json.dumps(run), flush=True)
+        print(f"{width}x{height}: warm-up ({warmup:g} s clip, compile) {warm} s", flush=True)
+        modes = {"on": [True], "off": [False], "both": [False, True]}[args.overlap]
+        for overlap in modes:
+            with tempfile.TemporaryDirectory() as scratch:
+                encode_to = Path(scratch) / "clip.mp4" if args.encode else None
+                run = run_clip(engine, args.seconds, args.fps, args.steps, (width, height), output, device,
+                               overlap, encode_to)
+            run["warmup_s"] = warm
+            result["runs"].append(run)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+            print(json.dumps(run), flush=True)
     return result
 
 

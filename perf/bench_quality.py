@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from python_backends import spec  # noqa: E402
 from python_backends.batching import stack_padded  # noqa: E402
 from python_backends.content_safety import ContentSafetySettings, build_content_safety  # noqa: E402
+from python_backends.errors import WeightsUnavailable  # noqa: E402
 from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
 from python_backends.face_embedding import FaceEmbedderSettings, build_face_embedder  # noqa: E402
 from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
@@ -54,21 +56,30 @@ SAMPLES = Path(__file__).resolve().parents[1] / "client" / "samples"
 
 
 class LocalCaller:
-    """The ModelCaller interface over in-process predictors (what TritonModelCaller does over BLS)."""
+    """The ModelCaller interface over in-process predictors (what TritonModelCaller does over BLS): each model
+    runs one request at a time in a worker thread, as one Triton instance per model does, so different models'
+    requests overlap as they do in the server."""
 
     def __init__(self, detector: FaceDetectorSettings | None = None, landmarks: FaceLandmarksSettings | None = None,
-                 safety: bool = True) -> None:
-        self.predictors = {
+                 safety: bool = True, predictors: dict | None = None) -> None:
+        self.predictors = predictors or {
             spec.FACE_DETECTOR.name: build_face_detector(detector or FaceDetectorSettings(), "cpu"),
             spec.FACE_LANDMARKS.name: build_face_landmarks(landmarks or FaceLandmarksSettings(), "cpu"),
             spec.FACE_EMBEDDER.name: build_face_embedder(FaceEmbedderSettings(), "cpu"),
         }
-        if safety:
+        if safety and predictors is None:
             self.predictors[spec.CONTENT_SAFETY.name] = build_content_safety(ContentSafetySettings(), "cpu")
+        self.instances = {name: threading.Lock() for name in self.predictors}
+
+    def _predict(self, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        with self.instances[model.name]:
+            return self.predictors[model.name].predict(inputs)
 
     async def __call__(self, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if model.name not in self.predictors:
+            raise WeightsUnavailable(f"{model.name} is not loaded in this benchmark")
         predictor = self.predictors[model.name]
-        results = predictor.predict(inputs)
+        results = await asyncio.to_thread(self._predict, model, inputs)
         info = json.dumps(predictor.weights.as_dict(with_hash=False)).encode()
         out = {t.name: stack_padded([r[t.name] for r in results]) for t in model.outputs if t.name != spec.MODEL_INFO}
         out[spec.MODEL_INFO] = np.array([[info]] * len(results), dtype=np.object_)

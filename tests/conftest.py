@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from profile_repositories import served_profile
 
 from client.cli import SAMPLES
 from client.server import ServerOptions, TritonServer, free_port
@@ -34,13 +35,21 @@ def samples() -> Path:
     return SAMPLES
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--model-config-name", default=None,
+                     help="serve the session's tritonserver with this config profile (e.g. gpu), its KIND_GPU "
+                          "instances moved to the CPU (tests/profile_repositories.py)")
+
+
 @pytest.fixture(scope="session")
-def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerOptions]:
-    """The project's real repositories served by a real tritonserver (CPU defaults, no --weights)."""
+def triton_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[ServerOptions]:
+    """The project's real repositories served by a real tritonserver (CPU defaults, or the --model-config-name
+    profile on the CPU; no --weights)."""
     options = ServerOptions(
         http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
         # An empty weights root: the session tests the shipped CPU defaults, never a stray local folder.
-        weights=tmp_path_factory.mktemp("no-weights"),
+        weights=tmp_path_factory.mktemp("no-weights"), **served_profile(request.config, tmp_path_factory),
     )
     server = TritonServer(options, log_path=tmp_path_factory.mktemp("triton") / "tritonserver.log")
     server.start()

@@ -72,6 +72,8 @@ class VideoGeneratorSettings:
     wan_attention: str = "sdpa"
     wan_compile: bool = False
     wan_vae_dtype: str = "float32"
+    wan_overlap: bool = True  # decoding, interpolation and the host copy overlap the DiT (stage_pipeline.py)
+    wan_balance_clips: bool = False  # S2V: as many clips as full ones would take, each only as long as needed
     # 16 fps -> params.fps for the Wan engines: keys interpolation (auto | none | flow | rife), rife_file, rife_scale
     frame_interpolation: interpolation.InterpolationSettings = field(
         default_factory=interpolation.InterpolationSettings)
@@ -107,7 +109,8 @@ def _s2v_options(settings: VideoGeneratorSettings):
     return WanS2VOptions(
         sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
         fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, attention_backend=settings.wan_attention,
-        compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
+        compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap,
+        balance_clips=settings.wan_balance_clips,
     )
 
 
@@ -116,7 +119,7 @@ def _liveavatar_options(settings: VideoGeneratorSettings):
 
     return LiveAvatarOptions(fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8,
                              attention_backend=settings.wan_attention, compile=settings.wan_compile,
-                             vae_dtype=settings.wan_vae_dtype,
+                             vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap,
                              history_frames=settings.liveavatar_history_frames,
                              ref_distance=settings.liveavatar_ref_distance or None)
 

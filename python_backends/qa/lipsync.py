@@ -133,14 +133,15 @@ class LipSyncGateSettings:
     min_lse_c: float = 5.0  # fail below: real video scores 6.9-7.8, LipGAN 3.2-3.4
     max_abs_offset_frames: int = 2  # fail when |AV offset| exceeds this many frames
     vshift: int = VSHIFT  # offset search range, +- frames
+    batch_size: int = 20  # 5-frame windows per SyncNet forward (the official 20; larger on a GPU)
 
     def __post_init__(self) -> None:
         if self.max_lse_d <= 0 or self.min_lse_c < 0:
             raise ValueError("max_lse_d must be > 0 and min_lse_c >= 0")
         if not 0 <= self.max_abs_offset_frames < self.vshift:
             raise ValueError("max_abs_offset_frames must be in [0, vshift)")
-        if self.vshift < 1:
-            raise ValueError("vshift must be >= 1")
+        if self.vshift < 1 or self.batch_size < 1:
+            raise ValueError("vshift and batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ def lipsync_gate(model: SyncNet | None, frames_crops: np.ndarray, waveform16k: n
         return LipSyncGateResult(UNAVAILABLE, "no SyncNet weights (supply lipsync_scorer/syncnet_v2.model)",
                                  None, settings)
     try:
-        score = score_sync(frames_crops, waveform16k, fps, model, vshift=settings.vshift, rgb=rgb)
+        score = score_sync(frames_crops, waveform16k, fps, model, vshift=settings.vshift, rgb=rgb,
+                           batch_size=settings.batch_size)
     except InputError as exc:
         return LipSyncGateResult(UNAVAILABLE, str(exc), None, settings)
     failures = []

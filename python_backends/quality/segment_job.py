@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -38,7 +39,8 @@ async def judge_video(frames: np.ndarray, ctx: JobContext, call: ModelCaller) ->
     while start < len(frames):
         count = segment_length(start, len(frames), *size)
         part = frames[start: start + count]
-        track = await track_faces(part, call, ctx.settings.detect_every, boundary.box if boundary else None)
+        track = await track_faces(part, call, ctx.settings.detect_every, boundary.box if boundary else None,
+                                  ctx.settings.request_frames)
         segments.append(await check_segment(part, track, len(segments), start, ctx, call, boundary))
         boundary = Boundary(part[-1], track.landmarks[-1], track.boxes[-1])
         start += count
@@ -71,22 +73,25 @@ async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[i
     `lips` ([T, K, 2] outer lip contours, from Face Mesh) keep the blend to the mouth region."""
     if ctx.refiner is False or ctx.mel is None:
         return frames, {"status": "unavailable", "reason": ctx.refiner_reason or "no speech"}
-    out, info = frames.copy(), {}
-    for a, b in runs:
-        try:
-            inputs = {
-                spec.FRAMES: frames[a:b][None], spec.FACE_BOXES: boxes[a:b].astype(np.float32)[None],
-                spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[start + a]], np.int64),
-                spec.FPS: np.array([[ctx.fps]], np.float32)}
-            if lips is not None:
-                inputs[spec.MOUTH_CONTOUR] = lips[a:b].astype(np.float32)[None]
-            outputs = await call(spec.MOUTH_REFINER, inputs)
-        except WeightsUnavailable as exc:
-            ctx.refiner, ctx.refiner_reason = False, str(exc)
-            return frames, {"status": "unavailable", "reason": str(exc)}
-        ctx.refiner = True
-        out[a:b] = outputs[spec.FRAMES][0]
-        info = json.loads(outputs[spec.MODEL_INFO].reshape(-1)[0])
+    out = frames.copy()
+
+    def inputs(a: int, b: int) -> dict[str, np.ndarray]:
+        request = {spec.FRAMES: frames[a:b][None], spec.FACE_BOXES: boxes[a:b].astype(np.float32)[None],
+                   spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[start + a]], np.int64),
+                   spec.FPS: np.array([[ctx.fps]], np.float32)}
+        if lips is not None:
+            request[spec.MOUTH_CONTOUR] = lips[a:b].astype(np.float32)[None]
+        return request
+
+    try:  # the runs go out together: runs of equal length share a batch where the refiner batches (GPU profile)
+        outputs = await asyncio.gather(*(call(spec.MOUTH_REFINER, inputs(a, b)) for a, b in runs))
+    except WeightsUnavailable as exc:
+        ctx.refiner, ctx.refiner_reason = False, str(exc)
+        return frames, {"status": "unavailable", "reason": str(exc)}
+    ctx.refiner = True
+    for (a, b), output in zip(runs, outputs):
+        out[a:b] = output[spec.FRAMES][0]
+    info = json.loads(outputs[-1][spec.MODEL_INFO].reshape(-1)[0]) if outputs else {}
     return out, {"status": "applied", "frames": [[start + a, start + b] for a, b in runs], "model": info}
 
 
@@ -94,7 +99,8 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
                           boundary: Boundary | None) -> tuple[np.ndarray, SegmentQA]:
     """The post-processed frames of a segment and their QA record."""
     t0 = time.perf_counter()
-    track = await track_faces(raw, call, ctx.settings.detect_every, boundary.box if boundary else None)
+    track = await track_faces(raw, call, ctx.settings.detect_every, boundary.box if boundary else None,
+                              ctx.settings.request_frames)
     tracking_ms = round((time.perf_counter() - t0) * 1000.0, 1)
     t0 = time.perf_counter()
     frames, colour = match_colour(raw, track.boxes, ctx.source.image, ctx.source.box, ctx.settings.colour_match)
@@ -113,7 +119,8 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
         frames, post["low_sync"] = await refine_mouth(frames, track.boxes, [(0, len(frames))], start, ctx, call,
                                                       track.outer_lips)
         if post["low_sync"]["status"] == "applied":
-            track = await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None)
+            track = await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None,
+                                      ctx.settings.request_frames)
             qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     qa.post = post
     qa.timings_ms = {"tracking": tracking_ms, "colour": colour_ms, **qa.timings_ms}

@@ -38,7 +38,7 @@ from ..qa_metrics import (
     jaw_discontinuity,
 )
 from .settings import QualitySettings
-from .tracking import FaceTrack
+from .tracking import FaceTrack, batched_call
 
 PASS, FAIL, UNAVAILABLE = "pass", "fail", "unavailable"
 HARD_GATES = ("content_safety",)  # a failure stops the job; the others are re-rolled, then reviewed
@@ -167,9 +167,9 @@ async def identity_gate(frames: np.ndarray, track: FaceTrack, start: int, ctx: J
         reason = (f"the faces found are under {MIN_FACE_PX} px across, too small to compare with the photo"
                   if track.found.any() else "no face to compare with the photo")
         return Gate("identity", FAIL, reason), []
-    outputs = await call(spec.FACE_EMBEDDER, {
+    outputs = await batched_call(call, spec.FACE_EMBEDDER, {
         spec.IMAGE: frames[found], spec.FACE_BOX: track.detected_boxes[usable],
-        spec.FACE_KEYPOINTS: track.detected_keypoints[usable]})
+        spec.FACE_KEYPOINTS: track.detected_keypoints[usable]}, ctx.settings.request_frames)
     embedder = json.loads(outputs[spec.MODEL_INFO].reshape(-1)[0]).get("engine", "?")
     if outputs[spec.EMBEDDING].shape[-1] != len(ctx.source.embedding):
         return Gate("identity", UNAVAILABLE, f"embedder {embedder} gives {outputs[spec.EMBEDDING].shape[-1]}-d "
@@ -313,12 +313,14 @@ async def safety_gate(frames: np.ndarray, start: int, ctx: JobContext, call: Mod
         return Gate("content_safety", UNAVAILABLE, "content_safety model unavailable")
     picks = _spread(len(frames), len(frames) / ctx.fps * ctx.settings.safety_samples_per_s)
     try:
-        outputs = await asyncio.gather(*(call(spec.CONTENT_SAFETY, {spec.IMAGE: frames[i][None]}) for i in picks))
+        # the sampled frames in as few requests as content_safety batches (its default max_batch_size)
+        outputs = await batched_call(call, spec.CONTENT_SAFETY, {spec.IMAGE: frames[picks]},
+                                     min(ctx.settings.request_frames, spec.CONTENT_SAFETY.max_batch_size))
     except WeightsUnavailable as exc:
         ctx.safety = False
         return Gate("content_safety", UNAVAILABLE, str(exc))
     ctx.safety = True
-    reports = [json.loads(o[spec.SAFETY_REPORT].reshape(-1)[0]) for o in outputs]
+    reports = [json.loads(report) for report in outputs[spec.SAFETY_REPORT].reshape(-1)]
     scores = [r["nsfw"].get("score", 0.0) for r in reports]
     failing = [int(picks[i]) + start for i, r in enumerate(reports) if r["nsfw"]["status"] == FAIL]
     statuses = {r["nsfw"]["status"] for r in reports}

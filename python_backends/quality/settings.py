@@ -63,6 +63,11 @@ class QualitySettings:
     # Generated frames checked for NSFW per second of video (the photo itself is always checked first).
     safety_samples_per_s: float = 1.0
 
+    # --- requests -------------------------------------------------------------------------------------------
+    # Frames per request to face_detector, face_landmarks and face_embedder: at most their max_batch_size (16 in
+    # the CPU configs; the GPU profile serves 160, so a 5 s segment goes in one request per model).
+    request_frames: int = 16
+
     # --- post-processing ------------------------------------------------------------------------------
     # Match each segment's colour statistics (Lab mean/std of the face region) to the photo's: diffusion
     # models drift in tint from clip to clip, which shows as a colour jump at segment seams.
@@ -74,8 +79,8 @@ class QualitySettings:
     def __post_init__(self) -> None:
         if self.segment_s <= 0 or self.identity_window_s <= 0 or self.motion_context_s < 0:
             raise ConfigError("segment_s and identity_window_s must be positive, motion_context_s >= 0")
-        if self.max_rerolls < 0 or self.detect_every < 1:
-            raise ConfigError("max_rerolls must be >= 0 and detect_every >= 1")
+        if self.max_rerolls < 0 or self.detect_every < 1 or self.request_frames < 1:
+            raise ConfigError("max_rerolls must be >= 0, detect_every and request_frames >= 1")
         if not (0 < self.identity_threshold_arcface <= 1 and 0 < self.identity_threshold_dlib <= 1):
             raise ConfigError("identity thresholds are cosines in (0, 1]")
         if self.safety_samples_per_s <= 0 or self.edge_samples_per_s <= 0:

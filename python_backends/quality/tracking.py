@@ -17,7 +17,7 @@ from ..face_landmarks.head_pose import to_ibug68
 from ..mediapipe_models.mesh_layout import MESH_POINTS, OUTER_LIP
 from ..preprocessing import ModelCaller
 
-MAX_REQUEST = 16  # frames per request: the detector's and landmarker's max_batch_size
+MAX_REQUEST = 16  # frames per request by default: the detector's and landmarker's max_batch_size (CPU configs)
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,14 @@ class FaceTrack:
         return [int(i) for i in self.detected[~self.found]]
 
 
-async def _batched(call: ModelCaller, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One logical request split into max-batch requests that run concurrently (Triton batches them again)."""
+async def batched_call(call: ModelCaller, model: spec.ModelSpec, inputs: dict[str, np.ndarray],
+                       limit: int = MAX_REQUEST) -> dict[str, np.ndarray]:
+    """One logical request split into requests of at most `limit` items (the served model's max_batch_size) that
+    run concurrently (Triton batches them again)."""
     count = len(next(iter(inputs.values())))
     parts = await asyncio.gather(*(
-        call(model, {name: value[i: i + MAX_REQUEST] for name, value in inputs.items()})
-        for i in range(0, count, MAX_REQUEST)
+        call(model, {name: value[i: i + limit] for name, value in inputs.items()})
+        for i in range(0, count, limit)
     ))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
 
@@ -79,12 +81,13 @@ def interpolate_boxes(indices: np.ndarray, boxes: np.ndarray, frames: int) -> np
 
 
 async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
-                      start_box: np.ndarray | None = None) -> FaceTrack:
+                      start_box: np.ndarray | None = None, request_frames: int = MAX_REQUEST) -> FaceTrack:
     """Detector on frames 0, n, 2n, ... and the last; landmarks on every frame with the (interpolated) box.
-    `start_box` (the photo's or the previous segment's) keeps the track on the same person."""
+    `start_box` (the photo's or the previous segment's) keeps the track on the same person; `request_frames`
+    frames go in one request."""
     count = len(frames)
     detected = np.unique(np.r_[np.arange(0, count, detect_every), count - 1])
-    outputs = await _batched(call, spec.FACE_DETECTOR, {spec.IMAGE: frames[detected]})
+    outputs = await batched_call(call, spec.FACE_DETECTOR, {spec.IMAGE: frames[detected]}, request_frames)
     found = np.zeros(len(detected), bool)
     det_boxes = np.zeros((len(detected), 4), np.float32)
     det_points = np.zeros((len(detected), 5, 2), np.float32)
@@ -102,7 +105,8 @@ async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
         boxes = np.repeat(np.asarray(start_box, np.float32)[None], count, axis=0)
     else:
         boxes = np.repeat(np.array([[0, 0, frames.shape[2], frames.shape[1]]], np.float32), count, axis=0)
-    marks = await _batched(call, spec.FACE_LANDMARKS, {spec.IMAGE: frames, spec.FACE_BOX: boxes})
+    marks = await batched_call(call, spec.FACE_LANDMARKS, {spec.IMAGE: frames, spec.FACE_BOX: boxes},
+                               request_frames)
     landmarker = json.loads(marks[spec.MODEL_INFO].reshape(-1)[0]).get("engine", "?")
     # The QA metrics work on the 68-point iBUG layout; HRNet's WFLW 98 points map onto it.
     landmarks = np.stack([to_ibug68(points) for points in marks[spec.LANDMARKS]])

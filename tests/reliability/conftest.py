@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from profile_repositories import served_profile
 from suite_ledger import Ledger as SuiteLedger
 from suite_ledger import published
 
@@ -99,14 +100,17 @@ def assert_clear(message: str) -> None:
 
 
 @pytest.fixture
-def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TritonServer]]:
-    """Start private tritonservers for destructive tests; all are stopped at the end of the test."""
+def start_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[Callable[..., TritonServer]]:
+    """Start private tritonservers for destructive tests (the --model-config-name profile too); all are stopped at
+    the end of the test."""
     started: list[TritonServer] = []
+    profile = served_profile(request.config, tmp_path_factory)
 
     def start(models: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None) -> TritonServer:
         http, grpc, metrics = ports or (free_port(), free_port(), free_port())
         options = ServerOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, models=models,
-                                weights=tmp_path_factory.mktemp("no-weights"))
+                                weights=tmp_path_factory.mktemp("no-weights"), **profile)
         server = TritonServer(options, log_path=tmp_path_factory.mktemp("fault-server") / "tritonserver.log")
         started.append(server)
         return server.start()

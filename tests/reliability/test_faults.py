@@ -35,12 +35,15 @@ CLI_SMALL = ["--fps", "5", "--width", "128", "--height", "128", "--chunk-frames"
 
 
 @pytest.fixture(scope="module")
-def fault_server(tmp_path_factory: pytest.TempPathFactory):
-    """All models, in a server of their own: these tests kill its processes."""
+def fault_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """All models (the --model-config-name profile's), in a server of their own: these tests kill its processes."""
+    from profile_repositories import served_profile
+
     from client.server import ServerOptions, free_port
 
     options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                            weights=tmp_path_factory.mktemp("no-weights"))
+                            weights=tmp_path_factory.mktemp("no-weights"),
+                            **served_profile(request.config, tmp_path_factory))
     server = TritonServer(options, log_path=tmp_path_factory.mktemp("fault-server") / "tritonserver.log")
     server.start()
     yield server

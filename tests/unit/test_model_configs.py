@@ -29,7 +29,11 @@ def test_config_matches_spec(path):
     model_name = path.parent.name if path.name == "config.pbtxt" else path.parent.parent.name
     assert config.name == model_name
     expected = spec.ALL_MODELS[config.name]
-    assert config.max_batch_size == expected.max_batch_size
+    if path.parent.name == "configs" and expected.max_batch_size > 0:
+        # a variant may batch more (the GPU profile), never stop batching: callers send a batch dimension
+        assert config.max_batch_size >= expected.max_batch_size
+    else:
+        assert config.max_batch_size == expected.max_batch_size
     for declared, wanted in ((config.input, expected.inputs), (config.output, expected.outputs)):
         assert [_tensor_tuple(t) for t in declared] == [
             (t.name, TYPE_NAMES.get(t.dtype, "TYPE_" + t.dtype), t.dims, t.optional) for t in wanted

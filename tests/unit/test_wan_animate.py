@@ -572,6 +572,24 @@ def test_engine_streams_clips_from_precomputed_conditioning(tiny_engine: WanAnim
     assert all(c.timing["steps"] == 2 and c.timing["denoise_s"] > 0 for c in chunks)
 
 
+def test_overlapped_stages_stream_the_same_chunks_as_one_thread(tiny_engine: WanAnimateEngine) -> None:
+    from dataclasses import replace
+
+    cond = engine_conditioning()
+    overlapped = list(tiny_engine.generate_from(engine_job(fps=45.0), cond))  # 30 -> 45 fps: interpolated
+    options = tiny_engine.options
+    tiny_engine.options = replace(options, overlap=False)
+    try:
+        plain = list(tiny_engine.generate_from(engine_job(fps=45.0), cond))
+    finally:
+        tiny_engine.options = options
+    assert [(c.start_frame, len(c.frames), c.clip) for c in overlapped] == [
+        (c.start_frame, len(c.frames), c.clip) for c in plain]
+    np.testing.assert_array_equal(np.concatenate([c.frames for c in overlapped]),
+                                  np.concatenate([c.frames for c in plain]))
+    assert tiny_engine.last_stages.items["frames"] == len(plain)
+
+
 def test_engine_fps_size_and_cfg(tiny_engine: WanAnimateEngine) -> None:
     cond = engine_conditioning(frames=5)
     job = engine_job(fps=15.0, width=32, height=32, guidance=2.0, steps=1, chunk_frames=8)

@@ -144,6 +144,67 @@ def test_a_longer_history_keeps_the_frame_count(folders, photo, speech, referenc
     assert [len(c.frames) for c in chunks] == [len(c.frames) for c in reference_run[:2]]
 
 
+# ---------------------------------------------------------------- overlapped stages (stage_pipeline)
+
+
+def test_overlapped_stages_stream_the_same_frames_as_one_thread(engine, photo, speech) -> None:
+    """Decoding, the host copy and 16 -> 30 fps interpolation in stage threads change no pixel and no order."""
+    sequential = replace(engine.options, overlap=False)
+    for params in ({}, {"fps": 30.0}):
+        overlapped = list(engine.generate(job(photo, speech, **params)))
+        engine.options = sequential
+        try:
+            plain = list(engine.generate(job(photo, speech, **params)))
+        finally:
+            engine.options = OPTIONS
+        assert [(c.start_frame, len(c.frames), c.clip) for c in overlapped] == [
+            (c.start_frame, len(c.frames), c.clip) for c in plain]
+        assert np.array_equal(np.concatenate([c.frames for c in overlapped]),
+                              np.concatenate([c.frames for c in plain]))
+    stats = engine.last_stages.as_dict()
+    assert set(stats["busy_s"]) == {"denoise", "decode", "frames"} and stats["items"]["denoise"] == 3
+
+
+def test_the_first_chunk_streams_before_the_last_block_is_denoised(engine, photo, speech, monkeypatch) -> None:
+    """The last block's DiT waits until the consumer holds the first chunk: only an overlapped run gets there."""
+    import threading
+
+    first_chunk, waited = threading.Event(), []
+    block = engine.causal.block
+
+    def gated(latents, t, context, audio, cond, cache, n, *args):
+        if n == 2 and not waited:
+            waited.append(first_chunk.wait(timeout=60))
+        return block(latents, t, context, audio, cond, cache, n, *args)
+
+    monkeypatch.setattr(engine.causal, "block", gated)
+    chunks = []
+    for chunk in engine.generate(job(photo, speech)):
+        chunks.append(chunk)
+        first_chunk.set()
+    assert waited == [True] and len(chunks) == 3
+
+
+def test_a_failing_stage_raises_in_the_consumer_and_stops_the_dit(engine, photo, speech, monkeypatch) -> None:
+    import threading
+
+    from python_backends.generation.wan import liveavatar_engine
+
+    calls = []
+
+    class Broken(liveavatar_engine.LatentDecoder):
+        def feed(self, latents):
+            calls.append(latents.shape[2])
+            if len(calls) == 2:  # the prefix primed, then the first block's latents
+                raise RuntimeError("decoder out of memory")
+            return super().feed(latents)
+
+    monkeypatch.setattr(liveavatar_engine, "LatentDecoder", Broken)
+    with pytest.raises(RuntimeError, match="decoder out of memory"):
+        list(engine.generate(job(photo, speech)))
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+
+
 # ---------------------------------------------------------------- through video_generator's logic
 
 

@@ -284,6 +284,52 @@ def test_same_seed_same_video_and_fps_resampling(engine, photo, speech, referenc
         np.testing.assert_array_equal(interpolated[j], expected)
 
 
+def test_overlapped_stages_stream_the_same_chunks_as_one_thread(engine, photo, speech, reference_run) -> None:
+    """The host copy, interpolation and chunking in a stage thread beside the DiT change no pixel, no chunk."""
+    from dataclasses import replace
+
+    options = engine.options
+    engine.options = replace(options, overlap=False)
+    try:
+        plain, _ = run(engine, photo, speech)
+        plain30, _ = run(engine, photo, speech, fps=30.0, chunk_frames=12)
+    finally:
+        engine.options = options
+    assert [(c.start_frame, len(c.frames), c.clip) for c in plain] == [
+        (c.start_frame, len(c.frames), c.clip) for c in reference_run]
+    np.testing.assert_array_equal(frames_of(plain), frames_of(reference_run))
+    overlapped30, _ = run(engine, photo, speech, fps=30.0, chunk_frames=12)
+    assert [len(c.frames) for c in overlapped30] == [len(c.frames) for c in plain30]
+    np.testing.assert_array_equal(frames_of(overlapped30), frames_of(plain30))
+    stats = engine.last_stages.as_dict()
+    assert set(stats["busy_s"]) == {"denoise+decode", "frames"} and stats["items"]["frames"] == len(overlapped30)
+
+
+def test_balanced_clips_denoise_only_what_the_job_needs(engine, photo, speech, monkeypatch) -> None:
+    """1.5 s = 24 frames + the 3 the first clip drops: two full 20-frame clips denoise 40 frames, two balanced
+    ones 32 (4 latent frames each), and the same 24 frames stream."""
+    from dataclasses import replace
+
+    denoised = []
+    denoise = engine._denoise
+
+    def recording(seed, shape, *args):
+        denoised.append(shape[2])
+        return denoise(seed, shape, *args)
+
+    monkeypatch.setattr(engine, "_denoise", recording)
+    full, _ = run(engine, photo, speech, max_duration_s=1.5)
+    options = engine.options
+    engine.options = replace(options, balance_clips=True)
+    try:
+        balanced, _ = run(engine, photo, speech, max_duration_s=1.5)
+    finally:
+        engine.options = options
+    assert denoised == [5, 5, 4, 4]
+    assert len(frames_of(full)) == len(frames_of(balanced)) == 24
+    assert balanced[0].sampling["frames_per_clip"] == 16 and full[0].sampling["frames_per_clip"] == PER_CLIP
+
+
 def test_another_seed_another_video(engine, photo, speech, reference_run) -> None:
     chunks, _ = run(engine, photo, speech, seed=8, max_duration_s=1.0)  # first clip only
     frames = frames_of(chunks)

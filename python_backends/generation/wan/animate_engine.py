@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +60,9 @@ from .animate_pose import (
 from .checkpoint import check_release_layout
 from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
-from .s2v_engine import WanEngineBase, WanFrameChunk, load_vae_and_text_encoder, to_uint8
+from .s2v_engine import WanEngineBase, WanFrameChunk, load_vae_and_text_encoder
 from .scheduler import SAMPLERS, make_sampler
+from .streaming import ChunkMaker, PixelPiece, stream_chunks
 from .text_encoder import WanTextEncoder
 from .vae import SPATIAL_STRIDE, WanVAE
 
@@ -195,8 +196,14 @@ class WanAnimateOptions:
     # configs/wan22/wan_animate_lora.json applies to Animate-14B with 4 UniPC steps, shift 5, no CFG.
     lora: str | None = None
     lora_strength: float = 1.0
+    # The copy to the host, frame interpolation and chunking in a stage thread beside the DiT (stage_pipeline.py;
+    # decoding stays in the DiT's thread: the next clip starts from this one's last decoded frames).
+    overlap: bool = True
+    overlap_depth: int = 2
 
     def __post_init__(self) -> None:
+        if self.overlap_depth < 1:
+            raise ValueError(f"overlap_depth must be at least 1, got {self.overlap_depth}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.clip_len < 5 or (self.clip_len - 1) % 4:
@@ -360,7 +367,6 @@ class WanAnimateEngine(WanEngineBase):
         context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
 
         lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
-        lat_t = (clip_len - 1) // 4 + 1
         y_ref = torch.cat([torch.ones(1, 4, 1, lat_h, lat_w, device=self.device), ref_latents], dim=1)
         generator = torch.Generator(device="cpu").manual_seed(p.seed)
         total = max(1, math.ceil(real / cond.fps * p.fps - 1e-9))
@@ -368,9 +374,24 @@ class WanAnimateEngine(WanEngineBase):
         log.info("Wan Animate job: %dx%d, %d frames -> %d clip(s) of %d, %d steps (%s), guidance %.2f", width, height,
                  real, max(1, (target - refert) // (clip_len - refert)), clip_len, steps, opt.sampler, guidance)
 
-        produced, out_index, clip, start = 0, 0, 0, 0
+        source = self._clip_pieces(real, target, order, poses, faces, height, width, steps, guidance, context,
+                                   context_null, y_ref, image_context, generator, encode_s)
+        chunks = ChunkMaker(resampler, real, 0, p.fps, total, p.chunk_frames, {}, started)
+        yield from stream_chunks(self, "Wan Animate", source, chunks, "denoise+decode")
+
+    def _clip_pieces(self, real: int, target: int, order: list[int], poses: list[np.ndarray],
+                     faces: list[np.ndarray], height: int, width: int, steps: int, guidance: float,
+                     context: torch.Tensor, context_null: torch.Tensor, y_ref: torch.Tensor,
+                     image_context: torch.Tensor, generator: torch.Generator, encode_s: float) -> Iterator[PixelPiece]:
+        """The stage pipeline's source: clip after clip, denoised and decoded (the next clip is guided by this
+        one's last decoded frames); each clip ends with an empty piece that flushes its last chunk."""
+        opt = self.options
+        clip_len, refert = opt.clip_len, opt.refert_num
+        lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
+        lat_t = (clip_len - 1) // 4 + 1
+        decoded_count, clip, start = 0, 0, 0
         previous: torch.Tensor | None = None  # the last refert_num decoded frames of the previous clip
-        while start + refert < target and produced < real:
+        while start + refert < target and decoded_count < real:
             window = order[start:start + clip_len]
             t0 = time.perf_counter()
             pose_latents = self.vae.encode(_pixels(np.stack([poses[i] for i in window]), self.device))
@@ -394,33 +415,23 @@ class WanAnimateEngine(WanEngineBase):
             encode_s = 0.0
 
             drop = carried
-            decode_s, t0 = 0.0, time.perf_counter()
-            buffer: list[np.ndarray] = []
+            t0 = time.perf_counter()
             decoded: list[torch.Tensor] = []
+            empty = None
             for pixels in self.vae.decode_chunks(latents[:, :, 1:]):
-                decode_s += time.perf_counter() - t0
                 decoded.append(pixels)
                 if drop:
                     cut = min(drop, pixels.shape[2])
                     pixels, drop = pixels[:, :, cut:], drop - cut
-                frames = to_uint8(pixels)[: max(0, real - produced)] if pixels.shape[2] else []
-                produced += len(frames)
-                if len(frames):
-                    buffer.extend(resampler.push(frames))
-                while len(buffer) >= p.chunk_frames:
-                    chunk, buffer = buffer[: p.chunk_frames], buffer[p.chunk_frames:]
-                    yield self._chunk(out_index, chunk, p.fps, total, clip, timing, decode_s, started)
-                    out_index += len(chunk)
-                    decode_s = 0.0
+                decoded_count += pixels.shape[2]
+                empty = pixels[:, :, :0]
+                yield PixelPiece(pixels, clip, timing, {"decode_s": time.perf_counter() - t0})
                 t0 = time.perf_counter()
-            if buffer:
-                yield self._chunk(out_index, buffer, p.fps, total, clip, timing, decode_s, started)
-                out_index += len(buffer)
+            if empty is not None:
+                yield PixelPiece(empty, clip, timing, flush=True)
             previous = torch.cat(decoded, dim=2)[:, :, -refert:]
             start += clip_len - refert
             clip += 1
-        log.info("Wan Animate job done: %d frames at %.3g fps in %.2f s", out_index, p.fps,
-                 time.perf_counter() - started)
 
     @torch.no_grad()
     def _denoise(self, latents: torch.Tensor, steps: int, guidance: float, context: torch.Tensor,
@@ -451,10 +462,4 @@ class WanAnimateEngine(WanEngineBase):
                     flow = guide(flow, uncond, guidance)
             latents = sampler.step(flow, latents)
         return latents
-
-    @staticmethod
-    def _chunk(start: int, frames: list[np.ndarray], fps: float, total: int, clip: int, timing: Mapping[str, float],
-               decode_s: float, started: float) -> WanFrameChunk:
-        info = {**timing, "decode_s": decode_s, "elapsed_s": time.perf_counter() - started}
-        return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info)
 

@@ -48,11 +48,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ...errors import InputError, WeightsUnavailable
 from ..job import GenerationJob
+from ..stage_pipeline import Stage
 from .causal_s2v import BLOCK_FRAMES, CausalS2V, RefDistances, ref_shift
 from .configs import S2V_14B, WanS2VTaskConfig
 from .s2v_engine import (
@@ -68,9 +68,9 @@ from .s2v_engine import (
     motion_pixels,
     output_size,
     resample_to_video_rate,
-    to_uint8,
 )
 from .scheduler import make_sampler
+from .streaming import ChunkMaker, PixelPiece, stream_chunks
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,6 @@ class WanLiveAvatarEngine(WanS2VEngine):
         blocks = math.ceil((plan.needed + dropped) / per_block)  # none past the last needed frame
         frame_base = (plan.first16 + FIRST_CLIP_DROPPED_FRAMES) // TEMPORAL_STRIDE if plan.continuing else 0
         context = self._text(p.prompt or opt.default_prompt)
-        model_dtype = self.transformer.patch_embedding.weight.dtype
         log.info("LiveAvatar job: %dx%d -> %d block(s) of %d frames, %d steps (%s), no CFG", width, height, blocks,
                  per_block, steps, opt.sampler)
 
@@ -208,24 +207,27 @@ class WanLiveAvatarEngine(WanS2VEngine):
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
         shift = task.sample_shift if opt.shift is None else opt.shift
 
-        produced, out_index, prime_s = 0, plan.segment.start, 0.0
+        source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
+                                       context, cond, caches, distances)
+        decoder = _BlockDecoder(self, motion_latents, history, dropped, blocks, encode_s)
+        chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
+                            sampling, started)
+        yield from stream_chunks(self, "LiveAvatar", source, chunks, "denoise",
+                                 (Stage("decode", decoder.run, start=decoder.start),))
+
+    def _denoised_blocks(self, blocks: int, lat_shape: tuple[int, ...], shift: float, steps: int, seed: int,
+                         features30: torch.Tensor, audio_offset: int, frame_base: int, context: torch.Tensor,
+                         cond: object, caches: list, distances: RefDistances) -> Iterator[_Block]:
+        """The source of the stage pipeline: the DiT's blocks, one after another (nothing here waits on decoding:
+        the next block continues from the KV caches, not from decoded frames)."""
+        opt, fps16 = self.options, self.task.sample_fps
+        per_block = TEMPORAL_STRIDE * opt.block_frames
+        model_dtype = self.transformer.patch_embedding.weight.dtype
         for n in range(blocks):
             clip, index = divmod(n, opt.blocks_per_clip)
-            if index == 0:  # a new clip: its noise, and the VAE decoder primed with the last frames' latents
-                generator = torch.Generator(device="cpu").manual_seed(p.seed + clip)
+            if index == 0:  # a new clip's noise
+                generator = torch.Generator(device="cpu").manual_seed(seed + clip)
                 noise = torch.randn(lat_shape, generator=generator, dtype=torch.float32).to(self.device)
-                t0 = time.perf_counter()
-                # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
-                prefix = motion_latents if clip == 0 else self.vae.encode(history)
-                self._sync()
-                t1 = time.perf_counter()
-                encode_s += t1 - t0
-                decoder = LatentDecoder(self.vae)
-                for _ in decoder.feed(prefix):
-                    pass
-                self._sync()
-                prime_s = time.perf_counter() - t1
-                clip_pixels: list[torch.Tensor] = []
             t0 = time.perf_counter()
             latents = noise[:, :, index * opt.block_frames : (index + 1) * opt.block_frames]
             audio = audio_window(features30, n * per_block + audio_offset, per_block, fps16).to(model_dtype)
@@ -237,27 +239,65 @@ class WanLiveAvatarEngine(WanS2VEngine):
                                          n, frame_start, moved)
                 latents = sampler.step(flow, latents)
             self._sync()
-            denoise_s = time.perf_counter() - t0
+            yield _Block(n, clip, index, latents, time.perf_counter() - t0, float(steps))
 
-            t0 = time.perf_counter()
-            block_pixels = torch.cat(list(decoder.feed(latents)), dim=2)
-            if dropped:
-                block_pixels, dropped = block_pixels[:, :, dropped:], 0
-            clip_pixels.append(block_pixels.to(self.vae.dtype))
-            frames = to_uint8(block_pixels)[: max(0, plan.needed - produced)]
-            decode_s, prime_s = time.perf_counter() - t0 + prime_s, 0.0
-            produced += len(frames)
-            out = plan.resampler.push(frames)
-            if index == opt.blocks_per_clip - 1 and n + 1 < blocks:  # the next clip's decoder primes on these
-                recent = torch.cat(clip_pixels, dim=2)[:, :, -self.task.motion_frames :]
-                history = torch.cat([history[:, :, recent.shape[2] :], recent], dim=2)
-            if out:
-                timing = {"denoise_s": denoise_s, "encode_s": encode_s, "decode_s": decode_s, "steps": float(steps),
-                          "block": float(n), "elapsed_s": time.perf_counter() - started}
-                encode_s = 0.0
-                yield WanFrameChunk(out_index, np.stack(out), p.fps, plan.total, clip=clip, timing=timing,
-                                    sampling=sampling)
-                out_index += len(out)
-        log.info("LiveAvatar job done: %d frames at %.3g fps in %.2f s", out_index - plan.segment.start, p.fps,
-                 time.perf_counter() - started)
 
+@dataclass(frozen=True)
+class _Block:
+    n: int
+    clip: int
+    index: int  # within its clip
+    latents: torch.Tensor
+    denoise_s: float
+    steps: float
+
+
+class _BlockDecoder:
+    """The decode stage: per clip, the causal VAE primed with the latents of the last `history_frames` frames (the
+    photo's for the first clip), then each block's latents decoded as it arrives. Priming is off the critical path:
+    the first clip's before the first block arrives (`start`), the next clip's right after this clip's last block
+    went out, while the DiT denoises the next block."""
+
+    def __init__(self, engine: WanLiveAvatarEngine, motion_latents: torch.Tensor, history: torch.Tensor,
+                 dropped: int, blocks: int, encode_s: float) -> None:
+        self.engine, self.motion_latents, self.history = engine, motion_latents, history
+        self.dropped, self.blocks = dropped, blocks
+        self.spent = {"encode_s": encode_s, "decode_s": 0.0}  # not yet reported with a piece
+        self.decoder: LatentDecoder | None = None
+        self.clip_pixels: list[torch.Tensor] = []
+
+    def start(self) -> None:
+        self._prime(0)
+
+    def _prime(self, clip: int) -> None:
+        engine, vae = self.engine, self.engine.vae
+        t0 = time.perf_counter()
+        # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
+        prefix = self.motion_latents if clip == 0 else vae.encode(self.history)
+        engine._sync()
+        t1 = time.perf_counter()
+        self.spent["encode_s"] += t1 - t0
+        self.decoder = LatentDecoder(vae)
+        for _ in self.decoder.feed(prefix):
+            pass
+        engine._sync()
+        self.spent["decode_s"] += time.perf_counter() - t1
+        self.clip_pixels = []
+
+    def run(self, block: _Block) -> Iterator[PixelPiece]:
+        engine, vae = self.engine, self.engine.vae
+        t0 = time.perf_counter()
+        pixels = torch.cat(list(self.decoder.feed(block.latents)), dim=2)
+        if self.dropped:
+            pixels, self.dropped = pixels[:, :, self.dropped:], 0
+        self.clip_pixels.append(pixels.to(vae.dtype))
+        engine._sync()
+        self.spent["decode_s"] += time.perf_counter() - t0
+        sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
+        timing = {"denoise_s": block.denoise_s, "steps": block.steps, "block": float(block.n)}
+        yield PixelPiece(pixels, block.clip, timing, sums, flush=True)
+        if block.index == engine.options.blocks_per_clip - 1 and block.n + 1 < self.blocks:
+            # the next clip's decoder primes on this clip's last frames
+            recent = torch.cat(self.clip_pixels, dim=2)[:, :, -engine.task.motion_frames:]
+            self.history = torch.cat([self.history[:, :, recent.shape[2]:], recent], dim=2)
+            self._prime(block.clip + 1)

@@ -88,6 +88,7 @@ from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
 if TYPE_CHECKING:
     from ...frame_interpolation.resampler import InterpolatingResampler
     from .animate_configs import WanAnimateTaskConfig, WanAnimateTransformerConfig
+    from .streaming import PixelPiece
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,15 @@ class WanS2VOptions:
     # The DiT's self-attention: sdpa, or our 8-bit Triton kernel (attention.ATTENTION_BACKENDS; CUDA 8.9+)
     attention_backend: str = SDPA
     compile: bool = False  # torch.compile the DiT (first request pays the compile time)
+    # Everything after the DiT (VAE decoding where the next clip does not need it, the copy to the host, frame
+    # interpolation, chunking) runs in stage threads while the DiT works on the next block / clip
+    # (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. The same frames either way.
+    overlap: bool = True
+    overlap_depth: int = 2
+    # Tiling: False makes full infer_frames clips (official), so a 10 s clip (163 frames with the 3 the first clip
+    # drops) takes 3 x 80 = 240 frames of denoising; True keeps the clip count and shortens every clip to what the
+    # job needs (3 x 56 = 168). Clips shorter than the released 80 frames are our departure.
+    balance_clips: bool = False
 
     def sampling(self, task: WanS2VTaskConfig = S2V_14B, steps: int | None = None,
                  guidance: float | None = None) -> dict[str, object]:
@@ -168,6 +178,8 @@ class WanS2VOptions:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
+        if self.overlap_depth < 1:
+            raise ValueError(f"overlap_depth must be at least 1, got {self.overlap_depth}")
         if self.vae_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
 
@@ -563,9 +575,10 @@ class WanS2VEngine(WanEngineBase):
         return latents, time.perf_counter() - start
 
     def _sync(self) -> None:
-        """Wait for the GPU, so that the per-stage timings measure the stage rather than the queueing."""
+        """Wait for this thread's CUDA stream, so that the per-stage timings measure the stage rather than the
+        queueing (the stream, not the device: stage threads run on their own streams meanwhile)."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     # -- denoising ------------------------------------------------------------------------------------------------
 
@@ -634,6 +647,10 @@ class WanS2VEngine(WanEngineBase):
         per_clip = opt.infer_frames
         dropped = FIRST_CLIP_DROPPED_FRAMES if task.drop_first_motion and not continuing else 0
         clips = 1 + math.ceil(max(0, needed - (per_clip - dropped)) / per_clip)
+        if opt.balance_clips:  # as many clips, each just long enough: no mostly unused last clip
+            per_clip = max(4, math.ceil((needed + dropped) / clips / 4) * 4)
+            clips = math.ceil((needed + dropped) / per_clip)
+            sampling = {**sampling, "frames_per_clip": per_clip, "latent_frames_per_forward": per_clip // 4}
         audio_offset = first16 - dropped if opt.audio_sync else first16
 
         context = self._text(p.prompt or opt.default_prompt)
@@ -644,14 +661,33 @@ class WanS2VEngine(WanEngineBase):
         vae_dtype = self.vae.dtype
         last_frames = motion_pixels(job.motion_frames if continuing else None, segment.start, p.fps, first16, fps16,
                                     task.motion_frames, height, width).to(self.device, vae_dtype)
-        motion_latents = torch.zeros(1, 16, task.lat_motion_frames, lat_h, lat_w, device=self.device)
         anchoring = self.embedder is not None and job.embedding is not None
         log.info("Wan S2V job: %dx%d, %.2f s -> %d clip(s) of %d frames, %d steps (%s), guidance %.2f, %s", width,
                  height, seconds, clips, per_clip, steps, opt.sampler, guidance,
                  "identity anchoring" if anchoring else "no identity check")
 
-        produced = 0  # 16 fps frames streamed so far
-        out_index = segment.start
+        from .streaming import ChunkMaker, stream_chunks
+
+        source = self._clip_pieces(job, clips, needed, dropped, continuing, audio_offset, features30, shape, steps,
+                                   guidance, context, context_null, ref_latents, last_frames, encode_s, anchoring)
+        chunks = ChunkMaker(resampler, needed, segment.start, p.fps, total, p.chunk_frames, sampling, started)
+        yield from stream_chunks(self, "Wan S2V", source, chunks, "denoise+decode")
+
+    def _clip_pieces(self, job: GenerationJob, clips: int, needed: int, dropped: int, continuing: bool,
+                     audio_offset: int,
+                     features30: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float,
+                     context: torch.Tensor, context_null: torch.Tensor, ref_latents: torch.Tensor,
+                     last_frames: torch.Tensor, encode_s: float, anchoring: bool) -> Iterator[PixelPiece]:
+        """The source of the stage pipeline: clip after clip, denoised and decoded (the next clip's motion frames
+        are this clip's decoded last frames, so decoding cannot leave the DiT's thread here); each clip ends with
+        an empty piece that flushes its last chunk."""
+        from .streaming import PixelPiece
+
+        p, opt, task = job.params, self.options, self.task
+        vae_dtype = self.vae.dtype
+        lat_h, lat_w = shape[3], shape[4]
+        motion_latents = torch.zeros(1, 16, task.lat_motion_frames, lat_h, lat_w, device=self.device)
+        decoded = 0  # 16 fps frames decoded so far
         for clip in range(clips):
             first_clip = clip == 0
             drop_motion = first_clip and task.drop_first_motion and not continuing
@@ -660,7 +696,8 @@ class WanS2VEngine(WanEngineBase):
                 motion_latents = self.vae.encode(last_frames)
                 self._sync()
                 encode_s += time.perf_counter() - t0
-            audio = audio_window(features30, clip * per_clip + audio_offset, per_clip, fps16)
+            per_clip = shape[2] * 4
+            audio = audio_window(features30, clip * per_clip + audio_offset, per_clip, task.sample_fps)
             prefix = ref_latents if drop_motion else motion_latents
             drop = dropped if first_clip else 0
 
@@ -704,9 +741,9 @@ class WanS2VEngine(WanEngineBase):
             encode_s = 0.0
             last_clip = clip == clips - 1
             keep: list[torch.Tensor] = []  # this clip's last motion_frames pixels, for the next clip's motion
-            buffer: list[np.ndarray] = []
-            decode_s, t0 = 0.0, time.perf_counter()
             pieces = iter(best.head)
+            empty = None
+            t0 = time.perf_counter()
             while True:
                 piece = next(pieces, None)
                 if piece is None:
@@ -717,33 +754,20 @@ class WanS2VEngine(WanEngineBase):
                     keep.append(piece.to(vae_dtype))
                     while sum(x.shape[2] for x in keep[1:]) >= task.motion_frames:
                         keep.pop(0)
-                frames = to_uint8(piece)[: max(0, needed - produced)]  # (copying to the host waits for the GPU)
-                decode_s += time.perf_counter() - t0
-                produced += len(frames)
-                buffer.extend(resampler.push(frames))
-                while len(buffer) >= p.chunk_frames:
-                    chunk, buffer = buffer[: p.chunk_frames], buffer[p.chunk_frames :]
-                    yield self._chunk(out_index, chunk, p.fps, total, clip, timing, decode_s, started, sampling)
-                    out_index += len(chunk)
-                    decode_s = 0.0
-                if last_clip and produced >= needed:
+                self._sync()
+                empty = piece[:, :, :0]
+                decoded += piece.shape[2]
+                yield PixelPiece(piece, clip, timing, {"decode_s": time.perf_counter() - t0})
+                if last_clip and decoded >= needed:
                     best.stream.close()
                     break
                 t0 = time.perf_counter()
-            if buffer:
-                yield self._chunk(out_index, buffer, p.fps, total, clip, timing, decode_s, started, sampling)
-                out_index += len(buffer)
+            if empty is not None:
+                yield PixelPiece(empty, clip, timing, flush=True)
             if not last_clip:
                 tail = torch.cat(keep, dim=2)[:, :, -task.motion_frames :]
                 overlap = tail.shape[2]
                 last_frames = torch.cat([last_frames[:, :, overlap:], tail], dim=2)
-        log.info("Wan S2V job done: %d frames at %.3g fps in %.2f s", out_index, p.fps, time.perf_counter() - started)
-
-    @staticmethod
-    def _chunk(start: int, frames: list[np.ndarray], fps: float, total: int, clip: int, timing: Mapping[str, float],
-               decode_s: float, started: float, sampling: Mapping[str, object]) -> WanFrameChunk:
-        info = {**timing, "decode_s": decode_s, "elapsed_s": time.perf_counter() - started}
-        return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info, sampling=sampling)
 
     def sampling(self, steps: int | None = None, guidance: float | None = None) -> dict[str, object]:
         """What a clip costs in DiT forward passes with these settings (the engine's defaults when None)."""

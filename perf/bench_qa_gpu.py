@@ -1,0 +1,236 @@
+"""QA of a 10 s clip with every gate on, per gate, on the GPU profile's models (the seed budgets 2-5 s; issue 19
+targets <= 3 s on one H200).
+
+The models are the ones `--model-config-name gpu` serves, built from its configs' parameters on `--device`
+(cuda when there is one): HRNet-W18, ArcFace IResNet-50, SyncNet v2 and Wav2Lip with random weights in their
+official layouts where `--weights` has none (perf/random_weights.py: speed does not depend on weight values; the
+verdicts are noise and the JSON says which models were random); the detector is the shipped MTCNN unless
+`--weights` has RetinaFace (its boxes and keypoints feed every later model, so it stays real); NudeNet's shipped
+320n.onnx (onnxruntime's CUDA provider where onnxruntime-gpu is installed, else the CPU: the JSON names it).
+
+The clip is the preview engine's, from the bundled photo and speech (looped to --seconds). The gates call the
+models in-process through a caller with the BLS caller's interface (bench_quality.LocalCaller: one request at a
+time per model, models concurrently), with the GPU profile's request sizes (a whole 5 s segment per request).
+Two measurements:
+
+1. each gate alone over the whole clip, one after another (tracking = detector every 10th frame + landmarks on
+   every frame; identity = ArcFace on the detected frames; lipsync = SyncNet over each segment; flicker; jaw +
+   eyes + edge; content safety = NudeNet at 1 frame/s; mouth_refiner = Wav2Lip over every frame, which the
+   pipeline runs only on plosive runs and failed segments, so it is an upper bound);
+2. the QA as talking_head runs it (`process_segment`: tracking, colour match, Wav2Lip on plosive runs, the gates
+   concurrently, Wav2Lip again and a re-check when lip-sync fails), segment after segment: its wall time is the
+   QA time of the clip.
+
+    python perf/bench_qa_gpu.py --out perf/results/qa_gpu_h200.json
+    python perf/bench_qa_gpu.py --device cpu --seconds 0.5 --fps 12 --size 128 --no-warmup --out /tmp/qa.json  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_quality import SAMPLES, LocalCaller, _source, _speech  # noqa: E402
+from random_weights import FILES, write_random_weights  # noqa: E402
+
+from client.repository import config_path, load_config, parameters  # noqa: E402
+from python_backends import spec  # noqa: E402
+from python_backends.audio import mel  # noqa: E402
+from python_backends.catalog import ROLES  # noqa: E402
+from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
+from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
+from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
+from python_backends.generation.preview import PreviewEngine  # noqa: E402
+from python_backends.pipeline import TalkingHeadSettings  # noqa: E402
+from python_backends.qa.envelope_sync import mouth_opening  # noqa: E402
+from python_backends.quality.colour import match_colour  # noqa: E402
+from python_backends.quality.segment_job import process_segment, refine_mouth, segment_length, segment_size  # noqa: E402
+from python_backends.quality.segment_qa import (  # noqa: E402
+    Boundary,
+    JobContext,
+    artifact_gates,
+    flicker_gate,
+    identity_gate,
+    lipsync_gate,
+    safety_gate,
+)
+from python_backends.quality.tracking import track_faces  # noqa: E402
+from python_backends.settings import from_mapping  # noqa: E402
+from python_backends.weights import official_path  # noqa: E402
+
+PROFILE = "gpu"
+BUILDERS = {
+    spec.FACE_DETECTOR.name: ("python_backends.face_detection", "build_face_detector"),
+    spec.FACE_LANDMARKS.name: ("python_backends.face_landmarks", "build_face_landmarks"),
+    spec.FACE_EMBEDDER.name: ("python_backends.face_embedding", "build_face_embedder"),
+    spec.CONTENT_SAFETY.name: ("python_backends.content_safety", "build_content_safety"),
+    spec.LIPSYNC_SCORER.name: ("python_backends.qa.scorer", "build_lipsync_scorer"),
+    spec.MOUTH_REFINER.name: ("python_backends.mouth_refiner", "build_mouth_refiner"),
+}
+
+
+def weights_root(given: Path | None, scratch: Path) -> tuple[Path, dict[str, str]]:
+    """A weights root with the given root's files where it has them and random ones for the rest. The detector
+    is never random: its boxes and keypoints feed every later model, and the shipped MTCNN is real (it runs where
+    no RetinaFace file is given, as the served profile does)."""
+    root = scratch / "weights"
+    sources = {spec.FACE_DETECTOR.name: "shipped MTCNN (facenet-pytorch)"}
+    missing = []
+    for model, name in FILES.items():
+        real = official_path(model, name, given) if given is not None else None
+        if real is not None:
+            (root / model).mkdir(parents=True, exist_ok=True)
+            (root / model / name).symlink_to(real.resolve())
+            sources[model] = str(real)
+        elif model != spec.FACE_DETECTOR.name:
+            missing.append(model)
+            sources[model] = "random (official layout)"
+    write_random_weights(root, tuple(missing))
+    return root, sources
+
+
+def build_models(root: Path, device: str) -> dict:
+    import importlib
+
+    predictors = {}
+    for model, (package, builder) in BUILDERS.items():
+        module_name, settings_name, _ = ROLES[model]
+        settings_type = getattr(importlib.import_module(module_name), settings_name)
+        values = parameters(load_config(config_path(model, PROFILE)))
+        predictors[model] = getattr(importlib.import_module(package), builder)(
+            from_mapping(settings_type, values), device, root)
+    return predictors
+
+
+def synced(device: str):
+    def wait() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return wait
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--size", type=int, default=512, help="generated frame side (QA runs before the resize)")
+    parser.add_argument("--device", default=None, help="cuda (default where present) or cpu")
+    parser.add_argument("--weights", type=Path, default=None, help="a weights root whose real files are used")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the gates once before timing (lazy CUDA init, cuDNN algorithm search)")
+    args = parser.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    wait = synced(device)
+    with tempfile.TemporaryDirectory() as scratch:
+        root, sources = weights_root(args.weights, Path(scratch))
+        t0 = time.perf_counter()
+        predictors = build_models(root, device)
+        load_s = time.perf_counter() - t0
+    call = LocalCaller(predictors=predictors)
+    settings = from_mapping(TalkingHeadSettings, parameters(load_config(config_path("talking_head", PROFILE)))).quality
+    photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
+    source, landmarks = asyncio.run(_source(call, photo, "arcface"))
+    source = dataclasses.replace(source, landmarks=to_ibug68(landmarks))  # as SourceFace.from_report maps them
+    speech = _speech(args.seconds)
+    # The clip (not timed) is animated from the shipped dlib landmarks: random HRNet points would warp noise.
+    dlib = build_face_landmarks(FaceLandmarksSettings(), "cpu").predict(
+        {spec.IMAGE: photo[None], spec.FACE_BOX: source.box.astype(np.float32)[None]})[0][spec.LANDMARKS]
+    job = GenerationJob(photo=photo, landmarks=dlib, waveform=speech, params=GenerationParams(
+        width=args.size, height=args.size, fps=args.fps, max_duration_s=args.seconds))
+    frames = np.concatenate([c.frames for c in PreviewEngine().generate(job)])
+    mel_frames = mel.melspectrogram(speech)
+    size, min_tail = segment_size(settings, args.fps)
+    bounds, start = [], 0
+    while start < len(frames):
+        count = min(segment_length(start, len(frames), size, min_tail), len(frames) - start)
+        bounds.append((start, count))
+        start += count
+
+    def context() -> JobContext:
+        return JobContext(source, speech, args.fps, settings, mel=mel_frames)
+
+    async def each_gate_alone() -> dict[str, float]:
+        costs: dict[str, float] = {}
+        ctx = context()
+
+        async def timed(name: str, work):
+            wait()
+            started = time.perf_counter()
+            value = await work
+            wait()
+            costs[name] = costs.get(name, 0.0) + time.perf_counter() - started
+            return value
+
+        async def in_thread(function, *values):
+            return await asyncio.to_thread(function, *values)
+
+        for begin, count in bounds:
+            part = frames[begin: begin + count]
+            track = await timed("tracking", track_faces(part, call, settings.detect_every, None,
+                                                        settings.request_frames))
+            await timed("colour_match", in_thread(match_colour, part, track.boxes, photo, source.box, True))
+            await timed("identity", identity_gate(part, track, begin, ctx, call))
+            await timed("lipsync", lipsync_gate(part, track, mouth_opening(track.landmarks), begin, ctx, call))
+            await timed("flicker", in_thread(flicker_gate, part, track, begin, settings))
+            await timed("jaw_eyes_edge", in_thread(artifact_gates, part, track.landmarks, begin, ctx))
+            await timed("content_safety", safety_gate(part, begin, ctx, call))
+            await timed("mouth_refiner_all_frames", refine_mouth(part, track.boxes, [(0, count)], begin, ctx, call))
+        return {k: round(v, 4) for k, v in costs.items()}
+
+    async def as_served() -> tuple[float, list[dict]]:
+        ctx, boundary, records = context(), None, []
+        wait()
+        started = time.perf_counter()
+        for index, (begin, count) in enumerate(bounds):
+            part, qa = await process_segment(frames[begin: begin + count], index, begin, ctx, call, boundary)
+            records.append({"frames": count, "timings_ms": qa.timings_ms, "post": sorted(qa.post),
+                            "gates": {g.name: g.status for g in qa.gates}})
+            boundary = Boundary(part[-1], qa.track.landmarks[-1], qa.track.boxes[-1])
+        wait()
+        return time.perf_counter() - started, records
+
+    if args.warmup:  # lazy CUDA init, cuDNN algorithm search, onnxruntime sessions
+        asyncio.run(each_gate_alone())
+    alone = asyncio.run(each_gate_alone())
+    served_s, segments = asyncio.run(as_served())
+    seconds = len(frames) / args.fps
+    safety_provider = getattr(getattr(predictors[spec.CONTENT_SAFETY.name], "detector", None), "session", None)
+    result = {
+        "script": "perf/bench_qa_gpu.py", "argv": sys.argv[1:] if argv is None else argv, "device": device,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
+        "torch": torch.__version__, "profile": PROFILE, "request_frames": settings.request_frames,
+        "weights": {**sources, "content_safety": "NudeNet 320n.onnx (shipped)"},
+        "nudenet_provider": safety_provider.get_providers()[0] if safety_provider is not None else None,
+        "load_s": round(load_s, 2),
+        "clip": {"seconds": round(seconds, 3), "fps": args.fps, "size": args.size, "frames": int(len(frames)),
+                 "segments": len(bounds)},
+        "each_gate_alone_s": alone, "each_gate_alone_total_s": round(sum(alone.values()), 3),
+        "each_gate_alone_total_without_refiner_s": round(
+            sum(v for k, v in alone.items() if k != "mouth_refiner_all_frames"), 3),
+        "as_served_qa_s": round(served_s, 3), "as_served_segments": segments,
+        "target_s": 3.0,
+        "note": "random weights where the weights column says so: timings are real, verdicts are noise",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("device", "each_gate_alone_s", "as_served_qa_s")}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""A `--model-config-name` profile served on a machine without its hardware: copies of the project's repositories
+in which every configs/<profile>.pbtxt is rewritten from KIND_GPU to KIND_CPU and nothing else, so the profile's
+batching, request sizes and parameters run through a real tritonserver on the CPU (Triton refuses to load a
+KIND_GPU instance without a GPU). `pytest --model-config-name gpu` serves the session's tritonserver this way
+(tests/conftest.py); tests/integration/test_gpu_profile_server.py is the CI smoke test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from client.server import PROJECT_ROOT
+
+REPOSITORIES = ("model_repository", "ensembles")
+
+
+def profile_on_cpu(root: Path, profile: str) -> tuple[Path, ...]:
+    """The repositories copied under `root`, the profile's variants moved to the CPU; their paths."""
+    copies = []
+    found = 0
+    for name in REPOSITORIES:
+        target = root / name
+        shutil.copytree(PROJECT_ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+        for variant in target.glob(f"*/configs/{profile}.pbtxt"):
+            variant.write_text(variant.read_text().replace("kind: KIND_GPU", "kind: KIND_CPU"))
+            found += 1
+        copies.append(target)
+    if not found:
+        raise ValueError(f"no model has a configs/{profile}.pbtxt: --model-config-name {profile} would serve the "
+                         "defaults")
+    return tuple(copies)
+
+
+def served_profile(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ServerOptions fields for the session's --model-config-name profile: {} for the defaults."""
+    profile = config.getoption("--model-config-name")
+    if not profile:
+        return {}
+    return {"model_config_name": profile,
+            "repositories": profile_on_cpu(tmp_path_factory.mktemp(f"{profile}-profile"), profile)}

@@ -1,0 +1,41 @@
+"""perf/bench_e2e_gpu.py on the CPU with tiny random models: each run reports every stage's busy time, the
+overlapped wall time, the time to the first frames and the encoded stream, overlapped and one after another."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "bench_e2e_gpu.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_e2e_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("engine", ["liveavatar", "s2v"])
+def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str) -> None:
+    out = tmp_path / "e2e.json"
+    _bench().main(["--tiny", "--engine", engine, "--sizes", "64x64", "--seconds", "0.5", "--warmup-seconds", "0.25",
+                   "--output-size", "96x64", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["engine"] == engine and result["options"]["interpolation"] == "flow"
+    sequential, overlapped = result["runs"]
+    assert (sequential["overlap"], overlapped["overlap"]) == (False, True)
+    for run in result["runs"]:
+        assert run["frames"] == 15 and run["output_size"] == [96, 64]  # 0.5 s at 30 fps
+        dit = "denoise" if engine == "liveavatar" else "denoise+decode"
+        stages = {dit, "frames", "resize+copy", "encode"} | ({"decode"} if engine == "liveavatar" else set())
+        assert set(run["stage_busy_s"]) == stages and all(v >= 0 for v in run["stage_busy_s"].values())
+        assert 0 < run["time_to_first_chunk_s"] <= run["total_s"]
+        assert run["sum_of_stages_s"] == pytest.approx(sum(run["stage_busy_s"].values()), abs=0.01)
+        assert run["encode"]["frames"] == 15 and run["encode"]["width"] == 96 and run["encode"]["bytes"] > 0
+        assert run["peak_memory_gib"] is None  # CPU: no GPU memory to report
