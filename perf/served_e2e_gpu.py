@@ -38,9 +38,6 @@ from latency_budget import chart, run_job, stages  # noqa: E402
 from client.repository import REPOSITORIES  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
 
-GPU_MODELS = ("face_detector", "face_landmarks", "face_embedder", "content_safety", "lipsync_scorer",
-              "mouth_refiner", "video_generator")
-
 
 def set_parameter(config: str, key: str, value: str) -> str:
     pattern = re.compile(r'(\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
@@ -50,19 +47,23 @@ def set_parameter(config: str, key: str, value: str) -> str:
 
 
 def served_repositories(work: Path, generator: dict[str, str], talking_head: dict[str, str],
-                        gpu_models: tuple[str, ...]) -> tuple[Path, ...]:
-    """Copies of the checked-in repositories with the benchmark's parameters and instance kinds."""
+                        profile: str | None, generator_on_gpu: bool) -> tuple[Path, ...]:
+    """Copies of the checked-in repositories with the benchmark's parameters, set in the config each model is
+    served with: `configs/<profile>.pbtxt` where the profile has one (Triton's --model-config-name), else
+    config.pbtxt. Without a profile, `generator_on_gpu` moves video_generator alone to the GPU."""
     copies = []
     for repository in REPOSITORIES:
         copy = work / repository.name
         shutil.copytree(repository, copy)
         copies.append(copy)
-        for config_path in copy.glob("*/config.pbtxt"):
-            model, text = config_path.parent.name, config_path.read_text()
-            overrides = {"video_generator": generator, "talking_head": talking_head}.get(model, {})
-            for key, value in overrides.items():
+        for model_dir in (d for d in copy.iterdir() if (d / "config.pbtxt").exists()):
+            variant = model_dir / "configs" / f"{profile}.pbtxt" if profile else None
+            config_path = variant if variant is not None and variant.exists() else model_dir / "config.pbtxt"
+            text = config_path.read_text()
+            for key, value in {"video_generator": generator, "talking_head": talking_head}.get(model_dir.name,
+                                                                                              {}).items():
                 text = set_parameter(text, key, value)
-            if model in gpu_models:
+            if model_dir.name == "video_generator" and generator_on_gpu and not profile:
                 text = text.replace("kind: KIND_CPU", "kind: KIND_GPU")
             config_path.write_text(text)
     return tuple(copies)
@@ -136,21 +137,22 @@ def main(argv: list[str] | None = None) -> dict:
                           "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
                           "liveavatar_history_frames": str(args.history_frames)})
     talking_head = {"max_rerolls": "0"}
-    gpu_models = (GPU_MODELS if args.profile == "gpu" else ("video_generator",)) if wan else ()
+    profile = "gpu" if args.profile == "gpu" else None
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,
                   "seed": 1}
     result: dict = {"script": "perf/served_e2e_gpu.py", "argv": sys.argv[1:], "engine_setting": args.engine,
                     "generated_size": [width, height], "output_size": [out_w, out_h], "fps": args.fps,
-                    "clip_seconds": args.seconds, "models_on_gpu": list(gpu_models),
+                    "clip_seconds": args.seconds, "model_config_name": profile,
                     "video_generator_parameters": generator, "talking_head_parameters": talking_head,
                     "weights": "random, built in memory at release size (benchmark_random_weights)" if wan else
                     "none (preview engine)"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("TALKINGHEAD_HOME", str(work / "home"))
-        repositories = served_repositories(work, generator, talking_head, gpu_models)
+        repositories = served_repositories(work, generator, talking_head, profile, wan)
         options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                                repositories=repositories, weights=work / "no-weights", startup_timeout_s=1200)
+                                repositories=repositories, weights=work / "no-weights", startup_timeout_s=1200,
+                                model_config_name=profile)
         log = work / "tritonserver.log"
         t0 = time.perf_counter()
         try:
