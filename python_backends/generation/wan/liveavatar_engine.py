@@ -71,7 +71,15 @@ from .s2v_engine import (
     to_uint8,
 )
 from .scheduler import make_sampler
-from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
+from .vae import (
+    SPATIAL_STRIDE,
+    TEMPORAL_STRIDE,
+    LatentDecoder,
+    LatentEncoder,
+    WanVAE,
+    decoder_memory,
+    encoder_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,10 @@ class LiveAvatarOptions(WanS2VOptions):
     # the release's 365 (1 + 4k). Fewer is faster (encoding 365 frames and decoding their 92 latents per 48-frame
     # clip is most of the VAE's work) but approximate: the causal VAE's state then starts later.
     history_frames: int = MOTION_HISTORY_FRAMES
+    # The release primes each clip's decoder by re-encoding the whole history and decoding all its latents; the
+    # causal VAE's state only depends on the last of them, so by default only those are encoded and decoded
+    # (HistoryPrimer: the same state, the same frames). True runs the release's full re-encode, for comparison.
+    full_history_priming: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +142,51 @@ def liveavatar_lora(folder: Path) -> Path:
         raise WeightsUnavailable(f"{path} is missing: download Quark-Vision/Live-Avatar into {folder} "
                                  f"(huggingface-cli download Quark-Vision/Live-Avatar --local-dir {folder})")
     return path
+
+
+class HistoryPrimer:
+    """Decoders in the state a fresh LatentDecoder reaches after decoding `vae.encode(history)`, the release's
+    per-clip priming, for a history that slides along the video, at a cost independent of its length.
+
+    Exact, not approximate: the decoder's state depends only on its last R = decoder_memory latent frames, and
+    the last R latent frames of encoding the history only on its last 4 (R - 1) + encoder_memory + 1 frames (the
+    history is 1 + 4k frames, so its tail keeps the 4-frame grouping). So a restart encodes just that tail and
+    decodes its last R latents. Better still, when the history moved by a multiple of 4 frames and is at least
+    that long, the encoder stream and the primed decoder simply go on with the new frames (their latents are
+    those of the new history's end: the old history's start is outside what they depend on). Every decoder
+    call sees one latent frame and full tails, so the state is the full path's to float round-off (1x1x1 convs
+    over a different number of frames at most)."""
+
+    def __init__(self, vae: WanVAE, full: bool = False) -> None:
+        self.vae = vae
+        unbounded = 1 << 62
+        self.latents_needed = unbounded if full else decoder_memory(vae)
+        self.frames_needed = unbounded if full else (
+            TEMPORAL_STRIDE * (self.latents_needed - 1) + encoder_memory(vae) + 1)
+        self.encoder: LatentEncoder | None = None
+        self.primed: LatentDecoder | None = None
+
+    def encode(self, history: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """Start over on `history` (1 + 4k frames): the latents of its tail that priming needs, or of all of it."""
+        keep = history.shape[2] if whole else min(history.shape[2], self.frames_needed)
+        self.encoder, self.primed = LatentEncoder(self.vae), None
+        return self.encoder.feed(history[:, :, history.shape[2] - keep :])
+
+    def advance(self, history: torch.Tensor, new_frames: int) -> torch.Tensor:
+        """The history moved on by its last `new_frames` frames: the latents priming needs next."""
+        if (self.encoder is None or self.primed is None or new_frames % TEMPORAL_STRIDE
+                or not new_frames <= history.shape[2] or history.shape[2] < self.frames_needed):
+            return self.encode(history)
+        return self.encoder.feed(history[:, :, history.shape[2] - new_frames :])
+
+    def prime(self, latents: torch.Tensor) -> LatentDecoder:
+        """Feed what encode/advance returned; a decoder in the primed state that the caller may go on with."""
+        if self.primed is None:
+            self.primed = LatentDecoder(self.vae)
+            latents = latents[:, :, max(0, latents.shape[2] - self.latents_needed) :]
+        for _ in self.primed.feed(latents):
+            pass
+        return self.primed.fork()
 
 
 class WanLiveAvatarEngine(WanS2VEngine):
@@ -198,7 +255,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
         pixels = pixels.to(self.vae.dtype)
         ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
         history = self._history(job, pixels, plan, p.fps)
-        motion_latents = self.vae.encode(history)
+        primer = HistoryPrimer(self.vae, opt.full_history_priming)
+        motion_latents = primer.encode(history, whole=True)  # the DiT's motion condition: all of it, as released
         cond = self.causal.prefill(ref_latents, motion_latents, [context])
         caches = [self.causal.new_step_cache(opt.blocks_per_clip) for _ in range(steps)]
         distances = RefDistances(p.seed, opt.ref_distance)
@@ -208,7 +266,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
         shift = task.sample_shift if opt.shift is None else opt.shift
 
-        produced, out_index, prime_s = 0, plan.segment.start, 0.0
+        produced, out_index, prime_s, moved = 0, plan.segment.start, 0.0, 0
         for n in range(blocks):
             clip, index = divmod(n, opt.blocks_per_clip)
             if index == 0:  # a new clip: its noise, and the VAE decoder primed with the last frames' latents
@@ -216,13 +274,11 @@ class WanLiveAvatarEngine(WanS2VEngine):
                 noise = torch.randn(lat_shape, generator=generator, dtype=torch.float32).to(self.device)
                 t0 = time.perf_counter()
                 # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
-                prefix = motion_latents if clip == 0 else self.vae.encode(history)
+                prefix = motion_latents if clip == 0 else primer.advance(history, moved)
                 self._sync()
                 t1 = time.perf_counter()
                 encode_s += t1 - t0
-                decoder = LatentDecoder(self.vae)
-                for _ in decoder.feed(prefix):
-                    pass
+                decoder = primer.prime(prefix)
                 self._sync()
                 prime_s = time.perf_counter() - t1
                 clip_pixels: list[torch.Tensor] = []
@@ -251,6 +307,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
             if index == opt.blocks_per_clip - 1 and n + 1 < blocks:  # the next clip's decoder primes on these
                 recent = torch.cat(clip_pixels, dim=2)[:, :, -self.task.motion_frames :]
                 history = torch.cat([history[:, :, recent.shape[2] :], recent], dim=2)
+                moved = recent.shape[2]
             if out:
                 timing = {"denoise_s": denoise_s, "encode_s": encode_s, "decode_s": decode_s, "steps": float(steps),
                           "block": float(n), "elapsed_s": time.perf_counter() - started}
