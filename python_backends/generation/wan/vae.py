@@ -357,6 +357,14 @@ class LatentEncoder:
     @torch.no_grad()
     def feed(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, t, H, W] in [-1, 1] -> [B, 16, t', H/8, W/8] float32 (t' = 1 + (t - 1) / 4 first, t / 4 after)."""
+        vae = self.vae
+        mu = vae.conv1(self.features(video))[:, : vae.z_dim].float()
+        mean, inv_std = vae._stats(mu)
+        return (mu - mean) * inv_std
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """The encoder's output for these frames in the VAE's dtype, before the 1x1x1 latent head."""
         vae, t = self.vae, video.shape[2]
         first = self.frames == 0
         if video.ndim != 5 or (t - 1 if first else t) % TEMPORAL_STRIDE or (not first and t == 0):
@@ -368,9 +376,7 @@ class LatentEncoder:
                                                      if t > int(first) else [])
         out = torch.cat([vae.encoder(chunk, self.state) for chunk in chunks], dim=2)
         self.frames += t
-        mu = vae.conv1(out)[:, : vae.z_dim].float()
-        mean, inv_std = vae._stats(mu)
-        return (mu - mean) * inv_std
+        return out
 
 
 class LatentDecoder:
