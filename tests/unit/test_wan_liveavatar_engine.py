@@ -243,10 +243,11 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
         runs[full] = (chunks, list(pixels), list(encoded))
     (full_chunks, full_pixels, full_encoded), (chunks, tail_pixels, tail_encoded) = runs[True], runs[False]
     assert [c.clip for c in chunks] == [c.clip for c in full_chunks] == [0, 1, 2]
-    # the reference photo (5 frames), the whole history for the motion condition, then per clip
+    # the reference photo (5 frames), the whole history for the motion condition and clip 0, then per clip
     assert full_encoded == [5, 265, 265, 265]
-    # after a fresh clip 0 the history moved 45 frames, off the 4-frame grouping: clip 1 encodes the 261-frame tail
-    assert tail_encoded == ([5, 265, 12, 12] if continuing else [5, 265, 261, 12])
+    # the history's last 261 frames give the condition's 19 and the decoder's 38 latent frames; after a fresh
+    # clip 0 the history moved 45 frames, off the 4-frame grouping, so clip 1 encodes the 261 again
+    assert tail_encoded == ([5, 261, 12, 12] if continuing else [5, 261, 261, 12])
     worst = max(float((a - b).abs().max()) for a, b in zip(tail_pixels, full_pixels, strict=True))
     assert worst <= 1e-5, f"frames differ from the full-history path by {worst}"
     for a, b in zip(chunks, full_chunks, strict=True):

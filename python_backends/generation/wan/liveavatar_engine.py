@@ -24,7 +24,11 @@ Per job:
 3. Decode: per clip, the causal VAE is primed with the latents of the last 365 output frames (the photo at
    first; the release re-encodes them after every clip), then decodes the clip; the first clip drops its first
    3 frames. Here the decoder is fed block by block, so each block's 12 frames stream as soon as it is denoised
-   (the same pixels as decoding the clip at once: vae.LatentDecoder).
+   (the same pixels as decoding the clip at once: vae.LatentDecoder). The priming reaches the release's decoder
+   state without re-encoding the whole history (HistoryPrimer): the state depends on the last 38 latent frames
+   only, and those on the last 261 frames, so only they are encoded and decoded, and where the history moved by
+   a multiple of 4 frames the encoder simply goes on with the clip's new frames (the same frames, to round-off).
+   The motion condition is encoded from the same 261-frame tail: frame packing reads only the last 19 latents.
 
 Departures (the S2V engine's where they apply): `audio_sync` (on: audio windows start 3 frames earlier so
 output frame k belongs to audio frame k; the release muxes the 3-frame lead); length (exactly the audio's
@@ -55,6 +59,7 @@ from ...errors import InputError, WeightsUnavailable
 from ..job import GenerationJob
 from .causal_s2v import BLOCK_FRAMES, CausalS2V, RefDistances, ref_shift
 from .configs import S2V_14B, WanS2VTaskConfig
+from .s2v import ZIP_FRAME_BUCKETS
 from .s2v_engine import (
     FIRST_CLIP_DROPPED_FRAMES,
     FramePlan,
@@ -106,9 +111,8 @@ class LiveAvatarOptions(WanS2VOptions):
     identity_retries: int = 0  # a causal stream cannot redo a clip (module docstring)
     block_frames: int = BLOCK_FRAMES  # latent frames per block (num_frames_per_block)
     ref_distance: int | None = None  # None: drawn per forward from 4..30 as the release does; fixed otherwise
-    # Frames of history VAE-encoded for the DiT's motion latents (once) and to prime the decoder (every clip):
-    # the release's 365 (1 + 4k). Fewer is faster (encoding 365 frames and decoding their 92 latents per 48-frame
-    # clip is most of the VAE's work) but approximate: the causal VAE's state then starts later.
+    # Frames of history VAE-encoded for the DiT's motion latents (once) and whose latents prime the decoder (every
+    # clip): the release's 365 (1 + 4k). Fewer changes the motion condition and, under 261, the primed state.
     history_frames: int = MOTION_HISTORY_FRAMES
     # The release primes each clip's decoder by re-encoding the whole history and decoding all its latents; the
     # causal VAE's state only depends on the last of them, so by default only those are encoded and decoded
@@ -158,19 +162,24 @@ class HistoryPrimer:
     over a different number of frames at most)."""
 
     def __init__(self, vae: WanVAE, full: bool = False) -> None:
-        self.vae = vae
-        unbounded = 1 << 62
-        self.latents_needed = unbounded if full else decoder_memory(vae)
-        self.frames_needed = unbounded if full else (
-            TEMPORAL_STRIDE * (self.latents_needed - 1) + encoder_memory(vae) + 1)
+        self.vae, self.full = vae, full
+        self.latents_needed = decoder_memory(vae)
+        self.encoder_frames = encoder_memory(vae)
+        self.frames_needed = self._frames_for(self.latents_needed)
         self.encoder: LatentEncoder | None = None
         self.primed: LatentDecoder | None = None
 
-    def encode(self, history: torch.Tensor, whole: bool = False) -> torch.Tensor:
-        """Start over on `history` (1 + 4k frames): the latents of its tail that priming needs, or of all of it."""
-        keep = history.shape[2] if whole else min(history.shape[2], self.frames_needed)
+    def _frames_for(self, latents: int) -> int:
+        """How many of the history's last frames give its last `latents` latent frames exactly (any, if full)."""
+        return 1 << 62 if self.full else TEMPORAL_STRIDE * (latents - 1) + self.encoder_frames + 1
+
+    def encode(self, history: torch.Tensor, latents: int = 0) -> torch.Tensor:
+        """Start over on `history` (1 + 4k frames): the latents of its tail that priming needs, and at least its
+        last `latents` latent frames exactly (those of encoding all of it); all of them if `latents` < 0."""
+        count = history.shape[2]
+        keep = count if latents < 0 else min(count, self._frames_for(max(latents, self.latents_needed)))
         self.encoder, self.primed = LatentEncoder(self.vae), None
-        return self.encoder.feed(history[:, :, history.shape[2] - keep :])
+        return self.encoder.feed(history[:, :, count - keep :])
 
     def advance(self, history: torch.Tensor, new_frames: int) -> torch.Tensor:
         """The history moved on by its last `new_frames` frames: the latents priming needs next."""
@@ -183,7 +192,8 @@ class HistoryPrimer:
         """Feed what encode/advance returned; a decoder in the primed state that the caller may go on with."""
         if self.primed is None:
             self.primed = LatentDecoder(self.vae)
-            latents = latents[:, :, max(0, latents.shape[2] - self.latents_needed) :]
+            if not self.full:
+                latents = latents[:, :, max(0, latents.shape[2] - self.latents_needed) :]
         for _ in self.primed.feed(latents):
             pass
         return self.primed.fork()
@@ -256,7 +266,10 @@ class WanLiveAvatarEngine(WanS2VEngine):
         ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
         history = self._history(job, pixels, plan, p.fps)
         primer = HistoryPrimer(self.vae, opt.full_history_priming)
-        motion_latents = primer.encode(history, whole=True)  # the DiT's motion condition: all of it, as released
+        # The DiT's motion condition: frame packing reads only the last 19 latent frames, and those are exact from
+        # the history's tail that priming encodes anyway; without frame packing, all of them as the release does.
+        condition = sum(ZIP_FRAME_BUCKETS) if self.transformer.config.enable_framepack else -1
+        motion_latents = primer.encode(history, -1 if opt.full_history_priming else condition)
         cond = self.causal.prefill(ref_latents, motion_latents, [context])
         caches = [self.causal.new_step_cache(opt.blocks_per_clip) for _ in range(steps)]
         distances = RefDistances(p.seed, opt.ref_distance)
