@@ -248,8 +248,9 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
     # the history's last 261 frames give the condition's 19 and the decoder's 38 latent frames; after a fresh
     # clip 0 the history moved 45 frames, off the 4-frame grouping, so clip 1 encodes the 261 again
     assert tail_encoded == ([5, 261, 12, 12] if continuing else [5, 261, 261, 12])
-    worst = max(float((a - b).abs().max()) for a, b in zip(tail_pixels, full_pixels, strict=True))
-    assert worst <= 1e-5, f"frames differ from the full-history path by {worst}"
+    # bitwise: every VAE layer sees the same shapes and tails on both paths (HistoryPrimer)
+    assert len(tail_pixels) == len(full_pixels) == 3
+    assert all(torch.equal(a, b) for a, b in zip(tail_pixels, full_pixels, strict=True))
     for a, b in zip(chunks, full_chunks, strict=True):
         assert a.start_frame == b.start_frame and np.array_equal(a.frames, b.frames)
     assert all(c.timing["decode_s"] > 0 and c.timing["encode_s"] >= 0 for c in chunks)

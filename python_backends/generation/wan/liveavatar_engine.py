@@ -157,9 +157,9 @@ class HistoryPrimer:
     history is 1 + 4k frames, so its tail keeps the 4-frame grouping). So a restart encodes just that tail and
     decodes its last R latents. Better still, when the history moved by a multiple of 4 frames and is at least
     that long, the encoder stream and the primed decoder simply go on with the new frames (their latents are
-    those of the new history's end: the old history's start is outside what they depend on). Every decoder
-    call sees one latent frame and full tails, so the state is the full path's to float round-off (1x1x1 convs
-    over a different number of frames at most)."""
+    those of the new history's end: the old history's start is outside what they depend on). Every layer sees
+    the shapes it sees on the full path (a decoder call per latent frame, an encoder call per 4-frame chunk, the
+    1x1x1 heads per frame or chunk) and full tails, so with deterministic kernels the state is bitwise the same."""
 
     def __init__(self, vae: WanVAE, full: bool = False) -> None:
         self.vae, self.full = vae, full

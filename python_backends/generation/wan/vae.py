@@ -346,7 +346,7 @@ class WanVAE(nn.Module):
 
 class LatentEncoder:
     """One causal encode continued over several calls: the first call takes 1 + 4k frames, later ones 4k more, and
-    each returns the normalised latents of its frames, exactly those of encoding all the frames at once (the
+    each returns the normalised latents of its frames, bitwise those of encoding all the frames at once (the
     official chunking: the first frame alone, then 4 at a time; conv1 is 1x1x1)."""
 
     def __init__(self, vae: WanVAE) -> None:
@@ -358,13 +358,18 @@ class LatentEncoder:
     def feed(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, t, H, W] in [-1, 1] -> [B, 16, t', H/8, W/8] float32 (t' = 1 + (t - 1) / 4 first, t / 4 after)."""
         vae = self.vae
-        mu = vae.conv1(self.features(video))[:, : vae.z_dim].float()
+        mu = torch.cat([vae.conv1(out)[:, : vae.z_dim].float() for out in self._features(video)], dim=2)
         mean, inv_std = vae._stats(mu)
         return (mu - mean) * inv_std
 
     @torch.no_grad()
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """The encoder's output for these frames in the VAE's dtype, before the 1x1x1 latent head."""
+        return torch.cat(self._features(video), dim=2)
+
+    def _features(self, video: torch.Tensor) -> list[torch.Tensor]:
+        # Per chunk, so that every layer always sees the same shapes: a stream's latents are then bitwise those of
+        # encoding at once, however the frames were split between calls.
         vae, t = self.vae, video.shape[2]
         first = self.frames == 0
         if video.ndim != 5 or (t - 1 if first else t) % TEMPORAL_STRIDE or (not first and t == 0):
@@ -374,7 +379,7 @@ class LatentEncoder:
         # A single image has no tail: splitting an empty tail would yield one empty chunk.
         chunks = ([x[:, :, :1]] if first else []) + (list(x[:, :, int(first):].split(TEMPORAL_STRIDE, dim=2))
                                                      if t > int(first) else [])
-        out = torch.cat([vae.encoder(chunk, self.state) for chunk in chunks], dim=2)
+        out = [vae.encoder(chunk, self.state) for chunk in chunks]
         self.frames += t
         return out
 
@@ -402,9 +407,9 @@ class LatentDecoder:
         _check_latents(latents, vae.z_dim)
         z = latents.to(device=vae.device, dtype=torch.float32)
         mean, inv_std = vae._stats(z)
-        x = vae.conv2((z / inv_std + mean).to(vae.dtype))
-        for i in range(x.shape[2]):
-            yield vae.decoder(x[:, :, i : i + 1], self.state).float().clamp_(-1.0, 1.0)
+        for i in range(z.shape[2]):  # conv2 per frame too: the same shapes however the latents were split
+            x = vae.conv2((z[:, :, i : i + 1] / inv_std + mean).to(vae.dtype))
+            yield vae.decoder(x, self.state).float().clamp_(-1.0, 1.0)
 
 
 def decoder_memory(vae: WanVAE) -> int:
