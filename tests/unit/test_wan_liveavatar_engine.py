@@ -265,3 +265,53 @@ def test_benchmark_random_weights_build_the_engine_in_memory(photo, speech, monk
     infos = [json.loads(o[spec.CHUNK_INFO][0]) for o in outputs]
     assert {i["engine_id"] for i in infos} == {LIVEAVATAR} and infos[0]["engine"].endswith("(random weights)")
     assert sum(len(o[spec.FRAMES]) for o in outputs) == 8  # 0.5 s at 16 fps, through the real wav2vec2 loader
+
+
+# ---------------------------------------------------------------- priming the decoder from the history's tail
+
+# One block a clip, and a history just longer than the 261 frames whose latents the primed state depends on
+# (4 (decoder_memory - 1) + encoder_memory + 1 at the release's VAE depth, which the tiny VAE has).
+PRIMING = replace(OPTIONS, infer_frames=12, history_frames=4 * 66 + 1)
+
+
+@pytest.mark.parametrize("continuing", [False, True], ids=["fresh", "continuing"])
+def test_priming_from_the_history_tail_streams_the_full_history_frames(
+        engine, photo, speech, reference_run, monkeypatch, continuing) -> None:
+    """3 clips: the frames streamed when each clip's decoder is primed from the history's tail (and the encoder
+    goes on with the new frames) are those of re-encoding and decoding the whole history as the release does.
+    Slow (~1 min) because the full path it is checked against re-encodes 265 frames per clip, and fewer would
+    not reach past the state's receptive field."""
+    from python_backends.generation.wan import streaming
+    from python_backends.generation.wan.vae import LatentEncoder
+
+    pixels: list[torch.Tensor] = []
+    encoded: list[int] = []
+    to_uint8, feed = streaming.to_uint8, LatentEncoder.feed  # streaming's chunker takes each decoded block to uint8
+    monkeypatch.setattr(streaming, "to_uint8", lambda block: pixels.append(block.clone()) or to_uint8(block))
+    monkeypatch.setattr(LatentEncoder, "feed", lambda self, video: encoded.append(video.shape[2]) or feed(self, video))
+    if continuing:
+        motion = np.concatenate([c.frames for c in reference_run])[:4]
+        the_job = GenerationJob(photo=photo, waveform=speech, motion_frames=motion, params=GenerationParams(
+            seed=9, width=SIZE, height=SIZE, fps=16.0, start_frame=4, frame_count=25))
+    else:
+        the_job = job(photo, speech, frame_count=22)  # clip 0 streams 9 frames, then 12 + 1
+
+    runs = {}
+    for full in (True, False):
+        monkeypatch.setattr(engine, "options", replace(PRIMING, full_history_priming=full))
+        pixels.clear(), encoded.clear()
+        chunks = list(engine.generate(the_job))
+        runs[full] = (chunks, list(pixels), list(encoded))
+    (full_chunks, full_pixels, full_encoded), (chunks, tail_pixels, tail_encoded) = runs[True], runs[False]
+    assert [c.clip for c in chunks] == [c.clip for c in full_chunks] == [0, 1, 2]
+    # the reference photo (5 frames), the whole history for the motion condition and clip 0, then per clip
+    assert full_encoded == [5, 265, 265, 265]
+    # the history's last 261 frames give the condition's 19 and the decoder's 38 latent frames; after a fresh
+    # clip 0 the history moved 45 frames, off the 4-frame grouping, so clip 1 encodes the 261 again
+    assert tail_encoded == ([5, 261, 12, 12] if continuing else [5, 261, 261, 12])
+    # bitwise: every VAE layer sees the same shapes and tails on both paths (HistoryPrimer)
+    assert len(tail_pixels) == len(full_pixels) == 3
+    assert all(torch.equal(a, b) for a, b in zip(tail_pixels, full_pixels, strict=True))
+    for a, b in zip(chunks, full_chunks, strict=True):
+        assert a.start_frame == b.start_frame and np.array_equal(a.frames, b.frames)
+    assert all(c.timing["decode_s"] > 0 and c.timing["encode_s"] >= 0 for c in chunks)

@@ -22,7 +22,17 @@ from python_backends.generation.wan.text_encoder import (
     load_umt5_encoder,
 )
 from python_backends.generation.wan.tiny_aux import TINY_T5, TINY_VAE_DIM, make_tiny_wan_aux
-from python_backends.generation.wan.vae import VAE_FILE, StreamState, WanVAE, latent_shape, load_vae
+from python_backends.generation.wan.vae import (
+    VAE_FILE,
+    LatentDecoder,
+    LatentEncoder,
+    StreamState,
+    WanVAE,
+    decoder_memory,
+    encoder_memory,
+    latent_shape,
+    load_vae,
+)
 
 log = logging.getLogger(__name__)
 
@@ -325,3 +335,58 @@ def test_single_image_encodes_like_the_first_frame_of_a_clip(tmp_path):
     assert image_latent.shape == (1, 16, 1, 4, 4)
     # The encoder is causal: the first latent frame depends on the first frame only.
     torch.testing.assert_close(image_latent, clip_latents[:, :, :1])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_decoder_state_depends_on_its_last_r_latent_frames(aux: dict[str, Path]) -> None:
+    """Priming a decoder with the last R = decoder_memory latent frames leaves it in the state that all of them
+    do (the next block decodes identically); R - 1 does not. float64 so that R - 1's small effect is not lost."""
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM, dtype=torch.float64)
+    with torch.device("meta"):
+        real = WanVAE()
+    r = decoder_memory(vae)
+    assert r == decoder_memory(real) == 38  # the tiny VAE has the release's depth, only fewer channels
+    generator = torch.Generator().manual_seed(3)
+    latents = torch.randn(1, 16, r + 2, 1, 1, generator=generator)
+    following = vae.conv2(torch.randn(1, 16, 2, 1, 1, generator=generator).double())
+
+    def primed(prefix: torch.Tensor) -> LatentDecoder:
+        decoder = LatentDecoder(vae)
+        for _ in decoder.feed(prefix):
+            pass
+        return decoder
+
+    def next_block(decoder: LatentDecoder) -> torch.Tensor:
+        with torch.no_grad():  # the decoder's raw output: feed's float32 cast would hide R - 1's difference
+            return torch.cat([vae.decoder(following[:, :, i : i + 1], decoder.state) for i in range(2)], dim=2)
+
+    every = primed(latents)
+    whole = next_block(every.fork())
+    assert torch.equal(next_block(every.fork()), whole)  # a fork goes on without disturbing the original
+    assert torch.equal(next_block(primed(latents[:, :, -r:])), whole)
+    assert not torch.allclose(next_block(primed(latents[:, :, -(r - 1) :])), whole, rtol=0, atol=1e-12)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_last_latents_depend_on_the_last_frames_only(aux: dict[str, Path]) -> None:
+    """The last K latent frames of encoding 1 + 4k frames are those of its last 4 (K - 1) + encoder_memory + 1
+    frames (112 for the release's depth), and not of 4 frames fewer; a stream fed 4 frames at a time gives the
+    latents of encoding everything at once."""
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM, dtype=torch.float64)
+    memory = encoder_memory(vae)
+    with torch.device("meta"):
+        assert memory == encoder_memory(WanVAE()) == 112
+    k = 3
+    frames = 4 * (k - 1) + memory + 1
+    video = _video(frames=frames + 4, height=8, width=8, batch=1).double()
+    whole = LatentEncoder(vae).features(video)
+    tail = LatentEncoder(vae).features(video[:, :, -frames:])
+    assert torch.equal(tail[:, :, -k:], whole[:, :, -k:])
+    shorter = LatentEncoder(vae).features(video[:, :, -(frames - 4) :])
+    assert not torch.allclose(shorter[:, :, -k:], whole[:, :, -k:], rtol=0, atol=1e-12)
+    video = video[:, :, :25].float()
+    stream = LatentEncoder(vae.float())
+    pieces = [stream.feed(video[:, :, :9])] + [stream.feed(piece) for piece in video[:, :, 9:].split(8, dim=2)]
+    assert torch.equal(torch.cat(pieces, dim=2), vae.encode(video))
+    with pytest.raises(ValueError, match="4k > 0 frames"):
+        stream.feed(video[:, :, :3])

@@ -24,7 +24,11 @@ Per job:
 3. Decode: per clip, the causal VAE is primed with the latents of the last 365 output frames (the photo at
    first; the release re-encodes them after every clip), then decodes the clip; the first clip drops its first
    3 frames. Here the decoder is fed block by block, so each block's 12 frames stream as soon as it is denoised
-   (the same pixels as decoding the clip at once: vae.LatentDecoder).
+   (the same pixels as decoding the clip at once: vae.LatentDecoder). The priming reaches the release's decoder
+   state without re-encoding the whole history (HistoryPrimer): the state depends on the last 38 latent frames
+   only, and those on the last 261 frames, so only they are encoded and decoded, and where the history moved by
+   a multiple of 4 frames the encoder simply goes on with the clip's new frames (the same frames, to round-off).
+   The motion condition is encoded from the same 261-frame tail: frame packing reads only the last 19 latents.
 
 Departures (the S2V engine's where they apply): `audio_sync` (on: audio windows start 3 frames earlier so
 output frame k belongs to audio frame k; the release muxes the 3-frame lead); length (exactly the audio's
@@ -55,6 +59,7 @@ from ..job import GenerationJob
 from ..stage_pipeline import Stage
 from .causal_s2v import BLOCK_FRAMES, CausalS2V, RefDistances, ref_shift
 from .configs import S2V_14B, WanS2VTaskConfig
+from .s2v import ZIP_FRAME_BUCKETS
 from .s2v_engine import (
     FIRST_CLIP_DROPPED_FRAMES,
     FramePlan,
@@ -71,7 +76,7 @@ from .s2v_engine import (
 )
 from .scheduler import make_sampler
 from .streaming import ChunkMaker, PixelPiece, stream_chunks
-from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
+from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder, LatentEncoder, WanVAE, decoder_memory, encoder_memory
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +103,13 @@ class LiveAvatarOptions(WanS2VOptions):
     identity_retries: int = 0  # a causal stream cannot redo a clip (module docstring)
     block_frames: int = BLOCK_FRAMES  # latent frames per block (num_frames_per_block)
     ref_distance: int | None = None  # None: drawn per forward from 4..30 as the release does; fixed otherwise
-    # Frames of history VAE-encoded for the DiT's motion latents (once) and to prime the decoder (every clip):
-    # the release's 365 (1 + 4k). Fewer is faster (encoding 365 frames and decoding their 92 latents per 48-frame
-    # clip is most of the VAE's work) but approximate: the causal VAE's state then starts later.
+    # Frames of history VAE-encoded for the DiT's motion latents (once) and whose latents prime the decoder (every
+    # clip): the release's 365 (1 + 4k). Fewer changes the motion condition and, under 261, the primed state.
     history_frames: int = MOTION_HISTORY_FRAMES
+    # The release primes each clip's decoder by re-encoding the whole history and decoding all its latents; the
+    # causal VAE's state only depends on the last of them, so by default only those are encoded and decoded
+    # (HistoryPrimer: the same state, the same frames). True runs the release's full re-encode, for comparison.
+    full_history_priming: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +138,57 @@ def liveavatar_lora(folder: Path) -> Path:
         raise WeightsUnavailable(f"{path} is missing: download Quark-Vision/Live-Avatar into {folder} "
                                  f"(huggingface-cli download Quark-Vision/Live-Avatar --local-dir {folder})")
     return path
+
+
+class HistoryPrimer:
+    """Decoders in the state a fresh LatentDecoder reaches after decoding `vae.encode(history)`, the release's
+    per-clip priming, for a history that slides along the video, at a cost independent of its length.
+
+    Exact, not approximate: the decoder's state depends only on its last R = decoder_memory latent frames, and
+    the last R latent frames of encoding the history only on its last 4 (R - 1) + encoder_memory + 1 frames (the
+    history is 1 + 4k frames, so its tail keeps the 4-frame grouping). So a restart encodes just that tail and
+    decodes its last R latents. Better still, when the history moved by a multiple of 4 frames and is at least
+    that long, the encoder stream and the primed decoder simply go on with the new frames (their latents are
+    those of the new history's end: the old history's start is outside what they depend on). Every layer sees
+    the shapes it sees on the full path (a decoder call per latent frame, an encoder call per 4-frame chunk, the
+    1x1x1 heads per frame or chunk) and full tails, so with deterministic kernels the state is bitwise the same."""
+
+    def __init__(self, vae: WanVAE, full: bool = False) -> None:
+        self.vae, self.full = vae, full
+        self.latents_needed = decoder_memory(vae)
+        self.encoder_frames = encoder_memory(vae)
+        self.frames_needed = self._frames_for(self.latents_needed)
+        self.encoder: LatentEncoder | None = None
+        self.primed: LatentDecoder | None = None
+
+    def _frames_for(self, latents: int) -> int:
+        """How many of the history's last frames give its last `latents` latent frames exactly (any, if full)."""
+        return 1 << 62 if self.full else TEMPORAL_STRIDE * (latents - 1) + self.encoder_frames + 1
+
+    def encode(self, history: torch.Tensor, latents: int = 0) -> torch.Tensor:
+        """Start over on `history` (1 + 4k frames): the latents of its tail that priming needs, and at least its
+        last `latents` latent frames exactly (those of encoding all of it); all of them if `latents` < 0."""
+        count = history.shape[2]
+        keep = count if latents < 0 else min(count, self._frames_for(max(latents, self.latents_needed)))
+        self.encoder, self.primed = LatentEncoder(self.vae), None
+        return self.encoder.feed(history[:, :, count - keep :])
+
+    def advance(self, history: torch.Tensor, new_frames: int) -> torch.Tensor:
+        """The history moved on by its last `new_frames` frames: the latents priming needs next."""
+        if (self.encoder is None or self.primed is None or new_frames % TEMPORAL_STRIDE
+                or not new_frames <= history.shape[2] or history.shape[2] < self.frames_needed):
+            return self.encode(history)
+        return self.encoder.feed(history[:, :, history.shape[2] - new_frames :])
+
+    def prime(self, latents: torch.Tensor) -> LatentDecoder:
+        """Feed what encode/advance returned; a decoder in the primed state that the caller may go on with."""
+        if self.primed is None:
+            self.primed = LatentDecoder(self.vae)
+            if not self.full:
+                latents = latents[:, :, max(0, latents.shape[2] - self.latents_needed) :]
+        for _ in self.primed.feed(latents):
+            pass
+        return self.primed.fork()
 
 
 class WanLiveAvatarEngine(WanS2VEngine):
@@ -197,7 +256,11 @@ class WanLiveAvatarEngine(WanS2VEngine):
         pixels = pixels.to(self.vae.dtype)
         ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
         history = self._history(job, pixels, plan, p.fps)
-        motion_latents = self.vae.encode(history)
+        primer = HistoryPrimer(self.vae, opt.full_history_priming)
+        # The DiT's motion condition: frame packing reads only the last 19 latent frames, and those are exact from
+        # the history's tail that priming encodes anyway; without frame packing, all of them as the release does.
+        condition = sum(ZIP_FRAME_BUCKETS) if self.transformer.config.enable_framepack else -1
+        motion_latents = primer.encode(history, -1 if opt.full_history_priming else condition)
         cond = self.causal.prefill(ref_latents, motion_latents, [context])
         caches = [self.causal.new_step_cache(opt.blocks_per_clip) for _ in range(steps)]
         distances = RefDistances(p.seed, opt.ref_distance)
@@ -209,7 +272,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
 
         source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
                                        context, cond, caches, distances)
-        decoder = _BlockDecoder(self, motion_latents, history, dropped, blocks, encode_s)
+        decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, blocks, encode_s)
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
                             sampling, started)
         yield from stream_chunks(self, "LiveAvatar", source, chunks, "denoise",
@@ -258,9 +321,10 @@ class _BlockDecoder:
     the first clip's before the first block arrives (`start`), the next clip's right after this clip's last block
     went out, while the DiT denoises the next block."""
 
-    def __init__(self, engine: WanLiveAvatarEngine, motion_latents: torch.Tensor, history: torch.Tensor,
-                 dropped: int, blocks: int, encode_s: float) -> None:
-        self.engine, self.motion_latents, self.history = engine, motion_latents, history
+    def __init__(self, engine: WanLiveAvatarEngine, primer: HistoryPrimer, motion_latents: torch.Tensor,
+                 history: torch.Tensor, dropped: int, blocks: int, encode_s: float) -> None:
+        self.engine, self.primer, self.motion_latents, self.history = engine, primer, motion_latents, history
+        self.moved = 0  # frames the history moved on since the last priming
         self.dropped, self.blocks = dropped, blocks
         self.spent = {"encode_s": encode_s, "decode_s": 0.0}  # not yet reported with a piece
         self.decoder: LatentDecoder | None = None
@@ -270,16 +334,15 @@ class _BlockDecoder:
         self._prime(0)
 
     def _prime(self, clip: int) -> None:
-        engine, vae = self.engine, self.engine.vae
+        engine = self.engine
         t0 = time.perf_counter()
-        # the release decodes each clip after the latents of the last 365 frames (its motion latents first)
-        prefix = self.motion_latents if clip == 0 else vae.encode(self.history)
+        # the release decodes each clip after the latents of the last 365 frames (its motion latents first);
+        # HistoryPrimer reaches the same decoder state from the history's tail
+        prefix = self.motion_latents if clip == 0 else self.primer.advance(self.history, self.moved)
         engine._sync()
         t1 = time.perf_counter()
         self.spent["encode_s"] += t1 - t0
-        self.decoder = LatentDecoder(vae)
-        for _ in self.decoder.feed(prefix):
-            pass
+        self.decoder = self.primer.prime(prefix)
         engine._sync()
         self.spent["decode_s"] += time.perf_counter() - t1
         self.clip_pixels = []
@@ -300,4 +363,5 @@ class _BlockDecoder:
             # the next clip's decoder primes on this clip's last frames
             recent = torch.cat(self.clip_pixels, dim=2)[:, :, -engine.task.motion_frames:]
             self.history = torch.cat([self.history[:, :, recent.shape[2]:], recent], dim=2)
+            self.moved = recent.shape[2]
             self._prime(block.clip + 1)

@@ -332,15 +332,7 @@ class WanVAE(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 1 + 4k, H, W] in [-1, 1] -> normalised latent mean [B, 16, 1 + k, H/8, W/8] (float32)."""
         _check_video(video)
-        x = video.to(device=self.device, dtype=self.dtype)
-        state = StreamState()
-        # Official chunking: the first frame alone, then 4 frames per step.
-        # A single image has no tail: splitting an empty tail would yield one empty chunk.
-        chunks = [x[:, :, :1]] + (list(x[:, :, 1:].split(TEMPORAL_STRIDE, dim=2)) if x.shape[2] > 1 else [])
-        out = torch.cat([self.encoder(chunk, state) for chunk in chunks], dim=2)
-        mu = self.conv1(out)[:, : self.z_dim].float()
-        mean, inv_std = self._stats(mu)
-        return (mu - mean) * inv_std
+        return LatentEncoder(self).feed(video)
 
     @torch.no_grad()
     def decode_chunks(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -352,6 +344,46 @@ class WanVAE(nn.Module):
         return torch.cat(list(self.decode_chunks(latents)), dim=2)
 
 
+class LatentEncoder:
+    """One causal encode continued over several calls: the first call takes 1 + 4k frames, later ones 4k more, and
+    each returns the normalised latents of its frames, bitwise those of encoding all the frames at once (the
+    official chunking: the first frame alone, then 4 at a time; conv1 is 1x1x1)."""
+
+    def __init__(self, vae: WanVAE) -> None:
+        self.vae = vae
+        self.state = StreamState()
+        self.frames = 0
+
+    @torch.no_grad()
+    def feed(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3, t, H, W] in [-1, 1] -> [B, 16, t', H/8, W/8] float32 (t' = 1 + (t - 1) / 4 first, t / 4 after)."""
+        vae = self.vae
+        mu = torch.cat([vae.conv1(out)[:, : vae.z_dim].float() for out in self._features(video)], dim=2)
+        mean, inv_std = vae._stats(mu)
+        return (mu - mean) * inv_std
+
+    @torch.no_grad()
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """The encoder's output for these frames in the VAE's dtype, before the 1x1x1 latent head."""
+        return torch.cat(self._features(video), dim=2)
+
+    def _features(self, video: torch.Tensor) -> list[torch.Tensor]:
+        # Per chunk, so that every layer always sees the same shapes: a stream's latents are then bitwise those of
+        # encoding at once, however the frames were split between calls.
+        vae, t = self.vae, video.shape[2]
+        first = self.frames == 0
+        if video.ndim != 5 or (t - 1 if first else t) % TEMPORAL_STRIDE or (not first and t == 0):
+            raise ValueError(f"a stream's first video must be 1 + 4k frames and each later one 4k > 0 frames, got "
+                             f"{tuple(video.shape)} after {self.frames} frames")
+        x = video.to(device=vae.device, dtype=vae.dtype)
+        # A single image has no tail: splitting an empty tail would yield one empty chunk.
+        chunks = ([x[:, :, :1]] if first else []) + (list(x[:, :, int(first):].split(TEMPORAL_STRIDE, dim=2))
+                                                     if t > int(first) else [])
+        out = [vae.encoder(chunk, self.state) for chunk in chunks]
+        self.frames += t
+        return out
+
+
 class LatentDecoder:
     """One causal decode continued over several calls: feeding a video's latents in pieces yields exactly the
     pixels of decoding them at once (conv2 is 1x1x1, the decoder carries its causal tails in the stream state),
@@ -361,6 +393,13 @@ class LatentDecoder:
         self.vae = vae
         self.state = StreamState()
 
+    def fork(self) -> LatentDecoder:
+        """A decoder in this one's state that goes on independently (layers replace their tails, never edit them)."""
+        twin = LatentDecoder(self.vae)
+        twin.state.tails = dict(self.state.tails)
+        twin.state.started = set(self.state.started)
+        return twin
+
     @torch.no_grad()
     def feed(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """Pixels [B, 3, t, H, W] in [-1, 1] (float32) per latent frame: t = 1 for the video's first, then 4."""
@@ -368,9 +407,42 @@ class LatentDecoder:
         _check_latents(latents, vae.z_dim)
         z = latents.to(device=vae.device, dtype=torch.float32)
         mean, inv_std = vae._stats(z)
-        x = vae.conv2((z / inv_std + mean).to(vae.dtype))
-        for i in range(x.shape[2]):
-            yield vae.decoder(x[:, :, i : i + 1], self.state).float().clamp_(-1.0, 1.0)
+        for i in range(z.shape[2]):  # conv2 per frame too: the same shapes however the latents were split
+            x = vae.conv2((z[:, :, i : i + 1] / inv_std + mean).to(vae.dtype))
+            yield vae.decoder(x, self.state).float().clamp_(-1.0, 1.0)
+
+
+def decoder_memory(vae: WanVAE) -> int:
+    """R: the decoder's state after any number of latent frames depends only on the last R of them, so a fresh
+    LatentDecoder fed just those is in the same state (38 for the Wan 2.1 layout at any width).
+
+    Walking back from the output: a causal conv needs its `past` earlier frames at its rate; a time upsampler
+    needs ceil(n / 2) of its input for n output frames, plus its own conv's past. The first latent frame's special
+    case (not upsampled in time) then falls outside what the state depends on."""
+    time_convs = {m.time_conv for m in vae.decoder.modules() if isinstance(m, Resample) and m.mode == "upsample3d"}
+    need = 0
+    for module in reversed(list(vae.decoder.modules())):
+        if isinstance(module, Resample) and module.mode == "upsample3d":
+            need = -(-need // 2) + module.time_conv.past
+        elif isinstance(module, CausalConv3d) and module not in time_convs:
+            need += module.past
+    return need
+
+
+def encoder_memory(vae: WanVAE) -> int:
+    """The pixel frames before a latent frame's last frame that it depends on (112 for the Wan 2.1 layout): the
+    last K latent frames of encoding 1 + 4k frames are those of encoding only the last 4 (K - 1) + 113 of them
+    (a start 4j frames later keeps the 4-frame grouping).
+
+    Walking back: a causal conv needs its `past` frames; a time downsampler (kernel 3, stride 2, windows from
+    the first frame) needs 2n + 2 input frames for n output frames."""
+    need = vae.conv1.past
+    for module in reversed(list(vae.encoder.modules())):
+        if isinstance(module, Resample) and module.mode == "downsample3d":
+            need = 2 * need + module.time_conv.kernel_size[0] - 1
+        elif isinstance(module, CausalConv3d):
+            need += module.past
+    return need
 
 
 def _check_video(video: torch.Tensor) -> None:
