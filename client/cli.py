@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
+from python_backends.contract import PUBLIC_PARAMETERS, JobParams, cli_flag
 from python_backends.errors import WeightsUnavailable
 from python_backends.weights import WEIGHTS_ENV
 
@@ -214,8 +217,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-GENERATION_OPTIONS = ("engine", "seed", "steps", "guidance", "width", "height", "fps", "max_duration_s",
-                      "chunk_frames", "prompt", "output_width", "output_height")
+GENERATION_OPTIONS = PUBLIC_PARAMETERS
 
 
 def qa_summary(report: dict) -> dict:
@@ -314,20 +316,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the contract's JobParams, typed and documented by it."""
     group = parser.add_argument_group("generation (sent as request parameters; unset = the server's default)")
-    group.add_argument("--engine", choices=("auto", "preview", "s2v-14B", "liveavatar-14B", "animate-14B"))
-    group.add_argument("--seed", type=int)
-    group.add_argument("--steps", type=int)
-    group.add_argument("--guidance", type=float)
-    group.add_argument("--width", type=int)
-    group.add_argument("--height", type=int)
-    group.add_argument("--fps", type=float)
-    group.add_argument("--max-duration", dest="max_duration_s", type=float)
-    group.add_argument("--chunk-frames", type=int)
-    group.add_argument("--prompt")
-    group.add_argument("--output-width", dest="output_width", type=int,
-                       help="resize the accepted video to this size after QA (Lanczos; no learned upscaler)")
-    group.add_argument("--output-height", dest="output_height", type=int)
+    hints = typing.get_type_hints(JobParams)
+    for item in dataclasses.fields(JobParams):
+        kind = next(t for t in (int, float, str) if hints[item.name] is t or t in typing.get_args(hints[item.name]))
+        group.add_argument(cli_flag(item.name), dest=item.name, type=kind, choices=item.metadata["choices"],
+                           help=item.metadata["help"])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,21 +26,20 @@ from . import spec
 from .audio.decode import SAMPLE_RATE
 from .audio.mel import melspectrogram
 from .backlog import Backlog, BacklogJob, segments_in
+from .contract import SegmentRequest, derive_seed, parse_job_params
 from .errors import InputError
-from .generation.job import params_from_request
 from .preprocessing import ModelCaller, preprocess_job
 from .quality.report import job_report
 from .quality.segment_job import judge_video, process_segment, safety_of_photo, segment_length, segment_size
 from .quality.segment_qa import Boundary, JobContext, SegmentQA, SourceFace
 from .quality.settings import QualitySettings
-from .quality.upscale import parse_output_size, resize_frames, resize_note
+from .quality.upscale import resize_frames, resize_note
 from .validation import ValidationLimits, probe_video, read_frames
 
 # The driving video is handed to the generator at most this large: Animate works at 480p-720p anyway, and
 # the frames cross process boundaries (BLS) once per job.
 DRIVING_MAX_SIDE = 640
 DRIVING_MAX_FRAMES = 1800  # 60 s at 30 fps
-REROLL_SEED_STRIDE = 7_919  # seeds of re-rolls: seed + attempt * stride, far from the engines' own seed + clip
 
 ModelStreamer = Callable[[spec.ModelSpec, dict[str, np.ndarray], dict], Iterator[dict[str, np.ndarray]]]
 
@@ -102,10 +101,8 @@ def run_talking_head(
         inputs[name].reshape(-1)[0] if name in inputs else None
         for name in (spec.PHOTO_BYTES, spec.AUDIO_BYTES, spec.DRIVING_VIDEO_BYTES)
     )
-    parameters, output_size = parse_output_size(parameters)
-    params = params_from_request(parameters)  # bad parameters fail before any work
-    if params.start_frame or params.frame_count:
-        raise InputError("start_frame and frame_count are chosen by the pipeline, not the request", "bad_parameter")
+    params = parse_job_params(parameters)  # bad parameters fail before any work
+    output_size = params.output_size
     started = time.perf_counter()
     job = asyncio.run(preprocess_job(photo, audio, call, settings.limits, driving_video=video))
     generator_inputs = {spec.IMAGE: job.image, **job.arrays}
@@ -140,9 +137,9 @@ def run_talking_head(
         best: _Attempt | None = None
         backlog.begin(index)  # (the job's end takes a segment left running out of the count, failures included)
         for attempt in range(quality.max_rerolls + 1):
-            seed = params.seed + attempt * REROLL_SEED_STRIDE
-            count = segment_length(start, total or expected, *size)
-            request = {**parameters, "seed": seed, "start_frame": start, "frame_count": count}
+            segment = SegmentRequest(start, segment_length(start, total or expected, *size),
+                                     derive_seed(params.seed, index, attempt))
+            seed, request = segment.seed, segment.parameters(params)
             segment_inputs = dict(generator_inputs)
             if motion is not None:
                 segment_inputs[spec.MOTION_FRAMES] = motion
