@@ -3,21 +3,17 @@ allow-list and the orchestrator's parsing; derived seeds always valid; importabl
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from client.cli import build_parser
 from client.gateway.caches import PARAMETERS, ParameterError, canonical_parameters
-from python_backends import contract, pipeline, spec
+from python_backends import contract
 from python_backends.errors import InputError
-from python_backends.quality.segment_qa import FAIL, PASS, Gate, SegmentQA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,57 +89,3 @@ def test_the_gateway_serves_without_torch():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1080"
-
-
-# -- the orchestrator re-rolls a job seeded at the top of the range -------------------------------------------------
-def _segment_qa(frames: np.ndarray, start: int, failed: bool) -> SegmentQA:
-    n = len(frames)
-    track = SimpleNamespace(landmarks=np.zeros((n, 68, 2)), boxes=np.zeros((n, 4)))
-    gate = Gate("lipsync", FAIL if failed else PASS, "made to fail" if failed else "")
-    return SegmentQA(0, start, n, [gate], track, [], np.zeros(n), {})
-
-
-def test_a_job_seeded_at_the_top_of_the_range_re_rolls(monkeypatch):
-    top = contract.MAX_SEED
-    requests: list[dict] = []
-    judged: list[int] = []
-
-    async def preprocess_job(*_args, **_kwargs):
-        return SimpleNamespace(image=np.zeros((64, 64, 3), np.uint8), arrays={}, report={"faces": []})
-
-    async def safety_of_photo(*_args):
-        return {"status": "unavailable"}
-
-    async def process_segment(raw, index, start, ctx, call, boundary):
-        judged.append(index)
-        return raw, _segment_qa(raw, start, failed=len(judged) == 1)  # the first attempt fails a gate
-
-    def stream(model, inputs, parameters):
-        assert model is spec.VIDEO_GENERATOR
-        params = contract.parse_generation_params(parameters)  # the generator's own validation
-        requests.append(parameters)
-        frames = np.full((params.frame_count, 8, 8, 3), params.seed % 251, np.uint8)
-        yield {spec.FRAMES: frames, spec.START_FRAME: np.array([params.start_frame], np.int64),
-               spec.TOTAL_FRAMES: np.array([params.frame_count], np.int64), spec.FPS: np.array([params.fps]),
-               spec.CHUNK_INFO: np.array([b'{"engine": "fake"}'], np.object_)}
-
-    monkeypatch.setattr(pipeline, "preprocess_job", preprocess_job)
-    monkeypatch.setattr(pipeline, "safety_of_photo", safety_of_photo)
-    monkeypatch.setattr(pipeline, "process_segment", process_segment)
-    monkeypatch.setattr(pipeline.SourceFace, "from_preprocessed", classmethod(lambda cls, *a: None))
-    monkeypatch.setattr(pipeline, "job_report", lambda segments, ctx, **kw: {"rerolls": kw["rerolls"],
-                                                                             "seeds": [s.seed for s in segments]})
-    inputs = {spec.PHOTO_BYTES: np.array([b"photo"], np.object_)}
-    settings = pipeline.TalkingHeadSettings()
-    responses = list(pipeline.run_talking_head(inputs, {"seed": top, "fps": 25}, None, stream, settings))
-    seeds = [request["seed"] for request in requests]
-    assert seeds == [top, contract.derive_seed(top, 0, 1)] and all(0 <= s <= top for s in seeds)
-    report = json_of(responses[-1])["qa_report"]
-    assert report["rerolls"] == 1 and report["seeds"] == [seeds[1]]
-    assert dataclasses.asdict(contract.parse_job_params({"seed": top}))["seed"] == top
-
-
-def json_of(outputs: dict) -> dict:
-    import json
-
-    return json.loads(outputs[spec.CHUNK_INFO].reshape(-1)[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -606,3 +607,33 @@ def test_engine_merges_a_lightx2v_step_distill_lora(tmp_path_factory: pytest.Tem
     with pytest.raises(CheckpointError, match=r"wan2\.1_i2v_lora_rank64_lightx2v_4step\.safetensors: .*blocks\.0\."
                                               r"face_adapter\.lora_down\.weight targets blocks\.0\.face_adapter"):
         _load_wan(ANIMATE, (folder,), "cpu", settings, root)
+
+
+def test_engine_renders_segments_at_constant_cost_per_segment(tiny_engine: WanAnimateEngine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job cut into segments (as talking_head asks for them) costs the same per segment: each segment continues
+    from the accepted frames before it instead of generating the clip again from frame 0, so the work is linear in
+    the number of segments (it was n(n+1)/2 segments' worth)."""
+    denoised: list[int] = []
+    denoise = tiny_engine._denoise
+    monkeypatch.setattr(tiny_engine, "_denoise", lambda *a, **k: denoised.append(1) or denoise(*a, **k))
+    assert tiny_engine.renders_segments
+    cond, per_segment, segments = engine_conditioning(frames=32), 8, 4
+    accepted: list[np.ndarray] = []
+    clips = []
+    for index in range(segments):
+        before = len(denoised)
+        motion = np.concatenate(accepted) if accepted else None
+        job = GenerationJob(photo=engine_job().photo, motion_frames=motion, params=GenerationParams(
+            **{**dataclasses.asdict(engine_job(seed=index).params), "start_frame": index * per_segment,
+               "frame_count": per_segment}))
+        chunks = list(tiny_engine.generate_from(job, cond))
+        assert chunks[0].start_frame == index * per_segment and {c.total_frames for c in chunks} == {32}
+        accepted.append(np.concatenate([c.frames for c in chunks]))
+        clips.append(len(denoised) - before)
+    assert clips == [2] * segments  # 5 frames, then 4 new per clip (1 carried over): 2 clips per 8 frames
+    assert np.concatenate(accepted).shape == (32, 32, 48, 3)
+    whole = list(tiny_engine.generate_from(engine_job(), cond))
+    assert sum(len(c.frames) for c in whole) == 32
+    # Segment 0 of a segmented job is the whole job's first frames (same seed, same conditioning).
+    np.testing.assert_array_equal(accepted[0], np.concatenate([c.frames for c in whole])[:per_segment])

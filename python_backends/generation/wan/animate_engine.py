@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError, WeightsUnavailable
-from ..job import GenerationJob
+from ..job import GenerationJob, segment_range
 from .animate import WanAnimateTransformer
 from .animate_checkpoint import load_animate_transformer
 from .animate_configs import ANIMATE_14B, WanAnimateTaskConfig, WanAnimateTransformerConfig
@@ -58,7 +58,14 @@ from .animate_pose import (
 from .checkpoint import check_release_layout
 from .clip_vision import ClipVisionTransformer, load_clip_vision
 from .s2v import guide
-from .s2v_engine import WanEngineBase, WanFrameChunk, load_vae_and_text_encoder, to_uint8
+from .s2v_engine import (
+    WanEngineBase,
+    WanFrameChunk,
+    apply_fp8_and_compile,
+    load_vae_and_text_encoder,
+    motion_pixels,
+    to_uint8,
+)
 from .scheduler import SAMPLERS, make_sampler
 from .text_encoder import WanTextEncoder
 from .vae import SPATIAL_STRIDE, WanVAE
@@ -154,6 +161,8 @@ class WanAnimateOptions:
     # configs/wan22/wan_animate_lora.json applies to Animate-14B with 4 UniPC steps, shift 5, no CFG.
     lora: str | None = None
     lora_strength: float = 1.0
+    fp8: str | None = None  # rowwise | tensor: FP8 e4m3 linear layers (the `wan_fp8` switch, as S2V's)
+    compile: bool = False  # torch.compile the DiT per block (the `wan_compile` switch)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -189,6 +198,8 @@ def _pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
 class WanAnimateEngine(WanEngineBase):
     """The Animate-14B pipeline over our own DiT, VAE, umT5 and CLIP modules (see the module docstring)."""
 
+    renders_segments = True  # a segment starts at its own clip, continuing from the caller's motion frames
+
     def __init__(self, transformer: WanAnimateTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
                  clip: ClipVisionTransformer, task: WanAnimateTaskConfig = ANIMATE_14B,
                  options: WanAnimateOptions | None = None, landmarker: Landmarker | None = None) -> None:
@@ -220,6 +231,7 @@ class WanAnimateEngine(WanEngineBase):
             from .lora import merge_lora_
 
             merge_lora_(transformer, Path(options.lora), strength=options.lora_strength)
+        apply_fp8_and_compile(transformer, options.fp8, options.compile)
         config = transformer.config
         vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config)
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
@@ -291,8 +303,19 @@ class WanAnimateEngine(WanEngineBase):
         height, width = self._size(job, cond.pose_frames.shape[1:3])
         real = min(len(cond.pose_frames), max(1, math.floor(p.max_duration_s * cond.fps + 1e-9)))
         clip_len, refert = opt.clip_len, opt.refert_num
+        # The requested segment of the output (all of it by default) and the driving frames [base, stop) it needs.
+        total = max(1, math.ceil(real / cond.fps * p.fps - 1e-9))
+        segment = segment_range(p, total)
+        resampler = self.interpolation.resampler(cond.fps, p.fps, real, len(segment), segment.start, device=self.device)
+        base, need = resampler.base, min(resampler.source_stop, real) - resampler.base
+        # A segment from the middle continues from the caller's accepted frames (the last refert_num of them, by
+        # nearest time), as the official continues a clip from the previous one: no frame before it is generated.
+        continuing = base > 0 and job.motion_frames is not None and len(job.motion_frames) > 0
+        carried_first = refert if continuing and base >= refert else 0
+        first_window = base - carried_first
+        clips = 1 + math.ceil(max(0, need - (clip_len - carried_first)) / (clip_len - refert))
         target = valid_length(max(real, refert + 1), clip_len, refert)  # at least one clip, even for 1 frame
-        order = ping_pong_indices(real, target)
+        order = ping_pong_indices(real, max(target, first_window + (clips - 1) * (clip_len - refert) + clip_len))
         face_size = self.transformer.config.face_size
         poses = [cond.pose_frames[i] for i in range(real)]
         if poses[0].shape[:2] != (height, width):
@@ -314,14 +337,16 @@ class WanAnimateEngine(WanEngineBase):
         lat_t = (clip_len - 1) // 4 + 1
         y_ref = torch.cat([torch.ones(1, 4, 1, lat_h, lat_w, device=self.device), ref_latents], dim=1)
         generator = torch.Generator(device="cpu").manual_seed(p.seed)
-        total = max(1, math.ceil(real / cond.fps * p.fps - 1e-9))
-        resampler = self.interpolation.resampler(cond.fps, p.fps, real, total, device=self.device)
-        log.info("Wan Animate job: %dx%d, %d frames -> %d clip(s) of %d, %d steps (%s), guidance %.2f", width, height,
-                 real, max(1, (target - refert) // (clip_len - refert)), clip_len, steps, opt.sampler, guidance)
+        log.info("Wan Animate job: %dx%d, driving frames %d-%d of %d -> %d clip(s) of %d, %d steps (%s), guidance "
+                 "%.2f", width, height, base, base + need - 1, real, clips, clip_len, steps, opt.sampler, guidance)
 
-        produced, out_index, clip, start = 0, 0, 0, 0
-        previous: torch.Tensor | None = None  # the last refert_num decoded frames of the previous clip
-        while start + refert < target and produced < real:
+        produced, out_index, clip, start = 0, segment.start, 0, first_window
+        # The last refert_num frames before the window (decoded by the previous clip, or the caller's).
+        previous: torch.Tensor | None = None
+        if carried_first:
+            previous = motion_pixels(job.motion_frames, segment.start, p.fps, base, cond.fps, refert, height,
+                                     width).to(self.device)
+        while produced < need:
             window = order[start:start + clip_len]
             t0 = time.perf_counter()
             pose_latents = self.vae.encode(_pixels(np.stack([poses[i] for i in window]), self.device))
@@ -354,7 +379,7 @@ class WanAnimateEngine(WanEngineBase):
                 if drop:
                     cut = min(drop, pixels.shape[2])
                     pixels, drop = pixels[:, :, cut:], drop - cut
-                frames = to_uint8(pixels)[: max(0, real - produced)] if pixels.shape[2] else []
+                frames = to_uint8(pixels)[: max(0, need - produced)] if pixels.shape[2] else []
                 produced += len(frames)
                 if len(frames):
                     buffer.extend(resampler.push(frames))
