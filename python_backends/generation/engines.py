@@ -61,7 +61,7 @@ def _fp8(settings: VideoGeneratorSettings) -> str | None:
 
 
 def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
-    from .wan.s2v_engine import WanS2VOptions
+    from .wan.s2v.engine import WanS2VOptions
 
     return WanS2VOptions(
         sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
@@ -71,7 +71,7 @@ def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
 
 
 def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = None):
-    from .wan.liveavatar_engine import LiveAvatarOptions
+    from .wan.s2v.liveavatar_engine import LiveAvatarOptions
 
     return LiveAvatarOptions(fp8=_fp8(settings), attention_backend=settings.wan_attention,
                              compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
@@ -86,7 +86,7 @@ def animate_lora(settings: VideoGeneratorSettings, root: Path | None) -> Path | 
 def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
     """The `wan_*` switches reach Animate too (sampler, steps, FP8, compile, VAE dtype); its DiT attends with
     sdpa only. LightX2V's LoRA, when present, sets its own step count."""
-    from .wan.animate_engine import WanAnimateOptions
+    from .wan.animate.engine import WanAnimateOptions
 
     lora = animate_lora(settings, root)
     return WanAnimateOptions(
@@ -96,25 +96,25 @@ def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
 
 
 def _load_s2v(paths: tuple[Path, ...], device: str, options: Any) -> VideoEngine:
-    from .wan.s2v_engine import WanS2VEngine
+    from .wan.s2v.engine import WanS2VEngine
 
     return WanS2VEngine.from_folder(paths[0], device=device, options=options)
 
 
 def _load_liveavatar(paths: tuple[Path, ...], device: str, options: Any) -> VideoEngine:
-    from .wan.liveavatar_engine import WanLiveAvatarEngine
+    from .wan.s2v.liveavatar_engine import WanLiveAvatarEngine
 
     return WanLiveAvatarEngine.from_folders(paths[0], paths[1].parent, device=device, options=options)
 
 
 def _load_animate(paths: tuple[Path, ...], device: str, options: Any) -> VideoEngine:
-    from .wan.animate_engine import WanAnimateEngine
+    from .wan.animate.engine import WanAnimateEngine
 
     return WanAnimateEngine.from_folder(paths[0], device=device, options=options)
 
 
 def _liveavatar_folders(settings: VideoGeneratorSettings) -> tuple[str, ...]:
-    from .wan.liveavatar_engine import LORA_FILE
+    from .wan.s2v.liveavatar_engine import LORA_FILE
 
     return settings.s2v_folder, f"{settings.liveavatar_folder}/{LORA_FILE}"
 

@@ -100,7 +100,7 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
     """What `auto` would use for speech, what a clip costs with it, and what else is there."""
     paths = wan_paths(settings, LIVEAVATAR, root)
     if paths is not None and settings.engine in (AUTO, LIVEAVATAR):
-        from .wan.s2v_engine import describe_sampling
+        from .wan.s2v.engine import describe_sampling
 
         note = (f"Wan2.2-S2V-14B ({paths[0]}) with LiveAvatar's DMD LoRA merged, block-causal streaming within "
                 f"704x384 (an area): {describe_sampling(_options(settings, LIVEAVATAR).sampling())}")
@@ -108,7 +108,7 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
                              note=note + _animate_note(settings, root), parts=(paths[0],))
     paths = wan_paths(settings, S2V, root)
     if paths is not None and settings.engine in (AUTO, S2V):
-        from .wan.s2v_engine import describe_sampling
+        from .wan.s2v.engine import describe_sampling
 
         note = (f"{describe_sampling(_options(settings, S2V).sampling())}; for LiveAvatar's 4-step distilled "
                 f"streaming put Quark-Vision/Live-Avatar's liveavatar.safetensors in <weights root>/{MODEL}/"

@@ -15,31 +15,43 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from wan_fixtures.tiny_animate import (
+    TINY_ANIMATE_CONFIG,
+    TINY_CLIP_VISION,
+    make_tiny_animate_checkpoint,
+)
 
 from python_backends.errors import ConfigError, InputError
 from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.animate import (
+from python_backends.generation.wan.animate.checkpoint import load_animate_transformer, read_animate_config
+from python_backends.generation.wan.animate.clip_vision import (
+    CLIP_FILE,
+    CLIP_VIT_H_14,
+    load_clip_vision,
+    meta_clip_vision,
+    xlm_roberta_text_shapes,
+)
+from python_backends.generation.wan.animate.configs import (
+    ANIMATE_14B,
+    WanAnimateTransformerConfig,
+    from_animate_config,
+    to_animate_config,
+)
+from python_backends.generation.wan.animate.engine import (
+    AnimateConditioning,
+    WanAnimateEngine,
+    WanAnimateOptions,
+    conditioning_from_driving,
+)
+from python_backends.generation.wan.animate.face import Blur, Direction, FaceBlock
+from python_backends.generation.wan.animate.model import (
     WanAnimateTransformer,
     build_animate_model,
     cfg_forward,
     count_animate_parameters,
     meta_animate_model,
 )
-from python_backends.generation.wan.animate_checkpoint import load_animate_transformer, read_animate_config
-from python_backends.generation.wan.animate_configs import (
-    ANIMATE_14B,
-    WanAnimateTransformerConfig,
-    from_animate_config,
-    to_animate_config,
-)
-from python_backends.generation.wan.animate_engine import (
-    AnimateConditioning,
-    WanAnimateEngine,
-    WanAnimateOptions,
-    conditioning_from_driving,
-)
-from python_backends.generation.wan.animate_face import Blur, Direction, FaceBlock
-from python_backends.generation.wan.animate_pose import (
+from python_backends.generation.wan.animate.pose import (
     AAPOSE_COLORS,
     crop_face,
     face_box,
@@ -51,20 +63,8 @@ from python_backends.generation.wan.animate_pose import (
     stick_width,
     valid_length,
 )
-from python_backends.generation.wan.checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, shard_name
-from python_backends.generation.wan.clip_vision import (
-    CLIP_FILE,
-    CLIP_VIT_H_14,
-    load_clip_vision,
-    meta_clip_vision,
-    xlm_roberta_text_shapes,
-)
-from python_backends.generation.wan.lora import merge_lora_, read_lora_file, relighting_targets
-from python_backends.generation.wan.tiny_animate import (
-    TINY_ANIMATE_CONFIG,
-    TINY_CLIP_VISION,
-    make_tiny_animate_checkpoint,
-)
+from python_backends.generation.wan.common.checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, shard_name
+from python_backends.generation.wan.common.lora import merge_lora_, read_lora_file, relighting_targets
 
 # What diffusers' ConfigMixin writes for WanAnimateModel built with wan/configs/wan_animate_14B.py's values
 # (WanAnimateModel has no ignore_for_config, so every __init__ argument is a field).

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from wan_fixtures.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
 
 from python_backends.errors import InputError, WeightsUnavailable
 from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.checkpoint import CheckpointError
-from python_backends.generation.wan.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
-from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions
-from python_backends.generation.wan.scheduler import make_sampler
-from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
+from python_backends.generation.wan.common.checkpoint import CheckpointError
+from python_backends.generation.wan.common.scheduler import make_sampler
+from python_backends.generation.wan.s2v.engine import WanS2VEngine, WanS2VOptions
+from python_backends.generation.wan.s2v.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

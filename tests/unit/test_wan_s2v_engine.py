@@ -12,14 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from wan_fixtures.tiny_release import make_tiny_s2v_release
 
 from python_backends.errors import InputError, WeightsUnavailable
 from python_backends.frame_interpolation.config import Interpolation
 from python_backends.frame_interpolation.flow_interpolator import FlowInterpolator
 from python_backends.frame_interpolation.resampler import InterpolatingResampler
 from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.configs import S2V_14B
-from python_backends.generation.wan.s2v_engine import (
+from python_backends.generation.wan.common.configs import S2V_14B
+from python_backends.generation.wan.common.scheduler import (
+    OFFICIAL_SIGMA_MAX,
+    FlowEulerSampler,
+    distill_schedule,
+    flow_schedule,
+    make_sampler,
+)
+from python_backends.generation.wan.s2v.engine import (
     RETRY_SEED_STRIDE,
     WanFrameChunk,
     WanS2VEngine,
@@ -29,14 +37,6 @@ from python_backends.generation.wan.s2v_engine import (
     resample_to_video_rate,
     size_within_area,
 )
-from python_backends.generation.wan.scheduler import (
-    OFFICIAL_SIGMA_MAX,
-    FlowEulerSampler,
-    distill_schedule,
-    flow_schedule,
-    make_sampler,
-)
-from python_backends.generation.wan.tiny_release import make_tiny_s2v_release
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def test_decode_context_option_keeps_the_frame_count(engine) -> None:
 
 
 def _lora_for(engine: WanS2VEngine, rank: int, scale: float) -> dict[str, torch.Tensor]:
-    from python_backends.generation.wan.lora import relighting_targets
+    from python_backends.generation.wan.common.lora import relighting_targets
 
     generator = torch.Generator().manual_seed(1)
     modules = dict(engine.transformer.named_modules())
@@ -396,7 +396,7 @@ def test_lora_and_fp8_switches_load_and_act(release: Path, engine, photo, speech
                                                                           lora="some_lora.safetensors"))
     assert not np.array_equal(frames_of(run(some, photo, speech)[0]), reference)
     fp8 = WanS2VEngine.from_folder(release, "cpu", options=WanS2VOptions(infer_frames=PER_CLIP, fp8="rowwise"))
-    from python_backends.generation.wan.fp8 import FP8Linear
+    from python_backends.generation.wan.common.fp8 import FP8Linear
 
     assert any(isinstance(m, FP8Linear) for m in fp8.transformer.modules())
     frames = frames_of(run(fp8, photo, speech)[0])

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from .animate_configs import ANIMATE_14B, WanAnimateTransformerConfig
-from .configs import S2V_14B
-from .text_encoder import UMT5Config
+from python_backends.generation.wan.animate.configs import ANIMATE_14B, WanAnimateTransformerConfig
+from python_backends.generation.wan.common.configs import S2V_14B
+from python_backends.generation.wan.common.text_encoder import UMT5Config
+
 from .tiny import TINY_S2V_CONFIG, make_tiny_s2v_checkpoint
 from .tiny_animate import TINY_CLIP_VISION, make_tiny_animate_checkpoint, make_tiny_clip_checkpoint
 from .tiny_aux import make_tiny_t5_checkpoint, make_tiny_tokenizer, make_tiny_vae_checkpoint
@@ -117,9 +118,9 @@ def make_tiny_liveavatar_lora(folder: Path | str, seed: int = 0, scale: float = 
     random (PEFT initialises it to zero; a trained file is not), `scale` its standard deviation."""
     from safetensors.torch import save_file
 
-    from .liveavatar_engine import LORA_FILE, LORA_TARGETS
-    from .lora import peft_targets
-    from .s2v import meta_model
+    from python_backends.generation.wan.common.lora import peft_targets
+    from python_backends.generation.wan.s2v.liveavatar_engine import LORA_FILE, LORA_TARGETS
+    from python_backends.generation.wan.s2v.model import meta_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

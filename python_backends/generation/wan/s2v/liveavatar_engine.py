@@ -51,11 +51,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import InputError, WeightsUnavailable
-from ..job import GenerationJob
-from .causal_s2v import BLOCK_FRAMES, CausalS2V, RefDistances, ref_shift
-from .configs import S2V_14B, WanS2VTaskConfig
-from .s2v_engine import (
+from ....errors import InputError, WeightsUnavailable
+from ...job import GenerationJob
+from ..common.configs import S2V_14B, WanS2VTaskConfig
+from ..common.scheduler import make_sampler
+from ..common.vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
+from .causal import BLOCK_FRAMES, CausalS2V, RefDistances, ref_shift
+from .engine import (
     FIRST_CLIP_DROPPED_FRAMES,
     FramePlan,
     WanFrameChunk,
@@ -70,8 +72,6 @@ from .s2v_engine import (
     resample_to_video_rate,
     to_uint8,
 )
-from .scheduler import make_sampler
-from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, LatentDecoder
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ...errors import ConfigError, WeightsUnavailable
+from ....errors import ConfigError, WeightsUnavailable
+from ..s2v.model import WanS2VTransformer, default_dtype, meta_model
 from .configs import WanS2VTransformerConfig, from_diffusers_config, to_diffusers_config
-from .s2v import WanS2VTransformer, default_dtype, meta_model
 
 log = logging.getLogger(__name__)
 

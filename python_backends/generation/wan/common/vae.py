@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...checkpoints import check_state_dict as strict_check
-from ...errors import WeightsUnavailable
+from ....checkpoints import check_state_dict as strict_check
+from ....errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .attention import AttentionFn, attention
-from .configs import WanS2VTransformerConfig
-from .s2v import WanS2VTransformer
-from .transformer import unpatchify
+from ..common.attention import AttentionFn, attention
+from ..common.configs import WanS2VTransformerConfig
+from ..common.transformer import unpatchify
+from .model import WanS2VTransformer
 
 log = logging.getLogger(__name__)
 

@@ -40,12 +40,26 @@ import cv2
 import numpy as np
 import torch
 
-from ...errors import InputError, WeightsUnavailable
-from ..job import GenerationJob, segment_range
-from .animate import WanAnimateTransformer
-from .animate_checkpoint import load_animate_transformer
-from .animate_configs import ANIMATE_14B, WanAnimateTaskConfig, WanAnimateTransformerConfig
-from .animate_pose import (
+from ....errors import InputError, WeightsUnavailable
+from ...job import GenerationJob, segment_range
+from ..common.checkpoint import check_release_layout
+from ..common.scheduler import SAMPLERS, make_sampler
+from ..common.text_encoder import WanTextEncoder
+from ..common.vae import SPATIAL_STRIDE, WanVAE
+from ..s2v.engine import (
+    WanEngineBase,
+    WanFrameChunk,
+    apply_fp8_and_compile,
+    load_vae_and_text_encoder,
+    motion_pixels,
+    to_uint8,
+)
+from ..s2v.model import guide
+from .checkpoint import load_animate_transformer
+from .clip_vision import ClipVisionTransformer, load_clip_vision
+from .configs import ANIMATE_14B, WanAnimateTaskConfig, WanAnimateTransformerConfig
+from .model import WanAnimateTransformer
+from .pose import (
     FACE_SIZE,
     crop_face,
     head_keypoints,
@@ -55,20 +69,6 @@ from .animate_pose import (
     render_pose,
     valid_length,
 )
-from .checkpoint import check_release_layout
-from .clip_vision import ClipVisionTransformer, load_clip_vision
-from .s2v import guide
-from .s2v_engine import (
-    WanEngineBase,
-    WanFrameChunk,
-    apply_fp8_and_compile,
-    load_vae_and_text_encoder,
-    motion_pixels,
-    to_uint8,
-)
-from .scheduler import SAMPLERS, make_sampler
-from .text_encoder import WanTextEncoder
-from .vae import SPATIAL_STRIDE, WanVAE
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def dlib_landmarker() -> Landmarker:
     """dlib's HOG face detector + the shipped 68-point shape predictor (largest face per frame)."""
     import dlib
 
-    from ...face_landmarks.dlib_landmarks import DlibShapePredictor
-    from ...face_landmarks.predictor import DLIB_PACKAGE
-    from ...weights import package_path
+    from ....face_landmarks.dlib_landmarks import DlibShapePredictor
+    from ....face_landmarks.predictor import DLIB_PACKAGE
+    from ....weights import package_path
 
     path = package_path(*DLIB_PACKAGE)
     if path is None:
@@ -228,7 +228,7 @@ class WanAnimateEngine(WanEngineBase):
         check_release_folder(folder, task)
         transformer = load_animate_transformer(folder, device, dtype)
         if options.lora:
-            from .lora import merge_lora_
+            from ..common.lora import merge_lora_
 
             merge_lora_(transformer, Path(options.lora), strength=options.lora_strength)
         apply_fp8_and_compile(transformer, options.fp8, options.compile)

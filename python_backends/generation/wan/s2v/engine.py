@@ -72,22 +72,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...audio.wav2vec2 import FPS as WAV2VEC2_FPS
-from ...audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
-from ...errors import InputError, WeightsUnavailable
-from ...frame_interpolation.config import Interpolation
-from ..job import FrameChunk, GenerationJob, GenerationParams, segment_range
-from .attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
-from .checkpoint import check_release_layout, load_s2v_transformer
-from .configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
-from .s2v import WanS2VTransformer, cfg_forward, guide
-from .scheduler import SAMPLERS, make_sampler
-from .text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
-from .vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
+from ....audio.wav2vec2 import FPS as WAV2VEC2_FPS
+from ....audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
+from ....errors import InputError, WeightsUnavailable
+from ....frame_interpolation.config import Interpolation
+from ...job import FrameChunk, GenerationJob, GenerationParams, segment_range
+from ..common.attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
+from ..common.checkpoint import check_release_layout, load_s2v_transformer
+from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
+from ..common.scheduler import SAMPLERS, make_sampler
+from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
+from ..common.vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
+from .model import WanS2VTransformer, cfg_forward, guide
 
 if TYPE_CHECKING:
-    from ...frame_interpolation.resampler import InterpolatingResampler
-    from .animate_configs import WanAnimateTaskConfig, WanAnimateTransformerConfig
+    from ....frame_interpolation.resampler import InterpolatingResampler
+    from ..animate.configs import WanAnimateTaskConfig, WanAnimateTransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -753,7 +753,7 @@ class WanS2VEngine(WanEngineBase):
 def _apply_speed_options(transformer: WanS2VTransformer, folder: Path, options: WanS2VOptions) -> None:
     """LoRA merge first (it changes the bf16 weights), then FP8 conversion, the attention, then compilation."""
     if options.lora:
-        from .lora import merge_lora_, peft_targets
+        from ..common.lora import merge_lora_, peft_targets
 
         path = Path(options.lora) if Path(options.lora).is_absolute() else folder / options.lora
         targets = None if options.lora_targets is None else peft_targets(transformer, options.lora_targets)
@@ -768,7 +768,7 @@ def _apply_speed_options(transformer: WanS2VTransformer, folder: Path, options: 
 def apply_fp8_and_compile(transformer: torch.nn.Module, fp8: str | None, compile: bool) -> None:
     """FP8 conversion of the linear layers, then per-block compilation (any Wan DiT: S2V, Animate)."""
     if fp8:
-        from .fp8 import convert_to_fp8
+        from ..common.fp8 import convert_to_fp8
 
         converted = convert_to_fp8(transformer, fp8, use_fast_accum=True)
         log.info("FP8 (%s) linear layers: %d", fp8, converted)

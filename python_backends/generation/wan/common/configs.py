@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ...errors import ConfigError
+from ....errors import ConfigError
 
 log = logging.getLogger(__name__)
 

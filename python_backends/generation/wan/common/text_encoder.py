@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import WeightsUnavailable
+from ....errors import WeightsUnavailable
 from .vae import load_into_meta
 
 log = logging.getLogger(__name__)

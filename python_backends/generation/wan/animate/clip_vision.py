@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
-from .checkpoint import CheckpointError, _check_keys
-from .transformer import linear
+from ..common.attention import attention
+from ..common.checkpoint import CheckpointError, _check_keys
+from ..common.transformer import linear
 
 log = logging.getLogger(__name__)
 

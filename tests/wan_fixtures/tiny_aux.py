@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .text_encoder import T5_FILE, TOKENIZER_FOLDER, UMT5Config, UMT5Encoder
-from .vae import VAE_FILE, WanVAE
+from python_backends.generation.wan.common.text_encoder import T5_FILE, TOKENIZER_FOLDER, UMT5Config, UMT5Encoder
+from python_backends.generation.wan.common.vae import VAE_FILE, WanVAE
 
 TINY_VAE_DIM = 8
 TINY_T5 = UMT5Config(vocab_size=128, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2, num_buckets=32)

@@ -21,10 +21,17 @@ from pathlib import Path
 
 import torch
 
-from .animate import build_animate_model
-from .animate_checkpoint import OFFICIAL_SHARDS, write_animate_checkpoint
-from .animate_configs import WanAnimateTransformerConfig
-from .clip_vision import CLIP_FILE, ClipVisionConfig, ClipVisionTransformer, XLMRobertaTextConfig, write_clip_checkpoint
+from python_backends.generation.wan.animate.checkpoint import OFFICIAL_SHARDS, write_animate_checkpoint
+from python_backends.generation.wan.animate.clip_vision import (
+    CLIP_FILE,
+    ClipVisionConfig,
+    ClipVisionTransformer,
+    XLMRobertaTextConfig,
+    write_clip_checkpoint,
+)
+from python_backends.generation.wan.animate.configs import WanAnimateTransformerConfig
+from python_backends.generation.wan.animate.model import build_animate_model
+
 from .tiny_aux import TINY_T5, make_tiny_wan_aux
 
 TINY_CLIP_VISION = ClipVisionConfig(image_size=28, patch_size=14, dim=160, mlp_ratio=2, num_heads=2, num_layers=2,

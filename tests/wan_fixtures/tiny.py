@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import write_sharded_checkpoint
-from .configs import WanS2VTransformerConfig
-from .s2v import build_s2v_model
+from python_backends.generation.wan.common.checkpoint import write_sharded_checkpoint
+from python_backends.generation.wan.common.configs import WanS2VTransformerConfig
+from python_backends.generation.wan.s2v.model import build_s2v_model
 
 TINY_S2V_CONFIG = WanS2VTransformerConfig(
     dim=64,

@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
-from .s2v import CausalConv1d
-from .transformer import RMSNorm, linear
+from ..common.attention import attention
+from ..common.transformer import RMSNorm, linear
+from ..s2v.model import CausalConv1d
 
 BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
 LEAKY_SLOPE = 0.2

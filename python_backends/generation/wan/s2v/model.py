@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
-from .configs import WanS2VTransformerConfig
-from .transformer import (
+from ..common.attention import attention
+from ..common.configs import WanS2VTransformerConfig
+from ..common.transformer import (
     AttentionFn,
     FP32LayerNorm,
     Head,

@@ -48,8 +48,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .s2v import DEFAULT_MOTION_FRAMES, REF_FRAME_POSITION, S2VTokens, WanS2VTransformer, grid_positions, ref_positions
-from .transformer import AttentionFn, apply_rope, rope_cos_sin, unpatchify
+from ..common.transformer import AttentionFn, apply_rope, rope_cos_sin, unpatchify
+from .model import (
+    DEFAULT_MOTION_FRAMES,
+    REF_FRAME_POSITION,
+    S2VTokens,
+    WanS2VTransformer,
+    grid_positions,
+    ref_positions,
+)
 
 BLOCK_FRAMES = 3  # wan_s2v_14B_modified.py num_frames_per_block
 REF_DISTANCES = (4, 30)  # _forward_inference: relative_dist = random.randint(4, 30), both ends included

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ConfigError
-from .animate import WanAnimateTransformer, default_dtype, meta_animate_model
-from .animate_configs import WanAnimateTransformerConfig, from_animate_config, to_animate_config
-from .checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, read_tensors, write_shards
+from ....errors import ConfigError
+from ..common.checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, read_tensors, write_shards
+from .configs import WanAnimateTransformerConfig, from_animate_config, to_animate_config
+from .model import WanAnimateTransformer, default_dtype, meta_animate_model
 
 log = logging.getLogger(__name__)
 

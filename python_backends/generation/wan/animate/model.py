@@ -28,11 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .animate_configs import FACE_ADAPTER_EVERY, POSE_LATENT_CHANNELS, WanAnimateTransformerConfig
-from .animate_face import MOTION_ENCODE_BATCH, Blur, FaceAdapter, FaceEncoder, MotionEncoder, make_blur_kernel
-from .attention import attention
-from .s2v import grid_positions
-from .transformer import (
+from ..common.attention import attention
+from ..common.transformer import (
     Head,
     RMSNorm,
     WanAttentionBlock,
@@ -44,6 +41,9 @@ from .transformer import (
     time_embedding_fp32,
     unpatchify,
 )
+from ..s2v.model import grid_positions
+from .configs import FACE_ADAPTER_EVERY, POSE_LATENT_CHANNELS, WanAnimateTransformerConfig
+from .face import MOTION_ENCODE_BATCH, Blur, FaceAdapter, FaceEncoder, MotionEncoder, make_blur_kernel
 
 log = logging.getLogger(__name__)
 

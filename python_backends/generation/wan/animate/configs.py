@@ -49,8 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ...errors import ConfigError
-from .configs import _coerce
+from ....errors import ConfigError
+from ..common.configs import _coerce
 
 log = logging.getLogger(__name__)
 
