@@ -33,7 +33,7 @@ class GenerationJob:
     params: GenerationParams = field(default_factory=GenerationParams)
     face_box: np.ndarray | None = None  # [4] x1, y1, x2, y2
     landmarks: np.ndarray | None = None  # [68, 2] dlib / 300-W order
-    embedding: np.ndarray | None = None  # identity embedding of the photo, for re-anchoring
+    embedding: np.ndarray | None = None  # identity embedding of the photo (the pipeline's identity gate judges)
     waveform: np.ndarray | None = None  # [S] float32, 16 kHz mono (speech-driven engines)
     wav2vec2_features: np.ndarray | None = None  # [L, T, D] at 50 Hz (Wan S2V)
     driving_frames: np.ndarray | None = None  # [N, h, w, 3] uint8 (Animate)

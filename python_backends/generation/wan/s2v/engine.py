@@ -43,10 +43,8 @@ Where this differs from the official pipeline, and why:
   bf16).
 * Photo fit: scale to cover + centre crop; the official resizes the short side to min(H, W) and centre-crops,
   which pads black bars when the photo's aspect is a little off the (64-rounded) target's.
-* Identity re-anchoring by embedding (optional): with `job.embedding` and an `embedder`, the first
-  `identity_frames` decoded frames of every clip are embedded; a clip whose mean cosine similarity to the photo's
-  embedding is below `identity_threshold` is generated again with another seed (up to `identity_retries` times;
-  the best attempt is kept). The official pipeline has no such check.
+* No identity check of its own: the talking_head pipeline judges every segment (identity gate included) and
+  re-rolls a failing one with a derived seed, one policy with one threshold (python_backends/quality/).
 * CFG branches are batched into one forward when `cfg_batched` (the official runs two forwards).
 * `decode_context_latents` (off by default) primes the causal VAE decoder with only the last few motion latents
   instead of all 19: faster (at 480p the 19 cost about as much as decoding 70 frames), approximate.
@@ -62,7 +60,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,9 +96,6 @@ SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 MIN_SIDE = 64  # frame packing's 4x motion patches need latent sides >= 8
 MAX_SIDE = 2048
 SIZE_DIVISOR = 64  # official get_size_less_than_area pads the derived size to multiples of 64
-RETRY_SEED_STRIDE = 1_000_003  # seeds of identity retries: far from seed + clip of any other clip
-
-Embedder = Callable[[np.ndarray], np.ndarray]  # frames [n, H, W, 3] uint8 -> [n, D] (NaN rows: no face)
 
 
 @dataclass(frozen=True)
@@ -117,9 +112,6 @@ class WanS2VOptions:
     audio_sync: bool = True  # shift audio windows by the first clip's dropped frames (see module docstring)
     default_prompt: str = "A person is talking to the camera, natural facial expressions and lip movements."
     negative_prompt: str | None = None  # None: the official sample_neg_prompt
-    identity_threshold: float = 0.35  # cosine similarity below which a clip counts as drifted
-    identity_retries: int = 2  # regenerations of a drifted clip (each with a new seed)
-    identity_frames: int = 4  # first decoded frames of a clip that are checked
     vae_dtype: str = "float32"  # the official VAE runs in float32
     # Motion latents decoded before a clip's own to prime the causal VAE decoder. None: all 19 (official,
     # exact); fewer is faster (at 480p the 19 cost about as much as decoding 70 frames) but approximate.
@@ -159,8 +151,6 @@ class WanS2VOptions:
             raise ValueError(f"default_steps must be >= 1, got {self.default_steps}")
         if self.max_area < MIN_SIDE * MIN_SIDE:
             raise ValueError(f"max_area must be at least {MIN_SIDE * MIN_SIDE}, got {self.max_area}")
-        if not -1.0 <= self.identity_threshold <= 1.0 or self.identity_retries < 0 or self.identity_frames < 1:
-            raise ValueError("identity_threshold must be in [-1, 1], identity_retries >= 0, identity_frames >= 1")
         if self.decode_context_latents is not None and self.decode_context_latents < 1:
             raise ValueError(f"decode_context_latents must be >= 1 or None, got {self.decode_context_latents}")
         if self.fp8 not in (None, "rowwise", "tensor"):
@@ -178,7 +168,7 @@ class WanFrameChunk(FrameChunk):
 
     timing keys: elapsed_s (since the job started), denoise_s (the clip's denoising, all attempts), encode_s
     (the clip's VAE encoding of reference / motion frames), decode_s (VAE decoding done for this chunk),
-    steps, attempts (clip generations, > 1 after identity retries), identity_similarity (NaN when unchecked).
+    steps.
     """
 
     clip: int = 0
@@ -373,24 +363,10 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
-@dataclass
-class _Attempt:
-    seed: int
-    stream: Iterator[torch.Tensor]
-    head: list[torch.Tensor]
-    score: float
 
 
-def identity_similarity(embedder: Embedder, frames: np.ndarray, reference: np.ndarray) -> float:
-    """Mean cosine similarity of the frames' embeddings to the reference; -1 when no frame yields a face."""
-    ref = np.asarray(reference, np.float64).reshape(-1)
-    ref = ref / max(np.linalg.norm(ref), 1e-12)
-    emb = np.asarray(embedder(frames), np.float64).reshape(len(frames), -1)
-    norms = np.linalg.norm(emb, axis=1)
-    valid = np.isfinite(norms) & (norms > 1e-12)
-    if not valid.any():
-        return -1.0
-    return float(np.mean(emb[valid] @ ref / norms[valid]))
+
+
 
 
 def describe_sampling(sampling: Mapping[str, object]) -> str:
@@ -475,12 +451,11 @@ class WanS2VEngine(WanEngineBase):
 
     def __init__(self, transformer: WanS2VTransformer, vae: WanVAE, text_encoder: WanTextEncoder,
                  audio_encoder: Wav2Vec2Features | None, task: WanS2VTaskConfig = S2V_14B,
-                 options: WanS2VOptions | None = None, embedder: Embedder | None = None) -> None:
+                 options: WanS2VOptions | None = None) -> None:
         self.transformer, self.vae, self.text_encoder = transformer, vae, text_encoder
         self.audio_encoder = audio_encoder
         self.task = task
         self.options = options or WanS2VOptions()
-        self.embedder = embedder
         self.device = transformer.patch_embedding.weight.device
         config = transformer.config
         official = config == WanS2VTransformerConfig()
@@ -490,7 +465,7 @@ class WanS2VEngine(WanEngineBase):
 
     @classmethod
     def from_folder(cls, folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                    options: WanS2VOptions | None = None, embedder: Embedder | None = None,
+                    options: WanS2VOptions | None = None,
                     task: WanS2VTaskConfig = S2V_14B) -> WanS2VEngine:
         """Load the official release folder (or a tiny one of the same layout) strictly onto `device`.
 
@@ -510,7 +485,7 @@ class WanS2VEngine(WanEngineBase):
             raise WeightsUnavailable(
                 f"{folder / task.wav2vec} gives {audio_encoder.layers} hidden states of width {audio_encoder.dim}, "
                 f"the DiT weighs {config.audio_layers} of width {config.audio_dim}")
-        engine = cls(transformer, vae, text_encoder, audio_encoder, task, options, embedder)
+        engine = cls(transformer, vae, text_encoder, audio_encoder, task, options)
         log.info("%s from %s on %s (DiT %s, %d layers, VAE %s); per clip by default: %s", engine.name, folder,
                  device, transformer.patch_embedding.weight.dtype, config.num_layers, options.vae_dtype,
                  describe_sampling(engine.sampling()))
@@ -645,10 +620,8 @@ class WanS2VEngine(WanEngineBase):
         last_frames = motion_pixels(job.motion_frames if continuing else None, segment.start, p.fps, first16, fps16,
                                     task.motion_frames, height, width).to(self.device, vae_dtype)
         motion_latents = torch.zeros(1, 16, task.lat_motion_frames, lat_h, lat_w, device=self.device)
-        anchoring = self.embedder is not None and job.embedding is not None
-        log.info("Wan S2V job: %dx%d, %.2f s -> %d clip(s) of %d frames, %d steps (%s), guidance %.2f, %s", width,
-                 height, seconds, clips, per_clip, steps, opt.sampler, guidance,
-                 "identity anchoring" if anchoring else "no identity check")
+        log.info("Wan S2V job: %dx%d, %.2f s -> %d clip(s) of %d frames, %d steps (%s), guidance %.2f", width,
+                 height, seconds, clips, per_clip, steps, opt.sampler, guidance)
 
         produced = 0  # 16 fps frames streamed so far
         out_index = segment.start
@@ -664,55 +637,23 @@ class WanS2VEngine(WanEngineBase):
             prefix = ref_latents if drop_motion else motion_latents
             drop = dropped if first_clip else 0
 
-            denoise_s = 0.0
-            best: _Attempt | None = None
-            for attempt in range(1 + (opt.identity_retries if anchoring else 0)):
-                seed = p.seed + clip + attempt * RETRY_SEED_STRIDE
-                t0 = time.perf_counter()
-                latents = self._denoise(seed, shape, steps, guidance, context, context_null, ref_latents,
-                                        motion_latents, audio, drop_motion)
-                self._sync()
-                denoise_s += time.perf_counter() - t0
-                stream = self._decoded(prefix, latents, drop)
-                if not anchoring:
-                    best = _Attempt(seed, stream, [], math.nan)
-                    break
-                head: list[torch.Tensor] = []
-                while sum(x.shape[2] for x in head) < opt.identity_frames:
-                    piece = next(stream, None)
-                    if piece is None:
-                        break
-                    head.append(piece)
-                frames = to_uint8(torch.cat(head, dim=2))[: opt.identity_frames]
-                score = identity_similarity(self.embedder, frames, job.embedding)
-                log.info("clip %d attempt %d (seed %d): identity similarity %.3f", clip, attempt, seed, score)
-                if best is None or score > best.score:
-                    if best is not None:
-                        best.stream.close()
-                    best = _Attempt(seed, stream, head, score)
-                else:
-                    stream.close()
-                if score >= opt.identity_threshold:
-                    break
-            attempts = attempt + 1
-            if anchoring and best.score < opt.identity_threshold:
-                log.warning("clip %d stayed below the identity threshold %.2f after %d attempts (best %.3f)", clip,
-                            opt.identity_threshold, attempts, best.score)
-
-            timing = {"denoise_s": denoise_s, "encode_s": encode_s, "steps": float(steps),
-                      "attempts": float(attempts), "identity_similarity": best.score}
+            seed = p.seed + clip
+            t0 = time.perf_counter()
+            latents = self._denoise(seed, shape, steps, guidance, context, context_null, ref_latents,
+                                    motion_latents, audio, drop_motion)
+            self._sync()
+            denoise_s = time.perf_counter() - t0
+            stream = self._decoded(prefix, latents, drop)
+            timing = {"denoise_s": denoise_s, "encode_s": encode_s, "steps": float(steps)}
             encode_s = 0.0
             last_clip = clip == clips - 1
             keep: list[torch.Tensor] = []  # this clip's last motion_frames pixels, for the next clip's motion
             buffer: list[np.ndarray] = []
             decode_s, t0 = 0.0, time.perf_counter()
-            pieces = iter(best.head)
             while True:
-                piece = next(pieces, None)
+                piece = next(stream, None)
                 if piece is None:
-                    piece = next(best.stream, None)
-                    if piece is None:
-                        break
+                    break
                 if not last_clip:
                     keep.append(piece.to(vae_dtype))
                     while sum(x.shape[2] for x in keep[1:]) >= task.motion_frames:
@@ -727,7 +668,7 @@ class WanS2VEngine(WanEngineBase):
                     out_index += len(chunk)
                     decode_s = 0.0
                 if last_clip and produced >= needed:
-                    best.stream.close()
+                    stream.close()
                     break
                 t0 = time.perf_counter()
             if buffer:

@@ -33,8 +33,7 @@ cover + crop); noise from a CPU generator in float32 (release: bf16 on the GPU);
 seeded generator (release: unseeded); frame rate by nearest-time selection; bf16 / rotary precision as
 causal_s2v.py says. A segment that starts mid-video (a QA re-roll) starts a new causal stream: its condition is
 prefilled with the caller's last frames as motion frames (what the release's --enable_online_decode does after
-the first clip) and its KV caches start empty; identity re-anchoring (S2V's retries) is not offered, as a
-causal stream cannot redo a clip without its caches.
+the first clip) and its KV caches start empty.
 
 Random test weights stay random: nothing here measures LiveAvatar's quality; that is the release's claim.
 """
@@ -95,7 +94,6 @@ class LiveAvatarOptions(WanS2VOptions):
     max_area: int = 704 * 384  # --size "704*384"
     lora_alpha: float | None = LORA_ALPHA
     lora_targets: tuple[str, ...] | None = LORA_TARGETS
-    identity_retries: int = 0  # a causal stream cannot redo a clip (module docstring)
     block_frames: int = BLOCK_FRAMES  # latent frames per block (num_frames_per_block)
     ref_distance: int | None = None  # None: drawn per forward from 4..30 as the release does; fixed otherwise
     # Frames of history VAE-encoded for the DiT's motion latents (once) and to prime the decoder (every clip):
