@@ -220,75 +220,49 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 GENERATION_OPTIONS = PUBLIC_PARAMETERS
 
 
-def qa_summary(report: dict) -> dict:
-    """What the C2PA assertion and the audit log record of the QA report: the verdict and each gate's status."""
-    return {"status": report["verdict"], "schema_version": report["schema_version"],
-            "gates": {name: gate["status"] for name, gate in report["gates"].items()},
-            "segments_for_review": report["segments_for_review"], "rerolls": report["rerolls"],
-            # One number, not a list: float arrays do not survive the manifest round trip (c2pa-python 0.38).
-            "identity_min_window_cosine": min((w["mean_cosine"] for w in report["identity"]["windows"]), default=None)}
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from .cli_delivery import DELIVERY_ERRORS, delivery_options, print_delivery
-    from .compliance import CompliantVideoWriter, JobInputs
+    from .compliance import JobInputs
     from .contact_sheet import SegmentThumbnails, render_contact_sheet
+    from .delivery import DeliverySession, NoFrames
 
     if args.protocol != "grpc":
         raise CliError("generate streams over gRPC: use --protocol grpc (the default)")
     photo, audio, video = _job_inputs(args)
     parameters = {k: getattr(args, k) for k in GENERATION_OPTIONS if getattr(args, k) is not None}
     encode, compliance = delivery_options(args)
-    job = JobInputs(photo, audio, video, parameters)
     out: Path = args.output
-    writer: CompliantVideoWriter | None = None
-    chunks: list[dict] = []
-    report: dict = {}
-    qa_report: dict | None = None
     thumbnails = SegmentThumbnails()
+
+    def progress(chunk) -> None:
+        thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
+        done = chunk.start_frame + len(chunk.frames)
+        qa = chunk.info.get("qa", {})
+        verdict = f" segment {qa['segment']}: {qa['verdict']}" if qa else ""
+        print(f"\rchunk {len(session.chunks):3d}: frames {done}/{chunk.total_frames} "
+              f"({100 * done / max(1, chunk.total_frames):3.0f}%){verdict}   ", end="", file=sys.stderr, flush=True)
+
+    session = DeliverySession(out, JobInputs(photo, audio, video, parameters), encode, compliance, on_chunk=progress)
     try:
         with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
-            requested = time.perf_counter()  # time to the first encoded byte counts from here
-            for chunk in client.generate(photo, audio, video, parameters):
-                if "qa_report" in chunk.info:  # the last response: no frames, the job's QA report
-                    qa_report = chunk.info["qa_report"]
-                    continue
-                report = chunk.info.pop("job_report", report)
-                thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
-                if writer is None:
-                    writer = CompliantVideoWriter(out, chunk.fps, job, chunk.info, report, encode, compliance,
-                                                  t0=requested)
-                writer.write(chunk.frames)
-                chunks.append(chunk.info)
-                done = chunk.start_frame + len(chunk.frames)
-                qa = chunk.info.get("qa", {})
-                verdict = f" segment {qa['segment']}: {qa['verdict']}" if qa else ""
-                print(f"\rchunk {len(chunks):3d}: frames {done}/{chunk.total_frames} "
-                      f"({100 * done / max(1, chunk.total_frames):3.0f}%){verdict}   ",
-                      end="", file=sys.stderr, flush=True)
+            session.t0 = time.perf_counter()  # time to the first encoded byte counts from the request
+            delivery = session.deliver(client.generate(photo, audio, video, parameters))
         print(file=sys.stderr)
-        if writer is None:
-            raise CliError("the server streamed no frames")
-        # Encode tail, AI disclosure, C2PA signature (with the QA verdict), self-verification, audit record.
-        delivery = writer.finish(qa_verdict=qa_summary(qa_report) if qa_report else None)
     except RequestRejected as exc:
-        if writer is not None:
-            writer.abort()
         print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
         return EXIT_REJECTED
+    except NoFrames as exc:
+        raise CliError(str(exc)) from None
     except DELIVERY_ERRORS as exc:
-        if writer is not None:
-            writer.abort()
         raise CliError(str(exc)) from None
     except BaseException:
-        if writer is not None:
-            writer.abort()  # never leave a truncated MP4 that looks complete
-        if chunks:
+        if session.chunks:
             print(file=sys.stderr)  # end the progress line, so the error that follows has a line of its own
         raise
+    chunks, report, qa_report = session.chunks, session.job_report, session.qa_report
     sidecar = out.with_suffix(".json")
     sidecar.write_text(json.dumps({
-        "video": str(out), "engine": chunks[0]["engine"], "label": chunks[0]["label"], "frames": writer.frames_written,
+        "video": str(out), "engine": chunks[0]["engine"], "label": chunks[0]["label"], "frames": session.frames_written,
         "fps": delivery["encode"]["fps"], "parameters": parameters, "job_report": report, "chunks": chunks,
         # encode, signature, verify, audit, qa_verdict
         **{key: value for key, value in delivery.items() if key != "video"},

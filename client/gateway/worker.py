@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditError
-from ..cli import qa_summary
-from ..compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
+from ..compliance import ComplianceOptions, JobInputs
+from ..delivery import DeliverySession, NoFrames
 from ..encoding import EncodeError, EncodeOptions
 from ..provenance import SigningFailed
 from ..triton_client import Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
@@ -332,40 +332,27 @@ class WorkerPool:
                 raise _Stopped()
             workdir.mkdir(parents=True, exist_ok=True)
             out = workdir / "video.mp4"
-            writer: CompliantVideoWriter | None = None
-            report: dict = {}
-            qa_report: dict | None = None
             inputs = JobInputs(photo, audio, video, dict(job.parameters), job_id=job.id)
-            requested = time.perf_counter()
+
+            def check() -> None:
+                if control.stopped:
+                    raise _Stopped()
+
+            def progress(chunk) -> None:
+                control.frames_done = chunk.start_frame + len(chunk.frames)
+                control.total_frames = chunk.total_frames
+
+            session = DeliverySession(out, inputs, self.encode, self.compliance(job.tenant_id),
+                                      t0=time.perf_counter(), on_job_report=lambda report: self._remember_photo(
+                                          job, report, fingerprint), on_chunk=progress)
             stream = client.generate(photo, audio, video, job.parameters,
                                      idle_timeout_s=settings.stream_idle_timeout_s,
                                      deadline_s=settings.job_timeout_s)
             try:
-                for chunk in stream:
-                    if control.stopped:
-                        raise _Stopped()
-                    if chunk.qa_report is not None:
-                        qa_report = chunk.qa_report
-                        continue
-                    if "job_report" in chunk.info:
-                        report = chunk.info.pop("job_report")
-                        self._remember_photo(job, report, fingerprint)
-                    if writer is None:
-                        writer = CompliantVideoWriter(out, chunk.fps, inputs, chunk.info, report, self.encode,
-                                                      self.compliance(job.tenant_id), t0=requested)
-                    writer.write(chunk.frames)
-                    control.frames_done = chunk.start_frame + len(chunk.frames)
-                    control.total_frames = chunk.total_frames
-                if writer is None:
-                    raise ServerUnavailable("the server streamed no frames")
-                if control.stopped:
-                    raise _Stopped()
-                delivery = writer.finish(qa_verdict=qa_summary(qa_report) if qa_report else None)
-            except BaseException:
-                stream.close()  # stops the gRPC stream; cancels the request on the server if it is still going
-                if writer is not None:
-                    writer.abort()
-                raise
+                delivery = session.deliver(stream, check)
+            except NoFrames as exc:
+                raise ServerUnavailable(str(exc)) from None
+            report, qa_report = session.job_report, session.qa_report
         return self._store_output(job, out, delivery, report, qa_report, fingerprint, cache_key)
 
     def _remember_photo(self, job: Job, report: dict, fingerprint: Any) -> None:
