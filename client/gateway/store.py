@@ -168,7 +168,7 @@ class Job:
     error_message: str | None = None
     last_error: str | None = None
     photo: dict | None = None  # the photo's pre-processing summary (faces, pose), once known
-    qa: dict | None = None  # QA summary (client/delivery.py qa_summary)
+    qa: dict | None = None  # QA summary (client/qa_summary.py)
     result: dict | None = None  # output key, sha256, bytes, signature summary, cache hit
     created_at: float = 0.0
     updated_at: float = 0.0
