@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..qa.envelope_sync import envelope_sync, speech_envelope
+from .envelope_sync import envelope_sync, speech_envelope
 from .segment_qa import FAIL, PASS, UNAVAILABLE, Gate, JobContext, SegmentQA, identity_windows
 
 SCHEMA_VERSION = "1.0"

@@ -25,8 +25,7 @@ import numpy as np
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
 from ..preprocessing import ModelCaller
-from ..qa.envelope_sync import envelope_sync, mouth_opening, speech_envelope
-from ..qa_metrics import (
+from . import (
     EdgeSettings,
     EyeSettings,
     FlickerSettings,
@@ -36,6 +35,7 @@ from ..qa_metrics import (
     flicker_report,
     jaw_discontinuity,
 )
+from .envelope_sync import envelope_sync, mouth_opening, speech_envelope
 from .settings import QualitySettings
 from .tracking import FaceTrack
 
