@@ -1,0 +1,35 @@
+"""Edge gate: gradient energy along the face boundary vs the photo's (smearing or a pasted-in seam)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..artifacts import EdgeSettings, edge_bleeding
+from ..gate import FAIL, PASS, Gate, QualityGate, SegmentInput, spread
+
+
+class EdgeGate(QualityGate):
+    name = "edge"
+    temporal = True
+
+    def settings(self, quality) -> EdgeSettings:
+        return EdgeSettings(max_log_ratio=quality.edge_max_log_ratio)
+
+    async def judge(self, segment: SegmentInput) -> Gate:
+        return await asyncio.to_thread(self.judge_frames, segment.joined, segment.joined_track.landmarks,
+                                       segment.offset, segment.ctx)
+
+    def judge_frames(self, frames, landmarks, start: int, ctx) -> Gate:
+        quality, source = ctx.settings, ctx.source
+        picks = spread(len(frames), len(frames) / ctx.fps * quality.edge_samples_per_s)
+        edge = edge_bleeding(frames[picks], landmarks[picks], source.image, source.landmarks, self.settings(quality))
+        details = {"max_log_ratio": round(float(edge.values.max()), 3), "threshold": quality.edge_max_log_ratio,
+                   "frames": [int(picks[i]) + start for i in edge.frames]}
+        details["summary"] = f"log ratio {details['max_log_ratio']}"
+        if edge.flagged:
+            return Gate(self.name, FAIL, f"face edge smeared or seamed on {len(edge.frames)} of {len(picks)} "
+                        "checked frames", details)
+        return Gate(self.name, PASS, "face edge consistent with the photo", details)
+
+
+EDGE = EdgeGate()
