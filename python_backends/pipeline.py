@@ -89,6 +89,168 @@ async def run_video_qa(inputs: dict[str, np.ndarray], call: ModelCaller, setting
     return job_report(segments, ctx, engine="uploaded video", rerolls=0)
 
 
+class TalkingHeadJob:
+    """One talking_head request: pre-process, then segment after segment (`segments`) the attempts at it
+    (`attempt`, re-rolled with derived seeds until the gates pass or `max_rerolls` are used), then the accepted
+    attempt's chunks (`emit`) and, last, the job's QA report. Its model calls share one event loop.
+
+    `backlog` hears how many segments the job has and which one runs (the autoscaler's signal, backlog.py).
+    """
+
+    def __init__(self, inputs: dict[str, np.ndarray], parameters: dict, call: ModelCaller, stream: ModelStreamer,
+                 settings: TalkingHeadSettings, backlog: BacklogJob | None = None) -> None:
+        self.inputs, self.call, self.stream, self.settings = inputs, call, stream, settings
+        self.backlog = backlog or Backlog().accept()
+        self.params = parse_job_params(parameters)  # bad parameters fail before any work
+        self.quality = settings.quality
+        # Segments of whole native clips of the engine (generation/engines.py); under `auto` the engine is known
+        # from the first segment's answer on.
+        self.engine = None if self.params.engine == AUTO else self.params.engine
+        self.min_tail = segment_size(self.quality, self.params.fps)[1]
+        self.size = (segment_frames(self.engine, self.quality.segment_s, self.params.fps), self.min_tail)
+        self.total: int | None = None  # the clip's length, once the generator reports it
+        self.expected: int | None = None  # until then, the speech's
+        self.rerolls = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self, awaitable):
+        assert self._loop is not None, "TalkingHeadJob.run() drives the job"
+        return self._loop.run_until_complete(awaitable)
+
+    def run(self) -> Iterator[dict[str, np.ndarray]]:
+        self._loop = asyncio.new_event_loop()  # one loop for the job's model calls (not one per attempt)
+        try:
+            yield from self._job()
+        finally:
+            self._loop.close()
+
+    def _prepare(self) -> None:
+        photo, audio, video = (
+            self.inputs[name].reshape(-1)[0] if name in self.inputs else None
+            for name in (spec.PHOTO_BYTES, spec.AUDIO_BYTES, spec.DRIVING_VIDEO_BYTES)
+        )
+        limits, params = self.settings.limits, self.params
+        self.job = self._run(preprocess_job(photo, audio, self.call, limits, driving_video=video))
+        self.generator_inputs = {spec.IMAGE: self.job.image, **self.job.arrays}
+        if video is not None:
+            info = probe_video(video, limits)
+            self.generator_inputs[spec.DRIVING_FRAMES] = read_frames(video, 1, DRIVING_MAX_FRAMES, limits,
+                                                                     DRIVING_MAX_SIDE)
+            self.generator_inputs[spec.DRIVING_FPS] = np.array([info.fps], np.float32)
+        waveform = self.job.arrays.get(spec.WAVEFORM)
+        self.ctx = JobContext(SourceFace.from_preprocessed(self.job.image, self.job.arrays, self.job.report),
+                              waveform, params.fps, self.quality,
+                              mel=melspectrogram(waveform) if waveform is not None else None)
+        self.photo_safety = self._run(safety_of_photo(self.ctx, self.call))
+        if waveform is not None:  # the preview and S2V engines make the speech's length
+            self.expected = int(np.ceil(min(len(waveform) / SAMPLE_RATE, params.max_duration_s) * params.fps - 1e-9))
+            self._plan(self.expected)
+
+    def _plan(self, frames: int) -> None:
+        self.backlog.plan(segments_in(frames, lambda at: segment_length(at, frames, *self.size)))
+
+    def attempt(self, index: int, start: int, attempt: int, motion: np.ndarray | None,
+                boundary: Boundary | None) -> _Attempt:
+        """Generate segment `index` (from clip frame `start`, continuing from `motion`) with the attempt's derived
+        seed, post-process and judge it. A hard gate's failure stops the job."""
+        segment = SegmentRequest(start, segment_length(start, self.total or self.expected, *self.size),
+                                 derive_seed(self.params.seed, index, attempt))
+        inputs = dict(self.generator_inputs)
+        if motion is not None:
+            inputs[spec.MOTION_FRAMES] = motion
+        chunks = _generate(self.stream, inputs, segment.parameters(self.params))
+        reported = int(chunks[-1][spec.TOTAL_FRAMES].reshape(-1)[0])
+        served = _info(chunks[0]).get("engine_id", self.engine)
+        if reported != self.total or served != self.engine:  # the clip's real length and engine: re-plan
+            self.total, self.engine = reported, served
+            self.size = (segment_frames(self.engine, self.quality.segment_s, self.params.fps), self.min_tail)
+            self._plan(self.total)
+        raw = np.concatenate([c[spec.FRAMES] for c in chunks])
+        frames, qa = self._run(process_segment(raw, index, start, self.ctx, self.call, boundary))
+        qa.attempt, qa.seed = attempt, segment.seed
+        if qa.hard_failure:
+            gate = qa.hard_failure
+            raise InputError(f"stopped at {start / self.params.fps:.1f} s: the generated video failed the "
+                             f"{gate.name} gate ({gate.reason})", "content_policy")
+        return _Attempt(chunks, raw, frames, qa)
+
+    def best_attempt(self, index: int, start: int, motion: np.ndarray | None, boundary: Boundary | None) -> _Attempt:
+        """The first attempt that passes every gate, else the one with the fewest failures (flagged for review)."""
+        best: _Attempt | None = None
+        self.backlog.begin(index)  # (the job's end takes a segment left running out of the count, failures too)
+        for number in range(self.quality.max_rerolls + 1):
+            attempt = self.attempt(index, start, number, motion, boundary)
+            if best is None or len(attempt.qa.failed) < len(best.qa.failed):
+                best = attempt
+            if not attempt.qa.failed:
+                break
+            self.rerolls += number < self.quality.max_rerolls
+        self.backlog.end()
+        assert best is not None
+        return best
+
+    def emit(self, index: int, best: _Attempt) -> Iterator[dict[str, np.ndarray]]:
+        """The accepted attempt's chunks, post-processed frames in place of the generated ones; its first chunk
+        carries the segment's QA record (the job's first also the pre-processing report)."""
+        offset, output_size = 0, self.params.output_size
+        for number, chunk in enumerate(best.chunks):
+            count = len(chunk[spec.FRAMES])
+            info = _info(chunk)
+            info.update({"segment": index, "attempt": best.qa.attempt, "seed": best.qa.seed})
+            if number == 0:
+                info["qa"] = best.qa.as_dict()
+                if index == 0:  # so a client has the pre-processing report before any video
+                    info["job_report"] = self.job.report
+                    info["photo_safety"] = self.photo_safety
+            frames = best.frames[offset: offset + count]
+            yield _with_info({**chunk, spec.FRAMES: resize_frames(frames, output_size) if output_size else frames},
+                             info)
+            offset += count
+
+    def _job(self) -> Iterator[dict[str, np.ndarray]]:
+        started = time.perf_counter()
+        self._prepare()
+        context_frames = int(round(self.quality.motion_context_s * self.params.fps))
+        accepted: list[SegmentQA] = []
+        motion: np.ndarray | None = None
+        boundary: Boundary | None = None
+        start, index = 0, 0
+        best: _Attempt | None = None
+        while self.total is None or start < self.total:
+            best = self.best_attempt(index, start, motion, boundary)
+            accepted.append(best.qa)
+            yield from self.emit(index, best)
+            motion = best.raw if motion is None else np.concatenate([motion, best.raw])
+            motion = motion[-context_frames:] if context_frames else None
+            track = best.qa.track
+            boundary = Boundary(best.frames[-1], track.landmarks[-1], track.boxes[-1])
+            start += len(best.raw)
+            index += 1
+        assert best is not None
+        yield self._last(best, accepted, start, started)
+
+    def _last(self, best: _Attempt, accepted: list[SegmentQA], start: int, started: float) -> dict[str, np.ndarray]:
+        """The last response: no frames, the job's QA report."""
+        output_size, ctx = self.params.output_size, self.ctx
+        engine = _info(best.chunks[0]).get("engine", "?")
+        height, width = best.frames.shape[1:3]
+        post = {"colour_match": self.quality.colour_match, "resize": resize_note((width, height), output_size),
+                "mouth_refiner": "applied" if ctx.refiner else ctx.refiner_reason or "not needed",
+                "photo_safety": self.photo_safety}
+        report = job_report(accepted, ctx, engine=engine, rerolls=self.rerolls, post=post)
+        report["elapsed_s"] = round(time.perf_counter() - started, 3)
+        last = best.chunks[-1]
+        if output_size:
+            width, height = output_size
+        return {
+            spec.FRAMES: np.zeros((0, height, width, 3), np.uint8),
+            spec.START_FRAME: np.array([start], np.int64),
+            spec.TOTAL_FRAMES: last[spec.TOTAL_FRAMES],
+            spec.FPS: last[spec.FPS],
+            spec.CHUNK_INFO: np.array([json.dumps({"qa_report": report}).encode()], dtype=np.object_),
+        }
+
+
 def run_talking_head(
     inputs: dict[str, np.ndarray],
     parameters: dict,
@@ -97,118 +259,5 @@ def run_talking_head(
     settings: TalkingHeadSettings,
     backlog: BacklogJob | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """`backlog` hears how many segments the job has and which one runs (the autoscaler's signal, backlog.py)."""
-    backlog = backlog or Backlog().accept()
-    photo, audio, video = (
-        inputs[name].reshape(-1)[0] if name in inputs else None
-        for name in (spec.PHOTO_BYTES, spec.AUDIO_BYTES, spec.DRIVING_VIDEO_BYTES)
-    )
-    params = parse_job_params(parameters)  # bad parameters fail before any work
-    output_size = params.output_size
-    started = time.perf_counter()
-    job = asyncio.run(preprocess_job(photo, audio, call, settings.limits, driving_video=video))
-    generator_inputs = {spec.IMAGE: job.image, **job.arrays}
-    if video is not None:
-        info = probe_video(video, settings.limits)
-        generator_inputs[spec.DRIVING_FRAMES] = read_frames(video, 1, DRIVING_MAX_FRAMES, settings.limits,
-                                                            DRIVING_MAX_SIDE)
-        generator_inputs[spec.DRIVING_FPS] = np.array([info.fps], np.float32)
-    waveform = job.arrays.get(spec.WAVEFORM)
-    quality = settings.quality
-    ctx = JobContext(SourceFace.from_preprocessed(job.image, job.arrays, job.report), waveform, params.fps, quality,
-                     mel=melspectrogram(waveform) if waveform is not None else None)
-    photo_safety = asyncio.run(safety_of_photo(ctx, call))
-
-    # Segments of whole native clips of the engine (generation/engines.py); under `auto` the engine is known from
-    # the first segment's answer on.
-    engine = None if params.engine == AUTO else params.engine
-    min_tail = segment_size(quality, params.fps)[1]
-    size = (segment_frames(engine, quality.segment_s, params.fps), min_tail)
-    # Until the generator reports the clip's length, expect the speech's (the preview and S2V engines make that).
-    expected = None
-    if waveform is not None:
-        expected = int(np.ceil(min(len(waveform) / SAMPLE_RATE, params.max_duration_s) * params.fps - 1e-9))
-
-    def plan(frames: int) -> None:
-        backlog.plan(segments_in(frames, lambda at: segment_length(at, frames, *size)))
-
-    if expected:
-        plan(expected)
-    context_frames = int(round(quality.motion_context_s * params.fps))
-    accepted: list[SegmentQA] = []
-    motion: np.ndarray | None = None
-    boundary: Boundary | None = None
-    start, total, rerolls, index = 0, None, 0, 0
-    while total is None or start < total:
-        best: _Attempt | None = None
-        backlog.begin(index)  # (the job's end takes a segment left running out of the count, failures included)
-        for attempt in range(quality.max_rerolls + 1):
-            segment = SegmentRequest(start, segment_length(start, total or expected, *size),
-                                     derive_seed(params.seed, index, attempt))
-            seed, request = segment.seed, segment.parameters(params)
-            segment_inputs = dict(generator_inputs)
-            if motion is not None:
-                segment_inputs[spec.MOTION_FRAMES] = motion
-            chunks = _generate(stream, segment_inputs, request)
-            reported = int(chunks[-1][spec.TOTAL_FRAMES].reshape(-1)[0])
-            served = _info(chunks[0]).get("engine_id", engine)
-            if reported != total or served != engine:  # the clip's real length and engine: re-plan the segments
-                total, engine = reported, served
-                size = (segment_frames(engine, quality.segment_s, params.fps), min_tail)
-                plan(total)
-            raw = np.concatenate([c[spec.FRAMES] for c in chunks])
-            frames, qa = asyncio.run(process_segment(raw, index, start, ctx, call, boundary))
-            qa.attempt, qa.seed = attempt, seed
-            if qa.hard_failure:
-                gate = qa.hard_failure
-                raise InputError(f"stopped at {start / params.fps:.1f} s: the generated video failed the "
-                                 f"{gate.name} gate ({gate.reason})", "content_policy")
-            if best is None or len(qa.failed) < len(best.qa.failed):
-                best = _Attempt(chunks, raw, frames, qa)
-            if not qa.failed:
-                break
-            rerolls += attempt < quality.max_rerolls
-        backlog.end()
-        assert best is not None
-        accepted.append(best.qa)
-        first = True
-        offset = 0
-        for chunk in best.chunks:
-            count = len(chunk[spec.FRAMES])
-            info = _info(chunk)
-            info.update({"segment": index, "attempt": best.qa.attempt, "seed": best.qa.seed})
-            if first:
-                info["qa"] = best.qa.as_dict()
-                if index == 0:
-                    # The first chunk carries the job's pre-processing report, so a client has it before any video.
-                    info["job_report"] = job.report
-                    info["photo_safety"] = photo_safety
-            first = False
-            frames = best.frames[offset: offset + count]
-            yield _with_info({**chunk, spec.FRAMES: resize_frames(frames, output_size) if output_size else frames},
-                             info)
-            offset += count
-        motion = best.raw if motion is None else np.concatenate([motion, best.raw])
-        motion = motion[-context_frames:] if context_frames else None
-        track = best.qa.track
-        boundary = Boundary(best.frames[-1], track.landmarks[-1], track.boxes[-1])
-        start += len(best.raw)
-        index += 1
-
-    engine = _info(best.chunks[0]).get("engine", "?")
-    height, width = best.frames.shape[1:3]
-    post = {"colour_match": quality.colour_match, "resize": resize_note((width, height), output_size),
-            "mouth_refiner": "applied" if ctx.refiner else ctx.refiner_reason or "not needed",
-            "photo_safety": photo_safety}
-    report = job_report(accepted, ctx, engine=engine, rerolls=rerolls, post=post)
-    report["elapsed_s"] = round(time.perf_counter() - started, 3)
-    last = best.chunks[-1]
-    if output_size:
-        width, height = output_size
-    yield {
-        spec.FRAMES: np.zeros((0, height, width, 3), np.uint8),
-        spec.START_FRAME: np.array([start], np.int64),
-        spec.TOTAL_FRAMES: last[spec.TOTAL_FRAMES],
-        spec.FPS: last[spec.FPS],
-        spec.CHUNK_INFO: np.array([json.dumps({"qa_report": report}).encode()], dtype=np.object_),
-    }
+    """The talking_head stream (TalkingHeadJob); bad parameters fail here, before the first response."""
+    return TalkingHeadJob(inputs, parameters, call, stream, settings, backlog).run()
