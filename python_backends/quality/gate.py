@@ -48,7 +48,8 @@ class SegmentInput:
 
 
 class QualityGate:
-    """Subclass, set `name` (and `hard`, `temporal`), implement `judge`; add the instance to gates.GATES."""
+    """Subclass, set `name` (and `hard`, `temporal`), implement `check` (and `summary`); add the instance to
+    gates.GATES."""
 
     name: str = ""
     hard: bool = False  # a failure stops the job instead of re-rolling the segment
@@ -59,7 +60,19 @@ class QualityGate:
         return None
 
     async def judge(self, segment: SegmentInput) -> Gate:
+        """The verdict on `segment`, with the contact sheet's line (`summary`) added to its details."""
+        gate = await self.check(segment)
+        line = self.summary(gate.details)
+        if line:
+            gate.details["summary"] = line
+        return gate
+
+    async def check(self, segment: SegmentInput) -> Gate:
         raise NotImplementedError
+
+    def summary(self, details: dict) -> str:
+        """The key number(s) of a verdict, one short line ("" when there is none)."""
+        return ""
 
     def unavailable(self, reason: str) -> Gate:
         return Gate(self.name, UNAVAILABLE, reason)

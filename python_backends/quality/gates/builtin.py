@@ -21,10 +21,11 @@ from ..segment_qa import (
 class PresenceGate(QualityGate):
     name = "face_presence"
 
-    async def judge(self, segment: SegmentInput) -> Gate:
-        gate = presence_gate(segment.track, segment.start)
-        gate.details["summary"] = f"{len(segment.track.detected)} frames checked"
-        return gate
+    async def check(self, segment: SegmentInput) -> Gate:
+        return presence_gate(segment.track, segment.start)
+
+    def summary(self, details: dict) -> str:
+        return f"{len(details['frames'])} frame(s) without a face" if details.get("frames") else ""
 
 
 class IdentityGate(QualityGate):
@@ -34,13 +35,14 @@ class IdentityGate(QualityGate):
         return {"window_s": quality.identity_window_s, "threshold_arcface": quality.identity_threshold_arcface,
                 "threshold_dlib": quality.identity_threshold_dlib}
 
-    async def judge(self, segment: SegmentInput) -> Gate:
+    async def check(self, segment: SegmentInput) -> Gate:
         gate, segment.identity_samples = await identity_gate(segment.frames, segment.track, segment.start,
                                                              segment.ctx, segment.call)
-        windows = gate.details.get("windows")
-        if windows:
-            gate.details["summary"] = f"min window cos {min(w['mean_cosine'] for w in windows):.3f}"
         return gate
+
+    def summary(self, details: dict) -> str:
+        windows = details.get("windows")
+        return f"min window cos {min(w['mean_cosine'] for w in windows):.3f}" if windows else ""
 
 
 class LipSyncGate(QualityGate):
@@ -50,58 +52,46 @@ class LipSyncGate(QualityGate):
         return {"min_envelope_r": quality.min_envelope_r, "max_abs_offset_frames": quality.max_abs_offset_frames,
                 "vshift": quality.sync_vshift}  # SyncNet's own LSE thresholds: lipsync_scorer's settings
 
-    async def judge(self, segment: SegmentInput) -> Gate:
-        gate = await lipsync_gate(segment.frames, segment.track, segment.opening, segment.start, segment.ctx,
+    async def check(self, segment: SegmentInput) -> Gate:
+        return await lipsync_gate(segment.frames, segment.track, segment.opening, segment.start, segment.ctx,
                                   segment.call)
-        d = gate.details
+
+    def summary(self, d: dict) -> str:
         if "correlation" in d:
-            d["summary"] = f"offset {d['offset_frames']:+d} fr, r {d['correlation']:.2f}"
-        elif d.get("score"):
-            d["summary"] = f"LSE-D {d['score']['lse_d']:.2f} LSE-C {d['score']['lse_c']:.2f}"
-        return gate
+            return f"offset {d['offset_frames']:+d} fr, r {d['correlation']:.2f}"
+        return f"LSE-D {d['score']['lse_d']:.2f} LSE-C {d['score']['lse_c']:.2f}" if d.get("score") else ""
 
 
 class FlickerGate(QualityGate):
-    name = "flicker"
-    temporal = True
+    name, temporal = "flicker", True
 
     def settings(self, quality) -> FlickerSettings:
         return FlickerSettings(spike_k=quality.flicker_spike_k, luma_floor=quality.flicker_luma_floor,
                                warp_floor=quality.flicker_warp_floor)
 
-    async def judge(self, segment: SegmentInput) -> Gate:
-        gate = await asyncio.to_thread(flicker_gate, segment.joined, segment.joined_track, segment.offset,
-                                       segment.ctx.settings)
-        d = gate.details
-        d["summary"] = f"luma jump {d['max_luminance_jump']}, warp err {d['max_warping_error']}"
-        return gate
+    async def check(self, s: SegmentInput) -> Gate:
+        return await asyncio.to_thread(flicker_gate, s.joined, s.joined_track, s.offset, s.ctx.settings)
+
+    def summary(self, d: dict) -> str:
+        return f"luma jump {d['max_luminance_jump']}, warp err {d['max_warping_error']}"
 
 
-class JawGate(QualityGate):
-    name = "jaw"
+class LandmarkMotionGate(QualityGate):
+    """A check over the joined landmark track (jaw, eyes): run off the event loop, summarised by one number."""
+
     temporal = True
 
-    def settings(self, quality) -> JawSettings:
-        return JawSettings(floor=quality.jaw_floor, spike_k=quality.jaw_spike_k)
+    def __init__(self, name: str, check, settings, summary) -> None:
+        self.name, self._check, self._settings, self._summary = name, check, settings, summary
 
-    async def judge(self, segment: SegmentInput) -> Gate:
-        gate = await asyncio.to_thread(jaw_gate, segment.joined_track.landmarks, segment.offset, segment.ctx)
-        gate.details["summary"] = f"max jump {gate.details['max_jump_iod']} IOD"
-        return gate
+    def settings(self, quality):
+        return self._settings(quality)
 
+    async def check(self, s: SegmentInput) -> Gate:
+        return await asyncio.to_thread(self._check, s.joined_track.landmarks, s.offset, s.ctx)
 
-class EyesGate(QualityGate):
-    name = "eyes"
-    temporal = True
-
-    def settings(self, quality) -> EyeSettings:
-        return EyeSettings(eye_line_deg=quality.eye_line_deg, eye_axis_deg=quality.eye_axis_deg,
-                           spacing=quality.eye_spacing)
-
-    async def judge(self, segment: SegmentInput) -> Gate:
-        gate = await asyncio.to_thread(eyes_gate, segment.joined_track.landmarks, segment.offset, segment.ctx)
-        gate.details["summary"] = f"score {gate.details['max_score']}"
-        return gate
+    def summary(self, d: dict) -> str:
+        return self._summary(d)
 
 
 class ContentSafetyGate(QualityGate):
@@ -111,12 +101,17 @@ class ContentSafetyGate(QualityGate):
     def settings(self, quality) -> dict:
         return {"samples_per_s": quality.safety_samples_per_s}
 
-    async def judge(self, segment: SegmentInput) -> Gate:
-        gate = await safety_gate(segment.frames, segment.start, segment.ctx, segment.call)
-        if "max_nsfw_score" in gate.details:
-            gate.details["summary"] = f"NSFW {gate.details['max_nsfw_score']}"
-        return gate
+    async def check(self, segment: SegmentInput) -> Gate:
+        return await safety_gate(segment.frames, segment.start, segment.ctx, segment.call)
+
+    def summary(self, d: dict) -> str:
+        return f"NSFW {d['max_nsfw_score']}" if "max_nsfw_score" in d else ""
 
 
 PRESENCE, IDENTITY, LIPSYNC, FLICKER = PresenceGate(), IdentityGate(), LipSyncGate(), FlickerGate()
-JAW, EYES, CONTENT_SAFETY = JawGate(), EyesGate(), ContentSafetyGate()
+JAW = LandmarkMotionGate("jaw", jaw_gate, lambda q: JawSettings(floor=q.jaw_floor, spike_k=q.jaw_spike_k),
+                         lambda d: f"max jump {d['max_jump_iod']} IOD")
+EYES = LandmarkMotionGate("eyes", eyes_gate, lambda q: EyeSettings(eye_line_deg=q.eye_line_deg,
+                                                                   eye_axis_deg=q.eye_axis_deg, spacing=q.eye_spacing),
+                          lambda d: f"score {d['max_score']}")
+CONTENT_SAFETY = ContentSafetyGate()

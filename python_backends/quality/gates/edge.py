@@ -15,9 +15,12 @@ class EdgeGate(QualityGate):
     def settings(self, quality) -> EdgeSettings:
         return EdgeSettings(max_log_ratio=quality.edge_max_log_ratio)
 
-    async def judge(self, segment: SegmentInput) -> Gate:
+    async def check(self, segment: SegmentInput) -> Gate:
         return await asyncio.to_thread(self.judge_frames, segment.joined, segment.joined_track.landmarks,
                                        segment.offset, segment.ctx)
+
+    def summary(self, details: dict) -> str:
+        return f"log ratio {details['max_log_ratio']}"
 
     def judge_frames(self, frames, landmarks, start: int, ctx) -> Gate:
         quality, source = ctx.settings, ctx.source
@@ -25,11 +28,13 @@ class EdgeGate(QualityGate):
         edge = edge_bleeding(frames[picks], landmarks[picks], source.image, source.landmarks, self.settings(quality))
         details = {"max_log_ratio": round(float(edge.values.max()), 3), "threshold": quality.edge_max_log_ratio,
                    "frames": [int(picks[i]) + start for i in edge.frames]}
-        details["summary"] = f"log ratio {details['max_log_ratio']}"
         if edge.flagged:
-            return Gate(self.name, FAIL, f"face edge smeared or seamed on {len(edge.frames)} of {len(picks)} "
+            gate = Gate(self.name, FAIL, f"face edge smeared or seamed on {len(edge.frames)} of {len(picks)} "
                         "checked frames", details)
-        return Gate(self.name, PASS, "face edge consistent with the photo", details)
+        else:
+            gate = Gate(self.name, PASS, "face edge consistent with the photo", details)
+        gate.details["summary"] = self.summary(details)  # (called directly by artifact_gates, not via judge)
+        return gate
 
 
 EDGE = EdgeGate()

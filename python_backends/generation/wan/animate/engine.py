@@ -42,7 +42,7 @@ import torch
 
 from ....errors import InputError, WeightsUnavailable
 from ...job import GenerationJob, segment_range
-from ..common.checkpoint import check_release_layout
+from ..common.checkpoint import check_release_layout, shared_release_entries
 from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.text_encoder import WanTextEncoder
 from ..common.vae import SPATIAL_STRIDE, WanVAE
@@ -176,13 +176,7 @@ class WanAnimateOptions:
 
 
 def release_entries(task: WanAnimateTaskConfig = ANIMATE_14B) -> dict[str, str]:
-    return {
-        task.transformer_config_file: "the DiT's config.json",
-        task.vae_checkpoint: "the Wan 2.1 VAE",
-        task.t5_checkpoint: "the umT5-XXL text encoder",
-        task.t5_tokenizer: "the umT5 tokenizer folder",
-        task.clip_checkpoint: "the CLIP image encoder",
-    }
+    return {**shared_release_entries(task), task.clip_checkpoint: "the CLIP image encoder"}
 
 
 def check_release_folder(folder: Path, task: WanAnimateTaskConfig = ANIMATE_14B) -> None:

@@ -199,3 +199,13 @@ def check_release_layout(folder: Path, entries: Mapping[str, str], release: str,
     if missing:
         raise WeightsUnavailable(f"{release} release folder {folder} is incomplete: missing {'; '.join(missing)}. "
                                  f"Download the whole {repo} folder (or write a tiny one with {tiny_hint})")
+
+
+def shared_release_entries(task) -> dict[str, str]:
+    """Entries every Wan2.2 release folder has besides the DiT shards (S2V adds wav2vec2, Animate CLIP)."""
+    return {
+        task.transformer_config_file: "the DiT's config.json",
+        task.vae_checkpoint: "the Wan 2.1 VAE",
+        task.t5_checkpoint: "the umT5-XXL text encoder",
+        task.t5_tokenizer: "the umT5 tokenizer folder",
+    }

@@ -76,7 +76,7 @@ from ....errors import InputError, WeightsUnavailable
 from ....frame_interpolation.config import Interpolation
 from ...job import FrameChunk, GenerationJob, GenerationParams, segment_range
 from ..common.attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
-from ..common.checkpoint import check_release_layout, load_s2v_transformer
+from ..common.checkpoint import check_release_layout, load_s2v_transformer, shared_release_entries
 from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
@@ -181,13 +181,7 @@ class WanFrameChunk(FrameChunk):
 
 def release_entries(task: WanS2VTaskConfig = S2V_14B) -> dict[str, str]:
     """Relative path -> what it is, for every entry a release folder must have besides the DiT shards."""
-    return {
-        task.transformer_config_file: "the DiT's config.json",
-        task.vae_checkpoint: "the Wan 2.1 VAE",
-        task.t5_checkpoint: "the umT5-XXL text encoder",
-        task.t5_tokenizer: "the umT5 tokenizer folder",
-        task.wav2vec: "the wav2vec2 audio encoder folder",
-    }
+    return {**shared_release_entries(task), task.wav2vec: "the wav2vec2 audio encoder folder"}
 
 
 def check_release_folder(folder: Path, task: WanS2VTaskConfig = S2V_14B) -> None:
