@@ -78,14 +78,22 @@ def test_the_contract_needs_neither_numpy_nor_torch():
 
 
 def test_the_gateway_serves_without_torch():
-    """What the gateway image (the `gateway` extra, no `server` extra) imports: the app, its workers and the
-    parameter check, with torch, torchvision, cv2 and transformers unimportable."""
+    """What the gateway image (the `gateway` extra, no `server` extra) runs: the app with its workers answers
+    /healthz and documents the contract's parameters, with torch, torchvision, cv2, scipy and transformers
+    unimportable (the output cache then stays off: the weights cannot be listed)."""
     result = _imports_without(("torch", "torchvision", "cv2", "transformers", "scipy"), """
-        from client.gateway import app, worker
+        import tempfile
+        from fastapi.testclient import TestClient
+        from client.gateway.app import create_app
         from client.gateway.caches import canonical_parameters
-        from client.gateway.settings import GatewaySettings
+        from client.gateway.settings import load_settings
+        settings = load_settings(None, env={}, data_dir=tempfile.mkdtemp(), triton_url="127.0.0.1:9")
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/healthz").json()["status"] == "ok"
+            assert "output_width" in client.get("/openapi.json").text
+            assert client.get("/readyz").status_code == 503  # no tritonserver behind it here
         print(canonical_parameters({"output_width": 1920, "output_height": 1080})["output_height"])
         assert "torch" not in sys.modules
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "1080"
+    assert result.stdout.strip().splitlines()[-1] == "1080"
