@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
+from python_backends.contract import PUBLIC_PARAMETERS, JobParams, cli_flag
 from python_backends.errors import WeightsUnavailable
 from python_backends.weights import WEIGHTS_ENV
 
@@ -226,88 +229,54 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-GENERATION_OPTIONS = ("engine", "seed", "steps", "guidance", "width", "height", "fps", "max_duration_s",
-                      "chunk_frames", "prompt", "output_width", "output_height")
-
-
-def qa_summary(report: dict) -> dict:
-    """What the C2PA assertion and the audit log record of the QA report: the verdict and each gate's status."""
-    return {"status": report["verdict"], "schema_version": report["schema_version"],
-            "gates": {name: gate["status"] for name, gate in report["gates"].items()},
-            "segments_for_review": report["segments_for_review"], "rerolls": report["rerolls"],
-            # One number, not a list: float arrays do not survive the manifest round trip (c2pa-python 0.38).
-            "identity_min_window_cosine": min((w["mean_cosine"] for w in report["identity"]["windows"]), default=None)}
+GENERATION_OPTIONS = PUBLIC_PARAMETERS
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .cli_delivery import DELIVERY_ERRORS, delivery_options, print_delivery
-    from .compliance import CompliantVideoWriter, JobInputs
+    from .compliance import JobInputs
     from .contact_sheet import SegmentThumbnails, render_contact_sheet
-    from .content_policy import decide
+    from .delivery import DeliverySession, NoFrames
     from .policy import policy_of
-    from .provenance import QA_NOT_RUN
 
     if args.protocol != "grpc":
         raise CliError("generate streams over gRPC: use --protocol grpc (the default)")
     photo, audio, video = _job_inputs(args)
     parameters = {k: getattr(args, k) for k in GENERATION_OPTIONS if getattr(args, k) is not None}
     encode, compliance = delivery_options(args)
-    job = JobInputs(photo, audio, video, parameters)
     out: Path = args.output
-    writer: CompliantVideoWriter | None = None
-    chunks: list[dict] = []
-    report: dict = {}
-    qa_report: dict | None = None
     thumbnails = SegmentThumbnails()
+
+    def progress(chunk) -> None:
+        thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
+        done = chunk.start_frame + len(chunk.frames)
+        qa = chunk.info.get("qa", {})
+        verdict = f" segment {qa['segment']}: {qa['verdict']}" if qa else ""
+        print(f"\rchunk {len(session.chunks):3d}: frames {done}/{chunk.total_frames} "
+              f"({100 * done / max(1, chunk.total_frames):3.0f}%){verdict}   ", end="", file=sys.stderr, flush=True)
+
+    session = DeliverySession(out, JobInputs(photo, audio, video, parameters), encode, compliance,
+                              policy_of(args.policy_profile), on_chunk=progress)
     try:
         with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
-            requested = time.perf_counter()  # time to the first encoded byte counts from here
-            for chunk in client.generate(photo, audio, video, parameters):
-                if "qa_report" in chunk.info:  # the last response: no frames, the job's QA report
-                    qa_report = chunk.info["qa_report"]
-                    continue
-                report = chunk.info.pop("job_report", report)
-                thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
-                if writer is None:
-                    writer = CompliantVideoWriter(out, chunk.fps, job, chunk.info, report, encode, compliance,
-                                                  t0=requested)
-                writer.write(chunk.frames)
-                chunks.append(chunk.info)
-                done = chunk.start_frame + len(chunk.frames)
-                qa = chunk.info.get("qa", {})
-                verdict = f" segment {qa['segment']}: {qa['verdict']}" if qa else ""
-                print(f"\rchunk {len(chunks):3d}: frames {done}/{chunk.total_frames} "
-                      f"({100 * done / max(1, chunk.total_frames):3.0f}%){verdict}   ",
-                      end="", file=sys.stderr, flush=True)
+            session.t0 = time.perf_counter()  # time to the first encoded byte counts from the request
+            delivery = session.deliver(client.generate(photo, audio, video, parameters))
         print(file=sys.stderr)
-        if writer is None:
-            raise CliError("the server streamed no frames")
-        # The content policy's decision rides in the QA verdict: C2PA assertion, audit record, .qa.json.
-        decision = decide(qa_report, policy_of(args.policy_profile), video is not None, compliance.visible_label)
-        verdict = qa_summary(qa_report) if qa_report else dict(QA_NOT_RUN)
-        verdict["content_policy"] = decision.as_dict()
-        if qa_report is not None:
-            qa_report["content_policy"] = decision.as_dict()
-        # Encode tail, AI disclosure, C2PA signature (with the QA verdict), self-verification, audit record.
-        delivery = writer.finish(qa_verdict=verdict)
     except RequestRejected as exc:
-        if writer is not None:
-            writer.abort()
         print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
         return EXIT_REJECTED
+    except NoFrames as exc:
+        raise CliError(str(exc)) from None
     except DELIVERY_ERRORS as exc:
-        if writer is not None:
-            writer.abort()
         raise CliError(str(exc)) from None
     except BaseException:
-        if writer is not None:
-            writer.abort()  # never leave a truncated MP4 that looks complete
-        if chunks:
+        if session.chunks:
             print(file=sys.stderr)  # end the progress line, so the error that follows has a line of its own
         raise
+    chunks, report, qa_report, decision = session.chunks, session.job_report, session.qa_report, session.decision
     sidecar = out.with_suffix(".json")
     sidecar.write_text(json.dumps({
-        "video": str(out), "engine": chunks[0]["engine"], "label": chunks[0]["label"], "frames": writer.frames_written,
+        "video": str(out), "engine": chunks[0]["engine"], "label": chunks[0]["label"], "frames": session.frames_written,
         "fps": delivery["encode"]["fps"], "parameters": parameters, "job_report": report, "chunks": chunks,
         # encode, signature, verify, audit, qa_verdict
         **{key: value for key, value in delivery.items() if key != "video"},
@@ -339,20 +308,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the contract's JobParams, typed and documented by it."""
     group = parser.add_argument_group("generation (sent as request parameters; unset = the server's default)")
-    group.add_argument("--engine", choices=("auto", "preview", "s2v-14B", "liveavatar-14B", "animate-14B"))
-    group.add_argument("--seed", type=int)
-    group.add_argument("--steps", type=int)
-    group.add_argument("--guidance", type=float)
-    group.add_argument("--width", type=int)
-    group.add_argument("--height", type=int)
-    group.add_argument("--fps", type=float)
-    group.add_argument("--max-duration", dest="max_duration_s", type=float)
-    group.add_argument("--chunk-frames", type=int)
-    group.add_argument("--prompt")
-    group.add_argument("--output-width", dest="output_width", type=int,
-                       help="resize the accepted video to this size after QA (Lanczos; no learned upscaler)")
-    group.add_argument("--output-height", dest="output_height", type=int)
+    hints = typing.get_type_hints(JobParams)
+    for item in dataclasses.fields(JobParams):
+        kind = next(t for t in (int, float, str) if hints[item.name] is t or t in typing.get_args(hints[item.name]))
+        group.add_argument(cli_flag(item.name), dest=item.name, type=kind, choices=item.metadata["choices"],
+                           help=item.metadata["help"])
 
 
 def build_parser() -> argparse.ArgumentParser:

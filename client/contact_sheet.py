@@ -39,19 +39,7 @@ def _thumbnail(frame: np.ndarray) -> np.ndarray:
 
 def _gate_line(gate: dict) -> str:
     name, status = gate["gate"], gate["status"]
-    numbers = {
-        "identity": lambda g: f"min window cos {min(w['mean_cosine'] for w in g['windows']):.3f}" if g.get("windows")
-        else "",
-        "lipsync": lambda g: (f"offset {g['offset_frames']:+d} fr, r {g['correlation']:.2f}" if "correlation" in g
-                              else f"LSE-D {g['score']['lse_d']:.2f} LSE-C {g['score']['lse_c']:.2f}"
-                              if g.get("score") else ""),
-        "flicker": lambda g: f"luma jump {g['max_luminance_jump']}, warp err {g['max_warping_error']}"
-        if "max_luminance_jump" in g else "",
-        "jaw": lambda g: f"max jump {g['max_jump_iod']} IOD" if "max_jump_iod" in g else "",
-        "eyes": lambda g: f"score {g['max_score']}" if "max_score" in g else "",
-        "edge": lambda g: f"log ratio {g['max_log_ratio']}" if "max_log_ratio" in g else "",
-        "content_safety": lambda g: f"NSFW {g['max_nsfw_score']}" if "max_nsfw_score" in g else "",
-    }.get(name, lambda g: "")(gate)
+    numbers = gate.get("summary", "")  # each gate writes its own line (python_backends/quality/gates/)
     frames = gate.get("frames") or []
     where = f" @ frames {frames[:4]}{'...' if len(frames) > 4 else ''}" if status == "fail" and frames else ""
     return f"{name:<15}{status:<12}{numbers}{where}"

@@ -43,15 +43,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
+
+from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.stage_pipeline import Stage, run_stages  # noqa: E402
-from python_backends.generation.wan import TINY_S2V_CONFIG, WanS2VTransformerConfig  # noqa: E402
-from python_backends.generation.wan.liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine  # noqa: E402
-from python_backends.generation.wan.s2v import build_s2v_model  # noqa: E402
-from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions, _apply_speed_options  # noqa: E402
-from python_backends.generation.wan.vae import WanVAE  # noqa: E402
+from python_backends.generation.wan import WanS2VTransformerConfig  # noqa: E402
+from python_backends.generation.wan.common.vae import WanVAE  # noqa: E402
+from python_backends.generation.wan.s2v.engine import WanS2VEngine, WanS2VOptions, _apply_speed_options  # noqa: E402
+from python_backends.generation.wan.s2v.liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine  # noqa: E402
+from python_backends.generation.wan.s2v.model import build_s2v_model  # noqa: E402
 
 PROMPT_TOKENS = 40  # a one-sentence prompt's umT5 length
 

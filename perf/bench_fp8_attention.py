@@ -44,20 +44,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
 sys.path.insert(0, str(ROOT / "perf"))
 
 from bench_generator import clip_shape, make_inputs, sdpa_context  # noqa: E402
 from bench_generator import environment as base_environment  # noqa: E402
+from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
-from python_backends.generation.wan import TINY_S2V_CONFIG, WanS2VTransformerConfig, build_s2v_model  # noqa: E402
-from python_backends.generation.wan.attention import (  # noqa: E402
+from python_backends.generation.wan import WanS2VTransformerConfig, build_s2v_model  # noqa: E402
+from python_backends.generation.wan.common.attention import (  # noqa: E402
     ATTENTION_BACKENDS,
     SDPA,
     attention,
     attention_function,
 )
-from python_backends.generation.wan.fp8_attention import emulate_fp8_attention, unavailable_reason  # noqa: E402
-from python_backends.generation.wan.transformer import apply_rope, rope_cos_sin  # noqa: E402
+from python_backends.generation.wan.common.fp8_attention import emulate_fp8_attention, unavailable_reason  # noqa: E402
+from python_backends.generation.wan.common.transformer import apply_rope, rope_cos_sin  # noqa: E402
 
 SCHEMA = "talkinghead.bench_fp8_attention/1"
 VARIANTS = {name: modes for name, modes in ATTENTION_BACKENDS.items() if modes is not None}

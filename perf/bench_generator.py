@@ -42,19 +42,22 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
 
-from python_backends.generation.wan import S2V_14B, TINY_S2V_CONFIG, WanS2VTransformerConfig  # noqa: E402
-from python_backends.generation.wan.fp8 import FP8Linear, convert_to_fp8  # noqa: E402
-from python_backends.generation.wan.s2v import (  # noqa: E402
+from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
+
+from python_backends.generation.wan import S2V_14B, WanS2VTransformerConfig  # noqa: E402
+from python_backends.generation.wan.common.fp8 import FP8Linear, convert_to_fp8  # noqa: E402
+from python_backends.generation.wan.common.vae import WanVAE  # noqa: E402
+from python_backends.generation.wan.s2v.model import (  # noqa: E402
     build_s2v_model,
     cfg_forward,
     count_parameters,
     framepack_grids,
     guide,
 )
-from python_backends.generation.wan.sequence_parallel import SequenceParallelS2V  # noqa: E402
-from python_backends.generation.wan.vae import WanVAE  # noqa: E402
+from python_backends.generation.wan.s2v.sequence_parallel import SequenceParallelS2V  # noqa: E402
 
 log = logging.getLogger("bench_generator")
 

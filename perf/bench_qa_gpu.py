@@ -56,8 +56,8 @@ from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
 from python_backends.pipeline import TalkingHeadSettings  # noqa: E402
-from python_backends.qa.envelope_sync import mouth_opening  # noqa: E402
 from python_backends.quality.colour import match_colour  # noqa: E402
+from python_backends.quality.envelope_sync import mouth_opening  # noqa: E402
 from python_backends.quality.segment_job import process_segment, refine_mouth, segment_length, segment_size  # noqa: E402
 from python_backends.quality.segment_qa import (  # noqa: E402
     Boundary,
@@ -78,7 +78,7 @@ BUILDERS = {
     spec.FACE_LANDMARKS.name: ("python_backends.face_landmarks", "build_face_landmarks"),
     spec.FACE_EMBEDDER.name: ("python_backends.face_embedding", "build_face_embedder"),
     spec.CONTENT_SAFETY.name: ("python_backends.content_safety", "build_content_safety"),
-    spec.LIPSYNC_SCORER.name: ("python_backends.qa.scorer", "build_lipsync_scorer"),
+    spec.LIPSYNC_SCORER.name: ("python_backends.lipsync_scorer.scorer", "build_lipsync_scorer"),
     spec.MOUTH_REFINER.name: ("python_backends.mouth_refiner", "build_mouth_refiner"),
 }
 

@@ -38,8 +38,8 @@ from python_backends.face_landmarks import FaceLandmarksSettings, build_face_lan
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
-from python_backends.qa.envelope_sync import mouth_opening  # noqa: E402
 from python_backends.quality.colour import match_colour  # noqa: E402
+from python_backends.quality.envelope_sync import mouth_opening  # noqa: E402
 from python_backends.quality.segment_qa import (  # noqa: E402
     JobContext,
     SourceFace,

@@ -78,7 +78,7 @@ def _pan(photo: Path, width: int, height: int, frames: int) -> np.ndarray:
 def _preview(width: int, height: int, frames: int, fps: float) -> np.ndarray:
     from python_backends.generation.job import GenerationJob, GenerationParams
     from python_backends.generation.preview import PreviewEngine
-    from python_backends.generation.wan.animate_engine import dlib_landmarker
+    from python_backends.generation.wan.animate.engine import dlib_landmarker
 
     photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
     with wave.open(str(SAMPLE_AUDIO)) as handle:

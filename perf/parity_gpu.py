@@ -51,6 +51,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
+
+from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
 from perf.bench_generator import (  # noqa: E402
     GUIDE,
@@ -62,10 +65,10 @@ from perf.bench_generator import (  # noqa: E402
     free_memory,
     make_inputs,
 )
-from python_backends.generation.wan import S2V_14B, TINY_S2V_CONFIG, WanS2VTransformerConfig  # noqa: E402
-from python_backends.generation.wan.configs import to_diffusers_config  # noqa: E402
-from python_backends.generation.wan.fp8 import convert_to_fp8  # noqa: E402
-from python_backends.generation.wan.s2v import build_s2v_model, cfg_forward, guide  # noqa: E402
+from python_backends.generation.wan import S2V_14B, WanS2VTransformerConfig  # noqa: E402
+from python_backends.generation.wan.common.configs import to_diffusers_config  # noqa: E402
+from python_backends.generation.wan.common.fp8 import convert_to_fp8  # noqa: E402
+from python_backends.generation.wan.s2v.model import build_s2v_model, cfg_forward, guide  # noqa: E402
 from tests.parity.official import official  # noqa: E402
 
 log = logging.getLogger("parity_gpu")

@@ -26,8 +26,8 @@ def _states() -> dict[str, dict]:
     from python_backends.face_detection.retinaface import RetinaFace
     from python_backends.face_embedding.iresnet import build_iresnet
     from python_backends.face_landmarks.hrnet import HighResolutionNet, HRNetConfig
+    from python_backends.lipsync_scorer.syncnet import SyncNet
     from python_backends.mouth_refiner.wav2lip import Wav2Lip
-    from python_backends.qa.syncnet import SyncNet
 
     syncnet = {k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}
     return {

@@ -27,7 +27,6 @@ from client.repository import model_dir
 from client.server import ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, TalkingHeadClient
 from python_backends import spec
-from python_backends.generation.wan.tiny_release import make_tiny_s2v_release
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("KIND_GPU", "KIND_CPU"), default="KIND_GPU")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="served-smoke-"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures
+    from wan_fixtures.tiny_release import make_tiny_s2v_release
+
     make_tiny_s2v_release(work / "weights" / "video_generator" / "Wan2.2-S2V-14B")
     repo = work / "repo"
     shutil.copytree(model_dir(spec.VIDEO_GENERATOR.name), repo / spec.VIDEO_GENERATOR.name)

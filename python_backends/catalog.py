@@ -18,7 +18,7 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "face_embedder": ("python_backends.face_embedding", "FaceEmbedderSettings", "choose_weights"),
     "audio_features": ("python_backends.audio", "AudioFeaturesSettings", "choose_weights"),
     "video_generator": ("python_backends.generation.service", "VideoGeneratorSettings", "choose_weights"),
-    "lipsync_scorer": ("python_backends.qa.scorer", "LipSyncScorerSettings", "choose_weights"),
+    "lipsync_scorer": ("python_backends.lipsync_scorer.scorer", "LipSyncScorerSettings", "choose_weights"),
     "content_safety": ("python_backends.content_safety", "ContentSafetySettings", "choose_weights"),
     "mouth_refiner": ("python_backends.mouth_refiner", "MouthRefinerSettings", "choose_weights"),
     "frame_interpolator": ("python_backends.generation.service", "VideoGeneratorSettings",

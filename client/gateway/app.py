@@ -32,6 +32,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import iterate_in_threadpool
 
 from python_backends import __version__
+from python_backends.contract import PUBLIC_PARAMETERS
 
 from ..compliance import ComplianceOptions
 from ..encoding import EncodeOptions
@@ -66,9 +67,8 @@ UPLOAD_SCHEMA = {
             "audio": {"type": "string", "format": "binary", "description": "speech in any format ffmpeg reads"},
             "driving_video": {"type": "string", "format": "binary", "description": "a video whose face drives"},
             "parameters": {"type": "string", "description": 'JSON object, e.g. {"width": 512, "height": 512, '
-                                                            '"fps": 25, "seed": 7}; keys: engine, seed, steps, '
-                                                            "guidance, width, height, fps, max_duration_s, "
-                                                            "chunk_frames, prompt"},
+                                                            '"fps": 25, "seed": 7}; keys: '
+                                                            + ", ".join(PUBLIC_PARAMETERS)},
             "webhook_url": {"type": "string", "format": "uri",
                             "description": "called (signed) when the job succeeds, fails or is cancelled"},
         },

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from python_backends.contract import PUBLIC_PARAMETERS, InputError, parse_job_params
+
 logger = logging.getLogger(__name__)
 
 EMBEDDING, OUTPUT = "embedding", "output"
@@ -36,9 +38,8 @@ FACE_MODELS = ("face_detector", "face_landmarks", "face_embedder")
 PHOTO_CODES = frozenset({"photo_unreadable", "photo_empty", "photo_too_large", "photo_too_many_pixels",
                          "photo_too_small", "no_face", "multiple_faces", "face_too_small", "face_cut_off",
                          "face_in_profile", "face_tilted", "face_pose_unknown"})
-# Request parameters a job may set; start_frame / frame_count belong to the orchestrator.
-PARAMETERS = ("engine", "seed", "steps", "guidance", "width", "height", "fps", "max_duration_s", "chunk_frames",
-              "prompt")
+# Request parameters a job may set (the contract's JobParams); start_frame / frame_count belong to the orchestrator.
+PARAMETERS = PUBLIC_PARAMETERS
 
 
 def canonical_json(value: Any) -> bytes:
@@ -54,21 +55,12 @@ class ParameterError(ValueError):
 
 
 def canonical_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Validate request parameters exactly as the server will (python_backends.generation.job) and return them
-    with every default filled in."""
-    from python_backends.errors import InputError
-    from python_backends.generation.job import params_from_request
-    from python_backends.settings import shown
-
-    unknown = sorted(set(parameters) - set(PARAMETERS))
-    if unknown:
-        raise ParameterError(f"unknown parameter {shown(unknown[0])}; allowed: {', '.join(PARAMETERS)}")
+    """Validate request parameters exactly as the server will (python_backends.contract) and return them with
+    every default filled in."""
     try:
-        params = params_from_request(parameters)
+        return dataclasses.asdict(parse_job_params(parameters))
     except InputError as exc:
         raise ParameterError(str(exc)) from None
-    values = dataclasses.asdict(params)
-    return {key: values[key] for key in PARAMETERS}
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import AuditError
-from ..cli import qa_summary
-from ..compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
+from ..compliance import ComplianceOptions, JobInputs
 from ..contact_sheet import SegmentThumbnails, render_contact_sheet
-from ..content_policy import decide
+from ..delivery import DeliverySession, NoFrames
 from ..encoding import EncodeError, EncodeOptions
 from ..policy import Policy, policy_of
-from ..provenance import QA_NOT_RUN, SigningFailed
+from ..provenance import SigningFailed
 from ..triton_client import Endpoint, RequestRejected, ServerUnavailable, TalkingHeadClient
 from .caches import EMBEDDING, OUTPUT, PHOTO_CODES, FingerprintSource, embedding_key, output_key, photo_summary
 from .review import HELD, ReviewQueue, review_event
@@ -349,49 +348,30 @@ class WorkerPool:
                 raise _Stopped()
             workdir.mkdir(parents=True, exist_ok=True)
             out = workdir / "video.mp4"
-            writer: CompliantVideoWriter | None = None
-            report: dict = {}
-            qa_report: dict | None = None
             inputs = JobInputs(photo, audio, video, dict(job.parameters), job_id=job.id)
             thumbnails = SegmentThumbnails()  # the reviewer's contact sheet, should the job be held
-            requested = time.perf_counter()
+
+            def check() -> None:
+                if control.stopped:
+                    raise _Stopped()
+
+            def progress(chunk) -> None:
+                thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
+                control.frames_done = chunk.start_frame + len(chunk.frames)
+                control.total_frames = chunk.total_frames
+
+            session = DeliverySession(out, inputs, self.encode, self.compliance(job.tenant_id),
+                                      self.content_policy(job.tenant_id), t0=time.perf_counter(),
+                                      on_job_report=lambda report: self._remember_photo(job, report, fingerprint),
+                                      on_chunk=progress)
             stream = client.generate(photo, audio, video, job.parameters,
                                      idle_timeout_s=settings.stream_idle_timeout_s,
                                      deadline_s=settings.job_timeout_s)
             try:
-                for chunk in stream:
-                    if control.stopped:
-                        raise _Stopped()
-                    if chunk.qa_report is not None:
-                        qa_report = chunk.qa_report
-                        continue
-                    if "job_report" in chunk.info:
-                        report = chunk.info.pop("job_report")
-                        self._remember_photo(job, report, fingerprint)
-                    if writer is None:
-                        writer = CompliantVideoWriter(out, chunk.fps, inputs, chunk.info, report, self.encode,
-                                                      self.compliance(job.tenant_id), t0=requested)
-                    writer.write(chunk.frames)
-                    thumbnails.add(chunk.info.get("segment", 0), chunk.start_frame, chunk.frames)
-                    control.frames_done = chunk.start_frame + len(chunk.frames)
-                    control.total_frames = chunk.total_frames
-                if writer is None:
-                    raise ServerUnavailable("the server streamed no frames")
-                if control.stopped:
-                    raise _Stopped()
-                decision = decide(qa_report, self.content_policy(job.tenant_id), video is not None,
-                                  writer.compliance.visible_label)
-                verdict = qa_summary(qa_report) if qa_report else dict(QA_NOT_RUN)
-                # The decision rides in the verdict: the C2PA assertion and the audit record carry it.
-                verdict["content_policy"] = decision.as_dict()
-                if qa_report is not None:
-                    qa_report["content_policy"] = decision.as_dict()
-                delivery = writer.finish(qa_verdict=verdict)
-            except BaseException:
-                stream.close()  # stops the gRPC stream; cancels the request on the server if it is still going
-                if writer is not None:
-                    writer.abort()
-                raise
+                delivery = session.deliver(stream, check)
+            except NoFrames as exc:
+                raise ServerUnavailable(str(exc)) from None
+            report, qa_report, decision = session.job_report, session.qa_report, session.decision
         if not decision.held:
             return self._store_output(job, out, delivery, report, qa_report, fingerprint, cache_key)
         # Only delivered videos are served again from the cache.

@@ -22,7 +22,9 @@ from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
 from ..frame_interpolation import config as interpolation
 from ..licences import LicencePolicy
-from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, official_path, weights_root
+from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, weights_root
+from .engines import ENGINES as ENGINE_SPECS
+from .engines import MODEL, PREVIEW_LABEL, SPEECH_ENGINES, animate_lora
 from .job import (
     ANIMATE,
     AUTO,
@@ -40,9 +42,6 @@ from .job import (
 from .preview import ENGINE_NAME as PREVIEW_NAME
 from .preview import PreviewEngine
 
-SPEECH_ENGINES = (LIVEAVATAR, S2V)  # what `auto` picks for speech, first present first
-PREVIEW_LABEL = "preview engine: landmark-driven warping of the photo, not a generative model"
-MODEL = "video_generator"
 LIVEAVATAR_LICENCE = "Apache-2.0 (LiveAvatar LoRA, Alibaba-Quark/LiveAvatar; base Wan2.2-S2V-14B, Apache-2.0)"
 # ModelTC/LightX2V and ModelTC/Wan2.2-Lightning carry Apache-2.0 LICENSE files; the Hugging Face cards of the LoRA
 # files themselves could not be read from here.
@@ -91,43 +90,13 @@ class VideoGeneratorSettings:
 
 def wan_paths(settings: VideoGeneratorSettings, engine: str, root: Path | None) -> tuple[Path, ...] | None:
     """The files an engine loads from under <root>/video_generator/, or None when any is missing."""
-    if engine == ANIMATE:
-        folder = official_path(MODEL, settings.animate_folder, root)
-        return None if folder is None else (folder,)
-    s2v = official_path(MODEL, settings.s2v_folder, root)
-    if engine == S2V or s2v is None:
-        return None if s2v is None else (s2v,)
-    from .wan.liveavatar_engine import LORA_FILE
-
-    lora = official_path(MODEL, f"{settings.liveavatar_folder}/{LORA_FILE}", root)
-    return None if lora is None else (s2v, lora.parent)
-
-
-def _s2v_options(settings: VideoGeneratorSettings):
-    from .wan.s2v_engine import WanS2VOptions
-
-    return WanS2VOptions(
-        sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
-        fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8, attention_backend=settings.wan_attention,
-        compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap,
-        balance_clips=settings.wan_balance_clips,
-    )
-
-
-def _liveavatar_options(settings: VideoGeneratorSettings):
-    from .wan.liveavatar_engine import LiveAvatarOptions
-
-    return LiveAvatarOptions(fp8=None if settings.wan_fp8 == "none" else settings.wan_fp8,
-                             attention_backend=settings.wan_attention, compile=settings.wan_compile,
-                             vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap,
-                             history_frames=settings.liveavatar_history_frames,
-                             ref_distance=settings.liveavatar_ref_distance or None)
+    return ENGINE_SPECS[engine].paths(settings, root)
 
 
 def _animate_note(settings: VideoGeneratorSettings, root: Path | None) -> str:
     if wan_paths(settings, ANIMATE, root) is None:
         return ""
-    lora = official_path(MODEL, settings.animate_lora, root) if settings.animate_lora else None
+    lora = animate_lora(settings, root)
     if lora is None:
         return "; Animate-14B: official 20 UniPC steps, no CFG (20 DiT forwards per 77-frame clip)"
     return (f"; Animate-14B + LightX2V 4-step LoRA {lora} ({LIGHTX2V_LICENCE}): {settings.animate_lora_steps} "
@@ -138,18 +107,17 @@ def choose_weights(settings: VideoGeneratorSettings, root: Path | None = None) -
     """What `auto` would use for speech, what a clip costs with it, and what else is there."""
     paths = wan_paths(settings, LIVEAVATAR, root)
     if paths is not None and settings.engine in (AUTO, LIVEAVATAR):
-        from .wan.liveavatar_engine import LORA_FILE
-        from .wan.s2v_engine import describe_sampling
+        from .wan.s2v.engine import describe_sampling
 
         note = (f"Wan2.2-S2V-14B ({paths[0]}) with LiveAvatar's DMD LoRA merged, block-causal streaming within "
-                f"704x384 (an area): {describe_sampling(_liveavatar_options(settings).sampling())}")
-        return WeightsChoice(MODEL, LIVEAVATAR, OFFICIAL, paths[1] / LORA_FILE, LIVEAVATAR_LICENCE,
+                f"704x384 (an area): {describe_sampling(_options(settings, LIVEAVATAR).sampling())}")
+        return WeightsChoice(MODEL, LIVEAVATAR, OFFICIAL, paths[1], LIVEAVATAR_LICENCE,
                              note=note + _animate_note(settings, root), parts=(paths[0],), commercial_use=ALLOWED)
     paths = wan_paths(settings, S2V, root)
     if paths is not None and settings.engine in (AUTO, S2V):
-        from .wan.s2v_engine import describe_sampling
+        from .wan.s2v.engine import describe_sampling
 
-        note = (f"{describe_sampling(_s2v_options(settings).sampling())}; for LiveAvatar's 4-step distilled "
+        note = (f"{describe_sampling(_options(settings, S2V).sampling())}; for LiveAvatar's 4-step distilled "
                 f"streaming put Quark-Vision/Live-Avatar's liveavatar.safetensors in <weights root>/{MODEL}/"
                 f"{settings.liveavatar_folder}/")
         return WeightsChoice(MODEL, S2V, OFFICIAL, paths[0], "Apache-2.0 (Wan2.2)",
@@ -186,7 +154,7 @@ class EngineRegistry:
     def summary(self) -> str:
         """For the model's startup log: the engine `auto` takes for speech and what a clip costs with it."""
         if self.settings.benchmark_random_weights:
-            from .wan.random_engine import STAND_INS
+            from .wan.s2v.random_engine import STAND_INS
 
             return f"speech engine {self._speech_engine()} [benchmark]: {'; '.join(STAND_INS)}"
         choice = choose_weights(self.settings, self.root)
@@ -225,37 +193,23 @@ class EngineRegistry:
             return self._engines[name]
 
 
+def _options(settings: VideoGeneratorSettings, engine: str):
+    return ENGINE_SPECS[engine].options(settings, None)
+
+
 def _missing(settings: VideoGeneratorSettings, name: str) -> str:
-    needs = {S2V: f"the official release folder {settings.s2v_folder}/",
-             LIVEAVATAR: f"the official {settings.s2v_folder}/ and {settings.liveavatar_folder}/liveavatar.safetensors "
-                         "(Quark-Vision/Live-Avatar)",
-             ANIMATE: f"the official release folder {settings.animate_folder}/"}[name]
-    return f"engine {name} needs {needs} under <weights root>/{MODEL}/; without it use engine=preview"
+    return ENGINE_SPECS[name].needs(settings)
 
 
 def _load_wan(name: str, paths: tuple[Path, ...], device: str, settings: VideoGeneratorSettings,
               root: Path | None) -> VideoEngine:
-    if name == S2V:
-        from .wan.s2v_engine import WanS2VEngine
-
-        return WanS2VEngine.from_folder(paths[0], device=device, options=_s2v_options(settings))
-    if name == LIVEAVATAR:
-        from .wan.liveavatar_engine import WanLiveAvatarEngine
-
-        return WanLiveAvatarEngine.from_folders(*paths, device=device, options=_liveavatar_options(settings))
-    from .wan.animate_engine import WanAnimateEngine, WanAnimateOptions
-
-    lora = official_path(MODEL, settings.animate_lora, root) if settings.animate_lora else None
-    options = WanAnimateOptions() if lora is None else WanAnimateOptions(
-        lora=str(lora), default_steps=settings.animate_lora_steps)
-    return WanAnimateEngine.from_folder(paths[0], device=device, options=options)
+    return ENGINE_SPECS[name].load(paths, device, settings, root)
 
 
 def _random_wan(name: str, device: str, settings: VideoGeneratorSettings) -> VideoEngine:
-    from .wan.random_engine import build_random_engine
+    from .wan.s2v.random_engine import build_random_engine
 
-    options = _liveavatar_options(settings) if name == LIVEAVATAR else _s2v_options(settings)
-    return build_random_engine(options, device)
+    return build_random_engine(_options(settings, name), device)
 
 
 MIN_IMAGE_SIDE = 32  # below this there is no face to animate (found by tests/reliability: a 0x0 image streamed)
@@ -322,14 +276,16 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
     engine = registry.get(name)
     started = last = time.perf_counter()
     chunks = engine.generate(job)
-    if not getattr(engine, "renders_segments", False):
+    spec_of = ENGINE_SPECS[name]
+    if not spec_of.renders_segments:
         chunks = _segment_of(chunks, job.params)
     for index, chunk in enumerate(chunks):
         now = time.perf_counter()
         info = {
             "engine": engine.name,
             "engine_id": name,
-            "label": PREVIEW_LABEL if name == PREVIEW else f"Wan2.2 {name} (generative model)",
+            "label": spec_of.label,
+            "native_clip_s": spec_of.native_clip_s,
             "chunk_index": index,
             "frames": int(len(chunk.frames)),
             "render_ms": round((now - last) * 1000.0, 1),

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..qa.envelope_sync import envelope_sync, speech_envelope
-from .segment_qa import FAIL, PASS, UNAVAILABLE, Gate, JobContext, SegmentQA, identity_windows
+from .envelope_sync import envelope_sync, speech_envelope
+from .gate import FAIL, PASS, UNAVAILABLE, Gate
+from .gates import GATE_NAMES
+from .segment_qa import JobContext, SegmentQA, identity_windows
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).with_name("qa_report.schema.json")
-GATES = ("face_presence", "identity", "lipsync", "flicker", "jaw", "eyes", "edge", "content_safety")
+GATES = GATE_NAMES  # the registry's gates, in report order
 
 
 def worst_status(statuses: list[str]) -> str:
@@ -81,4 +83,11 @@ def validate_report(report: dict) -> None:
     """Raise jsonschema.ValidationError when `report` does not follow the versioned schema."""
     import jsonschema
 
-    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    jsonschema.validate(report, report_schema())
+
+
+def report_schema() -> dict:
+    """The versioned JSON schema, with the registry's gates as the `gates` object's required keys."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    schema["properties"]["gates"]["required"] = list(GATE_NAMES)
+    return schema

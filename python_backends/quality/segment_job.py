@@ -13,9 +13,12 @@ from ..errors import InputError, WeightsUnavailable
 from ..mouth_refiner.plosive import plosive_frames, refine_runs
 from ..preprocessing import ModelCaller
 from .colour import match_colour
-from .segment_qa import FAIL, Boundary, JobContext, SegmentQA, check_segment, segment_audio
+from .envelope_sync import mouth_opening
+from .gate import FAIL, SegmentInput
+from .gates import GATES
+from .segment_qa import Boundary, JobContext, SegmentQA, segment_audio
 from .settings import QualitySettings
-from .tracking import track_faces
+from .tracking import FaceTrack, track_faces
 
 
 def segment_size(settings: QualitySettings, fps: float) -> tuple[int, int]:
@@ -29,6 +32,37 @@ def segment_length(start: int, total: int | None, frames: int, min_tail: int) ->
     if total is not None and 0 < total - start - frames < min_tail:
         return total - start
     return frames
+
+
+async def check_segment(frames: np.ndarray, track: FaceTrack, index: int, start: int, ctx: JobContext,
+                        call: ModelCaller, boundary: Boundary | None = None) -> SegmentQA:
+    """Every gate of the registry on `frames` (the clip's frames start .. start + len - 1) with their face `track`,
+    concurrently; a motion gate is unavailable below 3 frames (with the seam)."""
+    if boundary is not None:  # the previous segment's last frame joins, so a seam is judged as a pair
+        joined = np.concatenate([boundary.frame[None], frames])
+        joined_track = FaceTrack(np.concatenate([boundary.box[None], track.boxes]),
+                                 np.concatenate([boundary.landmarks[None], track.landmarks]), track.detected,
+                                 track.detected_boxes, track.detected_keypoints, track.found, track.landmarker)
+        offset = start - 1
+    else:
+        joined, joined_track, offset = frames, track, start
+    segment = SegmentInput(frames, track, start, ctx, call, mouth_opening(track.mouth_points), joined, joined_track,
+                           offset)
+    timings: dict[str, float] = {}
+
+    async def run(gate) -> object:
+        if gate.temporal and len(joined) < 3:  # motion needs frame pairs on both sides of a frame
+            return gate.unavailable(f"{len(joined)} frame(s) are too few to judge motion")
+        t0 = time.perf_counter()
+        result = await gate.judge(segment)
+        timings[gate.name] = round((time.perf_counter() - t0) * 1000.0, 1)
+        result.hard = gate.hard
+        return result
+
+    started = time.perf_counter()
+    gates = list(await asyncio.gather(*(run(gate) for gate in GATES)))
+    timings["total"] = round((time.perf_counter() - started) * 1000.0, 1)
+    return SegmentQA(index, start, len(frames), gates, track, segment.identity_samples, segment.opening, timings)
 
 
 async def judge_video(frames: np.ndarray, ctx: JobContext, call: ModelCaller) -> list[SegmentQA]:

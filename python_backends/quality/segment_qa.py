@@ -1,12 +1,13 @@
-"""Judge one segment of generated video against the photo and the speech: every gate, one record.
+"""The records of judging one segment (SourceFace, JobContext, SegmentQA) and the built-in gates' checks; the
+registry that runs them is quality/gates/, the loop over a segment quality/segment_job.py.
 
 Gates and what they catch:
 - face_presence: the detector finds the face on every sampled frame.
 - identity: cosine of the face embedding of sampled frames vs the photo's, per identity window.
 - lipsync: SyncNet LSE-D / LSE-C / AV offset when its weights are supplied, else mouth opening vs the speech
   envelope (python_backends/qa/envelope_sync.py); the record says which judged.
-- flicker: luminance jumps and flow-warping error on the face (qa_metrics.flicker).
-- jaw, eyes, edge: jaw discontinuity, eye misalignment, edge bleeding (qa_metrics.artifacts).
+- flicker: luminance jumps and flow-warping error on the face (quality/flicker.py).
+- jaw, eyes, edge: jaw discontinuity, eye misalignment (quality/artifacts.py); edge bleeding (gates/edge.py).
 - content_safety: NSFW score of sampled frames (a hard gate: it stops the job instead of re-rolling).
 
 Each gate is pass / fail / unavailable; unavailable is never counted as a pass.
@@ -14,9 +15,7 @@ Each gate is pass / fail / unavailable; unavailable is never counted as a pass.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -26,22 +25,19 @@ from .. import spec
 from ..errors import InputError, WeightsUnavailable
 from ..face_embedding.predictor import MIN_FACE_PX
 from ..preprocessing import ModelCaller
-from ..qa.envelope_sync import envelope_sync, mouth_opening, speech_envelope
-from ..qa_metrics import (
-    EdgeSettings,
+from . import (
     EyeSettings,
     FlickerSettings,
     JawSettings,
-    edge_bleeding,
     eye_misalignment,
     flicker_report,
     jaw_discontinuity,
 )
+from .envelope_sync import envelope_sync, speech_envelope
+from .gate import FAIL, PASS, UNAVAILABLE, Gate, frames_where, spread
 from .settings import QualitySettings
 from .tracking import FaceTrack, batched_call
 
-PASS, FAIL, UNAVAILABLE = "pass", "fail", "unavailable"
-HARD_GATES = ("content_safety",)  # a failure stops the job; the others are re-rolled, then reviewed
 SYNCNET_FPS = 25.0
 SYNCNET_CROP = 224
 SAMPLE_RATE = 16000
@@ -66,17 +62,6 @@ class SourceFace:
         embedder = report["models"][spec.FACE_EMBEDDER.name].get("engine", "?")
         return cls(image, arrays[spec.FACE_BOX].astype(np.float64), np.asarray(face["keypoints"], np.float32),
                    to_ibug68(arrays[spec.LANDMARKS]), arrays[spec.EMBEDDING].astype(np.float64), embedder)
-
-
-@dataclass
-class Gate:
-    name: str
-    status: str
-    reason: str
-    details: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"gate": self.name, "status": self.status, "reason": self.reason, **self.details}
 
 
 @dataclass
@@ -124,7 +109,7 @@ class SegmentQA:
 
     @property
     def hard_failure(self) -> Gate | None:
-        return next((g for g in self.gates if g.status == FAIL and g.name in HARD_GATES), None)
+        return next((g for g in self.gates if g.status == FAIL and g.hard), None)
 
     @property
     def verdict(self) -> str:
@@ -134,15 +119,6 @@ class SegmentQA:
         return {"segment": self.index, "start_frame": self.start_frame, "frames": self.frame_count,
                 "attempt": self.attempt, "seed": self.seed, "verdict": self.verdict, "failed": self.failed,
                 "gates": [g.as_dict() for g in self.gates], "post": self.post, "timings_ms": self.timings_ms}
-
-
-def _spread(frames: int, samples: float) -> np.ndarray:
-    """About `samples` frame indices spread evenly over `frames` (at least one, first and last included)."""
-    return np.unique(np.linspace(0, frames - 1, max(1, int(np.ceil(samples)))).astype(int))
-
-
-def _frames_where(flags: np.ndarray, offset: int) -> list[int]:
-    return [int(i) + offset for i in flags]
 
 
 # ---------------------------------------------------------------- single gates
@@ -276,42 +252,44 @@ def flicker_gate(frames: np.ndarray, track: FaceTrack, start: int, settings: Qua
                                             warp_floor=settings.flicker_warp_floor))
     details = {"max_luminance_jump": round(float(report.luminance.max()), 2),
                "max_warping_error": round(float(report.warping_error.max()), 2),
-               "spike_pairs": _frames_where(report.spikes, start),
-               "frames": _frames_where(report.suspect_frames, start)}
+               "spike_pairs": frames_where(report.spikes, start),
+               "frames": frames_where(report.suspect_frames, start)}
     if report.flagged:
         return Gate("flicker", FAIL, f"{len(report.spikes)} flicker spike(s) on the face", details)
     return Gate("flicker", PASS, "no flicker spike on the face", details)
 
 
-def artifact_gates(frames: np.ndarray, landmarks: np.ndarray, start: int, ctx: JobContext) -> list[Gate]:
-    s, source = ctx.settings, ctx.source
-    gates = []
-    jaw = jaw_discontinuity(landmarks, source.landmarks, JawSettings(floor=s.jaw_floor, spike_k=s.jaw_spike_k))
-    gates.append(Gate("jaw", FAIL if jaw.flagged else PASS,
-                      f"jaw jumps on {len(jaw.frames)} frame(s)" if jaw.flagged else "jaw moves smoothly",
-                      {"max_jump_iod": round(float(jaw.values.max()), 4), "threshold": s.jaw_floor,
-                       "frames": _frames_where(jaw.frames, start)}))
+def jaw_gate(landmarks: np.ndarray, start: int, ctx: JobContext) -> Gate:
+    s = ctx.settings
+    jaw = jaw_discontinuity(landmarks, ctx.source.landmarks, JawSettings(floor=s.jaw_floor, spike_k=s.jaw_spike_k))
+    return Gate("jaw", FAIL if jaw.flagged else PASS,
+                f"jaw jumps on {len(jaw.frames)} frame(s)" if jaw.flagged else "jaw moves smoothly",
+                {"max_jump_iod": round(float(jaw.values.max()), 4), "threshold": s.jaw_floor,
+                 "frames": frames_where(jaw.frames, start)})
+
+
+def eyes_gate(landmarks: np.ndarray, start: int, ctx: JobContext) -> Gate:
+    s = ctx.settings
     eye_settings = EyeSettings(eye_line_deg=s.eye_line_deg, eye_axis_deg=s.eye_axis_deg, spacing=s.eye_spacing)
-    eyes = eye_misalignment(landmarks, source.landmarks, eye_settings)
-    gates.append(Gate("eyes", FAIL if eyes.flags.flagged else PASS,
-                      f"eyes misplaced on {len(eyes.flags.frames)} frame(s)" if eyes.flags.flagged else "eyes in place",
-                      {"max_score": round(float(eyes.flags.values.max()), 3),
-                       "frames": _frames_where(eyes.flags.frames, start)}))
-    picks = _spread(len(frames), len(frames) / ctx.fps * s.edge_samples_per_s)
-    edge = edge_bleeding(frames[picks], landmarks[picks], source.image, source.landmarks,
-                         EdgeSettings(max_log_ratio=s.edge_max_log_ratio))
-    gates.append(Gate("edge", FAIL if edge.flagged else PASS,
-                      f"face edge smeared or seamed on {len(edge.frames)} of {len(picks)} checked frames"
-                      if edge.flagged else "face edge consistent with the photo",
-                      {"max_log_ratio": round(float(edge.values.max()), 3), "threshold": s.edge_max_log_ratio,
-                       "frames": [int(picks[i]) + start for i in edge.frames]}))
-    return gates
+    eyes = eye_misalignment(landmarks, ctx.source.landmarks, eye_settings)
+    return Gate("eyes", FAIL if eyes.flags.flagged else PASS,
+                f"eyes misplaced on {len(eyes.flags.frames)} frame(s)" if eyes.flags.flagged else "eyes in place",
+                {"max_score": round(float(eyes.flags.values.max()), 3),
+                 "frames": frames_where(eyes.flags.frames, start)})
+
+
+def artifact_gates(frames: np.ndarray, landmarks: np.ndarray, start: int, ctx: JobContext) -> list[Gate]:
+    """jaw, eyes and edge over the same frames (perf/bench_quality.py times them together)."""
+    from .gates.edge import EDGE
+
+    return [jaw_gate(landmarks, start, ctx), eyes_gate(landmarks, start, ctx),
+            EDGE.judge_frames(frames, landmarks, start, ctx)]
 
 
 async def safety_gate(frames: np.ndarray, start: int, ctx: JobContext, call: ModelCaller) -> Gate:
     if ctx.safety is False:
         return Gate("content_safety", UNAVAILABLE, "content_safety model unavailable")
-    picks = _spread(len(frames), len(frames) / ctx.fps * ctx.settings.safety_samples_per_s)
+    picks = spread(len(frames), len(frames) / ctx.fps * ctx.settings.safety_samples_per_s)
     try:
         # the sampled frames in as few requests as content_safety batches (its default max_batch_size)
         outputs = await batched_call(call, spec.CONTENT_SAFETY, {spec.IMAGE: frames[picks]},
@@ -331,45 +309,3 @@ async def safety_gate(frames: np.ndarray, start: int, ctx: JobContext, call: Mod
     if statuses != {PASS}:
         return Gate("content_safety", UNAVAILABLE, reports[0]["nsfw"].get("reason", "NSFW check unavailable"), details)
     return Gate("content_safety", PASS, f"max NSFW score {max(scores):.3f}", details)
-
-
-# ---------------------------------------------------------------- the segment
-
-
-async def check_segment(frames: np.ndarray, track: FaceTrack, index: int, start: int, ctx: JobContext,
-                        call: ModelCaller, boundary: Boundary | None = None) -> SegmentQA:
-    """Every gate on `frames` (the clip's frames start .. start + len - 1) with their face `track`."""
-    timings: dict[str, float] = {}
-
-    def timed(name: str, started: float) -> None:
-        timings[name] = round((time.perf_counter() - started) * 1000.0, 1)
-
-    started = time.perf_counter()
-    identity_task = asyncio.ensure_future(identity_gate(frames, track, start, ctx, call))
-    opening = mouth_opening(track.mouth_points)
-    sync_task = asyncio.ensure_future(lipsync_gate(frames, track, opening, start, ctx, call))
-    safety_task = asyncio.ensure_future(safety_gate(frames, start, ctx, call))
-    # The previous segment's last frame joins the pixel and landmark series, so a seam is judged as a pair.
-    if boundary is not None:
-        joined = np.concatenate([boundary.frame[None], frames])
-        joined_marks = np.concatenate([boundary.landmarks[None], track.landmarks])
-        joined_track = FaceTrack(np.concatenate([boundary.box[None], track.boxes]), joined_marks, track.detected,
-                                 track.detected_boxes, track.detected_keypoints, track.found, track.landmarker)
-        offset = start - 1
-    else:
-        joined, joined_marks, joined_track, offset = frames, track.landmarks, track, start
-    if len(joined) >= 3:
-        t0 = time.perf_counter()
-        flicker = await asyncio.to_thread(flicker_gate, joined, joined_track, offset, ctx.settings)
-        timed("flicker", t0)
-        t0 = time.perf_counter()
-        artifacts = await asyncio.to_thread(artifact_gates, joined, joined_marks, offset, ctx)
-        timed("artifacts", t0)
-    else:  # temporal gates need frame pairs on both sides of a frame
-        reason = f"{len(joined)} frame(s) are too few to judge motion"
-        flicker, artifacts = Gate("flicker", UNAVAILABLE, reason), [Gate(n, UNAVAILABLE, reason) for n in
-                                                                    ("jaw", "eyes", "edge")]
-    (identity, samples), sync, safety = await asyncio.gather(identity_task, sync_task, safety_task)
-    timed("total", started)
-    gates = [presence_gate(track, start), identity, sync, flicker, *artifacts, safety]
-    return SegmentQA(index, start, len(frames), gates, track, samples, opening, timings)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..face_embedding import DLIB_SAME_PERSON_COSINE
-from ..qa.lipsync import LipSyncGateSettings
+from ..lipsync_scorer.lipsync import LipSyncGateSettings
 
 
 @dataclass(frozen=True)

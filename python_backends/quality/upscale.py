@@ -10,25 +10,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..errors import InputError
-
-MAX_SIDE = 3840  # 4K UHD
+from ..contract import OUTPUT_PARAMETERS, parse_job_params
 
 
 def parse_output_size(parameters: dict) -> tuple[dict, tuple[int, int] | None]:
     """Pop output_width / output_height from the request parameters: (the rest, (width, height) or None)."""
     rest = dict(parameters)
-    width, height = rest.pop("output_width", None), rest.pop("output_height", None)
-    if width is None and height is None:
-        return rest, None
-    try:
-        size = (int(width), int(height))
-    except (TypeError, ValueError):
-        raise InputError("give both output_width and output_height as whole pixels", "bad_parameter") from None
-    if not all(16 <= side <= MAX_SIDE for side in size) or any(side % 2 for side in size):
-        raise InputError(f"output size must be even and within 16..{MAX_SIDE} px per side, got {size[0]}x{size[1]}",
-                         "bad_parameter")
-    return rest, size
+    size = {name: rest.pop(name) for name in OUTPUT_PARAMETERS if name in rest}
+    return rest, parse_job_params(size).output_size if size else None
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

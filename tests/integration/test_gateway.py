@@ -20,6 +20,7 @@ import pytest
 from gateway_harness import GatewayProcess, add_tenant, write_config
 
 from client.gateway.webhooks import verify_signature
+from client.probe import probe
 from client.provenance import verify_video
 from client.sdk import GatewayClient, GatewayError
 from client.server import free_port
@@ -168,6 +169,23 @@ def test_output_cache_serves_the_same_video_for_the_same_request(deployment, sam
         first = client.status(done["output"]["cached_from"])
         assert done["output"]["sha256"] == first["output"]["sha256"]
     print(f"\ncache hit: submit -> succeeded {elapsed:.2f} s")
+
+
+def test_submit_with_an_output_size_gets_a_1080p_mp4(deployment, samples, tmp_path):
+    """`talkinghead submit --output-width 1920 --output-height 1080`: the gateway's allow-list and the CLI's flags
+    both come from the request contract, so the size reaches talking_head, which resizes after QA."""
+    photo, audio = samples / "astronaut.png", samples / "speech.wav"
+    out = tmp_path / "hd.mp4"
+    result = subprocess.run(CLI + ["submit", str(photo), str(audio), "--gateway", deployment.gateway.url, "--api-key",
+                                   deployment.acme["api_key"], "-o", str(out), "--width", "256", "--height", "256",
+                                   "--fps", "10", "--max-duration", "2", "--output-width", "1920",
+                                   "--output-height", "1080"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = probe(out)
+    assert (info.width, info.height) == (1920, 1080) and info.frames == 20
+    resize = json.loads(out.with_suffix(".qa.json").read_text())["post_processing"]["resize"]
+    assert resize["status"] == "resized" and resize["to"] == [1920, 1080] and resize["from"] == [256, 256]
 
 
 def test_polling_without_webhook_and_idempotency_key(deployment, samples):

@@ -11,11 +11,11 @@ import subprocess
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from wan_fixtures.tiny_animate import make_tiny_animate_checkpoint
+from wan_fixtures.tiny_release import make_tiny_s2v_release
 
 from client.server import ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, TalkingHeadClient
-from python_backends.generation.wan.tiny_animate import make_tiny_animate_checkpoint
-from python_backends.generation.wan.tiny_release import make_tiny_s2v_release
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from python_backends.generation.wan.tiny_animate import TINY_CLIP_TEXT
-from python_backends.generation.wan.tiny_release import (
+from wan_fixtures.tiny_animate import TINY_CLIP_TEXT
+from wan_fixtures.tiny_release import (
     TINY_RELEASE_ANIMATE_CONFIG,
     TINY_RELEASE_CLIP_VISION,
     TINY_RELEASE_T5,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from python_backends.generation.wan.animate_pose import (
+from python_backends.generation.wan.animate.pose import (
     AAPOSE_KEYPOINTS,
     FACE_SCALE,
     face_box,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from wan_fixtures.tiny_release import TINY_RELEASE_ANIMATE_CONFIG, make_tiny_animate_release
 
-from python_backends.generation.wan.animate import cfg_forward
-from python_backends.generation.wan.animate_checkpoint import load_animate_transformer
-from python_backends.generation.wan.tiny_release import TINY_RELEASE_ANIMATE_CONFIG, make_tiny_animate_release
+from python_backends.generation.wan.animate.checkpoint import load_animate_transformer
+from python_backends.generation.wan.animate.model import cfg_forward
 
 from .animate_oracle import official_tiny_animate
 

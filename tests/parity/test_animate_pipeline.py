@@ -26,15 +26,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.animate_engine import AnimateConditioning, WanAnimateEngine, WanAnimateOptions
-from python_backends.generation.wan.tiny_release import (
+from wan_fixtures.tiny_release import (
     TINY_RELEASE_ANIMATE_CONFIG,
     TINY_RELEASE_T5,
     TINY_RELEASE_VAE_DIM,
     make_tiny_animate_release,
 )
+
+from python_backends.generation.job import GenerationJob, GenerationParams
+from python_backends.generation.wan.animate.engine import AnimateConditioning, WanAnimateEngine, WanAnimateOptions
 
 from .animate_oracle import official_tiny_animate
 from .conftest import FLOAT32_WHY, check_job_frames, spying

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from wan_fixtures.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
 
-from python_backends.generation.wan.checkpoint import load_s2v_transformer
-from python_backends.generation.wan.liveavatar_engine import LORA_ALPHA, LORA_RANK, LORA_TARGETS
-from python_backends.generation.wan.lora import merge_lora_, peft_targets, read_lora_file
-from python_backends.generation.wan.s2v import DEFAULT_MOTION_FRAMES
-from python_backends.generation.wan.scheduler import make_sampler
-from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
+from python_backends.generation.wan.common.checkpoint import load_s2v_transformer
+from python_backends.generation.wan.common.lora import merge_lora_, peft_targets, read_lora_file
+from python_backends.generation.wan.common.scheduler import make_sampler
+from python_backends.generation.wan.s2v.liveavatar_engine import LORA_ALPHA, LORA_RANK, LORA_TARGETS
+from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES
 
 
 def toy_flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from wan_fixtures.tiny_release import make_tiny_s2v_release
 
-from python_backends.generation.wan.checkpoint import load_s2v_transformer
-from python_backends.generation.wan.s2v import DEFAULT_MOTION_FRAMES, cfg_forward
-from python_backends.generation.wan.tiny_release import make_tiny_s2v_release
-from python_backends.generation.wan.transformer import rope_cos_sin
+from python_backends.generation.wan.common.checkpoint import load_s2v_transformer
+from python_backends.generation.wan.common.transformer import rope_cos_sin
+from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES, cfg_forward
 
 LATENT_FRAMES, LAT_H, LAT_W = 3, 8, 16  # 4x FramePack patches need latent sides that are multiples of 8
 TEXT_TOKENS = 7

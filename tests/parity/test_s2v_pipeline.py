@@ -24,11 +24,13 @@ import pytest
 import torch
 from audio_files import wav_bytes
 from PIL import Image
+from wan_fixtures.tiny import TINY_S2V_CONFIG
+from wan_fixtures.tiny_release import TINY_RELEASE_T5, TINY_RELEASE_VAE_DIM, make_tiny_s2v_release
 
 from python_backends.audio.decode import decode_audio
 from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.configs import S2V_14B
-from python_backends.generation.wan.s2v_engine import (
+from python_backends.generation.wan.common.configs import S2V_14B
+from python_backends.generation.wan.s2v.engine import (
     FIRST_CLIP_DROPPED_FRAMES,
     WanS2VEngine,
     WanS2VOptions,
@@ -36,8 +38,6 @@ from python_backends.generation.wan.s2v_engine import (
     resample_to_video_rate,
     size_within_area,
 )
-from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
-from python_backends.generation.wan.tiny_release import TINY_RELEASE_T5, TINY_RELEASE_VAE_DIM, make_tiny_s2v_release
 
 from .conftest import FLOAT32_WHY, check_job_frames, spying
 from .official import build_on_cpu

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from python_backends.generation.wan.configs import S2V_14B
-from python_backends.generation.wan.scheduler import FlowUniPCSampler, flow_schedule, make_sampler
+from python_backends.generation.wan.common.configs import S2V_14B
+from python_backends.generation.wan.common.scheduler import FlowUniPCSampler, flow_schedule, make_sampler
 
 
 def toy_flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

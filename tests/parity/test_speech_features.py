@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from python_backends.qa.syncnet import NFFT, NFILT, SAMPLE_RATE, mfcc, mfcc_filterbank
+from python_backends.lipsync_scorer.syncnet import NFFT, NFILT, SAMPLE_RATE, mfcc, mfcc_filterbank
 
 LENGTHS = (16000, 4321, 250, 48000)
 

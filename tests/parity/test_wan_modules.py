@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from python_backends.generation.wan.animate_configs import ANIMATE_14B
-from python_backends.generation.wan.clip_vision import load_clip_vision
-from python_backends.generation.wan.text_encoder import UMT5Tokenizer, load_text_encoder
-from python_backends.generation.wan.tiny_release import (
+from wan_fixtures.tiny_release import (
     TINY_RELEASE_T5,
     TINY_RELEASE_VAE_DIM,
     make_tiny_animate_release,
 )
-from python_backends.generation.wan.vae import load_vae
+
+from python_backends.generation.wan.animate.clip_vision import load_clip_vision
+from python_backends.generation.wan.animate.configs import ANIMATE_14B
+from python_backends.generation.wan.common.text_encoder import UMT5Tokenizer, load_text_encoder
+from python_backends.generation.wan.common.vae import load_vae
 
 from .animate_oracle import official_tiny_animate
 

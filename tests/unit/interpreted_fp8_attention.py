@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_fp8_attention import TOLERANCE, qkv, rel_error
 
-from python_backends.generation.wan.fp8 import FP8_MAX
-from python_backends.generation.wan.fp8_attention import (
+from python_backends.generation.wan.common.fp8 import FP8_MAX
+from python_backends.generation.wan.common.fp8_attention import (
     PV_MODES,
     QK_MODES,
     attend_quantized,

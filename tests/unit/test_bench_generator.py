@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from wan_fixtures.tiny import TINY_S2V_CONFIG
 
-from python_backends.generation.wan import S2V_14B, TINY_S2V_CONFIG, build_s2v_model
+from python_backends.generation.wan import S2V_14B, build_s2v_model
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "perf"))

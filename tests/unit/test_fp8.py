@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from wan_fixtures.tiny import TINY_S2V_CONFIG
 
-from python_backends.generation.wan import TINY_S2V_CONFIG, build_s2v_model
-from python_backends.generation.wan.fp8 import FP8_DTYPE, FP8Linear, convert_to_fp8, quantize
+from python_backends.generation.wan import build_s2v_model
+from python_backends.generation.wan.common.fp8 import FP8_DTYPE, FP8Linear, convert_to_fp8, quantize
 
 # e4m3 rounds each operand to 3 mantissa bits (<= 2^-4 relative); measured ~3.6 % relative RMS error on
 # Gaussian data (bf16: ~0.2 %). The bound leaves room for other data without admitting a wrong scale.

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from wan_fixtures.tiny import TINY_S2V_CONFIG
 
-from python_backends.generation.wan import TINY_S2V_CONFIG, build_s2v_model
-from python_backends.generation.wan.attention import (
+from python_backends.generation.wan import build_s2v_model
+from python_backends.generation.wan.common.attention import (
     ATTENTION_BACKENDS,
     attention,
     attention_function,
     check_attention_backend,
 )
-from python_backends.generation.wan.fp8 import FP8_MAX
-from python_backends.generation.wan.fp8_attention import (
+from python_backends.generation.wan.common.fp8 import FP8_MAX
+from python_backends.generation.wan.common.fp8_attention import (
     INT8_MAX,
     PV_MODES,
     QK_MODES,
@@ -36,8 +37,8 @@ from python_backends.generation.wan.fp8_attention import (
     reference_attention,
     smoothing,
 )
-from python_backends.generation.wan.s2v_engine import WanS2VOptions, _apply_speed_options
-from python_backends.generation.wan.sequence_parallel import SequenceGroup, sequence_parallel_forward
+from python_backends.generation.wan.s2v.engine import WanS2VOptions, _apply_speed_options
+from python_backends.generation.wan.s2v.sequence_parallel import SequenceGroup, sequence_parallel_forward
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERPRETED = Path(__file__).with_name("interpreted_fp8_attention.py")
@@ -260,7 +261,7 @@ def _fp8_gpu() -> bool:
 @pytest.mark.parametrize("qk", QK_MODES)
 @pytest.mark.parametrize("pv", PV_MODES)
 def test_cuda_kernel_matches_its_emulation(qk: str, pv: str) -> None:
-    from python_backends.generation.wan.fp8_attention_triton import KernelConfig, fp8_attention_triton
+    from python_backends.generation.wan.common.fp8_attention_triton import KernelConfig, fp8_attention_triton
 
     g = torch.Generator(device="cuda").manual_seed(14)
     q, k, v = (torch.randn(1, 1000, 4, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))

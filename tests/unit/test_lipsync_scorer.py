@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from python_backends.errors import ConfigError, InputError, WeightsUnavailable
-from python_backends.qa import lipsync
-from python_backends.qa.lipsync import (
+from python_backends.lipsync_scorer import lipsync
+from python_backends.lipsync_scorer.lipsync import (
     LipSyncGateSettings,
     SyncScore,
     calc_pdist,
@@ -17,7 +17,7 @@ from python_backends.qa.lipsync import (
     score_sync,
     sync_from_embeddings,
 )
-from python_backends.qa.syncnet import SyncNet, choose_weights, load_default_syncnet, load_syncnet, mfcc
+from python_backends.lipsync_scorer.syncnet import SyncNet, choose_weights, load_default_syncnet, load_syncnet, mfcc
 from python_backends.settings import from_mapping
 
 
@@ -184,7 +184,7 @@ def test_the_served_scorer_loads_the_official_file_and_reports(tmp_path, officia
     import json
 
     from python_backends import spec
-    from python_backends.qa.scorer import LipSyncScorerSettings, build_lipsync_scorer
+    from python_backends.lipsync_scorer.scorer import LipSyncScorerSettings, build_lipsync_scorer
 
     with pytest.raises(WeightsUnavailable, match="syncnet_v2.model"):
         build_lipsync_scorer(LipSyncScorerSettings(), "cpu", tmp_path)

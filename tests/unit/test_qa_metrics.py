@@ -11,7 +11,7 @@ import pytest
 from python_backends.errors import InputError
 from python_backends.generation.job import GenerationJob, GenerationParams
 from python_backends.generation.preview import PreviewEngine
-from python_backends.qa_metrics import (
+from python_backends.quality import (
     EdgeSettings,
     EyeSettings,
     FlickerSettings,
@@ -23,7 +23,7 @@ from python_backends.qa_metrics import (
     inter_ocular,
     jaw_discontinuity,
 )
-from python_backends.qa_metrics.artifacts import JAW, LEFT_EYE
+from python_backends.quality.artifacts import JAW, LEFT_EYE
 
 FPS, SECONDS, BAD = 10, 3, 14  # BAD: the frame each test damages, mid-clip
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from python_backends.errors import InputError
-from python_backends.qa.envelope_sync import envelope_sync, mouth_opening, speech_envelope
 from python_backends.quality.colour import JND_DELTA_E, match_colour
+from python_backends.quality.envelope_sync import envelope_sync, mouth_opening, speech_envelope
 from python_backends.quality.segment_job import segment_length
 from python_backends.quality.segment_qa import identity_windows
 from python_backends.quality.upscale import parse_output_size, resize_frames

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from wan_fixtures.tiny import TINY_S2V_CONFIG
 
-from python_backends.generation.wan import TINY_S2V_CONFIG, build_s2v_model, cfg_forward
-from python_backends.generation.wan.s2v import frame_spans
-from python_backends.generation.wan.sequence_parallel import (
+from python_backends.generation.wan import build_s2v_model, cfg_forward
+from python_backends.generation.wan.s2v.model import frame_spans
+from python_backends.generation.wan.s2v.sequence_parallel import (
     SequenceGroup,
     SequenceParallelS2V,
     sequence_parallel_forward,

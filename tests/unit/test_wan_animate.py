@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -14,31 +15,43 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from wan_fixtures.tiny_animate import (
+    TINY_ANIMATE_CONFIG,
+    TINY_CLIP_VISION,
+    make_tiny_animate_checkpoint,
+)
 
 from python_backends.errors import ConfigError, InputError
 from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.animate import (
+from python_backends.generation.wan.animate.checkpoint import load_animate_transformer, read_animate_config
+from python_backends.generation.wan.animate.clip_vision import (
+    CLIP_FILE,
+    CLIP_VIT_H_14,
+    load_clip_vision,
+    meta_clip_vision,
+    xlm_roberta_text_shapes,
+)
+from python_backends.generation.wan.animate.configs import (
+    ANIMATE_14B,
+    WanAnimateTransformerConfig,
+    from_animate_config,
+    to_animate_config,
+)
+from python_backends.generation.wan.animate.engine import (
+    AnimateConditioning,
+    WanAnimateEngine,
+    WanAnimateOptions,
+    conditioning_from_driving,
+)
+from python_backends.generation.wan.animate.face import Blur, Direction, FaceBlock
+from python_backends.generation.wan.animate.model import (
     WanAnimateTransformer,
     build_animate_model,
     cfg_forward,
     count_animate_parameters,
     meta_animate_model,
 )
-from python_backends.generation.wan.animate_checkpoint import load_animate_transformer, read_animate_config
-from python_backends.generation.wan.animate_configs import (
-    ANIMATE_14B,
-    WanAnimateTransformerConfig,
-    from_animate_config,
-    to_animate_config,
-)
-from python_backends.generation.wan.animate_engine import (
-    AnimateConditioning,
-    WanAnimateEngine,
-    WanAnimateOptions,
-    conditioning_from_driving,
-)
-from python_backends.generation.wan.animate_face import Blur, Direction, FaceBlock
-from python_backends.generation.wan.animate_pose import (
+from python_backends.generation.wan.animate.pose import (
     AAPOSE_COLORS,
     AAPOSE_KEYPOINTS,
     body_keypoints,
@@ -52,20 +65,8 @@ from python_backends.generation.wan.animate_pose import (
     stick_width,
     valid_length,
 )
-from python_backends.generation.wan.checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, shard_name
-from python_backends.generation.wan.clip_vision import (
-    CLIP_FILE,
-    CLIP_VIT_H_14,
-    load_clip_vision,
-    meta_clip_vision,
-    xlm_roberta_text_shapes,
-)
-from python_backends.generation.wan.lora import merge_lora_, read_lora_file, relighting_targets
-from python_backends.generation.wan.tiny_animate import (
-    TINY_ANIMATE_CONFIG,
-    TINY_CLIP_VISION,
-    make_tiny_animate_checkpoint,
-)
+from python_backends.generation.wan.common.checkpoint import CONFIG_FILE, INDEX_FILE, CheckpointError, shard_name
+from python_backends.generation.wan.common.lora import merge_lora_, read_lora_file, relighting_targets
 
 # What diffusers' ConfigMixin writes for WanAnimateModel built with wan/configs/wan_animate_14B.py's values
 # (WanAnimateModel has no ignore_for_config, so every __init__ argument is a field).
@@ -572,24 +573,6 @@ def test_engine_streams_clips_from_precomputed_conditioning(tiny_engine: WanAnim
     assert all(c.timing["steps"] == 2 and c.timing["denoise_s"] > 0 for c in chunks)
 
 
-def test_overlapped_stages_stream_the_same_chunks_as_one_thread(tiny_engine: WanAnimateEngine) -> None:
-    from dataclasses import replace
-
-    cond = engine_conditioning()
-    overlapped = list(tiny_engine.generate_from(engine_job(fps=45.0), cond))  # 30 -> 45 fps: interpolated
-    options = tiny_engine.options
-    tiny_engine.options = replace(options, overlap=False)
-    try:
-        plain = list(tiny_engine.generate_from(engine_job(fps=45.0), cond))
-    finally:
-        tiny_engine.options = options
-    assert [(c.start_frame, len(c.frames), c.clip) for c in overlapped] == [
-        (c.start_frame, len(c.frames), c.clip) for c in plain]
-    np.testing.assert_array_equal(np.concatenate([c.frames for c in overlapped]),
-                                  np.concatenate([c.frames for c in plain]))
-    assert tiny_engine.last_stages.items["frames"] == len(plain)
-
-
 def test_engine_fps_size_and_cfg(tiny_engine: WanAnimateEngine) -> None:
     cond = engine_conditioning(frames=5)
     job = engine_job(fps=15.0, width=32, height=32, guidance=2.0, steps=1, chunk_frames=8)
@@ -651,3 +634,33 @@ def test_engine_merges_a_lightx2v_step_distill_lora(tmp_path_factory: pytest.Tem
     with pytest.raises(CheckpointError, match=r"wan2\.1_i2v_lora_rank64_lightx2v_4step\.safetensors: .*blocks\.0\."
                                               r"face_adapter\.lora_down\.weight targets blocks\.0\.face_adapter"):
         _load_wan(ANIMATE, (folder,), "cpu", settings, root)
+
+
+def test_engine_renders_segments_at_constant_cost_per_segment(tiny_engine: WanAnimateEngine,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job cut into segments (as talking_head asks for them) costs the same per segment: each segment continues
+    from the accepted frames before it instead of generating the clip again from frame 0, so the work is linear in
+    the number of segments (it was n(n+1)/2 segments' worth)."""
+    denoised: list[int] = []
+    denoise = tiny_engine._denoise
+    monkeypatch.setattr(tiny_engine, "_denoise", lambda *a, **k: denoised.append(1) or denoise(*a, **k))
+    assert tiny_engine.renders_segments
+    cond, per_segment, segments = engine_conditioning(frames=32), 8, 4
+    accepted: list[np.ndarray] = []
+    clips = []
+    for index in range(segments):
+        before = len(denoised)
+        motion = np.concatenate(accepted) if accepted else None
+        job = GenerationJob(photo=engine_job().photo, motion_frames=motion, params=GenerationParams(
+            **{**dataclasses.asdict(engine_job(seed=index).params), "start_frame": index * per_segment,
+               "frame_count": per_segment}))
+        chunks = list(tiny_engine.generate_from(job, cond))
+        assert chunks[0].start_frame == index * per_segment and {c.total_frames for c in chunks} == {32}
+        accepted.append(np.concatenate([c.frames for c in chunks]))
+        clips.append(len(denoised) - before)
+    assert clips == [2] * segments  # 5 frames, then 4 new per clip (1 carried over): 2 clips per 8 frames
+    assert np.concatenate(accepted).shape == (32, 32, 48, 3)
+    whole = list(tiny_engine.generate_from(engine_job(), cond))
+    assert sum(len(c.frames) for c in whole) == 32
+    # Segment 0 of a segmented job is the whole job's first frames (same seed, same conditioning).
+    np.testing.assert_array_equal(accepted[0], np.concatenate([c.frames for c in whole])[:per_segment])

@@ -16,11 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from wan_fixtures.tiny import TINY_S2V_CONFIG
 
-from python_backends.generation.wan.causal_s2v import REF_DISTANCES, CausalS2V, RefDistances, StepCache, ref_shift
-from python_backends.generation.wan.s2v import DEFAULT_MOTION_FRAMES, WanS2VTransformer, build_s2v_model
-from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
-from python_backends.generation.wan.transformer import apply_rope, rope_cos_sin, unpatchify
+from python_backends.generation.wan.common.transformer import apply_rope, rope_cos_sin, unpatchify
+from python_backends.generation.wan.s2v.causal import REF_DISTANCES, CausalS2V, RefDistances, StepCache, ref_shift
+from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES, WanS2VTransformer, build_s2v_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FRAMES, SIDE = 3, 8  # latent frames per block; latent side (FramePack's 4x patches need multiples of 8)

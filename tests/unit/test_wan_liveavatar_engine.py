@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from wan_fixtures.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
 
 from python_backends.errors import InputError, WeightsUnavailable
 from python_backends.generation.job import GenerationJob, GenerationParams
-from python_backends.generation.wan.checkpoint import CheckpointError
-from python_backends.generation.wan.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
-from python_backends.generation.wan.s2v_engine import WanS2VEngine, WanS2VOptions
-from python_backends.generation.wan.scheduler import make_sampler
-from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
+from python_backends.generation.wan.common.checkpoint import CheckpointError
+from python_backends.generation.wan.common.scheduler import make_sampler
+from python_backends.generation.wan.s2v.engine import WanS2VEngine, WanS2VOptions
+from python_backends.generation.wan.s2v.liveavatar_engine import LORA_FILE, LiveAvatarOptions, WanLiveAvatarEngine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -188,7 +188,7 @@ def test_the_first_chunk_streams_before_the_last_block_is_denoised(engine, photo
 def test_a_failing_stage_raises_in_the_consumer_and_stops_the_dit(engine, photo, speech, monkeypatch) -> None:
     import threading
 
-    from python_backends.generation.wan import liveavatar_engine
+    from python_backends.generation.wan.s2v import liveavatar_engine
 
     calls = []
 
@@ -249,9 +249,11 @@ def test_benchmark_random_weights_build_the_engine_in_memory(photo, speech, monk
     """`benchmark_random_weights` serves LiveAvatar with no release folder (tiny widths here, release size on a GPU)."""
     from functools import partial
 
+    from wan_fixtures.tiny import TINY_S2V_CONFIG
+
     from python_backends import spec
     from python_backends.generation.service import LIVEAVATAR, EngineRegistry, generate
-    from python_backends.generation.wan import TINY_S2V_CONFIG, random_engine
+    from python_backends.generation.wan.s2v import random_engine
 
     monkeypatch.setattr(random_engine, "build_random_engine",
                         partial(random_engine.build_random_engine, config=TINY_S2V_CONFIG, scratch=tmp_path))
@@ -281,8 +283,8 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
     goes on with the new frames) are those of re-encoding and decoding the whole history as the release does.
     Slow (~1 min) because the full path it is checked against re-encodes 265 frames per clip, and fewer would
     not reach past the state's receptive field."""
-    from python_backends.generation.wan import streaming
-    from python_backends.generation.wan.vae import LatentEncoder
+    from python_backends.generation.wan.common import streaming
+    from python_backends.generation.wan.common.vae import LatentEncoder
 
     pixels: list[torch.Tensor] = []
     encoded: list[int] = []

@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from wan_fixtures.tiny import TINY_S2V_CONFIG
+from wan_fixtures.tiny_release import make_tiny_liveavatar_lora
 
-from python_backends.generation.wan.checkpoint import CheckpointError
-from python_backends.generation.wan.configs import WanS2VTransformerConfig
-from python_backends.generation.wan.liveavatar_engine import LORA_ALPHA, LORA_RANK, LORA_TARGETS
-from python_backends.generation.wan.lora import merge_lora_, parse_lora, peft_targets, read_lora_file
-from python_backends.generation.wan.s2v import DEFAULT_MOTION_FRAMES, build_s2v_model, meta_model
-from python_backends.generation.wan.tiny import TINY_S2V_CONFIG
-from python_backends.generation.wan.tiny_release import make_tiny_liveavatar_lora
+from python_backends.generation.wan.common.checkpoint import CheckpointError
+from python_backends.generation.wan.common.configs import WanS2VTransformerConfig
+from python_backends.generation.wan.common.lora import merge_lora_, parse_lora, peft_targets, read_lora_file
+from python_backends.generation.wan.s2v.liveavatar_engine import LORA_ALPHA, LORA_RANK, LORA_TARGETS
+from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES, build_s2v_model, meta_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from wan_fixtures.tiny import TINY_S2V_CONFIG, make_tiny_s2v_checkpoint
 
 from python_backends.errors import ConfigError
 from python_backends.generation.wan import (
     S2V_14B,
-    TINY_S2V_CONFIG,
     WAN_CONFIGS,
     CheckpointError,
     WanS2VTransformerConfig,
@@ -25,10 +25,9 @@ from python_backends.generation.wan import (
     from_diffusers_config,
     guide,
     load_s2v_transformer,
-    make_tiny_s2v_checkpoint,
 )
-from python_backends.generation.wan.checkpoint import CONFIG_FILE, INDEX_FILE, shard_name
-from python_backends.generation.wan.s2v import framepack_grids, grid_positions, injected_block_ids, meta_model
+from python_backends.generation.wan.common.checkpoint import CONFIG_FILE, INDEX_FILE, shard_name
+from python_backends.generation.wan.s2v.model import framepack_grids, grid_positions, injected_block_ids, meta_model
 
 # What diffusers' ConfigMixin writes for WanModel_S2V built with wan/configs/wan_s2v_14B.py's values
 # (fields in ignore_for_config -- patch_size, text_dim, qk_norm, cross_attn_norm, window_size -- left out).

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from wan_fixtures.tiny_aux import TINY_T5, TINY_VAE_DIM, make_tiny_wan_aux
 
 from python_backends.errors import WeightsUnavailable
-from python_backends.generation.wan.text_encoder import (
+from python_backends.generation.wan.common.text_encoder import (
     T5_FILE,
     TEXT_LEN,
     UMT5_XXL,
@@ -21,8 +22,7 @@ from python_backends.generation.wan.text_encoder import (
     load_text_encoder,
     load_umt5_encoder,
 )
-from python_backends.generation.wan.tiny_aux import TINY_T5, TINY_VAE_DIM, make_tiny_wan_aux
-from python_backends.generation.wan.vae import (
+from python_backends.generation.wan.common.vae import (
     VAE_FILE,
     LatentDecoder,
     LatentEncoder,
@@ -324,8 +324,9 @@ def test_cuda_bfloat16_matches_cpu_float32(aux: dict[str, Path], vae: WanVAE, te
 
 
 def test_single_image_encodes_like_the_first_frame_of_a_clip(tmp_path):
-    from python_backends.generation.wan.tiny_aux import make_tiny_vae_checkpoint
-    from python_backends.generation.wan.vae import load_vae
+    from wan_fixtures.tiny_aux import make_tiny_vae_checkpoint
+
+    from python_backends.generation.wan.common.vae import load_vae
 
     vae = load_vae(make_tiny_vae_checkpoint(tmp_path), dim=8)
     clip = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

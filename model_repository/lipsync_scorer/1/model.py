@@ -1,5 +1,5 @@
 from python_backends import spec
-from python_backends.qa.scorer import LipSyncScorerSettings, build_lipsync_scorer
+from python_backends.lipsync_scorer.scorer import LipSyncScorerSettings, build_lipsync_scorer
 from python_backends.triton_io import BatchedModel
 
 

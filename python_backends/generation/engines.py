@@ -1,0 +1,143 @@
+"""What each video engine is and can do, in one table: `ENGINES[key]` is its `EngineSpec`.
+
+An engine declares its key (the request's `engine`), the weights folders it loads (settings of the video_generator
+model), its typed options built from those settings, its loader, whether it renders a requested segment itself
+(`start_frame`, `frame_count`, continuing from `motion_frames`), its native clip length (the orchestrator sizes
+segments in whole clips, `segment_frames`) and the label disclosed with every chunk it makes. The service
+(service.py) and the orchestrator (pipeline.py) read this table; nothing else names an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..contract import ANIMATE, LIVEAVATAR, PREVIEW, S2V
+from ..weights import official_path
+
+if TYPE_CHECKING:
+    from .job import VideoEngine
+    from .service import VideoGeneratorSettings
+
+MODEL = "video_generator"
+PREVIEW_LABEL = "preview engine: landmark-driven warping of the photo, not a generative model"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    key: str
+    drives: str  # "speech" or "driving video": what makes it move
+    # <weights root>/video_generator/ entries it loads (None: it needs no weights), from the model's settings.
+    folders: Callable[[VideoGeneratorSettings], tuple[str, ...]] | None
+    # Its typed options from the model's settings (the `wan_*` switches included) and the weights root.
+    options: Callable[[VideoGeneratorSettings, Path | None], Any] | None
+    # (paths of `folders`, device, options) -> the loaded engine.
+    loader: Callable[[tuple[Path, ...], str, Any], VideoEngine] | None
+    renders_segments: bool  # renders [start_frame, +frame_count) itself, continuing from motion_frames
+    native_clip_s: float | None  # new video one clip of it makes (None: any length)
+    label: str  # disclosed with every chunk (chunk_info["label"]) and in the MP4
+
+    def paths(self, settings: VideoGeneratorSettings, root: Path | None) -> tuple[Path, ...] | None:
+        """The files it loads, or None when any is missing."""
+        if self.folders is None:
+            return ()
+        found = tuple(official_path(MODEL, entry, root) for entry in self.folders(settings))
+        return None if any(path is None for path in found) else found  # type: ignore[return-value]
+
+    def needs(self, settings: VideoGeneratorSettings) -> str:
+        entries = " and ".join(f"{entry}" for entry in (self.folders(settings) if self.folders else ()))
+        return f"engine {self.key} needs {entries} under <weights root>/{MODEL}/; without it use engine=preview"
+
+    def load(self, paths: tuple[Path, ...], device: str, settings: VideoGeneratorSettings,
+             root: Path | None) -> VideoEngine:
+        assert self.loader is not None and self.options is not None
+        return self.loader(paths, device, self.options(settings, root))
+
+
+def _fp8(settings: VideoGeneratorSettings) -> str | None:
+    return None if settings.wan_fp8 == "none" else settings.wan_fp8
+
+
+def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
+    from .wan.s2v.engine import WanS2VOptions
+
+    return WanS2VOptions(
+        sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
+        fp8=_fp8(settings), attention_backend=settings.wan_attention, compile=settings.wan_compile,
+        vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap, balance_clips=settings.wan_balance_clips,
+    )
+
+
+def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = None):
+    from .wan.s2v.liveavatar_engine import LiveAvatarOptions
+
+    return LiveAvatarOptions(fp8=_fp8(settings), attention_backend=settings.wan_attention,
+                             compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
+                             overlap=settings.wan_overlap, history_frames=settings.liveavatar_history_frames,
+                             ref_distance=settings.liveavatar_ref_distance or None)
+
+
+def animate_lora(settings: VideoGeneratorSettings, root: Path | None) -> Path | None:
+    return official_path(MODEL, settings.animate_lora, root) if settings.animate_lora else None
+
+
+def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
+    """The `wan_*` switches reach Animate too (sampler, steps, FP8, compile, VAE dtype); its DiT attends with
+    sdpa only. LightX2V's LoRA, when present, sets its own step count."""
+    from .wan.animate.engine import WanAnimateOptions
+
+    lora = animate_lora(settings, root)
+    return WanAnimateOptions(
+        sampler=settings.wan_sampler, fp8=_fp8(settings), compile=settings.wan_compile,
+        vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora),
+        default_steps=settings.animate_lora_steps if lora is not None else settings.wan_steps or None)
+
+
+def _load_s2v(paths: tuple[Path, ...], device: str, options: Any) -> VideoEngine:
+    from .wan.s2v.engine import WanS2VEngine
+
+    return WanS2VEngine.from_folder(paths[0], device=device, options=options)
+
+
+def _load_liveavatar(paths: tuple[Path, ...], device: str, options: Any) -> VideoEngine:
+    from .wan.s2v.liveavatar_engine import WanLiveAvatarEngine
+
+    return WanLiveAvatarEngine.from_folders(paths[0], paths[1].parent, device=device, options=options)
+
+
+def _load_animate(paths: tuple[Path, ...], device: str, options: Any) -> VideoEngine:
+    from .wan.animate.engine import WanAnimateEngine
+
+    return WanAnimateEngine.from_folder(paths[0], device=device, options=options)
+
+
+def _liveavatar_folders(settings: VideoGeneratorSettings) -> tuple[str, ...]:
+    from .wan.s2v.liveavatar_engine import LORA_FILE
+
+    return settings.s2v_folder, f"{settings.liveavatar_folder}/{LORA_FILE}"
+
+
+# Native clips: S2V 80 frames at 16 fps (infer_frames), LiveAvatar 48 at 16 fps, Animate 77 frames overlapping by
+# 1 at the driving video's rate (30 fps officially: 76 new frames).
+ENGINES: dict[str, EngineSpec] = {spec.key: spec for spec in (
+    EngineSpec(PREVIEW, "speech", None, None, None, True, None, PREVIEW_LABEL),
+    EngineSpec(S2V, "speech", lambda s: (s.s2v_folder,), _s2v_options, _load_s2v, True, 80 / 16,
+               f"Wan2.2 {S2V} (generative model)"),
+    EngineSpec(LIVEAVATAR, "speech", _liveavatar_folders, _liveavatar_options, _load_liveavatar, True, 48 / 16,
+               f"Wan2.2 {LIVEAVATAR} (generative model)"),
+    EngineSpec(ANIMATE, "driving video", lambda s: (s.animate_folder,), _animate_options, _load_animate, True,
+               76 / 30, f"Wan2.2 {ANIMATE} (generative model)"),
+)}
+SPEECH_ENGINES = (LIVEAVATAR, S2V)  # what `auto` picks for speech, first present first
+
+
+def segment_frames(engine: str | None, segment_s: float, fps: float) -> int:
+    """Frames per segment: the whole number of the engine's native clips nearest `segment_s` (at least one), or
+    `segment_s` itself for an engine without a native clip (or before the engine is known)."""
+    spec = ENGINES.get(engine or "")
+    seconds = segment_s
+    if spec is not None and spec.native_clip_s:
+        seconds = max(1, round(segment_s / spec.native_clip_s)) * spec.native_clip_s
+    return max(1, int(round(seconds * fps)))

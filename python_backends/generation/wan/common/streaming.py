@@ -1,0 +1,117 @@
+"""What the Wan engines run after the DiT, as stages of `stage_pipeline.run_stages`: decoded pixels in, chunks of
+output frames out (the copy to the host, frame-rate conversion with interpolation, chunking).
+
+The engines' denoising loop is the source; the VAE decoding is a stage where it does not feed the next clip's
+conditioning (LiveAvatar) and part of the source where it does (S2V re-encodes the decoded motion frames). With
+`overlap` on (the engines' option, the default) the stages run while the DiT denoises the next block or clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ....frame_interpolation.resampler import InterpolatingResampler
+from ...job import FrameChunk
+from ...stage_pipeline import Stage, run_stages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WanFrameChunk(FrameChunk):
+    """A FrameChunk with the clip it came from and how long its parts took.
+
+    timing keys: elapsed_s (since the job started), denoise_s (the clip's denoising, all attempts), encode_s
+    (the clip's VAE encoding of reference / motion frames), decode_s (VAE decoding done for this chunk),
+    steps.
+    """
+
+    clip: int = 0
+    timing: Mapping[str, float] = field(default_factory=dict)
+    sampling: Mapping[str, object] = field(default_factory=dict)  # what the job costs (WanS2VEngine.sampling)
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """[1, 3, t, H, W] in [-1, 1] -> [t, H, W, 3] uint8 as the official save_video (no rounding)."""
+    x = ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class PixelPiece:
+    """Decoded frames [1, 3, t, H, W] in [-1, 1] of one clip, with what they cost.
+
+    timing: the latest value of each key wins (clip-level numbers such as denoise_s, steps); sums: added up
+    over the pieces of a chunk (decode_s, encode_s). flush: emit what is buffered after this piece (the end of a
+    clip or block), as the engines always streamed.
+    """
+
+    pixels: torch.Tensor
+    clip: int
+    timing: Mapping[str, float] = field(default_factory=dict)
+    sums: Mapping[str, float] = field(default_factory=dict)
+    flush: bool = False
+
+
+class ChunkMaker:
+    """PixelPiece -> WanFrameChunks: uint8 on the host, cut to the frames the request needs, resampled to the
+    output rate (interpolated), buffered into chunks of `chunk_frames`."""
+
+    def __init__(self, resampler: InterpolatingResampler, needed: int, first_index: int, fps: float, total: int,
+                 chunk_frames: int, sampling: Mapping[str, object], started: float) -> None:
+        self.resampler, self.needed, self.index, self.fps, self.total = resampler, needed, first_index, fps, total
+        self.first = first_index
+        self.chunk_frames, self.sampling, self.started = chunk_frames, sampling, started
+        self.produced = 0  # source (16 fps) frames taken so far
+        self.buffer: list[np.ndarray] = []
+        self.clip, self.timing, self.sums = 0, {}, {}
+
+    def run(self, piece: PixelPiece) -> list[WanFrameChunk]:
+        t0 = time.perf_counter()
+        frames = to_uint8(piece.pixels)[: max(0, self.needed - self.produced)]  # the copy to the host
+        self.produced += len(frames)
+        self.buffer.extend(self.resampler.push(frames))
+        self.clip, self.timing = piece.clip, {**self.timing, **piece.timing}
+        for key, value in {**piece.sums, "host_s": time.perf_counter() - t0}.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        out = []
+        while len(self.buffer) >= self.chunk_frames:
+            out.append(self._emit(self.chunk_frames))
+        if piece.flush and self.buffer:
+            out.append(self._emit(len(self.buffer)))
+        return out
+
+    def flush(self) -> list[WanFrameChunk]:
+        return [self._emit(len(self.buffer))] if self.buffer else []
+
+    def _emit(self, count: int) -> WanFrameChunk:
+        frames, self.buffer = self.buffer[:count], self.buffer[count:]
+        timing: dict[str, Any] = {**self.timing, **self.sums, "elapsed_s": time.perf_counter() - self.started}
+        self.sums = {}
+        chunk = WanFrameChunk(self.index, np.stack(frames), self.fps, self.total, clip=self.clip, timing=timing,
+                              sampling=self.sampling)
+        self.index += count
+        return chunk
+
+
+def stream_chunks(engine: Any, label: str, source: Iterable[Any], chunks: ChunkMaker, source_name: str,
+                  stages: tuple[Stage, ...] = ()) -> Iterator[WanFrameChunk]:
+    """The chunks of a job: `source` (the engine's DiT loop), then `stages`, then `chunks`, overlapped as the
+    engine's options say; the run's stage times stay on `engine.last_stages` (the latest job's, for benchmarks)."""
+    options = engine.options
+    run = run_stages(source, [*stages, Stage("frames", chunks.run, chunks.flush)], depth=options.overlap_depth,
+                     device=engine.device, source_name=source_name, overlap=options.overlap)
+    try:
+        yield from run
+    finally:
+        run.close()
+        engine.last_stages = run.stats
+    log.info("%s job done: %d frames at %.3g fps in %.2f s (stages: %s)", label, chunks.index - chunks.first,
+             chunks.fps, time.perf_counter() - chunks.started, run.stats.as_dict())

@@ -1,0 +1,232 @@
+"""LiveAvatar's block-causal streaming forward of Wan2.2-S2V-14B, on our S2V modules (rewritten, not vendored).
+
+Read from Alibaba-Quark/LiveAvatar @9c2c38d: liveavatar/models/wan/causal_model_s2v.py (CausalWanModel_S2V
+`_forward_sink`, `_forward_inference`, CausalWanS2VSelfAttention, CausalHead_S2V), causal_s2v_pipeline.py (the
+single-GPU `WanS2V.generate` that infinite_inference_single_gpu.sh runs), causal_s2v_utils.py (rollout_grid_sizes)
+and causal_motioner.py. The modules and weights are the official S2V ones (LiveAvatar builds them from the
+Wan2.2-S2V-14B folder and merges its LoRA); what changes is which tokens a forward holds and what they attend to:
+
+* Condition prefill (`_forward_sink`, once per video): the reference and motion tokens alone go through every
+  block, modulated with t = 0 and attending only to each other (no audio injection: there are no video tokens).
+  Each layer's keys and values of these condition tokens are kept (`CondCache`).
+* Block forward (`_forward_inference`): the token sequence is one block of `block_frames` (3) latent frames,
+  noisy tokens only (mark 0, modulated with the block's t). Its queries attend to the keys and values of the
+  last `window` blocks (this one included) followed by the condition keys and values. Rotary frame positions are
+  absolute: a block starting at latent frame f0 sits at f0 .. f0 + 2. Audio injection (the block's own audio
+  frames, encoded with the official 73-copy padding of its first frame), text cross-attention, FFN and the head
+  are the official ones on the block's tokens. The release's head takes per-frame t; within a block every frame
+  has the same t, which is what our head gets.
+* One KV cache per denoising step (`StepCache`): step i's cache holds what each earlier block's tokens were at
+  step i (computed from that block's own noisy latents at step i; there is no clean re-encoding pass), so block b
+  at step i sees blocks b - window + 1 .. b at step i. The release allocates one clip of tokens per cache
+  (infer_frames / 4 latent frames: 4 blocks at --infer_frames 48) and writes it as a ring.
+* Reference rollout: every forward moves the reference keys from frame 30 to 30 + max(0, f0 - (30 - d)) with
+  d = random.randint(4, 30) drawn anew (Python's unseeded `random`: the release is not reproducible); the motion
+  keys keep their prefill positions (rollout_grid_sizes shifts only the first two grid groups: the empty noisy one
+  and the reference). Here d comes from a generator seeded with the job's seed, or is fixed (`ref_distance`).
+
+What anchors this rewrite, with no LiveAvatar code installable as an oracle (tests/unit/test_wan_causal_s2v.py):
+the streamed blocks equal, block for block, one forward of our parity-proven S2V DiT over all of them under the
+attention mask LiveAvatar's model was trained with (`_prepare_blockwise_causal_attn_mask`, written out by hand
+in the test: video tokens see the video tokens of their own and earlier blocks within the window and every
+condition token; condition tokens see only condition tokens), each block's audio encoded on its own as at
+inference. The streaming side never forms that mask (it prefills, then runs blocks alone against the caches), so
+the agreement checks the caches, slots, window, positions, modulation and per-block audio.
+
+Departures, all below bf16 precision: LiveAvatar's rope_precompute stores its rotary factors as complex32 (fp16
+parts, ~5e-4 error) and its blocks return the residual stream in bf16; here float32 rotary tables from float64
+angles and the official float32 residual stream, as our parity-proven S2V path. The release keeps condition keys
+unrotated and rotates them every forward; here they are kept rotated at the prefill positions and the reference
+rows are rotated by the rollout (rotations compose: angle(30 + n) = angle(30) + angle(n)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..common.transformer import apply_rope, rope_cos_sin, unpatchify
+from .model import (
+    DEFAULT_MOTION_FRAMES,
+    REF_FRAME_POSITION,
+    S2VTokens,
+    WanS2VTransformer,
+    grid_positions,
+    ref_positions,
+)
+
+BLOCK_FRAMES = 3  # wan_s2v_14B_modified.py num_frames_per_block
+REF_DISTANCES = (4, 30)  # _forward_inference: relative_dist = random.randint(4, 30), both ends included
+
+
+@dataclass
+class CondCache:
+    """Keys (rotated at the prefill positions) and values of the condition tokens, per layer; the first `n_ref`
+    tokens are the reference image's."""
+
+    keys: list[torch.Tensor]  # [B, n_cond, heads, head_dim]
+    values: list[torch.Tensor]
+    n_ref: int
+
+
+class StepCache:
+    """One denoising step's keys and values of the last `window` blocks, per layer: a ring, oldest overwritten."""
+
+    def __init__(self, layers: int, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"the attention window must hold at least one block, got {window}")
+        self.window = window
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+
+    def store(self, layer: int, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write block `block`'s keys/values (the absolute block index decides the slot) and return the window's."""
+        n = k.shape[1]
+        if self.keys[layer] is None:
+            self.keys[layer] = v.new_empty(v.shape[0], self.window * n, *v.shape[2:])
+            self.values[layer] = v.new_empty(v.shape[0], self.window * n, *v.shape[2:])
+        keys, values = self.keys[layer], self.values[layer]
+        if keys.shape[1] != self.window * n:
+            raise ValueError(f"every block must have the same token count ({keys.shape[1] // self.window}), got {n}")
+        slot = (block % self.window) * n
+        keys[:, slot : slot + n] = k
+        values[:, slot : slot + n] = v
+        filled = min(block + 1, self.window) * n
+        return keys[:, :filled], values[:, :filled]
+
+
+def ref_shift(frame_start: int, distance: int) -> int:
+    """Frames the reference keys move by for a block at latent frame `frame_start` (release: the rollout of
+    the reference grid, max(0, f0 - (30 - d)))."""
+    return max(0, frame_start - (REF_FRAME_POSITION - distance))
+
+
+@dataclass
+class _AttentionCall:
+    """What the current streaming forward's self-attentions read: the prefill's record, or a block's caches."""
+
+    recording: tuple[list, list] | None = None
+    cache: StepCache | None = None
+    block: int = 0
+    cond: CondCache | None = None
+    ref_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set(self, **fields) -> None:
+        self.__init__(**fields)
+
+
+class _LayerAttention:
+    """Layer `index`'s self-attention in the streaming forward, one object per layer for the model's life.
+
+    A compiled block then sees the same callable on every call, and what changes per call (block index, caches,
+    the reference's rotation) is read outside the graph. A fresh closure per block made torch.compile guard on
+    the block index and recompile per block until its recompile limit (8), then run the blocks eagerly.
+    """
+
+    def __init__(self, index: int, model: WanS2VTransformer, call: _AttentionCall) -> None:
+        self.index, self.model, self.call = index, model, call
+
+    @torch.compiler.disable
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        call, index, attention = self.call, self.index, self.model.self_attention
+        if call.recording is not None:
+            keys, values = call.recording
+            keys[index], values[index] = k.to(v.dtype), v
+            return attention(q, k, v)
+        keys, values = call.cache.store(index, call.block, k.to(v.dtype), v)
+        cond_k = call.cond.keys[index]
+        if call.ref_rope is not None:
+            moved = apply_rope(cond_k[:, : call.cond.n_ref], *call.ref_rope).to(cond_k.dtype)
+            cond_k = torch.cat([moved, cond_k[:, call.cond.n_ref :]], dim=1)
+        return attention(q, torch.cat([keys, cond_k], dim=1), torch.cat([values, call.cond.values[index]], dim=1))
+
+
+class CausalS2V:
+    """The block-causal forward of a WanS2VTransformer (shared weights): `prefill` once, `block` per step."""
+
+    def __init__(self, model: WanS2VTransformer, block_frames: int = BLOCK_FRAMES,
+                 motion_frames: Sequence[int] = DEFAULT_MOTION_FRAMES) -> None:
+        cfg = model.config
+        if not cfg.zero_timestep:
+            raise ValueError("LiveAvatar's causal forward modulates condition tokens with t = 0 (zero_timestep)")
+        self.model, self.block_frames, self.motion_frames = model, block_frames, tuple(motion_frames)
+        self._call = _AttentionCall()
+        self._layers = [_LayerAttention(index, model, self._call) for index in range(len(model.blocks))]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.patch_embedding.weight.device
+
+    def new_step_cache(self, window: int) -> StepCache:
+        return StepCache(len(self.model.blocks), window)
+
+    @torch.no_grad()
+    def prefill(self, ref_latents: torch.Tensor, motion_latents: torch.Tensor,
+                context: torch.Tensor | Sequence[torch.Tensor]) -> CondCache:
+        """The condition tokens through every block (release `_forward_sink`): their keys and values per layer."""
+        m, device = self.model, self.device
+        b = ref_latents.shape[0]
+        ref, ref_hw = m.ref_tokens(ref_latents, b)
+        motion, motion_pos = m._motion_tokens(motion_latents.to(device), int(m.config.add_last_motion) * 2)
+        x = m.mark(torch.cat([ref, motion], dim=1), [(1, ref.shape[1]), (2, motion.shape[1])])
+        cos, sin = rope_cos_sin(torch.cat([ref_positions(ref_hw), motion_pos]), m.config.head_dim)
+        e, e0 = m.time_modulation(torch.zeros(1), b, zero_slot=False, device=device)
+        tokens = S2VTokens(x, e, e0, (0, x.shape[1]), cos.to(device), sin.to(device), m._context(context, b, device),
+                           0, (0, 0, 0), None, None)
+        keys: list[torch.Tensor] = [None] * len(m.blocks)  # type: ignore[list-item]
+        values: list[torch.Tensor] = [None] * len(m.blocks)  # type: ignore[list-item]
+        self._call.set(recording=(keys, values))
+        m.run_blocks(tokens, self._layers.__getitem__)
+        return CondCache(keys, values, ref.shape[1])
+
+    @torch.no_grad()
+    def block(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | Sequence[torch.Tensor],
+              audio: torch.Tensor, cond: CondCache, cache: StepCache, block: int, frame_start: int,
+              shift: int = 0) -> torch.Tensor:
+        """The flow [B, out_dim, F, H, W] for one block of noisy latents [B, in_dim, F, H, W] at `timestep`.
+
+        audio [B, layers, audio_dim, 4 F] are the block's audio frames; `block` its absolute index (its slot in
+        `cache`, the cache of this denoising step); `frame_start` its first latent frame; `shift` the frames the
+        reference keys move by (`ref_shift`).
+        """
+        m, device = self.model, self.device
+        cfg = m.config
+        b = latents.shape[0]
+        audio_local, audio_global = m.audio_tokens(audio, b, self.motion_frames)
+        x, grid = m.video_tokens(latents, None)
+        if audio_local.shape[1] != grid[0]:
+            raise ValueError(f"the block's audio covers {audio_local.shape[1]} latent frames, its latents {grid[0]}")
+        x = m.mark(x, [(0, x.shape[1])])
+        f0 = frame_start
+        positions = grid_positions((f0, 0, 0), (f0 + grid[0], grid[1], grid[2]), grid)
+        cos, sin = rope_cos_sin(positions, cfg.head_dim)
+        e, e0 = m.time_modulation(timestep, b, zero_slot=False, device=device)
+        n = x.shape[1]
+        tokens = S2VTokens(x, e, e0, (0, n), cos.to(device), sin.to(device), m._context(context, b, device), n, grid,
+                           audio_local, audio_global)
+        ref_cos = ref_sin = None
+        if shift:
+            ref_cos, ref_sin = (t.to(device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))
+
+        self._call.set(cache=cache, block=block, cond=cond, ref_rope=None if ref_cos is None else (ref_cos, ref_sin))
+        out = m.head(m.run_blocks(tokens, self._layers.__getitem__), e)
+        return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
+
+
+class RefDistances:
+    """The reference's distance d per forward: fixed, or uniform over 4..30 from a generator seeded per job (the
+    release draws it from Python's unseeded `random`)."""
+
+    def __init__(self, seed: int, fixed: int | None = None) -> None:
+        if fixed is not None and not REF_DISTANCES[0] <= fixed <= REF_DISTANCES[1]:
+            raise ValueError(f"ref_distance must be in {REF_DISTANCES[0]}..{REF_DISTANCES[1]}, got {fixed}")
+        self.fixed = fixed
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        return int(self.rng.integers(REF_DISTANCES[0], REF_DISTANCES[1] + 1))
