@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames", "balance_clips")},
                     "excluded": ["umT5 prompt encoding (cached per prompt)", "wav2vec2 (features given)",
-                                 "CPU stages: pre-processing, QA, encoding", "process hops (BLS, gRPC)"],
+                                 "CPU stages: pre-processing, QA", "process hops (BLS, gRPC)"],
                     "runs": []}
     t0 = time.perf_counter()
     engine = build_engine(args.tiny, device, options)
