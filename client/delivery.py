@@ -24,7 +24,8 @@ def qa_summary(report: dict) -> dict:
     """What the C2PA assertion and the audit log record of the QA report: the verdict and each gate's status."""
     return {"status": report["verdict"], "schema_version": report["schema_version"],
             "gates": {name: gate["status"] for name, gate in report["gates"].items()},
-            "segments_for_review": report["segments_for_review"], "rerolls": report["rerolls"],
+            # Strings: c2pa-python 0.38 stores a list of small integers as a byte string ([0] comes back "AA==").
+            "segments_for_review": [str(i) for i in report["segments_for_review"]], "rerolls": report["rerolls"],
             # One number, not a list: float arrays do not survive the manifest round trip (c2pa-python 0.38).
             "identity_min_window_cosine": min((w["mean_cosine"] for w in report["identity"]["windows"]), default=None)}
 

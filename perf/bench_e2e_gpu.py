@@ -46,6 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
 
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
@@ -219,8 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                                overlap, encode_to)
             run["warmup_s"] = warm
             result["runs"].append(run)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2))
+            write_json(args.out, result)
             print(json.dumps(run), flush=True)
     return result
 

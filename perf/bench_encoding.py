@@ -29,6 +29,7 @@ import av
 import c2pa
 import numpy as np
 from PIL import Image
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
@@ -196,8 +197,7 @@ def main() -> None:
         "encode_only": encode,
         "streaming_vs_encode_at_end": comparison,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -50,6 +50,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+
 from python_backends.frame_interpolation.flow_interpolator import (  # noqa: E402
     FlowInterpolator,
     FlowInterpolatorSettings,
@@ -244,8 +246,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         for name, interpolator in costed.items():
             result["cost"].append(cost(frames, size, name, interpolator, args.device))
     result["load_average_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(markdown(result))
     return result
 

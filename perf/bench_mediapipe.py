@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
 
 from corpus import PHOTO_CASES  # noqa: E402
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from python_backends import spec  # noqa: E402
 from python_backends.errors import InputError  # noqa: E402
@@ -223,8 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         "note": "NME over dlib's eye-centre distance; dlib is the reference, not ground truth. Time per frame: "
                 "in-process predictors, one thread each, on a shared 2-core machine (load average above)",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "per_photo"}, indent=2))
     return result
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.server import ServerOptions, TritonServer, free_port
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cpus": os.cpu_count(), "torch_threads": threads},
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2))
+    write_json(args.out, document)
     print(f"wrote {args.out}")
     return 0
 

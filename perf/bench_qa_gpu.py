@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import SAMPLES, LocalCaller, _source, _speech  # noqa: E402
 from random_weights import FILES, write_random_weights  # noqa: E402
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.repository import config_path, load_config, parameters  # noqa: E402
 from python_backends import spec  # noqa: E402
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = dataclasses.replace(source, landmarks=to_ibug68(landmarks))  # as SourceFace.from_report maps them
     speech = _speech(args.seconds)
     # The clip (not timed) is animated from the shipped dlib landmarks: random HRNet points would warp noise.
-    dlib = build_face_landmarks(FaceLandmarksSettings(), "cpu").predict(
+    dlib = build_face_landmarks(FaceLandmarksSettings(engine="dlib"), "cpu").predict(
         {spec.IMAGE: photo[None], spec.FACE_BOX: source.box.astype(np.float32)[None]})[0][spec.LANDMARKS]
     job = GenerationJob(photo=photo, landmarks=dlib, waveform=speech, params=GenerationParams(
         width=args.size, height=args.size, fps=args.fps, max_duration_s=args.seconds))
@@ -226,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_s": 3.0,
         "note": "random weights where the weights column says so: timings are real, verdicts are noise",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("device", "each_gate_alone_s", "as_served_qa_s")}, indent=2))
     return result
 

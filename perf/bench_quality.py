@@ -28,6 +28,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+
 from python_backends import spec  # noqa: E402
 from python_backends.batching import stack_padded  # noqa: E402
 from python_backends.content_safety import ContentSafetySettings, build_content_safety  # noqa: E402
@@ -155,8 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         "verdicts_on_the_clean_clip": verdicts,
         "note": "each gate alone, in-process; SyncNet (no weights here) measured separately: 2.25 s per video s",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return result
 

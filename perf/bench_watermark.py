@@ -35,6 +35,7 @@ import imageio_ffmpeg
 import numpy as np
 from bench_encoding import _cpu  # perf/ is on sys.path when run as a script
 from PIL import Image
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.encoding import EncodeOptions, StreamingEncoder
@@ -243,8 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "max_sync_z": max(z_values) if z_values else None, "videos": unmarked},
         "embed_cost_1080p_cpu": embed_cost_1080p(10 if args.quick else 60),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(json.dumps({k: report[k] for k in ("false_positives", "embed_cost_1080p_cpu")}, indent=1)[:2000])
     return report
 

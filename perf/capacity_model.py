@@ -16,6 +16,8 @@ import json
 import math
 from pathlib import Path
 
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -59,8 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"per step at {100 * ceiling_fraction:.0f} % of the bf16 ceiling, so 4 steps x 2-3 clips alone exceed "
             "the seed's per-clip budget. The seed's figure fits a 1-2 B model, or 1-2 steps per clip."),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return result
 

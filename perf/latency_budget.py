@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+
 from client.compliance import ComplianceOptions, CompliantVideoWriter, JobInputs  # noqa: E402
 from client.encoding import EncodeOptions  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
@@ -165,13 +167,18 @@ def main(argv: list[str] | None = None) -> dict:
         "triton_stats_delta_ms": job["triton"],
         "h100_engine_run": gpu,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    chart(measured, gpu["total_s"] if gpu else None, args.chart,
-          f"one {args.seconds:g} s clip: {result['engine']} on CPU, end to end {result['end_to_end_s']:.1f} s "
-          f"(first chunk {result['time_to_first_chunk_s']:.1f} s)")
-    print(json.dumps({k: result[k] for k in ("stages_s", "time_to_first_chunk_s", "end_to_end_s")}, indent=2))
+    write_json(args.out, result)
+    summarise_run(result, args.chart, f"one {args.seconds:g} s clip: {result['engine']} on CPU",
+                  gpu["total_s"] if gpu else None)
     return result
+
+
+def summarise_run(run: dict, chart_path: Path | None, title: str, gpu_generation: float | None = None) -> None:
+    """The stage chart (when a path is given) and the headline figures on stdout."""
+    if chart_path is not None:
+        chart(run["stages_s"], gpu_generation, chart_path, f"{title}, end to end {run['end_to_end_s']:.1f} s "
+              f"(first chunk {run['time_to_first_chunk_s']:.1f} s)")
+    print(json.dumps({k: run[k] for k in ("stages_s", "time_to_first_chunk_s", "end_to_end_s")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import statistics
 import sys
@@ -53,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
 
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
 from perf.bench_generator import (  # noqa: E402
@@ -250,8 +250,7 @@ def main() -> int:
         print("no CUDA device: run with --tiny for the CPU smoke test", file=sys.stderr)
         return 2
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(table(result))
     return 0 if all(p.get("within_tolerance", True) for p in result["paths"].values()) else 1
 

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 from PIL import Image
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from tritonclient.grpc import model_config_pb2
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
@@ -367,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             document["results"].append(row)
     document["sweep_wall_s"] = round(time.monotonic() - started, 1)
     document["hardware"]["load_average_at_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    write_json(args.out, document)
     print(f"wrote {args.out}")
     return 0
 

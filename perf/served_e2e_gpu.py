@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from latency_budget import chart, run_job, stages  # noqa: E402
+from latency_budget import run_job, stages, summarise_run  # noqa: E402
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.repository import REPOSITORIES  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
@@ -171,14 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
             lines = log.read_text(errors="replace").splitlines() if log.exists() else []
             result["tritonserver_log_errors"] = [line[:2000] for line in lines if line.startswith("E")][-40:]
             result["tritonserver_log_tail"] = "\n".join(lines[-30:])
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2))
+            write_json(args.out, result)
     run = result["run"]
-    if args.chart:
-        chart(run["stages_s"], None, args.chart,
-              f"one {args.seconds:g} s clip through tritonserver: {run['engine']}, end to end "
-              f"{run['end_to_end_s']:.1f} s (first chunk {run['time_to_first_chunk_s']:.1f} s)")
-    print(json.dumps({k: run[k] for k in ("stages_s", "time_to_first_chunk_s", "end_to_end_s")}, indent=2))
+    summarise_run(run, args.chart, f"one {args.seconds:g} s clip through tritonserver: {run['engine']}")
     return result
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.repository import model_dir
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "same_output_both_runs": runs[0]["checksum"] == runs[1]["checksum"],
         "server_log_device_lines": device_lines[-5:],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2))
+    write_json(args.out, document)
     print(f"wrote {args.out}")
     return 0
 

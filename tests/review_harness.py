@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvicorn
+from gateway_harness import TritonClientStandIn
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.gateway import worker as worker_module
@@ -62,22 +63,10 @@ def qa_report(minor: str = "unavailable", verdict: str = "pass_with_unavailable"
     }
 
 
-class FakeTriton:
+class FakeTriton(TritonClientStandIn):
     """Replaces TalkingHeadClient in the worker: a moving gradient, then the QA report `FakeTriton.report`."""
 
     report: dict = qa_report()
-
-    def __init__(self, endpoint, timeout_s=0.0):
-        self._client = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def is_ready(self):
-        return True
 
     def generate(self, photo, audio, video, parameters, idle_timeout_s=0.0, deadline_s=None):
         ramp = np.linspace(0, 255, SIZE, dtype=np.float32)

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from gateway_harness import TritonClientStandIn
 
 from client.cli import SAMPLE_AUDIO
 from client.compliance import ComplianceOptions
@@ -21,26 +22,11 @@ from client.gateway.worker import WorkerPool
 from client.triton_client import RequestRejected, ServerUnavailable, StreamedChunk
 
 
-class FakeClient:
+class FakeClient(TritonClientStandIn):
     """Replaces TalkingHeadClient: streams `chunks` frames, then does what `then` says."""
 
     script: dict = {}
     closed_streams = 0
-
-    def __init__(self, endpoint, timeout_s=0.0):
-        self._client = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def close(self):
-        pass
-
-    def is_ready(self):
-        return True
 
     def generate(self, photo, audio, video, parameters, idle_timeout_s=0.0, deadline_s=None):
         script = type(self).script

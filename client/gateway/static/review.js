@@ -26,6 +26,16 @@ async function api(path, options) {
   return response;
 }
 
+// Replaces a table's body: one row per entry of `rows`, one cell per [text, class] of a row.
+function fillTable(id, rows) {
+  const body = $(id).tBodies[0];
+  body.replaceChildren();
+  for (const cells of rows) {
+    const row = body.insertRow();
+    for (const [text, className] of cells) cell(row, text, className);
+  }
+}
+
 function cell(row, text, cls) {
   const td = row.insertCell();
   td.textContent = text == null ? "" : String(text);
@@ -69,23 +79,11 @@ async function show(jobId) {
   const report = data.qa_report || {};
   $("verdict").textContent = report.verdict || "no QA report";
   $("verdict").className = report.verdict || "unavailable";
-  const gates = $("gates").tBodies[0];
-  gates.replaceChildren();
-  for (const [name, gate] of Object.entries(report.gates || {})) {
-    const row = gates.insertRow();
-    cell(row, name);
-    cell(row, gate.status, gate.status);
-    cell(row, (gate.reasons || []).join("; "));
-  }
+  fillTable("gates", Object.entries(report.gates || {}).map(
+    ([name, gate]) => [[name], [gate.status, gate.status], [(gate.reasons || []).join("; ")]]));
   const decision = data.job.content_policy || {};
   $("profile").textContent = decision.profile || "?";
-  const checks = $("checks").tBodies[0];
-  checks.replaceChildren();
-  for (const [name, status] of Object.entries(decision.checks || {})) {
-    const row = checks.insertRow();
-    cell(row, name);
-    cell(row, status, status);
-  }
+  fillTable("checks", Object.entries(decision.checks || {}).map(([name, status]) => [[name], [status, status]]));
   $("video").src = await blobUrl(data.links.content);
   if (data.links.contact_sheet) {
     $("sheet").src = await blobUrl(data.links.contact_sheet);
