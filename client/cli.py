@@ -262,16 +262,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             session.t0 = time.perf_counter()  # time to the first encoded byte counts from the request
             delivery = session.deliver(client.generate(photo, audio, video, parameters))
         print(file=sys.stderr)
-    except RequestRejected as exc:
-        print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
-        return EXIT_REJECTED
-    except NoFrames as exc:
-        raise CliError(str(exc)) from None
-    except DELIVERY_ERRORS as exc:
-        raise CliError(str(exc)) from None
-    except BaseException:
+    except BaseException as exc:
         if session.chunks:
-            print(file=sys.stderr)  # end the progress line, so the error that follows has a line of its own
+            print(file=sys.stderr)  # end the progress line, so what follows has a line of its own
+        if isinstance(exc, RequestRejected):
+            print(f"rejected ({exc.code}): {exc}", file=sys.stderr)
+            return EXIT_REJECTED
+        if isinstance(exc, (NoFrames, *DELIVERY_ERRORS)):
+            raise CliError(str(exc)) from None
         raise
     chunks, report, qa_report, decision = session.chunks, session.job_report, session.qa_report, session.decision
     sidecar = out.with_suffix(".json")
