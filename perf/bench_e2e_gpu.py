@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_file, also when loaded by path (tests)
 
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
@@ -52,22 +53,17 @@ from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.stage_pipeline import Stage, run_stages  # noqa: E402
 from python_backends.generation.wan import WanS2VTransformerConfig  # noqa: E402
-from python_backends.generation.wan.common.vae import WanVAE  # noqa: E402
-from python_backends.generation.wan.s2v.engine import WanS2VEngine, WanS2VOptions, _apply_speed_options  # noqa: E402
-from python_backends.generation.wan.s2v.liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine  # noqa: E402
-from python_backends.generation.wan.s2v.model import build_s2v_model  # noqa: E402
+from python_backends.generation.wan.s2v.engine import WanS2VEngine, WanS2VOptions  # noqa: E402
+from python_backends.generation.wan.s2v.liveavatar_engine import LiveAvatarOptions  # noqa: E402
+from python_backends.generation.wan.s2v.random_engine import build_random_engine  # noqa: E402
 
 PROMPT_TOKENS = 40  # a one-sentence prompt's umT5 length
 
 
 def build_engine(tiny: bool, device: torch.device, options: WanS2VOptions) -> WanS2VEngine:
     config = TINY_S2V_CONFIG if tiny else WanS2VTransformerConfig()
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    transformer = build_s2v_model(config, device, dtype)
-    _apply_speed_options(transformer, Path("."), options)
-    vae = WanVAE(dim=8 if tiny else 96).to(device, getattr(torch, options.vae_dtype)).eval().requires_grad_(False)
-    engine_class = WanLiveAvatarEngine if isinstance(options, LiveAvatarOptions) else WanS2VEngine
-    engine = engine_class(transformer, vae, text_encoder=None, audio_encoder=None, options=options)
+    engine = build_random_engine(options, device, config, encoders=False)
+    dtype = engine.transformer.patch_embedding.weight.dtype
     for prompt in (options.default_prompt, engine.task.sample_neg_prompt):
         tokens = min(PROMPT_TOKENS, config.text_len)
         engine._contexts[prompt] = torch.randn(tokens, config.text_dim, device=device, dtype=dtype)

@@ -4,9 +4,10 @@ Speed does not depend on weight values, so `video_generator`'s `benchmark_random
 measure what the release folders would cost through tritonserver without ~45 GB of files: the S2V DiT (16 B
 parameters), the Wan2.1 VAE, the umT5-XXL encoder and wav2vec2 at their official shapes, randomly initialised on
 the model's device, then the same speed options (FP8, attention, compile) as a loaded release. The video is noise.
-Two stand-ins, both said in `describe()`: umT5 reads prompts through the small test tokenizer (more tokens per
-prompt than the real one, never more than text_len), and wav2vec2 is written to a scratch folder at XLSR-53's
-shape so that it goes through the real loader.
+Two stand-ins, both named in `STAND_INS` (the model's start-up log): umT5 reads prompts through the small stand-in
+tokenizer (more tokens per prompt than the real one, never more than text_len), and wav2vec2 is written to a
+scratch folder at XLSR-53's shape so that it goes through the real loader. perf/bench_e2e_gpu.py builds its engine
+here too, without the two encoders (it gives their outputs).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ STAND_INS = ("random weights built in memory (benchmark: the video is noise)",
              "wav2vec2 random at XLSR-53's shape")
 
 
-def random_text_encoder(config: WanS2VTransformerConfig, device: torch.device, dtype: torch.dtype,
+def random_text_encoder(config: WanS2VTransformerConfig, release: bool, device: torch.device, dtype: torch.dtype,
                         scratch: Path) -> WanTextEncoder:
     """umT5-XXL for the release's DiT, a narrow encoder of the same width for a smaller (test) DiT."""
-    t5 = UMT5_XXL if config == WanS2VTransformerConfig() else replace(SMALL_T5, dim=config.text_dim)
+    t5 = UMT5_XXL if release else replace(SMALL_T5, dim=config.text_dim)
     with torch.device("meta"):
         model = UMT5Encoder(t5)
     model = init_random_weights_(model.to(dtype).to_empty(device=device)).eval().requires_grad_(False)
@@ -46,22 +47,26 @@ def random_text_encoder(config: WanS2VTransformerConfig, device: torch.device, d
 
 
 def build_random_engine(options: WanS2VOptions, device: torch.device | str,
-                        config: WanS2VTransformerConfig | None = None, scratch: Path | None = None) -> WanS2VEngine:
-    """WanS2VEngine, or WanLiveAvatarEngine for LiveAvatarOptions, with every network random at `config`'s size."""
+                        config: WanS2VTransformerConfig | None = None, scratch: Path | None = None,
+                        encoders: bool = True) -> WanS2VEngine:
+    """WanS2VEngine, or WanLiveAvatarEngine for LiveAvatarOptions, with every network random at `config`'s size;
+    without `encoders` no umT5 and no wav2vec2 (the caller gives text contexts and audio features)."""
     device = torch.device(device)
     config = config or WanS2VTransformerConfig()
     release = config == WanS2VTransformerConfig()
-    scratch = Path(scratch or tempfile.mkdtemp(prefix="random-wan-"))
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     transformer = build_s2v_model(config, device, dtype)
-    _apply_speed_options(transformer, scratch, options)
+    _apply_speed_options(transformer, Path("."), options)
     vae = WanVAE(dim=RELEASE_VAE_DIM if release else SMALL_VAE_DIM).to(device, getattr(torch, options.vae_dtype))
-    text_encoder = random_text_encoder(config, device, dtype, scratch)
-    from ....audio.wav2vec2 import Wav2Vec2Features
+    text_encoder = audio_encoder = None
+    if encoders:
+        from ....audio.wav2vec2 import Wav2Vec2Features
 
-    wav2vec = write_wav2vec2(scratch / S2V_14B.wav2vec, config.audio_dim, config.audio_layers - 1,
-                             release_shape=release)
-    audio_encoder = Wav2Vec2Features(wav2vec, device=str(device))
+        scratch = Path(scratch or tempfile.mkdtemp(prefix="random-wan-"))
+        text_encoder = random_text_encoder(config, release, device, dtype, scratch)
+        wav2vec = write_wav2vec2(scratch / S2V_14B.wav2vec, config.audio_dim, config.audio_layers - 1,
+                                 release_shape=release)
+        audio_encoder = Wav2Vec2Features(wav2vec, device=str(device))
     engine_class = WanLiveAvatarEngine if isinstance(options, LiveAvatarOptions) else WanS2VEngine
     engine = engine_class(transformer, vae.eval().requires_grad_(False), text_encoder, audio_encoder,
                           options=options)
