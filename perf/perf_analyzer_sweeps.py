@@ -39,8 +39,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+import wave
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,12 @@ WINDOW_MS = {"face_detector": 2000, "face_landmarks": 1000, "face_embedder": 200
 # (max/min of throughput and of average latency). Its default, 10, rarely converges on CPUs that other
 # work shares; a point that fails at the first value is measured again at the second.
 STABILITY_PERCENT = (50, 100)
+# The GPU profile (--profile gpu): requests of this many frames (its configs' max_batch_size is 160, the QA
+# gates send up to that), windows sized for an H200's host, and the pipeline's job: the bundled photo with the
+# first STREAM_AUDIO_S of the speech, streamed back over gRPC as `talkinghead generate` receives it.
+GPU_BATCHES = (1, 4, 16, 64)
+GPU_WINDOW_MS = {"face_detector": 1000, "face_landmarks": 1000, "face_embedder": 1000, "talking_head": 15000}
+STREAM_AUDIO_S = 2.0
 MAX_TRIALS = 6
 # Largest output of the image models in shared memory (model_info JSON is the biggest, well under 64 KiB).
 OUTPUT_SHM_BYTES = 65536
@@ -84,6 +91,8 @@ class Case:
     memory: str  # wire | system (perf_analyzer --shared-memory)
     batching: bool  # dynamic batching on (the checked-in configs) or off (a copy without it)
     concurrency: int
+    batch: int = 1  # items per request (perf_analyzer -b)
+    streaming: bool = False  # a decoupled model over a gRPC stream (perf_analyzer --streaming)
 
 
 def plan(concurrency: tuple[int, ...] = (1, 2, 3, 4), ends: tuple[int, ...] = (1, 4)) -> list[Case]:
@@ -91,6 +100,14 @@ def plan(concurrency: tuple[int, ...] = (1, 2, 3, 4), ends: tuple[int, ...] = (1
     cases += [Case(m, "http", "wire", True, c) for m in MODELS for c in ends]
     cases += [Case(m, p, "system", True, c) for m in IMAGE_MODELS for p in ("grpc", "http") for c in ends]
     cases += [Case(m, "grpc", "wire", False, c) for m in BATCHED_MODELS for c in concurrency]
+    return cases
+
+
+def plan_gpu(concurrency: tuple[int, ...] = (1, 4), batches: tuple[int, ...] = GPU_BATCHES,
+             streams: tuple[int, ...] = (1, 2)) -> list[Case]:
+    """The GPU profile: the face networks over batch sizes, and the whole pipeline streamed."""
+    cases = [Case(m, "grpc", "wire", True, c, b) for m in IMAGE_MODELS for b in batches for c in concurrency]
+    cases += [Case(spec.TALKING_HEAD.name, "grpc", "wire", True, c, 1, True) for c in streams]
     return cases
 
 
@@ -149,7 +166,21 @@ def sample_tensors(endpoint: Endpoint) -> dict[str, dict[str, np.ndarray]]:
         "audio_features": {spec.AUDIO_BYTES: np.array([audio], dtype=np.object_)},
         "preprocess": {spec.PHOTO_BYTES: np.array([photo], dtype=np.object_),
                        spec.AUDIO_BYTES: np.array([audio], dtype=np.object_)},
+        spec.TALKING_HEAD.name: {spec.PHOTO_BYTES: np.array([photo], dtype=np.object_),
+                                 spec.AUDIO_BYTES: np.array([speech_opening(audio)], dtype=np.object_)},
     }
+
+
+def speech_opening(wav: bytes, seconds: float = STREAM_AUDIO_S) -> bytes:
+    """The first `seconds` of a WAV file, as a WAV file (a short job keeps perf_analyzer's windows short)."""
+    with wave.open(io.BytesIO(wav)) as source:
+        params = source.getparams()
+        frames = source.readframes(int(round(seconds * source.getframerate())))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as sink:
+        sink.setparams(params)
+        sink.writeframes(frames)
+    return out.getvalue()
 
 
 def input_data_document(tensors: dict[str, np.ndarray]) -> dict:
@@ -170,13 +201,20 @@ def check_inputs(endpoint: Endpoint, model: str, tensors: dict[str, np.ndarray])
     model_spec = spec.ALL_MODELS[model]
     batched = {k: (v[None] if model_spec.max_batch_size > 0 else v) for k, v in tensors.items()}
     with TalkingHeadClient(endpoint) as client:
-        client.infer(model_spec, batched)
+        if model_spec.decoupled:
+            chunks = list(client.stream(model_spec, batched))
+            if not chunks:
+                raise RuntimeError(f"{model} streamed no response for the sample inputs")
+        else:
+            client.infer(model_spec, batched)
 
 
-def write_inputs(endpoint: Endpoint, directory: Path = INPUTS_DIR) -> dict[str, Path]:
+def write_inputs(endpoint: Endpoint, directory: Path = INPUTS_DIR, models: tuple[str, ...] = MODELS) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for model, tensors in sample_tensors(endpoint).items():
+        if model not in models:
+            continue
         check_inputs(endpoint, model, tensors)
         path = directory / f"{model}.json"
         path.write_text(json.dumps(input_data_document(tensors)))
@@ -204,11 +242,12 @@ def repository_without_batching(target: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def server(repositories: tuple[Path, ...] | None = None) -> Iterator[ServerOptions]:
-    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+def server(repositories: tuple[Path, ...] | None = None, model_config_name: str | None = None
+           ) -> Iterator[ServerOptions]:
+    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            model_config_name=model_config_name)
     if repositories is not None:
-        options = ServerOptions(http_port=options.http_port, grpc_port=options.grpc_port,
-                                metrics_port=options.metrics_port, repositories=repositories)
+        options = replace(options, repositories=repositories)
     with TritonServer(options):
         yield options
 
@@ -243,17 +282,21 @@ def parse_csv(text: str) -> dict:
 
 
 def case_command(case: Case, options: ServerOptions, input_file: Path, csv_file: Path, binary: Path,
-                 stability: int = STABILITY_PERCENT[0]) -> list[str]:
+                 stability: int = STABILITY_PERCENT[0], windows: dict[str, int] = WINDOW_MS) -> list[str]:
     url = options.grpc_url if case.protocol == "grpc" else options.http_url
     argv = [
         str(binary), "-m", case.model, "-u", url, "-i", case.protocol,
         "--input-data", str(input_file),
         "--concurrency-range", f"{case.concurrency}:{case.concurrency}",
-        "--measurement-mode", "time_windows", "-p", str(WINDOW_MS[case.model]),
+        "--measurement-mode", "time_windows", "-p", str(windows[case.model]),
         "-s", str(stability), "-r", str(MAX_TRIALS),
         "--shared-memory", "none" if case.memory == "wire" else case.memory,
         "-f", str(csv_file),
     ]
+    if case.batch > 1:
+        argv += ["-b", str(case.batch)]
+    if case.streaming:
+        argv += ["--streaming"]
     if case.memory != "wire":
         argv += ["--output-shared-memory-size", str(OUTPUT_SHM_BYTES)]
     return argv
@@ -266,13 +309,13 @@ def readable(argv: list[str]) -> str:
 
 
 def run_case(case: Case, options: ServerOptions, input_file: Path, binary: Path, env: dict[str, str],
-             timeout_s: float) -> dict:
+             timeout_s: float, windows: dict[str, int] = WINDOW_MS) -> dict:
     with tempfile.TemporaryDirectory() as scratch, TalkingHeadClient(Endpoint(options.grpc_url, "grpc")) as client:
         csv_file = Path(scratch) / "report.csv"
         before = client.batching_counts(case.model)
         started = time.monotonic()
         for stability in STABILITY_PERCENT:
-            argv = case_command(case, options, input_file, csv_file, binary, stability)
+            argv = case_command(case, options, input_file, csv_file, binary, stability, windows)
             try:
                 done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -319,7 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("perf/results/perf_analyzer_cpu.json"))
     parser.add_argument("--venv", type=Path, default=PERF_VENV, help="where `make perf-tools` put perf_analyzer")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the profile's models")
+    parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu: the checked-in configs' grid; gpu: --model-config-name gpu, the face networks "
+                             "over batch sizes and talking_head streamed")
     parser.add_argument("--inputs-only", action="store_true", help="write perf/inputs/*.json and stop")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per perf_analyzer call")
     parser.add_argument("--markdown", type=Path, default=None, help="print the tables of a results file and stop")
@@ -327,16 +373,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
-    wanted = set(args.models.split(","))
-    unknown = wanted - set(MODELS)
+    gpu = args.profile == "gpu"
+    profile_cases, windows = (plan_gpu(), GPU_WINDOW_MS) if gpu else (plan(), WINDOW_MS)
+    models = tuple(dict.fromkeys(c.model for c in profile_cases))
+    wanted = set(args.models.split(",")) if args.models else set(models)
+    unknown = wanted - set(models)
     if unknown:
-        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(models)}")
     try:
         binary, env = (None, None) if args.inputs_only else perf_analyzer_command(args.venv)
     except PerfAnalyzerMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cases = [c for c in plan() if c.model in wanted]
+    cases = [c for c in profile_cases if c.model in wanted]
     signal.signal(signal.SIGTERM, _interrupt)  # stop the servers (their own sessions) on SIGTERM too
     document = {
         "benchmark": "perf_analyzer over the served models (bundled sample inputs)",
@@ -344,12 +393,18 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": hardware(),
         "notes": "perf_analyzer and tritonserver share the machine's CPUs; latencies are per request at the "
                  "client, breakdown columns are perf_analyzer's (times in ms)",
+        "profile": args.profile,
         "results": [],
     }
+    if gpu:
+        document["hardware"]["gpu"] = gpu_name()
+        document["notes"] += (f"; GPU profile (--model-config-name gpu); throughput counts items (requests x -b); "
+                              f"talking_head: the bundled photo + the first {STREAM_AUDIO_S:g} s of the speech, "
+                              "streamed over gRPC, with the engine the server resolves (no Wan weights: preview)")
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        servers = {True: stack.enter_context(server())}
-        inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"))
+        servers = {True: stack.enter_context(server(model_config_name="gpu" if gpu else None))}
+        inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"), models=tuple(wanted))
         print(f"wrote {len(inputs)} input files to {INPUTS_DIR}", file=sys.stderr)
         if args.inputs_only:
             return 0
@@ -362,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             for model in {c.model for c in cases if not c.batching}:
                 check_inputs(Endpoint(servers[False].grpc_url, "grpc"), model, sample_tensors_from_file(inputs[model]))
         # Grouped by (model, concurrency): all variants of one point run one after the other.
-        for case in sorted(cases, key=lambda c: (MODELS.index(c.model), c.concurrency)):
-            row = run_case(case, servers[case.batching], inputs[case.model], binary, env, args.timeout_s)
+        for case in sorted(cases, key=lambda c: (models.index(c.model), c.batch, c.concurrency)):
+            row = run_case(case, servers[case.batching], inputs[case.model], binary, env, args.timeout_s, windows)
             print(json.dumps({k: v for k, v in row.items() if k != "command"}), file=sys.stderr)
             document["results"].append(row)
     document["sweep_wall_s"] = round(time.monotonic() - started, 1)
@@ -371,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, document)
     print(f"wrote {args.out}")
     return 0
+
+
+def gpu_name() -> str | None:
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                          capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+    return done.stdout.strip() if done and done.returncode == 0 else None
 
 
 def _cell(row: dict | None, batched: bool = False) -> str:
@@ -387,6 +448,8 @@ def _cell(row: dict | None, batched: bool = False) -> str:
 def markdown(document: dict) -> str:
     """The tables of perf/RESULTS.md: p50 / p95 latency in ms, then requests per second; (xN) = requests
     Triton merged per execution."""
+    if document.get("profile") == "gpu":
+        return markdown_gpu(document)
     rows = {(r["model"], r["protocol"], r["memory"], r["batching"], r["concurrency"]): r for r in document["results"]}
     levels = sorted({r["concurrency"] for r in document["results"]})
     lines = ["| model | " + " | ".join(f"concurrency {c}" for c in levels) + " |", "|---" * (len(levels) + 1) + "|"]
@@ -405,6 +468,21 @@ def markdown(document: dict) -> str:
         cells = [f"{_cell(rows.get((model, 'grpc', 'wire', True, c)), True)} / "
                  f"{_cell(rows.get((model, 'grpc', 'wire', False, c)), True)}" for c in levels]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_gpu(document: dict) -> str:
+    """The GPU profile's table: per model, batch size and concurrency, p50 / p95 latency in ms and items per
+    second; (xN) = requests Triton merged per execution."""
+    results = document["results"]
+    levels = sorted({r["concurrency"] for r in results})
+    lines = ["| model, items per request | " + " | ".join(f"concurrency {c}" for c in levels) + " |",
+             "|---" * (len(levels) + 1) + "|"]
+    for model, batch, streaming in dict.fromkeys((r["model"], r.get("batch", 1), r.get("streaming", False))
+                                                 for r in results):
+        cells = [_cell(next((r for r in results if (r["model"], r.get("batch", 1), r["concurrency"])
+                             == (model, batch, c)), None), batched=True) for c in levels]
+        lines.append(f"| {model}, {batch}{' (streamed)' if streaming else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -102,3 +102,54 @@ def test_repository_copy_without_dynamic_batching(tmp_path):
 def test_missing_perf_analyzer_says_how_to_install(tmp_path):
     with pytest.raises(sweeps.PerfAnalyzerMissing, match="make perf-tools"):
         sweeps.perf_analyzer_command(tmp_path / "no-venv")
+
+
+def test_gpu_plan_sweeps_batch_sizes_and_streams_the_pipeline():
+    cases = sweeps.plan_gpu()
+    assert {(c.model, c.batch) for c in cases if not c.streaming} == {
+        (m, b) for m in sweeps.IMAGE_MODELS for b in sweeps.GPU_BATCHES}
+    streamed = [c for c in cases if c.streaming]
+    assert streamed and all(c.model == "talking_head" and c.protocol == "grpc" for c in streamed)
+    for model in sweeps.IMAGE_MODELS:  # every batch size fits the GPU profile's configs
+        config = load_config(ROOT / "model_repository" / model / "configs" / "gpu.pbtxt")
+        assert max(sweeps.GPU_BATCHES) <= config.max_batch_size
+
+
+def test_gpu_commands_batch_and_stream():
+    options = ServerOptions(http_port=1, grpc_port=2, metrics_port=3)
+    binary, data, report = Path("/pa"), Path("/in.json"), Path("/r.csv")
+    batched = sweeps.case_command(sweeps.Case("face_landmarks", "grpc", "wire", True, 4, 16), options, data, report,
+                                  binary, windows=sweeps.GPU_WINDOW_MS)
+    assert batched[batched.index("-b") + 1] == "16" and "--streaming" not in batched
+    assert batched[batched.index("-p") + 1] == str(sweeps.GPU_WINDOW_MS["face_landmarks"])
+    streamed = sweeps.case_command(sweeps.Case("talking_head", "grpc", "wire", True, 1, 1, True), options, data,
+                                   report, binary, windows=sweeps.GPU_WINDOW_MS)
+    assert "--streaming" in streamed and "-b" not in streamed
+
+
+def test_streamed_job_uses_the_opening_of_the_speech():
+    import wave
+    from io import BytesIO
+
+    from client.cli import SAMPLE_AUDIO
+
+    whole = SAMPLE_AUDIO.read_bytes()
+    opening = sweeps.speech_opening(whole, 1.5)
+    with wave.open(BytesIO(opening)) as short, wave.open(BytesIO(whole)) as full:
+        assert short.getframerate() == full.getframerate() and short.getnchannels() == full.getnchannels()
+        assert short.getnframes() == round(1.5 * full.getframerate()) < full.getnframes()
+        full_frames = full.readframes(short.getnframes())
+        assert short.readframes(short.getnframes()) == full_frames
+
+
+def test_gpu_table_lists_each_batch_size():
+    def row(model, batch, concurrency, streaming=False):
+        return {"model": model, "batch": batch, "concurrency": concurrency, "streaming": streaming,
+                "latency_ms": {"p50": 10.0 * batch, "p95": 12.0 * batch}, "throughput_per_s": 100.0 / batch,
+                "inferences_per_execution": 1.0}
+
+    document = {"profile": "gpu", "results": [row("face_detector", 1, 1), row("face_detector", 16, 4),
+                                              row("talking_head", 1, 1, True)]}
+    table = sweeps.markdown(document)
+    assert "| face_detector, 16 | - | 160 / 192, 6.2 (x1.0) |" in table
+    assert "| talking_head, 1 (streamed) | 10 / 12, 100.0 (x1.0) | - |" in table
