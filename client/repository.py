@@ -46,11 +46,16 @@ def parameters(config: model_config_pb2.ModelConfig) -> dict[str, str]:
 
 
 def copy_repositories(target: Path, edit: ConfigEdit, config_name: str | None = None,
-                      models: Collection[str] | None = None) -> tuple[Path, ...]:
+                      models: Collection[str] | None = None, variants: bool = True) -> tuple[Path, ...]:
     """Copies of the checked-in repositories under `target` (one folder each, named as the original), in which
     every model's served config (`served_config` with `config_name`, the file `--model-config-name` will make
     Triton read) is replaced by `edit(model, text)`; the checkout is never touched. `models` limits the copy to
-    those models (and the repositories holding them). Returns the copies, for ServerOptions.repositories."""
+    those models (and the repositories holding them); `variants=False` leaves every configs/ folder out, so the
+    copy serves its config.pbtxt files whatever --model-config-name says. Returns the copies, for
+    ServerOptions.repositories."""
+    if config_name and not variants:
+        raise ValueError(f"config_name {config_name!r} selects a variant, and variants=False leaves them out")
+    ignore = shutil.ignore_patterns("__pycache__", *(() if variants else ("configs",)))
     wanted = set(models) if models is not None else None
     if wanted is not None and (unknown := wanted - {d.name for r in REPOSITORIES for d in _models(r)}):
         raise FileNotFoundError(f"no model {', '.join(sorted(unknown))} in "
@@ -62,10 +67,10 @@ def copy_repositories(target: Path, edit: ConfigEdit, config_name: str | None = 
             continue
         copy = target / repository.name
         if wanted is None:
-            shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(repository, copy, ignore=ignore)
         for folder in chosen:
             if wanted is not None:
-                shutil.copytree(folder, copy / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(folder, copy / folder.name, ignore=ignore)
             config = served_config(copy / folder.name, config_name)
             text = config.read_text()
             edited = edit(folder.name, text)

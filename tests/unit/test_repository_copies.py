@@ -82,3 +82,11 @@ def test_set_parameter_changes_one_value_and_refuses_a_missing_key(tmp_path: Pat
     assert after == {**before, "max_rerolls": "0"} and before["max_rerolls"] != "0"
     with pytest.raises(KeyError, match="no_such_parameter"):
         set_parameter(text, "no_such_parameter", "1")
+
+
+def test_a_copy_without_variants_serves_only_the_default_configs(tmp_path: Path) -> None:
+    copies = copy_repositories(tmp_path, lambda _m, c: c, variants=False)
+    assert not [p for c in copies for p in c.glob("*/configs")]
+    assert all((c / m / "config.pbtxt").is_file() for r, c in zip(REPOSITORIES, copies) for m in _models(r))
+    with pytest.raises(ValueError, match="variants=False"):
+        copy_repositories(tmp_path / "other", lambda _m, c: c, "gpu", variants=False)
