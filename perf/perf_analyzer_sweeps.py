@@ -51,6 +51,7 @@ from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from tritonclient.grpc import model_config_pb2
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
+from client.repository import copy_repositories
 from client.server import PROJECT_ROOT, ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, TalkingHeadClient
 from python_backends import spec
@@ -225,20 +226,19 @@ def write_inputs(endpoint: Endpoint, directory: Path = INPUTS_DIR, models: tuple
 # ---------------------------------------------------------------------------------------------- servers
 
 
+def _without_batching(_model: str, text: str) -> str:
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    if not config.HasField("dynamic_batching"):
+        return text
+    config.ClearField("dynamic_batching")
+    return text_format.MessageToString(config)
+
+
 def repository_without_batching(target: Path) -> tuple[Path, Path]:
     """Copies of model_repository/ and ensembles/ whose configs lack `dynamic_batching` (Triton's default
     scheduler then runs every request on its own). Generated, so it cannot drift from the real configs."""
-    copies = []
-    for source in (PROJECT_ROOT / "model_repository", PROJECT_ROOT / "ensembles"):
-        copy = target / source.name
-        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__", "configs"))
-        for config_file in copy.glob("*/config.pbtxt"):
-            config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
-            if config.HasField("dynamic_batching"):
-                config.ClearField("dynamic_batching")
-                config_file.write_text(text_format.MessageToString(config))
-        copies.append(copy)
-    return copies[0], copies[1]
+    models, ensembles = copy_repositories(target, _without_batching, variants=False)
+    return models, ensembles
 
 
 @contextlib.contextmanager

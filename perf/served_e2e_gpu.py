@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -36,15 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_budget import run_job, stages, summarise_run  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
-from client.repository import REPOSITORIES  # noqa: E402
+from client.repository import copy_repositories, set_instance_kind, set_parameter  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
-
-
-def set_parameter(config: str, key: str, value: str) -> str:
-    pattern = re.compile(r'(\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
-    if not pattern.search(config):
-        raise KeyError(f"config has no parameter {key!r}")
-    return pattern.sub(lambda m: m.group(1) + value + m.group(2), config)
 
 
 def served_repositories(work: Path, generator: dict[str, str], talking_head: dict[str, str],
@@ -52,22 +44,16 @@ def served_repositories(work: Path, generator: dict[str, str], talking_head: dic
     """Copies of the checked-in repositories with the benchmark's parameters, set in the config each model is
     served with: `configs/<profile>.pbtxt` where the profile has one (Triton's --model-config-name), else
     config.pbtxt. Without a profile, `generator_on_gpu` moves video_generator alone to the GPU."""
-    copies = []
-    for repository in REPOSITORIES:
-        copy = work / repository.name
-        shutil.copytree(repository, copy)
-        copies.append(copy)
-        for model_dir in (d for d in copy.iterdir() if (d / "config.pbtxt").exists()):
-            variant = model_dir / "configs" / f"{profile}.pbtxt" if profile else None
-            config_path = variant if variant is not None and variant.exists() else model_dir / "config.pbtxt"
-            text = config_path.read_text()
-            for key, value in {"video_generator": generator, "talking_head": talking_head}.get(model_dir.name,
-                                                                                              {}).items():
-                text = set_parameter(text, key, value)
-            if model_dir.name == "video_generator" and generator_on_gpu and not profile:
-                text = text.replace("kind: KIND_CPU", "kind: KIND_GPU")
-            config_path.write_text(text)
-    return tuple(copies)
+    settings = {"video_generator": generator, "talking_head": talking_head}
+
+    def edit(model: str, config: str) -> str:
+        for key, value in settings.get(model, {}).items():
+            config = set_parameter(config, key, value)
+        if model == "video_generator" and generator_on_gpu and not profile:
+            config = set_instance_kind(config, "KIND_GPU")
+        return config
+
+    return copy_repositories(work, edit, profile)
 
 
 class GpuMemory:

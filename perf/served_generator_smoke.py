@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -24,10 +23,16 @@ from PIL import Image
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
-from client.repository import model_dir
+from client.repository import copy_repositories, set_instance_kind
 from client.server import ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, TalkingHeadClient
 from python_backends import spec
+
+
+def generator_repository(target: Path, kind: str) -> tuple[Path, ...]:
+    """A repository of video_generator alone (its checked-in config.pbtxt), its instance on `kind`."""
+    return copy_repositories(target, lambda _model, config: set_instance_kind(config, kind),
+                             models=(spec.VIDEO_GENERATOR.name,))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,17 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     from wan_fixtures.tiny_release import make_tiny_s2v_release
 
     make_tiny_s2v_release(work / "weights" / "video_generator" / "Wan2.2-S2V-14B")
-    repo = work / "repo"
-    shutil.copytree(model_dir(spec.VIDEO_GENERATOR.name), repo / spec.VIDEO_GENERATOR.name)
-    config = repo / spec.VIDEO_GENERATOR.name / "config.pbtxt"
-    config.write_text(config.read_text().replace("kind: KIND_CPU", f"kind: {args.kind}"))
+    repositories = generator_repository(work / "repo", args.kind)
 
     image = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
     with wave.open(str(SAMPLE_AUDIO)) as handle:
         speech = np.frombuffer(handle.readframes(handle.getnframes()), "<i2").astype(np.float32) / 32768
     params = {"engine": "s2v-14B", "steps": 4, "width": 256, "height": 256, "fps": 16, "max_duration_s": 4, "seed": 3}
     options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                            repositories=(repo,), weights=work / "weights")
+                            repositories=repositories, weights=work / "weights")
     started = time.perf_counter()
     with TritonServer(options) as server, TalkingHeadClient(Endpoint(options.grpc_url)) as client:
         ready_s = time.perf_counter() - started

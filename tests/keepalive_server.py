@@ -6,11 +6,11 @@ the `fast_keepalive_server` fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from client.server import PROJECT_ROOT
+from client.repository import copy_repositories
 
+STREAMING_MODELS = ("video_generator", "talking_head")
 FAST_KEEPALIVE_S = 0.1
 SLOW_CHUNK_S = 1.2  # longer than the tests' client idle timeout (10 intervals): a silence they must be kept through
 _DEFAULT = '{ key: "keepalive_s" value: { string_value: "5.0" } }'
@@ -33,18 +33,15 @@ TritonPythonModel.stream = _slow_stream
 """
 
 
-def _copy_with_keepalive(source: Path, target: Path, model: str) -> None:
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    config = target / model / "config.pbtxt"
-    text = config.read_text()
-    assert _DEFAULT in text, f"{model}'s config no longer sets keepalive_s as this copy expects"
-    config.write_text(text.replace(_DEFAULT, _DEFAULT.replace("5.0", str(FAST_KEEPALIVE_S))))
+def _fast_keepalive(model: str, config: str) -> str:
+    if model not in STREAMING_MODELS:
+        return config
+    assert _DEFAULT in config, f"{model}'s config no longer sets keepalive_s as this copy expects"
+    return config.replace(_DEFAULT, _DEFAULT.replace("5.0", str(FAST_KEEPALIVE_S)))
 
 
-def fast_keepalive_repositories(root: Path) -> tuple[Path, Path]:
-    repositories = (root / "model_repository", root / "ensembles")
-    _copy_with_keepalive(PROJECT_ROOT / "model_repository", repositories[0], "video_generator")
-    _copy_with_keepalive(PROJECT_ROOT / "ensembles", repositories[1], "talking_head")
+def fast_keepalive_repositories(root: Path) -> tuple[Path, ...]:
+    repositories = copy_repositories(root, _fast_keepalive)
     model = repositories[0] / "video_generator" / "1" / "model.py"
     assert "class TritonPythonModel" in model.read_text(), "video_generator's model.py changed shape"
     model.write_text(model.read_text() + _SLOW_STREAM)

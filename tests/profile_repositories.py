@@ -13,26 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from client.server import PROJECT_ROOT
+from client.repository import REPOSITORIES, copy_repositories, set_instance_kind
 
-REPOSITORIES = ("model_repository", "ensembles")
+GPU_PROFILE = "gpu"  # --model-config-name of the GPU profile (every model's configs/gpu.pbtxt)
+# the models the GPU profile puts on the GPU: Wan and every QA model (the orchestrators stay on the CPU)
+ON_THE_GPU = frozenset({"video_generator", "face_detector", "face_landmarks", "face_embedder", "content_safety",
+                        "lipsync_scorer", "mouth_refiner"})
 
 
 def profile_on_cpu(root: Path, profile: str) -> tuple[Path, ...]:
     """The repositories copied under `root`, the profile's variants moved to the CPU; their paths."""
-    copies = []
-    found = 0
-    for name in REPOSITORIES:
-        target = root / name
-        shutil.copytree(PROJECT_ROOT / name, target, ignore=shutil.ignore_patterns("__pycache__"))
-        for variant in target.glob(f"*/configs/{profile}.pbtxt"):
-            variant.write_text(variant.read_text().replace("kind: KIND_GPU", "kind: KIND_CPU"))
-            found += 1
-        copies.append(target)
-    if not found:
+    if not any(path for repository in REPOSITORIES for path in repository.glob(f"*/configs/{profile}.pbtxt")):
         raise ValueError(f"no model has a configs/{profile}.pbtxt: --model-config-name {profile} would serve the "
                          "defaults")
-    return tuple(copies)
+    return copy_repositories(root, lambda _model, config: set_instance_kind(config, "KIND_CPU"), profile)
 
 
 def gpu_present() -> bool:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2
 
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -255,21 +256,7 @@ def test_triton_pod_serves_the_production_configs(overlay):
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"]
-    # --model-config-name picks the fronts' variant and the networks' backend: both must exist.
-    variant = args["model-config-name"]
-    fronts = sorted(p.parent.parent.name
-                    for p in (PROJECT_ROOT / "model_repository").glob(f"*/configs/{variant}.pbtxt"))
-    assert fronts == ["face_detector", "face_embedder", "face_landmarks"]
-    networks = PROJECT_ROOT / "deploy" / "triton" / "networks"
-    assert len(list(networks.glob(f"*/configs/{variant}.pbtxt"))) == 3
-    # Repositories: the image's copies (triton.Dockerfile) and the networks on the models volume.
-    repositories = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--model-repository=")]
-    dockerfile = (PROJECT_ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
-    workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.M).group(1)
-    copied = {f"{workdir}/{dest}" for dest in re.findall(r"^COPY \S+ (\S+)$", dockerfile, re.M)}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    for repository in repositories:
-        assert repository in copied or any(repository.startswith(m + "/") for m in mounts), repository
     assert mounts["/models"]["readOnly"] is True
     volume = {v["name"]: v for v in pod["volumes"]}[mounts["/models"]["name"]]
     claim = _one(documents, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
@@ -277,6 +264,58 @@ def test_triton_pod_serves_the_production_configs(overlay):
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TALKINGHEAD_WEIGHTS"].startswith("/models/")
     assert mounts["/dev/shm"]["name"] in {v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium")}
+
+
+def _image_copies() -> dict[str, Path]:
+    """Folders deploy/docker/triton.Dockerfile copies into the image: path in the image -> folder in the checkout."""
+    dockerfile = (PROJECT_ROOT / "deploy" / "docker" / "triton.Dockerfile").read_text()
+    workdir = re.search(r"^WORKDIR (\S+)", dockerfile, re.M).group(1)
+    return {f"{workdir}/{dest}": PROJECT_ROOT / source
+            for source, dest in re.findall(r"^COPY (\S+) (\S+)$", dockerfile, re.M)}
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_triton_serves_wan_and_the_qa_models_on_its_gpu(overlay):
+    """Issue 19: the Deployment serves the GPU profile. Its --model-config-name picks each model's configs/gpu.pbtxt,
+    every model the profile or the pipeline names is in the image's repositories (none on the models volume, whose
+    contents are not known here), Wan and every QA model run on KIND_GPU, and the orchestrators' requests fit the
+    face models' batches in the configs actually served."""
+    from profile_repositories import GPU_PROFILE, ON_THE_GPU
+
+    from client.repository import REPOSITORIES, load_config, parameters, served_config
+    from python_backends import spec
+
+    pod = _one(RENDERED[overlay], "Deployment", TRITON)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    names = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--model-config-name=")]
+    assert names == [GPU_PROFILE]
+    repositories = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--model-repository=")]
+    copies = _image_copies()
+    assert set(repositories) <= set(copies), f"{sorted(set(repositories) - set(copies))}: not in the image"
+    folders = {d.name: d for r in repositories for d in copies[r].iterdir() if (d / "config.pbtxt").exists()}
+    served = {model: load_config(served_config(folder, GPU_PROFILE)) for model, folder in folders.items()}
+    variants = {p.parent.parent.name for r in REPOSITORIES for p in r.glob(f"*/configs/{GPU_PROFILE}.pbtxt")}
+    assert variants and variants <= set(served), f"{sorted(variants - set(served))}: GPU profile models not served"
+    assert set(spec.ALL_MODELS) <= set(served), f"{sorted(set(spec.ALL_MODELS) - set(served))}: not in the image"
+    for model, config in served.items():
+        assert config.name == model
+        if config.backend == "python":
+            assert (folders[model] / "1" / "model.py").is_file(), model
+        network = parameters(config).get("network_model")
+        assert not network or network in served, f"{model} calls {network}, which is not served"
+    kinds = {model: {model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in served[model].instance_group}
+             for model in ON_THE_GPU}
+    assert kinds == {model: {"KIND_GPU"} for model in ON_THE_GPU}
+    assert spec.VIDEO_GENERATOR.name in ON_THE_GPU
+    largest = min(served[m.name].max_batch_size for m in (spec.FACE_DETECTOR, spec.FACE_LANDMARKS, spec.FACE_EMBEDDER))
+    for orchestrator in (spec.TALKING_HEAD, spec.VIDEO_QA):
+        assert int(parameters(served[orchestrator.name])["request_frames"]) <= largest, orchestrator.name
+    # On a GPU node, with time to load 14B weights onto it before liveness counts.
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
+    assert container["readinessProbe"]["httpGet"]["path"] == startup["httpGet"]["path"]
 
 
 @pytest.mark.parametrize("overlay", ALL_OVERLAYS)

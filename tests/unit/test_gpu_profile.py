@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from profile_repositories import GPU_PROFILE, ON_THE_GPU
 
 from client.repository import REPOSITORIES, load_config, parameters
 from python_backends.catalog import ROLES
 from python_backends.settings import from_mapping
 
-PROFILE = "gpu"
-ON_THE_GPU = {"video_generator", "face_detector", "face_landmarks", "face_embedder", "content_safety",
-              "lipsync_scorer", "mouth_refiner"}
+PROFILE = GPU_PROFILE
 ORCHESTRATORS = {"talking_head", "video_qa"}
 FACE_MODELS = ("face_detector", "face_landmarks", "face_embedder")
 
