@@ -12,9 +12,10 @@ Overlap (`overlap_segments`, on by default): as soon as an attempt's frames are 
 generation starts on the job's generation thread, continuing from that attempt exactly as the sequential path
 would, while the attempt is post-processed and judged on the job's event loop. If that attempt is accepted, the
 next segment takes the speculative frames; otherwise they are discarded. Requests are bounded (Triton 2.51's BLS
-response iterator cannot cancel), so nothing is cancelled: a re-roll or a discarded speculation waits for the
-request in flight, as the thread runs the job's generation requests one at a time, in order. The job's end, an
-error included, waits for that thread. Outputs are those of the sequential path.
+response iterator cannot cancel), so a request in flight is never cancelled: the thread runs the job's generation
+requests one at a time, in order, so a re-roll waits for a discarded speculation to finish, and the job's end
+(an error or a client gone included) waits for the thread. Outputs are those of the sequential path; the cost of
+overlap is that wait when an attempt is re-rolled (the generation time beyond the judging's, at most).
 
 Transport-neutral: `call` runs a batched model (async), `stream` runs a decoupled one (yields dicts of
 outputs). Inside Triton these are BLS calls (triton_io); tests can pass fakes.
