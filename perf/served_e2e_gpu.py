@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help="where the other models run")
     parser.add_argument("--fp8", default="rowwise")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                        help="talking_head's overlap_segments: generate the next segment while this one is judged "
+                             "(then the generation and QA stage sums overlap in time)")
+    parser.add_argument("--first-segment-s", type=float, default=0.0, help="talking_head's first_segment_s")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     out_w, out_h = (int(v) for v in args.output_size.split("x"))
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
         generator.update({"wan_fp8": args.fp8, "wan_compile": str(args.compile).lower(),
                           "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
                           "liveavatar_history_frames": str(args.history_frames)})
-    talking_head = {"max_rerolls": "0"}
+    talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
+                    "first_segment_s": str(args.first_segment_s)}
     profile = "gpu" if args.profile == "gpu" else None
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,
                   "seed": 1}

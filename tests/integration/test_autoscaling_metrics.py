@@ -99,3 +99,48 @@ def test_backlog_gauges_rise_under_load_and_fall_back_to_zero(triton_server, sam
     # Back to zero once the last job ended (the cancelled one stops at its next chunk).
     assert set(_wait_idle(url, timeout=60.0)) == every_gauge
 
+
+
+def _twice(speech_wav: bytes) -> bytes:
+    """The sample speech played twice (12 s): a job of two segments."""
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(speech_wav)) as source:
+        params, samples = source.getparams(), source.readframes(source.getnframes())
+    out = io.BytesIO()
+    with wave.open(out, "wb") as target:
+        target.setparams(params)
+        target.writeframes(samples + samples)
+    return out.getvalue()
+
+
+def test_one_job_generates_its_next_segment_while_judging_this_one(triton_server, samples):
+    """talking_head's overlap_segments through the server: segment 1 is generated (a BLS stream from the job's
+    generation thread) while segment 0 is judged, so one job alone shows two running segments; it streams both
+    segments in order and the gauges come back to zero."""
+    url = triton_server.metrics_url
+    _wait_idle(url)
+    photo, speech = (samples / "astronaut.png").read_bytes(), _twice((samples / "speech.wav").read_bytes())
+    chunks, done = [], threading.Event()
+
+    def job() -> None:
+        try:
+            with TalkingHeadClient(Endpoint(triton_server.grpc_url, "grpc")) as client:
+                chunks.extend(client.generate(photo, speech, parameters={**SMALL, "max_duration_s": 12, "seed": 4}))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    peak = 0.0
+    while not done.is_set():
+        peak = max(peak, backlog_gauges(url).get((RUNNING_SEGMENTS, "talking_head"), 0.0))
+        time.sleep(0.05)
+    worker.join()
+    *video, last = chunks
+    assert last.qa_report is not None and [s["segment"] for s in last.qa_report["segments"]] == [0, 1]
+    assert [c.start_frame for c in video] == list(range(0, video[-1].total_frames, 5))
+    assert [c.info["segment"] for c in video if "qa" in c.info] == [0, 1]
+    assert peak == 2  # segment 1 generating (speculatively) while segment 0 is judged, one job alone
+    assert set(_wait_idle(url, timeout=60.0)) == {(name, model) for name in GAUGES for model in BACKLOG_MODELS}
