@@ -717,6 +717,16 @@ def test_overlapped_stages_stream_the_same_chunks_as_one_thread(tiny_engine: Wan
     assert set(stats["busy_s"]) == {"denoise+decode", "frames"} and stats["items"]["frames"] == len(overlapped[1])
 
 
+def test_the_wan_overlap_setting_reaches_animate() -> None:
+    from python_backends.generation.engines import ENGINES
+    from python_backends.generation.service import ANIMATE, VideoGeneratorSettings
+
+    for overlap in (True, False):
+        assert ENGINES[ANIMATE].options(VideoGeneratorSettings(wan_overlap=overlap), None).overlap is overlap
+    with pytest.raises(ValueError, match="overlap_depth"):
+        WanAnimateOptions(overlap_depth=0)
+
+
 def test_next_clip_denoises_while_the_first_chunk_waits(tiny_engine: WanAnimateEngine,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """With wan_overlap on, clip 1 denoises while the caller still holds clip 0's first chunk (the stages after

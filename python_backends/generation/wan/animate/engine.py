@@ -407,6 +407,7 @@ class WanAnimateEngine(WanEngineBase):
         clip_job = _ClipJob(order, poses, faces, need, first_window, previous, height, width, steps, guidance,
                             context, context_null, y_ref, image_context, generator)
         chunks = ChunkMaker(resampler, need, segment.start, p.fps, total, p.chunk_frames, {}, started)
+        self._sync()  # the clips run on the source thread's own stream: what this stream queued for them first
         yield from stream_chunks(self, "Wan Animate", self._clip_pieces(clip_job, encode_s), chunks,
                                  "denoise+decode")
 
