@@ -17,8 +17,10 @@ What one job does, following `WanAnimate.generate` in animation mode (wan/animat
    mask + VAE latents of (the previous clip's last refert_num frames, then zeros)]; noise [16, 1 + lat_t, h, w];
    `steps` (20) of UniPC with shift 5; guidance 1 (no CFG) unless asked (then negative prompt + all -1 faces).
 4. Decode the latents after the reference frame, streamed latent frame by latent frame; clips after the first
-   drop their first refert_num frames (they repeat the previous clip's end). The output is cut to the real
-   number of driving frames (capped by params.max_duration_s).
+   drop their first refert_num frames (they repeat the previous clip's end). With `overlap` (wan_overlap) the
+   copy to the host, interpolation and chunking of clip n run in a stage thread while clip n + 1 denoises; the
+   decoding cannot (WanAnimateEngine._clip_pieces says why). The output is cut to the real number of driving
+   frames (capped by params.max_duration_s); the last clip stops decoding there.
 
 Differences from the official pipeline: streaming; frame interpolation (or nearest-time frame selection) when
 params.fps differs from the driving fps (as the S2V engine); noise from a CPU generator in float32; latents
@@ -407,7 +409,9 @@ class WanAnimateEngine(WanEngineBase):
         clip_job = _ClipJob(order, poses, faces, need, first_window, previous, height, width, steps, guidance,
                             context, context_null, y_ref, image_context, generator)
         chunks = ChunkMaker(resampler, need, segment.start, p.fps, total, p.chunk_frames, {}, started)
-        self._sync()  # the clips run on the source thread's own stream: what this stream queued for them first
+        # The clips run on the source thread's own CUDA stream: what this thread's stream still has queued for them
+        # (reference, prompt contexts, carried frames) must be done first.
+        self._sync()
         yield from stream_chunks(self, "Wan Animate", self._clip_pieces(clip_job, encode_s), chunks,
                                  "denoise+decode")
 
