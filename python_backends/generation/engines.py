@@ -84,14 +84,14 @@ def animate_lora(settings: VideoGeneratorSettings, root: Path | None) -> Path | 
 
 
 def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
-    """The `wan_*` switches reach Animate too (sampler, steps, FP8, compile, VAE dtype); its DiT attends with
+    """The `wan_*` switches reach Animate too (sampler, steps, FP8, compile, VAE dtype, overlap); its DiT attends with
     sdpa only. LightX2V's LoRA, when present, sets its own step count."""
     from .wan.animate.engine import WanAnimateOptions
 
     lora = animate_lora(settings, root)
     return WanAnimateOptions(
         sampler=settings.wan_sampler, fp8=_fp8(settings), compile=settings.wan_compile,
-        vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora),
+        vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora), overlap=settings.wan_overlap,
         default_steps=settings.animate_lora_steps if lora is not None else settings.wan_steps or None)
 
 

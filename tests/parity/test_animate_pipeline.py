@@ -150,9 +150,13 @@ def our_run(engine: WanAnimateEngine, inputs, guidance: float) -> dict[str, Any]
             served = np.concatenate([chunk.frames for chunk in engine.generate_from(job, cond)])
     finally:
         hook.remove()
-    per_clip = len(decoded) // len(denoised)
-    clips = [torch.cat([piece for _, piece in decoded[i:i + per_clip]], dim=2)[0]
-             for i in range(0, len(decoded), per_clip)]
+    # The pieces of each decode_chunks call, one call per clip (the last clip stops at the frames the job needs).
+    pieces: list[list[torch.Tensor]] = []
+    for index, (args, piece) in enumerate(decoded):
+        if not index or args is not decoded[index - 1][0]:
+            pieces.append([])
+        pieces[-1].append(piece)
+    clips = [torch.cat(clip, dim=2)[0] for clip in pieces]
     refert = engine.options.refert_num
     pixels = torch.cat([clips[0]] + [clip[:, refert:] for clip in clips[1:]], dim=1)[:, :FRAMES]
     # _denoise(latents, steps, guidance, context, context_null, y, pose_latents, face_pixels, image_context)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import re
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -664,3 +668,126 @@ def test_engine_renders_segments_at_constant_cost_per_segment(tiny_engine: WanAn
     assert sum(len(c.frames) for c in whole) == 32
     # Segment 0 of a segmented job is the whole job's first frames (same seed, same conditioning).
     np.testing.assert_array_equal(accepted[0], np.concatenate([c.frames for c in whole])[:per_segment])
+
+
+# -- the stage pipeline (wan_overlap) ------------------------------------------------------------------------------
+
+
+def _chunk_infos(chunks: list) -> list[tuple]:
+    """Everything a chunk says but its frames and the measured times (which differ run to run)."""
+    return [(c.start_frame, len(c.frames), c.clip, c.total_frames, c.fps, sorted(c.timing), dict(c.sampling),
+             c.timing["steps"]) for c in chunks]
+
+
+@contextlib.contextmanager
+def overlap_off(engine: WanAnimateEngine) -> Iterator[None]:
+    """The engine's jobs with the stages one after another in the caller's thread (wan_overlap off)."""
+    options = engine.options
+    engine.options = dataclasses.replace(options, overlap=False)
+    try:
+        yield
+    finally:
+        engine.options = options
+
+
+def test_overlapped_stages_stream_the_same_chunks_as_one_thread(tiny_engine: WanAnimateEngine) -> None:
+    """The host copy, interpolation and chunking in a stage thread beside the DiT change no pixel, no chunk: two
+    clips with 30 -> 45 fps interpolation, and a segment continued from the caller's frames."""
+    assert tiny_engine.options.overlap  # the default
+    cond = engine_conditioning(frames=9)
+    accepted = np.random.default_rng(5).integers(0, 255, (4, 32, 48, 3), dtype=np.uint8)
+    jobs = [engine_job(fps=45.0, chunk_frames=4),
+            GenerationJob(photo=engine_job().photo, motion_frames=accepted, params=dataclasses.replace(
+                engine_job(seed=1).params, start_frame=4, frame_count=5))]
+
+    def runs() -> list[list]:
+        return [list(tiny_engine.generate_from(job, cond)) for job in jobs]
+
+    overlapped = runs()
+    stats = tiny_engine.last_stages.as_dict()
+    with overlap_off(tiny_engine):
+        plain = runs()
+    assert {c.clip for c in overlapped[0]} == {0, 1} and overlapped[1][0].start_frame == 4
+    for mine, theirs in zip(overlapped, plain, strict=True):
+        assert _chunk_infos(mine) == _chunk_infos(theirs)
+        np.testing.assert_array_equal(np.concatenate([c.frames for c in mine]),
+                                      np.concatenate([c.frames for c in theirs]))
+    assert all({"denoise_s", "encode_s", "decode_s", "host_s", "elapsed_s"} <= set(c.timing)
+               for run in overlapped for c in run)
+    assert set(stats["busy_s"]) == {"denoise+decode", "frames"} and stats["items"]["frames"] == len(overlapped[1])
+
+
+def test_the_wan_overlap_setting_reaches_animate() -> None:
+    from python_backends.generation.engines import ENGINES
+    from python_backends.generation.service import ANIMATE, VideoGeneratorSettings
+
+    for overlap in (True, False):
+        assert ENGINES[ANIMATE].options(VideoGeneratorSettings(wan_overlap=overlap), None).overlap is overlap
+    with pytest.raises(ValueError, match="overlap_depth"):
+        WanAnimateOptions(overlap_depth=0)
+
+
+def test_next_clip_denoises_while_the_first_chunk_waits(tiny_engine: WanAnimateEngine,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With wan_overlap on, clip 1 denoises while the caller still holds clip 0's first chunk (the stages after
+    the decoder run beside the DiT); with it off, nothing runs until the caller asks for more."""
+    denoised: list[int] = []
+    denoise = tiny_engine._denoise
+    monkeypatch.setattr(tiny_engine, "_denoise", lambda *a, **k: denoised.append(1) or denoise(*a, **k))
+    cond = engine_conditioning(frames=13)  # three clips of 5 (4 new frames each after the first)
+
+    with overlap_off(tiny_engine):
+        chunks = tiny_engine.generate_from(engine_job(), cond)
+        next(chunks)
+        assert len(denoised) == 1
+        chunks.close()
+
+    denoised.clear()
+    chunks = tiny_engine.generate_from(engine_job(), cond)
+    next(chunks)
+    deadline = time.monotonic() + 60
+    while len(denoised) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(denoised) >= 2
+    chunks.close()
+
+
+def test_an_error_in_a_stage_or_the_dit_reaches_the_caller(tiny_engine: WanAnimateEngine,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing stage (the host copy) or a failing clip (the DiT) raises its own exception in the caller, and
+    every stage thread has stopped."""
+    from python_backends.generation.wan.common import streaming
+
+    cond = engine_conditioning(frames=13)
+    copies = []
+    to_uint8 = streaming.to_uint8
+
+    def failing_copy(pixels: torch.Tensor) -> np.ndarray:
+        copies.append(1)
+        if len(copies) == 3:
+            raise RuntimeError("host copy failed")
+        return to_uint8(pixels)
+
+    monkeypatch.setattr(streaming, "to_uint8", failing_copy)
+    with pytest.raises(RuntimeError, match="host copy failed"):
+        list(tiny_engine.generate_from(engine_job(), cond))
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+    monkeypatch.undo()
+
+    denoise = tiny_engine._denoise
+    clips: list[int] = []
+
+    def failing_clip(*args, **kwargs) -> torch.Tensor:
+        clips.append(1)
+        if len(clips) == 2:
+            raise RuntimeError("clip 1 failed")
+        return denoise(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine, "_denoise", failing_clip)
+    received = []
+    with pytest.raises(RuntimeError, match="clip 1 failed"):
+        for chunk in tiny_engine.generate_from(engine_job(), cond):
+            received.append(chunk)
+    # Only clip 0's chunks came before it (a failing run may drop chunks still queued: nobody will show them).
+    assert {c.clip for c in received} <= {0}
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]

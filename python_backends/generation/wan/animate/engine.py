@@ -17,8 +17,10 @@ What one job does, following `WanAnimate.generate` in animation mode (wan/animat
    mask + VAE latents of (the previous clip's last refert_num frames, then zeros)]; noise [16, 1 + lat_t, h, w];
    `steps` (20) of UniPC with shift 5; guidance 1 (no CFG) unless asked (then negative prompt + all -1 faces).
 4. Decode the latents after the reference frame, streamed latent frame by latent frame; clips after the first
-   drop their first refert_num frames (they repeat the previous clip's end). The output is cut to the real
-   number of driving frames (capped by params.max_duration_s).
+   drop their first refert_num frames (they repeat the previous clip's end). With `overlap` (wan_overlap) the
+   copy to the host, interpolation and chunking of clip n run in a stage thread while clip n + 1 denoises; the
+   decoding cannot (WanAnimateEngine._clip_pieces says why). The output is cut to the real number of driving
+   frames (capped by params.max_duration_s); the last clip stops decoding there.
 
 Differences from the official pipeline: streaming; frame interpolation (or nearest-time frame selection) when
 params.fps differs from the driving fps (as the S2V engine); noise from a CPU generator in float32; latents
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +47,7 @@ from ....errors import InputError, WeightsUnavailable
 from ...job import GenerationJob, segment_range
 from ..common.checkpoint import check_release_layout, shared_release_entries
 from ..common.scheduler import SAMPLERS, make_sampler
-from ..common.streaming import WanFrameChunk, to_uint8
+from ..common.streaming import ChunkMaker, OverlapOptions, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import WanTextEncoder
 from ..common.vae import SPATIAL_STRIDE, WanVAE
 from ..s2v.engine import WanEngineBase, apply_fp8_and_compile, load_vae_and_text_encoder, motion_pixels
@@ -178,8 +180,10 @@ def dlib_landmarker() -> Landmarker:
 
 
 @dataclass(frozen=True)
-class WanAnimateOptions:
-    """Engine-level choices; steps, guidance, seed, size and fps come with each job."""
+class WanAnimateOptions(OverlapOptions):
+    """Engine-level choices; steps, guidance, seed, size and fps come with each job. overlap / overlap_depth
+    (OverlapOptions, the `wan_overlap` switch): the host copy, interpolation and chunking beside the DiT (see
+    WanAnimateEngine._clip_pieces for why decoding stays in the DiT's thread)."""
 
     sampler: str = "unipc"  # unipc (generate.py default) | euler (step-distilled checkpoints)
     default_steps: int | None = None  # None: the task's 20
@@ -200,6 +204,7 @@ class WanAnimateOptions:
     compile: bool = False  # torch.compile the DiT per block (the `wan_compile` switch)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.clip_len < 5 or (self.clip_len - 1) % 4:
@@ -217,6 +222,27 @@ def release_entries(task: WanAnimateTaskConfig = ANIMATE_14B) -> dict[str, str]:
 def check_release_folder(folder: Path, task: WanAnimateTaskConfig = ANIMATE_14B) -> None:
     check_release_layout(folder, release_entries(task), "Wan2.2-Animate", "Wan-AI/Wan2.2-Animate-14B",
                          "make_tiny_animate_checkpoint(folder, with_aux=True)")
+
+
+@dataclass(frozen=True)
+class _ClipJob:
+    """What the clip loop of one job reads (WanAnimateEngine.generate_from prepares it)."""
+
+    order: list[int]  # driving frame index per position of the padded (ping-pong) frame list
+    poses: list[np.ndarray]  # pose frames at the output size
+    faces: list[np.ndarray]  # face crops at the face encoder's size
+    need: int  # driving-rate frames to hand on
+    first_window: int  # position of the first clip's first frame in `order`
+    previous: torch.Tensor | None  # the refert_num frames before it (a continued segment), else None
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    context: torch.Tensor
+    context_null: torch.Tensor
+    y_ref: torch.Tensor  # mask + reference latent frame
+    image_context: torch.Tensor
+    generator: torch.Generator  # the initial noise, clip after clip
 
 
 def _pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -366,74 +392,92 @@ class WanAnimateEngine(WanEngineBase):
         ref_latents = self._encode_image(reference)
         clip_features = self.clip.encode_images(_pixels(reference[None], self.device)[:, :, 0])
         image_context = self.transformer.encode_image(clip_features)
+        self._sync()
         encode_s = time.perf_counter() - t0
         context = self._text(p.prompt or opt.default_prompt or task.prompt)
         context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
 
         lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
-        lat_t = (clip_len - 1) // 4 + 1
         y_ref = torch.cat([torch.ones(1, 4, 1, lat_h, lat_w, device=self.device), ref_latents], dim=1)
         generator = torch.Generator(device="cpu").manual_seed(p.seed)
         log.info("Wan Animate job: %dx%d, driving frames %d-%d of %d -> %d clip(s) of %d, %d steps (%s), guidance "
                  "%.2f", width, height, base, base + need - 1, real, clips, clip_len, steps, opt.sampler, guidance)
 
-        produced, out_index, clip, start = 0, segment.start, 0, first_window
-        # The last refert_num frames before the window (decoded by the previous clip, or the caller's).
-        previous: torch.Tensor | None = None
-        if carried_first:
-            previous = motion_pixels(job.motion_frames, segment.start, p.fps, base, cond.fps, refert, height,
-                                     width).to(self.device)
-        while produced < need:
-            window = order[start:start + clip_len]
+        # A continued segment's first clip is guided by the caller's last refert_num frames before its window.
+        previous = motion_pixels(job.motion_frames, segment.start, p.fps, base, cond.fps, refert, height,
+                                 width).to(self.device) if carried_first else None
+        clip_job = _ClipJob(order, poses, faces, need, first_window, previous, height, width, steps, guidance,
+                            context, context_null, y_ref, image_context, generator)
+        chunks = ChunkMaker(resampler, need, segment.start, p.fps, total, p.chunk_frames, {}, started)
+        # The clips run on the source thread's own CUDA stream: what this thread's stream still has queued for them
+        # (reference, prompt contexts, carried frames) must be done first.
+        self._sync()
+        yield from stream_chunks(self, "Wan Animate", self._clip_pieces(clip_job, encode_s), chunks,
+                                 "denoise+decode")
+
+    def _clip_pieces(self, job: _ClipJob, encode_s: float) -> Iterator[PixelPiece]:
+        """The source of the stage pipeline: clip after clip, denoised and decoded; each clip ends with an empty
+        piece that flushes its last chunk.
+
+        Decoding cannot leave the DiT's thread: the next clip's temporal guidance is this clip's last refert_num
+        decoded frames, VAE-encoded into its y (official WanAnimate.generate: refer_t_pixel_values =
+        out_frames[:, :, -refert_num:] of the decoded clip), and the causal VAE decoder reaches the last frames
+        only after decoding every frame before them. So clip n + 1 waits for all of clip n's decoding; what
+        overlaps its denoising is everything after the decoder (the copy to the host, interpolation, chunking,
+        and the encoder downstream), and each decoded piece leaves at once, while the decoder goes on.
+        """
+        opt, refert = self.options, self.options.refert_num
+        clip_len = opt.clip_len
+        lat_h, lat_w = job.height // SPATIAL_STRIDE, job.width // SPATIAL_STRIDE
+        lat_t = (clip_len - 1) // 4 + 1
+        previous, start, clip, decoded = job.previous, job.first_window, 0, 0  # decoded: frames handed on so far
+        while decoded < job.need:
+            window = job.order[start:start + clip_len]
             t0 = time.perf_counter()
-            pose_latents = self.vae.encode(_pixels(np.stack([poses[i] for i in window]), self.device))
+            pose_latents = self.vae.encode(_pixels(np.stack([job.poses[i] for i in window]), self.device))
             carried = refert if previous is not None else 0
             if previous is None:
-                y_reft = self._blank_latents(clip_len, height, width)
+                y_reft = self._blank_latents(clip_len, job.height, job.width)
             else:
-                guide_pixels = torch.zeros(1, 3, clip_len, height, width, device=self.device)
+                guide_pixels = torch.zeros(1, 3, clip_len, job.height, job.width, device=self.device)
                 guide_pixels[:, :, :carried] = previous
                 y_reft = self.vae.encode(guide_pixels)
             mask = torch.from_numpy(i2v_mask(lat_t, lat_h, lat_w, carried)).to(self.device)[None]
-            y = torch.cat([y_ref, torch.cat([mask, y_reft], dim=1)], dim=2)
-            face_pixels = _pixels(np.stack([faces[i] for i in window]), self.device)
+            y = torch.cat([job.y_ref, torch.cat([mask, y_reft], dim=1)], dim=2)
+            face_pixels = _pixels(np.stack([job.faces[i] for i in window]), self.device)
+            self._sync()
             encode_s += time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            noise = torch.randn((1, 16, lat_t + 1, lat_h, lat_w), generator=generator, dtype=torch.float32)
-            latents = self._denoise(noise.to(self.device), steps, guidance, context, context_null, y, pose_latents,
-                                    face_pixels, image_context)
-            timing = {"denoise_s": time.perf_counter() - t0, "encode_s": encode_s, "steps": float(steps)}
+            noise = torch.randn((1, 16, lat_t + 1, lat_h, lat_w), generator=job.generator, dtype=torch.float32)
+            latents = self._denoise(noise.to(self.device), job.steps, job.guidance, job.context, job.context_null, y,
+                                    pose_latents, face_pixels, job.image_context)
+            self._sync()
+            timing = {"denoise_s": time.perf_counter() - t0, "encode_s": encode_s, "steps": float(job.steps)}
             encode_s = 0.0
 
-            drop = carried
-            decode_s, t0 = 0.0, time.perf_counter()
-            buffer: list[np.ndarray] = []
-            decoded: list[torch.Tensor] = []
-            for pixels in self.vae.decode_chunks(latents[:, :, 1:]):
-                decode_s += time.perf_counter() - t0
-                decoded.append(pixels)
+            drop, empty, tail = carried, None, None  # tail: the clip's last refert_num decoded frames so far
+            stream = self.vae.decode_chunks(latents[:, :, 1:])
+            t0 = time.perf_counter()
+            for pixels in stream:
+                tail = (pixels if tail is None else torch.cat([tail, pixels], dim=2))[:, :, -refert:]
                 if drop:
                     cut = min(drop, pixels.shape[2])
                     pixels, drop = pixels[:, :, cut:], drop - cut
-                frames = to_uint8(pixels)[: max(0, need - produced)] if pixels.shape[2] else []
-                produced += len(frames)
-                if len(frames):
-                    buffer.extend(resampler.push(frames))
-                while len(buffer) >= p.chunk_frames:
-                    chunk, buffer = buffer[: p.chunk_frames], buffer[p.chunk_frames:]
-                    yield self._chunk(out_index, chunk, p.fps, total, clip, timing, decode_s, started)
-                    out_index += len(chunk)
-                    decode_s = 0.0
-                t0 = time.perf_counter()
-            if buffer:
-                yield self._chunk(out_index, buffer, p.fps, total, clip, timing, decode_s, started)
-                out_index += len(buffer)
-            previous = torch.cat(decoded, dim=2)[:, :, -refert:]
+                self._sync()
+                empty = pixels[:, :, :0]
+                if pixels.shape[2]:
+                    decoded += pixels.shape[2]
+                    yield PixelPiece(pixels, clip, timing, {"decode_s": time.perf_counter() - t0})
+                    t0 = time.perf_counter()
+                if decoded >= job.need:  # the last clip: its remaining frames would be cut, no clip follows
+                    stream.close()
+                    break
+            if empty is not None:  # with the decoding time not yet reported
+                yield PixelPiece(empty, clip, timing, {"decode_s": time.perf_counter() - t0}, flush=True)
+            previous = tail
             start += clip_len - refert
             clip += 1
-        log.info("Wan Animate job done: %d frames at %.3g fps in %.2f s", out_index, p.fps,
-                 time.perf_counter() - started)
 
     @torch.no_grad()
     def _denoise(self, latents: torch.Tensor, steps: int, guidance: float, context: torch.Tensor,
@@ -464,10 +508,3 @@ class WanAnimateEngine(WanEngineBase):
                     flow = guide(flow, uncond, guidance)
             latents = sampler.step(flow, latents)
         return latents
-
-    @staticmethod
-    def _chunk(start: int, frames: list[np.ndarray], fps: float, total: int, clip: int, timing: Mapping[str, float],
-               decode_s: float, started: float) -> WanFrameChunk:
-        info = {**timing, "decode_s": decode_s, "elapsed_s": time.perf_counter() - started}
-        return WanFrameChunk(start, np.stack(frames), fps, total, clip=clip, timing=info)
-

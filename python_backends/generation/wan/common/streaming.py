@@ -2,8 +2,9 @@
 output frames out (the copy to the host, frame-rate conversion with interpolation, chunking).
 
 The engines' denoising loop is the source; the VAE decoding is a stage where it does not feed the next clip's
-conditioning (LiveAvatar) and part of the source where it does (S2V re-encodes the decoded motion frames). With
-`overlap` on (the engines' option, the default) the stages run while the DiT denoises the next block or clip.
+conditioning (LiveAvatar) and part of the source where it does (S2V re-encodes the decoded motion frames, Animate
+a clip's last decoded frames as the next clip's temporal guidance). With `overlap` on (OverlapOptions, the
+default) the stages run while the DiT denoises the next block or clip.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ from ...job import FrameChunk
 from ...stage_pipeline import Stage, run_stages
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OverlapOptions:
+    """The Wan engines' stage-pipeline switches (`wan_overlap`): everything after the DiT that the next clip does
+    not need runs in stage threads (their own CUDA streams) while the DiT works on the next block or clip
+    (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. The same frames either
+    way. Subclasses that add a __post_init__ call this one."""
+
+    overlap: bool = True
+    overlap_depth: int = 2
+
+    def __post_init__(self) -> None:
+        if self.overlap_depth < 1:
+            raise ValueError(f"overlap_depth must be at least 1, got {self.overlap_depth}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,7 @@ class ChunkMaker:
     def _emit(self, count: int) -> WanFrameChunk:
         frames, self.buffer = self.buffer[:count], self.buffer[count:]
         timing: dict[str, Any] = {**self.timing, **self.sums, "elapsed_s": time.perf_counter() - self.started}
-        self.sums = {}
+        self.sums = dict.fromkeys(self.sums, 0.0)  # a later chunk of the same pieces says 0, not nothing
         chunk = WanFrameChunk(self.index, np.stack(frames), self.fps, self.total, clip=self.clip, timing=timing,
                               sampling=self.sampling)
         self.index += count
@@ -104,7 +120,8 @@ class ChunkMaker:
 def stream_chunks(engine: Any, label: str, source: Iterable[Any], chunks: ChunkMaker, source_name: str,
                   stages: tuple[Stage, ...] = ()) -> Iterator[WanFrameChunk]:
     """The chunks of a job: `source` (the engine's DiT loop), then `stages`, then `chunks`, overlapped as the
-    engine's options say; the run's stage times stay on `engine.last_stages` (the latest job's, for benchmarks)."""
+    engine's options (OverlapOptions) say; the run's stage times stay on `engine.last_stages` (the latest job's,
+    for benchmarks)."""
     options = engine.options
     run = run_stages(source, [*stages, Stage("frames", chunks.run, chunks.flush)], depth=options.overlap_depth,
                      device=engine.device, source_name=source_name, overlap=options.overlap)

@@ -79,7 +79,7 @@ from ..common.attention import ATTENTION_BACKENDS, SDPA, attention_function, che
 from ..common.checkpoint import check_release_layout, load_s2v_transformer, shared_release_entries
 from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
-from ..common.streaming import ChunkMaker, PixelPiece, WanFrameChunk, stream_chunks
+from ..common.streaming import ChunkMaker, OverlapOptions, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
 from ..common.vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
 from .model import WanS2VTransformer, cfg_forward, guide
@@ -100,8 +100,10 @@ SIZE_DIVISOR = 64  # official get_size_less_than_area pads the derived size to m
 
 
 @dataclass(frozen=True)
-class WanS2VOptions:
-    """Engine-level choices; steps, guidance, seed, size and fps come with each job."""
+class WanS2VOptions(OverlapOptions):
+    """Engine-level choices; steps, guidance, seed, size and fps come with each job. overlap / overlap_depth
+    (OverlapOptions): VAE decoding where the next clip does not need it, the host copy, interpolation and chunking
+    beside the DiT."""
 
     sampler: str = "unipc"  # unipc (official) | euler (step-distilled checkpoints)
     default_steps: int | None = None  # None: the task's 40
@@ -129,11 +131,6 @@ class WanS2VOptions:
     # The DiT's self-attention: sdpa, or our 8-bit Triton kernel (attention.ATTENTION_BACKENDS; CUDA 8.9+)
     attention_backend: str = SDPA
     compile: bool = False  # torch.compile the DiT (first request pays the compile time)
-    # Everything after the DiT (VAE decoding where the next clip does not need it, the copy to the host, frame
-    # interpolation, chunking) runs in stage threads while the DiT works on the next block / clip
-    # (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. The same frames either way.
-    overlap: bool = True
-    overlap_depth: int = 2
     # Tiling: False makes full infer_frames clips (official), so a 10 s clip (163 frames with the 3 the first clip
     # drops) takes 3 x 80 = 240 frames of denoising; True keeps the clip count and shortens every clip to what the
     # job needs (3 x 56 = 168). Clips shorter than the released 80 frames are our departure.
@@ -151,6 +148,7 @@ class WanS2VOptions:
                 "latent_frames_per_forward": self.infer_frames // 4}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.infer_frames < 4 or self.infer_frames % 4:
@@ -168,8 +166,6 @@ class WanS2VOptions:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
-        if self.overlap_depth < 1:
-            raise ValueError(f"overlap_depth must be at least 1, got {self.overlap_depth}")
         if self.vae_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
 
@@ -392,7 +388,8 @@ def frame_plan(params: GenerationParams, seconds: float, fps16: int, interpolati
 
 
 class WanEngineBase:
-    """What the S2V and Animate engines share: the prompt cache and the per-job step/guidance defaults.
+    """What the S2V and Animate engines share: the prompt cache, the per-job step/guidance defaults and the stream
+    synchronisation behind their stage timings.
 
     Subclasses set text_encoder, device, options (default_steps, default_guidance, text_cache_size), task
     (sample_steps, sample_guide_scale) and _contexts (an insertion-ordered dict). `interpolation` converts the
@@ -409,6 +406,12 @@ class WanEngineBase:
                 self._contexts.pop(next(iter(self._contexts)))
             self._contexts[prompt] = context
         return context
+
+    def _sync(self) -> None:
+        """Wait for this thread's CUDA stream, so that the per-stage timings measure the stage rather than the
+        queueing (the stream, not the device: stage threads run on their own streams meanwhile)."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def _settings(self, job: GenerationJob) -> tuple[int, float]:
         p = job.params
@@ -516,12 +519,6 @@ class WanS2VEngine(WanEngineBase):
         latents = self.vae.encode(pixels[None, :, None].expand(-1, -1, 5, -1, -1))[:, :, :1]
         self._sync()
         return latents, time.perf_counter() - start
-
-    def _sync(self) -> None:
-        """Wait for this thread's CUDA stream, so that the per-stage timings measure the stage rather than the
-        queueing (the stream, not the device: stage threads run on their own streams meanwhile)."""
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
 
     # -- denoising ------------------------------------------------------------------------------------------------
 
