@@ -140,6 +140,12 @@ class _Device:
     def no_grad(self) -> Any:
         return contextlib.nullcontext() if self.torch is None else self.torch.no_grad()
 
+    def settle_caller(self) -> None:
+        """Wait for the caller's stream: what it queued before the run (an engine's references, carried frames,
+        caches) is read by the threads' own streams, which would not wait for it."""
+        if self.cuda:
+            self.torch.cuda.current_stream(self.device).synchronize()
+
     def wait(self, message: _Message) -> None:
         if message.event is not None:
             self.torch.cuda.current_stream(self.device).wait_event(message.event)
@@ -229,6 +235,7 @@ class StageRun:
 
     def _overlapped(self) -> Iterator[Any]:
         started = time.perf_counter()
+        self._device.settle_caller()
         cancel = threading.Event()
         channels = [_Channel(self.depth, cancel, self.stats) for _ in range(len(self.stages) + 1)]
         threads = [threading.Thread(target=self._source_thread, args=(channels[0],),

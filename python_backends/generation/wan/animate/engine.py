@@ -409,9 +409,6 @@ class WanAnimateEngine(WanEngineBase):
         clip_job = _ClipJob(order, poses, faces, need, first_window, previous, height, width, steps, guidance,
                             context, context_null, y_ref, image_context, generator)
         chunks = ChunkMaker(resampler, need, segment.start, p.fps, total, p.chunk_frames, {}, started)
-        # The clips run on the source thread's own CUDA stream: what this thread's stream still has queued for them
-        # (reference, prompt contexts, carried frames) must be done first.
-        self._sync()
         yield from stream_chunks(self, "Wan Animate", self._clip_pieces(clip_job, encode_s), chunks,
                                  "denoise+decode")
 
