@@ -110,6 +110,7 @@ def summarise(job: dict) -> dict:
         "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"]}
                         for s in job["qa"]["segments"]],
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
+        "first_chunk_timing_s": chunks[0].get("timing_s"),  # LiveAvatar: the request's start by phase (start_*_s)
         "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],
     }
 
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help="where the other models run")
     parser.add_argument("--fp8", default="rowwise")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
+    parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     out_w, out_h = (int(v) for v in args.output_size.split("x"))
@@ -136,7 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     if wan:
         generator.update({"wan_fp8": args.fp8, "wan_compile": str(args.compile).lower(),
                           "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
-                          "liveavatar_history_frames": str(args.history_frames)})
+                          "liveavatar_history_frames": str(args.history_frames),
+                          "wan_vae_memory_format": args.vae_memory_format,
+                          "wan_vae_compile": str(args.vae_compile).lower()})
     talking_head = {"max_rerolls": "0"}
     profile = "gpu" if args.profile == "gpu" else None
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,

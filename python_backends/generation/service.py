@@ -297,5 +297,8 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
         sampling = getattr(chunk, "sampling", None)
         if sampling:  # what the clip costs: sampler, steps, guidance, DiT forwards per clip
             info["sampling"] = dict(sampling)
+        timing = getattr(chunk, "timing", None)
+        if timing:  # the Wan engines' seconds per part (the first chunk: the request's start by phase, start_*_s)
+            info["timing_s"] = {key: round(float(value), 4) for key, value in timing.items()}
         last = now
         yield chunk_outputs(chunk, info)

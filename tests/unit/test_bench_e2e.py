@@ -39,3 +39,6 @@ def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str)
         assert run["sum_of_stages_s"] == pytest.approx(sum(run["stage_busy_s"].values()), abs=0.01)
         assert run["encode"]["frames"] == 15 and run["encode"]["width"] == 96 and run["encode"]["bytes"] > 0
         assert run["peak_memory_gib"] is None  # CPU: no GPU memory to report
+        if engine == "liveavatar":  # the first chunk says where the request's start went
+            assert {"start_history_encode_s", "start_dit_prefill_s", "start_decoder_prime_s"} <= set(
+                run["first_chunk_timing_s"])
