@@ -3,22 +3,17 @@ overlapped wall time, the time to the first frames and the encoded stream, overl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from perf_scripts import load_perf_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "bench_e2e_gpu.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_e2e_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_perf_script("bench_e2e_gpu")
 
 
 @pytest.mark.parametrize("engine", ["liveavatar", "s2v"])

@@ -3,22 +3,17 @@ default's (the compiled variants are left to the GPU run: inductor's CPU compile
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from perf_scripts import load_perf_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "bench_vae_gpu.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_vae_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_perf_script("bench_vae_gpu")
 
 
 def test_tiny_run_times_each_stage_per_variant_against_the_default(tmp_path: Path) -> None:
