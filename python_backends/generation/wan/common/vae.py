@@ -8,6 +8,9 @@ frame at a time, which gives 1 pixel frame, then 4 per step), each layer carryin
 chunk to the next. Here that carried tail lives in a `StreamState`; `decode_chunks` yields each chunk's pixels
 as soon as they exist, which is what lets the server stream video while it is still decoding.
 
+Speed options (`configure_vae`: channels-last 3-D layout, compiled norm + SiLU) change the kernels, not the
+model: the same results to round-off.
+
 The module tree mirrors the official `WanVAE_` so that state-dict keys and shapes are identical, e.g.
 `encoder.downsamples.0.residual.2.weight`, `decoder.upsamples.3.time_conv.weight`, `conv1.weight`.
 """
