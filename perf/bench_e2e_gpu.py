@@ -124,7 +124,15 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
     encoder = Encode(encode_to, fps, started) if encode_to is not None else None
     if encoder is not None:
         stages.append(Stage("encode", encoder.run, encoder.flush))
-    run = run_stages(engine.generate(job), stages, device=device, source_name="engine", overlap=overlap)
+    first_timing: dict[str, float] = {}
+
+    def chunks():
+        for chunk in engine.generate(job):
+            if not first_timing:  # LiveAvatar's: the request's start by phase (start_*_s)
+                first_timing.update({key: round(float(value), 3) for key, value in chunk.timing.items()})
+            yield chunk
+
+    run = run_stages(chunks(), stages, device=device, source_name="engine", overlap=overlap)
     first, frames = None, 0
     for item in run:
         first = first if first is not None else time.perf_counter() - started
@@ -141,7 +149,8 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
               "engine_wall_s": inner["wall_s"], "engine_time_to_first_chunk_s": inner["first_item_s"],
               "upscale_and_copy_s": busy["resize+copy"],
               "gpu_seconds_per_output_second": round(total / seconds, 3),
-              "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None}
+              "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None,
+              "first_chunk_timing_s": first_timing}
     if encoder is not None:
         result["encode"] = {k: encoder.result[k] for k in ("codec", "width", "height", "frames", "bytes",
                                                            "time_to_first_packet_s", "encode_s", "close_s")}
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup-seconds", type=float, default=6.0, help="long enough for two clips")
     parser.add_argument("--fp8", default="rowwise", help="rowwise | tensor | none")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
+    parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--sizes", default=None, help="generated sizes to run, WxH,... (default 832x480,1280x720; "
                         "704x384 for liveavatar)")
     parser.add_argument("--engine", choices=("s2v", "liveavatar"), default="s2v")
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     speed = {"default_steps": args.steps, "default_guidance": 1.0,
              "vae_dtype": "bfloat16" if device.type == "cuda" else "float32",
              "fp8": None if args.fp8 == "none" or device.type == "cpu" else args.fp8,
-             "compile": args.compile and device.type == "cuda"}
+             "compile": args.compile and device.type == "cuda", "vae_memory_format": args.vae_memory_format,
+             "vae_compile": args.vae_compile and device.type == "cuda"}
     if args.engine == "liveavatar":
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames)
@@ -187,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "device": str(device),
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
-                        "sampler", "default_steps", "fp8", "compile", "vae_dtype", "infer_frames", "balance_clips")},
+                        "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
+                        "infer_frames", "balance_clips")},
                     "excluded": ["umT5 prompt encoding (cached per prompt)", "wav2vec2 (features given)",
                                  "CPU stages: pre-processing, QA", "process hops (BLS, gRPC)"],
                     "runs": []}

@@ -96,6 +96,7 @@ def summarise(job: dict) -> dict:
         "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"]}
                         for s in job["qa"]["segments"]],
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
+        "first_chunk_timing_s": chunks[0].get("timing_s"),  # LiveAvatar: the request's start by phase (start_*_s)
         "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],
     }
 
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="talking_head's overlap_segments: generate the next segment while this one is judged "
                              "(then the generation and QA stage sums overlap in time)")
     parser.add_argument("--first-segment-s", type=float, default=0.0, help="talking_head's first_segment_s")
+    parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
+    parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     out_w, out_h = (int(v) for v in args.output_size.split("x"))
@@ -126,7 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     if wan:
         generator.update({"wan_fp8": args.fp8, "wan_compile": str(args.compile).lower(),
                           "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
-                          "liveavatar_history_frames": str(args.history_frames)})
+                          "liveavatar_history_frames": str(args.history_frames),
+                          "wan_vae_memory_format": args.vae_memory_format,
+                          "wan_vae_compile": str(args.vae_compile).lower()})
     talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
                     "first_segment_s": str(args.first_segment_s)}
     profile = "gpu" if args.profile == "gpu" else None

@@ -60,6 +60,10 @@ def _fp8(settings: VideoGeneratorSettings) -> str | None:
     return None if settings.wan_fp8 == "none" else settings.wan_fp8
 
 
+def _vae_speed(settings: VideoGeneratorSettings) -> dict[str, Any]:
+    return {"vae_memory_format": settings.wan_vae_memory_format, "vae_compile": settings.wan_vae_compile}
+
+
 def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
     from .wan.s2v.engine import WanS2VOptions
 
@@ -67,7 +71,7 @@ def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
         sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
         fp8=_fp8(settings), attention_backend=settings.wan_attention, compile=settings.wan_compile,
         vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap, balance_clips=settings.wan_balance_clips,
-    )
+        **_vae_speed(settings))
 
 
 def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = None):
@@ -76,7 +80,7 @@ def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = No
     return LiveAvatarOptions(fp8=_fp8(settings), attention_backend=settings.wan_attention,
                              compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
                              overlap=settings.wan_overlap, history_frames=settings.liveavatar_history_frames,
-                             ref_distance=settings.liveavatar_ref_distance or None)
+                             ref_distance=settings.liveavatar_ref_distance or None, **_vae_speed(settings))
 
 
 def animate_lora(settings: VideoGeneratorSettings, root: Path | None) -> Path | None:
@@ -92,6 +96,7 @@ def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
     return WanAnimateOptions(
         sampler=settings.wan_sampler, fp8=_fp8(settings), compile=settings.wan_compile,
         vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora), overlap=settings.wan_overlap,
+        **_vae_speed(settings),
         default_steps=settings.animate_lora_steps if lora is not None else settings.wan_steps or None)
 
 

@@ -71,6 +71,8 @@ class VideoGeneratorSettings:
     wan_attention: str = "sdpa"
     wan_compile: bool = False
     wan_vae_dtype: str = "float32"
+    wan_vae_memory_format: str = "contiguous"  # or channels_last_3d (wan/common/vae.py configure_vae)
+    wan_vae_compile: bool = False  # torch.compile the VAE's norm + SiLU pairs
     wan_overlap: bool = True  # decoding, interpolation and the host copy overlap the DiT (stage_pipeline.py)
     wan_balance_clips: bool = False  # S2V: as many clips as full ones would take, each only as long as needed
     # 16 fps -> params.fps for the Wan engines: keys interpolation (auto | none | flow | rife), rife_file, rife_scale
@@ -295,5 +297,8 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
         sampling = getattr(chunk, "sampling", None)
         if sampling:  # what the clip costs: sampler, steps, guidance, DiT forwards per clip
             info["sampling"] = dict(sampling)
+        timing = getattr(chunk, "timing", None)
+        if timing:  # the Wan engines' seconds per part (the first chunk: the request's start by phase, start_*_s)
+            info["timing_s"] = {key: round(float(value), 4) for key, value in timing.items()}
         last = now
         yield chunk_outputs(chunk, info)

@@ -78,6 +78,20 @@ def test_streams_block_by_block_over_two_clips(engine, reference_run) -> None:
     assert engine.name.startswith("liveavatar-")
 
 
+def test_the_first_chunk_says_where_the_requests_start_went(reference_run) -> None:
+    first, *later = reference_run
+    phases = {f"start_{p}_s" for p in ("audio_features", "text", "reference_encode", "history_encode",
+                                       "dit_prefill", "decoder_prime")}
+    assert phases <= set(first.timing) and all(first.timing[key] >= 0 for key in phases)
+    # encode_s is still the VAE encoding + prefill before the first block (and the first priming's wait for its
+    # latents, already there), now split into its phases
+    assert first.timing["encode_s"] == pytest.approx(sum(first.timing[f"start_{p}_s"] for p in (
+        "reference_encode", "history_encode", "dit_prefill")), abs=0.01)
+    assert first.timing["decode_s"] >= first.timing["start_decoder_prime_s"] > 0
+    assert first.timing["elapsed_s"] >= sum(first.timing[key] for key in phases - {"start_decoder_prime_s"})
+    assert not any(key.startswith("start_") for chunk in later for key in chunk.timing)
+
+
 def test_the_lora_is_merged_and_the_sampler_is_its_own(folders, engine) -> None:
     plain = WanS2VEngine.from_folder(folders[0], "cpu", options=WanS2VOptions())
     q = engine.transformer.blocks[0].self_attn.q.weight
@@ -257,8 +271,8 @@ def test_benchmark_random_weights_build_the_engine_in_memory(photo, speech, monk
 
     monkeypatch.setattr(random_engine, "build_random_engine",
                         partial(random_engine.build_random_engine, config=TINY_S2V_CONFIG, scratch=tmp_path))
-    registry = EngineRegistry(served_settings(benchmark_random_weights="true", liveavatar_history_frames="13"),
-                              "cpu", tmp_path / "no-weights")
+    registry = EngineRegistry(served_settings(benchmark_random_weights="true", liveavatar_history_frames="13",
+                                              wan_vae_memory_format="channels_last_3d"), "cpu", tmp_path / "no-weights")
     assert registry.summary().startswith(f"speech engine {LIVEAVATAR} [benchmark]: random weights built in memory")
     inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
     outputs = list(generate(registry, inputs, {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16}))
@@ -266,6 +280,9 @@ def test_benchmark_random_weights_build_the_engine_in_memory(photo, speech, monk
 
     infos = [json.loads(o[spec.CHUNK_INFO][0]) for o in outputs]
     assert {i["engine_id"] for i in infos} == {LIVEAVATAR} and infos[0]["engine"].endswith("(random weights)")
+    assert infos[0]["timing_s"]["start_history_encode_s"] >= 0  # the request's start by phase, in the first
+    vae = registry.get(LIVEAVATAR).vae  # the served setting reached the VAE
+    assert vae.decoder.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert sum(len(o[spec.FRAMES]) for o in outputs) == 8  # 0.5 s at 16 fps, through the real wav2vec2 loader
 
 

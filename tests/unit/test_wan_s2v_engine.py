@@ -432,3 +432,15 @@ def test_a_segment_continues_from_motion_frames(engine, photo, speech, reference
     bounded = GenerationJob(photo=photo, waveform=speech, motion_frames=source[:start], params=GenerationParams(
         seed=8, steps=2, width=SIZE, height=SIZE, fps=16.0, chunk_frames=8, start_frame=start, frame_count=5))
     assert frames_of(list(engine.generate(bounded))).shape[0] == 5
+
+
+def test_vae_options_are_checked_for_s2v_and_animate() -> None:
+    from python_backends.generation.wan.animate.engine import WanAnimateOptions
+    from python_backends.generation.wan.s2v.engine import WanS2VOptions
+
+    for options in (WanS2VOptions, WanAnimateOptions):
+        with pytest.raises(ValueError, match="vae_memory_format must be one of contiguous, channels_last_3d"):
+            options(vae_memory_format="channels_last")
+        with pytest.raises(ValueError, match="vae_dtype must be"):
+            options(vae_dtype="int8")
+        assert options(vae_memory_format="channels_last_3d", vae_compile=True).vae_compile

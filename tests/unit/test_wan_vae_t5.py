@@ -26,8 +26,12 @@ from python_backends.generation.wan.common.vae import (
     VAE_FILE,
     LatentDecoder,
     LatentEncoder,
+    NearestUpsample2x,
     StreamState,
     WanVAE,
+    _fused_norm_silu,
+    _norm_silu,
+    configure_vae,
     decoder_memory,
     encoder_memory,
     latent_shape,
@@ -189,6 +193,66 @@ def test_vae_runs_in_bfloat16(aux: dict[str, Path], vae: WanVAE) -> None:
     frames = vae.decode(latents)
     frames_bf16 = vae_bf16.decode(latents)
     assert (frames_bf16 - frames).abs().max() < 0.1  # bf16 rounding through ~40 layers of a random net
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _speed_variant_matches_default(aux: dict[str, Path], dtype: torch.dtype, memory_format: str, compile: bool,
+                                   tolerance: float) -> None:
+    default = load_vae(aux["vae"], dtype=dtype, dim=TINY_VAE_DIM)
+    fast = configure_vae(load_vae(aux["vae"], dtype=dtype, dim=TINY_VAE_DIM), memory_format, compile)
+    video = _video(batch=1)
+    torch.manual_seed(3)
+    latents = torch.randn(1, 16, 4, 2, 3)
+    encoded = fast.encode(video)
+    assert _rel(encoded, default.encode(video)) < tolerance
+    chunks = list(fast.decode_chunks(latents))
+    whole = fast.decode(latents)
+    assert all(c.is_contiguous() for c in chunks) and encoded.is_contiguous()
+    assert _rel(whole, default.decode(latents)) < tolerance
+    assert torch.equal(torch.cat(chunks, dim=2), whole)  # streamed = whole clip, as in the default layout
+    # A stream split unevenly reaches the same latents and pixels (the carried tails in the variant's layout).
+    stream = LatentEncoder(fast)
+    parts = torch.cat([stream.feed(video[:, :, :5]), stream.feed(video[:, :, 5:])], dim=2)
+    torch.testing.assert_close(parts, encoded, atol=1e-5, rtol=1e-5)
+    decoder = LatentDecoder(fast)
+    pieces = [*decoder.feed(latents[:, :, :1]), *decoder.fork().feed(latents[:, :, 1:])]
+    torch.testing.assert_close(torch.cat(pieces, dim=2), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_channels_last_vae_gives_the_default_results(aux: dict[str, Path], dtype: torch.dtype,
+                                                     tolerance: float) -> None:
+    _speed_variant_matches_default(aux, dtype, "channels_last_3d", False, tolerance)
+
+
+def test_compiled_channels_last_vae_gives_the_default_results(aux: dict[str, Path]) -> None:
+    """Inductor on the CPU (its C++ compile is the time this takes); the fused norm in bf16 is checked below."""
+    _speed_variant_matches_default(aux, torch.float32, "channels_last_3d", True, 1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_fused_norm_silu_is_the_norm_then_silu(dtype: torch.dtype, tolerance: float) -> None:
+    torch.manual_seed(4)
+    x = (torch.randn(1, 16, 3, 4, 5) * 3).to(dtype)
+    gamma = (1 + 0.1 * torch.randn(16, 1, 1, 1)).to(dtype)
+    fused = _fused_norm_silu(x, gamma)
+    assert fused.dtype == dtype and _rel(fused.float(), _norm_silu(x, gamma, 16**0.5).float()) < tolerance
+    assert torch.equal(_fused_norm_silu(torch.zeros_like(x), gamma), torch.zeros_like(x))  # no 0 / 0
+
+
+def test_nearest_upsampling_in_bfloat16_copies_pixels_exactly() -> None:
+    x = torch.randn(2, 4, 5, 6).bfloat16()
+    up = NearestUpsample2x()(x)
+    assert up.dtype == torch.bfloat16
+    assert torch.equal(up, x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+
+
+def test_vae_speed_options_reject_an_unknown_layout(vae: WanVAE) -> None:
+    with pytest.raises(ValueError, match="channels_last_3d"):
+        configure_vae(vae, "channels_last")
 
 
 def test_real_vae_size_on_the_meta_device() -> None:

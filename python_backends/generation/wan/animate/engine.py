@@ -50,7 +50,13 @@ from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.streaming import ChunkMaker, OverlapOptions, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import WanTextEncoder
 from ..common.vae import SPATIAL_STRIDE, WanVAE
-from ..s2v.engine import WanEngineBase, apply_fp8_and_compile, load_vae_and_text_encoder, motion_pixels
+from ..s2v.engine import (
+    WanEngineBase,
+    apply_fp8_and_compile,
+    check_vae_options,
+    load_vae_and_text_encoder,
+    motion_pixels,
+)
 from ..s2v.model import guide
 from .checkpoint import load_animate_transformer
 from .clip_vision import ClipVisionTransformer, load_clip_vision
@@ -195,6 +201,8 @@ class WanAnimateOptions(OverlapOptions):
     default_prompt: str | None = None  # None: the task's '视频中的人在做动作'
     negative_prompt: str | None = None  # None: the official sample_neg_prompt
     vae_dtype: str = "float32"
+    vae_memory_format: str = "contiguous"  # the `wan_vae_*` switches, as S2V's
+    vae_compile: bool = False
     text_cache_size: int = 8
     # A step-distillation LoRA merged at load (any lora.py layout), e.g. the Wan2.1-I2V 4-step LoRA LightX2V's
     # configs/wan22/wan_animate_lora.json applies to Animate-14B with 4 UniPC steps, shift 5, no CFG.
@@ -211,8 +219,7 @@ class WanAnimateOptions(OverlapOptions):
             raise ValueError(f"clip_len must be 4n + 1 (>= 5), got {self.clip_len}")
         if not 1 <= self.refert_num < self.clip_len:
             raise ValueError(f"refert_num must be in [1, clip_len), got {self.refert_num}")
-        if self.vae_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
+        check_vae_options(self.vae_dtype, self.vae_memory_format)
 
 
 def release_entries(task: WanAnimateTaskConfig = ANIMATE_14B) -> dict[str, str]:
@@ -291,7 +298,8 @@ class WanAnimateEngine(WanEngineBase):
             merge_lora_(transformer, Path(options.lora), strength=options.lora_strength)
         apply_fp8_and_compile(transformer, options.fp8, options.compile)
         config = transformer.config
-        vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config)
+        vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config,
+                                                      options.vae_memory_format, options.vae_compile)
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
         if landmarker is None:
             try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,25 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """[1, 3, t, H, W] in [-1, 1] -> [t, H, W, 3] uint8 as the official save_video (no rounding)."""
     x = ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+class PhaseClock:
+    """Seconds per phase of a job's start, each phase timed from the end of the previous one after waiting for the
+    GPU (`sync`: the engine's _sync), so that a phase's GPU work is counted in it and not in the next."""
+
+    def __init__(self, sync: Callable[[], None], prefix: str = "start_") -> None:
+        self.sync, self.prefix = sync, prefix
+        self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> float:
+        """End `phase` now: the seconds since the last lap, added to the phase's total."""
+        self.sync()
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        key = f"{self.prefix}{phase}_s"
+        self.phases[key] = self.phases.get(key, 0.0) + seconds
+        return seconds
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,18 @@ frame at a time, which gives 1 pixel frame, then 4 per step), each layer carryin
 chunk to the next. Here that carried tail lives in a `StreamState`; `decode_chunks` yields each chunk's pixels
 as soon as they exist, which is what lets the server stream video while it is still decoding.
 
+Speed options (`configure_vae`: channels-last 3-D layout, compiled norm + SiLU) change the kernels, not the
+model: the same results to round-off.
+
 The module tree mirrors the official `WanVAE_` so that state-dict keys and shapes are identical, e.g.
 `encoder.downsamples.0.residual.2.weight`, `decoder.upsamples.3.time_conv.weight`, `conv1.weight`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -57,30 +61,33 @@ class CausalConv3d(nn.Conv3d):
     """Conv3d padded only towards the past in time (and symmetrically in space).
 
     In a stream the frames before the chunk are the carried tail instead of zeros, so chunked and whole-clip
-    results are the same.
+    results are the same. The spatial zero padding is the convolution's own (no padded copy of the input), and the
+    carried tail and any missing past frames join the chunk in one concatenation.
     """
 
     def __init__(
         self, in_dim: int, out_dim: int, kernel: int | tuple, stride: int | tuple = 1, padding: int | tuple = 0
     ) -> None:
-        super().__init__(in_dim, out_dim, kernel, stride=stride, padding=0)
         pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else padding
+        super().__init__(in_dim, out_dim, kernel, stride=stride, padding=(0, ph, pw))
         self.past = 2 * pt  # frames of history each output needs
-        self.space_pad = (pw, pw, ph, ph)
+        self.memory_format = torch.contiguous_format  # set by configure_vae
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-        missing = self.past
+        parts, missing = [x], self.past
         if self.past and state is not None:
             tail = state.tails.get(self)
             if tail is not None:
-                x_in = torch.cat([tail.to(x.device), x], dim=2)
+                parts.insert(0, tail)
                 missing -= tail.shape[2]
-            else:
-                x_in = x
-            # clone: a view would keep the whole chunk alive until the next one.
-            state.tails[self] = x_in[:, :, -self.past :].clone()
-            x = x_in
-        return super().forward(F.pad(x, (*self.space_pad, missing, 0)))
+        if missing:
+            parts.insert(0, torch.empty((*x.shape[:2], missing, *x.shape[3:]), dtype=x.dtype, device=x.device,
+                                        memory_format=self.memory_format).zero_())
+        x_in = torch.cat(parts, dim=2) if len(parts) > 1 else x
+        if self.past and state is not None:
+            # clone: a view would keep the whole chunk alive until the next one (the zeros are not history).
+            state.tails[self] = x_in[:, :, max(missing, x_in.shape[2] - self.past) :].clone()
+        return super().forward(x_in.contiguous(memory_format=self.memory_format))
 
 
 class RMSNorm(nn.Module):
@@ -91,15 +98,30 @@ class RMSNorm(nn.Module):
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
+        self.norm_silu = _norm_silu  # the norm and the SiLU after it (configure_vae may compile it)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
 
+def _norm_silu(x: torch.Tensor, gamma: torch.Tensor, scale: float) -> torch.Tensor:
+    """RMSNorm then SiLU, exactly as the two modules compute them."""
+    return F.silu(F.normalize(x, dim=1) * scale * gamma)
+
+
+def _fused_norm_silu(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """The same in float32 for compiling into one pass over the activation (eager makes five): x / |x| * sqrt(C)
+    is x / rms(x), written without the float `scale`, which would make one graph per width."""
+    y = x.float()
+    y = y * torch.rsqrt(y.square().mean(dim=1, keepdim=True).clamp_min(1e-24)) * gamma.float()
+    return F.silu(y).to(x.dtype)
+
+
 class NearestUpsample2x(nn.Module):
-    """2x nearest-exact spatial upsampling, in float32 because bfloat16 nearest interpolation is unsupported."""
+    """2x nearest-exact spatial upsampling in the input's dtype (it only copies pixels: no float32 round trip)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x.float(), scale_factor=(2.0, 2.0), mode="nearest-exact").type_as(x)
+        return F.interpolate(x, scale_factor=(2.0, 2.0), mode="nearest-exact")
 
 
 def _per_frame(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +145,7 @@ class Resample(nn.Module):
             raise ValueError(f"unknown resample mode {mode!r}")
         super().__init__()
         self.mode = mode
+        self.memory_format = torch.contiguous_format  # of the 3-D time downsampling's input (configure_vae)
         if mode.startswith("upsample"):
             self.resample = nn.Sequential(NearestUpsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
         elif mode.startswith("downsample"):
@@ -166,7 +189,7 @@ class Resample(nn.Module):
         windows = (seq.shape[2] - 1) // 2
         state.tails[self.time_conv] = seq[:, :, 2 * windows :].clone()
         if windows:
-            out = self.time_conv(seq[:, :, : 2 * windows + 1])
+            out = self.time_conv(seq[:, :, : 2 * windows + 1].contiguous(memory_format=self.memory_format))
             return out if first is None else torch.cat([first, out], dim=2)
         return first if first is not None else seq[:, :, :0]
 
@@ -206,11 +229,18 @@ class AttentionBlock(nn.Module):
 
 
 def _run(layers: nn.Sequential, x: torch.Tensor, state: StreamState) -> torch.Tensor:
-    for layer in layers:
+    items = list(layers)
+    i = 0
+    while i < len(items):
+        layer = items[i]
+        if isinstance(layer, RMSNorm) and i + 1 < len(items) and isinstance(items[i + 1], nn.SiLU):
+            x, i = layer.norm_silu(x, layer.gamma, layer.scale), i + 2
+            continue
         if isinstance(layer, (CausalConv3d, ResidualBlock, Resample, AttentionBlock)):
             x = layer(x, state)
         else:
             x = layer(x)
+        i += 1
     return x
 
 
@@ -344,6 +374,47 @@ class WanVAE(nn.Module):
         return torch.cat(list(self.decode_chunks(latents)), dim=2)
 
 
+VAE_MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
+
+
+@functools.cache
+def _compiled_norm_silu() -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    # One compiled function for every norm of every VAE: dynamic shapes, so widths and frame sizes share a graph.
+    # gamma detached: a Parameter's shape would be compiled in as a constant, and with it every width. Still one
+    # graph per dtype, stride order (contiguous, channels-last, the transposed view after a per-frame layer) and
+    # one-frame chunk or not: up to 12 for two dtypes and both layouts, more than dynamo's default of 8.
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
+    compiled = torch.compile(_fused_norm_silu, dynamic=True)
+    return lambda x, gamma, scale: compiled(x, gamma.detach())
+
+
+def configure_vae(vae: WanVAE, memory_format: str = "contiguous", compile: bool = False) -> WanVAE:
+    """The VAE's speed options, in place; each gives the default's results to round-off (tests/unit/test_wan_vae_t5).
+
+    memory_format "channels_last_3d": the convolutions' weights and inputs channels-last, the layout cuDNN's fast
+    3-D kernels use in bf16; the per-frame 2-D layers then see channels-last views instead of transposed copies.
+    compile: each RMSNorm + SiLU pair becomes one compiled kernel (five passes over the activation in eager); the
+    convolutions stay cuDNN's. The first use of each new shape pays the compile time."""
+    if memory_format not in VAE_MEMORY_FORMATS:
+        raise ValueError(f"VAE memory format must be one of {', '.join(VAE_MEMORY_FORMATS)}, got {memory_format!r}")
+    layout = VAE_MEMORY_FORMATS[memory_format]
+    channels_last = layout == torch.channels_last_3d
+    norm_silu = _compiled_norm_silu() if compile else _norm_silu
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, (CausalConv3d, Resample)):
+                module.memory_format = layout
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                weight_layout = torch.contiguous_format if not channels_last else (
+                    torch.channels_last_3d if module.weight.ndim == 5 else torch.channels_last)
+                module.weight.data = module.weight.data.contiguous(memory_format=weight_layout)
+            if isinstance(module, RMSNorm):
+                module.norm_silu = norm_silu
+    return vae
+
+
 class LatentEncoder:
     """One causal encode continued over several calls: the first call takes 1 + 4k frames, later ones 4k more, and
     each returns the normalised latents of its frames, bitwise those of encoding all the frames at once (the
@@ -360,12 +431,12 @@ class LatentEncoder:
         vae = self.vae
         mu = torch.cat([vae.conv1(out)[:, : vae.z_dim].float() for out in self._features(video)], dim=2)
         mean, inv_std = vae._stats(mu)
-        return (mu - mean) * inv_std
+        return ((mu - mean) * inv_std).contiguous()
 
     @torch.no_grad()
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """The encoder's output for these frames in the VAE's dtype, before the 1x1x1 latent head."""
-        return torch.cat(self._features(video), dim=2)
+        return torch.cat(self._features(video), dim=2).contiguous()
 
     def _features(self, video: torch.Tensor) -> list[torch.Tensor]:
         # Per chunk, so that every layer always sees the same shapes: a stream's latents are then bitwise those of
@@ -409,7 +480,7 @@ class LatentDecoder:
         mean, inv_std = vae._stats(z)
         for i in range(z.shape[2]):  # conv2 per frame too: the same shapes however the latents were split
             x = vae.conv2((z[:, :, i : i + 1] / inv_std + mean).to(vae.dtype))
-            yield vae.decoder(x, self.state).float().clamp_(-1.0, 1.0)
+            yield vae.decoder(x, self.state).float().clamp_(-1.0, 1.0).contiguous()
 
 
 def decoder_memory(vae: WanVAE) -> int:

@@ -81,7 +81,7 @@ from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.streaming import ChunkMaker, OverlapOptions, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
-from ..common.vae import SPATIAL_STRIDE, WanVAE, load_vae, read_checkpoint
+from ..common.vae import SPATIAL_STRIDE, VAE_MEMORY_FORMATS, WanVAE, configure_vae, load_vae, read_checkpoint
 from .model import WanS2VTransformer, cfg_forward, guide
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ class WanS2VOptions(OverlapOptions):
     default_prompt: str = "A person is talking to the camera, natural facial expressions and lip movements."
     negative_prompt: str | None = None  # None: the official sample_neg_prompt
     vae_dtype: str = "float32"  # the official VAE runs in float32
+    vae_memory_format: str = "contiguous"  # or channels_last_3d (vae.configure_vae: same results, to round-off)
+    vae_compile: bool = False  # torch.compile the VAE's norm + SiLU pairs (vae.configure_vae)
     # Motion latents decoded before a clip's own to prime the causal VAE decoder. None: all 19 (official,
     # exact); fewer is faster (at 480p the 19 cost about as much as decoding 70 frames) but approximate.
     decode_context_latents: int | None = None
@@ -166,8 +168,15 @@ class WanS2VOptions(OverlapOptions):
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
-        if self.vae_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {self.vae_dtype!r}")
+        check_vae_options(self.vae_dtype, self.vae_memory_format)
+
+
+def check_vae_options(dtype: str, memory_format: str) -> None:
+    """The VAE settings the S2V and Animate options share."""
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"vae_dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if memory_format not in VAE_MEMORY_FORMATS:
+        raise ValueError(f"vae_memory_format must be one of {', '.join(VAE_MEMORY_FORMATS)}, got {memory_format!r}")
 
 
 # ---------------------------------------------------------------- release folder
@@ -213,11 +222,13 @@ def infer_vae_dim(state: Mapping[str, torch.Tensor], source: Path) -> int:
 
 def load_vae_and_text_encoder(folder: Path, task: WanS2VTaskConfig | WanAnimateTaskConfig, device: torch.device,
                               vae_dtype: str, transformer: WanS2VTransformerConfig | WanAnimateTransformerConfig,
+                              vae_memory_format: str = "contiguous", vae_compile: bool = False,
                               ) -> tuple[WanVAE, WanTextEncoder]:
     """The Wan2.1 VAE and the umT5 encoder of a release folder, shared by the S2V and Animate engines; umT5 in
     float32 on CPU, else in the release's t5_dtype, and checked to make the text features the DiT takes."""
     vae_path = folder / task.vae_checkpoint
     vae = load_vae(vae_path, device, getattr(torch, vae_dtype), dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
+    configure_vae(vae, vae_memory_format, vae_compile)
     t5_path = folder / task.t5_checkpoint
     t5_config = infer_umt5_config(read_checkpoint(t5_path), t5_path)
     if t5_config.dim != transformer.text_dim:
@@ -462,7 +473,8 @@ class WanS2VEngine(WanEngineBase):
         config = transformer.config
         _apply_speed_options(transformer, folder, options)
 
-        vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config)
+        vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config,
+                                                      options.vae_memory_format, options.vae_compile)
         audio_encoder = Wav2Vec2Features(folder / task.wav2vec, device=str(device))
         if (audio_encoder.layers, audio_encoder.dim) != (config.audio_layers, config.audio_dim):
             raise WeightsUnavailable(

@@ -58,7 +58,7 @@ from ...job import GenerationJob
 from ...stage_pipeline import Stage
 from ..common.configs import S2V_14B, WanS2VTaskConfig
 from ..common.scheduler import make_sampler
-from ..common.streaming import ChunkMaker, PixelPiece, stream_chunks
+from ..common.streaming import ChunkMaker, PhaseClock, PixelPiece, stream_chunks
 from ..common.vae import (
     SPATIAL_STRIDE,
     TEMPORAL_STRIDE,
@@ -235,6 +235,9 @@ class WanLiveAvatarEngine(WanS2VEngine):
     def generate(self, job: GenerationJob) -> Iterator[WanFrameChunk]:
         """Stream the video of `job` block by block; stops working when the consumer stops."""
         started = time.perf_counter()
+        # The request's start by phase, reported with the first chunk (its timing's start_*_s): one wait for the GPU
+        # per phase, a few per request.
+        clock = PhaseClock(self._sync)
         p, opt, task = job.params, self.options, self.task
         photo = check_photo(job)
         steps, guidance = self._settings(job)
@@ -245,6 +248,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
         height, width = output_size(photo.shape[:2], p.width, p.height, opt.max_area)
         features = self._audio_features(job)
         features30 = resample_to_video_rate(features)
+        clock.lap("audio_features")
         fps16 = task.sample_fps
         plan = frame_plan(p, self._duration(job, features), fps16, self.interpolation, self.device)
         dropped = 0 if plan.continuing else FIRST_CLIP_DROPPED_FRAMES
@@ -253,32 +257,34 @@ class WanLiveAvatarEngine(WanS2VEngine):
         blocks = math.ceil((plan.needed + dropped) / per_block)  # none past the last needed frame
         frame_base = (plan.first16 + FIRST_CLIP_DROPPED_FRAMES) // TEMPORAL_STRIDE if plan.continuing else 0
         context = self._text(p.prompt or opt.default_prompt)
+        clock.lap("text")
         log.info("LiveAvatar job: %dx%d -> %d block(s) of %d frames, %d steps (%s), no CFG", width, height, blocks,
                  per_block, steps, opt.sampler)
 
-        t0 = time.perf_counter()
         fitted = fit_photo(photo, height, width)
         pixels = torch.from_numpy(fitted).to(self.device).permute(2, 0, 1)[None, :, None].float().div(127.5).sub(1.0)
         pixels = pixels.to(self.vae.dtype)
         ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
+        encode_s = clock.lap("reference_encode")
         history = self._history(job, pixels, plan, p.fps)
         primer = HistoryPrimer(self.vae, opt.full_history_priming)
         # The DiT's motion condition: frame packing reads only the last 19 latent frames, and those are exact from
         # the history's tail that priming encodes anyway; without frame packing, all of them as the release does.
         condition = sum(ZIP_FRAME_BUCKETS) if self.transformer.config.enable_framepack else -1
         motion_latents = primer.encode(history, -1 if opt.full_history_priming else condition)
+        encode_s += clock.lap("history_encode")
         cond = self.causal.prefill(ref_latents, motion_latents, [context])
         caches = [self.causal.new_step_cache(opt.blocks_per_clip) for _ in range(steps)]
         distances = RefDistances(p.seed, opt.ref_distance)
-        self._sync()
-        encode_s = time.perf_counter() - t0
+        encode_s += clock.lap("dit_prefill")
         lat_shape = (1, self.transformer.config.in_dim, opt.infer_frames // TEMPORAL_STRIDE,
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
         shift = task.sample_shift if opt.shift is None else opt.shift
 
         source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
                                        context, cond, caches, distances)
-        decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, blocks, encode_s)
+        decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, blocks,
+                                {"encode_s": encode_s, **clock.phases})
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
                             sampling, started)
         yield from stream_chunks(self, "LiveAvatar", source, chunks, "denoise",
@@ -325,14 +331,16 @@ class _BlockDecoder:
     """The decode stage: per clip, the causal VAE primed with the latents of the last `history_frames` frames (the
     photo's for the first clip), then each block's latents decoded as it arrives. Priming is off the critical path:
     the first clip's before the first block arrives (`start`), the next clip's right after this clip's last block
-    went out, while the DiT denoises the next block."""
+    went out, while the DiT denoises the next block. `start` holds the request's start by phase (encode_s and
+    PhaseClock's start_*_s); it goes out with the first piece, with the first clip's priming as
+    start_decoder_prime_s."""
 
     def __init__(self, engine: WanLiveAvatarEngine, primer: HistoryPrimer, motion_latents: torch.Tensor,
-                 history: torch.Tensor, dropped: int, blocks: int, encode_s: float) -> None:
+                 history: torch.Tensor, dropped: int, blocks: int, start: dict[str, float]) -> None:
         self.engine, self.primer, self.motion_latents, self.history = engine, primer, motion_latents, history
         self.moved = 0  # frames the history moved on since the last priming
         self.dropped, self.blocks = dropped, blocks
-        self.spent = {"encode_s": encode_s, "decode_s": 0.0}  # not yet reported with a piece
+        self.spent = {**start, "decode_s": 0.0}  # not yet reported with a piece
         self.decoder: LatentDecoder | None = None
         self.clip_pixels: list[torch.Tensor] = []
 
@@ -350,7 +358,10 @@ class _BlockDecoder:
         self.spent["encode_s"] += t1 - t0
         self.decoder = self.primer.prime(prefix)
         engine._sync()
-        self.spent["decode_s"] += time.perf_counter() - t1
+        decode_s = time.perf_counter() - t1
+        self.spent["decode_s"] += decode_s
+        if clip == 0:  # concurrent with the first block's denoising when the stages overlap
+            self.spent["start_decoder_prime_s"] = decode_s
         self.clip_pixels = []
 
     def run(self, block: _Block) -> Iterator[PixelPiece]:

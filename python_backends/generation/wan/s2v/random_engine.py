@@ -21,7 +21,7 @@ import torch
 from ..common.configs import S2V_14B, WanS2VTransformerConfig
 from ..common.stand_ins import write_tokenizer, write_wav2vec2
 from ..common.text_encoder import UMT5_XXL, UMT5Config, UMT5Encoder, UMT5Tokenizer, WanTextEncoder
-from ..common.vae import WanVAE
+from ..common.vae import WanVAE, configure_vae
 from .engine import WanS2VEngine, WanS2VOptions, _apply_speed_options
 from .liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine
 from .model import build_s2v_model, init_random_weights_
@@ -58,6 +58,7 @@ def build_random_engine(options: WanS2VOptions, device: torch.device | str,
     transformer = build_s2v_model(config, device, dtype)
     _apply_speed_options(transformer, Path("."), options)
     vae = WanVAE(dim=RELEASE_VAE_DIM if release else SMALL_VAE_DIM).to(device, getattr(torch, options.vae_dtype))
+    configure_vae(vae, options.vae_memory_format, options.vae_compile)
     text_encoder = audio_encoder = None
     if encoders:
         from ....audio.wav2vec2 import Wav2Vec2Features

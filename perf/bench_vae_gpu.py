@@ -1,0 +1,182 @@
+"""The Wan2.1 VAE's work at the start of a LiveAvatar request and per block, for each VAE speed option.
+
+At release size (dim 96, random weights: speed does not depend on their values; the construction of
+wan/s2v/random_engine.py) in bf16 on CUDA, per generated size (832x480 and 704x384 by default), timed with CUDA
+events after one warm-up pass (which pays any compile):
+- encode: the history tail the engine encodes (HistoryPrimer.encode: the last 261 frames, 1 + 4k, streamed in the
+  official chunks: the first frame alone, then 4 at a time), for the motion latents and the decoder's priming;
+- prime: decoding the last 38 latent frames of it into a fresh decoder (HistoryPrimer.prime), every clip;
+- block: decoding one block (3 latent frames, 12 frames) from the primed decoder, every block.
+Variants (vae.configure_vae, the `wan_vae_memory_format` / `wan_vae_compile` settings): default (contiguous,
+eager), channels_last_3d, compile, both. Each variant's outputs are compared with the default's on the same inputs
+(rel L2: |variant - default| / |default|); the decode inputs are the default's latents, so each figure is that
+stage's own difference.
+
+    python perf/bench_vae_gpu.py --out perf/results/vae_h200.json
+    python perf/bench_vae_gpu.py --tiny --variants default,channels_last_3d --out /tmp/vae_tiny.json  # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_file, also when loaded by path (tests)
+
+from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+
+from python_backends.generation.wan.common.vae import LatentDecoder, WanVAE, configure_vae  # noqa: E402
+from python_backends.generation.wan.s2v.liveavatar_engine import HistoryPrimer  # noqa: E402
+from python_backends.generation.wan.s2v.random_engine import RELEASE_VAE_DIM, SMALL_VAE_DIM  # noqa: E402
+
+VARIANTS: dict[str, tuple[str, bool]] = {  # name -> (memory format, compile)
+    "default": ("contiguous", False),
+    "channels_last_3d": ("channels_last_3d", False),
+    "compile": ("contiguous", True),
+    "both": ("channels_last_3d", True),
+}
+BLOCK_LATENTS = 3  # LiveAvatar's block (causal.BLOCK_FRAMES)
+BLOCK_REPEATS = 3
+TINY_SIZE = (16, 16)
+TINY_HISTORY_FRAMES = 9  # the tiny run encodes this few frames instead of the 261 priming needs
+
+
+class Timer:
+    """Milliseconds of GPU work between two points (CUDA events), or wall time on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, work: Callable[[], object]) -> tuple[object, float]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = work()
+            end.record()
+            end.synchronize()
+            return out, start.elapsed_time(end)
+        t0 = time.perf_counter()
+        out = work()
+        return out, (time.perf_counter() - t0) * 1000.0
+
+
+def rel_l2(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12))
+
+
+def run_variant(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix: torch.Tensor | None,
+                timer: Timer, repeats: int) -> dict:
+    """Warm-up, then `repeats` timed passes of encode, prime and block decode; the last pass's outputs.
+    `prefix` are the latents the decoder is primed with (the default variant's own when None)."""
+    primer = HistoryPrimer(vae)
+
+    def encode() -> torch.Tensor:
+        return primer.encode(history)
+
+    def prime(latents: torch.Tensor) -> tuple[LatentDecoder, list[torch.Tensor]]:
+        # HistoryPrimer.prime's work (a fresh decoder fed the last latents_needed latents), keeping the pixels
+        decoder = LatentDecoder(vae)
+        return decoder, list(decoder.feed(latents[:, :, -primer.latents_needed:]))
+
+    def decode_block(decoder: LatentDecoder) -> list[torch.Tensor]:
+        return list(decoder.fork().feed(block))
+
+    times: dict[str, list[float]] = {"encode": [], "prime": [], "block": []}
+    t0 = time.perf_counter()
+    for n in range(repeats + 1):
+        latents, encode_ms = timer(encode)
+        source = latents if prefix is None else prefix
+        (decoder, primed), prime_ms = timer(lambda: prime(source))  # noqa: B023  (called at once)
+        block_ms = []
+        for _ in range(BLOCK_REPEATS):  # short: timed a few times per pass, each from the same primed state
+            pixels, ms = timer(lambda: decode_block(decoder))  # noqa: B023
+            block_ms.append(ms)
+        if n == 0:
+            warmup_s = time.perf_counter() - t0
+            print(f"    warm-up {warmup_s:.1f} s", flush=True)
+            continue
+        times["encode"].append(encode_ms)
+        times["prime"].append(prime_ms)
+        times["block"].extend(block_ms)
+    outputs = {"encode": latents, "prime": torch.cat(primed, dim=2), "block": torch.cat(pixels, dim=2)}
+    return {"ms": {key: round(min(v), 2) for key, v in times.items()},
+            "ms_all": {key: [round(x, 2) for x in v] for key, v in times.items()},
+            "warmup_s": round(warmup_s, 2), "outputs": outputs}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: a narrow VAE, tiny frames")
+    parser.add_argument("--sizes", default="832x480,704x384", help="WxH,...")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed passes after the warm-up (the best is kept; the block is timed 3 times a pass)")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
+                        help="let cuDNN time its convolution algorithms (the engine leaves this off)")
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants or variants[0] != "default":
+        parser.error(f"--variants must start with default and name only {', '.join(VARIANTS)}; got {args.variants}")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    torch.manual_seed(0)
+    base = WanVAE(dim=SMALL_VAE_DIM if args.tiny else RELEASE_VAE_DIM).to(device, dtype).eval().requires_grad_(False)
+    primer = HistoryPrimer(base)
+    history_frames = TINY_HISTORY_FRAMES if args.tiny else primer.frames_needed
+    result: dict = {
+        "script": "perf/bench_vae_gpu.py", "argv": sys.argv[1:] if argv is None else argv, "device": str(device),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
+        "vae_dim": base.encoder.conv1.out_channels,
+        "weights": "random (speed does not depend on their values)", "cudnn_benchmark": args.cudnn_benchmark,
+        "history_frames": history_frames, "prime_latents": primer.latents_needed, "block_latents": BLOCK_LATENTS,
+        "timing": "CUDA events; the best of the timed passes after one warm-up pass (which pays any compile)",
+        "sizes": []}
+    timer = Timer(device)
+    sizes = [TINY_SIZE] if args.tiny else [tuple(int(v) for v in text.split("x")) for text in args.sizes.split(",")]
+    for width, height in sizes:
+        generator = torch.Generator().manual_seed(1)
+        history = (torch.rand(1, 3, history_frames, height, width, generator=generator) * 2 - 1).to(device, dtype)
+        block = torch.randn(1, 16, BLOCK_LATENTS, height // 8, width // 8, generator=generator).to(device)
+        entry: dict = {"size": [width, height], "variants": {}}
+        reference: dict[str, torch.Tensor] = {}
+        for name in variants:
+            print(f"{width}x{height} {name}", flush=True)
+            vae = base if name == "default" else configure_vae(copy.deepcopy(base), *VARIANTS[name])
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            run = run_variant(vae, history, block, reference.get("encode"), timer, args.repeats)
+            outputs = run.pop("outputs")
+            if name == "default":
+                reference = outputs
+            run["rel_l2_vs_default"] = {key: rel_l2(outputs[key], reference[key]) for key in outputs}
+            run["peak_memory_gib"] = (round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                                      if device.type == "cuda" else None)
+            if name == "default":
+                run["speedup_vs_default"] = {key: 1.0 for key in run["ms"]}
+            else:
+                base_ms = entry["variants"]["default"]["ms"]
+                run["speedup_vs_default"] = {key: round(base_ms[key] / max(ms, 1e-6), 3)
+                                             for key, ms in run["ms"].items()}
+            entry["variants"][name] = run
+            print(f"    ms {run['ms']}  rel L2 {run['rel_l2_vs_default']}", flush=True)
+            if vae is not base:
+                del vae
+        result["sizes"].append(entry)
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
