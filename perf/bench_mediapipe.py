@@ -16,7 +16,14 @@ process (the served predictors, through the ModelCaller interface the pipeline u
 dlib's 68 points are a reference, not ground truth: it was trained on iBUG 300-W, whose jaw points the mesh has no
 exact counterpart for (mesh_layout.MESH_TO_IBUG68 picks the nearest face-oval vertices).
 
+`--only expected_face`: face_detector's expected_face_px (the face size QA tracking expects) on 832x480 frames,
+the size the Wan profiles generate. BlazeFace's whole-image floor (the smallest face its short- and full-range
+passes find without tiles: the sample faces downscaled until they are lost, on grey and noise canvases of three
+sizes) and ms per frame, without the hint (before) and with it (after), of BlazeFace and MTCNN on a faceless noise
+frame and on the sample photo fitted to the frame as the generators fit it.
+
     python perf/bench_mediapipe.py --out perf/results/mediapipe_cpu.json
+    python perf/bench_mediapipe.py --only expected_face --out perf/results/face_hint_cpu.json
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from python_backends import spec  # noqa: E402
 from python_backends.errors import InputError  # noqa: E402
-from python_backends.face_detection import FaceDetectorSettings  # noqa: E402
+from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
 from python_backends.face_landmarks import FaceLandmarksSettings  # noqa: E402
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
@@ -140,14 +147,117 @@ def _clip(call: LocalCaller, seconds: float, fps: float) -> np.ndarray:
     return np.concatenate([chunk.frames for chunk in PreviewEngine().generate(job)])
 
 
+FLOOR_PHOTOS = ("astronaut.png", "hopper.jpg")
+FLOOR_CANVASES = ((480, 832), (512, 512), (576, 1024))  # (height, width)
+WAN_FRAME = (480, 832)
+
+
+def _face_at(photo: np.ndarray, box: np.ndarray, side: float, canvas: np.ndarray) -> np.ndarray:
+    """The photo scaled so that its face's longer side is `side`, the face at the canvas' centre."""
+    scale = side / max(box[2] - box[0], box[3] - box[1])
+    small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    height, width = canvas.shape[:2]
+    x0, y0 = int(width / 2 - (box[0] + box[2]) / 2 * scale), int(height / 2 - (box[1] + box[3]) / 2 * scale)
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(height, y0 + small.shape[0]), min(width, x0 + small.shape[1])
+    out = canvas.copy()
+    out[top:bottom, left:right] = small[top - y0: bottom - y0, left - x0: right - x0]
+    return out
+
+
+def _whole_image_floor(detector) -> dict:
+    """Per photo, canvas and background: the smallest face side from which every larger one (to 400 px) is found
+    by BlazeFace's whole-image passes alone (no tiles), in pixels and as a fraction of the canvas' longer side."""
+    networks = detector.engine.networks
+    sides = [*range(400, 80, -4), *range(80, 5, -1)]
+    rows = []
+    for name in FLOOR_PHOTOS:
+        photo = np.asarray(Image.open(SAMPLES / name).convert("RGB"))
+        box = detector.predict({spec.IMAGE: photo[None]})[0][spec.FACE_BOXES][0]
+        for height, width in FLOOR_CANVASES:
+            for background in ("grey", "noise"):
+                canvas = (np.full((height, width, 3), 128, np.uint8) if background == "grey" else
+                          np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+                found = {}
+                for side in sides:
+                    frame = _face_at(photo, box, side, canvas)
+                    found[side] = any(len(network(frame)[0]) for network in networks)
+                floor = min(s for s in sides if all(found[t] for t in sides if t >= s))
+                rows.append({"photo": name, "canvas": f"{width}x{height}", "background": background,
+                             "floor_px": floor, "floor_of_longer_side": round(floor / max(height, width), 4),
+                             "smallest_found_px": min(s for s in sides if found[s])})
+    return {"method": "face side scanned from 400 px down (4 px steps above 80, 1 px below); floor = the size from "
+                      "which every larger one is found", "rows": rows,
+            "max_floor_of_longer_side": max(r["floor_of_longer_side"] for r in rows)}
+
+
+def _hint_timing(detectors: dict, repeats: int) -> dict:
+    """ms per 832x480 frame (one frame per request, median of `repeats` after a warm-up), before (no hint) and after
+    (expected_face_px = the sample face as fitted to the frame), on a faceless noise frame and on the sample."""
+    from python_backends.generation.wan.s2v.engine import fit_photo
+    from python_backends.quality.tracking import photo_face_px
+
+    photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
+    blazeface = detectors["blazeface"]
+    box = blazeface.predict({spec.IMAGE: photo[None]})[0][spec.FACE_BOXES][0]
+    expected = photo_face_px(photo.shape, box, WAN_FRAME)
+    frames = {"faceless_noise": np.random.default_rng(0).integers(0, 256, (*WAN_FRAME, 3), dtype=np.uint8),
+              "sample_face": fit_photo(photo, *WAN_FRAME)}
+    hint = np.array([[expected]], np.float32)
+    out: dict = {"frame": f"{WAN_FRAME[1]}x{WAN_FRAME[0]}", "expected_face_px": round(float(expected), 1)}
+    for engine, detector in detectors.items():
+        rows = {}
+        for name, frame in frames.items():
+            row = {}
+            for when, inputs in (("before", {spec.IMAGE: frame[None]}),
+                                 ("after", {spec.IMAGE: frame[None], spec.EXPECTED_FACE_PX: hint})):
+                detector.predict(inputs)  # warm-up
+                times, faces = [], 0
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    faces = int(detector.predict(inputs)[0][spec.FACE_COUNT][0])
+                    times.append((time.perf_counter() - started) * 1000.0)
+                row[when] = {"ms_per_frame": round(float(np.median(times)), 1), "faces": faces}
+            row["speed_up"] = round(row["before"]["ms_per_frame"] / row["after"]["ms_per_frame"], 1)
+            rows[name] = row
+        out[engine] = rows
+    return out
+
+
+def expected_face(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()[0]
+    detectors = {"blazeface": build_face_detector(FaceDetectorSettings(threads=args.threads), "cpu"),
+                 "mtcnn": build_face_detector(FaceDetectorSettings(backbone="mtcnn", threads=args.threads), "cpu")}
+    from python_backends.mediapipe_models.blazeface import TILE_SKIP_MARGIN, WHOLE_IMAGE_FLOOR
+
+    result = {
+        "script": "perf/bench_mediapipe.py", "argv": sys.argv[1:], "cpu": _cpu(), "threads": args.threads,
+        "whole_image_floor": _whole_image_floor(detectors["blazeface"]),
+        "blazeface_constants": {"WHOLE_IMAGE_FLOOR": WHOLE_IMAGE_FLOOR, "TILE_SKIP_MARGIN": TILE_SKIP_MARGIN,
+                                "tiles_skipped_from_px_at_832x480": round(TILE_SKIP_MARGIN * WHOLE_IMAGE_FLOOR * 832,
+                                                                          1)},
+        "time_per_frame": _hint_timing(detectors, args.repeats),
+    }
+    result["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    result["note"] = ("in-process predictors (face_detector as served, default settings), one thread, on a shared "
+                      "2-core machine (load average above); 'before' is the unchanged path without the hint")
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1, help="torch and TFLite threads of every model")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the preview clip QA tracks")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("all", "expected_face"), default="all",
+                        help="expected_face: only face_detector's expected_face_px measurements")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.only == "expected_face":
+        return expected_face(args)
     load_before = os.getloadavg()[0]
     limits = ValidationLimits()
     photos = _photos(limits)
