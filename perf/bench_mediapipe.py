@@ -139,11 +139,11 @@ def _per_frame_ms(work, frames: int, repeats: int) -> float:
     return round((time.perf_counter() - started) / repeats / frames * 1000.0, 2)
 
 
-def _clip(call: LocalCaller, seconds: float, fps: float) -> np.ndarray:
+def _clip(call: LocalCaller, seconds: float, fps: float, height: int = 512, width: int = 512) -> np.ndarray:
     photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
     found = asyncio.run(_face(call, photo))
     job = GenerationJob(photo=photo, landmarks=found["points"], waveform=_speech(seconds),
-                        params=GenerationParams(width=512, height=512, fps=fps, max_duration_s=seconds))
+                        params=GenerationParams(width=width, height=height, fps=fps, max_duration_s=seconds))
     return np.concatenate([chunk.frames for chunk in PreviewEngine().generate(job)])
 
 
@@ -191,18 +191,17 @@ def _whole_image_floor(detector) -> dict:
             "max_floor_of_longer_side": max(r["floor_of_longer_side"] for r in rows)}
 
 
-def _hint_timing(detectors: dict, repeats: int) -> dict:
+def _hint_timing(detectors: dict, call: LocalCaller, repeats: int) -> dict:
     """ms per 832x480 frame (one frame per request, median of `repeats` after a warm-up), before (no hint) and after
-    (expected_face_px = the sample face as fitted to the frame), on a faceless noise frame and on the sample."""
-    from python_backends.generation.wan.s2v.engine import fit_photo
+    (expected_face_px = the sample face as the preview engine fits the photo to the frame, covering it), on a
+    faceless noise frame and on the preview's first frame of the sample."""
     from python_backends.quality.tracking import photo_face_px
 
     photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
-    blazeface = detectors["blazeface"]
-    box = blazeface.predict({spec.IMAGE: photo[None]})[0][spec.FACE_BOXES][0]
-    expected = photo_face_px(photo.shape, box, WAN_FRAME)
+    box = detectors["blazeface"].predict({spec.IMAGE: photo[None]})[0][spec.FACE_BOXES][0]
+    expected = photo_face_px(photo.shape, box, WAN_FRAME, covers=True)
     frames = {"faceless_noise": np.random.default_rng(0).integers(0, 256, (*WAN_FRAME, 3), dtype=np.uint8),
-              "sample_face": fit_photo(photo, *WAN_FRAME)}
+              "sample_face": _clip(call, 0.2, 25.0, *WAN_FRAME)[0]}
     hint = np.array([[expected]], np.float32)
     out: dict = {"frame": f"{WAN_FRAME[1]}x{WAN_FRAME[0]}", "expected_face_px": round(float(expected), 1)}
     for engine, detector in detectors.items():
@@ -236,7 +235,9 @@ def expected_face(args: argparse.Namespace) -> dict:
         "blazeface_constants": {"WHOLE_IMAGE_FLOOR": WHOLE_IMAGE_FLOOR, "TILE_SKIP_MARGIN": TILE_SKIP_MARGIN,
                                 "tiles_skipped_from_px_at_832x480": round(TILE_SKIP_MARGIN * WHOLE_IMAGE_FLOOR * 832,
                                                                           1)},
-        "time_per_frame": _hint_timing(detectors, args.repeats),
+        "time_per_frame": _hint_timing(detectors, LocalCaller(detectors["blazeface"].settings,
+                                                              FaceLandmarksSettings(threads=args.threads),
+                                                              safety=False), args.repeats),
     }
     result["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     result["note"] = ("in-process predictors (face_detector as served, default settings), one thread, on a shared "

@@ -29,7 +29,7 @@ from .audio.mel import melspectrogram
 from .backlog import Backlog, BacklogJob, segments_in
 from .contract import AUTO, SegmentRequest, derive_seed, parse_job_params
 from .errors import InputError
-from .generation.engines import segment_frames
+from .generation.engines import ENGINES, segment_frames
 from .preprocessing import ModelCaller, preprocess_job
 from .quality.driving_safety import safety_of_driving_video
 from .quality.report import job_report
@@ -169,6 +169,7 @@ class TalkingHeadJob:
             self.total, self.engine = reported, served
             self.size = (segment_frames(self.engine, self.quality.segment_s, self.params.fps), self.min_tail)
             self._plan(self.total)
+        self.ctx.photo_covers_frame = self.engine in ENGINES and ENGINES[self.engine].photo_covers_frame
         raw = np.concatenate([c[spec.FRAMES] for c in chunks])
         frames, qa = self._run(process_segment(raw, index, start, self.ctx, self.call, boundary))
         qa.attempt, qa.seed = attempt, segment.seed

@@ -38,7 +38,7 @@ async def track_segment(frames: np.ndarray, ctx: JobContext, call: ModelCaller,
                         boundary: Boundary | None) -> FaceTrack:
     """The face through a segment, starting from the previous segment's last box; the detector is told the face
     size to expect (the photo's face in these frames, and that box), so frames that lost the face stay cheap."""
-    expected = photo_face_px(ctx.source.image.shape, ctx.source.box, frames.shape[1:3])
+    expected = photo_face_px(ctx.source.image.shape, ctx.source.box, frames.shape[1:3], ctx.photo_covers_frame)
     return await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None,
                              ctx.settings.request_frames, expected)
 

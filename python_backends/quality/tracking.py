@@ -80,11 +80,13 @@ def box_side(box: np.ndarray) -> float:
     return float(max(box[2] - box[0], box[3] - box[1]))
 
 
-def photo_face_px(photo_shape: tuple[int, ...], photo_box: np.ndarray, frame_shape: tuple[int, ...]) -> float:
-    """The photo's face side as it appears in generated frames: the generators scale the photo to cover the frame
-    and crop (wan.s2v.engine.fit_photo, the preview's crop to the aspect)."""
-    scale = max(frame_shape[0] / photo_shape[0], frame_shape[1] / photo_shape[1])
-    return box_side(photo_box) * scale
+def photo_face_px(photo_shape: tuple[int, ...], photo_box: np.ndarray, frame_shape: tuple[int, ...],
+                  covers: bool) -> float:
+    """The photo's face side as it appears in generated frames: scaled with the photo to cover the frame (`covers`:
+    wan.s2v.engine.fit_photo, the preview's crop to the aspect) or to fit inside it (Animate's letterbox, and the
+    safe guess where the fit is unknown: never the larger)."""
+    scales = (frame_shape[0] / photo_shape[0], frame_shape[1] / photo_shape[1])
+    return box_side(photo_box) * (max(scales) if covers else min(scales))
 
 
 def _expected_face(expected_face_px: float | None, start_box: np.ndarray | None) -> float:

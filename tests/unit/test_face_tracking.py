@@ -4,13 +4,12 @@ the bundled sample's clip comes out the same with it as without it."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from perf_scripts import load_perf_script
 from PIL import Image
 
 from python_backends import spec
@@ -20,7 +19,6 @@ from python_backends.quality.settings import QualitySettings
 from python_backends.quality.tracking import photo_face_px, track_faces
 
 ROOT = Path(__file__).resolve().parents[2]
-PERF = ROOT / "perf"
 
 
 class RecordingCaller:
@@ -66,11 +64,19 @@ def test_tracking_sends_the_smaller_known_face_size_with_every_detector_request(
     assert all(r[spec.EXPECTED_FACE_PX].shape == (len(r[spec.IMAGE]), 1) for r in call.detector_requests)
 
 
-def test_the_photo_face_is_scaled_as_the_generators_cover_the_frame():
+def test_the_photo_face_is_scaled_as_the_generator_fits_the_photo_into_the_frame():
     box = np.array([100, 50, 194, 150], np.float32)  # 100 px tall
-    assert photo_face_px((512, 512, 3), box, (480, 832)) == pytest.approx(100 * 832 / 512)
-    assert photo_face_px((600, 400, 3), box, (480, 832)) == pytest.approx(100 * 832 / 400)
-    assert photo_face_px((512, 512, 3), box, (256, 256)) == pytest.approx(50.0)
+    assert photo_face_px((512, 512, 3), box, (480, 832), covers=True) == pytest.approx(100 * 832 / 512)
+    assert photo_face_px((600, 400, 3), box, (480, 832), covers=True) == pytest.approx(100 * 832 / 400)
+    assert photo_face_px((512, 512, 3), box, (480, 832), covers=False) == pytest.approx(100 * 480 / 512)
+    assert photo_face_px((512, 512, 3), box, (256, 256), covers=False) == pytest.approx(50.0)
+
+
+def test_only_animate_letterboxes_the_photo():
+    from python_backends.contract import ANIMATE
+    from python_backends.generation.engines import ENGINES
+
+    assert {key for key, engine in ENGINES.items() if not engine.photo_covers_frame} == {ANIMATE}
 
 
 def _context(photo_shape: tuple[int, int], box: np.ndarray) -> JobContext:
@@ -84,22 +90,15 @@ def test_a_segment_is_tracked_with_the_photo_face_or_the_previous_segments_box()
     frames = np.zeros((12, 240, 416, 3), np.uint8)
     call = RecordingCaller()
     asyncio.run(segment_job.track_segment(frames, ctx, call, None))
+    assert call.hints() == [pytest.approx(100 * 240 / 512)]  # how the photo was fitted is not known: the smaller
+    ctx.photo_covers_frame = True
+    call = RecordingCaller()
+    asyncio.run(segment_job.track_segment(frames, ctx, call, None))
     assert call.hints() == [pytest.approx(100 * 416 / 512)]
     call = RecordingCaller()
     boundary = Boundary(frames[0], np.zeros((68, 2)), np.array([0, 0, 60, 70], np.float32))
     asyncio.run(segment_job.track_segment(frames, ctx, call, boundary))
     assert call.hints() == [70.0]
-
-
-def _bench_quality():
-    sys.path.insert(0, str(PERF))
-    try:
-        module_spec = importlib.util.spec_from_file_location("bench_quality", PERF / "bench_quality.py")
-        bench = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(PERF))
-    return bench
 
 
 @pytest.mark.usefixtures("one_torch_thread")
@@ -114,7 +113,7 @@ def test_qa_of_the_sample_clip_is_the_same_with_the_expected_face(monkeypatch):
     from python_backends.generation.preview import PreviewEngine
     from python_backends.mediapipe_models.blazeface import BlazeFaceEngine
 
-    bench = _bench_quality()
+    bench = load_perf_script("bench_quality")
     call = bench.LocalCaller(predictors={
         spec.FACE_DETECTOR.name: build_face_detector(FaceDetectorSettings(threads=1), "cpu"),
         spec.FACE_LANDMARKS.name: build_face_landmarks(FaceLandmarksSettings(threads=1), "cpu"),
@@ -133,7 +132,8 @@ def test_qa_of_the_sample_clip_is_the_same_with_the_expected_face(monkeypatch):
     monkeypatch.setattr(BlazeFaceEngine, "_tiled", lambda self, image: tiled.append(1) or original(self, image))
 
     def judged() -> list:
-        ctx = JobContext(source, speech, 25.0, QualitySettings())  # fresh: it remembers which models answered
+        # fresh: it remembers which models answered; the preview engine covers the frame with the photo
+        ctx = JobContext(source, speech, 25.0, QualitySettings(), photo_covers_frame=True)
         segments = asyncio.run(segment_job.judge_video(frames, ctx, call))
         return [([g.as_dict() for g in s.gates], s.track) for s in segments]
 
