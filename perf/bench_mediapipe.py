@@ -207,16 +207,17 @@ def _hint_timing(detectors: dict, call: LocalCaller, repeats: int) -> dict:
     for engine, detector in detectors.items():
         rows = {}
         for name, frame in frames.items():
-            row = {}
-            for when, inputs in (("before", {spec.IMAGE: frame[None]}),
-                                 ("after", {spec.IMAGE: frame[None], spec.EXPECTED_FACE_PX: hint})):
-                detector.predict(inputs)  # warm-up
-                times, faces = [], 0
-                for _ in range(repeats):
+            cases = {"before": {spec.IMAGE: frame[None]},
+                     "after": {spec.IMAGE: frame[None], spec.EXPECTED_FACE_PX: hint}}
+            times: dict[str, list[float]] = {when: [] for when in cases}
+            faces = {when: int(detector.predict(inputs)[0][spec.FACE_COUNT][0]) for when, inputs in cases.items()}
+            for _ in range(repeats):  # interleaved, so that the shared machine's load drifts over both alike
+                for when, inputs in cases.items():
                     started = time.perf_counter()
-                    faces = int(detector.predict(inputs)[0][spec.FACE_COUNT][0])
-                    times.append((time.perf_counter() - started) * 1000.0)
-                row[when] = {"ms_per_frame": round(float(np.median(times)), 1), "faces": faces}
+                    detector.predict(inputs)
+                    times[when].append((time.perf_counter() - started) * 1000.0)
+            row = {when: {"ms_per_frame": round(float(np.median(times[when])), 1), "faces": faces[when]}
+                   for when in cases}
             row["speed_up"] = round(row["before"]["ms_per_frame"] / row["after"]["ms_per_frame"], 1)
             rows[name] = row
         out[engine] = rows
