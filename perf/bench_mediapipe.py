@@ -211,10 +211,11 @@ def _hint_timing(detectors: dict, call: LocalCaller, repeats: int) -> dict:
                      "after": {spec.IMAGE: frame[None], spec.EXPECTED_FACE_PX: hint}}
             times: dict[str, list[float]] = {when: [] for when in cases}
             faces = {when: int(detector.predict(inputs)[0][spec.FACE_COUNT][0]) for when, inputs in cases.items()}
-            for _ in range(repeats):  # interleaved, so that the shared machine's load drifts over both alike
-                for when, inputs in cases.items():
+            # Interleaved in alternating order, so that the shared machine's load and the caches treat both alike.
+            for repeat in range(repeats):
+                for when in (("before", "after") if repeat % 2 else ("after", "before")):
                     started = time.perf_counter()
-                    detector.predict(inputs)
+                    detector.predict(cases[when])
                     times[when].append((time.perf_counter() - started) * 1000.0)
             row = {when: {"ms_per_frame": round(float(np.median(times[when])), 1), "faces": faces[when]}
                    for when in cases}
