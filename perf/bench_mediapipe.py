@@ -16,7 +16,14 @@ process (the served predictors, through the ModelCaller interface the pipeline u
 dlib's 68 points are a reference, not ground truth: it was trained on iBUG 300-W, whose jaw points the mesh has no
 exact counterpart for (mesh_layout.MESH_TO_IBUG68 picks the nearest face-oval vertices).
 
+`--only expected_face`: face_detector's expected_face_px (the face size QA tracking expects) on 832x480 frames,
+the size the Wan profiles generate. BlazeFace's whole-image floor (the smallest face its short- and full-range
+passes find without tiles: the sample faces downscaled until they are lost, on grey and noise canvases of three
+sizes) and ms per frame, without the hint (before) and with it (after), of BlazeFace and MTCNN on a faceless noise
+frame and on the sample photo fitted to the frame as the generators fit it.
+
     python perf/bench_mediapipe.py --out perf/results/mediapipe_cpu.json
+    python perf/bench_mediapipe.py --only expected_face --out perf/results/face_hint_cpu.json
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from python_backends import spec  # noqa: E402
 from python_backends.errors import InputError  # noqa: E402
-from python_backends.face_detection import FaceDetectorSettings  # noqa: E402
+from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
 from python_backends.face_landmarks import FaceLandmarksSettings  # noqa: E402
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
@@ -132,12 +139,114 @@ def _per_frame_ms(work, frames: int, repeats: int) -> float:
     return round((time.perf_counter() - started) / repeats / frames * 1000.0, 2)
 
 
-def _clip(call: LocalCaller, seconds: float, fps: float) -> np.ndarray:
+def _clip(call: LocalCaller, seconds: float, fps: float, height: int = 512, width: int = 512) -> np.ndarray:
     photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
     found = asyncio.run(_face(call, photo))
     job = GenerationJob(photo=photo, landmarks=found["points"], waveform=_speech(seconds),
-                        params=GenerationParams(width=512, height=512, fps=fps, max_duration_s=seconds))
+                        params=GenerationParams(width=width, height=height, fps=fps, max_duration_s=seconds))
     return np.concatenate([chunk.frames for chunk in PreviewEngine().generate(job)])
+
+
+FLOOR_PHOTOS = ("astronaut.png", "hopper.jpg")
+FLOOR_CANVASES = ((480, 832), (512, 512), (576, 1024))  # (height, width)
+WAN_FRAME = (480, 832)
+
+
+def _face_at(photo: np.ndarray, box: np.ndarray, side: float, canvas: np.ndarray) -> np.ndarray:
+    """The photo scaled so that its face's longer side is `side`, the face at the canvas' centre."""
+    scale = side / max(box[2] - box[0], box[3] - box[1])
+    small = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    height, width = canvas.shape[:2]
+    x0, y0 = int(width / 2 - (box[0] + box[2]) / 2 * scale), int(height / 2 - (box[1] + box[3]) / 2 * scale)
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(height, y0 + small.shape[0]), min(width, x0 + small.shape[1])
+    out = canvas.copy()
+    out[top:bottom, left:right] = small[top - y0: bottom - y0, left - x0: right - x0]
+    return out
+
+
+def _whole_image_floor(detector) -> dict:
+    """Per photo, canvas and background: the smallest face side from which every larger one (to 400 px) is found
+    by BlazeFace's whole-image passes alone (no tiles), in pixels and as a fraction of the canvas' longer side."""
+    networks = detector.engine.networks
+    sides = [*range(400, 80, -4), *range(80, 5, -1)]
+    rows = []
+    for name in FLOOR_PHOTOS:
+        photo = np.asarray(Image.open(SAMPLES / name).convert("RGB"))
+        box = detector.predict({spec.IMAGE: photo[None]})[0][spec.FACE_BOXES][0]
+        for height, width in FLOOR_CANVASES:
+            for background in ("grey", "noise"):
+                canvas = (np.full((height, width, 3), 128, np.uint8) if background == "grey" else
+                          np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+                found = {}
+                for side in sides:
+                    frame = _face_at(photo, box, side, canvas)
+                    found[side] = any(len(network(frame)[0]) for network in networks)
+                floor = min(s for s in sides if all(found[t] for t in sides if t >= s))
+                rows.append({"photo": name, "canvas": f"{width}x{height}", "background": background,
+                             "floor_px": floor, "floor_of_longer_side": round(floor / max(height, width), 4),
+                             "smallest_found_px": min(s for s in sides if found[s])})
+    return {"method": "face side scanned from 400 px down (4 px steps above 80, 1 px below); floor = the size from "
+                      "which every larger one is found", "rows": rows,
+            "max_floor_of_longer_side": max(r["floor_of_longer_side"] for r in rows)}
+
+
+def _hint_timing(detectors: dict, call: LocalCaller, repeats: int) -> dict:
+    """ms per 832x480 frame (one frame per request, median of `repeats` after a warm-up), before (no hint) and after
+    (expected_face_px = the sample face as the preview engine fits the photo to the frame, covering it), on a
+    faceless noise frame and on the preview's first frame of the sample."""
+    from python_backends.quality.tracking import photo_face_px
+
+    photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
+    box = detectors["blazeface"].predict({spec.IMAGE: photo[None]})[0][spec.FACE_BOXES][0]
+    expected = photo_face_px(photo.shape, box, WAN_FRAME, covers=True)
+    frames = {"faceless_noise": np.random.default_rng(0).integers(0, 256, (*WAN_FRAME, 3), dtype=np.uint8),
+              "sample_face": _clip(call, 0.2, 25.0, *WAN_FRAME)[0]}
+    hint = np.array([[expected]], np.float32)
+    out: dict = {"frame": f"{WAN_FRAME[1]}x{WAN_FRAME[0]}", "expected_face_px": round(float(expected), 1)}
+    for engine, detector in detectors.items():
+        rows = {}
+        for name, frame in frames.items():
+            cases = {"before": {spec.IMAGE: frame[None]},
+                     "after": {spec.IMAGE: frame[None], spec.EXPECTED_FACE_PX: hint}}
+            times: dict[str, list[float]] = {when: [] for when in cases}
+            faces = {when: int(detector.predict(inputs)[0][spec.FACE_COUNT][0]) for when, inputs in cases.items()}
+            # Interleaved in alternating order, so that the shared machine's load and the caches treat both alike.
+            for repeat in range(repeats):
+                for when in (("before", "after") if repeat % 2 else ("after", "before")):
+                    started = time.perf_counter()
+                    detector.predict(cases[when])
+                    times[when].append((time.perf_counter() - started) * 1000.0)
+            row = {when: {"ms_per_frame": round(float(np.median(times[when])), 1), "faces": faces[when]}
+                   for when in cases}
+            row["speed_up"] = round(row["before"]["ms_per_frame"] / row["after"]["ms_per_frame"], 1)
+            rows[name] = row
+        out[engine] = rows
+    return out
+
+
+def expected_face(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()[0]
+    detectors = {"blazeface": build_face_detector(FaceDetectorSettings(threads=args.threads), "cpu"),
+                 "mtcnn": build_face_detector(FaceDetectorSettings(backbone="mtcnn", threads=args.threads), "cpu")}
+    from python_backends.mediapipe_models.blazeface import TILE_SKIP_MARGIN, WHOLE_IMAGE_FLOOR
+
+    result = {
+        "script": "perf/bench_mediapipe.py", "argv": sys.argv[1:], "cpu": _cpu(), "threads": args.threads,
+        "whole_image_floor": _whole_image_floor(detectors["blazeface"]),
+        "blazeface_constants": {"WHOLE_IMAGE_FLOOR": WHOLE_IMAGE_FLOOR, "TILE_SKIP_MARGIN": TILE_SKIP_MARGIN,
+                                "tiles_skipped_from_px_at_832x480": round(TILE_SKIP_MARGIN * WHOLE_IMAGE_FLOOR * 832,
+                                                                          1)},
+        "time_per_frame": _hint_timing(detectors, LocalCaller(detectors["blazeface"].settings,
+                                                              FaceLandmarksSettings(threads=args.threads),
+                                                              safety=False), args.repeats),
+    }
+    result["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    result["note"] = ("in-process predictors (face_detector as served, default settings), one thread, on a shared "
+                      "2-core machine (load average above); 'before' is the unchanged path without the hint")
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,8 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch and TFLite threads of every model")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the preview clip QA tracks")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("all", "expected_face"), default="all",
+                        help="expected_face: only face_detector's expected_face_px measurements")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.only == "expected_face":
+        return expected_face(args)
     load_before = os.getloadavg()[0]
     limits = ValidationLimits()
     photos = _photos(limits)

@@ -38,7 +38,7 @@ from .audio.mel import melspectrogram
 from .backlog import Backlog, BacklogJob, segments_in
 from .contract import AUTO, SegmentRequest, derive_seed, parse_job_params
 from .errors import ConfigError, InputError
-from .generation.engines import segment_frames
+from .generation.engines import ENGINES, segment_frames
 from .preprocessing import ModelCaller, preprocess_job
 from .quality.driving_safety import safety_of_driving_video
 from .quality.report import job_report
@@ -249,6 +249,7 @@ class TalkingHeadJob:
         if reported != self.total or served != self.engine:  # the clip's real length and engine: re-plan
             self.total, self.engine = reported, served
             self._plan(self.total)
+        self.ctx.photo_covers_frame = self.engine in ENGINES and ENGINES[self.engine].photo_covers_frame
         raw = np.concatenate([c[spec.FRAMES] for c in generated])
         following = self._speculate(index + 1, request.start_frame + len(raw), self._motion_after(motion, raw))
         frames, qa = self._run(process_segment(raw, index, request.start_frame, self.ctx, self.call, boundary))

@@ -46,6 +46,10 @@ FACE_BOXES = "face_boxes"  # FP32 [N, 4]
 FACE_SCORES = "face_scores"  # FP32 [N]
 FACE_KEYPOINTS = "face_keypoints"  # FP32 [N, 5, 2]: left eye, right eye, nose, mouth left, mouth right
 FACE_COUNT = "face_count"  # INT32 [1]
+# FP32 [1]: the longer side of the face box the caller expects, in input pixels (0 = unknown). An engine may skip
+# its search for faces far smaller than that (BlazeFace's tiles, MTCNN's smallest pyramid levels); a caller that
+# must find small faces (the photo's pre-processing) leaves it out.
+EXPECTED_FACE_PX = "expected_face_px"
 LANDMARKS = "landmarks"  # FP32 [P, 2]
 MOUTH_CONTOUR = "mouth_contour"  # FP32 [n, K, 2]: the outer lip contour per frame (Face Mesh), in pixels
 HEAD_POSE = "head_pose"  # FP32 [3] yaw, pitch, roll in degrees
@@ -76,7 +80,7 @@ _INFO = TensorSpec(MODEL_INFO, "BYTES", (1,))
 
 FACE_DETECTOR = ModelSpec(
     name="face_detector",
-    inputs=(TensorSpec(IMAGE, "UINT8", (-1, -1, 3)),),
+    inputs=(TensorSpec(IMAGE, "UINT8", (-1, -1, 3)), TensorSpec(EXPECTED_FACE_PX, "FP32", (1,), optional=True)),
     outputs=(
         TensorSpec(FACE_BOXES, "FP32", (-1, 4)),
         TensorSpec(FACE_SCORES, "FP32", (-1,)),

@@ -186,8 +186,10 @@ def choose_weights(settings: FaceDetectorSettings, root: Path | None = None) -> 
 
 
 class Engine(Protocol):
-    def detect(self, images: np.ndarray, min_face_px: float) -> list[Faces]:
-        """RGB uint8 [B, H, W, 3] -> faces of each image in its own pixel coordinates."""
+    def detect(self, images: np.ndarray, min_face_px: float, expected_face_px: np.ndarray | None = None) -> list[Faces]:
+        """RGB uint8 [B, H, W, 3] -> faces of each image in its own pixel coordinates. `expected_face_px` [B]: the
+        longer face side each caller expects in these pixels (0 = unknown): the engine may skip searching for
+        faces far smaller, never one it would find at that size."""
 
 
 def _validate(images: np.ndarray | None) -> np.ndarray:
@@ -200,6 +202,21 @@ def _validate(images: np.ndarray | None) -> np.ndarray:
     if images.shape[1] < 1 or images.shape[2] < 1:
         raise InputError(f"{spec.IMAGE!r} is empty ({images.shape[1]}x{images.shape[2]}); send a real photo")
     return images
+
+
+def _expected_sides(expected: np.ndarray | None, count: int) -> np.ndarray | None:
+    """[count] expected face sides in input pixels (0 = unknown) from the optional [B, 1] input, or None."""
+    if expected is None:
+        return None
+    sides = np.asarray(expected)
+    if sides.shape not in ((count, 1), (count,)) or not np.issubdtype(sides.dtype, np.floating):
+        raise InputError(f"{spec.EXPECTED_FACE_PX!r} must be FP32 [1] per image, got {sides.dtype} "
+                         f"{tuple(sides.shape[1:])} for {count} image(s)")
+    sides = sides.reshape(count).astype(np.float32)
+    if not np.all(np.isfinite(sides)) or np.any(sides < 0):
+        raise InputError(f"{spec.EXPECTED_FACE_PX!r} must be a face size in pixels, 0 or more (0 = unknown), got "
+                         f"{sides.tolist()}")
+    return sides
 
 
 def detection_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -219,8 +236,11 @@ class FaceDetector:
         self.settings = settings
         self.weights = weights
 
-    def detect(self, images: np.ndarray) -> list[Faces]:
+    def detect(self, images: np.ndarray, expected_face_px: np.ndarray | None = None) -> list[Faces]:
+        """`expected_face_px` ([B, 1], input pixels, 0 = unknown): the face size the caller expects (QA tracking),
+        which lets an engine skip its small-face search; without it every face size is searched."""
         images = _validate(images)
+        expected = _expected_sides(expected_face_px, len(images))
         height, width = images.shape[1:3]
         det_h, det_w = detection_size(height, width, self.settings.max_side)
         if (det_h, det_w) != (height, width):
@@ -228,7 +248,9 @@ class FaceDetector:
         sx, sy = width / det_w, height / det_h
         # Faces below 12 detection pixels are out of MTCNN's reach; searching them would upsample the pyramid.
         min_face_px = max(12.0, self.settings.min_face_size / max(sx, sy))
-        found = self.engine.detect(images, min_face_px)
+        if expected is not None:
+            expected = expected / max(sx, sy)  # in detection pixels, never overstated where the axes differ
+        found = self.engine.detect(images, min_face_px, expected)
         return [self._finish(faces, sx, sy, width, height) for faces in found]
 
     def _finish(self, faces: Faces, sx: float, sy: float, width: int, height: int) -> Faces:
@@ -251,7 +273,7 @@ class FaceDetector:
                 spec.FACE_KEYPOINTS: faces.keypoints,
                 spec.FACE_COUNT: np.array([len(faces)], dtype=np.int32),
             }
-            for faces in self.detect(batch.get(spec.IMAGE))
+            for faces in self.detect(batch.get(spec.IMAGE), batch.get(spec.EXPECTED_FACE_PX))
         ]
 
 

@@ -31,6 +31,10 @@ FILES = {"pnet": "data/pnet.pt", "rnet": "data/rnet.pt", "onet": "data/onet.pt"}
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
 DEFAULT_FACTOR = 0.709
 _CHUNK = 512  # R-/O-Net candidates per forward, bounds memory as facenet's fixed_batch_process
+# With an expected face size (face_detector's expected_face_px) the pyramid keeps only the levels whose 12-px window
+# covers faces from this fraction of it up: the largest, costliest levels, which look for the smallest faces, go.
+# The kept levels are the old ones, so a face of the expected size (or half of it) meets the same P-Net windows.
+EXPECTED_FRACTION = 0.5
 
 
 class PNet(nn.Module):
@@ -128,8 +132,9 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
 
 
-def _pyramid(height: int, width: int, min_face_px: float, factor: float) -> list[float]:
-    """Scales at which a 12-px P-Net window covers faces from min_face_px up to the image's short side."""
+def _pyramid(height: int, width: int, min_face_px: float, factor: float, expected_face_px: float = 0.0) -> list[float]:
+    """Scales at which a 12-px P-Net window covers faces from min_face_px up to the image's short side; with an
+    expected face size, only those covering EXPECTED_FRACTION of it and more (at least the coarsest level)."""
     scale = 12.0 / min_face_px
     short = min(height, width) * scale
     scales = []
@@ -137,7 +142,8 @@ def _pyramid(height: int, width: int, min_face_px: float, factor: float) -> list
         scales.append(scale)
         scale *= factor
         short *= factor
-    return scales
+    smallest = expected_face_px * EXPECTED_FRACTION
+    return [s for s in scales if 12.0 / s >= smallest] or scales[-1:]
 
 
 def _candidates(reg: torch.Tensor, prob: torch.Tensor, scale: float, threshold: float) -> tuple[np.ndarray, ...]:
@@ -203,16 +209,19 @@ class MTCNNEngine:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = factor
 
-    def detect(self, images: np.ndarray, min_face_px: float = 20.0) -> list[Faces]:
+    def detect(self, images: np.ndarray, min_face_px: float = 20.0,
+               expected_face_px: np.ndarray | None = None) -> list[Faces]:
+        # One pyramid serves the whole batch: the smallest expectation decides (an unknown one, 0, keeps them all).
+        expected = 0.0 if expected_face_px is None or not len(expected_face_px) else float(np.min(expected_face_px))
         with torch.inference_mode():
-            return self._detect(images, min_face_px)
+            return self._detect(images, min_face_px, expected)
 
-    def _detect(self, images: np.ndarray, min_face_px: float) -> list[Faces]:
+    def _detect(self, images: np.ndarray, min_face_px: float, expected_face_px: float = 0.0) -> list[Faces]:
         batch, height, width = images.shape[:3]
         # Triton hands over read-only buffers, which torch.from_numpy warns about; copy those.
         images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
         imgs = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
-        boxes, owner = self._stage1(imgs, min_face_px)
+        boxes, owner = self._stage1(imgs, min_face_px, expected_face_px)
         if len(boxes):
             boxes, owner = self._stage2(imgs, boxes, owner)
         points = np.zeros((0, 5, 2))
@@ -230,10 +239,10 @@ class MTCNNEngine:
             results.append(faces.take(np.argsort(-faces.scores, kind="stable")))
         return results
 
-    def _stage1(self, imgs: torch.Tensor, min_face_px: float) -> tuple[np.ndarray, np.ndarray]:
+    def _stage1(self, imgs: torch.Tensor, min_face_px: float, expected_face_px: float) -> tuple[np.ndarray, np.ndarray]:
         height, width = imgs.shape[2:]
         found, owners = [], []
-        for scale in _pyramid(height, width, min_face_px, self.factor):
+        for scale in _pyramid(height, width, min_face_px, self.factor, expected_face_px):
             level = F.interpolate(imgs, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
             reg, prob = self.pnet(_normalise(level))
             boxes, owner = _candidates(reg, prob[:, 1], scale, self.thresholds[0])

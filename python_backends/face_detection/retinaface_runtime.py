@@ -110,9 +110,11 @@ class RetinaFaceEngine:
     def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.runner(preprocess(images))
 
-    def detect(self, images: np.ndarray, min_face_px: float = 0.0) -> list[Faces]:
-        """`min_face_px` is not used: RetinaFace's smallest anchor (16 px) sets its own floor."""
-        del min_face_px
+    def detect(self, images: np.ndarray, min_face_px: float = 0.0,
+               expected_face_px: np.ndarray | None = None) -> list[Faces]:
+        """`min_face_px` is not used: RetinaFace's smallest anchor (16 px) sets its own floor; nor is
+        `expected_face_px`: one forward at one scale costs the same whatever the faces' size."""
+        del min_face_px, expected_face_px
         height, width = images.shape[1:3]
         loc, conf, landms = self.raw(images)
         return [

@@ -38,6 +38,9 @@ class EngineSpec:
     renders_segments: bool  # renders [start_frame, +frame_count) itself, continuing from motion_frames
     native_clip_s: float | None  # new video one clip of it makes (None: any length)
     label: str  # disclosed with every chunk (chunk_info["label"]) and in the MP4
+    # The photo is scaled to cover the frame and cropped (S2V's fit_photo, the preview's crop to the aspect); False:
+    # letterboxed inside it (Animate's padding_resize). QA tracking derives the face size to expect from it.
+    photo_covers_frame: bool = True
 
     def paths(self, settings: VideoGeneratorSettings, root: Path | None) -> tuple[Path, ...] | None:
         """The files it loads, or None when any is missing."""
@@ -133,7 +136,7 @@ ENGINES: dict[str, EngineSpec] = {spec.key: spec for spec in (
     EngineSpec(LIVEAVATAR, "speech", _liveavatar_folders, _liveavatar_options, _load_liveavatar, True, 48 / 16,
                f"Wan2.2 {LIVEAVATAR} (generative model)"),
     EngineSpec(ANIMATE, "driving video", lambda s: (s.animate_folder,), _animate_options, _load_animate, True,
-               76 / 30, f"Wan2.2 {ANIMATE} (generative model)"),
+               76 / 30, f"Wan2.2 {ANIMATE} (generative model)", photo_covers_frame=False),
 )}
 SPEECH_ENGINES = (LIVEAVATAR, S2V)  # what `auto` picks for speech, first present first
 

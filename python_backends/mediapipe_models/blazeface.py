@@ -28,6 +28,16 @@ MESH_PRESENCE = 0.5  # below this the mesh did not find a face in the crop: keep
 # The small-face search: tiles of a quarter of the image's short side (at least 128 px), overlapping by half.
 TILES_PER_SIDE = 4
 TILE_MIN_SIDE = 128
+# The smallest face the whole-image pass (short range, then full range) finds, as a fraction of the image's longer
+# side (both models letterbox that side to their input). Measured with the shipped .tflite files: the sample
+# photos' faces (astronaut.png, hopper.jpg) downscaled in steps of 1 px from 400 px and pasted at the centre of
+# 832x480, 512x512 and 1024x576 canvases of grey and of noise; the floor is the size from which every larger one
+# is found: 13-57 px, at most 0.0557 of the longer side (1024x576, noise; 46 px at 832x480).
+# perf/bench_mediapipe.py --only expected_face repeats the measurement.
+WHOLE_IMAGE_FLOOR = 0.056
+# A caller's expected face (face_detector's expected_face_px) at least this many floors large skips the tiles:
+# the face shrinking by half within a segment is still found by the whole-image pass.
+TILE_SKIP_MARGIN = 2.0
 FILES = {SHORT: "face_detection_short_range", FULL: "face_detection_full_range_sparse"}
 
 
@@ -60,14 +70,21 @@ class BlazeFaceEngine:
         self.networks = networks
         self.mesh = mesh
 
-    def raw_detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def raw_detect(self, image: np.ndarray, expected_face_px: float = 0.0) -> tuple[np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
         for network in self.networks:
             boxes, scores, points = network(image)
             if len(boxes):
                 return boxes, scores, points
-        if self.mesh is not None:
+        if self.mesh is not None and not self.skips_tiles(image.shape[:2], expected_face_px):
             return self._tiled(image)
         return boxes, scores, points
+
+    @staticmethod
+    def skips_tiles(shape: tuple[int, ...], expected_face_px: float) -> bool:
+        """The expected face is comfortably within the whole-image pass's reach: a lost face is not searched among
+        the tiles (~80 network calls and Face Mesh checks at 832x480), the frame is simply faceless."""
+        return expected_face_px >= TILE_SKIP_MARGIN * WHOLE_IMAGE_FLOOR * max(shape)
 
     def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces too small for the whole-image pass (a few pixels at 192 px): the last network over overlapping
@@ -92,10 +109,11 @@ class BlazeFaceEngine:
                                          np.stack([f[2] for f in found])), network.decoder.min_suppression_iou)
         return merged.boxes, merged.scores, merged.keypoints
 
-    def detect(self, images: np.ndarray, min_face_px: float) -> list[Faces]:
+    def detect(self, images: np.ndarray, min_face_px: float, expected_face_px: np.ndarray | None = None) -> list[Faces]:
+        expected = np.zeros(len(images), np.float32) if expected_face_px is None else expected_face_px
         per_image = []
-        for image in images:
-            boxes, scores, points = self.raw_detect(image)
+        for image, face_px in zip(images, expected):
+            boxes, scores, points = self.raw_detect(image, float(face_px))
             sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
             keep = sides >= min_face_px
             per_image.append((boxes[keep], scores[keep], _five_from_blazeface(points[keep])))

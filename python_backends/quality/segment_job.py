@@ -18,7 +18,7 @@ from .gate import FAIL, SegmentInput
 from .gates import GATES
 from .segment_qa import Boundary, JobContext, SegmentQA, segment_audio
 from .settings import QualitySettings
-from .tracking import FaceTrack, track_faces
+from .tracking import FaceTrack, photo_face_px, track_faces
 
 
 def segment_size(settings: QualitySettings, fps: float) -> tuple[int, int]:
@@ -32,6 +32,15 @@ def segment_length(start: int, total: int | None, frames: int, min_tail: int) ->
     if total is not None and 0 < total - start - frames < min_tail:
         return total - start
     return frames
+
+
+async def track_segment(frames: np.ndarray, ctx: JobContext, call: ModelCaller,
+                        boundary: Boundary | None) -> FaceTrack:
+    """The face through a segment, starting from the previous segment's last box; the detector is told the face
+    size to expect (the photo's face in these frames, and that box), so frames that lost the face stay cheap."""
+    expected = photo_face_px(ctx.source.image.shape, ctx.source.box, frames.shape[1:3], ctx.photo_covers_frame)
+    return await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None,
+                             ctx.settings.request_frames, expected)
 
 
 async def check_segment(frames: np.ndarray, track: FaceTrack, index: int, start: int, ctx: JobContext,
@@ -73,8 +82,7 @@ async def judge_video(frames: np.ndarray, ctx: JobContext, call: ModelCaller) ->
     while start < len(frames):
         count = segment_length(start, len(frames), *size)
         part = frames[start: start + count]
-        track = await track_faces(part, call, ctx.settings.detect_every, boundary.box if boundary else None,
-                                  ctx.settings.request_frames)
+        track = await track_segment(part, ctx, call, boundary)
         segments.append(await check_segment(part, track, len(segments), start, ctx, call, boundary))
         boundary = Boundary(part[-1], track.landmarks[-1], track.boxes[-1])
         start += count
@@ -133,8 +141,7 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
                           boundary: Boundary | None) -> tuple[np.ndarray, SegmentQA]:
     """The post-processed frames of a segment and their QA record."""
     t0 = time.perf_counter()
-    track = await track_faces(raw, call, ctx.settings.detect_every, boundary.box if boundary else None,
-                              ctx.settings.request_frames)
+    track = await track_segment(raw, ctx, call, boundary)
     tracking_ms = round((time.perf_counter() - t0) * 1000.0, 1)
     t0 = time.perf_counter()
     frames, colour = match_colour(raw, track.boxes, ctx.source.image, ctx.source.box, ctx.settings.colour_match)
@@ -153,8 +160,7 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
         frames, post["low_sync"] = await refine_mouth(frames, track.boxes, [(0, len(frames))], start, ctx, call,
                                                       track.outer_lips)
         if post["low_sync"]["status"] == "applied":
-            track = await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None,
-                                      ctx.settings.request_frames)
+            track = await track_segment(frames, ctx, call, boundary)
             qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     qa.post = post
     qa.timings_ms = {"tracking": tracking_ms, "colour": colour_ms, **qa.timings_ms}

@@ -82,6 +82,9 @@ class JobContext:
     fps: float
     settings: QualitySettings
     mel: np.ndarray | None = None  # [80, M] Wav2Lip mel of the whole speech, for the mouth pass
+    # The generator scaled the photo to cover the frame (generation.engines.EngineSpec.photo_covers_frame); False
+    # (letterboxed, or not known: an uploaded video) gives the smaller estimate of the face QA tracking expects.
+    photo_covers_frame: bool = False
     # Which optional models answered: None until first asked (they answer UNAVAILABLE without weights).
     syncnet: bool | None = None
     safety: bool | None = None

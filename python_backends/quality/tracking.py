@@ -75,19 +75,45 @@ def _pick(boxes: np.ndarray, previous: np.ndarray | None) -> int:
     return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
 
 
+def box_side(box: np.ndarray) -> float:
+    """The longer side of an x1, y1, x2, y2 box: the face size face_detector's expected_face_px speaks of."""
+    return float(max(box[2] - box[0], box[3] - box[1]))
+
+
+def photo_face_px(photo_shape: tuple[int, ...], photo_box: np.ndarray, frame_shape: tuple[int, ...],
+                  covers: bool) -> float:
+    """The photo's face side as it appears in generated frames: scaled with the photo to cover the frame (`covers`:
+    wan.s2v.engine.fit_photo, the preview's crop to the aspect) or to fit inside it (Animate's letterbox, and the
+    safe guess where the fit is unknown: never the larger)."""
+    scales = (frame_shape[0] / photo_shape[0], frame_shape[1] / photo_shape[1])
+    return box_side(photo_box) * (max(scales) if covers else min(scales))
+
+
+def _expected_face(expected_face_px: float | None, start_box: np.ndarray | None) -> float:
+    """The smaller of what is known (0 = nothing): a smaller expectation searches more, never less."""
+    known = [v for v in (expected_face_px, None if start_box is None else box_side(start_box)) if v]
+    return min(known, default=0.0)
+
+
 def interpolate_boxes(indices: np.ndarray, boxes: np.ndarray, frames: int) -> np.ndarray:
     """[frames, 4] boxes, linear between the known ones and held at the ends."""
     return np.stack([np.interp(np.arange(frames), indices, boxes[:, j]) for j in range(4)], axis=1)
 
 
 async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
-                      start_box: np.ndarray | None = None, request_frames: int = MAX_REQUEST) -> FaceTrack:
+                      start_box: np.ndarray | None = None, request_frames: int = MAX_REQUEST,
+                      expected_face_px: float | None = None) -> FaceTrack:
     """Detector on frames 0, n, 2n, ... and the last; landmarks on every frame with the (interpolated) box.
     `start_box` (the photo's or the previous segment's) keeps the track on the same person; `request_frames`
-    frames go in one request."""
+    frames go in one request. The face size expected in these frames (`expected_face_px`, e.g. photo_face_px, and
+    the start box's) goes to the detector, which then need not search frames that lost the face for tiny ones."""
     count = len(frames)
     detected = np.unique(np.r_[np.arange(0, count, detect_every), count - 1])
-    outputs = await batched_call(call, spec.FACE_DETECTOR, {spec.IMAGE: frames[detected]}, request_frames)
+    request = {spec.IMAGE: frames[detected]}
+    expected = _expected_face(expected_face_px, start_box)
+    if expected > 0:
+        request[spec.EXPECTED_FACE_PX] = np.full((len(detected), 1), expected, np.float32)
+    outputs = await batched_call(call, spec.FACE_DETECTOR, request, request_frames)
     found = np.zeros(len(detected), bool)
     det_boxes = np.zeros((len(detected), 4), np.float32)
     det_points = np.zeros((len(detected), 5, 2), np.float32)

@@ -3,26 +3,17 @@ official layouts where none ship) behind every gate, timed per gate and as talki
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from perf_scripts import load_perf_script
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-PERF = Path(__file__).resolve().parents[2] / "perf"
-
 
 def test_a_small_clip_is_timed_per_gate_with_random_weights(tmp_path: Path) -> None:
-    sys.path.insert(0, str(PERF))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_qa_gpu", PERF / "bench_qa_gpu.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(PERF))
+    bench = load_perf_script("bench_qa_gpu")
     out = tmp_path / "qa.json"
     bench.main(["--device", "cpu", "--seconds", "0.5", "--fps", "12", "--size", "128", "--no-warmup",
                 "--out", str(out)])

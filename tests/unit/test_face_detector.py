@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from pathlib import Path
 
 import cv2
@@ -186,6 +187,129 @@ def test_blazeface_batch_matches_single_runs(blazeface, astronaut):
     for name in OUTPUTS:
         np.testing.assert_allclose(mixed[1][name], single[name], atol=1e-3)
     assert mixed[0][spec.FACE_COUNT].tolist() == [0]
+
+
+# --- the expected face size (QA tracking's hint) ---------------------------------------------------------
+
+
+class _CountingNetwork:
+    """Stands in for a TFLiteNetwork and counts its calls (BlazeFace's forward passes)."""
+
+    def __init__(self, network) -> None:
+        self.network, self.calls = network, 0
+
+    def __call__(self, inputs):
+        self.calls += 1
+        return self.network(inputs)
+
+
+@pytest.fixture()
+def counted_blazeface(blazeface):
+    nets = list(blazeface.engine.networks)
+    originals = [net.network for net in nets]
+    counters = [_CountingNetwork(original) for original in originals]
+    for net, counter in zip(nets, counters):
+        net.network = counter
+    yield blazeface, lambda: sum(c.calls for c in counters)
+    for net, original in zip(nets, originals):
+        net.network = original
+
+
+def _hint(count: int, side: float) -> np.ndarray:
+    return np.full((count, 1), side, np.float32)
+
+
+def _best_ms(work, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times) * 1000.0
+
+
+def test_a_faceless_frame_with_an_expected_face_skips_the_tiled_search(counted_blazeface):
+    """A noise 832x480 frame (a generated frame that lost the face): told the face is 150 px, BlazeFace runs its two
+    whole-image passes only instead of ~80 tiles, and finds the same nothing, much faster."""
+    detector, calls = counted_blazeface
+    noise = np.random.default_rng(0).integers(0, 256, (1, 480, 832, 3), dtype=np.uint8)
+    hinted = {spec.IMAGE: noise, spec.EXPECTED_FACE_PX: _hint(1, 150.0)}
+    before = calls()
+    (plain,) = detector.predict({spec.IMAGE: noise})
+    plain_calls = calls() - before
+    before = calls()
+    (fast,) = detector.predict(hinted)
+    assert calls() - before == 2 and plain_calls > 40, (plain_calls, calls() - before)
+    assert plain[spec.FACE_COUNT].tolist() == fast[spec.FACE_COUNT].tolist() == [0]
+    slow_ms = _best_ms(lambda: detector.predict({spec.IMAGE: noise}), 2)
+    fast_ms = _best_ms(lambda: detector.predict(hinted))
+    assert fast_ms * 5 < slow_ms, f"{fast_ms:.0f} ms with the hint, {slow_ms:.0f} ms without"
+
+
+def test_a_small_face_is_still_found_by_tiles_without_or_with_a_small_expected_face(counted_blazeface, astronaut):
+    """The tiny face of the tile test: no hint (pre-processing) and a hint of its own size both search the tiles;
+    only a caller that expects a face far above the whole-image floor gives the tiles up."""
+    detector, calls = counted_blazeface
+    canvas = np.full((1, 1024, 1024, 3), 128, np.uint8)
+    canvas[0, 448:576, 448:576] = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    found = {}
+    for name, hint in (("none", None), ("zero", 0.0), ("own size", 24.0), ("large", 200.0)):
+        inputs = {spec.IMAGE: canvas} if hint is None else {spec.IMAGE: canvas, spec.EXPECTED_FACE_PX: _hint(1, hint)}
+        before = calls()
+        (result,) = detector.predict(inputs)
+        found[name] = (int(result[spec.FACE_COUNT][0]), calls() - before > 2)
+    assert found == {"none": (1, True), "zero": (1, True), "own size": (1, True), "large": (0, False)}
+
+
+@pytest.mark.parametrize("background", ["grey", "noise"])
+def test_a_face_at_the_skip_threshold_is_found_by_the_whole_image_pass(counted_blazeface, astronaut, background):
+    """The guard on WHOLE_IMAGE_FLOOR: the sample face at the smallest expected size that skips the tiles (2x the
+    floor) in an 832x480 frame is found with the hint, where the boxes equal those without it."""
+    from python_backends.mediapipe_models.blazeface import TILE_SKIP_MARGIN, WHOLE_IMAGE_FLOOR
+
+    detector, calls = counted_blazeface
+    side = TILE_SKIP_MARGIN * WHOLE_IMAGE_FLOOR * 832
+    (photo,) = detector.predict({spec.IMAGE: astronaut[None]})
+    box = photo[spec.FACE_BOXES][0]
+    scale = side / max(box[2] - box[0], box[3] - box[1])
+    small = cv2.resize(astronaut, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(3)
+    frame = (np.full((480, 832, 3), 128, np.uint8) if background == "grey"
+             else rng.integers(0, 256, (480, 832, 3), dtype=np.uint8))
+    # the photo's face at the frame's centre, the rest of the photo around it as far as the frame reaches
+    x0, y0 = int(416 - (box[0] + box[2]) / 2 * scale), int(240 - (box[1] + box[3]) / 2 * scale)
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(480, y0 + small.shape[0]), min(832, x0 + small.shape[1])
+    frame[top:bottom, left:right] = small[top - y0: bottom - y0, left - x0: right - x0]
+    before = calls()
+    (hinted,) = detector.predict({spec.IMAGE: frame[None], spec.EXPECTED_FACE_PX: _hint(1, side)})
+    assert calls() - before <= 2 and hinted[spec.FACE_COUNT].tolist() == [1]
+    (plain,) = detector.predict({spec.IMAGE: frame[None]})
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(hinted[name], plain[name])
+
+
+def test_mtcnn_with_an_expected_face_runs_fewer_pyramid_levels_and_finds_the_same_face(mtcnn, astronaut):
+    from python_backends.face_detection.mtcnn import _pyramid
+
+    full = _pyramid(512, 512, 20.0, 0.709)
+    hinted = _pyramid(512, 512, 20.0, 0.709, 94.0)
+    assert len(hinted) < len(full) and hinted == full[len(full) - len(hinted):]  # the old levels, small faces' gone
+    smallest = min(12.0 / s for s in hinted)  # the smallest face window kept: the first at half the expected size
+    assert smallest * 0.709 < 94.0 / 2 <= smallest
+    assert _pyramid(512, 512, 20.0, 0.709, 5000.0) == full[-1:]  # an absurd size still runs the coarsest level
+    (plain,) = mtcnn.predict({spec.IMAGE: astronaut[None]})
+    (fast,) = mtcnn.predict({spec.IMAGE: astronaut[None], spec.EXPECTED_FACE_PX: _hint(1, 94.0)})
+    assert plain[spec.FACE_COUNT].tolist() == fast[spec.FACE_COUNT].tolist() == [1]
+    np.testing.assert_allclose(fast[spec.FACE_BOXES], plain[spec.FACE_BOXES], atol=1e-3)
+    np.testing.assert_allclose(fast[spec.FACE_KEYPOINTS], plain[spec.FACE_KEYPOINTS], atol=1e-3)
+
+
+@pytest.mark.parametrize("hint", [np.array([[-1.0]], np.float32), np.array([[np.nan]], np.float32),
+                                  np.array([[1.0, 2.0]], np.float32), np.array([[100]], np.int32)])
+def test_a_bad_expected_face_is_refused_with_a_message(mtcnn, astronaut, hint):
+    with pytest.raises(InputError, match="expected_face_px"):
+        mtcnn.predict({spec.IMAGE: astronaut[None], spec.EXPECTED_FACE_PX: hint})
 
 
 # --- choosing weights -----------------------------------------------------------------------------------
