@@ -51,6 +51,25 @@ def _to_cie(lab_mean: np.ndarray) -> np.ndarray:
     return np.array([lab_mean[0] * 100.0 / 255.0, lab_mean[1] - 128.0, lab_mean[2] - 128.0])
 
 
+def _channel_lut(mu: np.ndarray, gain: np.ndarray, mu_ref: np.ndarray) -> np.ndarray:
+    """The per-channel transfer as a (1, 256, 3) uint8 table: 8-bit Lab has 256 values per channel, so the table
+    holds exactly the float32 result each pixel would get, rounded and clipped the same way."""
+    levels = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
+    return np.clip(np.round((levels - mu) * gain + mu_ref), 0, 255).astype(np.uint8)[None]
+
+
+def _transfer(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Every frame to Lab, through `lut`, back to RGB: three OpenCV calls over the segment stacked into one tall
+    image (each is per pixel, so stacking changes nothing), which OpenCV spreads over its threads."""
+    count, height, width = frames.shape[:3]
+    tall = np.ascontiguousarray(frames, np.uint8).reshape(count * height, width, 3)
+    lab = cv2.cvtColor(tall, cv2.COLOR_RGB2LAB)
+    cv2.LUT(lab, lut, dst=lab)
+    out = np.empty_like(tall)
+    cv2.cvtColor(lab, cv2.COLOR_LAB2RGB, dst=out)
+    return out.reshape(frames.shape)
+
+
 def match_colour(frames: np.ndarray, boxes: np.ndarray, photo: np.ndarray, photo_box: np.ndarray,
                  enabled: bool = True) -> tuple[np.ndarray, ColourCorrection]:
     """Frames [T, H, W, 3] RGB corrected so their face region's Lab mean/std match the photo's face region."""
@@ -66,10 +85,7 @@ def match_colour(frames: np.ndarray, boxes: np.ndarray, photo: np.ndarray, photo
     gain = np.clip(sd_ref / sd, 1.0 / MAX_GAIN, MAX_GAIN)
     if not enabled or (before < JND_DELTA_E and np.all(np.abs(gain - 1.0) < MAX_CONTRAST_CHANGE)):
         return frames, ColourCorrection(False, before, before, (1.0, 1.0, 1.0))
-    out = np.empty_like(frames)
-    for t, frame in enumerate(frames):
-        lab = (_lab(frame) - mu) * gain + mu_ref
-        out[t] = cv2.cvtColor(np.clip(np.round(lab), 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    out = _transfer(frames, _channel_lut(mu, gain, mu_ref))
     corrected = np.concatenate([_region(frame, box) for frame, box in zip(out[::step], boxes[::step])])
     after = float(np.linalg.norm(_to_cie(corrected.mean(0)) - _to_cie(mu_ref)))
     return out, ColourCorrection(True, before, after, tuple(float(g) for g in gain))
