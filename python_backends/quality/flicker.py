@@ -94,7 +94,7 @@ def luma(frames: np.ndarray) -> np.ndarray:
 def _frame_luma_sums(frames: np.ndarray) -> np.ndarray:
     """(T,) sum of each whole frame's luma, from exact per-channel integer sums (luma is linear in RGB), so the
     background's mean needs no float copy of the frames."""
-    channel_sums = np.array([cv2.sumElems(np.ascontiguousarray(frame[..., :3]))[:3] for frame in frames])
+    channel_sums = np.array(map_frames(lambda frame: cv2.sumElems(np.ascontiguousarray(frame[..., :3]))[:3], frames))
     return channel_sums @ LUMA_WEIGHTS.astype(np.float64)
 
 
@@ -157,7 +157,7 @@ def flicker_report(frames: np.ndarray, face_box: np.ndarray, settings: FlickerSe
     box = _pixel_box(face_box, frames.shape[1:3], settings.box_margin)
     x0, y0, x1, y1 = box
     # Only the face box is needed as float luma (flow, face mean); the background enters through whole-frame sums.
-    face_luma = luma(frames[:, y0:y1, x0:x1])
+    face_luma = np.stack(map_frames(lambda frame: luma(frame[y0:y1, x0:x1]), frames))
     luminance = luminance_flicker(face_luma, _frame_luma_sums(frames), frames.shape[1] * frames.shape[2])
     warping = warping_errors(face_luma, settings)
     spikes = np.union1d(spike_indices(luminance, settings.luma_floor, settings.spike_k),

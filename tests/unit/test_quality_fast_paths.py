@@ -196,3 +196,9 @@ def test_edge_band_at_the_image_border_matches(segment):
     moved_source = source - [left, 0]
     values = edge_bleeding(frames[:3], landmarks[:3], moved, moved_source).values
     np.testing.assert_allclose(values, old_edge(frames[:3], landmarks[:3], moved, moved_source), rtol=0, atol=1e-5)
+
+
+def test_frame_pool_keeps_order_and_runs_nested_maps_inline(monkeypatch):
+    monkeypatch.setattr(frame_pool, "workers", lambda: 3)
+    assert frame_pool.map_frames(lambda i: frame_pool.map_frames(lambda j: i * 10 + j, range(3)), range(5)) == [
+        [i * 10 + j for j in range(3)] for i in range(5)]
