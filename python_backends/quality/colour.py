@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .frame_pool import map_frames
+
 # CIE76 just-noticeable difference (Sharma, Digital Color Imaging Handbook): below it, and with contrast within
 # MAX_CONTRAST_CHANGE, a segment already looks like the photo and is left untouched.
 JND_DELTA_E = 2.3
@@ -19,6 +21,8 @@ MAX_CONTRAST_CHANGE = 0.1
 # Gains outside this range would mean the segment's face region is not comparable with the photo's (e.g. the
 # face left the frame): correct at most this much rather than amplify noise.
 MAX_GAIN = 2.0
+# Frames converted together: ~10 MB of Lab per chunk at 832x480, in cache-friendly pieces.
+TRANSFER_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,20 @@ def _channel_lut(mu: np.ndarray, gain: np.ndarray, mu_ref: np.ndarray) -> np.nda
 
 
 def _transfer(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Every frame to Lab, through `lut`, back to RGB: three OpenCV calls over the segment stacked into one tall
-    image (each is per pixel, so stacking changes nothing), which OpenCV spreads over its threads."""
-    count, height, width = frames.shape[:3]
-    tall = np.ascontiguousarray(frames, np.uint8).reshape(count * height, width, 3)
-    lab = cv2.cvtColor(tall, cv2.COLOR_RGB2LAB)
-    cv2.LUT(lab, lut, dst=lab)
-    out = np.empty_like(tall)
-    cv2.cvtColor(lab, cv2.COLOR_LAB2RGB, dst=out)
-    return out.reshape(frames.shape)
+    """Every frame to Lab, through `lut`, back to RGB: three OpenCV calls per chunk of frames stacked into one tall
+    image (each call is per pixel, so stacking changes nothing), chunks on the frame pool; a chunk's Lab copy is
+    all the memory it adds."""
+    frames = np.ascontiguousarray(frames, np.uint8)
+    width = frames.shape[2]
+    out = np.empty_like(frames)
+
+    def chunk(start: int) -> None:
+        lab = cv2.cvtColor(frames[start:start + TRANSFER_CHUNK].reshape(-1, width, 3), cv2.COLOR_RGB2LAB)
+        cv2.LUT(lab, lut, dst=lab)
+        cv2.cvtColor(lab, cv2.COLOR_LAB2RGB, dst=out[start:start + TRANSFER_CHUNK].reshape(-1, width, 3))
+
+    map_frames(chunk, range(0, len(frames), TRANSFER_CHUNK))
+    return out
 
 
 def match_colour(frames: np.ndarray, boxes: np.ndarray, photo: np.ndarray, photo_box: np.ndarray,
