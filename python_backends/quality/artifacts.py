@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from .flicker import robust_z
+from .flicker import luma, robust_z
+from .frame_pool import map_frames
 
 JAW = np.arange(0, 17)
 # Nose bridge 27-30 and the four eye corners: rigid with the skull, untouched by speech and blinks.
@@ -162,23 +163,40 @@ def eye_misalignment(landmarks: np.ndarray, source: np.ndarray, settings: EyeSet
     return EyeReport(line_change, axis_change, spacing_change, Flags(score, frames, bool(len(frames))))
 
 
-def _luma(image: np.ndarray) -> np.ndarray:
-    return np.asarray(image[..., :3], np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def boundary_energy(image: np.ndarray, points: np.ndarray, band: float) -> float:
-    """Mean Sobel gradient magnitude (luma) in a band of width `band` * IOD around the landmarks' convex hull."""
-    luma = _luma(image)
-    gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3)
-    mask = np.zeros(luma.shape, np.uint8)
-    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(points).astype(np.int32)), 1)
+def _band(points: np.ndarray, band: float, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The band of width `band` * IOD around the landmarks' convex hull, as a mask over the window (x0, y0, x1, y1)
+    of the image that holds it with 2 px to spare: the hull is filled, dilated and eroded inside that window only
+    (OpenCV's morphology treats outside pixels as neutral, and the window holds every pixel the kernel reaches), and
+    a 3x3 Sobel at band pixels reads only pixels inside it, so the band's energy is the whole image's."""
+    height, width = shape[:2]
+    hull = cv2.convexHull(np.round(points).astype(np.int32))
     radius = max(1, round(0.5 * band * float(inter_ocular(points))))
+    x, y, w, h = cv2.boundingRect(hull)
+    pad = radius + 2
+    x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(width, x + w + pad), min(height, y + h + pad)
+    if x1 <= x0 or y1 <= y0:
+        raise InputError("the face boundary band is empty: the landmarks lie outside the image")
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillConvexPoly(mask, hull - np.array([x0, y0], np.int32), 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     ring = (cv2.dilate(mask, kernel) - cv2.erode(mask, kernel)).astype(bool)
     if not ring.any():
         raise InputError("the face boundary band is empty: the landmarks lie outside the image")
-    return float(np.hypot(gx, gy)[ring].mean())
+    return ring, (x0, y0, x1, y1)
+
+
+def _band_energy(window: np.ndarray, ring: np.ndarray) -> float:
+    """Mean Sobel gradient magnitude (luma) over the `ring` pixels of an image window."""
+    grey = luma(window)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    return float(np.hypot(gx[ring], gy[ring]).mean())
+
+
+def boundary_energy(image: np.ndarray, points: np.ndarray, band: float) -> float:
+    """Mean Sobel gradient magnitude (luma) in a band of width `band` * IOD around the landmarks' convex hull."""
+    ring, (x0, y0, x1, y1) = _band(points, band, image.shape)
+    return _band_energy(image[y0:y1, x0:x1], ring)
 
 
 def edge_bleeding(frames: np.ndarray, landmarks: np.ndarray, source_image: np.ndarray, source: np.ndarray,
@@ -195,12 +213,17 @@ def edge_bleeding(frames: np.ndarray, landmarks: np.ndarray, source_image: np.nd
         raise InputError(f"{len(frames)} frames but landmarks for {len(landmarks)}: give one set per frame")
     reference = boundary_energy(source_image, source, settings.band)
     height, width = source_image.shape[:2]
-    values = np.empty(len(frames))
-    for t, (frame, points) in enumerate(zip(frames, landmarks)):
+
+    def log_ratio(t: int) -> float:
+        points = landmarks[t]
         matrix = fit_similarity(points[STABLE], source[STABLE])
-        aligned = cv2.warpAffine(frame, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE)
-        energy = boundary_energy(aligned, points @ matrix[:, :2].T + matrix[:, 2], settings.band)
-        values[t] = abs(np.log(max(energy, 1e-6) / max(reference, 1e-6)))
+        ring, (x0, y0, x1, y1) = _band(points @ matrix[:, :2].T + matrix[:, 2], settings.band, (height, width))
+        # Warped only up to the band's far corner: each output pixel is computed from its own coordinates, so
+        # these are the full warp's pixels, without the rows and columns past the band.
+        aligned = cv2.warpAffine(frames[t], matrix, (x1, y1), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        energy = _band_energy(aligned[y0:y1, x0:x1], ring)
+        return abs(np.log(max(energy, 1e-6) / max(reference, 1e-6)))
+
+    values = np.array(map_frames(log_ratio, range(len(frames))), np.float64)
     failing = np.flatnonzero(values > settings.max_log_ratio)
     return Flags(values, failing, bool(len(failing)))

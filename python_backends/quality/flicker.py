@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from .frame_pool import map_frames
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed values.
 MAD_TO_SIGMA = 1.4826
@@ -82,8 +83,19 @@ def spike_indices(values: np.ndarray, floor: float, k: float) -> np.ndarray:
     return np.flatnonzero((values > floor) & (robust_z(values) > k))
 
 
-def _luma(frames: np.ndarray) -> np.ndarray:
-    return frames[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601
+
+
+def luma(frames: np.ndarray) -> np.ndarray:
+    """BT.601 luma, float32 on the 0-255 scale, of RGB(A) frames or images."""
+    return np.asarray(frames[..., :3], np.float32) @ LUMA_WEIGHTS
+
+
+def _frame_luma_sums(frames: np.ndarray) -> np.ndarray:
+    """(T,) sum of each whole frame's luma, from exact per-channel integer sums (luma is linear in RGB), so the
+    background's mean needs no float copy of the frames."""
+    channel_sums = np.array(map_frames(lambda frame: cv2.sumElems(np.ascontiguousarray(frame[..., :3]))[:3], frames))
+    return channel_sums @ LUMA_WEIGHTS.astype(np.float64)
 
 
 def _pixel_box(face_box: np.ndarray, shape: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
@@ -99,38 +111,40 @@ def _pixel_box(face_box: np.ndarray, shape: tuple[int, int], margin: float) -> t
     return box
 
 
-def luminance_flicker(luma: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Per pair: |mean face luma change - mean background luma change| (global exposure changes cancel)."""
-    x0, y0, x1, y1 = box
-    inside = np.zeros(luma.shape[1:], bool)
-    inside[y0:y1, x0:x1] = True
-    face = luma[:, inside].mean(1)
+def luminance_flicker(face_luma: np.ndarray, frame_sums: np.ndarray, frame_pixels: int) -> np.ndarray:
+    """Per pair: |mean face luma change - mean background luma change| (global exposure changes cancel).
+    `face_luma` is the face box's luma (T, h, w); `frame_sums` each whole frame's luma sum over `frame_pixels`."""
+    flat = face_luma.reshape(len(face_luma), -1)
+    face = flat.mean(1)
+    background_pixels = frame_pixels - flat.shape[1]
     # With no background (face fills the frame) there is no global reference: the raw change is reported.
-    background = luma[:, ~inside].mean(1) if (~inside).any() else np.zeros(len(luma))
+    background = ((frame_sums - flat.sum(1, dtype=np.float64)) / background_pixels if background_pixels > 0
+                  else np.zeros(len(flat)))
     return np.abs(np.diff(face) - np.diff(background))
 
 
-def warping_errors(luma: np.ndarray, box: tuple[int, int, int, int], settings: FlickerSettings) -> np.ndarray:
+def warping_errors(face_luma: np.ndarray, settings: FlickerSettings) -> np.ndarray:
     """Per pair: flow from frame i+1 back to frame i samples frame i at the positions frame i+1 came from,
-    i.e. warps frame i onto frame i+1; the mean absolute residual on the face is the warping error."""
-    x0, y0, x1, y1 = box
-    crops = luma[:, y0:y1, x0:x1]
+    i.e. warps frame i onto frame i+1; the mean absolute residual on the face (`face_luma`, the face box's luma
+    per frame) is the warping error. Pairs are independent and run on the frame pool."""
+    crops = face_luma
     scale = min(1.0, settings.flow_max_side / max(crops.shape[1:]))
     if scale < 1.0:
         size = (max(8, round(crops.shape[2] * scale)), max(8, round(crops.shape[1] * scale)))
-        crops = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in crops])
+        crops = np.stack(map_frames(lambda c: cv2.resize(c, size, interpolation=cv2.INTER_AREA), crops))
     height, width = crops.shape[1:]
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
     as_u8 = np.clip(crops, 0, 255).astype(np.uint8)
-    errors = np.empty(len(crops) - 1)
-    for i in range(len(crops) - 1):
+
+    def pair_error(i: int) -> float:
         flow = cv2.calcOpticalFlowFarneback(
             as_u8[i + 1], as_u8[i], None, settings.flow_pyr_scale, settings.flow_levels, settings.flow_winsize,
             settings.flow_iterations, settings.flow_poly_n, settings.flow_poly_sigma, 0)
         warped = cv2.remap(crops[i], grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
-        errors[i] = float(np.abs(warped - crops[i + 1]).mean())
-    return errors
+        return float(np.abs(warped - crops[i + 1]).mean())
+
+    return np.array(map_frames(pair_error, range(len(crops) - 1)), np.float64)
 
 
 def flicker_report(frames: np.ndarray, face_box: np.ndarray, settings: FlickerSettings | None = None) -> FlickerReport:
@@ -140,10 +154,12 @@ def flicker_report(frames: np.ndarray, face_box: np.ndarray, settings: FlickerSe
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] < 3 or len(frames) < 2:
         raise InputError(f"flicker needs at least 2 frames shaped (T, H, W, 3); got {frames.shape}")
-    luma = _luma(frames)
-    box = _pixel_box(face_box, luma.shape[1:], settings.box_margin)
-    luminance = luminance_flicker(luma, box)
-    warping = warping_errors(luma, box, settings)
+    box = _pixel_box(face_box, frames.shape[1:3], settings.box_margin)
+    x0, y0, x1, y1 = box
+    # Only the face box is needed as float luma (flow, face mean); the background enters through whole-frame sums.
+    face_luma = np.stack(map_frames(lambda frame: luma(frame[y0:y1, x0:x1]), frames))
+    luminance = luminance_flicker(face_luma, _frame_luma_sums(frames), frames.shape[1] * frames.shape[2])
+    warping = warping_errors(face_luma, settings)
     spikes = np.union1d(spike_indices(luminance, settings.luma_floor, settings.spike_k),
                         spike_indices(warping, settings.warp_floor, settings.spike_k))
     return FlickerReport(luminance, robust_z(luminance), warping, robust_z(warping), spikes.astype(np.int64),

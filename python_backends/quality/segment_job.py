@@ -144,7 +144,9 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
     track = await track_segment(raw, ctx, call, boundary)
     tracking_ms = round((time.perf_counter() - t0) * 1000.0, 1)
     t0 = time.perf_counter()
-    frames, colour = match_colour(raw, track.boxes, ctx.source.image, ctx.source.box, ctx.settings.colour_match)
+    # Off the event loop, like the temporal gates: a whole segment's pixels would stall other jobs' coroutines.
+    frames, colour = await asyncio.to_thread(match_colour, raw, track.boxes, ctx.source.image, ctx.source.box,
+                                             ctx.settings.colour_match)
     colour_ms = round((time.perf_counter() - t0) * 1000.0, 1)
     post: dict = {"colour": colour.as_dict()}
     if ctx.settings.refine_plosives and ctx.waveform is not None:
