@@ -22,8 +22,17 @@ passes find without tiles: the sample faces downscaled until they are lost, on g
 sizes) and ms per frame, without the hint (before) and with it (after), of BlazeFace and MTCNN on a faceless noise
 frame and on the sample photo fitted to the frame as the generators fit it.
 
+`--only pool`: the interpreter pools (face_detector's and face_landmarks' mediapipe_threads). Whether
+ai-edge-litert's `Interpreter.invoke()` releases the GIL: the longest stall of a pure-Python loop in the main thread
+while another thread runs one long invoke (held GIL: a stall as long as the invoke), and invokes per second of 1 and
+2 threads each with its own interpreter, with the process' CPU time over wall time (above 1: both ran at once; on a
+busy machine the cores, not the GIL, cap it). Then ms per 150-frame 832x480 request (the preview clip of the sample)
+of landmarks (Face Mesh, one box per frame) and detection (BlazeFace + mesh keypoints) per pool size, interleaved,
+and whether the outputs equal the one-interpreter outputs bit for bit.
+
     python perf/bench_mediapipe.py --out perf/results/mediapipe_cpu.json
     python perf/bench_mediapipe.py --only expected_face --out perf/results/face_hint_cpu.json
+    python perf/bench_mediapipe.py --only pool --pools 1,2 --out perf/results/mediapipe_pool_cpu.json
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,7 +62,7 @@ from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from python_backends import spec  # noqa: E402
 from python_backends.errors import InputError  # noqa: E402
 from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
-from python_backends.face_landmarks import FaceLandmarksSettings  # noqa: E402
+from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
@@ -150,6 +160,7 @@ def _clip(call: LocalCaller, seconds: float, fps: float, height: int = 512, widt
 FLOOR_PHOTOS = ("astronaut.png", "hopper.jpg")
 FLOOR_CANVASES = ((480, 832), (512, 512), (576, 1024))  # (height, width)
 WAN_FRAME = (480, 832)
+POOL_FRAMES = 150  # a whole segment's frames: one QA request in the GPU profile (max_batch_size 160)
 
 
 def _face_at(photo: np.ndarray, box: np.ndarray, side: float, canvas: np.ndarray) -> np.ndarray:
@@ -249,18 +260,138 @@ def expected_face(args: argparse.Namespace) -> dict:
     return result
 
 
+def _invoke_until(interpreter, stop: float, calls: list[int], k: int) -> None:
+    while time.perf_counter() < stop:
+        interpreter.invoke()
+        calls[k] += 1
+
+
+def _gil(seconds_each: float = 1.0) -> dict:
+    """Does invoke() release the GIL? A stall test and a 1-vs-2-thread throughput test on face_landmark.tflite."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from python_backends.mediapipe_models import files
+
+    path = str(files.require("face_landmark"))
+
+    def interpreter(batch: int) -> Interpreter:
+        made = Interpreter(model_path=path, num_threads=1)
+        index = made.get_input_details()[0]["index"]
+        made.resize_tensor_input(index, [batch, 192, 192, 3])
+        made.allocate_tensors()
+        made.set_tensor(index, np.random.default_rng(0).random((batch, 192, 192, 3), dtype=np.float32))
+        made.invoke()
+        return made
+
+    long = interpreter(100)
+    started = time.perf_counter()
+    long.invoke()
+    invoke_ms = (time.perf_counter() - started) * 1000.0
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: [long.invoke() for _ in range(3)] and done.set())
+    gaps, last, spins = [], time.perf_counter(), 0
+    worker.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last, spins = now, spins + 1
+    worker.join()
+    stall = {"one_invoke_ms": round(invoke_ms, 1), "invokes": 3, "main_thread_loops_meanwhile": spins,
+             "main_thread_longest_stall_ms": round(max(gaps) * 1000.0, 1)}
+
+    throughput = {}
+    for count in (1, 2, 1, 2):  # twice, alternating: the shared machine's load changes
+        interpreters = [interpreter(1) for _ in range(count)]
+        calls = [0] * count
+        stop = time.perf_counter() + seconds_each
+        threads = [threading.Thread(target=_invoke_until, args=(interpreters[k], stop, calls, k)) for k in range(count)]
+        cpu, started = time.process_time(), time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        throughput.setdefault(f"{count}_threads", []).append(
+            {"invokes_per_s": round(sum(calls) / wall, 1), "process_cpu_over_wall": round(cpu / wall, 2),
+             "load_average_1min": round(os.getloadavg()[0], 2)})
+    best = {k: max(r["invokes_per_s"] for r in v) for k, v in throughput.items()}
+    return {"model": "face_landmark.tflite, 1 TFLite thread per interpreter", "stall": stall,
+            "throughput": throughput,
+            "two_over_one_threads": round(best["2_threads"] / best["1_threads"], 2),
+            "releases_gil": stall["main_thread_longest_stall_ms"] < 0.5 * invoke_ms}
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x) and len(a) == len(b)
+
+
+def pool_timing(args: argparse.Namespace) -> dict:
+    load_before = os.getloadavg()[0]
+    gil = _gil()
+    sizes = [int(v) for v in args.pools.split(",")]
+    detectors = {n: build_face_detector(FaceDetectorSettings(backbone="blazeface", threads=args.threads,
+                                                             mediapipe_threads=n), "cpu") for n in sizes}
+    landmarks = {n: build_face_landmarks(FaceLandmarksSettings(engine="mediapipe", threads=args.threads,
+                                                               mediapipe_threads=n), "cpu") for n in sizes}
+    first = sizes[0]
+    call = LocalCaller(FaceDetectorSettings(threads=args.threads), FaceLandmarksSettings(threads=args.threads),
+                       safety=False)
+    frames = _clip(call, POOL_FRAMES / 25.0, 25.0, *WAN_FRAME)[:POOL_FRAMES]
+    found = detectors[first].predict({spec.IMAGE: frames})
+    boxes = np.stack([f[spec.FACE_BOXES][0] if int(f[spec.FACE_COUNT][0]) else np.array([316, 60, 516, 300], np.float32)
+                      for f in found]).astype(np.float32)
+    requests = {"landmarks": (landmarks, {spec.IMAGE: frames, spec.FACE_BOX: boxes}),
+                "detection": (detectors, {spec.IMAGE: frames})}
+    rows: dict = {}
+    for name, (models, inputs) in requests.items():
+        outputs = {n: models[n].predict(inputs) for n in sizes}  # also the warm-up
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for repeat in range(args.repeats):
+            for n in (sizes if repeat % 2 == 0 else sizes[::-1]):
+                started = time.perf_counter()
+                models[n].predict(inputs)
+                times[n].append((time.perf_counter() - started) * 1000.0)
+        rows[name] = {f"mediapipe_threads_{n}": {"ms_per_request": round(float(np.median(times[n])), 1),
+                                                 "min_ms": round(min(times[n]), 1),
+                                                 "ms_per_frame": round(float(np.median(times[n])) / len(frames), 2),
+                                                 "same_outputs_as_first": _same(outputs[first], outputs[n])}
+                      for n in sizes}
+        for n in sizes[1:]:
+            rows[name][f"speed_up_{n}_over_{first}"] = round(
+                rows[name][f"mediapipe_threads_{first}"]["ms_per_request"]
+                / rows[name][f"mediapipe_threads_{n}"]["ms_per_request"], 2)
+    result = {
+        "script": "perf/bench_mediapipe.py", "argv": sys.argv[1:], "cpu": _cpu(), "cores": os.cpu_count(),
+        "tflite_threads_per_interpreter": args.threads or "library default", "gil": gil,
+        "request": {"frames": int(len(frames)), "size": f"{WAN_FRAME[1]}x{WAN_FRAME[0]}", "repeats": args.repeats,
+                    "faces_found": int(sum(int(f[spec.FACE_COUNT][0]) > 0 for f in found))},
+        "time_per_request": rows,
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "note": "in-process predictors (served code, no Triton); median of the repeats, pool sizes interleaved; on a "
+                "shared 2-core machine busy with other work (load average above), so 2 threads cannot reach 2x here",
+    }
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1, help="torch and TFLite threads of every model")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the preview clip QA tracks")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=("all", "expected_face"), default="all",
-                        help="expected_face: only face_detector's expected_face_px measurements")
+    parser.add_argument("--only", choices=("all", "expected_face", "pool"), default="all",
+                        help="expected_face: only face_detector's expected_face_px measurements; pool: only the "
+                             "GIL check and the interpreter pools' request times")
+    parser.add_argument("--pools", default="1,2", help="--only pool: the mediapipe_threads compared (the first is "
+                                                        "the reference for the outputs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.only == "expected_face":
         return expected_face(args)
+    if args.only == "pool":
+        return pool_timing(args)
     load_before = os.getloadavg()[0]
     limits = ValidationLimits()
     photos = _photos(limits)

@@ -19,7 +19,7 @@ import torch
 from .. import spec
 from ..errors import ConfigError, InputError, WeightsUnavailable
 from ..licences import LicencePolicy
-from ..mediapipe_models import blazeface
+from ..mediapipe_models import blazeface, pool
 from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNKNOWN, WeightsChoice, official_path, weights_root
 from . import mtcnn
 from .faces import Faces
@@ -58,6 +58,8 @@ class FaceDetectorSettings:
     mtcnn_thresholds: tuple[float, ...] = mtcnn.DEFAULT_THRESHOLDS  # P-, R-, O-Net stage thresholds
     mtcnn_factor: float = mtcnn.DEFAULT_FACTOR  # MTCNN pyramid scale step
     threads: int = 0  # CPU threads for torch / onnxruntime; 0 = the library default
+    # BlazeFace: images (and the faces' meshes) of one request in parallel on this many TFLite interpreters.
+    mediapipe_threads: int = 1
     licence: LicencePolicy = LicencePolicy()  # config.pbtxt key `commercial` (licences.py)
 
     def __post_init__(self) -> None:
@@ -87,6 +89,9 @@ class FaceDetectorSettings:
             raise ConfigError(f"mtcnn_factor must be in [0.1, 1), got {self.mtcnn_factor}")
         if self.threads < 0:
             raise ConfigError(f"threads must be 0 (library default) or more, got {self.threads}")
+        if not 1 <= self.mediapipe_threads <= pool.MAX_SIZE:
+            raise ConfigError(f"mediapipe_threads must be 1 (one image after another) to {pool.MAX_SIZE} (parallel "
+                              f"BlazeFace interpreters), got {self.mediapipe_threads}")
 
 
 def _retinaface_choice(backbone: str, root: Path | None) -> WeightsChoice | None:
@@ -309,9 +314,12 @@ def _blazeface_engine(settings: FaceDetectorSettings, device: str) -> Engine:
 
     if device != "cpu":
         logger.info("BlazeFace runs on the CPU (TFLite); device %s is not used", device)
-    networks = [blazeface.BlazeFaceNetwork(files.require(name), kind, settings.blazeface_min_score, settings.threads)
-                for kind, name in blazeface.FILES.items()]
-    return blazeface.BlazeFaceEngine(networks, FaceMesh(files.require("face_landmark"), settings.threads))
+    paths = {kind: files.require(name) for kind, name in blazeface.FILES.items()}
+    detectors = pool.InterpreterPool(
+        lambda: [blazeface.BlazeFaceNetwork(path, kind, settings.blazeface_min_score, settings.threads)
+                 for kind, path in paths.items()], settings.mediapipe_threads, "blazeface")
+    mesh = FaceMesh(files.require("face_landmark"), settings.threads, settings.mediapipe_threads)
+    return blazeface.BlazeFaceEngine(detectors, mesh)
 
 
 def build_face_detector(settings: FaceDetectorSettings, device: str, root: Path | None = None) -> FaceDetector:

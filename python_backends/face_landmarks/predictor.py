@@ -209,12 +209,12 @@ class DlibEngine:
 
 
 class MediaPipeMeshEngine:
-    """Face Mesh on the whole batch at once: one invoke per pass over every box's crop."""
+    """Face Mesh on every box of the batch, in parallel over `workers` interpreters."""
 
-    def __init__(self, path: Path, refine: int, threads: int) -> None:
+    def __init__(self, path: Path, refine: int, threads: int, workers: int = 1) -> None:
         from ..mediapipe_models.face_mesh import FaceMesh
 
-        self.mesh = FaceMesh(path, threads)
+        self.mesh = FaceMesh(path, threads, workers)
         self.refine = refine
 
     def __call__(self, images: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
@@ -260,7 +260,8 @@ def build_face_landmarks(
             torch.set_num_threads(settings.threads)
         engine = HRNetEngine(weights.path, device, settings.crop_scale)
     elif weights.engine == MEDIAPIPE_ENGINE:
-        engine = MediaPipeMeshEngine(weights.path, settings.mesh_refine, settings.threads)
+        engine = MediaPipeMeshEngine(weights.path, settings.mesh_refine, settings.threads,
+                                     settings.mediapipe_threads)
     elif weights.source == SHIPPED:
         if device != "cpu":
             logger.info("dlib's shape predictor runs on the CPU; device %s is not used", device)

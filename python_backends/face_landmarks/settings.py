@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..licences import LicencePolicy
+from ..mediapipe_models import pool
 
 AUTO = "auto"
 HRNET = "hrnet"  # official HRNetV2-W18 checkpoint under the weights root
@@ -41,6 +42,8 @@ class FaceLandmarksSettings:
     pose_reference: str = LINE_OF_SIGHT
     # CPU threads for torch (0 = torch's default).
     threads: int = 0
+    # Face Mesh: the boxes of one request in parallel on this many TFLite interpreters (1 = one after another).
+    mediapipe_threads: int = 1
     # HRNet forward: torch here, or triton (the exported network served as `network_model`).
     runtime: str = TORCH
     network_model: str = "face_landmarks_net"
@@ -61,6 +64,9 @@ class FaceLandmarksSettings:
             raise ValueError(f"focal_scale must be within [0.1, 20], got {self.focal_scale}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if not 1 <= self.mediapipe_threads <= pool.MAX_SIZE:
+            raise ValueError(f"mediapipe_threads must be 1 (one box after another) to {pool.MAX_SIZE} (parallel "
+                             f"Face Mesh interpreters), got {self.mediapipe_threads}")
         if not 0 <= self.mesh_refine <= 3:
             raise ValueError(f"mesh_refine must be within [0, 3], got {self.mesh_refine}")
         if self.runtime not in RUNTIMES:

@@ -13,6 +13,7 @@ from ..face_detection.faces import Faces
 from .crops import rotation_between
 from .face_mesh import FaceMesh
 from .mesh_layout import five_keypoints
+from .pool import InterpreterPool
 from .ssd import AnchorOptions, DecoderOptions, Detections, anchors, decode, letterbox, weighted_nms
 from .tflite import TFLiteNetwork
 
@@ -62,22 +63,29 @@ class BlazeFaceNetwork:
 class BlazeFaceEngine:
     """face_detection.detector.Engine: RGB uint8 [B, H, W, 3] -> Faces per image. The short-range model first
     (faces within ~2 m, as portraits are), the full-range one on images where it found none; boxes and scores are
-    BlazeFace's, the five keypoints Face Mesh's where the mesh sees a face there."""
+    BlazeFace's, the five keypoints Face Mesh's where the mesh sees a face there. Images run in parallel over
+    `detectors` (each worker its own short- and full-range networks; pool.py), the faces' meshes over the mesh's
+    own pool."""
 
     thresholded = True  # detections are already kept at blazeface_min_score: FaceDetector adds no threshold
 
-    def __init__(self, networks: list[BlazeFaceNetwork], mesh: FaceMesh | None) -> None:
-        self.networks = networks
+    def __init__(self, detectors: InterpreterPool[list[BlazeFaceNetwork]], mesh: FaceMesh | None) -> None:
+        self.detectors = detectors
         self.mesh = mesh
 
-    def raw_detect(self, image: np.ndarray, expected_face_px: float = 0.0) -> tuple[np.ndarray, np.ndarray,
-                                                                                   np.ndarray]:
-        for network in self.networks:
+    @property
+    def networks(self) -> list[BlazeFaceNetwork]:
+        """The first worker's networks (the one a one-worker pool has): for measurements that call them alone."""
+        return self.detectors.workers[0]
+
+    def raw_detect(self, networks: list[BlazeFaceNetwork], image: np.ndarray, expected_face_px: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        for network in networks:
             boxes, scores, points = network(image)
             if len(boxes):
                 return boxes, scores, points
         if self.mesh is not None and not self.skips_tiles(image.shape[:2], expected_face_px):
-            return self._tiled(image)
+            return self._tiled(image, networks[-1])
         return boxes, scores, points
 
     @staticmethod
@@ -86,11 +94,10 @@ class BlazeFaceEngine:
         the tiles (~80 network calls and Face Mesh checks at 832x480), the frame is simply faceless."""
         return expected_face_px >= TILE_SKIP_MARGIN * WHOLE_IMAGE_FLOOR * max(shape)
 
-    def _tiled(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _tiled(self, image: np.ndarray, network: BlazeFaceNetwork) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces too small for the whole-image pass (a few pixels at 192 px): the last network over overlapping
         tiles, each find confirmed by Face Mesh (presence; tiles of texture give BlazeFace false finds the mesh
         rejects), then merged with MediaPipe's weighted NMS. Runs only on images where nothing was found."""
-        network = self.networks[-1]
         height, width = image.shape[:2]
         side = max(TILE_MIN_SIDE, min(height, width) // TILES_PER_SIDE)
         found = []
@@ -111,18 +118,21 @@ class BlazeFaceEngine:
 
     def detect(self, images: np.ndarray, min_face_px: float, expected_face_px: np.ndarray | None = None) -> list[Faces]:
         expected = np.zeros(len(images), np.float32) if expected_face_px is None else expected_face_px
-        per_image = []
-        for image, face_px in zip(images, expected):
-            boxes, scores, points = self.raw_detect(image, float(face_px))
+
+        def one(networks: list[BlazeFaceNetwork], item: tuple[np.ndarray, float]) -> tuple:
+            image, face_px = item
+            boxes, scores, points = self.raw_detect(networks, image, float(face_px))
             sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
             keep = sides >= min_face_px
-            per_image.append((boxes[keep], scores[keep], _five_from_blazeface(points[keep])))
+            return boxes[keep], scores[keep], _five_from_blazeface(points[keep])
+
+        per_image = self.detectors.map(one, list(zip(images, expected)))
         if self.mesh is not None:
             self._mesh_keypoints(images, per_image)
         return [Faces(b.astype(np.float32), s.astype(np.float32), p.astype(np.float32)) for b, s, p in per_image]
 
     def _mesh_keypoints(self, images: np.ndarray, per_image: list) -> None:
-        """One batched mesh pass (and one re-crop) over every face of every image; replaces the keypoints in place
+        """A mesh pass (and one re-crop) on every face of every image; replaces the keypoints in place
         where the mesh is confident, keeping BlazeFace's elsewhere (a profile the mesh cannot fit)."""
         crops_of = [image for image, (b, _s, _p) in zip(images, per_image) for _ in range(len(b))]
         if not crops_of:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .crops import Roi, box_roi, rotation_between
 from .mesh_layout import EYE_CORNERS, MESH_POINTS
+from .pool import InterpreterPool
 from .tflite import TFLiteNetwork
 
 ROI_SCALE = 1.5  # face_landmark_landmarks_to_roi / face_detection_front_detection_to_roi: scale 1.5, square_long
@@ -28,32 +29,41 @@ def mesh_roi(mesh: np.ndarray) -> Roi:
 
 
 class FaceMesh:
-    """Batched: every crop of a call goes through one interpreter invoke."""
+    """Each box's crops (the first pass and its re-crops) on one interpreter of a pool (pool.py), a crop per
+    invoke: the network is batch-invariant (the same outputs, bit for bit, as one invoke over every crop), and
+    boxes run in parallel when the pool has more than one interpreter."""
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
-        self.network = TFLiteNetwork(path, threads)
-        self.size = self.network.size[0]
+    def __init__(self, path: Path, threads: int = 0, workers: int = 1) -> None:
+        self.pool = InterpreterPool(lambda: TFLiteNetwork(path, threads), workers, "face-mesh")
+        self.size = self.pool.workers[0].size[0]
 
-    def run(self, images: list[np.ndarray], rois: list[Roi]) -> tuple[np.ndarray, np.ndarray]:
-        """Meshes [N, 468, 3] in image pixels (z in the same scale as x) and face presence [N] in [0, 1]."""
-        if not rois:
-            return np.zeros((0, MESH_POINTS, 3), np.float32), np.zeros(0, np.float32)
+    def _pass(self, network: TFLiteNetwork, image: np.ndarray, roi: Roi) -> tuple[np.ndarray, np.ndarray]:
+        """One crop: its mesh [468, 3] in image pixels (z in the same scale as x) and the raw presence logit [1]."""
         low, high = INPUT_RANGE
-        crops = np.stack([roi.crop(image, self.size) for image, roi in zip(images, rois)]).astype(np.float32)
-        raw, flag = self.network(crops * ((high - low) / 255.0) + low)
-        raw = raw.reshape(len(rois), MESH_POINTS, 3)
-        meshes = np.empty_like(raw)
-        for k, roi in enumerate(rois):
-            meshes[k, :, :2] = roi.to_image(raw[k, :, :2], self.size)
-            meshes[k, :, 2] = raw[k, :, 2] * roi.side / self.size
-        presence = 1.0 / (1.0 + np.exp(-flag.reshape(-1)))
-        return meshes.astype(np.float32), presence.astype(np.float32)
+        crop = roi.crop(image, self.size).astype(np.float32)
+        raw, flag = network((crop * ((high - low) / 255.0) + low)[None])
+        raw = raw.reshape(MESH_POINTS, 3)
+        mesh = np.empty_like(raw)
+        mesh[:, :2] = roi.to_image(raw[:, :2], self.size)
+        mesh[:, 2] = raw[:, 2] * roi.side / self.size
+        return mesh, flag.reshape(-1)
 
     def in_boxes(self, images: list[np.ndarray], boxes: np.ndarray, refine: int = 1,
                  rotations: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Meshes of the face in each box (x1, y1, x2, y2), with `refine` re-crops around the previous mesh."""
+        """Meshes [N, 468, 3] of the face in each box (x1, y1, x2, y2) and face presence [N] in [0, 1], with
+        `refine` re-crops around the previous mesh."""
         rois = [box_roi(box, ROI_SCALE, rotations[k] if rotations else 0.0) for k, box in enumerate(boxes)]
-        meshes, presence = self.run(images, rois)
-        for _ in range(refine):
-            meshes, presence = self.run(images, [mesh_roi(mesh) for mesh in meshes])
-        return meshes, presence
+
+        def track(network: TFLiteNetwork, item: tuple[np.ndarray, Roi]) -> tuple[np.ndarray, np.ndarray]:
+            image, roi = item
+            mesh, flag = self._pass(network, image, roi)
+            for _ in range(refine):
+                mesh, flag = self._pass(network, image, mesh_roi(mesh))
+            return mesh, flag
+
+        found = self.pool.map(track, list(zip(images, rois)))
+        if not found:
+            return np.zeros((0, MESH_POINTS, 3), np.float32), np.zeros(0, np.float32)
+        flags = np.concatenate([flag for _mesh, flag in found])
+        presence = 1.0 / (1.0 + np.exp(-flags))
+        return np.stack([mesh for mesh, _flag in found]).astype(np.float32), presence.astype(np.float32)

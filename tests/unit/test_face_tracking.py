@@ -129,7 +129,7 @@ def test_qa_of_the_sample_clip_is_the_same_with_the_expected_face(monkeypatch):
 
     tiled = []
     original = BlazeFaceEngine._tiled
-    monkeypatch.setattr(BlazeFaceEngine, "_tiled", lambda self, image: tiled.append(1) or original(self, image))
+    monkeypatch.setattr(BlazeFaceEngine, "_tiled", lambda self, *args: tiled.append(1) or original(self, *args))
 
     def judged() -> list:
         # fresh: it remembers which models answered; the preview engine covers the frame with the photo
