@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -103,3 +104,20 @@ def set_parameter(config: str, key: str, value: str) -> str:
     if not pattern.search(config):
         raise KeyError(f"config has no parameter {key!r}")
     return pattern.sub(lambda m: m.group(1) + value + m.group(2), config)
+
+
+def profile_on_cpu(root: Path, profile: str) -> tuple[Path, ...]:
+    """The repositories copied under `root`, the profile's variants moved to the CPU (Triton refuses to load a
+    KIND_GPU instance without a GPU), nothing else changed; their paths."""
+    if not any(path for repository in REPOSITORIES for path in repository.glob(f"*/configs/{profile}.pbtxt")):
+        raise ValueError(f"no model has a configs/{profile}.pbtxt: --model-config-name {profile} would serve the "
+                         "defaults")
+    return copy_repositories(root, lambda _model, config: set_instance_kind(config, "KIND_CPU"), profile)
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU this process can use (nvidia-smi lists one)."""
+    if not shutil.which("nvidia-smi"):
+        return False
+    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return done.returncode == 0 and "GPU" in done.stdout

@@ -51,7 +51,7 @@ from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 from tritonclient.grpc import model_config_pb2
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
-from client.repository import copy_repositories
+from client.repository import copy_repositories, gpu_present, profile_on_cpu
 from client.server import PROJECT_ROOT, ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, TalkingHeadClient
 from python_backends import spec
@@ -403,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                               "streamed over gRPC, with the engine the server resolves (no Wan weights: preview)")
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        servers = {True: stack.enter_context(server(model_config_name="gpu" if gpu else None))}
+        repositories = None
+        if gpu and not gpu_present():  # a dry run of the GPU sweep: the profile's instances moved to the CPU
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-gpu-profile-")))
+            repositories = profile_on_cpu(scratch, "gpu")
+            document["notes"] += "; NO GPU: the GPU profile's KIND_GPU instances were moved to the CPU"
+        servers = {True: stack.enter_context(server(repositories, model_config_name="gpu" if gpu else None))}
         inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"), models=tuple(wanted))
         print(f"wrote {len(inputs)} input files to {INPUTS_DIR}", file=sys.stderr)
         if args.inputs_only:

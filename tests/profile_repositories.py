@@ -7,34 +7,14 @@ suite's fault cases on the H200). `pytest --model-config-name gpu` serves the se
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
-from client.repository import REPOSITORIES, copy_repositories, set_instance_kind
+from client.repository import gpu_present, profile_on_cpu
 
 GPU_PROFILE = "gpu"  # --model-config-name of the GPU profile (every model's configs/gpu.pbtxt)
 # the models the GPU profile puts on the GPU: Wan and every QA model (the orchestrators stay on the CPU)
 ON_THE_GPU = frozenset({"video_generator", "face_detector", "face_landmarks", "face_embedder", "content_safety",
                         "lipsync_scorer", "mouth_refiner"})
-
-
-def profile_on_cpu(root: Path, profile: str) -> tuple[Path, ...]:
-    """The repositories copied under `root`, the profile's variants moved to the CPU; their paths."""
-    if not any(path for repository in REPOSITORIES for path in repository.glob(f"*/configs/{profile}.pbtxt")):
-        raise ValueError(f"no model has a configs/{profile}.pbtxt: --model-config-name {profile} would serve the "
-                         "defaults")
-    return copy_repositories(root, lambda _model, config: set_instance_kind(config, "KIND_CPU"), profile)
-
-
-def gpu_present() -> bool:
-    """An NVIDIA GPU this process can use (nvidia-smi lists one)."""
-    if not shutil.which("nvidia-smi"):
-        return False
-    done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return done.returncode == 0 and "GPU" in done.stdout
 
 
 def served_profile(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> dict:
