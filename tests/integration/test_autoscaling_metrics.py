@@ -7,10 +7,12 @@ import re
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
-from client.server import PROJECT_ROOT
+from client.repository import copy_repositories, set_parameter
+from client.server import PROJECT_ROOT, ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, RequestRejected, TalkingHeadClient
 from python_backends.backlog import GAUGES, OLDEST_QUEUED_AGE, QUEUED_JOBS, QUEUED_SEGMENTS, RUNNING_SEGMENTS
 
@@ -115,10 +117,25 @@ def _twice(speech_wav: bytes) -> bytes:
     return out.getvalue()
 
 
-def test_one_job_generates_its_next_segment_while_judging_this_one(triton_server, samples):
+@pytest.fixture(scope="module")
+def overlapping_server(tmp_path_factory) -> Iterator[ServerOptions]:
+    """A private server whose talking_head overlaps segments (off in the checked-in configs)."""
+    root = tmp_path_factory.mktemp("overlap-segments")
+
+    def edit(model: str, config: str) -> str:
+        return set_parameter(config, "overlap_segments", "true") if model == "talking_head" else config
+
+    options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                            repositories=copy_repositories(root, edit), weights=tmp_path_factory.mktemp("no-weights"))
+    with TritonServer(options, log_path=root / "tritonserver.log"):
+        yield options
+
+
+def test_one_job_generates_its_next_segment_while_judging_this_one(overlapping_server, samples):
     """talking_head's overlap_segments through the server: segment 1 is generated (a BLS stream from the job's
     generation thread) while segment 0 is judged, so one job alone shows two running segments; it streams both
     segments in order and the gauges come back to zero."""
+    triton_server = overlapping_server
     url = triton_server.metrics_url
     _wait_idle(url)
     photo, speech = (samples / "astronaut.png").read_bytes(), _twice((samples / "speech.wav").read_bytes())

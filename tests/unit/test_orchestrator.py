@@ -130,6 +130,7 @@ def test_segments_are_whole_native_clips_of_the_engine(monkeypatch):
 # ---------------------------------------------------------------- overlapped segments (overlap_segments)
 
 SEQUENTIAL = pipeline.TalkingHeadSettings(overlap_segments=False)
+OVERLAPPED = pipeline.TalkingHeadSettings(overlap_segments=True)
 GENERATION_THREAD = "talking_head-generation"
 
 
@@ -155,7 +156,7 @@ def _outputs(monkeypatch, settings: pipeline.TalkingHeadSettings, **fake) -> tup
 def test_the_next_segment_generates_while_this_one_is_judged_and_the_job_ends_sooner(monkeypatch):
     fake = {"total": 375, "generate_s": 0.25, "judge_s": 0.25}  # three 125-frame segments
     walls = {}
-    for name, settings in (("sequential", SEQUENTIAL), ("overlapped", pipeline.TalkingHeadSettings())):
+    for name, settings in (("sequential", SEQUENTIAL), ("overlapped", OVERLAPPED)):
         backlog, running = Backlog(), []
         job = FakeJob(monkeypatch, **fake, on_event=lambda b=backlog, r=running: r.append(
             b.snapshot().running_segments))
@@ -181,7 +182,7 @@ def test_overlap_changes_no_output_re_rolls_included(monkeypatch):
     # not the last). Segment 2 continues from that attempt in both modes.
     fake = {"total": 375, "failures": {(0, 0): 1, (1, 0): 2, (1, 1): 1, (1, 2): 1}}
     sequential, one_stage = _outputs(monkeypatch, SEQUENTIAL, **fake)
-    overlapped, overlap = _outputs(monkeypatch, pipeline.TalkingHeadSettings(), **fake)
+    overlapped, overlap = _outputs(monkeypatch, OVERLAPPED, **fake)
     assert overlapped == sequential
     assert [r["info"]["attempt"] for r in sequential[:-1]] == [1, 1, 0]
     # Every request the sequential path made, the overlapped one made too (plus speculations). Segment 2 was
@@ -198,7 +199,7 @@ def test_overlap_changes_no_output_re_rolls_included(monkeypatch):
 
 def test_a_re_roll_discards_the_speculation_from_the_rejected_attempt(monkeypatch):
     job = FakeJob(monkeypatch, total=250, fail_attempts=frozenset({(0, 0)}))
-    responses = list(job.responses({"fps": 25, "seed": 7}))
+    responses = list(job.responses({"fps": 25, "seed": 7}, OVERLAPPED))
     # Segment 0 attempt 0, segment 1 from it (speculative), segment 0 attempt 1, segment 1 from attempt 1.
     assert [(r["start_frame"], r["seed"]) for r in job.requests] == [
         (0, 7), (125, contract.derive_seed(7, 1, 0)), (0, contract.derive_seed(7, 0, 1)),
@@ -210,7 +211,7 @@ def test_a_re_roll_discards_the_speculation_from_the_rejected_attempt(monkeypatc
 
 def test_an_error_in_a_speculation_surfaces_when_its_segment_is_needed_and_not_if_discarded(monkeypatch):
     job = FakeJob(monkeypatch, total=250, broken=frozenset({2}))  # request 2: segment 1, speculative
-    responses = job.responses({"fps": 25})
+    responses = job.responses({"fps": 25}, OVERLAPPED)
     assert int(next(responses)[spec.START_FRAME][0]) == 0  # segment 0 is out before the error
     with pytest.raises(RuntimeError, match="generator broke on request 2"):
         next(responses)
@@ -218,11 +219,11 @@ def test_an_error_in_a_speculation_surfaces_when_its_segment_is_needed_and_not_i
     # Discarded (segment 0 re-rolled): the job goes on, as if the broken request had never been made.
     fake = {"total": 250, "fail_attempts": frozenset({(0, 0)})}
     sequential, _ = _outputs(monkeypatch, SEQUENTIAL, **fake)
-    assert _outputs(monkeypatch, pipeline.TalkingHeadSettings(), broken=frozenset({2}), **fake)[0] == sequential
+    assert _outputs(monkeypatch, OVERLAPPED, broken=frozenset({2}), **fake)[0] == sequential
 
 
 def test_a_hard_failure_stops_the_job_after_the_request_in_flight_with_no_thread_left(monkeypatch):
-    for settings in (SEQUENTIAL, pipeline.TalkingHeadSettings()):
+    for settings in (SEQUENTIAL, OVERLAPPED):
         job = FakeJob(monkeypatch, total=250, hard=frozenset({(0, 0)}), generate_s=0.3, judge_s=0.1)
         with pytest.raises(InputError, match="stopped at 0.0 s: the generated video failed the gate0 gate") as err:
             list(job.responses({"fps": 25}, settings))
@@ -236,7 +237,7 @@ def test_a_hard_failure_stops_the_job_after_the_request_in_flight_with_no_thread
 
 def test_a_client_gone_mid_job_leaves_no_thread(monkeypatch):
     job = FakeJob(monkeypatch, total=375, generate_s=0.2, judge_s=0.1)
-    responses = job.responses({"fps": 25})
+    responses = job.responses({"fps": 25}, OVERLAPPED)
     next(responses)  # segment 0 out, segment 1 generating
     responses.close()  # waits for segment 1's request (it cannot be cancelled), starts no other
     assert not _generation_threads()
