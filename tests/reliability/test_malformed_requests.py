@@ -117,8 +117,11 @@ CASES = (
 
 
 def _max_batch_size(server, model: str) -> int:
-    config = http.InferenceServerClient(server.http_url).get_model_config(model)
-    return int(config["max_batch_size"])
+    client = http.InferenceServerClient(server.http_url)
+    try:
+        return int(client.get_model_config(model)["max_batch_size"])
+    finally:
+        client.close()
 
 
 def _status(exc: InferenceServerException) -> str:
