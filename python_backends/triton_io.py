@@ -8,6 +8,7 @@ our exceptions to TritonError codes (the traceback goes to the server log, never
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import traceback
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .errors import (
 from .keepalive import KeepAlive, ResponseStream
 from .settings import from_model_config
 from .spec import MODEL_INFO, STREAM_KEEPALIVE_S, ModelSpec, TensorSpec
+from .stream_remains import STREAM_REMAINS
 from .weights import WeightsChoice
 
 _NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
@@ -79,6 +81,16 @@ def refuse_unlicensed(model: str, settings: Any) -> None:
         raise WeightsUnavailable("; ".join(reasons))
 
 
+def trace_crashes() -> None:
+    """A stub that dies of a fatal signal (a native crash, an abort) writes every thread's Python stack to its
+    stderr, which is the server log: the crash then names the code that ran instead of only "stub not healthy".
+    The stub's embedded interpreter ignores PYTHONFAULTHANDLER, so every model base turns it on here."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
+
+
 def device_of(args: dict[str, str]) -> str:
     if args.get("model_instance_kind") == "GPU":
         return f"cuda:{args.get('model_instance_device_id', '0')}"
@@ -95,6 +107,7 @@ class BatchedModel:
         raise NotImplementedError
 
     def initialize(self, args: dict[str, str]) -> None:
+        trace_crashes()
         self.logger = pb_utils.Logger
         config = json.loads(args["model_config"])
         self.predictor: Predictor | None = None
@@ -217,6 +230,7 @@ class OrchestratorModel:
     settings_type: type
 
     def initialize(self, args: dict[str, str]) -> None:
+        trace_crashes()
         self.logger = pb_utils.Logger
         try:
             self.settings = from_model_config(self.settings_type, json.loads(args["model_config"]))
@@ -310,6 +324,7 @@ class StreamingModel:
         raise NotImplementedError
 
     def initialize(self, args: dict[str, str]) -> None:
+        trace_crashes()
         from concurrent.futures import ThreadPoolExecutor
 
         self.logger = pb_utils.Logger
@@ -360,13 +375,17 @@ class StreamingModel:
                 return
             inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
+            requested = set(request.requested_output_names())
             if not self.reports_segments:
                 job.begin(0)
             for outputs in self.stream(inputs, parameters, request.is_cancelled, job):
                 if request.is_cancelled():
                     stream.send(pb_utils.InferenceResponse(error=cancelled), final=True)
                     return
-                tensors = [output_tensor(t, outputs[t.name]) for t in self.spec.outputs if t.name in outputs]
+                # Only what the client asked for: Triton 2.51's response sender drops the other tensors on a thread
+                # without the GIL (stream_remains.py has the same bug's other face).
+                tensors = [output_tensor(t, outputs[t.name]) for t in self.spec.outputs
+                           if t.name in outputs and t.name in requested]
                 stream.send(pb_utils.InferenceResponse(output_tensors=tensors))
             stream.send(final=True)
         except Exception as exc:
@@ -382,8 +401,10 @@ class StreamingModel:
         self._gauges.close()
 
 
-def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: dict):
-    """Call a decoupled model through BLS and yield its responses' outputs as dicts of arrays."""
+def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: dict,
+                 is_cancelled: Callable[[], bool]):
+    """Call a decoupled model through BLS and yield its responses' outputs as dicts of arrays. `is_cancelled` is
+    the calling request's (open while this runs): stream_remains.py says why it is asked."""
     request = pb_utils.InferenceRequest(
         model_name=model.name,
         requested_output_names=[tensor.name for tensor in model.outputs],
@@ -391,7 +412,7 @@ def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: di
         # BLS takes only bool/int/str parameter values; settings parsing reads numbers back from strings.
         parameters={k: str(v) if isinstance(v, float) else v for k, v in parameters.items()},
     )
-    for response in guarded_responses(request, model.name):
+    for response in guarded_responses(request, model.name, is_cancelled):
         if response.has_error():
             _raise_bls_error(model, response.error())
         if response.output_tensors():
@@ -401,31 +422,31 @@ def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: di
 _END = object()
 
 
-def guarded_responses(request, model: str, poll_s: float = 1.0):
+def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], poll_s: float = 1.0):
     """The responses of a decoupled BLS request, failing fast if the callee's stub process dies meanwhile.
 
     Triton 2.51 never answers a streamed request whose python-backend stub died, so a plain `exec` loop would
     wait forever and hold this worker thread. The request runs on a helper thread; while it is silent, the
     callee's stubs (as found at the start, in /proc) are checked every `poll_s`. If one died, this raises at
-    once and the helper thread is left blocked (a daemon: it never holds the process open).
+    once and the helper thread is left blocked (a daemon: it never holds the process open). The helper parks
+    what the stream leaves and a stream read to its end settles it (stream_remains.py).
     """
-    import queue
-    import threading
-
     from .stub_processes import alive, sibling_stubs
 
-    stubs = sibling_stubs(model)
-    if not stubs:  # no /proc, or not a python-backend model: nothing to watch
-        yield from request.exec(decoupled=True)
-        return
+    stubs = sibling_stubs(model)  # none without /proc or for a model that is not a python-backend one
     responses: queue.Queue = queue.Queue()
 
     def pump() -> None:
+        remains: list = []
         try:
-            for response in request.exec(decoupled=True):
+            iterator = request.exec(decoupled=True)
+            remains.append(iterator)
+            for response in iterator:
+                remains.append(response)
                 responses.put(response)
         except BaseException as exc:
             responses.put(exc)
+        STREAM_REMAINS.park(remains)
         responses.put(_END)
 
     threading.Thread(target=pump, name=f"bls-{model}", daemon=True).start()
@@ -441,6 +462,7 @@ def guarded_responses(request, model: str, poll_s: float = 1.0):
                 ) from None
             continue
         if item is _END:
+            STREAM_REMAINS.settle(is_cancelled)
             return
         if isinstance(item, BaseException):
             raise item

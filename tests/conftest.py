@@ -35,6 +35,27 @@ def samples() -> Path:
     return SAMPLES
 
 
+SERVER_LOG_LINES, SERVER_LOG_LINE_CHARS = 40, 1500
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test's report ends with every tritonserver log written while it ran: a python-backend stub that
+    died leaves its reason (and, with PYTHONFAULTHANDLER, every thread's Python stack) only there, and CI keeps
+    nothing but the report."""
+    outcome = yield
+    report = outcome.get_result()
+    factory = getattr(item.config, "_tmp_path_factory", None)
+    if not report.failed or factory is None:
+        return
+    for log in sorted(factory.getbasetemp().glob("*/*.log")):
+        if log.parent.is_symlink() or log.stat().st_mtime < call.start or "triton" not in log.name:
+            continue
+        tail = log.read_text(errors="replace").splitlines()[-SERVER_LOG_LINES:]
+        report.sections.append((f"{log.parent.name}/{log.name} (last {SERVER_LOG_LINES} lines)",
+                                "\n".join(line[:SERVER_LOG_LINE_CHARS] for line in tail)))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--model-config-name", default=None,
                      help="serve the session's tritonserver with this config profile (e.g. gpu), its KIND_GPU "

@@ -108,8 +108,9 @@ class Settings:
 
 
 class FakeRequest:
-    def __init__(self, parameters: dict) -> None:
+    def __init__(self, parameters: dict, requested: tuple[str, ...] = ("x",)) -> None:
         self._parameters, self.cancelled, self.responses = json.dumps(parameters), False, []
+        self.requested = requested  # Triton fills in every output when a client names none
         self.gone = False  # the client disconnected: sending fails
         self.done = threading.Event()
 
@@ -128,6 +129,9 @@ class FakeRequest:
 
     def parameters(self) -> str:
         return self._parameters
+
+    def requested_output_names(self) -> set[str]:
+        return set(self.requested)
 
     def is_cancelled(self) -> bool:
         return self.cancelled
