@@ -29,8 +29,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/talkinghead demo --out $(OUT)
 
+# Then the reliability suite's Triton part once more on the GPU profile's configs (issue 19), moved to the CPU
+# here (tests/profile_repositories.py): bad input and faults keep their behaviour there too.
+RELIABILITY_ON_GPU_PROFILE := tests/reliability/test_faults.py tests/reliability/test_malformed_requests.py \
+	tests/reliability/test_bad_inputs.py tests/reliability/test_security.py tests/reliability/test_properties.py
+
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(RELIABILITY_ON_GPU_PROFILE) --model-config-name gpu
 
 # Debian's chromium + chromedriver for the review page's browser test (tests/integration/test_review_page.py, driven
 # by Selenium from the dev extra). Installed when missing; where apt cannot install them the test skips and says so.
