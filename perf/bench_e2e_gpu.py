@@ -128,7 +128,7 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
 
     def chunks():
         for chunk in engine.generate(job):
-            if not first_timing:  # LiveAvatar's: the request's start by phase (start_*_s)
+            if not first_timing:  # the request's start by phase (start_*_s, S2V and LiveAvatar)
                 first_timing.update({key: round(float(value), 3) for key, value in chunk.timing.items()})
             yield chunk
 

@@ -96,7 +96,7 @@ def summarise(job: dict) -> dict:
         "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"]}
                         for s in job["qa"]["segments"]],
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
-        "first_chunk_timing_s": chunks[0].get("timing_s"),  # LiveAvatar: the request's start by phase (start_*_s)
+        "first_chunk_timing_s": chunks[0].get("timing_s"),  # the request's start by phase (start_*_s)
         "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],
     }
 

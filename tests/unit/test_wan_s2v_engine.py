@@ -258,6 +258,17 @@ def test_streams_two_chained_clips(engine: WanS2VEngine, reference_run: list[Wan
     assert engine.name.startswith("wan2.2-s2v")
 
 
+def test_the_first_chunk_says_where_the_requests_start_went(reference_run: list[WanFrameChunk]) -> None:
+    first, *later = reference_run
+    phases = {f"start_{p}_s" for p in ("audio_features", "text", "reference_encode")}
+    assert phases <= set(first.timing) and all(first.timing[key] >= 0 for key in phases)
+    # the first clip drops its motion frames, so its encode_s is the photo's encoding, inside the phase's lap
+    assert 0 < first.timing["encode_s"] <= first.timing["start_reference_encode_s"] + 1e-3
+    assert first.timing["elapsed_s"] >= sum(first.timing[key] for key in phases)
+    # reported once: later chunks say 0 (ChunkMaker zeroes its sums after a chunk)
+    assert not any(value for chunk in later for key, value in chunk.timing.items() if key.startswith("start_"))
+
+
 def test_same_seed_same_video_and_fps_resampling(engine, photo, speech, reference_run) -> None:
     """Runs with the same seed at 25 fps. With interpolation=none every frame is the 16 fps frame nearest in
     time; with the default (flow) frame j is the flow interpolator's frame at 16 j / 25 between its two 16 fps

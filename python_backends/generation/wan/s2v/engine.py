@@ -79,7 +79,7 @@ from ..common.attention import ATTENTION_BACKENDS, SDPA, attention_function, che
 from ..common.checkpoint import check_release_layout, load_s2v_transformer, shared_release_entries
 from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
-from ..common.streaming import ChunkMaker, OverlapOptions, PixelPiece, WanFrameChunk, stream_chunks
+from ..common.streaming import ChunkMaker, OverlapOptions, PhaseClock, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
 from ..common.vae import SPATIAL_STRIDE, VAE_MEMORY_FORMATS, WanVAE, configure_vae, load_vae, read_checkpoint
 from .model import WanS2VTransformer, cfg_forward, guide
@@ -582,6 +582,8 @@ class WanS2VEngine(WanEngineBase):
     def generate(self, job: GenerationJob) -> Iterator[WanFrameChunk]:
         """Stream the video of `job` in chunks as it is decoded; stops working when the consumer stops."""
         started = time.perf_counter()
+        # The request's start by phase, reported with the first chunk (its timing's start_*_s), as LiveAvatar does.
+        clock = PhaseClock(self._sync)
         p, opt, task = job.params, self.options, self.task
         photo = check_photo(job)
         steps, guidance = self._settings(job)
@@ -591,6 +593,7 @@ class WanS2VEngine(WanEngineBase):
         features = self._audio_features(job)
         seconds = self._duration(job, features)
         features30 = resample_to_video_rate(features)
+        clock.lap("audio_features")
         fps16 = task.sample_fps
         plan = frame_plan(p, seconds, fps16, self.interpolation, self.device)
         segment, resampler, continuing, first16, needed = (plan.segment, plan.resampler, plan.continuing,
@@ -607,7 +610,9 @@ class WanS2VEngine(WanEngineBase):
 
         context = self._text(p.prompt or opt.default_prompt)
         context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
+        clock.lap("text")
         ref_latents, encode_s = self._reference(photo, height, width)
+        clock.lap("reference_encode")
         lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
         shape = (1, self.transformer.config.in_dim, per_clip // 4, lat_h, lat_w)
         vae_dtype = self.vae.dtype
@@ -617,7 +622,7 @@ class WanS2VEngine(WanEngineBase):
                  height, seconds, clips, per_clip, steps, opt.sampler, guidance)
 
         source = self._clip_pieces(job, clips, needed, dropped, continuing, audio_offset, features30, shape, steps,
-                                   guidance, context, context_null, ref_latents, last_frames, encode_s)
+                                   guidance, context, context_null, ref_latents, last_frames, encode_s, clock.phases)
         chunks = ChunkMaker(resampler, needed, segment.start, p.fps, total, p.chunk_frames, sampling, started)
         yield from stream_chunks(self, "Wan S2V", source, chunks, "denoise+decode")
 
@@ -625,10 +630,11 @@ class WanS2VEngine(WanEngineBase):
                      audio_offset: int,
                      features30: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float,
                      context: torch.Tensor, context_null: torch.Tensor, ref_latents: torch.Tensor,
-                     last_frames: torch.Tensor, encode_s: float) -> Iterator[PixelPiece]:
+                     last_frames: torch.Tensor, encode_s: float, start: Mapping[str, float]) -> Iterator[PixelPiece]:
         """The source of the stage pipeline: clip after clip, denoised and decoded (the next clip's motion frames
         are this clip's decoded last frames, so decoding cannot leave the DiT's thread here); each clip ends with
-        an empty piece that flushes its last chunk."""
+        an empty piece that flushes its last chunk. `start` (the request's start by phase) goes out with the first
+        piece."""
         p, task = job.params, self.task
         vae_dtype = self.vae.dtype
         lat_h, lat_w = shape[3], shape[4]
@@ -671,7 +677,8 @@ class WanS2VEngine(WanEngineBase):
                 self._sync()
                 empty = piece[:, :, :0]
                 decoded += piece.shape[2]
-                yield PixelPiece(piece, clip, timing, {"decode_s": time.perf_counter() - t0})
+                yield PixelPiece(piece, clip, timing, {**start, "decode_s": time.perf_counter() - t0})
+                start = {}
                 if last_clip and decoded >= needed:
                     stream.close()
                     break
