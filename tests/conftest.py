@@ -41,7 +41,7 @@ SERVER_LOG_LINES, SERVER_LOG_LINE_CHARS = 40, 1500
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A failed test's report ends with every tritonserver log written while it ran: a python-backend stub that
-    died leaves its reason (and, with PYTHONFAULTHANDLER, every thread's Python stack) only there, and CI keeps
+    died leaves its reason (and every thread's Python stack: triton_io.trace_crashes) only there, and CI keeps
     nothing but the report."""
     outcome = yield
     report = outcome.get_result()
