@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("perf/results/stream_soak_cpu.json"))
+    parser.add_argument("--label", default="", help="what code this run measures, when it is not the commit's")
     args = parser.parse_args(argv)
     photo, speech = SAMPLE_PHOTO.read_bytes(), SAMPLE_AUDIO.read_bytes()
     options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
@@ -77,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         wall_s = time.monotonic() - started
         deaths = [event.as_dict() for event in (server.watchdog.events if server.watchdog else [])]
 
-    commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    def git(*command: str) -> str:
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *command], capture_output=True, text=True).stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip()
     document = {
         "benchmark": "talking_head soak: small jobs back to back, stubs that died",
         "command": "python perf/stream_soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": commit, "clients": args.clients, "parameters": PARAMETERS,
+        "commit": commit, "label": args.label, "changed_from_commit": git("status", "--porcelain").splitlines(),
+        "clients": args.clients, "parameters": PARAMETERS,
         "stop_early_every": STOP_EARLY_EVERY, "wall_s": round(wall_s, 1), "jobs": jobs,
         "stub_deaths": deaths, "failures": failures,
     }
