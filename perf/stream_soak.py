@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+from perf_analyzer_sweeps import hardware  # noqa: E402  (perf/ is on sys.path)
+from results_file import write_json  # noqa: E402
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.server import PROJECT_ROOT, ServerOptions, TritonServer, free_port
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "talking_head soak: small jobs back to back, stubs that died",
         "command": "python perf/stream_soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit, "label": args.label, "changed_from_commit": git("status", "--porcelain").splitlines(),
-        "clients": args.clients, "parameters": PARAMETERS,
+        "hardware": hardware(), "clients": args.clients, "parameters": PARAMETERS,
         "stop_early_every": STOP_EARLY_EVERY, "wall_s": round(wall_s, 1), "jobs": jobs,
         "stub_deaths": deaths, "failures": failures,
     }
