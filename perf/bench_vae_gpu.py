@@ -5,8 +5,14 @@ wan/s2v/random_engine.py) in bf16 on CUDA, per generated size (832x480 and 704x3
 events after one warm-up pass (which pays any compile):
 - encode: the history tail the engine encodes (HistoryPrimer.encode: the last 261 frames, 1 + 4k, streamed in the
   official chunks: the first frame alone, then 4 at a time), for the motion latents and the decoder's priming;
-- prime: decoding the last 38 latent frames of it into a fresh decoder (HistoryPrimer.prime), every clip;
+- prime: bringing a fresh decoder to the state the last 38 latent frames of it leave (HistoryPrimer.prime:
+  LatentDecoder.advance), every clip;
 - block: decoding one block (3 latent frames, 12 frames) from the primed decoder, every block.
+The request's start (`--parts start`, the default variant) compares the two exact shortcuts with the work they
+replace: encoding a still history (the photo repeated, as in every fresh request) with every chunk run vs the chunks
+past the encoder's fixed point skipped (LatentEncoder._still_start), and priming by decoding every latent frame in
+full (LatentDecoder.feed) vs running only the decoder parts the state depends on (LatentDecoder.advance); each
+with whether the results are bitwise the same (the latents; the next block decoded from either state).
 Variants (vae.configure_vae, the `wan_vae_memory_format` / `wan_vae_compile` settings): default (contiguous,
 eager), channels_last_3d, compile, both. Each variant's outputs are compared with the default's on the same inputs
 (rel L2: |variant - default| / |default|); the decode inputs are the default's latents, so each figure is that
@@ -14,13 +20,13 @@ stage's own difference.
 
     python perf/bench_vae_gpu.py --out perf/results/vae_h200.json
     python perf/bench_vae_gpu.py --tiny --variants default,channels_last_3d --out /tmp/vae_tiny.json  # CPU smoke
+    python perf/bench_vae_gpu.py --cpu --parts start --sizes 104x64 --out perf/results/vae_start_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -31,9 +37,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_file, also when loaded by path (tests)
 
-from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+from perf_analyzer_sweeps import hardware  # noqa: E402  (perf/ is on sys.path)
+from results_file import write_json  # noqa: E402
 
-from python_backends.generation.wan.common.vae import LatentDecoder, WanVAE, configure_vae  # noqa: E402
+from python_backends.generation.wan.common.vae import (  # noqa: E402
+    LatentDecoder,
+    LatentEncoder,
+    WanVAE,
+    configure_vae,
+)
 from python_backends.generation.wan.s2v.liveavatar_engine import HistoryPrimer  # noqa: E402
 from python_backends.generation.wan.s2v.random_engine import RELEASE_VAE_DIM, SMALL_VAE_DIM  # noqa: E402
 
@@ -81,10 +93,10 @@ def run_variant(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix:
     def encode() -> torch.Tensor:
         return primer.encode(history)
 
-    def prime(latents: torch.Tensor) -> tuple[LatentDecoder, list[torch.Tensor]]:
-        # HistoryPrimer.prime's work (a fresh decoder fed the last latents_needed latents), keeping the pixels
-        decoder = LatentDecoder(vae)
-        return decoder, list(decoder.feed(latents[:, :, -primer.latents_needed:]))
+    def prime(latents: torch.Tensor) -> LatentDecoder:
+        decoder = LatentDecoder(vae)  # HistoryPrimer.prime's work
+        decoder.advance(latents[:, :, -primer.latents_needed:])
+        return decoder
 
     def decode_block(decoder: LatentDecoder) -> list[torch.Tensor]:
         return list(decoder.fork().feed(block))
@@ -94,7 +106,7 @@ def run_variant(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix:
     for n in range(repeats + 1):
         latents, encode_ms = timer(encode)
         source = latents if prefix is None else prefix
-        (decoder, primed), prime_ms = timer(lambda: prime(source))  # noqa: B023  (called at once)
+        decoder, prime_ms = timer(lambda: prime(source))  # noqa: B023  (called at once)
         block_ms = []
         for _ in range(BLOCK_REPEATS):  # short: timed a few times per pass, each from the same primed state
             pixels, ms = timer(lambda: decode_block(decoder))  # noqa: B023
@@ -106,16 +118,65 @@ def run_variant(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix:
         times["encode"].append(encode_ms)
         times["prime"].append(prime_ms)
         times["block"].extend(block_ms)
-    outputs = {"encode": latents, "prime": torch.cat(primed, dim=2), "block": torch.cat(pixels, dim=2)}
+    outputs = {"encode": latents, "block": torch.cat(pixels, dim=2)}  # the block shows the primed state too
     return {"ms": {key: round(min(v), 2) for key, v in times.items()},
             "ms_all": {key: [round(x, 2) for x in v] for key, v in times.items()},
             "warmup_s": round(warmup_s, 2), "outputs": outputs}
+
+
+def start_work(vae: WanVAE, photo: torch.Tensor, block: torch.Tensor, timer: Timer, repeats: int) -> dict:
+    """The request's start on a still history (`photo` repeated), each shortcut against the work it replaces;
+    the best of `repeats` passes after a warm-up, each way."""
+    primer = HistoryPrimer(vae)
+    history = photo.expand(-1, -1, primer.frames_needed, -1, -1).contiguous()
+
+    def best(work: Callable[[], object]) -> tuple[object, list[float]]:
+        times = [timer(work)[1] for _ in range(repeats + 1)][1:]
+        return work(), times
+
+    def encode(skip: bool) -> tuple[torch.Tensor, int]:
+        LatentEncoder.skip_still_start = skip
+        try:
+            encoder = LatentEncoder(vae)
+            return encoder.feed(history), primer.frames_needed - encoder.skipped_frames
+        finally:
+            LatentEncoder.skip_still_start = True
+
+    def prime(advance: bool) -> LatentDecoder:
+        decoder, latents = LatentDecoder(vae), prefix[:, :, -primer.latents_needed:]
+        if advance:
+            decoder.advance(latents)
+        else:
+            for _ in decoder.feed(latents):
+                pass
+        return decoder
+
+    out: dict = {"history_frames": primer.frames_needed, "prime_latents": primer.latents_needed}
+    runs = {}
+    for name, skip in (("every_chunk", False), ("skipping", True)):
+        (latents, frames), times = best(lambda: encode(skip))  # noqa: B023  (called at once)
+        runs[name] = latents
+        out.setdefault("encode", {})[name] = {"ms": round(min(times), 2), "ms_all": [round(t, 2) for t in times],
+                                              "frames_encoded": frames}
+    prefix = runs["every_chunk"]
+    out["encode"]["bitwise_equal"] = bool(torch.equal(runs["skipping"], prefix))
+    blocks = {}
+    for name, advance in (("decode_every_part", False), ("advance", True)):
+        decoder, times = best(lambda: prime(advance))  # noqa: B023
+        blocks[name] = torch.cat(list(decoder.feed(block)), dim=2)
+        out.setdefault("prime", {})[name] = {"ms": round(min(times), 2), "ms_all": [round(t, 2) for t in times]}
+    out["prime"]["next_block_bitwise_equal"] = bool(torch.equal(blocks["advance"], blocks["decode_every_part"]))
+    for key, (before, after) in (("encode", ("every_chunk", "skipping")), ("prime", ("decode_every_part", "advance"))):
+        out[key]["speedup"] = round(out[key][before]["ms"] / max(out[key][after]["ms"], 1e-6), 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: a narrow VAE, tiny frames")
+    parser.add_argument("--cpu", action="store_true", help="the release-size VAE on the CPU in float32")
+    parser.add_argument("--parts", default="variants,start", help="of variants, start (see the docstring)")
     parser.add_argument("--sizes", default="832x480,704x384", help="WxH,...")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=1,
@@ -127,7 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants or variants[0] != "default":
         parser.error(f"--variants must start with default and name only {', '.join(VARIANTS)}; got {args.variants}")
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"variants", "start"}:
+        parser.error(f"--parts must name variants and/or start; got {args.parts}")
+    device = torch.device("cuda" if torch.cuda.is_available() and not (args.tiny or args.cpu) else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
@@ -136,12 +200,14 @@ def main(argv: list[str] | None = None) -> dict:
     history_frames = TINY_HISTORY_FRAMES if args.tiny else primer.frames_needed
     result: dict = {
         "script": "perf/bench_vae_gpu.py", "argv": sys.argv[1:] if argv is None else argv, "device": str(device),
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "hardware": hardware(),
         "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
         "vae_dim": base.encoder.conv1.out_channels,
         "weights": "random (speed does not depend on their values)", "cudnn_benchmark": args.cudnn_benchmark,
         "history_frames": history_frames, "prime_latents": primer.latents_needed, "block_latents": BLOCK_LATENTS,
-        "timing": "CUDA events; the best of the timed passes after one warm-up pass (which pays any compile)",
+        "timing": ("CUDA events" if device.type == "cuda" else "wall time") +
+                  "; the best of the timed passes after one warm-up pass (which pays any compile)",
+        "threads": torch.get_num_threads() if device.type == "cpu" else None, "parts": sorted(parts),
         "sizes": []}
     timer = Timer(device)
     sizes = [TINY_SIZE] if args.tiny else [tuple(int(v) for v in text.split("x")) for text in args.sizes.split(",")]
@@ -150,8 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
         history = (torch.rand(1, 3, history_frames, height, width, generator=generator) * 2 - 1).to(device, dtype)
         block = torch.randn(1, 16, BLOCK_LATENTS, height // 8, width // 8, generator=generator).to(device)
         entry: dict = {"size": [width, height], "variants": {}}
+        if "start" in parts:
+            print(f"{width}x{height} the request's start", flush=True)
+            entry["start"] = start_work(base, history[:, :, :1], block, timer, args.repeats)
+            print(f"    {entry['start']}", flush=True)
         reference: dict[str, torch.Tensor] = {}
-        for name in variants:
+        for name in variants if "variants" in parts else ():
             print(f"{width}x{height} {name}", flush=True)
             vae = base if name == "default" else configure_vae(copy.deepcopy(base), *VARIANTS[name])
             if device.type == "cuda":

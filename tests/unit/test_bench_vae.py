@@ -33,6 +33,25 @@ def test_tiny_run_times_each_stage_per_variant_against_the_default(tmp_path: Pat
     fast = entry["variants"]["channels_last_3d"]
     base = entry["variants"]["default"]["ms"]
     assert fast["speedup_vs_default"]["prime"] == pytest.approx(base["prime"] / fast["ms"]["prime"], rel=1e-2)
+    # the request's start: 117 of the still history's 261 frames reach the encoder's fixed point; priming runs
+    # only the decoder parts the state depends on; both give bitwise what the full work gives
+    start = entry["start"]
+    assert start["history_frames"] == 261 and start["prime_latents"] == 38
+    assert start["encode"]["bitwise_equal"] and start["prime"]["next_block_bitwise_equal"]
+    encoded = {name: start["encode"][name]["frames_encoded"] for name in ("every_chunk", "skipping")}
+    assert encoded == {"every_chunk": 261, "skipping": 117}
+    for key, before, after in (("encode", "every_chunk", "skipping"), ("prime", "decode_every_part", "advance")):
+        times = start[key]
+        assert times["speedup"] == pytest.approx(times[before]["ms"] / times[after]["ms"], rel=1e-2)
+
+
+def test_parts_choose_what_runs(tmp_path: Path) -> None:
+    out = tmp_path / "start.json"
+    _bench().main(["--tiny", "--parts", "start", "--out", str(out)])
+    (entry,) = json.loads(out.read_text())["sizes"]
+    assert entry["variants"] == {} and entry["start"]["encode"]["bitwise_equal"]
+    with pytest.raises(SystemExit):
+        _bench().main(["--tiny", "--parts", "start,everything", "--out", str(out)])
 
 
 def test_variants_must_start_with_the_default(tmp_path: Path) -> None:

@@ -33,9 +33,11 @@ from python_backends.generation.wan.common.vae import (
     _norm_silu,
     configure_vae,
     decoder_memory,
+    decoder_steps,
     encoder_memory,
     latent_shape,
     load_vae,
+    still_frames,
 )
 
 log = logging.getLogger(__name__)
@@ -455,3 +457,72 @@ def test_the_last_latents_depend_on_the_last_frames_only(aux: dict[str, Path]) -
     assert torch.equal(torch.cat(pieces, dim=2), vae.encode(video))
     with pytest.raises(ValueError, match="4k > 0 frames"):
         stream.feed(video[:, :, :3])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_still_start_is_encoded_only_to_the_encoders_fixed_point(
+        aux: dict[str, Path], monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """LiveAvatar's history starts as the photo repeated: past the encoder's fixed point (29 chunks at the
+    release's depth) its chunks are not run, and the latents and the state the stream goes on from are bitwise
+    those of running every chunk, also when the video moves on after the still run and in a later call."""
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM, dtype=dtype)
+    moving = _video(frames=9, height=8, width=8, batch=1).to(dtype)
+    video = torch.cat([moving[:, :, :1].expand(-1, -1, 261, -1, -1), moving[:, :, 1:]], dim=2)  # 261 still + 8
+
+    def encode(skip: bool) -> tuple[LatentEncoder, torch.Tensor]:
+        monkeypatch.setattr(LatentEncoder, "skip_still_start", skip)
+        stream = LatentEncoder(vae)
+        latents = [stream.feed(video[:, :, :265]), stream.feed(video[:, :, 265:])]
+        return stream, torch.cat(latents, dim=2)
+
+    (every, expected), (fast, latents) = encode(False), encode(True)
+    assert every.skipped_frames == 0 and fast.skipped_frames == 261 - 1 - 4 * 29 == 144
+    assert latents.shape == expected.shape == (1, 16, 68, 1, 1)
+    assert torch.equal(latents, expected)
+    assert every.state.tails.keys() == fast.state.tails.keys() and every.state.started == fast.state.started
+    assert all(torch.equal(fast.state.tails[layer], tail) for layer, tail in every.state.tails.items())
+    # 117 still frames reach the fixed point and skip nothing; one chunk more is the first one skipped
+    for frames, skipped in ((117, 0), (121, 4)):
+        short = LatentEncoder(vae)
+        assert torch.equal(short.feed(video[:, :, :frames]), expected[:, :, : 1 + (frames - 1) // 4])
+        assert short.skipped_frames == skipped
+
+
+def test_still_frames_counts_the_frames_equal_to_the_first() -> None:
+    video = torch.zeros(2, 3, 40, 4, 4)
+    video[1, 2, 37, 3, 3] = 1.0  # one value in one frame of one clip of the batch differs
+    assert still_frames(video, limit=40) == 37
+    assert still_frames(video, limit=20) == 20 and still_frames(video[:, :, :1], limit=1) == 1
+    assert still_frames(_video(frames=5), limit=5) == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_advancing_a_decoder_leaves_the_state_that_decoding_does(aux: dict[str, Path], dtype: torch.dtype) -> None:
+    """LatentDecoder.advance (priming: only the parts whose work the state depends on, per latent frame) leaves
+    bitwise the state that decoding every latent frame in full leaves, from a fresh decoder past its memory and
+    then going on, so the next frames decode the same; and it ran far fewer full-resolution parts."""
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM, dtype=dtype)
+    steps = decoder_steps(vae)
+    assert steps[0] == decoder_memory(vae) == 38 and steps[-1] == 1 and steps == sorted(steps, reverse=True)
+    generator = torch.Generator().manual_seed(5)
+    latents = torch.randn(1, 16, 45 + 12 + 3, 1, 1, generator=generator)
+    decoded, advanced = LatentDecoder(vae), LatentDecoder(vae)
+    calls: list[int] = []
+    head = vae.decoder.head[-1]
+    hook = head.register_forward_hook(lambda *_: calls.append(1))
+    for piece in (latents[:, :, :45], latents[:, :, 45:57]):
+        for _ in decoded.feed(piece):
+            pass
+        decoded_heads, calls[:] = len(calls), []
+        advanced.advance(piece)
+        assert (decoded_heads, len(calls)) == (piece.shape[2], 1)  # the full-resolution head: the last frame only
+        calls.clear()
+        assert advanced.latent_frames == decoded.latent_frames
+        assert advanced.state.started == decoded.state.started
+        assert advanced.state.tails.keys() == decoded.state.tails.keys()
+        assert all(torch.equal(advanced.state.tails[layer], tail) for layer, tail in decoded.state.tails.items())
+    hook.remove()
+    following = latents[:, :, 57:]
+    assert torch.equal(torch.cat(list(advanced.feed(following)), 2), torch.cat(list(decoded.feed(following)), 2))

@@ -317,10 +317,14 @@ class Decoder3d(nn.Module):
         self.upsamples = nn.Sequential(*layers)
         self.head = _head(dims[-1], 3)
 
-    def forward(self, x: torch.Tensor, state: StreamState) -> torch.Tensor:
-        x = self.conv1(x, state)
-        for part in (self.middle, self.upsamples, self.head):
-            x = _run(part, x, state)
+    def parts(self) -> list[nn.Module]:
+        """The decoder as a chain of parts in order (conv1, the middle's and the upsamplers' blocks, the head)."""
+        return [self.conv1, *self.middle, *self.upsamples, self.head]
+
+    def forward(self, x: torch.Tensor, state: StreamState, parts: int | None = None) -> torch.Tensor:
+        """`parts`: run only the first that many (LatentDecoder.advance); the rest leave their state as it is."""
+        for part in self.parts()[:parts]:
+            x = _run(part, x, state) if isinstance(part, nn.Sequential) else part(x, state)
         return x
 
 
@@ -418,12 +422,16 @@ def configure_vae(vae: WanVAE, memory_format: str = "contiguous", compile: bool 
 class LatentEncoder:
     """One causal encode continued over several calls: the first call takes 1 + 4k frames, later ones 4k more, and
     each returns the normalised latents of its frames, bitwise those of encoding all the frames at once (the
-    official chunking: the first frame alone, then 4 at a time; conv1 is 1x1x1)."""
+    official chunking: the first frame alone, then 4 at a time; conv1 is 1x1x1). A long still picture at the start
+    is encoded only until the encoder's state stops changing (_still_start)."""
+
+    skip_still_start = True  # False: run every chunk of a still start too (to compare with)
 
     def __init__(self, vae: WanVAE) -> None:
         self.vae = vae
         self.state = StreamState()
         self.frames = 0
+        self.skipped_frames = 0  # frames of a still start whose chunks were not run (_still_start)
 
     @torch.no_grad()
     def feed(self, video: torch.Tensor) -> torch.Tensor:
@@ -450,9 +458,28 @@ class LatentEncoder:
         # A single image has no tail: splitting an empty tail would yield one empty chunk.
         chunks = ([x[:, :, :1]] if first else []) + (list(x[:, :, int(first):].split(TEMPORAL_STRIDE, dim=2))
                                                      if t > int(first) else [])
+        fixed, repeats = self._still_start(x) if first and self.skip_still_start else (0, 0)
+        del chunks[fixed + 1 : fixed + 1 + repeats]
         out = [vae.encoder(chunk, self.state) for chunk in chunks]
+        if repeats:
+            out[fixed + 1 : fixed + 1] = [out[fixed]] * repeats
         self.frames += t
+        self.skipped_frames += TEMPORAL_STRIDE * repeats
         return out
+
+    def _still_start(self, video: torch.Tensor) -> tuple[int, int]:
+        """A stream that starts with a still picture (LiveAvatar's history of the photo repeated 365 times):
+        (K, j) such that chunks K + 1 .. K + j need not be encoded, their outputs being chunk K's.
+
+        Exact: the output of chunk k (frames 4k - 3 .. 4k) and the state it leaves depend only on frames
+        4k - encoder_memory .. 4k, and from K = ceil((encoder_memory + 1) / 4) on that window holds neither the
+        stream's first frame (encoded alone, after zero padding) nor, while chunk k is still inside the still run,
+        anything but the same picture at the same places within the 4-frame chunks. So every such chunk computes
+        the same values from the same state: the encoder has reached a fixed point, and the frames after it
+        continue from it as they would after the whole run."""
+        fixed = -(-(encoder_memory(self.vae) + 1) // TEMPORAL_STRIDE)
+        still = still_frames(video, limit=video.shape[2])
+        return fixed, max(0, (still - 1 - TEMPORAL_STRIDE * fixed) // TEMPORAL_STRIDE)
 
 
 class LatentDecoder:
@@ -463,41 +490,78 @@ class LatentDecoder:
     def __init__(self, vae: WanVAE) -> None:
         self.vae = vae
         self.state = StreamState()
+        self.latent_frames = 0  # fed so far
 
     def fork(self) -> LatentDecoder:
         """A decoder in this one's state that goes on independently (layers replace their tails, never edit them)."""
-        twin = LatentDecoder(self.vae)
+        twin = type(self)(self.vae)
         twin.state.tails = dict(self.state.tails)
         twin.state.started = set(self.state.started)
+        twin.latent_frames = self.latent_frames
         return twin
 
     @torch.no_grad()
     def feed(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
         """Pixels [B, 3, t, H, W] in [-1, 1] (float32) per latent frame: t = 1 for the video's first, then 4."""
         vae = self.vae
+        for x in self._inputs(latents):
+            pixels = vae.decoder(x, self.state).float().clamp_(-1.0, 1.0).contiguous()
+            self.latent_frames += 1
+            yield pixels
+
+    @torch.no_grad()
+    def advance(self, latents: torch.Tensor) -> None:
+        """The state `feed` would leave, without the pixels: per latent frame only the parts of the decoder whose
+        work the final state depends on (decoder_steps), so the full-resolution parts run for the last few frames
+        only. Exact: each part runs its usual chunk shapes on the same inputs over the frames that count; where it
+        starts late, its first outputs (from zero or stale tails) fall outside what the final state depends on."""
+        vae, steps = self.vae, decoder_steps(self.vae)
+        parts, frames = vae.decoder.parts(), latents.shape[2]
+        for i, x in enumerate(self._inputs(latents)):
+            active = sum(1 for needed in steps if needed >= frames - i)
+            if self.latent_frames:  # a part starting late is past the video's first frame, as the others are
+                self.state.started.update(p for p in parts[:active] if isinstance(p, Resample)
+                                          and p.mode == "upsample3d")
+            if active:
+                vae.decoder(x, self.state, parts=active)
+            self.latent_frames += 1
+
+    def _inputs(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        vae = self.vae
         _check_latents(latents, vae.z_dim)
         z = latents.to(device=vae.device, dtype=torch.float32)
         mean, inv_std = vae._stats(z)
         for i in range(z.shape[2]):  # conv2 per frame too: the same shapes however the latents were split
-            x = vae.conv2((z[:, :, i : i + 1] / inv_std + mean).to(vae.dtype))
-            yield vae.decoder(x, self.state).float().clamp_(-1.0, 1.0).contiguous()
+            yield vae.conv2((z[:, :, i : i + 1] / inv_std + mean).to(vae.dtype))
+
+
+def decoder_steps(vae: WanVAE) -> list[int]:
+    """Per part of the decoder (Decoder3d.parts): K such that the state of that part and of every part after it,
+    after any number of latent frames, depends only on the part's input during the last K of them. The first
+    part's K is decoder_memory; the full-resolution parts' are a few.
+
+    Walking back from the output, in frames at each part's input rate (1, 2 or 4 per latent frame): a causal conv
+    needs its `past` earlier frames; a time upsampler needs ceil(n / 2) of its input for n output frames, plus its
+    own conv's past. The first latent frame's special case (not upsampled in time) then falls outside what the
+    state depends on."""
+    parts, rates, rate = vae.decoder.parts(), [], 1
+    for part in parts:
+        rates.append(rate)
+        rate *= 2 if isinstance(part, Resample) and part.mode == "upsample3d" else 1
+    need, steps = 0, []
+    for part, rate in zip(reversed(parts), reversed(rates), strict=True):
+        if isinstance(part, Resample) and part.mode == "upsample3d":
+            need = -(-need // 2) + part.time_conv.past
+        else:
+            need += sum(m.past for m in part.modules() if isinstance(m, CausalConv3d))
+        steps.append(-(-need // rate))
+    return steps[::-1]
 
 
 def decoder_memory(vae: WanVAE) -> int:
     """R: the decoder's state after any number of latent frames depends only on the last R of them, so a fresh
-    LatentDecoder fed just those is in the same state (38 for the Wan 2.1 layout at any width).
-
-    Walking back from the output: a causal conv needs its `past` earlier frames at its rate; a time upsampler
-    needs ceil(n / 2) of its input for n output frames, plus its own conv's past. The first latent frame's special
-    case (not upsampled in time) then falls outside what the state depends on."""
-    time_convs = {m.time_conv for m in vae.decoder.modules() if isinstance(m, Resample) and m.mode == "upsample3d"}
-    need = 0
-    for module in reversed(list(vae.decoder.modules())):
-        if isinstance(module, Resample) and module.mode == "upsample3d":
-            need = -(-need // 2) + module.time_conv.past
-        elif isinstance(module, CausalConv3d) and module not in time_convs:
-            need += module.past
-    return need
+    LatentDecoder fed just those is in the same state (38 for the Wan 2.1 layout at any width)."""
+    return decoder_steps(vae)[0]
 
 
 def encoder_memory(vae: WanVAE) -> int:
@@ -514,6 +578,18 @@ def encoder_memory(vae: WanVAE) -> int:
         elif isinstance(module, CausalConv3d):
             need += module.past
     return need
+
+
+def still_frames(video: torch.Tensor, limit: int, step: int = 16) -> int:
+    """How many of the first `limit` frames of [B, C, T, H, W] are bitwise the first one; compared `step` frames
+    at a time, so a moving video costs one small comparison and a still one no copy of itself."""
+    first = video[:, :, :1]
+    for start in range(1, limit, step):
+        piece = video[:, :, start : min(start + step, limit)]
+        same = (piece == first).flatten(3).all(dim=3).all(dim=1).all(dim=0)
+        if not bool(same.all()):
+            return start + int(same.int().argmin())
+    return min(limit, video.shape[2])
 
 
 def _check_video(video: torch.Tensor) -> None:

@@ -28,6 +28,9 @@ Per job:
    state without re-encoding the whole history (HistoryPrimer): the state depends on the last 38 latent frames
    only, and those on the last 261 frames, so only they are encoded and decoded, and where the history moved by
    a multiple of 4 frames the encoder simply goes on with the clip's new frames (the same frames, to round-off).
+   Two more exact shortcuts: the photo's still run at the history's start is encoded only until the encoder
+   reaches its fixed point (117 of the 261 frames; LatentEncoder), and priming runs per latent frame only the
+   decoder parts the state depends on (the full-resolution ones for the last 1-4 of the 38; LatentDecoder.advance).
    The motion condition is encoded from the same 261-frame tail: frame packing reads only the last 19 latents.
 
 Departures (the S2V engine's where they apply): `audio_sync` (on: audio windows start 3 frames earlier so
@@ -157,7 +160,8 @@ class HistoryPrimer:
     that long, the encoder stream and the primed decoder simply go on with the new frames (their latents are
     those of the new history's end: the old history's start is outside what they depend on). Every layer sees
     the shapes it sees on the full path (a decoder call per latent frame, an encoder call per 4-frame chunk, the
-    1x1x1 heads per frame or chunk) and full tails, so with deterministic kernels the state is bitwise the same."""
+    1x1x1 heads per frame or chunk) and full tails, so with deterministic kernels the state is bitwise the same.
+    Priming computes no pixels: LatentDecoder.advance runs only the decoder parts that the state depends on."""
 
     def __init__(self, vae: WanVAE, full: bool = False) -> None:
         self.vae, self.full = vae, full
@@ -190,10 +194,11 @@ class HistoryPrimer:
         """Feed what encode/advance returned; a decoder in the primed state that the caller may go on with."""
         if self.primed is None:
             self.primed = LatentDecoder(self.vae)
-            if not self.full:
-                latents = latents[:, :, max(0, latents.shape[2] - self.latents_needed) :]
-        for _ in self.primed.feed(latents):
-            pass
+        if self.full:  # the release decodes every latent frame in full
+            for _ in self.primed.feed(latents):
+                pass
+        else:  # only the work the state depends on: nothing for latents before the last R, then fewer parts
+            self.primed.advance(latents)
         return self.primed.fork()
 
 
