@@ -8,11 +8,13 @@ events after one warm-up pass (which pays any compile):
 - prime: bringing a fresh decoder to the state the last 38 latent frames of it leave (HistoryPrimer.prime:
   LatentDecoder.advance), every clip;
 - block: decoding one block (3 latent frames, 12 frames) from the primed decoder, every block.
-The request's start (`--parts start`, the default variant) compares the two exact shortcuts with the work they
+The request's start (`--parts start`, the default variant) compares the exact shortcuts with the work they
 replace: encoding a still history (the photo repeated, as in every fresh request) with every chunk run vs the chunks
-past the encoder's fixed point skipped (LatentEncoder._still_start), and priming by decoding every latent frame in
-full (LatentDecoder.feed) vs running only the decoder parts the state depends on (LatentDecoder.advance); each
-with whether the results are bitwise the same (the latents; the next block decoded from either state).
+past the encoder's fixed point skipped (LatentEncoder._still_start); re-encoding at the first clip boundary (the
+history moved by 45 new frames, off the 4-frame grouping) with every chunk vs from the fixed point the start left
+(FixedPointMemo); and priming by decoding every latent frame in full (LatentDecoder.feed) vs running only the decoder
+parts the state depends on (LatentDecoder.advance); each with whether the results are bitwise the same (the
+latents; the next block decoded from either state).
 Variants (vae.configure_vae, the `wan_vae_memory_format` / `wan_vae_compile` settings): default (contiguous,
 eager), channels_last_3d, compile, both. Each variant's outputs are compared with the default's on the same inputs
 (rel L2: |variant - default| / |default|); the decode inputs are the default's latents, so each figure is that
@@ -41,6 +43,7 @@ from perf_analyzer_sweeps import hardware  # noqa: E402  (perf/ is on sys.path)
 from results_file import write_json  # noqa: E402
 
 from python_backends.generation.wan.common.vae import (  # noqa: E402
+    FixedPointMemo,
     LatentDecoder,
     LatentEncoder,
     WanVAE,
@@ -59,6 +62,7 @@ BLOCK_LATENTS = 3  # LiveAvatar's block (causal.BLOCK_FRAMES)
 BLOCK_REPEATS = 3
 TINY_SIZE = (16, 16)
 TINY_HISTORY_FRAMES = 9  # the tiny run encodes this few frames instead of the 261 priming needs
+RESTART_FRAMES = 45  # the first clip's frames less the 3 it drops: the history moves this far at its end
 
 
 class Timer:
@@ -125,49 +129,68 @@ def run_variant(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix:
 
 
 def start_work(vae: WanVAE, photo: torch.Tensor, block: torch.Tensor, timer: Timer, repeats: int) -> dict:
-    """The request's start on a still history (`photo` repeated), each shortcut against the work it replaces;
-    the best of `repeats` passes after a warm-up, each way."""
+    """The request's start on a still history (`photo` repeated) and the restart at the first clip boundary (the
+    history moved by RESTART_FRAMES new frames), each shortcut against the work it replaces; the best of `repeats`
+    passes after a warm-up, each way."""
     primer = HistoryPrimer(vae)
     history = photo.expand(-1, -1, primer.frames_needed, -1, -1).contiguous()
+    moved = (torch.rand(*photo.shape[:2], RESTART_FRAMES, *photo.shape[3:], generator=torch.Generator().manual_seed(2))
+             * 2 - 1).to(photo.device, photo.dtype)
+    restart = torch.cat([history[:, :, RESTART_FRAMES:], moved], dim=2)
+    memo = FixedPointMemo()
 
-    def best(work: Callable[[], object]) -> tuple[object, list[float]]:
+    def timed(section: dict, name: str, work: Callable[[], object]) -> object:
         times = [timer(work)[1] for _ in range(repeats + 1)][1:]
-        return work(), times
+        section[name] = {"ms": round(min(times), 2), "ms_all": [round(t, 2) for t in times]}
+        return work()
 
-    def encode(skip: bool) -> tuple[torch.Tensor, int]:
-        LatentEncoder.skip_still_start = skip
-        try:
-            encoder = LatentEncoder(vae)
-            return encoder.feed(history), primer.frames_needed - encoder.skipped_frames
-        finally:
-            LatentEncoder.skip_still_start = True
+    def encoder(video: torch.Tensor, shortcut: bool, fresh: bool) -> Callable[[], tuple[torch.Tensor, int]]:
+        """fresh: a request's start, with a memo of its own (which the restart then uses)"""
+        def encode() -> tuple[torch.Tensor, int]:
+            nonlocal memo
+            LatentEncoder.skip_still_start = shortcut
+            try:
+                if shortcut and fresh:
+                    memo = FixedPointMemo()
+                stream = LatentEncoder(vae, memo if shortcut else None)
+                return stream.feed(video), stream.encoded_frames
+            finally:
+                LatentEncoder.skip_still_start = True
+        return encode
 
-    def prime(advance: bool) -> LatentDecoder:
-        decoder, latents = LatentDecoder(vae), prefix[:, :, -primer.latents_needed:]
-        if advance:
-            decoder.advance(latents)
-        else:
-            for _ in decoder.feed(latents):
-                pass
-        return decoder
+    def primer_of(latents: torch.Tensor, advance: bool) -> Callable[[], LatentDecoder]:
+        def prime() -> LatentDecoder:
+            decoder = LatentDecoder(vae)
+            if advance:
+                decoder.advance(latents[:, :, -primer.latents_needed:])
+            else:
+                for _ in decoder.feed(latents[:, :, -primer.latents_needed:]):
+                    pass
+            return decoder
+        return prime
 
-    out: dict = {"history_frames": primer.frames_needed, "prime_latents": primer.latents_needed}
-    runs = {}
-    for name, skip in (("every_chunk", False), ("skipping", True)):
-        (latents, frames), times = best(lambda: encode(skip))  # noqa: B023  (called at once)
-        runs[name] = latents
-        out.setdefault("encode", {})[name] = {"ms": round(min(times), 2), "ms_all": [round(t, 2) for t in times],
-                                              "frames_encoded": frames}
-    prefix = runs["every_chunk"]
-    out["encode"]["bitwise_equal"] = bool(torch.equal(runs["skipping"], prefix))
-    blocks = {}
+    out: dict = {"history_frames": primer.frames_needed, "prime_latents": primer.latents_needed,
+                 "restart_new_frames": RESTART_FRAMES}
+    # each start pass is a new request with a memo of its own; the restart goes on from the last one, as in one
+    for key, video, ways in (("encode", history, ("every_chunk", "skipping")),
+                             ("restart_encode", restart, ("every_chunk", "from_fixed_point"))):
+        section: dict = {}
+        results = {name: timed(section, name, encoder(video, shortcut, fresh=key == "encode"))
+                   for name, shortcut in zip(ways, (False, True), strict=True)}
+        for name, (_, frames) in results.items():
+            section[name]["frames_encoded"] = frames
+        section["bitwise_equal"] = bool(torch.equal(results[ways[0]][0], results[ways[1]][0]))
+        section["speedup"] = round(section[ways[0]]["ms"] / max(section[ways[1]]["ms"], 1e-6), 3)
+        out[key] = section
+        if key == "encode":
+            latents = results["every_chunk"][0]
+    section, blocks = {}, {}
     for name, advance in (("decode_every_part", False), ("advance", True)):
-        decoder, times = best(lambda: prime(advance))  # noqa: B023
+        decoder = timed(section, name, primer_of(latents, advance))
         blocks[name] = torch.cat(list(decoder.feed(block)), dim=2)
-        out.setdefault("prime", {})[name] = {"ms": round(min(times), 2), "ms_all": [round(t, 2) for t in times]}
-    out["prime"]["next_block_bitwise_equal"] = bool(torch.equal(blocks["advance"], blocks["decode_every_part"]))
-    for key, (before, after) in (("encode", ("every_chunk", "skipping")), ("prime", ("decode_every_part", "advance"))):
-        out[key]["speedup"] = round(out[key][before]["ms"] / max(out[key][after]["ms"], 1e-6), 3)
+    section["next_block_bitwise_equal"] = bool(torch.equal(blocks["advance"], blocks["decode_every_part"]))
+    section["speedup"] = round(section["decode_every_part"]["ms"] / max(section["advance"]["ms"], 1e-6), 3)
+    out["prime"] = section
     return out
 
 

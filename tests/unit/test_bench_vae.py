@@ -33,16 +33,19 @@ def test_tiny_run_times_each_stage_per_variant_against_the_default(tmp_path: Pat
     fast = entry["variants"]["channels_last_3d"]
     base = entry["variants"]["default"]["ms"]
     assert fast["speedup_vs_default"]["prime"] == pytest.approx(base["prime"] / fast["ms"]["prime"], rel=1e-2)
-    # the request's start: 117 of the still history's 261 frames reach the encoder's fixed point; priming runs
-    # only the decoder parts the state depends on; both give bitwise what the full work gives
+    # the request's start: 117 of the still history's 261 frames reach the encoder's fixed point; the restart at
+    # the first clip boundary goes on from there (48 frames left); priming runs only the decoder parts the state
+    # depends on; each gives bitwise what the full work gives
     start = entry["start"]
-    assert start["history_frames"] == 261 and start["prime_latents"] == 38
-    assert start["encode"]["bitwise_equal"] and start["prime"]["next_block_bitwise_equal"]
-    encoded = {name: start["encode"][name]["frames_encoded"] for name in ("every_chunk", "skipping")}
-    assert encoded == {"every_chunk": 261, "skipping": 117}
-    for key, before, after in (("encode", "every_chunk", "skipping"), ("prime", "decode_every_part", "advance")):
-        times = start[key]
-        assert times["speedup"] == pytest.approx(times[before]["ms"] / times[after]["ms"], rel=1e-2)
+    assert (start["history_frames"], start["prime_latents"], start["restart_new_frames"]) == (261, 38, 45)
+    ways = {"encode": ("every_chunk", "skipping"), "restart_encode": ("every_chunk", "from_fixed_point"),
+            "prime": ("decode_every_part", "advance")}
+    frames = {key: [start[key][way]["frames_encoded"] for way in ways[key]] for key in ("encode", "restart_encode")}
+    assert frames == {"encode": [261, 117], "restart_encode": [261, 48]}
+    assert start["encode"]["bitwise_equal"] and start["restart_encode"]["bitwise_equal"]
+    assert start["prime"]["next_block_bitwise_equal"]
+    for key, (before, after) in ways.items():
+        assert start[key]["speedup"] == pytest.approx(start[key][before]["ms"] / start[key][after]["ms"], rel=1e-2)
 
 
 def test_parts_choose_what_runs(tmp_path: Path) -> None:

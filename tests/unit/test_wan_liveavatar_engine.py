@@ -306,10 +306,17 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
     from python_backends.generation.wan.common.vae import LatentEncoder
 
     pixels: list[torch.Tensor] = []
-    encoded: list[int] = []
+    encoded: list[tuple[int, int]] = []  # per feed: the frames given, the frames whose chunks ran
     to_uint8, feed = streaming.to_uint8, LatentEncoder.feed  # streaming's chunker takes each decoded block to uint8
     monkeypatch.setattr(streaming, "to_uint8", lambda block: pixels.append(block.clone()) or to_uint8(block))
-    monkeypatch.setattr(LatentEncoder, "feed", lambda self, video: encoded.append(video.shape[2]) or feed(self, video))
+
+    def counted_feed(self, video):
+        before = self.encoded_frames
+        latents = feed(self, video)
+        encoded.append((video.shape[2], self.encoded_frames - before))
+        return latents
+
+    monkeypatch.setattr(LatentEncoder, "feed", counted_feed)
     if continuing:
         motion = np.concatenate([c.frames for c in reference_run])[:4]
         the_job = GenerationJob(photo=photo, waveform=speech, motion_frames=motion, params=GenerationParams(
@@ -327,10 +334,13 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
     (full_chunks, full_pixels, full_encoded), (chunks, tail_pixels, tail_encoded) = runs[True], runs[False]
     assert [c.clip for c in chunks] == [c.clip for c in full_chunks] == [0, 1, 2]
     # the reference photo (5 frames), the whole history for the motion condition and clip 0, then per clip
-    assert full_encoded == [5, 265, 265, 265]
-    # the history's last 261 frames give the condition's 19 and the decoder's 38 latent frames; after a fresh
-    # clip 0 the history moved 45 frames, off the 4-frame grouping, so clip 1 encodes the 261 again
-    assert tail_encoded == ([5, 261, 12, 12] if continuing else [5, 261, 261, 12])
+    assert full_encoded == [(5, 5), (265, 265), (265, 265), (265, 265)]
+    # the history's last 261 frames give the condition's 19 and the decoder's 38 latent frames; the photo's still
+    # run is encoded to the fixed point (117 frames) once. After a fresh clip 0 the history moved 9 frames (12 less
+    # the 3 dropped), off the 4-frame grouping, so clip 1 restarts on the 261: from the fixed point, the last 12
+    # frames are left to encode. Continuing, the history is the photo then 4 frames of the last segment.
+    assert tail_encoded == ([(5, 5), (261, 121), (12, 12), (12, 12)] if continuing else
+                            [(5, 5), (261, 117), (261, 12), (12, 12)])
     # bitwise: every VAE layer sees the same shapes and tails on both paths (HistoryPrimer)
     assert len(tail_pixels) == len(full_pixels) == 3
     assert all(torch.equal(a, b) for a, b in zip(tail_pixels, full_pixels, strict=True))

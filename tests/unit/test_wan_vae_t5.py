@@ -24,6 +24,7 @@ from python_backends.generation.wan.common.text_encoder import (
 )
 from python_backends.generation.wan.common.vae import (
     VAE_FILE,
+    FixedPointMemo,
     LatentDecoder,
     LatentEncoder,
     NearestUpsample2x,
@@ -477,16 +478,26 @@ def test_a_still_start_is_encoded_only_to_the_encoders_fixed_point(
         return stream, torch.cat(latents, dim=2)
 
     (every, expected), (fast, latents) = encode(False), encode(True)
-    assert every.skipped_frames == 0 and fast.skipped_frames == 261 - 1 - 4 * 29 == 144
+    assert (every.encoded_frames, fast.encoded_frames) == (269, 269 - (261 - 1 - 4 * 29))  # 144 frames not run
     assert latents.shape == expected.shape == (1, 16, 68, 1, 1)
     assert torch.equal(latents, expected)
     assert every.state.tails.keys() == fast.state.tails.keys() and every.state.started == fast.state.started
     assert all(torch.equal(fast.state.tails[layer], tail) for layer, tail in every.state.tails.items())
     # 117 still frames reach the fixed point and skip nothing; one chunk more is the first one skipped
-    for frames, skipped in ((117, 0), (121, 4)):
+    for frames in (117, 121):
         short = LatentEncoder(vae)
         assert torch.equal(short.feed(video[:, :, :frames]), expected[:, :, : 1 + (frames - 1) // 4])
-        assert short.skipped_frames == skipped
+        assert short.encoded_frames == 117
+    # with a memo, the next stream that starts with the same picture starts at the fixed point
+    memo = FixedPointMemo()
+    assert LatentEncoder(vae, memo).feed(video[:, :, :265]).shape[2] == 67 and memo.holds(video[:, :, :1])
+    again = LatentEncoder(vae, memo)
+    assert torch.equal(again.feed(video[:, :, :265]), expected[:, :, :67]) and again.encoded_frames == 4
+    assert torch.equal(again.feed(video[:, :, 265:]), expected[:, :, 67:])  # and goes on from the same state
+    other = torch.flip(video, dims=[3])  # another picture: encoded in full, and the memo now holds it
+    fresh = LatentEncoder(vae, memo)
+    fresh.feed(other[:, :, :265])
+    assert fresh.encoded_frames == 121 and memo.holds(other[:, :, :1])
 
 
 def test_still_frames_counts_the_frames_equal_to_the_first() -> None:

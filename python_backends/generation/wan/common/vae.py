@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -419,19 +420,43 @@ def configure_vae(vae: WanVAE, memory_format: str = "contiguous", compile: bool 
     return vae
 
 
+@dataclass
+class FixedPointMemo:
+    """The encoder at the fixed point of a still start (LatentEncoder._still_start): the picture, the outputs of
+    chunks 0..K and the state after chunk K. A later stream that starts with the same picture, as long, starts there:
+    the same inputs through the same layers give the same values."""
+
+    picture: torch.Tensor | None = None
+    outputs: list[torch.Tensor] = field(default_factory=list)
+    tails: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+    started: set[nn.Module] = field(default_factory=set)
+
+    def holds(self, picture: torch.Tensor) -> bool:
+        held = self.picture
+        return (held is not None and held.shape == picture.shape and held.dtype == picture.dtype
+                and held.device == picture.device and torch.equal(held, picture))
+
+    def keep(self, picture: torch.Tensor, outputs: list[torch.Tensor], state: StreamState) -> None:
+        # copies of the dict and set: layers replace their tails, never edit them
+        self.picture, self.outputs = picture.clone(), list(outputs)
+        self.tails, self.started = dict(state.tails), set(state.started)
+
+
 class LatentEncoder:
     """One causal encode continued over several calls: the first call takes 1 + 4k frames, later ones 4k more, and
     each returns the normalised latents of its frames, bitwise those of encoding all the frames at once (the
     official chunking: the first frame alone, then 4 at a time; conv1 is 1x1x1). A long still picture at the start
-    is encoded only until the encoder's state stops changing (_still_start)."""
+    is encoded only until the encoder's state stops changing (_still_start), and with a `memo` only once for all
+    the streams that start with it."""
 
     skip_still_start = True  # False: run every chunk of a still start too (to compare with)
 
-    def __init__(self, vae: WanVAE) -> None:
+    def __init__(self, vae: WanVAE, memo: FixedPointMemo | None = None) -> None:
         self.vae = vae
         self.state = StreamState()
+        self.memo = memo
         self.frames = 0
-        self.skipped_frames = 0  # frames of a still start whose chunks were not run (_still_start)
+        self.encoded_frames = 0  # the frames whose chunks ran (a still start's past its fixed point do not)
 
     @torch.no_grad()
     def feed(self, video: torch.Tensor) -> torch.Tensor:
@@ -458,18 +483,28 @@ class LatentEncoder:
         # A single image has no tail: splitting an empty tail would yield one empty chunk.
         chunks = ([x[:, :, :1]] if first else []) + (list(x[:, :, int(first):].split(TEMPORAL_STRIDE, dim=2))
                                                      if t > int(first) else [])
-        fixed, repeats = self._still_start(x) if first and self.skip_still_start else (0, 0)
+        fixed, repeats, reached = self._still_start(x) if first and self.skip_still_start else (0, 0, False)
         del chunks[fixed + 1 : fixed + 1 + repeats]
-        out = [vae.encoder(chunk, self.state) for chunk in chunks]
+        out: list[torch.Tensor] = []
+        memo = self.memo if reached else None
+        if memo is not None and memo.holds(x[:, :, :1]):
+            out = list(memo.outputs)
+            self.state.tails, self.state.started = dict(memo.tails), set(memo.started)
+            memo = None
+        for chunk in chunks[len(out) :]:
+            out.append(vae.encoder(chunk, self.state))
+            self.encoded_frames += chunk.shape[2]
+            if memo is not None and len(out) == fixed + 1:
+                memo.keep(x[:, :, :1], out, self.state)
         if repeats:
             out[fixed + 1 : fixed + 1] = [out[fixed]] * repeats
         self.frames += t
-        self.skipped_frames += TEMPORAL_STRIDE * repeats
         return out
 
-    def _still_start(self, video: torch.Tensor) -> tuple[int, int]:
+    def _still_start(self, video: torch.Tensor) -> tuple[int, int, bool]:
         """A stream that starts with a still picture (LiveAvatar's history of the photo repeated 365 times):
-        (K, j) such that chunks K + 1 .. K + j need not be encoded, their outputs being chunk K's.
+        (K, j, reached) such that chunks K + 1 .. K + j need not be encoded, their outputs being chunk K's, and
+        whether the still run reaches chunk K at all.
 
         Exact: the output of chunk k (frames 4k - 3 .. 4k) and the state it leaves depend only on frames
         4k - encoder_memory .. 4k, and from K = ceil((encoder_memory + 1) / 4) on that window holds neither the
@@ -479,7 +514,8 @@ class LatentEncoder:
         continue from it as they would after the whole run."""
         fixed = -(-(encoder_memory(self.vae) + 1) // TEMPORAL_STRIDE)
         still = still_frames(video, limit=video.shape[2])
-        return fixed, max(0, (still - 1 - TEMPORAL_STRIDE * fixed) // TEMPORAL_STRIDE)
+        reached = still >= TEMPORAL_STRIDE * fixed + 1
+        return fixed, max(0, (still - 1 - TEMPORAL_STRIDE * fixed) // TEMPORAL_STRIDE), reached
 
 
 class LatentDecoder:

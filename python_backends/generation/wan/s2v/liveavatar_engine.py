@@ -29,8 +29,9 @@ Per job:
    only, and those on the last 261 frames, so only they are encoded and decoded, and where the history moved by
    a multiple of 4 frames the encoder simply goes on with the clip's new frames (the same frames, to round-off).
    Two more exact shortcuts: the photo's still run at the history's start is encoded only until the encoder
-   reaches its fixed point (117 of the 261 frames; LatentEncoder), and priming runs per latent frame only the
-   decoder parts the state depends on (the full-resolution ones for the last 1-4 of the 38; LatentDecoder.advance).
+   reaches its fixed point (117 of the 261 frames, once per request; LatentEncoder), and priming runs per latent
+   frame only the decoder parts the state depends on (the full-resolution ones for the last 1-4 of the 38;
+   LatentDecoder.advance).
    The motion condition is encoded from the same 261-frame tail: frame packing reads only the last 19 latents.
 
 Departures (the S2V engine's where they apply): `audio_sync` (on: audio windows start 3 frames earlier so
@@ -65,6 +66,7 @@ from ..common.streaming import ChunkMaker, PhaseClock, PixelPiece, stream_chunks
 from ..common.vae import (
     SPATIAL_STRIDE,
     TEMPORAL_STRIDE,
+    FixedPointMemo,
     LatentDecoder,
     LatentEncoder,
     WanVAE,
@@ -170,6 +172,9 @@ class HistoryPrimer:
         self.frames_needed = self._frames_for(self.latents_needed)
         self.encoder: LatentEncoder | None = None
         self.primed: LatentDecoder | None = None
+        # the photo's still run reaches the encoder's fixed point once per request: a restart (the first clip's
+        # history moves 45 frames, off the 4-frame grouping) starts there
+        self.fixed_point = FixedPointMemo()
 
     def _frames_for(self, latents: int) -> int:
         """How many of the history's last frames give its last `latents` latent frames exactly (any, if full)."""
@@ -180,7 +185,7 @@ class HistoryPrimer:
         last `latents` latent frames exactly (those of encoding all of it); all of them if `latents` < 0."""
         count = history.shape[2]
         keep = count if latents < 0 else min(count, self._frames_for(max(latents, self.latents_needed)))
-        self.encoder, self.primed = LatentEncoder(self.vae), None
+        self.encoder, self.primed = LatentEncoder(self.vae, self.fixed_point), None
         return self.encoder.feed(history[:, :, count - keep :])
 
     def advance(self, history: torch.Tensor, new_frames: int) -> torch.Tensor:
