@@ -490,14 +490,15 @@ def test_a_still_start_is_encoded_only_to_the_encoders_fixed_point(
         assert short.encoded_frames == 117
     # with a memo, the next stream that starts with the same picture starts at the fixed point
     memo = FixedPointMemo()
-    assert LatentEncoder(vae, memo).feed(video[:, :, :265]).shape[2] == 67 and memo.holds(video[:, :, :1])
+    assert LatentEncoder(vae, memo).feed(video[:, :, :265]).shape[2] == 67
+    assert memo.holds(video[:, :, :1], vae.encoder)
     again = LatentEncoder(vae, memo)
     assert torch.equal(again.feed(video[:, :, :265]), expected[:, :, :67]) and again.encoded_frames == 4
     assert torch.equal(again.feed(video[:, :, 265:]), expected[:, :, 67:])  # and goes on from the same state
     other = torch.flip(video, dims=[3])  # another picture: encoded in full, and the memo now holds it
     fresh = LatentEncoder(vae, memo)
     fresh.feed(other[:, :, :265])
-    assert fresh.encoded_frames == 121 and memo.holds(other[:, :, :1])
+    assert fresh.encoded_frames == 121 and memo.holds(other[:, :, :1], vae.encoder)
 
 
 def test_still_frames_counts_the_frames_equal_to_the_first() -> None:

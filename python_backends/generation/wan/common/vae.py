@@ -427,18 +427,20 @@ class FixedPointMemo:
     the same inputs through the same layers give the same values."""
 
     picture: torch.Tensor | None = None
+    encoder: nn.Module | None = None  # whose layers the tails belong to
     outputs: list[torch.Tensor] = field(default_factory=list)
     tails: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
     started: set[nn.Module] = field(default_factory=set)
 
-    def holds(self, picture: torch.Tensor) -> bool:
+    def holds(self, picture: torch.Tensor, encoder: nn.Module) -> bool:
         held = self.picture
-        return (held is not None and held.shape == picture.shape and held.dtype == picture.dtype
-                and held.device == picture.device and torch.equal(held, picture))
+        return (held is not None and self.encoder is encoder and held.shape == picture.shape
+                and held.dtype == picture.dtype and held.device == picture.device and torch.equal(held, picture))
 
-    def keep(self, picture: torch.Tensor, outputs: list[torch.Tensor], state: StreamState) -> None:
+    def keep(self, picture: torch.Tensor, encoder: nn.Module, outputs: list[torch.Tensor],
+             state: StreamState) -> None:
         # copies of the dict and set: layers replace their tails, never edit them
-        self.picture, self.outputs = picture.clone(), list(outputs)
+        self.picture, self.encoder, self.outputs = picture.clone(), encoder, list(outputs)
         self.tails, self.started = dict(state.tails), set(state.started)
 
 
@@ -487,7 +489,7 @@ class LatentEncoder:
         del chunks[fixed + 1 : fixed + 1 + repeats]
         out: list[torch.Tensor] = []
         memo = self.memo if reached else None
-        if memo is not None and memo.holds(x[:, :, :1]):
+        if memo is not None and memo.holds(x[:, :, :1], vae.encoder):
             out = list(memo.outputs)
             self.state.tails, self.state.started = dict(memo.tails), set(memo.started)
             memo = None
@@ -495,7 +497,7 @@ class LatentEncoder:
             out.append(vae.encoder(chunk, self.state))
             self.encoded_frames += chunk.shape[2]
             if memo is not None and len(out) == fixed + 1:
-                memo.keep(x[:, :, :1], out, self.state)
+                memo.keep(x[:, :, :1], vae.encoder, out, self.state)
         if repeats:
             out[fixed + 1 : fixed + 1] = [out[fixed]] * repeats
         self.frames += t
