@@ -171,7 +171,7 @@ def start_work(vae: WanVAE, photo: torch.Tensor, block: torch.Tensor, timer: Tim
 
     out: dict = {"history_frames": primer.frames_needed, "prime_latents": primer.latents_needed,
                  "restart_new_frames": RESTART_FRAMES}
-    # each start pass is a new request with a memo of its own; the restart goes on from the last one, as in one
+    # each start pass is a new request with a memo of its own; the restart goes on from the last, as one request does
     for key, video, ways in (("encode", history, ("every_chunk", "skipping")),
                              ("restart_encode", restart, ("every_chunk", "from_fixed_point"))):
         section: dict = {}
