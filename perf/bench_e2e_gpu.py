@@ -124,12 +124,12 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
     encoder = Encode(encode_to, fps, started) if encode_to is not None else None
     if encoder is not None:
         stages.append(Stage("encode", encoder.run, encoder.flush))
-    first_timing: dict[str, float] = {}
+    # per chunk, the engine's seconds by part; the first also holds the request's start by phase (start_*_s)
+    timings: list[dict[str, float]] = []
 
     def chunks():
         for chunk in engine.generate(job):
-            if not first_timing:  # the request's start by phase (start_*_s, S2V and LiveAvatar)
-                first_timing.update({key: round(float(value), 3) for key, value in chunk.timing.items()})
+            timings.append({key: round(float(value), 3) for key, value in chunk.timing.items()})
             yield chunk
 
     run = run_stages(chunks(), stages, device=device, source_name="engine", overlap=overlap)
@@ -150,7 +150,7 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
               "upscale_and_copy_s": busy["resize+copy"],
               "gpu_seconds_per_output_second": round(total / seconds, 3),
               "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None,
-              "first_chunk_timing_s": first_timing}
+              "first_chunk_timing_s": timings[0] if timings else {}, "chunk_timing_s": timings}
     if encoder is not None:
         result["encode"] = {k: encoder.result[k] for k in ("codec", "width", "height", "frames", "bytes",
                                                            "time_to_first_packet_s", "encode_s", "close_s")}

@@ -97,6 +97,7 @@ def summarise(job: dict) -> dict:
                         for s in job["qa"]["segments"]],
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
         "first_chunk_timing_s": chunks[0].get("timing_s"),  # the request's start by phase (start_*_s)
+        "chunk_timing_s": [c.get("timing_s") for c in chunks],  # the generator's seconds by part, per chunk
         "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],
     }
 

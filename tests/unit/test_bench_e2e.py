@@ -37,3 +37,6 @@ def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str)
         if engine == "liveavatar":  # the first chunk says where the request's start went
             assert {"start_history_encode_s", "start_dit_prefill_s", "start_decoder_prime_s"} <= set(
                 run["first_chunk_timing_s"])
+        # every chunk says what the engine spent on it (here 0.5 s is one chunk)
+        assert run["chunk_timing_s"] == [run["first_chunk_timing_s"]]
+        assert all({"denoise_s", "decode_s", "encode_s"} <= set(t) for t in run["chunk_timing_s"])
