@@ -237,8 +237,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
         middle the caller's last frames at the end of it."""
         count = self.options.history_frames
         height, width = photo.shape[-2:]
-        if not plan.continuing:
-            return photo.expand(-1, -1, count, -1, -1).contiguous()
+        if not plan.continuing:  # a view: the encoder reads only the still run's start (_still_start), not 365 copies
+            return photo.expand(-1, -1, count, -1, -1)
         return motion_pixels(job.motion_frames, plan.segment.start, fps, plan.first16, self.task.sample_fps, count,
                              height, width, fill=photo).to(self.device, photo.dtype)
 
