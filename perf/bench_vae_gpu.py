@@ -39,8 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_file, also when loaded by path (tests)
 
-from perf_analyzer_sweeps import hardware  # noqa: E402  (perf/ is on sys.path)
-from results_file import write_json  # noqa: E402
+from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
 
 from python_backends.generation.wan.common.vae import (  # noqa: E402
     FixedPointMemo,

@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 from PIL import Image
-from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
 from tritonclient.grpc import model_config_pb2
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
@@ -334,20 +333,6 @@ def run_case(case: Case, options: ServerOptions, input_file: Path, binary: Path,
 
 
 # ---------------------------------------------------------------------------------------------- main
-
-
-def hardware() -> dict:
-    model = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        memory = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    return {"machine": platform.machine(), "cpu": model, "cpus": os.cpu_count(), "memory_gib": memory,
-            "python": platform.python_version(), "load_average_at_start": list(os.getloadavg())}
 
 
 def _versions(binary: Path, env: dict[str, str]) -> dict:

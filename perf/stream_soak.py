@@ -20,8 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from perf_analyzer_sweeps import hardware  # noqa: E402  (perf/ is on sys.path)
-from results_file import write_json  # noqa: E402
+from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.server import PROJECT_ROOT, ServerOptions, TritonServer, free_port
