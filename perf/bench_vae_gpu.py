@@ -158,15 +158,8 @@ def start_work(vae: WanVAE, photo: torch.Tensor, block: torch.Tensor, timer: Tim
         return encode
 
     def primer_of(latents: torch.Tensor, advance: bool) -> Callable[[], LatentDecoder]:
-        def prime() -> LatentDecoder:
-            decoder = LatentDecoder(vae)
-            if advance:
-                decoder.advance(latents[:, :, -primer.latents_needed:])
-            else:
-                for _ in decoder.feed(latents[:, :, -primer.latents_needed:]):
-                    pass
-            return decoder
-        return prime
+        # a fresh primer per pass; full: every latent frame decoded in full, as before advance
+        return lambda: HistoryPrimer(vae, full=not advance).prime(latents[:, :, -primer.latents_needed:])
 
     out: dict = {"history_frames": primer.frames_needed, "prime_latents": primer.latents_needed,
                  "restart_new_frames": RESTART_FRAMES}

@@ -515,7 +515,7 @@ class LatentEncoder:
         the same values from the same state: the encoder has reached a fixed point, and the frames after it
         continue from it as they would after the whole run."""
         fixed = -(-(encoder_memory(self.vae) + 1) // TEMPORAL_STRIDE)
-        still = still_frames(video, limit=video.shape[2])
+        still = still_frames(video)
         reached = still >= TEMPORAL_STRIDE * fixed + 1
         return fixed, max(0, (still - 1 - TEMPORAL_STRIDE * fixed) // TEMPORAL_STRIDE), reached
 
@@ -618,9 +618,10 @@ def encoder_memory(vae: WanVAE) -> int:
     return need
 
 
-def still_frames(video: torch.Tensor, limit: int, step: int = 16) -> int:
-    """How many of the first `limit` frames of [B, C, T, H, W] are bitwise the first one; compared `step` frames
-    at a time, so a moving video costs one small comparison and a still one no copy of itself."""
+def still_frames(video: torch.Tensor, limit: int | None = None, step: int = 16) -> int:
+    """How many of the first `limit` (all) frames of [B, C, T, H, W] are bitwise the first one; compared `step`
+    frames at a time, so a moving video costs one small comparison and a still one no copy of itself."""
+    limit = video.shape[2] if limit is None else limit
     first = video[:, :, :1]
     for start in range(1, limit, step):
         piece = video[:, :, start : min(start + step, limit)]
