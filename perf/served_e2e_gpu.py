@@ -96,6 +96,8 @@ def summarise(job: dict) -> dict:
         "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"]}
                         for s in job["qa"]["segments"]],
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
+        "chunk_segments": [c.get("segment") for c in chunks],
+        "chunk_streams": [c.get("stream") for c in chunks],  # live streams: started or continued (None: off)
         "first_chunk_timing_s": chunks[0].get("timing_s"),  # the request's start by phase (start_*_s)
         "chunk_timing_s": [c.get("timing_s") for c in chunks],  # the generator's seconds by part, per chunk
         "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],
@@ -120,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="talking_head's overlap_segments: generate the next segment while this one is judged "
                              "(then the generation and QA stage sums overlap in time)")
     parser.add_argument("--first-segment-s", type=float, default=0.0, help="talking_head's first_segment_s")
+    parser.add_argument("--segment-s", type=float, default=5.0, help="talking_head's segment_s (QA's unit)")
+    parser.add_argument("--continue-streams", action=argparse.BooleanOptionalAction, default=True,
+                        help="talking_head's continue_streams: a segment goes on with the stream before it")
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "wan_vae_memory_format": args.vae_memory_format,
                           "wan_vae_compile": str(args.vae_compile).lower()})
     talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
-                    "first_segment_s": str(args.first_segment_s)}
+                    "first_segment_s": str(args.first_segment_s), "segment_s": str(args.segment_s),
+                    "continue_streams": str(args.continue_streams).lower()}
     profile = "gpu" if args.profile == "gpu" else None
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,
                   "seed": 1}

@@ -47,6 +47,8 @@ MAX_GUIDANCE = 30.0
 MAX_PROMPT_CHARS = 2000
 REROLL_SEED_STRIDE = 7_919  # a re-roll's seed: far from the engines' own seed + clip of the same segment
 SEGMENT_SEED_STRIDE = 104_729  # a segment's seed: its attempts never meet the next segment's
+MAX_STREAM_TOKEN = 96
+STREAM_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:._-")
 
 
 def _param(default: Any, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -94,6 +96,10 @@ class GenerationParams(_GenerationFields):
 
     start_frame: int = 0
     frame_count: int = 0
+    # Live streams (generation/live_streams.py): this attempt's token, under which the engine may hold its stream
+    # after the last frame, and the token of the attempt whose frames this request continues ("": none).
+    stream: str = ""
+    stream_after: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,10 +109,13 @@ class SegmentRequest:
     start_frame: int
     frame_count: int
     seed: int
+    stream: str = ""  # this attempt's token (GenerationParams.stream)
+    stream_after: str = ""  # the token of the accepted attempt before it
 
     def parameters(self, params: JobParams) -> dict[str, Any]:
+        tokens = {"stream": self.stream, "stream_after": self.stream_after} if self.stream else {}
         return {**params.generation(), "seed": self.seed, "start_frame": self.start_frame,
-                "frame_count": self.frame_count}
+                "frame_count": self.frame_count, **tokens}
 
 
 def derive_seed(base: int, segment: int, attempt: int) -> int:
@@ -184,6 +193,9 @@ def parse_generation_params(values: dict[str, Any]) -> GenerationParams:
     most = int(MAX_DURATION_S * 60)
     if params.start_frame > most or params.frame_count > most:
         raise _bad(f"start_frame and frame_count must be at most {most}")
+    for token in (params.stream, params.stream_after):
+        if len(token) > MAX_STREAM_TOKEN or not set(token) <= STREAM_TOKEN_CHARS:
+            raise _bad(f"stream tokens are at most {MAX_STREAM_TOKEN} letters, digits and ':._-', got {shown(token)}")
     return params
 
 

@@ -18,6 +18,10 @@ and the job's end (an error or a client gone included) waits for the thread. Out
 sequential path; the cost of overlap is that wait when an attempt is re-rolled (the generation time beyond the
 judging's, at most).
 
+Live streams (`continue_streams`, on): each request names its attempt's token and the token of the accepted
+attempt it continues, so an engine that streams a whole video (LiveAvatar) goes on with that attempt's stream
+instead of starting anew from the motion frames (generation/live_streams.py); a re-roll starts anew.
+
 Transport-neutral: `call` runs a batched model (async), `stream` runs a decoupled one (yields dicts of
 outputs). Inside Triton these are BLS calls (triton_io); tests can pass fakes.
 """
@@ -25,11 +29,13 @@ outputs). Inside Triton these are BLS calls (triton_io); tests can pass fakes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -76,6 +82,10 @@ class TalkingHeadSettings:
     # official S2V (5 s clips) a 3 s first segment still costs a whole clip and adds a third (+50 % generation for
     # 10 s, about 33 min per 720p clip). Set 3.0 where LiveAvatar serves (or requests name their engine).
     first_segment_s: float = 0.0
+    # Let the engine go on with the stream of the attempt a segment continues (video_generator's live streams):
+    # where the engine supports it (LiveAvatar), a segment after an accepted one costs no new start and continues
+    # the one causal stream the release runs for a whole video; a re-roll always starts anew.
+    continue_streams: bool = True
 
     def __post_init__(self) -> None:
         if self.first_segment_s < 0:
@@ -100,6 +110,7 @@ class _Speculation:
 
 @dataclass
 class _Attempt:
+    request: SegmentRequest
     chunks: list[dict[str, np.ndarray]]  # the generator's responses
     raw: np.ndarray  # their frames, as generated (the next segment continues from these)
     frames: np.ndarray  # post-processed
@@ -154,6 +165,9 @@ class TalkingHeadJob:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation: ThreadPoolExecutor | None = None  # one thread: the job's requests, one at a time
         self._running: set[int] = set()  # segments counted as running in the backlog
+        # The tokens of this job's attempts (SegmentRequest.stream): unguessable, so no other job continues them.
+        self._stream_id = uuid.uuid4().hex if settings.continue_streams else ""
+        self._after = ""  # the token of the last accepted attempt
 
     def _run(self, awaitable):
         assert self._loop is not None, "TalkingHeadJob.run() drives the job"
@@ -215,9 +229,17 @@ class TalkingHeadJob:
             self._running.discard(index)
             self.backlog.end()
 
-    def _request(self, index: int, start: int, attempt: int) -> SegmentRequest:
+    def _token(self, index: int, attempt: int, after: str) -> str:
+        """The token of attempt `attempt` at segment `index` continuing the attempt `after`: one per stream (two
+        speculations of one attempt from two attempts before it are two streams)."""
+        if not self._stream_id:
+            return ""
+        lineage = hashlib.blake2b(after.encode(), digest_size=4).hexdigest()
+        return f"{self._stream_id}:{index}:{attempt}:{lineage}"
+
+    def _request(self, index: int, start: int, attempt: int, after: str) -> SegmentRequest:
         return SegmentRequest(start, self._length(start, self.total or self.expected),
-                              derive_seed(self.params.seed, index, attempt))
+                              derive_seed(self.params.seed, index, attempt), self._token(index, attempt, after), after)
 
     def _submit(self, request: SegmentRequest, motion: np.ndarray | None) -> Future[list[dict[str, np.ndarray]]]:
         inputs = dict(self.generator_inputs)
@@ -229,11 +251,12 @@ class TalkingHeadJob:
         done.set_result(_generate(self.stream, inputs, request.parameters(self.params)))  # errors raise here
         return done
 
-    def _speculate(self, index: int, start: int, motion: np.ndarray | None) -> _Speculation | None:
-        """Start generating segment `index`'s first attempt, if the job has that segment and segments overlap."""
+    def _speculate(self, index: int, start: int, motion: np.ndarray | None, after: str) -> _Speculation | None:
+        """Start generating segment `index`'s first attempt (continuing the attempt `after`), if the job has that
+        segment and segments overlap."""
         if self._generation is None or self.total is None or start >= self.total:
             return None
-        request = self._request(index, start, 0)
+        request = self._request(index, start, 0, after)
         self._begin(index)
         return _Speculation(request, self._submit(request, motion))
 
@@ -257,14 +280,16 @@ class TalkingHeadJob:
             self._plan(self.total)
         self.ctx.photo_covers_frame = self.engine in ENGINES and ENGINES[self.engine].photo_covers_frame
         raw = np.concatenate([c[spec.FRAMES] for c in generated])
-        following = self._speculate(index + 1, request.start_frame + len(raw), self._motion_after(motion, raw))
+        following = self._speculate(index + 1, request.start_frame + len(raw), self._motion_after(motion, raw),
+                                    request.stream)
         frames, qa = self._run(process_segment(raw, index, request.start_frame, self.ctx, self.call, boundary))
-        qa.attempt, qa.seed = number, request.seed
+        # a continued stream's frames come from the seed of the request that started it
+        qa.attempt, qa.seed = number, _info(generated[0]).get("stream_seed", request.seed)
         if qa.hard_failure:
             gate = qa.hard_failure
             raise InputError(f"stopped at {request.start_frame / self.params.fps:.1f} s: the generated video failed "
                              f"the {gate.name} gate ({gate.reason})", "content_policy")
-        return _Attempt(generated, raw, frames, qa, following)
+        return _Attempt(request, generated, raw, frames, qa, following)
 
     def best_attempt(self, index: int, start: int, motion: np.ndarray | None, boundary: Boundary | None,
                      speculation: _Speculation | None = None) -> _Attempt:
@@ -272,10 +297,10 @@ class TalkingHeadJob:
         Every attempt asks for the same frames; the first takes `speculation` when it is that very request."""
         best: _Attempt | None = None
         self._begin(index)  # (the job's end takes a segment left running out of the count, failures too)
-        first = self._request(index, start, 0)
+        first = self._request(index, start, 0, self._after)
         for number in range(self.quality.max_rerolls + 1):
-            request = SegmentRequest(first.start_frame, first.frame_count,
-                                     derive_seed(self.params.seed, index, number))
+            request = replace(first, seed=derive_seed(self.params.seed, index, number),
+                              stream=self._token(index, number, self._after))
             if number == 0 and speculation is not None and speculation.request == request:
                 chunks = speculation.chunks
             else:
@@ -319,6 +344,7 @@ class TalkingHeadJob:
         while self.total is None or start < self.total:
             best = self.best_attempt(index, start, motion, boundary, best.next if best is not None else None)
             accepted.append(best.qa)
+            self._after = best.request.stream
             yield from self.emit(index, best)
             motion = self._motion_after(motion, best.raw)
             track = best.qa.track

@@ -41,6 +41,9 @@ class EngineSpec:
     # The photo is scaled to cover the frame and cropped (S2V's fit_photo, the preview's crop to the aspect); False:
     # letterboxed inside it (Animate's padding_resize). QA tracking derives the face size to expect from it.
     photo_covers_frame: bool = True
+    # One request's stream can go on into the next segment's request (live_streams.py): an engine that streams a
+    # whole video block-causally, whose segment start costs a new stream.
+    continues_streams: bool = False
 
     def paths(self, settings: VideoGeneratorSettings, root: Path | None) -> tuple[Path, ...] | None:
         """The files it loads, or None when any is missing."""
@@ -134,7 +137,7 @@ ENGINES: dict[str, EngineSpec] = {spec.key: spec for spec in (
     EngineSpec(S2V, "speech", lambda s: (s.s2v_folder,), _s2v_options, _load_s2v, True, 80 / 16,
                f"Wan2.2 {S2V} (generative model)"),
     EngineSpec(LIVEAVATAR, "speech", _liveavatar_folders, _liveavatar_options, _load_liveavatar, True, 48 / 16,
-               f"Wan2.2 {LIVEAVATAR} (generative model)"),
+               f"Wan2.2 {LIVEAVATAR} (generative model)", continues_streams=True),
     EngineSpec(ANIMATE, "driving video", lambda s: (s.animate_folder,), _animate_options, _load_animate, True,
                76 / 30, f"Wan2.2 {ANIMATE} (generative model)", photo_covers_frame=False),
 )}

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from .job import (
     segment_range,
     unknown_engine,
 )
+from .live_streams import LiveStream, LiveStreams, fingerprint
 from .preview import ENGINE_NAME as PREVIEW_NAME
 from .preview import PreviewEngine
 
@@ -78,6 +79,10 @@ class VideoGeneratorSettings:
     # 16 fps -> params.fps for the Wan engines: keys interpolation (auto | none | flow | rife), rife_file, rife_scale
     frame_interpolation: interpolation.InterpolationSettings = field(
         default_factory=interpolation.InterpolationSettings)
+    # Streams held between a job's segment requests (live_streams.py): at most this many (0: none; each keeps
+    # its KV caches and VAE states on the GPU), each let go when not continued within live_stream_idle_s.
+    live_streams: int = 1
+    live_stream_idle_s: float = 60.0
     liveavatar_history_frames: int = 365  # frames VAE-encoded for motion latents / decoder priming (release: 365)
     liveavatar_ref_distance: int = 0  # 0: drawn per forward from 4..30 as the release does; 4..30 fixes it
     # Benchmarks only: build the speech engines at release size with random weights in memory instead of reading
@@ -88,6 +93,9 @@ class VideoGeneratorSettings:
     def __post_init__(self) -> None:
         if self.engine not in (AUTO, *ENGINES):
             raise ConfigError(f"engine must be one of {(AUTO, *ENGINES)}, got {self.engine!r}")
+        if self.live_streams < 0 or not self.live_stream_idle_s > 0:
+            raise ConfigError(f"live_streams must be >= 0 and live_stream_idle_s > 0, got {self.live_streams} and "
+                              f"{self.live_stream_idle_s:g}")
 
 
 def wan_paths(settings: VideoGeneratorSettings, engine: str, root: Path | None) -> tuple[Path, ...] | None:
@@ -145,6 +153,7 @@ class EngineRegistry:
         self.root = root if root is not None else weights_root()
         self._engines: dict[str, VideoEngine] = {PREVIEW: PreviewEngine()}
         self._lock = threading.Lock()
+        self.streams = LiveStreams(settings.live_streams, settings.live_stream_idle_s)
         if settings.preload:
             speech = self._speech_engine()
             if speech is not None:
@@ -271,14 +280,42 @@ def _segment_of(chunks: Iterator[FrameChunk], params) -> Iterator[FrameChunk]:
             return
 
 
+def _live_segment(streams: LiveStreams, engine: VideoEngine, name: str, job: GenerationJob,
+                  served: dict) -> Iterator[FrameChunk]:
+    """The request's segment from the stream its `stream_after` attempt left held, else from a new stream over the
+    rest of the video, held afterwards under its `stream` token. `served` says which (and the stream's seed)."""
+    p = job.params
+    key = fingerprint(job, name)
+    live = streams.take(p.stream_after, key, p.start_frame) if p.stream_after else None
+    if live is None:
+        streams.make_room()
+        rest = replace(job, params=replace(p, frame_count=0))
+        live = LiveStream(key, engine.generate(rest), p.start_frame, p.seed, p.start_frame)
+    served.update(stream="continued" if live.started_at < p.start_frame else "started", stream_seed=live.seed,
+                  stream_started_at=live.started_at)
+    held = False
+    try:
+        yield from live.until(p.start_frame + p.frame_count if p.frame_count else None)
+        held = streams.keep(p.stream, live)
+    finally:
+        if not held:  # ended, or the request stopped early: nothing will continue it
+            live.close()
+
+
 def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters: dict) -> Iterator[dict]:
     """Run one request: yields the output arrays of each chunk as soon as the engine produces it."""
     job = job_from_inputs(inputs, parameters)
     name = registry.resolve(job.params.engine, job)
     engine = registry.get(name)
     started = last = time.perf_counter()
-    chunks = engine.generate(job)
     spec_of = ENGINE_SPECS[name]
+    served: dict = {}
+    if spec_of.continues_streams and job.params.stream:
+        chunks = _live_segment(registry.streams, engine, name, job, served)
+    else:
+        if name != PREVIEW:  # a Wan request takes the memory held streams keep
+            registry.streams.make_room()
+        chunks = engine.generate(job)
     if not spec_of.renders_segments:
         chunks = _segment_of(chunks, job.params)
     for index, chunk in enumerate(chunks):
@@ -293,6 +330,7 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
             "render_ms": round((now - last) * 1000.0, 1),
             "elapsed_ms": round((now - started) * 1000.0, 1),
             "seed": job.params.seed,
+            **served,
         }
         sampling = getattr(chunk, "sampling", None)
         if sampling:  # what the clip costs: sampler, steps, guidance, DiT forwards per clip

@@ -12,10 +12,11 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 from wan_fixtures.tiny_animate import make_tiny_animate_checkpoint
-from wan_fixtures.tiny_release import make_tiny_s2v_release
+from wan_fixtures.tiny_release import make_tiny_liveavatar_lora, make_tiny_s2v_release
 
 from client.server import ServerOptions, TritonServer, free_port
 from client.triton_client import Endpoint, TalkingHeadClient
+from python_backends import spec
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +28,7 @@ def wan_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("wan-weights")
     make_tiny_s2v_release(root / "video_generator" / "Wan2.2-S2V-14B")
     make_tiny_animate_checkpoint(root / "video_generator" / "Wan2.2-Animate-14B", with_aux=True)
+    make_tiny_liveavatar_lora(root / "video_generator" / "LiveAvatar")
     options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), weights=root)
     with TritonServer(options, log_path=tmp_path_factory.mktemp("wan-log") / "tritonserver.log"):
         with TalkingHeadClient(Endpoint(options.grpc_url)) as client:
@@ -67,3 +69,27 @@ def test_animate_streams_chunks_from_a_driving_video(wan_server, samples, tmp_pa
     assert len(chunks) > 1 and {c.info["engine_id"] for c in chunks} == {"animate-14B"}
     frames = np.concatenate([c.frames for c in chunks])
     assert frames.shape[1:] == (64, 64, 3) and len(frames) == 16
+
+
+def test_liveavatar_segments_continue_one_stream_across_requests(wan_server):
+    """video_generator's live streams through the server: the second segment's request goes on with the stream the
+    first one left held (resumed on another request's thread): together, bitwise the frames of one request for the
+    whole video."""
+    yy, xx = np.mgrid[0:96, 0:80]
+    photo = (np.stack([yy * 2, xx * 3, yy + xx], axis=-1) % 256).astype(np.uint8)
+    t = np.arange(16000) / 16000
+    speech = (0.3 * np.sin(2 * np.pi * 3 * t) * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech}
+    base = {"engine": "liveavatar-14B", "width": 64, "height": 64, "fps": 16, "seed": 5}
+
+    def run(**params):
+        chunks = list(wan_server.stream(spec.VIDEO_GENERATOR, inputs, {**base, **params}))
+        return np.concatenate([c.frames for c in chunks]), [c.info for c in chunks]
+
+    whole, _ = run()
+    first, first_info = run(frame_count=10, stream="job:0")
+    rest, rest_info = run(start_frame=10, stream="job:1", stream_after="job:0")
+    assert len(whole) == 16 and np.array_equal(np.concatenate([first, rest]), whole)
+    assert {i["stream"] for i in first_info} == {"started"} and {i["stream"] for i in rest_info} == {"continued"}
+    _, again = run(start_frame=10, stream="job:2", stream_after="job:0")  # taken once: a second ask starts anew
+    assert again[0]["stream"] == "started"

@@ -43,7 +43,8 @@ class FakeJob:
         self.total, self.engine_id, self.on_event = total, engine_id, on_event
         self.failures = {**{key: 1 for key in fail_attempts}, **(failures or {})}
         self.generate_s, self.broken = generate_s, broken
-        self.requests: list[dict] = []
+        self.requests: list[dict] = []  # parameters (the job's random stream tokens left out) + what it continued
+        self.tokens: list[tuple[str, str, int]] = []  # (stream, stream_after, the value of its frames)
         self.events: list[tuple[str, int, float]] = []  # (what, segment start frame, perf_counter)
         attempts: dict[int, int] = {}
 
@@ -77,7 +78,9 @@ class FakeJob:
         params = contract.parse_generation_params(parameters)  # the generator's own validation
         motion = inputs.get(spec.MOTION_FRAMES)
         last = int(motion[-1, 0, 0, 0]) if motion is not None else 0
-        self.requests.append({**parameters, "continues_from": last})
+        tokens = ("stream", "stream_after")
+        self.requests.append({**{k: v for k, v in parameters.items() if k not in tokens}, "continues_from": last})
+        self.tokens.append((params.stream, params.stream_after, (params.seed + last) % 251))
         number = len(self.requests)
         self._event("generate", params.start_frame)
         time.sleep(self.generate_s)
@@ -233,6 +236,32 @@ def test_a_hard_failure_stops_the_job_after_the_request_in_flight_with_no_thread
         # The speculative request (overlap only) had finished when the error came out; no thread is left.
         assert len(generated) == (2 if settings.overlap_segments else 1) and max(generated) <= stopped
         assert not _generation_threads()
+
+
+@pytest.mark.parametrize("settings", [SEQUENTIAL, OVERLAPPED], ids=["sequential", "overlapped"])
+def test_each_request_names_the_attempt_its_frames_continue_as_the_stream_to_go_on_with(monkeypatch, settings):
+    # The generator may go on with the stream of the attempt named `stream_after` instead of starting anew from
+    # the motion frames: that attempt must be the one those frames came from, after re-rolls and speculations too.
+    fake = {"total": 375, "failures": {(0, 0): 1, (1, 0): 2, (1, 1): 1, (1, 2): 1}}
+    job = FakeJob(monkeypatch, **fake)
+    list(job.responses({"fps": 25, "seed": 7}, settings))
+    made = {stream: value for stream, _, value in job.tokens}
+    assert len(made) == len(job.tokens) and all(made)  # one token per attempt
+    job_ids = {stream.split(":")[0] for stream in made}
+    assert len(job_ids) == 1 and len(job_ids.pop()) == 32  # one unguessable id per job
+    for (_stream, after, _value), request in zip(job.tokens, job.requests, strict=True):
+        assert bool(after) == (request["start_frame"] > 0)
+        if after:
+            assert made[after] == request["continues_from"]
+    # Re-rolls of segment 1 continue segment 0's accepted attempt (1), not the stream of its attempt 0.
+    assert {after for stream, after, _ in job.tokens if stream.split(":")[1:3] in (["1", "1"], ["1", "2"])} == {
+        next(s for s in made if s.split(":")[1:3] == ["0", "1"])}
+
+
+def test_no_stream_tokens_when_continuing_streams_is_off(monkeypatch):
+    job = FakeJob(monkeypatch, total=250)
+    job.run({"fps": 25}, pipeline.TalkingHeadSettings(continue_streams=False))
+    assert len(job.tokens) == 2 and all(stream == after == "" for stream, after, _ in job.tokens)
 
 
 def test_a_client_gone_mid_job_leaves_no_thread(monkeypatch):

@@ -347,3 +347,39 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
     for a, b in zip(chunks, full_chunks, strict=True):
         assert a.start_frame == b.start_frame and np.array_equal(a.frames, b.frames)
     assert all(c.timing["decode_s"] > 0 and c.timing["encode_s"] >= 0 for c in chunks)
+
+
+def test_segments_continuing_a_held_stream_are_the_whole_videos_frames(folders, photo, speech) -> None:
+    """video_generator's live streams: a segment that names the attempt before it as `stream_after` goes on with
+    that request's stream: bitwise the frames of one request for the whole video, and no new start."""
+    import json
+
+    from python_backends import spec
+    from python_backends.generation.service import EngineRegistry, generate
+
+    registry = EngineRegistry(served_settings(liveavatar_history_frames="13"), "cpu", folders[0].parent.parent)
+    inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech}
+    base = {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16, "engine": "liveavatar-14B"}
+
+    def run(inputs, **params) -> tuple[np.ndarray, list[dict]]:
+        outputs = list(generate(registry, inputs, {**base, **params}))
+        return np.concatenate([o[spec.FRAMES] for o in outputs]), [json.loads(o[spec.CHUNK_INFO][0]) for o in outputs]
+
+    whole, _ = run(inputs)
+    first, first_info = run(inputs, frame_count=14, stream="job:0")  # cuts block 1 (frames 9..21) at 14
+    assert len(registry.streams) == 1 and first_info[0]["stream"] == "started"
+    rest, rest_info = run(inputs, start_frame=14, seed=11, stream="job:1", stream_after="job:0")
+    assert np.array_equal(np.concatenate([first, rest]), whole)
+    assert {i["stream"] for i in rest_info} == {"continued"} and rest_info[0]["stream_seed"] == 3
+    assert "start_history_encode_s" not in rest_info[0].get("timing_s", {})  # no new start
+    assert len(registry.streams) == 0  # the video's end: nothing left to continue
+
+    # Not continued: another photo with the token (another job's inputs), or a request that stopped early.
+    run(inputs, frame_count=14, stream="job:0")
+    _, other = run({**inputs, spec.IMAGE: photo[::-1].copy()}, start_frame=14, stream="job:1",
+                   stream_after="job:0")
+    assert other[0]["stream"] == "started" and len(registry.streams) == 0
+    partial = generate(registry, inputs, {**base, "frame_count": 14, "stream": "job:2"})
+    next(partial)
+    partial.close()
+    assert len(registry.streams) == 0

@@ -41,7 +41,8 @@ cover + crop); noise from a CPU generator in float32 (release: bf16 on the GPU);
 seeded generator (release: unseeded); frame rate by nearest-time selection; bf16 / rotary precision as
 causal_s2v.py says. A segment that starts mid-video (a QA re-roll) starts a new causal stream: its condition is
 prefilled with the caller's last frames as motion frames (what the release's --enable_online_decode does after
-the first clip) and its KV caches start empty.
+the first clip) and its KV caches start empty. A segment that continues an accepted one served by video_generator
+goes on with that request's stream instead (generation/live_streams.py): one causal stream, as the release runs.
 
 Random test weights stay random: nothing here measures LiveAvatar's quality; that is the release's claim.
 """
