@@ -108,7 +108,8 @@ def stages(job: dict) -> dict[str, float]:
             "delivery": round(timings["sign_s"] + timings["verify_s"] + timings["audit_s"], 3)}
 
 
-def chart(measured: dict[str, float], gpu_generation: float | None, path: Path, title: str) -> None:
+def chart(measured: dict[str, float], gpu_generation: float | None, path: Path, title: str,
+          where: str = "CPU") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +121,7 @@ def chart(measured: dict[str, float], gpu_generation: float | None, path: Path, 
     low = np.array([SEED_BUDGET[n][0] for n in names])
     high = np.array([SEED_BUDGET[n][1] for n in names])
     ax.barh(y + 0.2, high - low, left=low, height=0.35, color="#cccccc", label="seed budget (range, H100)")
-    ax.barh(y - 0.2, [measured[n] for n in names], height=0.35, color="#2b6cb0", label="measured here (CPU)")
+    ax.barh(y - 0.2, [measured[n] for n in names], height=0.35, color="#2b6cb0", label=f"measured here ({where})")
     if gpu_generation is not None:
         ax.barh(names.index("generation") - 0.2, gpu_generation, height=0.12, color="#c05621",
                 label="measured: Wan2.2-S2V-14B on H100 (engine)")
@@ -173,11 +174,12 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def summarise_run(run: dict, chart_path: Path | None, title: str, gpu_generation: float | None = None) -> None:
+def summarise_run(run: dict, chart_path: Path | None, title: str, gpu_generation: float | None = None,
+                  where: str = "CPU") -> None:
     """The stage chart (when a path is given) and the headline figures on stdout."""
     if chart_path is not None:
         chart(run["stages_s"], gpu_generation, chart_path, f"{title}, end to end {run['end_to_end_s']:.1f} s "
-              f"(first chunk {run['time_to_first_chunk_s']:.1f} s)")
+              f"(first chunk {run['time_to_first_chunk_s']:.1f} s)", where)
     print(json.dumps({k: run[k] for k in ("stages_s", "time_to_first_chunk_s", "end_to_end_s")}, indent=2))
 
 

@@ -65,6 +65,13 @@ class GpuMemory:
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self.available = shutil.which("nvidia-smi") is not None
 
+    def name(self) -> str | None:
+        if not self.available:
+            return None
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
     def read(self) -> float | None:
         if not self.available:
             return None
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
             with GpuMemory() as memory, TritonServer(options, log_path=log):
                 result["server_ready_s"] = round(time.perf_counter() - t0, 2)
                 result["gpu_memory_after_load_mib"] = memory.read()
+                result["gpu"] = memory.name()
                 print(f"server ready in {result['server_ready_s']} s", flush=True)
                 warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters)
                 result["warmup"] = {"seconds": args.warmup_seconds, "end_to_end_s": round(warm["total_s"], 2),
@@ -177,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["tritonserver_log_tail"] = "\n".join(lines[-30:])
             write_json(args.out, result)
     run = result["run"]
-    summarise_run(run, args.chart, f"one {args.seconds:g} s clip through tritonserver: {run['engine']}")
+    summarise_run(run, args.chart, f"one {args.seconds:g} s clip through tritonserver: {run['engine']}",
+                  where=result.get("gpu") or "CPU")
     return result
 
 

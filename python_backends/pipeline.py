@@ -72,8 +72,9 @@ class TalkingHeadSettings:
     # by default: in 1 of 5 runs of the reliability suite, killing a talking_head stub (SIGKILL) while its
     # generation thread streamed over BLS aborted the whole tritonserver (boost::interprocess::lock_exception in
     # Triton 2.51's python backend), where the sequential path's stub kill only ends its own job; after the BLS
-    # stream fix (stream_remains.py) still 1 in 12 runs of the fault tests. On for the GPU benchmark
-    # (perf/served_e2e_gpu.py --overlap), where it pays.
+    # stream fix (stream_remains.py) still 1 in 12 runs of the fault tests. The sequential path is not free of it
+    # either (once, in a CI run on a loaded machine), so the abort is Triton's, made likelier by the overlap's
+    # extra BLS traffic. On for the GPU benchmark (perf/served_e2e_gpu.py --overlap), where it pays.
     overlap_segments: bool = False
     # Seconds of the first segment (whole native clips of the engine, as segment_s); 0: segment_s. Why 0 by
     # default: under `engine: auto` the first request is sized before the engine is known, so it cannot be rounded
