@@ -81,7 +81,8 @@ class TalkingHeadSettings:
     # to the engine's clips. 3 s is one LiveAvatar clip (48 frames at 16 fps): a 10 s job stays 4 clips in 2
     # requests (3 + 7 s instead of 5 + 5 s) and its first chunk waits for one clip instead of two; but for the
     # official S2V (5 s clips) a 3 s first segment still costs a whole clip and adds a third (+50 % generation for
-    # 10 s, about 33 min per 720p clip). Set 3.0 where LiveAvatar serves (or requests name their engine).
+    # 10 s, about 33 min per 720p clip). Set 3.0 where LiveAvatar serves (or requests name their engine); with
+    # live streams (continue_streams) LiveAvatar's segments need not be whole clips, so 1.5 s costs no more.
     first_segment_s: float = 0.0
     # Let the engine go on with the stream of the attempt a segment continues (video_generator's live streams):
     # where the engine supports it (LiveAvatar), a segment after an accepted one costs no new start and continues
@@ -214,10 +215,10 @@ class TalkingHeadJob:
         self.backlog.plan(segments_in(frames, lambda at: self._length(at, frames)))
 
     def _length(self, start: int, total: int | None) -> int:
-        """Frames of the segment at `start`: whole native clips of the engine, to the end if a too-short tail
-        would be left."""
+        """Frames of the segment at `start`: whole native clips of the engine (any length where segments continue
+        its stream), to the end if a too-short tail would be left."""
         seconds = self.first_segment_s if start == 0 else self.quality.segment_s
-        frames = segment_frames(self.engine, seconds, self.params.fps)
+        frames = segment_frames(self.engine, seconds, self.params.fps, continued=bool(self._stream_id))
         return segment_length(start, total, frames, self.min_tail)
 
     def _begin(self, index: int) -> None:

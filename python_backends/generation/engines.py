@@ -144,11 +144,13 @@ ENGINES: dict[str, EngineSpec] = {spec.key: spec for spec in (
 SPEECH_ENGINES = (LIVEAVATAR, S2V)  # what `auto` picks for speech, first present first
 
 
-def segment_frames(engine: str | None, segment_s: float, fps: float) -> int:
+def segment_frames(engine: str | None, segment_s: float, fps: float, continued: bool = False) -> int:
     """Frames per segment: the whole number of the engine's native clips nearest `segment_s` (at least one), or
-    `segment_s` itself for an engine without a native clip (or before the engine is known)."""
+    `segment_s` itself for an engine without a native clip (or before the engine is known) and for one whose
+    segments continue its stream (`continued`: the frames a segment's last block makes past its end are the next
+    segment's, so no size wastes work)."""
     spec = ENGINES.get(engine or "")
     seconds = segment_s
-    if spec is not None and spec.native_clip_s:
+    if spec is not None and spec.native_clip_s and not (continued and spec.continues_streams):
         seconds = max(1, round(segment_s / spec.native_clip_s)) * spec.native_clip_s
     return max(1, int(round(seconds * fps)))

@@ -117,17 +117,29 @@ def test_a_job_seeded_at_the_top_of_the_range_re_rolls(monkeypatch):
     assert report["rerolls"] == 1 and report["seeds"] == [seeds[1]]
 
 
+NEW_STREAMS = pipeline.TalkingHeadSettings(continue_streams=False)
+
+
 def test_segments_are_whole_native_clips_of_the_engine(monkeypatch):
     # LiveAvatar's clip is 48 frames at 16 fps (3 s): two clips (6 s, 150 frames at 25 fps) are nearest 5 s.
     assert segment_frames("liveavatar-14B", 5.0, 25.0) == 150 and segment_frames("s2v-14B", 5.0, 25.0) == 125
     assert segment_frames("preview", 5.0, 25.0) == segment_frames(None, 5.0, 25.0) == 125
     job = FakeJob(monkeypatch, total=450, engine_id="liveavatar-14B")
-    report = job.run({"engine": "liveavatar-14B", "fps": 25})
+    report = job.run({"engine": "liveavatar-14B", "fps": 25}, NEW_STREAMS)
     assert report["frames"] == [150, 150, 150]
     # Under `auto` the engine is known from its first answer: the first segment is segment_s, the rest clips.
     job = FakeJob(monkeypatch, total=425, engine_id="liveavatar-14B")
-    assert job.run({"fps": 25})["frames"] == [125, 150, 150]
+    assert job.run({"fps": 25}, NEW_STREAMS)["frames"] == [125, 150, 150]
     assert all(spec.renders_segments and spec.label for spec in ENGINES.values())
+
+
+def test_segments_that_continue_the_engines_stream_are_any_length(monkeypatch):
+    # With live streams a LiveAvatar segment is no new clip: segment_s as asked (the official S2V still rounds).
+    assert segment_frames("liveavatar-14B", 5.0, 25.0, continued=True) == 125
+    assert segment_frames("s2v-14B", 4.0, 25.0, continued=True) == 125
+    settings = pipeline.TalkingHeadSettings(first_segment_s=1.5)
+    job = FakeJob(monkeypatch, total=300, engine_id="liveavatar-14B")
+    assert job.run({"engine": "liveavatar-14B", "fps": 30}, settings)["frames"] == [45, 150, 105]
 
 
 # ---------------------------------------------------------------- overlapped segments (overlap_segments)
@@ -276,7 +288,7 @@ def test_a_client_gone_mid_job_leaves_no_thread(monkeypatch):
 
 def test_a_shorter_first_segment_and_its_re_roll_ask_for_the_same_frames(monkeypatch):
     # LiveAvatar under `auto`: a 3 s first segment is one 48-frame clip; the rest whole clips (7 s to the end).
-    settings = pipeline.TalkingHeadSettings(first_segment_s=3.0)
+    settings = pipeline.TalkingHeadSettings(first_segment_s=3.0, continue_streams=False)
     job = FakeJob(monkeypatch, total=300, engine_id="liveavatar-14B", fail_attempts=frozenset({(0, 0)}))
     assert job.run({"fps": 30}, settings)["frames"] == [90, 210]
     first = [r["frame_count"] for r in job.requests if r["start_frame"] == 0]
