@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup-seconds", type=float, default=6.0, help="long enough for two clips")
     parser.add_argument("--fp8", default="rowwise", help="rowwise | tensor | none")
+    parser.add_argument("--attention", default="sdpa", help="the DiT's self-attention (wan/common/attention.py "
+                        "ATTENTION_BACKENDS: sdpa, or an 8-bit Triton kernel such as triton_qk_int8_pv_fp8)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
              "vae_dtype": "bfloat16" if device.type == "cuda" else "float32",
              "fp8": None if args.fp8 == "none" or device.type == "cpu" else args.fp8,
              "compile": args.compile and device.type == "cuda", "vae_memory_format": args.vae_memory_format,
-             "vae_compile": args.vae_compile and device.type == "cuda"}
+             "vae_compile": args.vae_compile and device.type == "cuda", "attention_backend": args.attention}
     if args.engine == "liveavatar":
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
-                        "infer_frames", "balance_clips")},
+                        "infer_frames", "balance_clips", "attention_backend")},
                     "excluded": ["umT5 prompt encoding (cached per prompt)", "wav2vec2 (features given)",
                                  "CPU stages: pre-processing, QA", "process hops (BLS, gRPC)"],
                     "runs": []}

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history-frames", type=int, default=365, help="LiveAvatar's VAE history (release: 365)")
     parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu", help="where the other models run")
     parser.add_argument("--fp8", default="rowwise")
+    parser.add_argument("--attention", default="sdpa", help="video_generator's wan_attention (sdpa or an 8-bit kernel)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                         help="talking_head's overlap_segments: generate the next segment while this one is judged "
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     wan = args.engine != "preview"
     generator = {"engine": args.engine, "preload": str(wan).lower(), "benchmark_random_weights": str(wan).lower()}
     if wan:
-        generator.update({"wan_fp8": args.fp8, "wan_compile": str(args.compile).lower(),
+        generator.update({"wan_fp8": args.fp8, "wan_attention": args.attention,
+                          "wan_compile": str(args.compile).lower(),
                           "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
                           "liveavatar_history_frames": str(args.history_frames),
                           "wan_vae_memory_format": args.vae_memory_format,

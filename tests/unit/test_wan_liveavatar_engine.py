@@ -383,3 +383,11 @@ def test_segments_continuing_a_held_stream_are_the_whole_videos_frames(folders, 
     next(partial)
     partial.close()
     assert len(registry.streams) == 0
+
+
+def test_a_history_shorter_than_a_clip_keeps_its_length_over_clip_boundaries(engine, photo, speech) -> None:
+    # 13 history frames, 24-frame clips: the second boundary's history is the last 13 of the clip's frames (it was
+    # the clip's 24, not 1 + 4k frames, and the encoder refused it).
+    long_speech = np.concatenate([speech, speech])[: int(3.0 * SR)]
+    chunks = list(engine.generate(job(photo, long_speech)))
+    assert sum(len(c.frames) for c in chunks) == 48 and max(c.clip for c in chunks) == 2

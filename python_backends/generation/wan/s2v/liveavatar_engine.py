@@ -390,6 +390,7 @@ class _BlockDecoder:
         if block.index == engine.options.blocks_per_clip - 1 and block.n + 1 < self.blocks:
             # the next clip's decoder primes on this clip's last frames
             recent = torch.cat(self.clip_pixels, dim=2)[:, :, -engine.task.motion_frames:]
-            self.history = torch.cat([self.history[:, :, recent.shape[2]:], recent], dim=2)
+            # the history keeps its length (1 + 4k frames), also when it is shorter than a clip
+            self.history = torch.cat([self.history, recent], dim=2)[:, :, -self.history.shape[2]:]
             self.moved = recent.shape[2]
             self._prime(block.clip + 1)
