@@ -78,12 +78,16 @@ def run_job(url: str, seconds: float, out: Path, parameters: dict) -> dict:
             if chunk.qa_report is not None:
                 qa_report = chunk.qa_report
                 continue
-            first = first if first is not None else time.perf_counter() - started
+            arrived = time.perf_counter() - started
+            first = first if first is not None else arrived
             report = chunk.info.pop("job_report", report)
             if writer is None:
                 writer = CompliantVideoWriter(out, chunk.fps, job, chunk.info, report, EncodeOptions(), compliance,
                                               t0=started)
             writer.write(chunk.frames)
+            # when each chunk reached the client and how long handing it to the encoder held the reader up
+            chunk.info.update(arrived_s=round(arrived, 3),
+                              write_ms=round((time.perf_counter() - started - arrived) * 1000.0, 1))
             chunks.append(chunk.info)
         streamed = time.perf_counter() - started
         delivery = writer.finish(qa_verdict={"status": qa_report["verdict"]})

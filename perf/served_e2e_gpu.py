@@ -105,6 +105,10 @@ def summarise(job: dict) -> dict:
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
         "chunk_segments": [c.get("segment") for c in chunks],
         "chunk_streams": [c.get("stream") for c in chunks],  # live streams: started or continued (None: off)
+        # the tail after generation: resize to the output size in talking_head, arrival at the client, encoder hand-off
+        "chunk_resize_ms": [c.get("resize_ms") for c in chunks],
+        "chunk_arrived_s": [c.get("arrived_s") for c in chunks],
+        "chunk_write_ms": [c.get("write_ms") for c in chunks],
         "first_chunk_timing_s": chunks[0].get("timing_s"),  # the request's start by phase (start_*_s)
         "chunk_timing_s": [c.get("timing_s") for c in chunks],  # the generator's seconds by part, per chunk
         "delivery_timings_s": job["delivery"]["timings"], "triton_stats_delta_ms": job["triton"],

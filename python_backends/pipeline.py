@@ -331,8 +331,11 @@ class TalkingHeadJob:
                     info["job_report"] = self.job.report
                     info["photo_safety"] = self.photo_safety
             frames = best.frames[offset: offset + count]
-            yield _with_info({**chunk, spec.FRAMES: resize_frames(frames, output_size) if output_size else frames},
-                             info)
+            if output_size:
+                began = time.perf_counter()
+                frames = resize_frames(frames, output_size)
+                info["resize_ms"] = round((time.perf_counter() - began) * 1000.0, 1)
+            yield _with_info({**chunk, spec.FRAMES: frames}, info)
             offset += count
 
     def _job(self) -> Iterator[dict[str, np.ndarray]]:
