@@ -193,7 +193,7 @@ class TritonServer:
             _check_port(opts.host, port, flag)
         self.admin_token = secrets.token_hex(16) if opts.restart_dead_stubs else None
         argv, env = server_command(opts, self.admin_token)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab")  # a restart keeps what the last process wrote (its crash)
         try:
             self.process = subprocess.Popen(
                 argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -224,6 +224,25 @@ class TritonServer:
         raise ServerError(
             f"tritonserver not ready after {self.options.startup_timeout_s:.0f} s:\n{self.log_tail()}"
         )
+
+    def exited(self) -> bool:
+        """The server process ended by itself (not through stop()): a crash, or a kill from outside."""
+        return self.process is not None and self.process.poll() is not None
+
+    def restart(self) -> TritonServer:
+        """A new server process on the same ports, repositories and log: what a supervisor does after a crash."""
+        self.stop()
+        return self.start()
+
+    def crash_reason(self) -> str:
+        """The log's most telling fatal line (Triton 2.51's python backend can abort with
+        boost::interprocess::lock_exception when a stub dies mid-message), or ''."""
+        lines = self.log_tail(400).splitlines()
+        for marker in ("what():", "terminate called", "Signal ("):  # the most telling first
+            found = [line.strip() for line in lines if marker in line]
+            if found:
+                return found[-1]
+        return ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -265,22 +284,39 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+# A server that crashes is started again on the same ports, unless it crashed this often in this window: then
+# something is wrong beyond one fault and the launcher gives up (a container runtime restarts it with backoff).
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0
+
+
 def serve_forever(options: ServerOptions) -> int:
-    """Run until Ctrl-C / SIGTERM, printing endpoints once ready. Returns an exit code."""
+    """Run until Ctrl-C / SIGTERM, printing endpoints once ready; a tritonserver that exits by itself is started
+    again (MAX_RESTARTS per RESTART_WINDOW_S). Returns an exit code."""
     server = TritonServer(options)
     def _request_stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _request_stop)
+    restarts: list[float] = []
     try:
         server.start()
         print(f"tritonserver ready (log: {server.log_path})")
         print(f"  HTTP    http://{options.http_url}")
         print(f"  gRPC    {options.grpc_url}")
         print(f"  metrics {options.metrics_url}")
-        code = server.wait()
-        print(f"tritonserver exited with code {code}:\n{server.log_tail()}", file=sys.stderr)
-        return code or 1
+        while True:
+            code = server.wait()
+            reason = server.crash_reason()
+            print(f"tritonserver exited with code {code}{f' ({reason})' if reason else ''}:\n{server.log_tail()}",
+                  file=sys.stderr)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S]
+            if len(restarts) >= MAX_RESTARTS:
+                print(f"giving up: {len(restarts)} restarts in {RESTART_WINDOW_S:.0f} s", file=sys.stderr)
+                return code or 1
+            restarts.append(now)
+            server.restart()  # jobs in flight failed with the process; clients send them again
+            print(f"tritonserver restarted on the same ports (restart {len(restarts)})", file=sys.stderr)
     except KeyboardInterrupt:
         print("stopping tritonserver ...")
         return 0

@@ -71,16 +71,32 @@ def _kill_stubs(server: TritonServer, model: str) -> list[int]:
     return victims
 
 
-def _wait_recovered(server: TritonServer, model: str, after: float, timeout: float = 180.0) -> float:
-    """Seconds the watchdog took to reload `model` after a kill at `after` (time.time())."""
+def _wait_recovered(server: TritonServer, model: str, after: float, timeout: float = 180.0) -> float | None:
+    """Seconds the watchdog took to reload `model` after a kill at `after` (time.time()); None if the whole server
+    died instead (see _restart_after_abort)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server.exited():
+            return None
         for event in server.watchdog.events:
             if event.model == model and event.detected_at >= after - 1 and event.recovered:
                 return event.detected_at - after + event.reload_s
             assert event.error is None, event.error
         time.sleep(0.2)
     raise AssertionError(f"{model} was not reloaded within {timeout} s")
+
+
+def _restart_after_abort(server: TritonServer, ledger, case: str) -> None:
+    """Triton 2.51's python backend can abort the whole server when a stub is SIGKILLed in the middle of a message
+    to it (boost::interprocess::lock_exception; seen in about 1 of 10 runs of the streaming kills). What recovers
+    then is the launcher's restart on the same ports (`talkinghead serve`, or the pod's restart): the test does
+    that restart and the ledger records the abort as an unexpected outcome, so reports count it."""
+    reason = server.crash_reason()
+    started = time.monotonic()
+    server.restart()
+    ledger.record("fault", f"tritonserver_aborted-{case}", "recovered", "server_restarted", time.monotonic() - started,
+                  note=reason[:200])
+    assert "lock_exception" in reason, f"tritonserver died for another reason: {reason or server.log_tail()}"
 
 
 def test_a_dead_stub_fails_fast_and_the_watchdog_brings_it_back(fault_server, ledger):
@@ -144,14 +160,17 @@ def test_a_stub_killed_mid_stream_ends_the_job_promptly(fault_server, ledger):
         except ServerUnavailable as exc:
             errors.append(exc)
         failed_after = time.time() - killed_at
-        _wait_recovered(server, "video_generator", killed_at)
+        aborted = _wait_recovered(server, "video_generator", killed_at) is None
         ledger.record("fault", "stub_killed-video_generator-mid_stream", "unavailable",
                       "unavailable" if errors else "finished", time.monotonic() - started,
                       lost=not errors, failed_after_kill_s=round(failed_after, 2),
                       note=str(errors[0])[:200] if errors else "")
         assert errors, "the job finished although its generator was killed"
-        # Either the guard saw the dead stub, or the watchdog's reload was quicker and the generator was not ready.
-        assert "is being restarted" in str(errors[0]) and failed_after < 15, (failed_after, errors[0])
+        assert failed_after < 15, (failed_after, errors[0])
+        if aborted:
+            _restart_after_abort(server, ledger, "video_generator-mid_stream")
+        else:  # the guard saw the dead stub, or the watchdog's reload was quicker and the generator was not ready
+            assert "is being restarted" in str(errors[0]), errors[0]
         _settled(server)
         outcome, message, seconds = outcome_of(lambda: list(client.generate(
             photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, deadline_s=300)))
@@ -179,9 +198,11 @@ def test_orchestrator_stub_killed_mid_stream_ends_when_keepalives_stop(fault_ser
         ledger.record("fault", "stub_killed-talking_head-mid_stream", "unavailable", "unavailable",
                       time.monotonic() - started, failed_after_kill_s=round(failed_after, 2),
                       note=str(caught.value)[:200])
-        _wait_recovered(server, "talking_head", killed_at)
-        assert "not even a keep-alive" in str(caught.value)
         assert failed_after < idle + 2 * STREAM_KEEPALIVE_S, failed_after
+        if _wait_recovered(server, "talking_head", killed_at) is None:
+            _restart_after_abort(server, ledger, "talking_head-mid_stream")
+        else:
+            assert "not even a keep-alive" in str(caught.value)
         _settled(server)
         outcome, message, seconds = outcome_of(lambda: list(client.generate(
             photo_png(), speech_wav(), parameters={**SMALL, "max_duration_s": 2.0}, deadline_s=300)))
