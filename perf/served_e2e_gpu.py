@@ -65,19 +65,21 @@ class GpuMemory:
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self.available = shutil.which("nvidia-smi") is not None
 
-    def name(self) -> str | None:
+    def _query(self, field: str) -> str | None:
+        """GPU 0's `field` as nvidia-smi reports it (no units), or None without one."""
         if not self.available:
             return None
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", "0"],
                              capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+        return lines[0].strip() if lines else None
+
+    def name(self) -> str | None:
+        return self._query("name")
 
     def read(self) -> float | None:
-        if not self.available:
-            return None
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True, timeout=10)
-        return float(out.stdout.strip().splitlines()[0]) if out.returncode == 0 else None
+        used = self._query("memory.used")
+        return None if used is None else float(used)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -22,7 +22,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def fingerprint(job: GenerationJob, engine: str) -> str:
 
 @dataclass
 class LiveStream:
-    """One engine stream from `start_frame` on, served in segments."""
+    """One engine stream from `started_at` on, served in segments."""
 
     key: str  # the job's fingerprint
     chunks: Iterator[FrameChunk]
@@ -64,7 +64,7 @@ class LiveStream:
     pending: FrameChunk | None = None  # frames made past the last segment's end
     total_frames: int = 1 << 62  # the video's length as the last chunk said (the last one says it exactly)
     ended: bool = False
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float = 0.0  # when it was last held (LiveStreams.keep, on its clock)
 
     def until(self, stop: int | None) -> Iterator[FrameChunk]:
         """The frames from `next_frame` up to `stop` (None: the end), cutting a chunk that runs past it."""

@@ -14,3 +14,7 @@ class TritonPythonModel(StreamingModel):
 
     def stream(self, inputs, parameters, is_cancelled, backlog):
         return generate(self.engines, inputs, parameters)
+
+    def finalize(self):
+        super().finalize()  # no request runs after this
+        self.engines.streams.close()  # held streams stop their stages and give their GPU state back
