@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                         help="talking_head's overlap_segments: generate the next segment while this one is judged "
                              "(then the generation and QA stage sums overlap in time)")
-    parser.add_argument("--first-segment-s", type=float, default=0.0, help="talking_head's first_segment_s")
+    parser.add_argument("--first-segment-s", type=float, default=1.0,
+                        help="talking_head's first_segment_s (0: segment_s; the shipped configs' 1.0 by default)")
     parser.add_argument("--segment-s", type=float, default=5.0, help="talking_head's segment_s (QA's unit)")
     parser.add_argument("--continue-streams", action=argparse.BooleanOptionalAction, default=True,
                         help="talking_head's continue_streams: a segment goes on with the stream before it")

@@ -100,6 +100,9 @@ class GenerationParams(_GenerationFields):
     # after the last frame, and the token of the attempt whose frames this request continues ("": none).
     stream: str = ""
     stream_after: str = ""
+    # The orchestrator sized this segment before it knew the engine (under `auto`): an engine whose segments cost
+    # whole native clips serves the nearest whole number of them (engines.segment_frames), not a clip cut short.
+    whole_clips: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,11 +114,13 @@ class SegmentRequest:
     seed: int
     stream: str = ""  # this attempt's token (GenerationParams.stream)
     stream_after: str = ""  # the token of the accepted attempt before it
+    whole_clips: bool = False  # GenerationParams.whole_clips
 
     def parameters(self, params: JobParams) -> dict[str, Any]:
         tokens = {"stream": self.stream, "stream_after": self.stream_after} if self.stream else {}
+        clips = {"whole_clips": True} if self.whole_clips else {}
         return {**params.generation(), "seed": self.seed, "start_frame": self.start_frame,
-                "frame_count": self.frame_count, **tokens}
+                "frame_count": self.frame_count, **tokens, **clips}
 
 
 def derive_seed(base: int, segment: int, attempt: int) -> int:

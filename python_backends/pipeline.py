@@ -76,14 +76,17 @@ class TalkingHeadSettings:
     # either (once, in a CI run on a loaded machine), so the abort is Triton's, made likelier by the overlap's
     # extra BLS traffic. On for the GPU benchmark (perf/served_e2e_gpu.py --overlap), where it pays.
     overlap_segments: bool = False
-    # Seconds of the first segment (whole native clips of the engine, as segment_s); 0: segment_s. Why 0 by
-    # default: under `engine: auto` the first request is sized before the engine is known, so it cannot be rounded
-    # to the engine's clips. 3 s is one LiveAvatar clip (48 frames at 16 fps): a 10 s job stays 4 clips in 2
-    # requests (3 + 7 s instead of 5 + 5 s) and its first chunk waits for one clip instead of two; but for the
-    # official S2V (5 s clips) a 3 s first segment still costs a whole clip and adds a third (+50 % generation for
-    # 10 s, about 33 min per 720p clip). Set 3.0 where LiveAvatar serves (or requests name their engine); with
-    # live streams (continue_streams) LiveAvatar's segments need not be whole clips, so 1.5 s costs no more.
-    first_segment_s: float = 0.0
+    # Seconds of the first segment; 0: segment_s. Shorter, the first chunk leaves sooner: it waits for the first
+    # segment to be generated and judged. It is at least one lip-sync window (2 x sync_vshift + 1 frames: 31,
+    # 1.03 s at 30 fps; or segment_s if that is shorter), so that every gate judges it on its own. Where segments
+    # cost whole native clips (the official S2V: 5 s), it is rounded to the nearest whole number of them like
+    # segment_s: by the orchestrator once it knows the engine, and before that (the first request under `auto`)
+    # by the generator (whole_clips), so it never costs a clip cut short. Where segments go on with the engine's
+    # stream (LiveAvatar with continue_streams), it is the length asked: 1 s is its first two blocks (21 frames at
+    # 16 fps after the 3 dropped), judged and sent while the next blocks generate. 1 s by default: on 2 cores
+    # (preview engine, segments one after another) the first chunk came 3x sooner (3.4-3.5 s instead of
+    # 9.9-11.0 s) and the job took 13 % longer for its extra segment (perf/results/served_first_segment_cpu_*.json).
+    first_segment_s: float = 1.0
     # Let the engine go on with the stream of the attempt a segment continues (video_generator's live streams):
     # where the engine supports it (LiveAvatar), a segment after an accepted one costs no new start and continues
     # the one causal stream the release runs for a whole video; a re-roll always starts anew.
@@ -217,8 +220,11 @@ class TalkingHeadJob:
     def _length(self, start: int, total: int | None) -> int:
         """Frames of the segment at `start`: whole native clips of the engine (any length where segments continue
         its stream), to the end if a too-short tail would be left."""
-        seconds = self.first_segment_s if start == 0 else self.quality.segment_s
-        frames = segment_frames(self.engine, seconds, self.params.fps, continued=bool(self._stream_id))
+        continued = bool(self._stream_id)
+        frames = segment_frames(self.engine, self.quality.segment_s, self.params.fps, continued=continued)
+        if start == 0:  # at least one lip-sync window (or segment_s, if shorter): every gate judges it on its own
+            first = segment_frames(self.engine, self.first_segment_s, self.params.fps, continued=continued)
+            frames = max(first, min(self.min_tail, frames))
         return segment_length(start, total, frames, self.min_tail)
 
     def _begin(self, index: int) -> None:
@@ -240,8 +246,11 @@ class TalkingHeadJob:
         return f"{self._stream_id}:{index}:{attempt}:{lineage}"
 
     def _request(self, index: int, start: int, attempt: int, after: str) -> SegmentRequest:
+        # Before the engine is known (the first segment under `auto`) the segment is sized without its clips: the
+        # generator rounds it up to whole clips where a shorter one would cost a whole clip all the same.
         return SegmentRequest(start, self._length(start, self.total or self.expected),
-                              derive_seed(self.params.seed, index, attempt), self._token(index, attempt, after), after)
+                              derive_seed(self.params.seed, index, attempt), self._token(index, attempt, after), after,
+                              whole_clips=self.engine is None)
 
     def _submit(self, request: SegmentRequest, motion: np.ndarray | None) -> Future[list[dict[str, np.ndarray]]]:
         inputs = dict(self.generator_inputs)

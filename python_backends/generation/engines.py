@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..contract import ANIMATE, LIVEAVATAR, PREVIEW, S2V
+from ..contract import ANIMATE, LIVEAVATAR, PREVIEW, S2V, GenerationParams
 from ..weights import official_path
 
 if TYPE_CHECKING:
@@ -144,13 +144,28 @@ ENGINES: dict[str, EngineSpec] = {spec.key: spec for spec in (
 SPEECH_ENGINES = (LIVEAVATAR, S2V)  # what `auto` picks for speech, first present first
 
 
+def _clip_s(engine: str | None, continued: bool) -> float | None:
+    """The native clip a segment of `engine` costs whole; None where any length costs only its own frames (no native
+    clip, the engine unknown, or a segment that continues the engine's stream)."""
+    spec = ENGINES.get(engine or "")
+    if spec is None or not spec.native_clip_s or (continued and spec.continues_streams):
+        return None
+    return spec.native_clip_s
+
+
 def segment_frames(engine: str | None, segment_s: float, fps: float, continued: bool = False) -> int:
     """Frames per segment: the whole number of the engine's native clips nearest `segment_s` (at least one), or
     `segment_s` itself for an engine without a native clip (or before the engine is known) and for one whose
     segments continue its stream (`continued`: the frames a segment's last block makes past its end are the next
     segment's, so no size wastes work)."""
-    spec = ENGINES.get(engine or "")
-    seconds = segment_s
-    if spec is not None and spec.native_clip_s and not (continued and spec.continues_streams):
-        seconds = max(1, round(segment_s / spec.native_clip_s)) * spec.native_clip_s
+    clip = _clip_s(engine, continued)
+    seconds = segment_s if clip is None else max(1, round(segment_s / clip)) * clip
     return max(1, int(round(seconds * fps)))
+
+
+def served_frame_count(engine: str, params: GenerationParams) -> int:
+    """The frames a request gets: its frame_count, or with `whole_clips` (the orchestrator sized it before it knew
+    the engine) what the orchestrator would ask of this engine now, so it never costs a clip cut short."""
+    if not (params.whole_clips and params.frame_count):
+        return params.frame_count
+    return segment_frames(engine, params.frame_count / params.fps, params.fps, continued=bool(params.stream))

@@ -30,7 +30,7 @@ from .job import FrameChunk, GenerationJob
 
 # What says where a request is in its job, not what the job is: its parameters, and the caller's frames before it
 # (a continued stream has its own).
-PLACEMENT = ("seed", "start_frame", "frame_count", "stream", "stream_after")
+PLACEMENT = ("seed", "start_frame", "frame_count", "stream", "stream_after", "whole_clips")
 PLACEMENT_INPUTS = ("motion_frames",)
 
 

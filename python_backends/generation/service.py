@@ -24,7 +24,7 @@ from ..frame_interpolation import config as interpolation
 from ..licences import LicencePolicy
 from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, weights_root
 from .engines import ENGINES as ENGINE_SPECS
-from .engines import MODEL, PREVIEW_LABEL, SPEECH_ENGINES, animate_lora
+from .engines import MODEL, PREVIEW_LABEL, SPEECH_ENGINES, animate_lora, served_frame_count
 from .job import (
     ANIMATE,
     AUTO,
@@ -309,6 +309,8 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
     engine = registry.get(name)
     started = last = time.perf_counter()
     spec_of = ENGINE_SPECS[name]
+    if job.params.whole_clips:
+        job = replace(job, params=replace(job.params, frame_count=served_frame_count(name, job.params)))
     served: dict = {}
     if spec_of.continues_streams and job.params.stream:
         chunks = _live_segment(registry.streams, engine, name, job, served)

@@ -17,7 +17,7 @@ import pytest
 from python_backends import contract, pipeline, spec
 from python_backends.backlog import Backlog, BacklogJob
 from python_backends.errors import ConfigError, InputError
-from python_backends.generation.engines import ENGINES, segment_frames
+from python_backends.generation.engines import ENGINES, segment_frames, served_frame_count
 from python_backends.quality.segment_qa import FAIL, PASS, Gate, SegmentQA
 
 
@@ -26,6 +26,10 @@ def _segment_qa(frames: np.ndarray, start: int, failures: int, hard: bool = Fals
     track = SimpleNamespace(landmarks=np.zeros((n, 68, 2)), boxes=np.zeros((n, 4)))
     gates = [Gate(f"gate{i}", FAIL, "made to fail", hard=hard) for i in range(failures)] or [Gate("lipsync", PASS, "")]
     return SegmentQA(0, start, n, gates, track, [], np.zeros(n), {})
+
+
+# Every segment segment_s long: what most tests here count on (the shipped short first segment has its own tests).
+EVEN = pipeline.TalkingHeadSettings(first_segment_s=0)
 
 
 class FakeJob:
@@ -87,7 +91,7 @@ class FakeJob:
         self._event("generated", params.start_frame)
         if number in self.broken:
             raise RuntimeError(f"generator broke on request {number}")
-        count = min(params.frame_count, self.total - params.start_frame)
+        count = min(served_frame_count(self.engine_id, params), self.total - params.start_frame)
         frames = np.full((count, 8, 8, 3), (params.seed + last) % 251, np.uint8)
         info = json.dumps({"engine": "fake", "engine_id": self.engine_id}).encode()
         yield {spec.FRAMES: frames, spec.START_FRAME: np.array([params.start_frame], np.int64),
@@ -98,7 +102,7 @@ class FakeJob:
                   backlog: BacklogJob | None = None) -> Iterator[dict]:
         inputs = {spec.PHOTO_BYTES: np.array([b"photo"], np.object_)}
         return pipeline.run_talking_head(inputs, parameters, None, self.stream,
-                                         settings or pipeline.TalkingHeadSettings(), backlog)
+                                         settings or EVEN, backlog)
 
     def run(self, parameters: dict, settings: pipeline.TalkingHeadSettings | None = None) -> dict:
         return report_of(list(self.responses(parameters, settings)))
@@ -117,7 +121,7 @@ def test_a_job_seeded_at_the_top_of_the_range_re_rolls(monkeypatch):
     assert report["rerolls"] == 1 and report["seeds"] == [seeds[1]]
 
 
-NEW_STREAMS = pipeline.TalkingHeadSettings(continue_streams=False)
+NEW_STREAMS = pipeline.TalkingHeadSettings(first_segment_s=0, continue_streams=False)
 
 
 def test_segments_are_whole_native_clips_of_the_engine(monkeypatch):
@@ -127,10 +131,28 @@ def test_segments_are_whole_native_clips_of_the_engine(monkeypatch):
     job = FakeJob(monkeypatch, total=450, engine_id="liveavatar-14B")
     report = job.run({"engine": "liveavatar-14B", "fps": 25}, NEW_STREAMS)
     assert report["frames"] == [150, 150, 150]
-    # Under `auto` the engine is known from its first answer: the first segment is segment_s, the rest clips.
+    # Under `auto` the first request is sized before the engine is known, so it asks for whole clips: the generator
+    # serves the 5 s as LiveAvatar's nearest two clips; from its answer on the orchestrator sizes them itself.
     job = FakeJob(monkeypatch, total=425, engine_id="liveavatar-14B")
-    assert job.run({"fps": 25}, NEW_STREAMS)["frames"] == [125, 150, 150]
+    assert job.run({"fps": 25}, NEW_STREAMS)["frames"] == [150, 150, 125]
+    assert [r.get("whole_clips", False) for r in job.requests] == [True, False, False]
     assert all(spec.renders_segments and spec.label for spec in ENGINES.values())
+
+
+@pytest.mark.parametrize("engine_id, frames", [("s2v-14B", [150, 150]), ("liveavatar-14B", [36, 150, 114]),
+                                               ("preview", [36, 150, 114])])
+def test_a_short_first_segment_under_auto_costs_no_clip_cut_short(monkeypatch, engine_id, frames):
+    # 1.2 s asked before the engine is known: the official S2V serves its whole 5 s clip (one clip either way),
+    # LiveAvatar going on with its stream and the preview engine (no native clip) just the 36 frames asked.
+    job = FakeJob(monkeypatch, total=300, engine_id=engine_id)
+    assert job.run({"fps": 30}, pipeline.TalkingHeadSettings(first_segment_s=1.2))["frames"] == frames
+    assert job.requests[0]["frame_count"] == 36 and job.requests[0]["whole_clips"] is True
+
+
+def test_no_segment_is_shorter_than_one_lip_sync_window(monkeypatch):
+    # 0.2 s would be 6 frames: too few for the lip-sync gate (2 x 15 + 1), so the first segment is 31 frames.
+    job = FakeJob(monkeypatch, total=300)
+    assert job.run({"fps": 30}, pipeline.TalkingHeadSettings(first_segment_s=0.2))["frames"] == [31, 150, 119]
 
 
 def test_segments_that_continue_the_engines_stream_are_any_length(monkeypatch):
@@ -144,8 +166,8 @@ def test_segments_that_continue_the_engines_stream_are_any_length(monkeypatch):
 
 # ---------------------------------------------------------------- overlapped segments (overlap_segments)
 
-SEQUENTIAL = pipeline.TalkingHeadSettings(overlap_segments=False)
-OVERLAPPED = pipeline.TalkingHeadSettings(overlap_segments=True)
+SEQUENTIAL = pipeline.TalkingHeadSettings(first_segment_s=0, overlap_segments=False)
+OVERLAPPED = pipeline.TalkingHeadSettings(first_segment_s=0, overlap_segments=True)
 GENERATION_THREAD = "talking_head-generation"
 
 
@@ -272,7 +294,7 @@ def test_each_request_names_the_attempt_its_frames_continue_as_the_stream_to_go_
 
 def test_no_stream_tokens_when_continuing_streams_is_off(monkeypatch):
     job = FakeJob(monkeypatch, total=250)
-    job.run({"fps": 25}, pipeline.TalkingHeadSettings(continue_streams=False))
+    job.run({"fps": 25}, NEW_STREAMS)
     assert len(job.tokens) == 2 and all(stream == after == "" for stream, after, _ in job.tokens)
 
 

@@ -384,6 +384,11 @@ def test_segments_continuing_a_held_stream_are_the_whole_videos_frames(folders, 
     partial.close()
     assert len(registry.streams) == 0
 
+    # whole_clips (the orchestrator sized the request before it knew the engine): going on with a stream, the frames
+    # asked; without one, LiveAvatar's nearest whole clips (3 s: 48 frames at 16 fps), or up to the video's end.
+    assert len(run(inputs, frame_count=14, stream="job:3", whole_clips=True)[0]) == 14
+    assert len(run(inputs, frame_count=14, whole_clips=True)[0]) == min(48, len(whole)) > 14
+
 
 def test_a_history_shorter_than_a_clip_keeps_its_length_over_clip_boundaries(engine, photo, speech) -> None:
     # 13 history frames, 24-frame clips: the second boundary's history is the last 13 of the clip's frames (it was
