@@ -46,7 +46,9 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 from PIL import Image
-from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
+from random_weights import FILES as RANDOM_FILES  # noqa: E402  (perf/ is on sys.path)
+from random_weights import write_random_weights  # noqa: E402
+from results_file import hardware, write_json  # noqa: E402
 from tritonclient.grpc import model_config_pb2
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
@@ -195,9 +197,10 @@ def input_data_document(tensors: dict[str, np.ndarray]) -> dict:
     return {"data": [step]}
 
 
-def check_inputs(endpoint: Endpoint, model: str, tensors: dict[str, np.ndarray]) -> None:
+def check_inputs(endpoint: Endpoint, model: str, tensors: dict[str, np.ndarray]) -> str | None:
     """One request with the same tensors through the Python client: the file's data is servable, and the
-    model's lazy initialisation is paid before anything is timed."""
+    model's lazy initialisation is paid before anything is timed. The model's `model_info` (which network
+    served it), where it has one."""
     model_spec = spec.ALL_MODELS[model]
     batched = {k: (v[None] if model_spec.max_batch_size > 0 else v) for k, v in tensors.items()}
     with TalkingHeadClient(endpoint) as client:
@@ -205,17 +208,25 @@ def check_inputs(endpoint: Endpoint, model: str, tensors: dict[str, np.ndarray])
             chunks = list(client.stream(model_spec, batched))
             if not chunks:
                 raise RuntimeError(f"{model} streamed no response for the sample inputs")
-        else:
-            client.infer(model_spec, batched)
+            return None
+        info = client.infer(model_spec, batched).get("model_info")
+    if info is None:
+        return None
+    item = np.asarray(info).reshape(-1)[0]
+    return item.decode() if isinstance(item, bytes) else str(item)
 
 
-def write_inputs(endpoint: Endpoint, directory: Path = INPUTS_DIR, models: tuple[str, ...] = MODELS) -> dict[str, Path]:
+def write_inputs(endpoint: Endpoint, directory: Path = INPUTS_DIR, models: tuple[str, ...] = MODELS,
+                 model_info: dict[str, str] | None = None) -> dict[str, Path]:
+    """perf_analyzer's input files, each checked by one request; `model_info` gets what each model reports."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for model, tensors in sample_tensors(endpoint).items():
         if model not in models:
             continue
-        check_inputs(endpoint, model, tensors)
+        info = check_inputs(endpoint, model, tensors)
+        if info is not None and model_info is not None:
+            model_info[model] = info
         path = directory / f"{model}.json"
         path.write_text(json.dumps(input_data_document(tensors)))
         paths[model] = path
@@ -241,10 +252,10 @@ def repository_without_batching(target: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def server(repositories: tuple[Path, ...] | None = None, model_config_name: str | None = None
-           ) -> Iterator[ServerOptions]:
+def server(repositories: tuple[Path, ...] | None = None, model_config_name: str | None = None,
+           weights: Path | None = None) -> Iterator[ServerOptions]:
     options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                            model_config_name=model_config_name)
+                            model_config_name=model_config_name, weights=weights)
     if repositories is not None:
         options = replace(options, repositories=repositories)
     with TritonServer(options):
@@ -354,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs-only", action="store_true", help="write perf/inputs/*.json and stop")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per perf_analyzer call")
     parser.add_argument("--markdown", type=Path, default=None, help="print the tables of a results file and stop")
+    parser.add_argument("--random-weights", default="", help="comma-separated models served from random weights in "
+                        "their official layouts (perf/random_weights.py), e.g. face_embedder for ArcFace: speed "
+                        "only, their outputs are noise")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
@@ -365,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - set(models)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(models)}")
+    random_models = [m for m in args.random_weights.split(",") if m]
+    if set(random_models) - set(RANDOM_FILES):
+        parser.error(f"--random-weights: no random checkpoint for {sorted(set(random_models) - set(RANDOM_FILES))}; "
+                     f"choose from {', '.join(RANDOM_FILES)}")
     try:
         binary, env = (None, None) if args.inputs_only else perf_analyzer_command(args.venv)
     except PerfAnalyzerMissing as exc:
@@ -393,8 +411,16 @@ def main(argv: list[str] | None = None) -> int:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-gpu-profile-")))
             repositories = profile_on_cpu(scratch, "gpu")
             document["notes"] += "; NO GPU: the GPU profile's KIND_GPU instances were moved to the CPU"
-        servers = {True: stack.enter_context(server(repositories, model_config_name="gpu" if gpu else None))}
-        inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"), models=tuple(wanted))
+        weights = None
+        if random_models:
+            weights = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-random-weights-")))
+            written = write_random_weights(weights, tuple(random_models))
+            document["random_weights"] = {model: f"random, in the official {path.name} layout: speed only"
+                                          for model, path in written.items()}
+        servers = {True: stack.enter_context(server(repositories, "gpu" if gpu else None, weights))}
+        document["model_info"] = {}
+        inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"), models=tuple(wanted),
+                              model_info=document["model_info"])
         print(f"wrote {len(inputs)} input files to {INPUTS_DIR}", file=sys.stderr)
         if args.inputs_only:
             return 0
@@ -403,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             # Both servers stay up (the idle one costs no CPU), so that every comparison below is measured
             # back to back, under the same background load of this shared machine.
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-nobatch-")))
-            servers[False] = stack.enter_context(server(repository_without_batching(scratch)))
+            servers[False] = stack.enter_context(server(repository_without_batching(scratch), weights=weights))
             for model in {c.model for c in cases if not c.batching}:
                 check_inputs(Endpoint(servers[False].grpc_url, "grpc"), model, sample_tensors_from_file(inputs[model]))
         # Grouped by (model, concurrency): all variants of one point run one after the other.
