@@ -501,6 +501,35 @@ def test_a_still_start_is_encoded_only_to_the_encoders_fixed_point(
     assert fresh.encoded_frames == 121 and memo.holds(other[:, :, :1], vae.encoder)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_still_starts_units_stop_running_once_settled_with_the_same_latents_and_state(
+        aux: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to the fixed point the still chunks are the same 4 frames: each unit of the encoder runs only until its
+    state stops changing (_SettlingChain), and the latents and the state are bitwise those of running every unit."""
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM, dtype=torch.float64)
+    moving = _video(frames=9, height=8, width=8, batch=1).double()
+    video = torch.cat([moving[:, :, :1].expand(-1, -1, 261, -1, -1), moving[:, :, 1:]], dim=2)
+    calls = {"conv1": 0, "head": 0}  # the first layer and the last (the head's causal conv)
+    for name, layer in (("conv1", vae.encoder.conv1), ("head", vae.encoder.head[-1])):
+        layer.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+
+    def encode(settle: bool) -> tuple[LatentEncoder, torch.Tensor, dict[str, int]]:
+        monkeypatch.setattr(LatentEncoder, "settle_still_start", settle)
+        calls.update(conv1=0, head=0)
+        stream = LatentEncoder(vae)
+        latents = torch.cat([stream.feed(video[:, :, :265]), stream.feed(video[:, :, 265:])], dim=2)
+        return stream, latents, dict(calls)
+
+    (every, expected, every_calls), (settled, latents, settled_calls) = encode(False), encode(True)
+    assert torch.equal(latents, expected)
+    assert every.state.tails.keys() == settled.state.tails.keys() and every.state.started == settled.state.started
+    assert all(torch.equal(settled.state.tails[layer], tail) for layer, tail in every.state.tails.items())
+    # 1 + 29 chunks to the fixed point, then the 2 moving ones: the first layer settles on the second still chunk,
+    # the last one on the 28th
+    assert every_calls == {"conv1": 32, "head": 32}
+    assert settled_calls == {"conv1": 1 + 2 + 2, "head": 1 + 28 + 2}
+
+
 def test_still_frames_counts_the_frames_equal_to_the_first() -> None:
     video = torch.zeros(2, 3, 40, 4, 4)
     video[1, 2, 37, 3, 3] = 1.0  # one value in one frame of one clip of the batch differs

@@ -285,6 +285,49 @@ class Encoder3d(nn.Module):
             x = _run(part, x, state)
         return x
 
+    def units(self) -> list[tuple[nn.Module, Callable[[torch.Tensor, StreamState], torch.Tensor]]]:
+        """forward as a chain of units (a module and how it runs), the same operations in the same order."""
+        chain: list[tuple[nn.Module, Callable[[torch.Tensor, StreamState], torch.Tensor]]] = [(self.conv1, self.conv1)]
+        chain += [(layer, layer) for part in (self.downsamples, self.middle) for layer in part]
+        chain.append((self.head, lambda x, state: _run(self.head, x, state)))
+        return chain
+
+
+class _SettlingChain:
+    """Encoder3d over a run of identical chunks, each unit of its chain run only until it settles.
+
+    A unit whose input no longer changes and whose state came out of a chunk as it went in gives that chunk's
+    output for every later identical chunk, and keeps that state: the same inputs through the same layers give the
+    same values. So once a unit settles, the units before it are skipped; their one constant output is kept and
+    fed on. Units settle in order, the full-resolution ones after a few chunks and the deepest last, so a still
+    start costs little more than its deep layers. Checked with torch.equal, never assumed: bitwise the encoder's
+    own outputs and state."""
+
+    def __init__(self, encoder: Encoder3d) -> None:
+        self.units = [(fn, set(module.modules())) for module, fn in encoder.units()]
+        self.settled = 0  # units [0, settled) settled
+        self.output: torch.Tensor | None = None  # of unit settled - 1
+
+    def __call__(self, chunk: torch.Tensor, state: StreamState) -> torch.Tensor:
+        """The encoder's output for `chunk`, the same chunk as every call before on this chain."""
+        x = chunk if self.output is None else self.output
+        settling = True  # whether the units before this one have all settled
+        for index in range(self.settled, len(self.units)):
+            fn, modules = self.units[index]
+            before = {m: t for m, t in state.tails.items() if m in modules}
+            x = fn(x, state)
+            if settling and _same_tails(before, {m: t for m, t in state.tails.items() if m in modules}):
+                self.settled, self.output = index + 1, x
+            else:
+                settling = False
+        return x
+
+
+def _same_tails(before: dict[nn.Module, torch.Tensor], after: dict[nn.Module, torch.Tensor]) -> bool:
+    return before.keys() == after.keys() and all(
+        before[m] is after[m] or (before[m].shape == after[m].shape and torch.equal(before[m], after[m]))
+        for m in before)
+
 
 class Decoder3d(nn.Module):
     def __init__(
@@ -452,6 +495,7 @@ class LatentEncoder:
     the streams that start with it."""
 
     skip_still_start = True  # False: run every chunk of a still start too (to compare with)
+    settle_still_start = True  # False: every unit of the encoder on each still chunk up to the fixed point
 
     def __init__(self, vae: WanVAE, memo: FixedPointMemo | None = None) -> None:
         self.vae = vae
@@ -485,7 +529,8 @@ class LatentEncoder:
         # A single image has no tail: splitting an empty tail would yield one empty chunk.
         chunks = ([x[:, :, :1]] if first else []) + (list(x[:, :, int(first):].split(TEMPORAL_STRIDE, dim=2))
                                                      if t > int(first) else [])
-        fixed, repeats, reached = self._still_start(x) if first and self.skip_still_start else (0, 0, False)
+        fixed, repeats, still = self._still_start(x) if first and self.skip_still_start else (0, 0, 0)
+        reached = still >= fixed > 0
         del chunks[fixed + 1 : fixed + 1 + repeats]
         out: list[torch.Tensor] = []
         memo = self.memo if reached else None
@@ -493,8 +538,12 @@ class LatentEncoder:
             out = list(memo.outputs)
             self.state.tails, self.state.started = dict(memo.tails), set(memo.started)
             memo = None
-        for chunk in chunks[len(out) :]:
-            out.append(vae.encoder(chunk, self.state))
+        # chunks 1 .. still are the same 4 frames of the picture: the encoder's units stop running once settled
+        settling = _SettlingChain(vae.encoder) if still and self.settle_still_start else None
+        for index in range(len(out), len(chunks)):
+            chunk = chunks[index]
+            run = settling if settling is not None and 1 <= index <= still else vae.encoder
+            out.append(run(chunk, self.state))
             self.encoded_frames += chunk.shape[2]
             if memo is not None and len(out) == fixed + 1:
                 memo.keep(x[:, :, :1], vae.encoder, out, self.state)
@@ -503,10 +552,10 @@ class LatentEncoder:
         self.frames += t
         return out
 
-    def _still_start(self, video: torch.Tensor) -> tuple[int, int, bool]:
+    def _still_start(self, video: torch.Tensor) -> tuple[int, int, int]:
         """A stream that starts with a still picture (LiveAvatar's history of the photo repeated 365 times):
-        (K, j, reached) such that chunks K + 1 .. K + j need not be encoded, their outputs being chunk K's, and
-        whether the still run reaches chunk K at all.
+        (K, j, s) such that chunks K + 1 .. K + j need not be encoded, their outputs being chunk K's, and chunks
+        1 .. s (s <= K; the still run reaches chunk K when s == K) are the same 4 frames of the picture.
 
         Exact: the output of chunk k (frames 4k - 3 .. 4k) and the state it leaves depend only on frames
         4k - encoder_memory .. 4k, and from K = ceil((encoder_memory + 1) / 4) on that window holds neither the
@@ -516,8 +565,8 @@ class LatentEncoder:
         continue from it as they would after the whole run."""
         fixed = -(-(encoder_memory(self.vae) + 1) // TEMPORAL_STRIDE)
         still = still_frames(video)
-        reached = still >= TEMPORAL_STRIDE * fixed + 1
-        return fixed, max(0, (still - 1 - TEMPORAL_STRIDE * fixed) // TEMPORAL_STRIDE), reached
+        return (fixed, max(0, (still - 1 - TEMPORAL_STRIDE * fixed) // TEMPORAL_STRIDE),
+                min(fixed, (still - 1) // TEMPORAL_STRIDE))
 
 
 class LatentDecoder:
