@@ -153,3 +153,9 @@ def test_gpu_table_lists_each_batch_size():
     table = sweeps.markdown(document)
     assert "| face_detector, 16 | - | 160 / 192, 6.2 (x1.0) |" in table
     assert "| talking_head, 1 (streamed) | 10 / 12, 100.0 (x1.0) | - |" in table
+
+
+def test_random_weights_name_only_models_with_an_official_layout(capsys):
+    with pytest.raises(SystemExit):
+        sweeps.main(["--random-weights", "face_embedder,video_generator", "--out", "/dev/null"])
+    assert "no random checkpoint for ['video_generator']" in capsys.readouterr().err

@@ -29,8 +29,9 @@ Per job:
    only, and those on the last 261 frames, so only they are encoded and decoded, and where the history moved by
    a multiple of 4 frames the encoder simply goes on with the clip's new frames (the same frames, to round-off).
    Two more exact shortcuts: the photo's still run at the history's start is encoded only until the encoder
-   reaches its fixed point (117 of the 261 frames, once per request; LatentEncoder), and priming runs per latent
-   frame only the decoder parts the state depends on (the full-resolution ones for the last 1-4 of the 38;
+   reaches its fixed point (117 of the 261 frames, once per request; LatentEncoder), each of its units only until
+   it settles on the still chunks (the full-resolution ones after 2; vae._SettlingChain), and priming runs per
+   latent frame only the decoder parts the state depends on (the full-resolution ones for the last 1-4 of the 38;
    LatentDecoder.advance).
    The motion condition is encoded from the same 261-frame tail: frame packing reads only the last 19 latents.
 
