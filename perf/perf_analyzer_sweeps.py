@@ -380,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(models)}")
     random_models = [m for m in args.random_weights.split(",") if m]
-    if set(random_models) - set(RANDOM_FILES):
-        parser.error(f"--random-weights: no random checkpoint for {sorted(set(random_models) - set(RANDOM_FILES))}; "
-                     f"choose from {', '.join(RANDOM_FILES)}")
+    no_layout = sorted(set(random_models) - set(RANDOM_FILES))
+    if no_layout:
+        parser.error(f"--random-weights: no random checkpoint for {no_layout}; choose from {', '.join(RANDOM_FILES)}")
     try:
         binary, env = (None, None) if args.inputs_only else perf_analyzer_command(args.venv)
     except PerfAnalyzerMissing as exc:

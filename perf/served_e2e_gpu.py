@@ -102,7 +102,7 @@ def summarise(job: dict) -> dict:
         "frames": job["delivery"]["encode"].get("frames"),
         "output_fps": job["delivery"]["encode"].get("fps"), "engine": chunks[0].get("engine"),
         "qa_verdict": job["qa"]["verdict"],
-        # per segment, each gate's verdict beside the timings (an `unavailable` gate says which and why)
+        # per segment, each gate's verdict beside the timings (which gate made a verdict `unavailable`)
         "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"],
                          "gates": {g["gate"]: g["status"] for g in s.get("gates", [])}}
                         for s in job["qa"]["segments"]],

@@ -247,7 +247,7 @@ class TalkingHeadJob:
 
     def _request(self, index: int, start: int, attempt: int, after: str) -> SegmentRequest:
         # Before the engine is known (the first segment under `auto`) the segment is sized without its clips: the
-        # generator rounds it up to whole clips where a shorter one would cost a whole clip all the same.
+        # generator serves the nearest whole clips where a segment costs whole clips (engines.served_frame_count).
         return SegmentRequest(start, self._length(start, self.total or self.expected),
                               derive_seed(self.params.seed, index, attempt), self._token(index, attempt, after), after,
                               whole_clips=self.engine is None)

@@ -314,13 +314,17 @@ class _SettlingChain:
         settling = True  # whether the units before this one have all settled
         for index in range(self.settled, len(self.units)):
             fn, modules = self.units[index]
-            before = {m: t for m, t in state.tails.items() if m in modules}
+            before = _tails_of(state, modules) if settling else {}  # past the first unsettled unit: not compared
             x = fn(x, state)
-            if settling and _same_tails(before, {m: t for m, t in state.tails.items() if m in modules}):
+            if settling and _same_tails(before, _tails_of(state, modules)):
                 self.settled, self.output = index + 1, x
             else:
                 settling = False
         return x
+
+
+def _tails_of(state: StreamState, modules: set[nn.Module]) -> dict[nn.Module, torch.Tensor]:
+    return {m: t for m, t in state.tails.items() if m in modules}
 
 
 def _same_tails(before: dict[nn.Module, torch.Tensor], after: dict[nn.Module, torch.Tensor]) -> bool:
