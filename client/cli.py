@@ -255,15 +255,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"\rchunk {len(session.chunks):3d}: frames {done}/{chunk.total_frames} "
               f"({100 * done / max(1, chunk.total_frames):3.0f}%){verdict}   ", end="", file=sys.stderr, flush=True)
 
-    session = DeliverySession(out, JobInputs(photo, audio, video, parameters), encode, compliance,
-                              policy_of(args.policy_profile), on_chunk=progress)
+    session: DeliverySession | None = None
     try:
+        session = DeliverySession(out, JobInputs(photo, audio, video, parameters), encode, compliance,
+                                  policy_of(args.policy_profile), on_chunk=progress)
         with _endpoint(args) as endpoint, TalkingHeadClient(endpoint) as client:
             session.t0 = time.perf_counter()  # time to the first encoded byte counts from the request
-            delivery = session.deliver(client.generate(photo, audio, video, parameters))
+            delivery = session.deliver(client.generate(photo, audio, video, session.server_parameters))
         print(file=sys.stderr)
     except BaseException as exc:
-        if session.chunks:
+        if session is not None and session.chunks:
             print(file=sys.stderr)  # end the progress line, so what follows has a line of its own
         if isinstance(exc, RequestRejected):
             print(f"rejected ({exc.code}): {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .audit import AuditAppender, AuditLog, check_no_secrets
-from .disclosure import append_xmp, burn_label
+from .disclosure import LABEL_TEXT, append_xmp
 from .encoding import EncodeOptions, StreamingEncoder
 from .provenance import QA_NOT_RUN, ModelRecord, Provenance, SigningFailed, sign_video, verify_video
 from .signing import SigningConfig, signer_identity, talkinghead_home
@@ -113,14 +113,19 @@ class CompliantVideoWriter:
         )
         self._unsigned = self.path.with_name(f".{self.path.name}.unsigned")
         self._encoder = StreamingEncoder(self._unsigned, fps, audio=job.audio, options=encode,
-                                         metadata=self.provenance.disclosure.mp4_tags(), t0=t0, watermark=watermark)
+                                         metadata=self.provenance.disclosure.mp4_tags(), t0=t0, watermark=watermark,
+                                         label=LABEL_TEXT if compliance.visible_label else None)
 
     @property
     def frames_written(self) -> int:
         return self._encoder.frames_written
 
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        return self._encoder.frame_size
+
     def write(self, frames: np.ndarray) -> None:
-        self._encoder.write(burn_label(frames) if self.compliance.visible_label else frames)
+        self._encoder.write(frames)
 
     def abort(self) -> None:
         self._encoder.abort()

@@ -195,11 +195,46 @@ def _label_patch(height: int, width: int, text: str) -> tuple[np.ndarray, np.nda
     return patch[..., :3], patch[..., 3:] / 255.0, y0, x0
 
 
-def burn_label(frames: np.ndarray, text: str = LABEL_TEXT) -> np.ndarray:
-    """A copy of the [n, H, W, 3] frames with a translucent "AI-generated" label in the bottom-right corner."""
-    height, width = frames.shape[1:3]
-    rgb, alpha, y0, x0 = _label_patch(height, width, text)
-    out = np.array(frames, np.uint8, copy=True)
-    region = out[:, y0:y0 + rgb.shape[0], x0:x0 + rgb.shape[1]].astype(np.float32)
-    out[:, y0:y0 + rgb.shape[0], x0:x0 + rgb.shape[1]] = np.rint(region * (1 - alpha) + rgb * alpha).astype(np.uint8)
-    return out
+# BT.709, TV range (what client/encoding.py converts to): Y' = Kr R + Kg G + Kb B on 0..255, then scaled to 16..235
+# for luma and 16..240 around 128 for chroma.
+_KR, _KB = 0.2126, 0.0722
+
+
+def _bt709(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luma = _KR * r + (1 - _KR - _KB) * g + _KB * b
+    return (16 + luma * 219 / 255, 128 + (b - luma) / (2 * (1 - _KB)) * 224 / 255,
+            128 + (r - luma) / (2 * (1 - _KR)) * 224 / 255)
+
+
+class LabelPlanes:
+    """The visible "AI-generated" label, blended into yuv420p frames after the encoder's colour conversion, so it
+    is drawn at the output size (sharp, also when the encoder scaled the frames up).
+
+    Y'CbCr is an affine function of R'G'B', so blending the label's colour in Y'CbCr equals converting the RGB
+    blend, up to rounding; chroma, at half resolution, takes the label's colour and alpha averaged over each 2x2
+    block. The patch starts on an even pixel so its chroma blocks are the frame's."""
+
+    def __init__(self, height: int, width: int, text: str = LABEL_TEXT) -> None:
+        rgb, alpha, y0, x0 = _label_patch(height, width, text)
+        self.y0, self.x0 = y0 - y0 % 2, x0 - x0 % 2
+        # grow the patch to even sides with transparent pixels (the frame's sides are even: yuv420p)
+        pad = ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0))
+        rgb, alpha = np.pad(rgb, pad), np.pad(alpha, pad)
+        luma, cb, cr = _bt709(rgb)
+        self.luma, self.luma_alpha = luma, alpha[..., 0]
+        half = alpha.reshape(alpha.shape[0] // 2, 2, alpha.shape[1] // 2, 2).mean(axis=(1, 3))
+        weight = np.where(half > 0, half, 1.0)
+        self.chroma = [(c * alpha[..., 0]).reshape(half.shape[0], 2, half.shape[1], 2).mean(axis=(1, 3)) / weight
+                       for c in (cb, cr)]
+        self.chroma_alpha = half
+
+    def blend(self, frame) -> None:
+        """Draw the label into a yuv420p PyAV `VideoFrame`, in place."""
+        planes = [(self.luma, self.luma_alpha, 1)] + [(c, self.chroma_alpha, 2) for c in self.chroma]
+        for plane, (colour, alpha, step) in zip(frame.planes, planes, strict=True):
+            rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+            y0, x0 = self.y0 // step, self.x0 // step
+            region = rows[y0:y0 + colour.shape[0], x0:x0 + colour.shape[1]]
+            h, w = region.shape  # a frame narrower than the label: its visible part
+            region[...] = np.rint(region * (1 - alpha[:h, :w]) + colour[:h, :w] * alpha[:h, :w]).astype(np.uint8)

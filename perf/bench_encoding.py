@@ -59,6 +59,25 @@ class Frames:
         return out
 
 
+class NoiseFrames:
+    """Frames like the GPU benchmarks' random-weights video: noise drawn at the generated size, softened (Gaussian,
+    sigma 1 px) and resized to the output size with Lanczos. Calibrated by its bit rate: at CRF 18 it costs ~287 KB
+    a 1080p frame here, the H200 runs' random-weights clips 256 KB (e2e_liveavatar_h200_start.json, 832x480)."""
+
+    def __init__(self, width: int, height: int, generated: tuple[int, int] = (832, 480)) -> None:
+        self.width, self.height, self.generated = width, height, generated
+
+    def chunk(self, start: int, count: int) -> np.ndarray:
+        import cv2
+
+        rng = np.random.default_rng(start)
+        out = np.empty((count, self.height, self.width, 3), np.uint8)
+        for k in range(count):
+            small = cv2.GaussianBlur(rng.integers(0, 256, (*self.generated[::-1], 3), np.uint8), (0, 0), 1.0)
+            out[k] = cv2.resize(small, (self.width, self.height), interpolation=cv2.INTER_LANCZOS4)
+        return out
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -158,9 +177,12 @@ def main() -> None:
     parser.add_argument("--generator-fps", type=float, default=10.0,
                         help="simulated generator pace; 10 = a 10 s 30 fps clip in 30 s (the project's target)")
     parser.add_argument("--codecs", default="h264,h265")
+    parser.add_argument("--content", choices=("photo", "noise"), default="photo",
+                        help="photo: a pan across the bundled photo; noise: like the random-weights GPU runs' video")
+    parser.add_argument("--encode-only", action="store_true", help="skip the streaming vs encode-at-end part")
     args = parser.parse_args()
     total = round(args.seconds * args.fps)
-    frames = Frames(args.width, args.height)
+    frames = Frames(args.width, args.height) if args.content == "photo" else NoiseFrames(args.width, args.height)
     codecs = args.codecs.split(",")
     load_before = os.getloadavg()
     cpu_before = _cpu_s()
@@ -170,7 +192,7 @@ def main() -> None:
         for codec in codecs:
             print(json.dumps(encode[codec]))
         comparison = {}
-        for codec in codecs:
+        for codec in codecs if not args.encode_only else ():
             runs = {mode: pipeline(frames, total, args.fps, args.chunk_frames, args.generator_fps, codec, folder,
                                    mode == "streaming", home) for mode in ("streaming", "encode_at_end")}
             saved = runs["encode_at_end"]["end_to_end_s"] - runs["streaming"]["end_to_end_s"]
@@ -181,7 +203,8 @@ def main() -> None:
         "benchmark": "bench_encoding",
         "clip": {"seconds": args.seconds, "fps": args.fps, "frames": total, "width": args.width,
                  "height": args.height, "chunk_frames": args.chunk_frames, "audio": SAMPLE_AUDIO.name,
-                 "content": "panning crops of the bundled sample photo"},
+                 "content": "panning crops of the bundled sample photo" if args.content == "photo" else
+                 NoiseFrames.__doc__.split(".")[0]},
         "encoder": {"library": f"PyAV {av.__version__}, libavcodec "
                                + ".".join(map(str, av.library_versions["libavcodec"])),
                     "preset": "veryfast", "crf": {"h264": 18, "h265": 22}, "threads": "auto"},

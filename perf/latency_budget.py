@@ -28,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
-from client.compliance import ComplianceOptions, CompliantVideoWriter, JobInputs  # noqa: E402
+from client.compliance import ComplianceOptions, JobInputs  # noqa: E402
+from client.delivery import DeliverySession  # noqa: E402
 from client.encoding import EncodeOptions  # noqa: E402
+from client.policy import LOCAL_DEFAULT, policy_of  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
 from client.signing import load_signing_config  # noqa: E402
 from client.triton_client import Endpoint, TalkingHeadClient  # noqa: E402
@@ -65,37 +67,39 @@ def triton_stats(client: TalkingHeadClient) -> dict[str, dict[str, float]]:
     return stats
 
 
-def run_job(url: str, seconds: float, out: Path, parameters: dict) -> dict:
+def run_job(url: str, seconds: float, out: Path, parameters: dict, resize_at: str = "encoder") -> dict:
+    """One job as `talkinghead generate` delivers it (client/delivery.py). `resize_at` "server" sends the output size
+    to talking_head, which resizes after QA, instead of the encoder scaling in its colour conversion (the default):
+    the comparison of the two."""
     photo, audio = (SAMPLES / "astronaut.png").read_bytes(), speech_of(seconds)
-    job = JobInputs(photo, audio, None, parameters)
     compliance = ComplianceOptions(load_signing_config(), audit_log=out.with_suffix(".audit.log"))
+    session = DeliverySession(out, JobInputs(photo, audio, None, parameters), EncodeOptions(), compliance,
+                              policy_of(LOCAL_DEFAULT))
+    sent = session.server_parameters if resize_at == "encoder" else parameters
+    arrivals: list[float] = []
+
+    def timed(stream):
+        for chunk in stream:
+            arrivals.append(time.perf_counter() - started)
+            yield chunk
+        arrivals.append(time.perf_counter() - started)  # the stream's end
+
+    def written(chunk) -> None:
+        # when each chunk reached the client and how long handing it to the encoder held the reader up
+        chunk.info.update(arrived_s=round(arrivals[-1], 3),
+                          write_ms=round((time.perf_counter() - started - arrivals[-1]) * 1000.0, 1))
+
+    session.on_chunk = written
     with TalkingHeadClient(Endpoint(url, "grpc")) as client:
         before = triton_stats(client)
-        started = time.perf_counter()
-        first = None
-        writer, report, qa_report, chunks = None, {}, None, []
-        for chunk in client.generate(photo, audio, None, parameters):
-            if chunk.qa_report is not None:
-                qa_report = chunk.qa_report
-                continue
-            arrived = time.perf_counter() - started
-            first = first if first is not None else arrived
-            report = chunk.info.pop("job_report", report)
-            if writer is None:
-                writer = CompliantVideoWriter(out, chunk.fps, job, chunk.info, report, EncodeOptions(), compliance,
-                                              t0=started)
-            writer.write(chunk.frames)
-            # when each chunk reached the client and how long handing it to the encoder held the reader up
-            chunk.info.update(arrived_s=round(arrived, 3),
-                              write_ms=round((time.perf_counter() - started - arrived) * 1000.0, 1))
-            chunks.append(chunk.info)
-        streamed = time.perf_counter() - started
-        delivery = writer.finish(qa_verdict={"status": qa_report["verdict"]})
+        started = session.t0 = time.perf_counter()
+        delivery = session.deliver(timed(client.generate(photo, audio, None, sent)))
         total = time.perf_counter() - started
         after = triton_stats(client)
     delta = {m: {k: round(after[m][k] - before[m][k], 1) for k in after[m]} for m in MODELS}
-    return {"report": report, "qa": qa_report, "chunks": chunks, "delivery": delivery, "first_chunk_s": first,
-            "streamed_s": streamed, "total_s": total, "triton": delta}
+    return {"report": session.job_report, "qa": session.qa_report, "chunks": session.chunks, "delivery": delivery,
+            "first_chunk_s": arrivals[0], "streamed_s": arrivals[-1], "total_s": total, "triton": delta,
+            "resize_at": resize_at}
 
 
 def stages(job: dict) -> dict[str, float]:

@@ -109,7 +109,7 @@ def summarise(job: dict) -> dict:
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
         "chunk_segments": [c.get("segment") for c in chunks],
         "chunk_streams": [c.get("stream") for c in chunks],  # live streams: started or continued (None: off)
-        # the tail after generation: resize to the output size in talking_head, arrival at the client, encoder hand-off
+        # the tail after generation: talking_head's resize (--resize-at server), arrival, encoder hand-off
         "chunk_resize_ms": [c.get("resize_ms") for c in chunks],
         "chunk_arrived_s": [c.get("arrived_s") for c in chunks],
         "chunk_write_ms": [c.get("write_ms") for c in chunks],
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--segment-s", type=float, default=5.0, help="talking_head's segment_s (QA's unit)")
     parser.add_argument("--continue-streams", action=argparse.BooleanOptionalAction, default=True,
                         help="talking_head's continue_streams: a segment goes on with the stream before it")
+    parser.add_argument("--resize-at", choices=("encoder", "server"), default="encoder",
+                        help="where the frames reach the output size: the client's encoder scales in its colour "
+                             "conversion (what talkinghead generate does), or talking_head resizes before streaming")
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "seed": 1}
     result: dict = {"script": "perf/served_e2e_gpu.py", "argv": sys.argv[1:], "engine_setting": args.engine,
                     "generated_size": [width, height], "output_size": [out_w, out_h], "fps": args.fps,
-                    "clip_seconds": args.seconds, "model_config_name": profile,
+                    "clip_seconds": args.seconds, "model_config_name": profile, "resize_at": args.resize_at,
                     "video_generator_parameters": generator, "talking_head_parameters": talking_head,
                     "weights": "random, built in memory at release size (benchmark_random_weights)" if wan else
                     "none (preview engine)"}
@@ -183,11 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
                 result["gpu_memory_after_load_mib"] = memory.read()
                 result["gpu"] = memory.name()
                 print(f"server ready in {result['server_ready_s']} s", flush=True)
-                warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters)
+                warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters, args.resize_at)
                 result["warmup"] = {"seconds": args.warmup_seconds, "end_to_end_s": round(warm["total_s"], 2),
                                     "time_to_first_chunk_s": round(warm["first_chunk_s"], 2)}
                 print(f"warm-up: {json.dumps(result['warmup'])}", flush=True)
-                job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters)
+                job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters, args.resize_at)
                 result["run"] = summarise(job)
                 result["peak_gpu_memory_mib"] = memory.peak_mib or None
         finally:

@@ -23,7 +23,7 @@ from .settings import from_mapping, shown
 __all__ = [
     "spec", "ConfigError", "InputError", "TalkingHeadError", "WeightsUnavailable", "JobParams", "GenerationParams",
     "SegmentRequest", "derive_seed", "parse_job_params", "parse_generation_params", "PUBLIC_PARAMETERS",
-    "GENERATION_PARAMETERS", "OUTPUT_PARAMETERS", "INTEGER_PARAMETERS", "cli_flag",
+    "GENERATION_PARAMETERS", "OUTPUT_PARAMETERS", "INTEGER_PARAMETERS", "NO_SUPER_RESOLUTION", "cli_flag",
 ]
 
 # Engine keys a request may name (python_backends/generation/engines.py says what each one is).
@@ -70,6 +70,10 @@ class _GenerationFields:
     max_duration_s: float = _param(60.0, "longest video in seconds", flag="--max-duration")
     chunk_frames: int = _param(16, "frames per streamed chunk")
     prompt: str = _param("", "text prompt (Wan engines)")
+
+
+# What every resize note says (talking_head's and the client encoder's): resizing adds no detail.
+NO_SUPER_RESOLUTION = "unavailable: no learned upscaler in this build (frames gain no detail)"
 
 
 @dataclass(frozen=True)

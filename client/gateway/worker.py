@@ -364,7 +364,7 @@ class WorkerPool:
                                       self.content_policy(job.tenant_id), t0=time.perf_counter(),
                                       on_job_report=lambda report: self._remember_photo(job, report, fingerprint),
                                       on_chunk=progress)
-            stream = client.generate(photo, audio, video, job.parameters,
+            stream = client.generate(photo, audio, video, session.server_parameters,
                                      idle_timeout_s=settings.stream_idle_timeout_s,
                                      deadline_s=settings.job_timeout_s)
             try:

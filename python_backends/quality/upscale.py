@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..contract import OUTPUT_PARAMETERS, parse_job_params
+from ..contract import NO_SUPER_RESOLUTION, OUTPUT_PARAMETERS, parse_job_params
 
 
 def parse_output_size(parameters: dict) -> tuple[dict, tuple[int, int] | None]:
@@ -33,5 +33,5 @@ def resize_note(generated: tuple[int, int], size: tuple[int, int] | None) -> dic
     if size is None or size == generated:
         return {"status": "not_requested"}
     return {"status": "resized", "from": list(generated), "to": list(size), "method": "lanczos" if
-            size[0] * size[1] > generated[0] * generated[1] else "area",
-            "super_resolution": "unavailable: no learned upscaler in this build (frames gain no detail)"}
+            size[0] * size[1] > generated[0] * generated[1] else "area", "where": "talking_head (cv2, after QA)",
+            "super_resolution": NO_SUPER_RESOLUTION}

@@ -173,7 +173,7 @@ def test_output_cache_serves_the_same_video_for_the_same_request(deployment, sam
 
 def test_submit_with_an_output_size_gets_a_1080p_mp4(deployment, samples, tmp_path):
     """`talkinghead submit --output-width 1920 --output-height 1080`: the gateway's allow-list and the CLI's flags
-    both come from the request contract, so the size reaches talking_head, which resizes after QA."""
+    both come from the request contract, so the size reaches the worker, whose encoder scales the accepted frames."""
     photo, audio = samples / "astronaut.png", samples / "speech.wav"
     out = tmp_path / "hd.mp4"
     result = subprocess.run(CLI + ["submit", str(photo), str(audio), "--gateway", deployment.gateway.url, "--api-key",
@@ -186,6 +186,7 @@ def test_submit_with_an_output_size_gets_a_1080p_mp4(deployment, samples, tmp_pa
     assert (info.width, info.height) == (1920, 1080) and info.frames == 20
     resize = json.loads(out.with_suffix(".qa.json").read_text())["post_processing"]["resize"]
     assert resize["status"] == "resized" and resize["to"] == [1920, 1080] and resize["from"] == [256, 256]
+    assert resize["where"].startswith("encoder")
 
 
 def test_polling_without_webhook_and_idempotency_key(deployment, samples):

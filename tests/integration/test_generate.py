@@ -12,6 +12,10 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
+from client.compliance import ComplianceOptions, JobInputs
+from client.delivery import DeliverySession
+from client.encoding import EncodeOptions
+from client.policy import LOCAL_DEFAULT, policy_of
 from client.triton_client import Endpoint, RequestRejected, TalkingHeadClient
 from python_backends.generation.preview import mouth_track
 from python_backends.weights import package_path
@@ -85,6 +89,34 @@ def test_stream_arrives_in_chunks_and_early_stop_cancels(triton_server, samples,
     with TalkingHeadClient(grpc_client.endpoint) as fresh:
         again = list(fresh.generate(photo, speech, parameters=params))
     assert np.array_equal(again[0].frames, chunks[0].frames)  # same seed, same frames
+
+
+def test_the_output_size_is_made_by_the_encoder_or_by_talking_head_for_a_client_that_asks_it(
+        grpc_client, samples, tmp_path):
+    """A delivery session sends talking_head the generated size and its encoder scales (swscale, Lanczos); a raw
+    Triton client that sends output_width / output_height still gets resized frames. Same job, same video."""
+    photo, speech = (samples / "astronaut.png").read_bytes(), (samples / "speech.wav").read_bytes()
+    params = {"fps": 10, "width": 256, "height": 256, "seed": 2, "max_duration_s": 1.5,
+              "output_width": 320, "output_height": 240}
+    videos, chunks = {}, {}
+    for where in ("encoder", "server"):
+        session = DeliverySession(tmp_path / f"{where}.mp4", JobInputs(photo, speech, None, params), EncodeOptions(),
+                                  ComplianceOptions(None, audit_log=tmp_path / "audit.log", watermark=False),
+                                  policy_of(LOCAL_DEFAULT))
+        sizes = []
+        session.on_chunk = lambda chunk, sizes=sizes: sizes.append(chunk.frames.shape[1:3])
+        sent = session.server_parameters if where == "encoder" else params
+        delivery = session.deliver(grpc_client.generate(photo, speech, parameters=sent))
+        chunks[where] = set(sizes)
+        resize = session.qa_report["post_processing"]["resize"]
+        assert (resize["status"], resize["from"], resize["to"]) == ("resized", [256, 256], [320, 240])
+        assert resize["where"].startswith("encoder" if where == "encoder" else "talking_head")
+        assert (delivery["encode"]["width"], delivery["encode"]["height"]) == (320, 240)
+        videos[where] = _decode_mp4(tmp_path / f"{where}.mp4", 320, 240).astype(np.float64)
+    assert chunks == {"encoder": {(256, 256)}, "server": {(240, 320)}}
+    # cv2's Lanczos (8x8 taps) then swscale's conversion, against swscale's Lanczos in the conversion
+    mse = np.mean((videos["encoder"] - videos["server"]) ** 2)
+    assert len(videos["encoder"]) == len(videos["server"]) == 15 and 10 * np.log10(255 ** 2 / mse) > 35
 
 
 def test_bad_generation_requests_are_explained(grpc_client, samples):

@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 from audio_files import wav_bytes
 
-from client.disclosure import burn_label
-from client.encoding import EncodeError, EncodeOptions, StreamingEncoder, audio_samples_for, decode_audio
+from client.delivery import encoder_resize
+from client.disclosure import LabelPlanes, _label_patch
+from client.encoding import (
+    EncodeError,
+    EncodeOptions,
+    StreamingEncoder,
+    audio_samples_for,
+    decode_audio,
+    encoder_frame,
+)
 from client.probe import probe
+from client.triton_client import RequestRejected
 
 
 def _wav(seconds: float, rate: int = 16000, amplitude: float = 0.5) -> bytes:
@@ -105,13 +114,64 @@ def test_bad_settings_and_bad_streams_are_explained(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no partial MP4 left behind
 
 
-def test_visible_label_only_touches_the_bottom_right_corner():
-    frames = np.full((2, 360, 640, 3), 128, np.uint8)
-    labelled = burn_label(frames)
-    changed = np.argwhere(np.any(labelled != frames, axis=(0, 3)))
+def _planes(frame) -> list[np.ndarray]:
+    return [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width].copy() for p in frame.planes]
+
+
+def test_the_visible_label_is_drawn_after_the_conversion_as_the_rgb_label_would_convert():
+    """The label is blended into the yuv420p planes; that equals burning it into the RGB frame and converting, up
+    to rounding, and it touches only the bottom-right corner."""
+    frames = np.empty((360, 640, 3), np.uint8)
+    frames[...] = (200, 60, 30)  # a colour, so the chroma planes are checked too
+    label = LabelPlanes(360, 640)
+    drawn = encoder_frame(frames)
+    before = _planes(drawn)
+    label.blend(drawn)
+    after = _planes(drawn)
+    changed = np.argwhere(after[0] != before[0])
     assert len(changed) > 500
-    assert changed[:, 0].min() > 360 * 0.8 and changed[:, 1].min() > 640 * 0.6
-    assert np.array_equal(frames, np.full_like(frames, 128))  # the input is not modified
+    assert changed[:, 0].min() >= label.y0 > 360 * 0.8 and changed[:, 1].min() >= label.x0 > 640 * 0.6
+    # the reference: the label's RGB patch burned at the same place, then converted by the encoder
+    rgb, alpha, _, _ = _label_patch(360, 640, "AI-generated")
+    burned = frames.astype(np.float32)
+    y, x = label.y0, label.x0
+    window = burned[y:y + rgb.shape[0], x:x + rgb.shape[1]]
+    window[...] = window * (1 - alpha) + rgb * alpha
+    reference = _planes(encoder_frame(np.rint(burned).astype(np.uint8)))
+    assert np.abs(after[0].astype(int) - reference[0]).max() <= 2
+    for plane, expected in zip(after[1:], reference[1:], strict=True):
+        error = np.abs(plane.astype(int) - expected)
+        # chroma: the same but at the text's edges, where swscale filters over more than a 2x2 block (6 measured)
+        assert np.percentile(error, 99) == 0 and error.max() <= 8
+
+
+def test_the_encoder_scales_to_the_output_size_in_its_colour_conversion(tmp_path):
+    frames = np.empty((3, 97, 161, 3), np.uint8)  # odd sides: scaled, not padded
+    frames[...] = (200, 60, 30)
+    encoder = StreamingEncoder(tmp_path / "hd.mp4", 25, options=EncodeOptions(size=(320, 180)), label="AI-generated")
+    encoder.write(frames)
+    assert encoder.frame_size == (97, 161)
+    result = encoder.close()
+    assert (result.width, result.height, result.scaled_from) == (320, 180, (161, 97))
+    info = probe(result.path)
+    assert (info.width, info.height, info.frames) == (320, 180, 3)
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(result.path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "pipe:1"], capture_output=True, check=True).stdout
+    decoded = np.frombuffer(raw, np.uint8).reshape(3, 180, 320, 3).astype(int)
+    assert np.abs(decoded[:, :120, :160] - (200, 60, 30)).max() <= 3  # away from the label
+    with pytest.raises(EncodeError, match="even"):
+        EncodeOptions(size=(321, 180))
+
+
+def test_a_jobs_output_size_moves_from_the_server_to_the_encoder():
+    parameters = {"fps": 10, "output_width": 1920, "output_height": 1080}
+    sent, encode = encoder_resize(parameters, EncodeOptions(preset="fast"))
+    assert sent == {"fps": 10} and encode == EncodeOptions(preset="fast", size=(1920, 1080))
+    assert parameters["output_width"] == 1920  # the job's own parameters keep the size
+    assert encoder_resize({"fps": 10}, EncodeOptions()) == ({"fps": 10}, EncodeOptions())
+    with pytest.raises(RequestRejected, match="give both output_width and output_height") as caught:
+        encoder_resize({"output_width": 1920}, EncodeOptions())
+    assert caught.value.code == "bad_parameter"
 
 
 def test_the_first_writers_interface_still_works(tmp_path):
