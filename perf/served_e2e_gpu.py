@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from latency_budget import run_job, stages, summarise_run  # noqa: E402
+from random_weights import write_random_weights  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.repository import copy_repositories, set_instance_kind, set_parameter  # noqa: E402
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resize-at", choices=("encoder", "server"), default="encoder",
                         help="where the frames reach the output size: the client's encoder scales in its colour "
                              "conversion (what talkinghead generate does), or talking_head resizes before streaming")
+    parser.add_argument("--random-weights", default="", help="comma-separated QA models served from random weights in "
+                        "their official layouts (perf/random_weights.py), e.g. face_embedder for ArcFace on the GPU: "
+                        "speed only, their gates' verdicts mean nothing")
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
@@ -175,8 +179,14 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(tmp)
         os.environ.setdefault("TALKINGHEAD_HOME", str(work / "home"))
         repositories = served_repositories(work, generator, talking_head, profile, wan)
+        weights = work / "weights"
+        random_models = tuple(m for m in args.random_weights.split(",") if m)
+        if random_models:
+            written = write_random_weights(weights, random_models)
+            result["random_weights"] = {m: f"random, in the official {path.name} layout: speed only"
+                                        for m, path in written.items()}
         options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                                repositories=repositories, weights=work / "no-weights", startup_timeout_s=1200,
+                                repositories=repositories, weights=weights, startup_timeout_s=1200,
                                 model_config_name=profile)
         log = work / "tritonserver.log"
         t0 = time.perf_counter()
