@@ -265,12 +265,16 @@ def _check_limits(read: Any, tenant_id: str, limits: SubmitLimits, now: float) -
     """Raise LimitReached if one more job would pass `limits`; `read(sql, params)` runs in the caller's
     transaction (or alone, for the early check)."""
     since = now - limits.window_s
-    window = read("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs WHERE tenant_id = ? AND created_at >= ?",
-                  (tenant_id, since))[0]
-    states = {row["state"]: int(row["n"]) for row in read(
-        "SELECT state, COUNT(*) AS n FROM jobs WHERE tenant_id = ? AND state IN ('queued', 'running') "
-        "GROUP BY state", (tenant_id,))}
-    counts = SubmitCounts(int(window["n"]), window["oldest"], states.get(QUEUED, 0), states.get(RUNNING, 0))
+    # One statement, so one snapshot: two reads (PostgreSQL's READ COMMITTED takes a snapshot per statement) could
+    # see a concurrent submit in the queue count but not in the window's, and call a tenant over quota "queue full".
+    row = read(
+        "SELECT COALESCE(SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END), 0) AS n, "
+        "MIN(CASE WHEN created_at >= ? THEN created_at END) AS oldest, "
+        "COALESCE(SUM(CASE WHEN state = ? THEN 1 ELSE 0 END), 0) AS queued, "
+        "COALESCE(SUM(CASE WHEN state = ? THEN 1 ELSE 0 END), 0) AS running "
+        "FROM jobs WHERE tenant_id = ? AND (created_at >= ? OR state IN (?, ?))",
+        (since, since, QUEUED, RUNNING, tenant_id, since, QUEUED, RUNNING))[0]
+    counts = SubmitCounts(int(row["n"]), row["oldest"], int(row["queued"]), int(row["running"]))
     if counts.in_window >= limits.jobs_per_window:
         raise LimitReached("quota_exceeded", counts, limits, now)
     if counts.queued >= limits.max_queued:
