@@ -46,8 +46,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 from PIL import Image
-from random_weights import FILES as RANDOM_FILES  # noqa: E402  (perf/ is on sys.path)
-from random_weights import write_random_weights  # noqa: E402
+from random_weights import describe, models_of, write_random_weights  # noqa: E402  (perf/ is on sys.path)
 from results_file import hardware, write_json  # noqa: E402
 from tritonclient.grpc import model_config_pb2
 
@@ -379,10 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - set(models)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(models)}")
-    random_models = [m for m in args.random_weights.split(",") if m]
-    no_layout = sorted(set(random_models) - set(RANDOM_FILES))
-    if no_layout:
-        parser.error(f"--random-weights: no random checkpoint for {no_layout}; choose from {', '.join(RANDOM_FILES)}")
+    try:
+        random_models = models_of(args.random_weights)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         binary, env = (None, None) if args.inputs_only else perf_analyzer_command(args.venv)
     except PerfAnalyzerMissing as exc:
@@ -414,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = None
         if random_models:
             weights = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="talkinghead-random-weights-")))
-            written = write_random_weights(weights, tuple(random_models))
-            document["random_weights"] = {model: f"random, in the official {path.name} layout: speed only"
-                                          for model, path in written.items()}
+            document["random_weights"] = describe(write_random_weights(weights, random_models))
         servers = {True: stack.enter_context(server(repositories, "gpu" if gpu else None, weights))}
         document["model_info"] = {}
         inputs = write_inputs(Endpoint(servers[True].grpc_url, "grpc"), models=tuple(wanted),

@@ -52,3 +52,17 @@ def write_random_weights(root: Path, models: tuple[str, ...] = tuple(FILES), see
         torch.save(state, path)
         paths[model] = path
     return paths
+
+
+def models_of(argument: str) -> tuple[str, ...]:
+    """A `--random-weights` argument (comma-separated) -> its models; ValueError naming those without a layout."""
+    models = tuple(m for m in argument.split(",") if m)
+    no_layout = sorted(set(models) - set(FILES))
+    if no_layout:
+        raise ValueError(f"--random-weights: no random checkpoint for {no_layout}; choose from {', '.join(FILES)}")
+    return models
+
+
+def describe(written: dict[str, Path]) -> dict[str, str]:
+    """What a result file says of each model write_random_weights wrote."""
+    return {model: f"random, in the official {path.name} layout: speed only" for model, path in written.items()}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from latency_budget import run_job, stages, summarise_run  # noqa: E402
-from random_weights import write_random_weights  # noqa: E402
+from random_weights import describe, models_of, write_random_weights  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.repository import copy_repositories, set_instance_kind, set_parameter  # noqa: E402
@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
     args = parser.parse_args(argv)
+    try:
+        random_models = models_of(args.random_weights)
+    except ValueError as exc:
+        parser.error(str(exc))
     width, height = (int(v) for v in args.size.split("x"))
     out_w, out_h = (int(v) for v in args.output_size.split("x"))
     wan = args.engine != "preview"
@@ -180,11 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("TALKINGHEAD_HOME", str(work / "home"))
         repositories = served_repositories(work, generator, talking_head, profile, wan)
         weights = work / "weights"
-        random_models = tuple(m for m in args.random_weights.split(",") if m)
         if random_models:
-            written = write_random_weights(weights, random_models)
-            result["random_weights"] = {m: f"random, in the official {path.name} layout: speed only"
-                                        for m, path in written.items()}
+            result["random_weights"] = describe(write_random_weights(weights, random_models))
         options = ServerOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                                 repositories=repositories, weights=weights, startup_timeout_s=1200,
                                 model_config_name=profile)
