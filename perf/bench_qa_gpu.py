@@ -2,15 +2,20 @@
 targets <= 3 s on one H200).
 
 The models are the ones `--model-config-name gpu` serves, built from its configs' parameters on `--device`
-(cuda when there is one): HRNet-W18, ArcFace IResNet-50, SyncNet v2 and Wav2Lip with random weights in their
-official layouts where `--weights` has none (perf/random_weights.py: speed does not depend on weight values; the
-verdicts are noise and the JSON says which models were random); the detector is the shipped MTCNN unless
-`--weights` has RetinaFace (its boxes and keypoints feed every later model, so it stays real); NudeNet's shipped
-320n.onnx (onnxruntime's CUDA provider where onnxruntime-gpu is installed, else the CPU: the JSON names it).
+(cuda when there is one). `--random-weights` (default: ArcFace IResNet-50, SyncNet v2 and Wav2Lip, whose real
+weights do not ship) writes random checkpoints in their official layouts where `--weights` has no real file
+(perf/random_weights.py: speed does not depend on weight values; the verdicts of those models are noise and the
+JSON says which were random). Every other model runs what the served profile would run here: the shipped
+detector and Face Mesh landmarker (real weights, so the face track is real), NudeNet's shipped 320n.onnx
+(onnxruntime's CUDA provider where onnxruntime-gpu is installed, else the CPU: the JSON names it). The detector
+is never random: its boxes and keypoints feed every later model.
 
-The clip is the preview engine's, from the bundled photo and speech (looped to --seconds). The gates call the
+The clip is the preview engine's, from the bundled photo and speech (looped to --seconds), at the served GPU
+profile's generated size and output rate (832x480, 30 fps: QA judges interpolated frames before the encoder's
+resize), cut into segments as talking_head cuts it (`first_segment_s`, then `segment_s`). The gates call the
 models in-process through a caller with the BLS caller's interface (bench_quality.LocalCaller: one request at a
 time per model, models concurrently), with the GPU profile's request sizes (a whole 5 s segment per request).
+Nothing else runs: the served figure (perf/served_e2e_gpu.py) adds the generator's and the encoder's contention.
 Two measurements:
 
 1. each gate alone over the whole clip, one after another (tracking = detector every 10th frame + landmarks on
@@ -22,7 +27,7 @@ Two measurements:
    QA time of the clip.
 
     python perf/bench_qa_gpu.py --out perf/results/qa_gpu_h200.json
-    python perf/bench_qa_gpu.py --device cpu --seconds 0.5 --fps 12 --size 128 --no-warmup --out /tmp/qa.json  # CPU
+    python perf/bench_qa_gpu.py --device cpu --seconds 0.5 --fps 12 --size 128x128 --no-warmup --out /tmp/qa.json
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import SAMPLES, LocalCaller, _source, _speech  # noqa: E402
-from random_weights import FILES, write_random_weights  # noqa: E402
+from random_weights import FILES, describe, models_of, write_random_weights  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.repository import config_path, load_config, parameters  # noqa: E402
@@ -56,10 +61,10 @@ from python_backends.face_landmarks import FaceLandmarksSettings, build_face_lan
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
-from python_backends.pipeline import TalkingHeadSettings  # noqa: E402
+from python_backends.pipeline import TalkingHeadSettings, planned_length  # noqa: E402
 from python_backends.quality.colour import match_colour  # noqa: E402
 from python_backends.quality.envelope_sync import mouth_opening  # noqa: E402
-from python_backends.quality.segment_job import process_segment, refine_mouth, segment_length, segment_size  # noqa: E402
+from python_backends.quality.segment_job import process_segment, refine_mouth  # noqa: E402
 from python_backends.quality.segment_qa import (  # noqa: E402
     Boundary,
     JobContext,
@@ -84,24 +89,35 @@ BUILDERS = {
 }
 
 
-def weights_root(given: Path | None, scratch: Path) -> tuple[Path, dict[str, str]]:
-    """A weights root with the given root's files where it has them and random ones for the rest. The detector
-    is never random: its boxes and keypoints feed every later model, and the shipped MTCNN is real (it runs where
-    no RetinaFace file is given, as the served profile does)."""
+DEFAULT_RANDOM = "face_embedder,lipsync_scorer,mouth_refiner"  # the roles whose real weights do not ship
+
+
+def weights_root(given: Path | None, random: tuple[str, ...], scratch: Path) -> tuple[Path, dict[str, str]]:
+    """A weights root with the given root's files where it has them and random ones for the `random` models it
+    lacks; a model in neither runs what the served profile picks without files (its shipped weights)."""
+    if spec.FACE_DETECTOR.name in random:
+        raise ValueError("--random-weights: the detector stays real (its boxes feed every later model)")
     root = scratch / "weights"
-    sources = {spec.FACE_DETECTOR.name: "shipped MTCNN (facenet-pytorch)"}
-    missing = []
+    sources, missing = {}, []
     for model, name in FILES.items():
         real = official_path(model, name, given) if given is not None else None
         if real is not None:
             (root / model).mkdir(parents=True, exist_ok=True)
             (root / model / name).symlink_to(real.resolve())
             sources[model] = str(real)
-        elif model != spec.FACE_DETECTOR.name:
+        elif model in random:
             missing.append(model)
-            sources[model] = "random (official layout)"
-    write_random_weights(root, tuple(missing))
+    sources.update(describe(write_random_weights(root, tuple(missing))))
     return root, sources
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """--size: WIDTHxHEIGHT."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 832x480") from None
+    return width, height
 
 
 def build_models(root: Path, device: str) -> dict:
@@ -128,22 +144,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--size", type=int, default=512, help="generated frame side (QA runs before the resize)")
+    parser.add_argument("--fps", type=float, default=30.0, help="the output rate QA judges (after interpolation)")
+    parser.add_argument("--size", type=frame_size, default=(832, 480),
+                        help="generated WIDTHxHEIGHT (QA runs before the encoder's resize)")
+    parser.add_argument("--random-weights", type=models_of, default=models_of(DEFAULT_RANDOM),
+                        help=f"models given random checkpoints where --weights has none (default {DEFAULT_RANDOM}; "
+                             "add face_landmarks to time HRNet instead of the shipped Face Mesh)")
     parser.add_argument("--device", default=None, help="cuda (default where present) or cpu")
     parser.add_argument("--weights", type=Path, default=None, help="a weights root whose real files are used")
+    parser.add_argument("--refine-low-sync", action=argparse.BooleanOptionalAction, default=True,
+                        help="Wav2Lip and a re-check after a failed lip-sync gate; random SyncNet weights fail it "
+                             "at random, so --no-refine-low-sync times the path of a clip that passes")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="run the gates once before timing (lazy CUDA init, cuDNN algorithm search)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     wait = synced(device)
     with tempfile.TemporaryDirectory() as scratch:
-        root, sources = weights_root(args.weights, Path(scratch))
+        root, sources = weights_root(args.weights, args.random_weights, Path(scratch))
         t0 = time.perf_counter()
         predictors = build_models(root, device)
         load_s = time.perf_counter() - t0
     call = LocalCaller(predictors=predictors)
-    settings = from_mapping(TalkingHeadSettings, parameters(load_config(config_path("talking_head", PROFILE)))).quality
+    served = from_mapping(TalkingHeadSettings, parameters(load_config(config_path("talking_head", PROFILE))))
+    settings = dataclasses.replace(served.quality, refine_low_sync=args.refine_low_sync)
     photo = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))
     source, landmarks = asyncio.run(_source(call, photo, "arcface"))
     source = dataclasses.replace(source, landmarks=to_ibug68(landmarks))  # as SourceFace.from_report maps them
@@ -152,13 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     dlib = build_face_landmarks(FaceLandmarksSettings(engine="dlib"), "cpu").predict(
         {spec.IMAGE: photo[None], spec.FACE_BOX: source.box.astype(np.float32)[None]})[0][spec.LANDMARKS]
     job = GenerationJob(photo=photo, landmarks=dlib, waveform=speech, params=GenerationParams(
-        width=args.size, height=args.size, fps=args.fps, max_duration_s=args.seconds))
+        width=args.size[0], height=args.size[1], fps=args.fps, max_duration_s=args.seconds))
     frames = np.concatenate([c.frames for c in PreviewEngine().generate(job)])
     mel_frames = mel.melspectrogram(speech)
-    size, min_tail = segment_size(settings, args.fps)
     bounds, start = [], 0
     while start < len(frames):
-        count = min(segment_length(start, len(frames), size, min_tail), len(frames) - start)
+        count = min(planned_length(start, len(frames), served, args.fps), len(frames) - start)
         bounds.append((start, count))
         start += count
 
@@ -215,11 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
         "script": "perf/bench_qa_gpu.py", "argv": sys.argv[1:] if argv is None else argv, "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
         "torch": torch.__version__, "profile": PROFILE, "request_frames": settings.request_frames,
-        "weights": {**sources, "content_safety": "NudeNet 320n.onnx (shipped)"},
+        "weights": {name: predictor.weights.as_dict(with_hash=False) for name, predictor in predictors.items()},
+        "random_weights": sources,
         "nudenet_provider": safety_provider.get_providers()[0] if safety_provider is not None else None,
         "load_s": round(load_s, 2),
-        "clip": {"seconds": round(seconds, 3), "fps": args.fps, "size": args.size, "frames": int(len(frames)),
-                 "segments": len(bounds)},
+        "clip": {"seconds": round(seconds, 3), "fps": args.fps, "size": "x".join(map(str, args.size)),
+                 "frames": int(len(frames)), "segments": [count for _start, count in bounds]},
         "each_gate_alone_s": alone, "each_gate_alone_total_s": round(sum(alone.values()), 3),
         "each_gate_alone_total_without_refiner_s": round(
             sum(v for k, v in alone.items() if k != "mouth_refiner_all_frames"), 3),

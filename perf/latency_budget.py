@@ -107,8 +107,8 @@ def stages(job: dict) -> dict[str, float]:
     validation = sum(v for k, v in pre.items() if k.startswith("decode")) / 1000
     preprocessing = sum(v for k, v in pre.items() if not k.startswith("decode")) / 1000
     generation = sum(c.get("render_ms", 0.0) for c in job["chunks"]) / 1000
-    qa = sum(s["timings_ms"].get("tracking", 0) + s["timings_ms"].get("colour", 0) + s["timings_ms"].get("total", 0)
-             for s in job["qa"]["segments"]) / 1000
+    # each segment's wall time: tracking and the colour match overlap, the mouth pass and a re-check are inside
+    qa = sum(s["timings_ms"]["wall"] for s in job["qa"]["segments"]) / 1000
     timings = job["delivery"]["timings"]
     return {"upload + validation": round(validation, 3), "pre-processing": round(preprocessing, 3),
             "generation": round(generation, 3), "post-processing + QA": round(qa, 3),

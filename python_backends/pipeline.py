@@ -97,6 +97,19 @@ class TalkingHeadSettings:
             raise ConfigError(f"parameter 'first_segment_s': must be >= 0 (0: segment_s), got {self.first_segment_s:g}")
 
 
+def planned_length(start: int, total: int | None, settings: TalkingHeadSettings, fps: float,
+                   engine: str | None = None, continued: bool = False) -> int:
+    """Frames of the segment at `start`: whole native clips of `engine` (any length where segments continue its
+    stream), the first one `first_segment_s`, to the end if a too-short tail would be left."""
+    quality = settings.quality
+    frames = segment_frames(engine, quality.segment_s, fps, continued=continued)
+    min_tail = segment_size(quality, fps)[1]
+    if start == 0:  # at least one lip-sync window (or segment_s, if shorter): every gate judges it on its own
+        first = segment_frames(engine, settings.first_segment_s or quality.segment_s, fps, continued=continued)
+        frames = max(first, min(min_tail, frames))
+    return segment_length(start, total, frames, min_tail)
+
+
 def _info(outputs: dict[str, np.ndarray]) -> dict:
     return json.loads(outputs[spec.CHUNK_INFO].reshape(-1)[0])
 
@@ -162,8 +175,6 @@ class TalkingHeadJob:
         # Segments of whole native clips of the engine (generation/engines.py); under `auto` the engine is known
         # from the first segment's answer on.
         self.engine = None if self.params.engine == AUTO else self.params.engine
-        self.min_tail = segment_size(self.quality, self.params.fps)[1]
-        self.first_segment_s = settings.first_segment_s or self.quality.segment_s
         self.total: int | None = None  # the clip's length, once the generator reports it
         self.expected: int | None = None  # until then, the speech's
         self.rerolls = 0
@@ -218,14 +229,7 @@ class TalkingHeadJob:
         self.backlog.plan(segments_in(frames, lambda at: self._length(at, frames)))
 
     def _length(self, start: int, total: int | None) -> int:
-        """Frames of the segment at `start`: whole native clips of the engine (any length where segments continue
-        its stream), to the end if a too-short tail would be left."""
-        continued = bool(self._stream_id)
-        frames = segment_frames(self.engine, self.quality.segment_s, self.params.fps, continued=continued)
-        if start == 0:  # at least one lip-sync window (or segment_s, if shorter): every gate judges it on its own
-            first = segment_frames(self.engine, self.first_segment_s, self.params.fps, continued=continued)
-            frames = max(first, min(self.min_tail, frames))
-        return segment_length(start, total, frames, self.min_tail)
+        return planned_length(start, total, self.settings, self.params.fps, self.engine, bool(self._stream_id))
 
     def _begin(self, index: int) -> None:
         if index not in self._running:

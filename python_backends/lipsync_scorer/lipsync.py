@@ -73,13 +73,15 @@ def sync_from_embeddings(video: torch.Tensor | np.ndarray, audio: torch.Tensor |
     return SyncScore(int(vshift - minidx), float(minval), float(conf), mdist.numpy())
 
 
-def _bgr_crops(frames: np.ndarray, rgb: bool) -> torch.Tensor:
-    """[T, H, W, 3] uint8 crops -> [3, T, 224, 224] float 0..255 in BGR, the official input convention."""
+def _bgr_crops(frames: np.ndarray, rgb: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[T, H, W, 3] uint8 crops -> [3, T, 224, 224] float 0..255 in BGR on `device`, the official input convention.
+    The uint8 crops cross to the device and become floats there (exact), a quarter of the bytes to copy."""
     if frames.shape[1:3] != (CROP_SIZE, CROP_SIZE):
         frames = np.stack([cv2.resize(f, (CROP_SIZE, CROP_SIZE)) for f in frames])
     if rgb:
         frames = frames[..., ::-1]
-    return torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(3, 0, 1, 2)
+    crops = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.uint8)).to(device)
+    return crops.permute(3, 0, 1, 2).float()
 
 
 @torch.inference_mode()
@@ -92,17 +94,20 @@ def embed_clip(model: SyncNet, frames: np.ndarray, waveform16k: np.ndarray, *, r
     if last < 1:
         raise InputError(f"lip-sync scoring needs at least {WINDOW_FRAMES + 1} frames of video with audio "
                          f"({(WINDOW_FRAMES + 1) / FPS:.2f} s); got {length}")
-    crops = _bgr_crops(np.asarray(frames)[:length], rgb)
     device = next(model.parameters()).device
+    # The windows (5 frames each, overlapping) are gathered where the model runs: on a GPU the host copies only
+    # the crops once, not every window's five frames as floats.
+    crops = _bgr_crops(np.asarray(frames)[:length], rgb, device)
+    mfccs = mfccs.to(device)
     model.eval()
     video, audio = [], []
     for start in range(0, last, batch_size):
         starts = range(start, min(last, start + batch_size))
         lips = torch.stack([crops[:, s: s + WINDOW_FRAMES] for s in starts])
         cc = torch.stack([mfccs[None, :, s * MFCC_PER_FRAME: s * MFCC_PER_FRAME + MFCC_WINDOW] for s in starts])
-        video.append(model.forward_lip(lips.to(device)).float().cpu())
-        audio.append(model.forward_aud(cc.to(device)).float().cpu())
-    return torch.cat(video), torch.cat(audio)
+        video.append(model.forward_lip(lips).float())
+        audio.append(model.forward_aud(cc).float())
+    return torch.cat(video).cpu(), torch.cat(audio).cpu()
 
 
 def score_sync(frames_crops: np.ndarray, waveform16k: np.ndarray, fps: float = FPS, model: SyncNet | None = None,

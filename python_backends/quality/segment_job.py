@@ -18,7 +18,7 @@ from .gate import FAIL, SegmentInput
 from .gates import GATES
 from .segment_qa import Boundary, JobContext, SegmentQA, segment_audio
 from .settings import QualitySettings
-from .tracking import FaceTrack, photo_face_px, track_faces
+from .tracking import FaceBoxes, FaceTrack, detect_faces, photo_face_px, place_landmarks
 
 
 def segment_size(settings: QualitySettings, fps: float) -> tuple[int, int]:
@@ -34,13 +34,20 @@ def segment_length(start: int, total: int | None, frames: int, min_tail: int) ->
     return frames
 
 
+async def detect_segment(frames: np.ndarray, ctx: JobContext, call: ModelCaller,
+                         boundary: Boundary | None) -> FaceBoxes:
+    """The face's boxes through a segment, starting from the previous segment's last box; the detector is told the
+    face size to expect (the photo's face in these frames, and that box), so frames that lost the face stay cheap."""
+    expected = photo_face_px(ctx.source.image.shape, ctx.source.box, frames.shape[1:3], ctx.photo_covers_frame)
+    return await detect_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None,
+                              ctx.settings.request_frames, expected)
+
+
 async def track_segment(frames: np.ndarray, ctx: JobContext, call: ModelCaller,
                         boundary: Boundary | None) -> FaceTrack:
-    """The face through a segment, starting from the previous segment's last box; the detector is told the face
-    size to expect (the photo's face in these frames, and that box), so frames that lost the face stay cheap."""
-    expected = photo_face_px(ctx.source.image.shape, ctx.source.box, frames.shape[1:3], ctx.photo_covers_frame)
-    return await track_faces(frames, call, ctx.settings.detect_every, boundary.box if boundary else None,
-                             ctx.settings.request_frames, expected)
+    """The face through a segment: detect_segment, then landmarks on every frame."""
+    return await place_landmarks(frames, await detect_segment(frames, ctx, call, boundary), call,
+                                 ctx.settings.request_frames)
 
 
 async def check_segment(frames: np.ndarray, track: FaceTrack, index: int, start: int, ctx: JobContext,
@@ -139,23 +146,37 @@ async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[i
 
 async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobContext, call: ModelCaller,
                           boundary: Boundary | None) -> tuple[np.ndarray, SegmentQA]:
-    """The post-processed frames of a segment and their QA record."""
-    t0 = time.perf_counter()
-    track = await track_segment(raw, ctx, call, boundary)
-    tracking_ms = round((time.perf_counter() - t0) * 1000.0, 1)
-    t0 = time.perf_counter()
-    # Off the event loop, like the temporal gates: a whole segment's pixels would stall other jobs' coroutines.
-    frames, colour = await asyncio.to_thread(match_colour, raw, track.boxes, ctx.source.image, ctx.source.box,
-                                             ctx.settings.colour_match)
-    colour_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+    """The post-processed frames of a segment and their QA record. timings_ms: `tracking` (detection, then
+    landmarks) and `colour` overlap, `refine` is the plosive mouth pass, the gates' own, and `wall`: all of it."""
+    started = time.perf_counter()
+
+    def since(t0: float) -> float:
+        return round((time.perf_counter() - t0) * 1000.0, 1)
+
+    faces = await detect_segment(raw, ctx, call, boundary)
+
+    async def colour_matched() -> tuple[np.ndarray, object, float]:
+        t0 = time.perf_counter()
+        # Off the event loop, like the temporal gates: a whole segment's pixels would stall other jobs' coroutines.
+        matched, correction = await asyncio.to_thread(match_colour, raw, faces.boxes, ctx.source.image,
+                                                      ctx.source.box, ctx.settings.colour_match)
+        return matched, correction, since(t0)
+
+    # The colour match needs only the boxes: it runs while the landmarker places the points (on the raw frames,
+    # as before), the two longest steps before the gates.
+    track, (frames, colour, colour_ms) = await asyncio.gather(
+        place_landmarks(raw, faces, call, ctx.settings.request_frames), colour_matched())
+    timings = {"tracking": since(started), "colour": colour_ms}
     post: dict = {"colour": colour.as_dict()}
     if ctx.settings.refine_plosives and ctx.waveform is not None:
         # Plosive mouths (lips pressed shut before the burst) are what generators get wrong most often.
         runs = refine_runs(plosive_frames(segment_audio(ctx.waveform, start, len(frames), ctx.fps), ctx.fps),
                            len(frames))
         if runs:
+            t0 = time.perf_counter()
             frames, post["plosives"] = await refine_mouth(frames, track.boxes, runs, start, ctx, call,
                                                           track.outer_lips)
+            timings["refine"] = since(t0)
     qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     sync = next(g for g in qa.gates if g.name == "lipsync")
     if ctx.settings.refine_low_sync and sync.status == FAIL:
@@ -165,5 +186,5 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
             track = await track_segment(frames, ctx, call, boundary)
             qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     qa.post = post
-    qa.timings_ms = {"tracking": tracking_ms, "colour": colour_ms, **qa.timings_ms}
+    qa.timings_ms = {**timings, **qa.timings_ms, "wall": since(started)}
     return frames, qa

@@ -15,6 +15,7 @@ Each gate is pass / fail / unavailable; unavailable is never counted as a pass.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -188,10 +189,14 @@ def _resample_indices(count: int, fps: float, target: float) -> np.ndarray:
     return np.minimum(np.floor(times * fps + 0.5).astype(int), count - 1)
 
 
-def face_crops(frames: np.ndarray, boxes: np.ndarray, size: int = SYNCNET_CROP) -> np.ndarray:
-    """Square crops around each face box (1.2x its larger side, as syncnet_python's crop_scale 0.4 pads)."""
-    crops = np.empty((len(frames), size, size, 3), np.uint8)
-    for t, (frame, box) in enumerate(zip(frames, boxes)):
+def face_crops(frames: np.ndarray, boxes: np.ndarray, picks: np.ndarray | None = None,
+               size: int = SYNCNET_CROP) -> np.ndarray:
+    """Square crops around each face box (1.2x its larger side, as syncnet_python's crop_scale 0.4 pads), of the
+    frames `picks` (all where None) read in place: `frames[picks]` would copy whole frames to keep 224 px of each."""
+    picks = np.arange(len(frames)) if picks is None else np.asarray(picks)
+    crops = np.empty((len(picks), size, size, 3), np.uint8)
+    for t, index in enumerate(picks):
+        frame, box = frames[index], boxes[index]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         half = 0.6 * max(box[2] - box[0], box[3] - box[1])
         matrix = np.array([[size / (2 * half), 0, size / 2 - cx * size / (2 * half)],
@@ -236,8 +241,10 @@ async def lipsync_gate(frames: np.ndarray, track: FaceTrack, opening: np.ndarray
         picks = _resample_indices(len(frames), ctx.fps, SYNCNET_FPS)
         audio = segment_audio(ctx.waveform, start, len(frames), ctx.fps)
         try:
+            # off the event loop: ~125 crops, which would hold up the gates that run meanwhile
+            crops = await asyncio.to_thread(face_crops, frames, track.boxes, picks)
             outputs = await call(spec.LIPSYNC_SCORER, {
-                spec.FACE_CROPS: face_crops(frames[picks], track.boxes[picks])[None],
+                spec.FACE_CROPS: crops[None],
                 spec.WAVEFORM: audio[None], spec.FPS: np.array([[SYNCNET_FPS]], np.float32)})
             ctx.syncnet = True
             report = json.loads(outputs[spec.SYNC_REPORT].reshape(-1)[0])

@@ -100,13 +100,24 @@ def interpolate_boxes(indices: np.ndarray, boxes: np.ndarray, frames: int) -> np
     return np.stack([np.interp(np.arange(frames), indices, boxes[:, j]) for j in range(4)], axis=1)
 
 
-async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
-                      start_box: np.ndarray | None = None, request_frames: int = MAX_REQUEST,
-                      expected_face_px: float | None = None) -> FaceTrack:
-    """Detector on frames 0, n, 2n, ... and the last; landmarks on every frame with the (interpolated) box.
-    `start_box` (the photo's or the previous segment's) keeps the track on the same person; `request_frames`
-    frames go in one request. The face size expected in these frames (`expected_face_px`, e.g. photo_face_px, and
-    the start box's) goes to the detector, which then need not search frames that lost the face for tiny ones."""
+@dataclass(frozen=True)
+class FaceBoxes:
+    """The detector's part of a track: enough for what needs only where the face is (colour match, crops)."""
+
+    boxes: np.ndarray  # [T, 4] detected, or interpolated between detections
+    detected: np.ndarray  # [K] frame indices the detector ran on
+    detected_boxes: np.ndarray  # [K, 4]
+    detected_keypoints: np.ndarray  # [K, 5, 2]
+    found: np.ndarray  # [K] bool
+
+
+async def detect_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
+                       start_box: np.ndarray | None = None, request_frames: int = MAX_REQUEST,
+                       expected_face_px: float | None = None) -> FaceBoxes:
+    """Detector on frames 0, n, 2n, ... and the last, boxes interpolated in between. `start_box` (the photo's or
+    the previous segment's) keeps the track on the same person; `request_frames` frames go in one request. The
+    face size expected in these frames (`expected_face_px`, e.g. photo_face_px, and the start box's) goes to the
+    detector, which then need not search frames that lost the face for tiny ones."""
     count = len(frames)
     detected = np.unique(np.r_[np.arange(0, count, detect_every), count - 1])
     request = {spec.IMAGE: frames[detected]}
@@ -131,11 +142,25 @@ async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
         boxes = np.repeat(np.asarray(start_box, np.float32)[None], count, axis=0)
     else:
         boxes = np.repeat(np.array([[0, 0, frames.shape[2], frames.shape[1]]], np.float32), count, axis=0)
-    marks = await batched_call(call, spec.FACE_LANDMARKS, {spec.IMAGE: frames, spec.FACE_BOX: boxes},
+    return FaceBoxes(boxes, detected, det_boxes, det_points, found)
+
+
+async def place_landmarks(frames: np.ndarray, faces: FaceBoxes, call: ModelCaller,
+                          request_frames: int = MAX_REQUEST) -> FaceTrack:
+    """Landmarks on every frame inside its box: the whole track."""
+    marks = await batched_call(call, spec.FACE_LANDMARKS, {spec.IMAGE: frames, spec.FACE_BOX: faces.boxes},
                                request_frames)
     landmarker = json.loads(marks[spec.MODEL_INFO].reshape(-1)[0]).get("engine", "?")
     # The QA metrics work on the 68-point iBUG layout; HRNet's WFLW 98 points map onto it.
     landmarks = np.stack([to_ibug68(points) for points in marks[spec.LANDMARKS]])
     dense = marks[spec.LANDMARKS] if marks[spec.LANDMARKS].shape[1] == MESH_POINTS else None
-    return FaceTrack(boxes, landmarks, detected, det_boxes, det_points, found,
-                     landmarker, dense)
+    return FaceTrack(faces.boxes, landmarks, faces.detected, faces.detected_boxes, faces.detected_keypoints,
+                     faces.found, landmarker, dense)
+
+
+async def track_faces(frames: np.ndarray, call: ModelCaller, detect_every: int,
+                      start_box: np.ndarray | None = None, request_frames: int = MAX_REQUEST,
+                      expected_face_px: float | None = None) -> FaceTrack:
+    """detect_faces, then place_landmarks with its boxes."""
+    faces = await detect_faces(frames, call, detect_every, start_box, request_frames, expected_face_px)
+    return await place_landmarks(frames, faces, call, request_frames)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from perf_scripts import load_perf_script
 from PIL import Image
 
 from python_backends import spec
+from python_backends.errors import WeightsUnavailable
 from python_backends.quality import segment_job, tracking
+from python_backends.quality.colour import ColourCorrection
 from python_backends.quality.segment_qa import Boundary, JobContext, SourceFace
 from python_backends.quality.settings import QualitySettings
 from python_backends.quality.tracking import photo_face_px, track_faces
@@ -99,6 +102,45 @@ def test_a_segment_is_tracked_with_the_photo_face_or_the_previous_segments_box()
     boundary = Boundary(frames[0], np.zeros((68, 2)), np.array([0, 0, 60, 70], np.float32))
     asyncio.run(segment_job.track_segment(frames, ctx, call, boundary))
     assert call.hints() == [70.0]
+
+
+class LandmarkWaitsForColour(RecordingCaller):
+    """Landmarks answer only once the colour match has started; any other model has no weights."""
+
+    def __init__(self, colour_started: threading.Event) -> None:
+        super().__init__()
+        self.colour_started = colour_started
+        self.landmarks_started = threading.Event()
+
+    async def __call__(self, model: spec.ModelSpec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if model.name == spec.FACE_LANDMARKS.name:
+            self.landmarks_started.set()
+            assert await asyncio.to_thread(self.colour_started.wait, 10), "the colour match did not run meanwhile"
+        elif model.name != spec.FACE_DETECTOR.name:
+            raise WeightsUnavailable(f"{model.name}: none in this test")
+        return await super().__call__(model, inputs)
+
+
+def test_the_colour_match_runs_while_the_landmarker_places_the_points(monkeypatch):
+    colour_started = threading.Event()
+    call = LandmarkWaitsForColour(colour_started)
+    seen = {}
+
+    def colour(frames, boxes, *_args):
+        colour_started.set()
+        seen["landmarks_running"] = call.landmarks_started.wait(10)
+        seen["boxes"] = boxes
+        return frames, ColourCorrection(False, 0.0, 0.0, (1.0, 1.0, 1.0))
+
+    monkeypatch.setattr(segment_job, "match_colour", colour)
+    ctx = _context((512, 512), np.array([100, 50, 194, 150], np.float64))
+    frames = np.zeros((12, 240, 416, 3), np.uint8)
+    _, qa = asyncio.run(segment_job.process_segment(frames, 0, 0, ctx, call, None))
+    assert seen["landmarks_running"]
+    np.testing.assert_array_equal(seen["boxes"], qa.track.boxes)  # the detector's boxes, as the track has them
+    timings = qa.timings_ms
+    assert timings["wall"] >= max(timings["tracking"], timings["total"])
+    assert timings["wall"] >= timings["colour"]
 
 
 @pytest.mark.usefixtures("one_torch_thread")
