@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import SAMPLES, LocalCaller, _source, _speech  # noqa: E402
 from random_weights import FILES, describe, models_of, write_random_weights  # noqa: E402
-from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.repository import config_path, load_config, parameters  # noqa: E402
 from python_backends import spec  # noqa: E402
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "script": "perf/bench_qa_gpu.py", "argv": sys.argv[1:] if argv is None else argv, "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
-        "torch": torch.__version__, "profile": PROFILE, "request_frames": settings.request_frames,
+        "host": hardware(), "torch": torch.__version__, "profile": PROFILE, "request_frames": settings.request_frames,
         "weights": {name: predictor.weights.as_dict(with_hash=False) for name, predictor in predictors.items()},
         "random_weights": sources,
         "nudenet_provider": safety_provider.get_providers()[0] if safety_provider is not None else None,

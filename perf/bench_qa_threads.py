@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_file import write_json  # noqa: E402
+from results_file import hardware, write_json  # noqa: E402
 
 from python_backends.face_detection import FaceDetectorSettings, build_face_detector  # noqa: E402
 from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(row, flush=True)
     cv2.setNumThreads(cv_default)
     result = {"script": "perf/bench_qa_threads.py", "argv": sys.argv[1:] if argv is None else argv,
-              "cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+              "hardware": hardware(), "cores": len(os.sched_getaffinity(0)),
               "frames": args.frames, "size": "832x480", "opencv_default_threads": cv_default, "rows": rows}
     write_json(args.out, result)
     return result
