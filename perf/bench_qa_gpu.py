@@ -57,6 +57,7 @@ from client.repository import config_path, load_config, parameters  # noqa: E402
 from python_backends import spec  # noqa: E402
 from python_backends.audio import mel  # noqa: E402
 from python_backends.catalog import ROLES  # noqa: E402
+from python_backends.errors import WeightsUnavailable  # noqa: E402
 from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
@@ -120,17 +121,22 @@ def frame_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def build_models(root: Path, device: str) -> dict:
+def build_models(root: Path, device: str) -> tuple[dict, dict[str, str]]:
+    """The predictors that have weights, and why each other model is missing: its gate then does what it does in
+    the server without that model (unavailable, or the envelope's lip-sync; no mouth pass)."""
     import importlib
 
-    predictors = {}
+    predictors, unavailable = {}, {}
     for model, (package, builder) in BUILDERS.items():
         module_name, settings_name, _ = ROLES[model]
         settings_type = getattr(importlib.import_module(module_name), settings_name)
         values = parameters(load_config(config_path(model, PROFILE)))
-        predictors[model] = getattr(importlib.import_module(package), builder)(
-            from_mapping(settings_type, values), device, root)
-    return predictors
+        try:
+            predictors[model] = getattr(importlib.import_module(package), builder)(
+                from_mapping(settings_type, values), device, root)
+        except WeightsUnavailable as exc:
+            unavailable[model] = str(exc)
+    return predictors, unavailable
 
 
 def synced(device: str):
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         root, sources = weights_root(args.weights, args.random_weights, Path(scratch))
         t0 = time.perf_counter()
-        predictors = build_models(root, device)
+        predictors, unavailable = build_models(root, device)
         load_s = time.perf_counter() - t0
     call = LocalCaller(predictors=predictors)
     served = from_mapping(TalkingHeadSettings, parameters(load_config(config_path("talking_head", PROFILE))))
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
         "host": hardware(), "torch": torch.__version__, "profile": PROFILE, "request_frames": settings.request_frames,
         "weights": {name: predictor.weights.as_dict(with_hash=False) for name, predictor in predictors.items()},
-        "random_weights": sources,
+        "random_weights": sources, "unavailable": unavailable,
         "nudenet_provider": safety_provider.get_providers()[0] if safety_provider is not None else None,
         "load_s": round(load_s, 2),
         "clip": {"seconds": round(seconds, 3), "fps": args.fps, "size": "x".join(map(str, args.size)),

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from .frame_pool import map_frames
+from .joined_frames import JoinedFrames, frames_of
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed values.
 MAD_TO_SIGMA = 1.4826
@@ -147,11 +148,12 @@ def warping_errors(face_luma: np.ndarray, settings: FlickerSettings) -> np.ndarr
     return np.array(map_frames(pair_error, range(len(crops) - 1)), np.float64)
 
 
-def flicker_report(frames: np.ndarray, face_box: np.ndarray, settings: FlickerSettings | None = None) -> FlickerReport:
-    """Score a clip (T, H, W, 3) uint8 for face flicker. `face_box` is (x0, y0, x1, y1) in frame pixels,
-    e.g. `face_box_from_landmarks(per_frame_landmarks)`."""
+def flicker_report(frames: np.ndarray | JoinedFrames, face_box: np.ndarray,
+                   settings: FlickerSettings | None = None) -> FlickerReport:
+    """Score a clip (T, H, W, 3) uint8 (an array, or a JoinedFrames read in place) for face flicker. `face_box` is
+    (x0, y0, x1, y1) in frame pixels, e.g. `face_box_from_landmarks(per_frame_landmarks)`."""
     settings = settings or FlickerSettings()
-    frames = np.asarray(frames)
+    frames = frames_of(frames)
     if frames.ndim != 4 or frames.shape[-1] < 3 or len(frames) < 2:
         raise InputError(f"flicker needs at least 2 frames shaped (T, H, W, 3); got {frames.shape}")
     box = _pixel_box(face_box, frames.shape[1:3], settings.box_margin)

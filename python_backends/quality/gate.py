@@ -11,6 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..preprocessing import ModelCaller
+    from .joined_frames import JoinedFrames
     from .segment_qa import JobContext
     from .settings import QualitySettings
     from .tracking import FaceTrack
@@ -41,7 +42,7 @@ class SegmentInput:
     ctx: JobContext
     call: ModelCaller
     opening: np.ndarray  # [n] mouth opening per frame
-    joined: np.ndarray
+    joined: np.ndarray | JoinedFrames  # read frame by frame (or np.asarray it: a copy of the whole segment)
     joined_track: FaceTrack
     offset: int
     identity_samples: list[tuple[float, float]] = field(default_factory=list)  # the identity gate fills them

@@ -16,6 +16,7 @@ from .colour import match_colour
 from .envelope_sync import mouth_opening
 from .gate import FAIL, SegmentInput
 from .gates import GATES
+from .joined_frames import JoinedFrames
 from .segment_qa import Boundary, JobContext, SegmentQA, segment_audio
 from .settings import QualitySettings
 from .tracking import FaceBoxes, FaceTrack, detect_faces, photo_face_px, place_landmarks
@@ -55,7 +56,7 @@ async def check_segment(frames: np.ndarray, track: FaceTrack, index: int, start:
     """Every gate of the registry on `frames` (the clip's frames start .. start + len - 1) with their face `track`,
     concurrently; a motion gate is unavailable below 3 frames (with the seam)."""
     if boundary is not None:  # the previous segment's last frame joins, so a seam is judged as a pair
-        joined = np.concatenate([boundary.frame[None], frames])
+        joined = JoinedFrames(boundary.frame, frames)
         joined_track = FaceTrack(np.concatenate([boundary.box[None], track.boxes]),
                                  np.concatenate([boundary.landmarks[None], track.landmarks]), track.detected,
                                  track.detected_boxes, track.detected_keypoints, track.found, track.landmarker)
@@ -122,7 +123,6 @@ async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[i
     `lips` ([T, K, 2] outer lip contours, from Face Mesh) keep the blend to the mouth region."""
     if ctx.refiner is False or ctx.mel is None:
         return frames, {"status": "unavailable", "reason": ctx.refiner_reason or "no speech"}
-    out = frames.copy()
 
     def inputs(a: int, b: int) -> dict[str, np.ndarray]:
         request = {spec.FRAMES: frames[a:b][None], spec.FACE_BOXES: boxes[a:b].astype(np.float32)[None],
@@ -138,6 +138,7 @@ async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[i
         ctx.refiner, ctx.refiner_reason = False, str(exc)
         return frames, {"status": "unavailable", "reason": str(exc)}
     ctx.refiner = True
+    out = frames.copy()  # only once there is something to write: a whole segment's copy costs as much as a gate
     for (a, b), output in zip(runs, outputs):
         out[a:b] = output[spec.FRAMES][0]
     info = json.loads(outputs[-1][spec.MODEL_INFO].reshape(-1)[0]) if outputs else {}

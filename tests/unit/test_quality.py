@@ -118,3 +118,43 @@ def test_identity_gate_fails_a_face_too_small_to_embed_without_asking_the_embedd
 
     gate, samples = asyncio.run(identity_gate(np.zeros((2, 64, 64, 3), np.uint8), track, 0, None, no_call))
     assert gate.status == "fail" and "under 16 px across" in gate.reason and samples == []
+
+
+def test_lip_sync_crops_of_picked_frames_are_read_in_place():
+    """face_crops(frames, boxes, picks) is face_crops of the picked frames, without copying whole frames first."""
+    from python_backends.quality.segment_qa import SYNCNET_FPS, _resample_indices, face_crops
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (30, 72, 96, 3), dtype=np.uint8)
+    boxes = np.tile(np.array([[20, 10, 60, 58]], np.float32), (30, 1)) + rng.uniform(-3, 3, (30, 4)).astype(np.float32)
+    picks = _resample_indices(len(frames), 30.0, SYNCNET_FPS)
+    assert len(picks) == 25
+    np.testing.assert_array_equal(face_crops(frames, boxes, picks), face_crops(frames[picks], boxes[picks]))
+    assert face_crops(frames, boxes).shape == (30, 224, 224, 3)
+
+
+def test_joined_frames_read_the_frame_before_and_the_segment_in_place():
+    from python_backends.quality.flicker import flicker_report
+    from python_backends.quality.joined_frames import JoinedFrames
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (6, 40, 48, 3), dtype=np.uint8)
+    before = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    joined = JoinedFrames(before, frames)
+    copy = np.concatenate([before[None], frames])
+    assert joined.shape == copy.shape and len(joined) == 7 and joined.ndim == 4
+    assert joined[0] is before and np.shares_memory(joined[3], frames)  # views, not copies
+    np.testing.assert_array_equal(joined[-1], copy[-1])
+    np.testing.assert_array_equal(joined[np.array([0, 2, 6])], copy[[0, 2, 6]])
+    np.testing.assert_array_equal(joined[1:4], copy[1:4])
+    np.testing.assert_array_equal(np.stack(list(joined)), copy)
+    np.testing.assert_array_equal(np.asarray(joined), copy)
+    with pytest.raises(IndexError):
+        joined[7]
+    with pytest.raises(ValueError, match="must match"):
+        JoinedFrames(before[:, :10], frames)
+    # the flicker gate's figures are those of the concatenated copy
+    box = np.array([8, 6, 40, 34])
+    ours, reference = flicker_report(joined, box), flicker_report(copy, box)
+    np.testing.assert_array_equal(ours.luminance, reference.luminance)
+    np.testing.assert_array_equal(ours.warping_error, reference.warping_error)
