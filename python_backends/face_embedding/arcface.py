@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import WeightsUnavailable
+from ..shape_buckets import padded_forward, warm_buckets
 from .alignment import align_batch
 from .iresnet import IResNet, build_iresnet, load_backbone
 
@@ -37,6 +38,9 @@ class ArcFaceTorchRunner:
         self.device = resolve_torch_device(device)
         self.model = model.eval().to(self.device)
         self.input_size = 112
+        if self.device.type == "cuda":  # QA embeds a different number of detected faces every segment
+            warm_buckets(self.model, lambda n: (torch.zeros(n, 3, self.input_size, self.input_size,
+                                                            device=self.device),))
 
     @classmethod
     def from_checkpoint(cls, path: Path, arch: str, device: str = "cpu") -> ArcFaceTorchRunner:
@@ -46,7 +50,7 @@ class ArcFaceTorchRunner:
     def embed(self, crops: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(0.5).div_(0.5)
-        return self.model(batch).float().cpu().numpy()
+        return padded_forward(self.model, batch).float().cpu().numpy()
 
 
 def onnx_input_normalisation(model_path: Path) -> tuple[float, float]:

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..shape_buckets import padded_forward, warm_buckets
 from .syncnet import (
     CROP_SIZE,
     MFCC_PER_FRAME,
     MFCC_WINDOW,
+    NUMCEP,
     SAMPLE_RATE,
     WINDOW_FRAMES,
     SyncNet,
@@ -84,9 +86,20 @@ def _bgr_crops(frames: np.ndarray, rgb: bool, device: torch.device | str = "cpu"
     return crops.permute(3, 0, 1, 2).float()
 
 
+BATCH_WINDOWS = 20  # the official evaluate's batch_size
+
+
+def warm_syncnet(model: SyncNet, batch_size: int = BATCH_WINDOWS) -> None:
+    """Both networks once at every batch size embed_clip runs on a GPU (shape_buckets), at load."""
+    device = next(model.parameters()).device
+    warm_buckets(model.forward_lip, lambda n: (torch.zeros(n, 3, WINDOW_FRAMES, CROP_SIZE, CROP_SIZE,
+                                                           device=device),), batch_size)
+    warm_buckets(model.forward_aud, lambda n: (torch.zeros(n, 1, NUMCEP, MFCC_WINDOW, device=device),), batch_size)
+
+
 @torch.inference_mode()
 def embed_clip(model: SyncNet, frames: np.ndarray, waveform16k: np.ndarray, *, rgb: bool = True,
-               batch_size: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+               batch_size: int = BATCH_WINDOWS) -> tuple[torch.Tensor, torch.Tensor]:
     """Video and audio embeddings of every 5-frame window, windows as the official evaluate takes them."""
     mfccs = torch.from_numpy(mfcc(to_int16_scale(waveform16k), SAMPLE_RATE).T.astype(np.float32))  # [13, M]
     length = min(len(frames), len(waveform16k) // SAMPLES_PER_FRAME)
@@ -105,13 +118,13 @@ def embed_clip(model: SyncNet, frames: np.ndarray, waveform16k: np.ndarray, *, r
         starts = range(start, min(last, start + batch_size))
         lips = torch.stack([crops[:, s: s + WINDOW_FRAMES] for s in starts])
         cc = torch.stack([mfccs[None, :, s * MFCC_PER_FRAME: s * MFCC_PER_FRAME + MFCC_WINDOW] for s in starts])
-        video.append(model.forward_lip(lips).float())
-        audio.append(model.forward_aud(cc).float())
+        video.append(padded_forward(model.forward_lip, lips, largest=batch_size).float())
+        audio.append(padded_forward(model.forward_aud, cc, largest=batch_size).float())
     return torch.cat(video).cpu(), torch.cat(audio).cpu()
 
 
 def score_sync(frames_crops: np.ndarray, waveform16k: np.ndarray, fps: float = FPS, model: SyncNet | None = None,
-               *, vshift: int = VSHIFT, rgb: bool = True, batch_size: int = 20) -> SyncScore:
+               *, vshift: int = VSHIFT, rgb: bool = True, batch_size: int = BATCH_WINDOWS) -> SyncScore:
     """LSE-D, LSE-C and AV offset of face crops [T, H, W, 3] uint8 (resized to 224) against 16 kHz mono audio."""
     if model is None:
         raise ValueError("score_sync needs a loaded SyncNet")
@@ -138,7 +151,7 @@ class LipSyncGateSettings:
     min_lse_c: float = 5.0  # fail below: real video scores 6.9-7.8, LipGAN 3.2-3.4
     max_abs_offset_frames: int = 2  # fail when |AV offset| exceeds this many frames
     vshift: int = VSHIFT  # offset search range, +- frames
-    batch_size: int = 20  # 5-frame windows per SyncNet forward (the official 20; larger on a GPU)
+    batch_size: int = BATCH_WINDOWS  # 5-frame windows per SyncNet forward (larger on a GPU)
 
     def __post_init__(self) -> None:
         if self.max_lse_d <= 0 or self.min_lse_c < 0:

@@ -13,7 +13,7 @@ from .. import spec
 from ..errors import WeightsUnavailable
 from ..licences import LicencePolicy
 from ..weights import WeightsChoice
-from .lipsync import LipSyncGateSettings, lipsync_gate
+from .lipsync import LipSyncGateSettings, lipsync_gate, warm_syncnet
 from .syncnet import choose_weights as _choose_syncnet
 from .syncnet import load_syncnet
 
@@ -39,6 +39,8 @@ class LipSyncScorer:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.model = load_syncnet(self.weights.path, device)
+        if next(self.model.parameters()).is_cuda:  # a segment's last partial batch differs in size every time
+            warm_syncnet(self.model, settings.batch_size)
 
     def predict(self, batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         out = []
