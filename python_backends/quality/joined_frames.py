@@ -1,8 +1,9 @@
 """The previous segment's last frame followed by a segment's frames, read in place.
 
 The temporal gates judge the seam between segments as one more frame pair, so they see the segment with the frame
-before it. Concatenating them copied the whole segment (~180 MB at 832x480 for 5 s at 30 fps): a fresh allocation
-whose page faults cost as much as a gate (~0.4 s on a 2-core VM), on the path of every segment but the first.
+before it. Concatenating them copied the whole segment (~180 MB at 832x480 for 5 s at 30 fps), a fresh allocation
+paid in page faults on the path of every segment but the first. With it and the mouth pass's eager copy gone, QA
+of a 10 s clip took 5.5 s instead of 6.9 s on 2 cores (perf/results/qa_ab_*_cpu_*.json).
 """
 
 from __future__ import annotations
