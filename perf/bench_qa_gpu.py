@@ -93,23 +93,24 @@ BUILDERS = {
 DEFAULT_RANDOM = "face_embedder,lipsync_scorer,mouth_refiner"  # the roles whose real weights do not ship
 
 
-def weights_root(given: Path | None, random: tuple[str, ...], scratch: Path) -> tuple[Path, dict[str, str]]:
+def weights_root(given: Path | None, random: tuple[str, ...], scratch: Path
+                 ) -> tuple[Path, dict[str, str], dict[str, str]]:
     """A weights root with the given root's files where it has them and random ones for the `random` models it
-    lacks; a model in neither runs what the served profile picks without files (its shipped weights)."""
+    lacks (a model in neither runs what the served profile picks without files: its shipped weights); the files
+    taken from `given`, and what was written at random."""
     if spec.FACE_DETECTOR.name in random:
         raise ValueError("--random-weights: the detector stays real (its boxes feed every later model)")
     root = scratch / "weights"
-    sources, missing = {}, []
+    real_files, missing = {}, []
     for model, name in FILES.items():
         real = official_path(model, name, given) if given is not None else None
         if real is not None:
             (root / model).mkdir(parents=True, exist_ok=True)
             (root / model / name).symlink_to(real.resolve())
-            sources[model] = str(real)
+            real_files[model] = str(real)
         elif model in random:
             missing.append(model)
-    sources.update(describe(write_random_weights(root, tuple(missing))))
-    return root, sources
+    return root, real_files, describe(write_random_weights(root, tuple(missing)))
 
 
 def frame_size(text: str) -> tuple[int, int]:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     wait = synced(device)
     with tempfile.TemporaryDirectory() as scratch:
-        root, sources = weights_root(args.weights, args.random_weights, Path(scratch))
+        root, real_files, random_files = weights_root(args.weights, args.random_weights, Path(scratch))
         t0 = time.perf_counter()
         predictors, unavailable = build_models(root, device)
         load_s = time.perf_counter() - t0
@@ -239,13 +240,13 @@ def main(argv: list[str] | None = None) -> dict:
     alone = asyncio.run(each_gate_alone())
     served_s, segments = asyncio.run(as_served())
     seconds = len(frames) / args.fps
-    safety_provider = getattr(getattr(predictors[spec.CONTENT_SAFETY.name], "detector", None), "session", None)
+    safety_provider = getattr(getattr(predictors.get(spec.CONTENT_SAFETY.name), "detector", None), "session", None)
     result = {
         "script": "perf/bench_qa_gpu.py", "argv": sys.argv[1:] if argv is None else argv, "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor(),
         "host": hardware(), "torch": torch.__version__, "profile": PROFILE, "request_frames": settings.request_frames,
         "weights": {name: predictor.weights.as_dict(with_hash=False) for name, predictor in predictors.items()},
-        "random_weights": sources, "unavailable": unavailable,
+        "weights_given": real_files, "random_weights": random_files, "unavailable": unavailable,
         "nudenet_provider": safety_provider.get_providers()[0] if safety_provider is not None else None,
         "load_s": round(load_s, 2),
         "clip": {"seconds": round(seconds, 3), "fps": args.fps, "size": "x".join(map(str, args.size)),
