@@ -3,6 +3,9 @@
 left at its default and set to 1 (its parallel_for inside each call competes with the pool's threads).
 
     python perf/bench_qa_threads.py --out perf/results/qa_threads_cpu.json
+
+perf/results/qa_threads_h100.json came from its first version, which named the host by platform.processor() alone
+("cpu": "x86_64") instead of results_file.hardware(); the timed code is the same.
 """
 
 from __future__ import annotations

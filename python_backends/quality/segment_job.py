@@ -12,7 +12,7 @@ from .. import spec
 from ..errors import InputError, WeightsUnavailable
 from ..mouth_refiner.plosive import plosive_frames, refine_runs
 from ..preprocessing import ModelCaller
-from .colour import match_colour
+from .colour import ColourCorrection, match_colour
 from .envelope_sync import mouth_opening
 from .gate import FAIL, SegmentInput
 from .gates import GATES
@@ -156,7 +156,7 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
 
     faces = await detect_segment(raw, ctx, call, boundary)
 
-    async def colour_matched() -> tuple[np.ndarray, object, float]:
+    async def colour_matched() -> tuple[np.ndarray, ColourCorrection, float]:
         t0 = time.perf_counter()
         # Off the event loop, like the temporal gates: a whole segment's pixels would stall other jobs' coroutines.
         matched, correction = await asyncio.to_thread(match_colour, raw, faces.boxes, ctx.source.image,
