@@ -102,8 +102,8 @@ class Encode:
 
 
 def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size: tuple[int, int],
-             output: tuple[int, int], device: torch.device, overlap: bool = True, encode_to: Path | None = None
-             ) -> dict:
+             output: tuple[int, int], device: torch.device, overlap: bool = True, encode_to: Path | None = None,
+             dit_priority: bool = False) -> dict:
     """One clip through the engine and the stages after it (resize + copy, optionally encoding), overlapped or
     one after another; the wall time, time to the first frames and each stage's busy time."""
     width, height = size
@@ -114,7 +114,7 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
     job = GenerationJob(photo=photo, wav2vec2_features=features, params=GenerationParams(
         seed=0, steps=steps, guidance=1.0, width=width, height=height, fps=fps, max_duration_s=seconds,
         chunk_frames=16))
-    engine.options = replace(engine.options, overlap=overlap)
+    engine.options = replace(engine.options, overlap=overlap, dit_priority=dit_priority)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -143,7 +143,7 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
     outer = run.stats.as_dict()
     busy = {**inner["busy_s"], **{k: v for k, v in outer["busy_s"].items() if k != "engine"}}
     result = {"seconds": seconds, "fps": fps, "frames": frames, "generated_size": [width, height],
-              "output_size": list(output), "steps": steps, "overlap": overlap,
+              "output_size": list(output), "steps": steps, "overlap": overlap, "dit_priority": dit_priority,
               "time_to_first_chunk_s": round(first, 3), "total_s": round(total, 3),
               "stage_busy_s": busy, "sum_of_stages_s": round(sum(busy.values()), 3),
               "engine_wall_s": inner["wall_s"], "engine_time_to_first_chunk_s": inner["first_item_s"],
@@ -177,8 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                         help="stages after the DiT overlapped with it, one after another, or both runs")
+    parser.add_argument("--dit-priority", choices=("on", "off", "both"), default="off",
+                        help="overlapped runs: the DiT's CUDA stream at the highest priority, the stages' at the "
+                             "lowest (on), all at the default (off), or both runs, alternating")
     parser.add_argument("--balance-clips", action=argparse.BooleanOptionalAction, default=True,
                         help="s2v: clips only as long as the job needs (3 x 56 frames for 10 s, not 3 x 80)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each --dit-priority choice")
     parser.add_argument("--output-size", default="1920x1080", help="WxH the frames are resized to")
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True,
                         help="encode the 1080p stream to H.264 on the CPU as the last stage")
@@ -223,12 +227,15 @@ def main(argv: list[str] | None = None) -> dict:
         run_clip(engine, warmup, args.fps, args.steps, (width, height), output, device)
         warm = round(time.perf_counter() - t0, 2)
         print(f"{width}x{height}: warm-up ({warmup:g} s clip, compile) {warm} s", flush=True)
-        modes = {"on": [True], "off": [False], "both": [False, True]}[args.overlap]
-        for overlap in modes:
+        choice = {"on": [True], "off": [False], "both": [False, True]}
+        priorities = choice[args.dit_priority] * args.repeats
+        modes = [(overlap, priority) for overlap in choice[args.overlap]
+                 for priority in (priorities if overlap else [False])]
+        for overlap, priority in modes:
             with tempfile.TemporaryDirectory() as scratch:
                 encode_to = Path(scratch) / "clip.mp4" if args.encode else None
                 run = run_clip(engine, args.seconds, args.fps, args.steps, (width, height), output, device,
-                               overlap, encode_to)
+                               overlap, encode_to, priority)
             run["warmup_s"] = warm
             result["runs"].append(run)
             write_json(args.out, result)

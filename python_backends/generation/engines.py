@@ -70,13 +70,17 @@ def _vae_speed(settings: VideoGeneratorSettings) -> dict[str, Any]:
     return {"vae_memory_format": settings.wan_vae_memory_format, "vae_compile": settings.wan_vae_compile}
 
 
+def _stages(settings: VideoGeneratorSettings) -> dict[str, bool]:
+    return {"overlap": settings.wan_overlap, "dit_priority": settings.wan_dit_priority}
+
+
 def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
     from .wan.s2v.engine import WanS2VOptions
 
     return WanS2VOptions(
         sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
         fp8=_fp8(settings), attention_backend=settings.wan_attention, compile=settings.wan_compile,
-        vae_dtype=settings.wan_vae_dtype, overlap=settings.wan_overlap, balance_clips=settings.wan_balance_clips,
+        vae_dtype=settings.wan_vae_dtype, balance_clips=settings.wan_balance_clips, **_stages(settings),
         **_vae_speed(settings))
 
 
@@ -85,8 +89,9 @@ def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = No
 
     return LiveAvatarOptions(fp8=_fp8(settings), attention_backend=settings.wan_attention,
                              compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
-                             overlap=settings.wan_overlap, history_frames=settings.liveavatar_history_frames,
-                             ref_distance=settings.liveavatar_ref_distance or None, **_vae_speed(settings))
+                             history_frames=settings.liveavatar_history_frames,
+                             ref_distance=settings.liveavatar_ref_distance or None, **_stages(settings),
+                             **_vae_speed(settings))
 
 
 def animate_lora(settings: VideoGeneratorSettings, root: Path | None) -> Path | None:
@@ -101,7 +106,7 @@ def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
     lora = animate_lora(settings, root)
     return WanAnimateOptions(
         sampler=settings.wan_sampler, fp8=_fp8(settings), compile=settings.wan_compile,
-        vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora), overlap=settings.wan_overlap,
+        vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora), **_stages(settings),
         **_vae_speed(settings),
         default_steps=settings.animate_lora_steps if lora is not None else settings.wan_steps or None)
 

@@ -16,6 +16,10 @@ against.
 On a GPU every thread issues its work on its own CUDA stream; an item crosses to the next thread with an event
 recorded after it was made, which the next stream waits for, and each stage waits for its own stream before it
 hands an item on, so a tensor is never freed while another stream still reads it, and the stage times are real.
+With `prioritise_source` the source's stream gets the device's highest priority and the stages' streams the
+lowest: the GPU's block scheduler then starts the source's pending thread blocks first, so the stages fill the
+SMs the source leaves instead of slowing it. That is the choice when the source is the critical path (the DiT,
+whose blocks follow one another, while a stage can fall behind by up to `depth` items at no cost).
 
 Errors: an exception in the source or any stage stops the threads upstream and is raised in the consumer (the
 original exception). Closing the iterator (a client that stopped reading) stops every thread too.
@@ -126,15 +130,18 @@ class _Device:
             place = torch.device("cuda", torch.cuda.current_device())
         self.device = place if self.cuda else None
 
-    def thread_context(self) -> contextlib.ExitStack:
+    def thread_context(self, priority: bool | None = None) -> contextlib.ExitStack:
         """Entered in the thread it serves: grad mode and the current device are per thread (no grad, the
-        caller's device), and the thread's work goes on a stream of its own."""
+        caller's device), and the thread's work goes on a stream of its own: of the device's highest priority
+        (True), its lowest (False) or the default (None)."""
         stack = contextlib.ExitStack()
         if self.torch is not None:
             stack.enter_context(self.torch.no_grad())
         if self.cuda:
             self.torch.cuda.set_device(self.device)
-            stack.enter_context(self.torch.cuda.stream(self.torch.cuda.Stream(self.device)))
+            lowest, highest = self.torch.cuda.Stream.priority_range()
+            level = 0 if priority is None else highest if priority else lowest
+            stack.enter_context(self.torch.cuda.stream(self.torch.cuda.Stream(self.device, priority=level)))
         return stack
 
     def no_grad(self) -> Any:
@@ -168,10 +175,12 @@ class StageRun:
     """Iterate the last stage's items; `stats` fills in as it runs. Use as an iterator, close when done early."""
 
     def __init__(self, source: Iterable[Any], stages: Sequence[Stage], depth: int = 2, device: Any = None,
-                 source_name: str = "source", overlap: bool = True) -> None:
+                 source_name: str = "source", overlap: bool = True, prioritise_source: bool = False) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.source, self.stages, self.depth, self.overlap = source, list(stages), depth, overlap
+        # stream priorities of the source's thread and the stages' (None: the default for both)
+        self._priority = (True, False) if prioritise_source else (None, None)
         self.source_name = source_name
         self.stats = StageStats(busy_s={source_name: 0.0, **{s.name: 0.0 for s in stages}},
                                 items={source_name: 0, **{s.name: 0 for s in stages}})
@@ -273,7 +282,7 @@ class StageRun:
         source = iter(self.source)
         last = _Message(_STOPPED)
         try:
-            with self._device.thread_context():
+            with self._device.thread_context(self._priority[0]):
                 if self._emit(self.source_name, lambda: source, out) and out.put(_Message(_END)):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
@@ -286,7 +295,7 @@ class StageRun:
     def _stage_thread(self, stage: Stage, inbox: _Channel, out: _Channel) -> None:
         last = _Message(_STOPPED)
         try:
-            with self._device.thread_context():
+            with self._device.thread_context(self._priority[1]):
                 if stage.start is not None:  # while the stages before this one make its first item
                     for _ in self._timed(stage.name, stage.start):
                         pass
@@ -311,6 +320,6 @@ class StageRun:
 
 
 def run_stages(source: Iterable[Any], stages: Sequence[Stage], depth: int = 2, device: Any = None,
-               source_name: str = "source", overlap: bool = True) -> StageRun:
+               source_name: str = "source", overlap: bool = True, prioritise_source: bool = False) -> StageRun:
     """The items of `source` through `stages`, overlapped in threads (or one after another with overlap=False)."""
-    return StageRun(source, stages, depth, device, source_name, overlap)
+    return StageRun(source, stages, depth, device, source_name, overlap, prioritise_source)

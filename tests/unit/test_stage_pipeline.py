@@ -174,3 +174,30 @@ def test_cuda_stages_on_their_own_streams_give_the_sequential_result() -> None:
     # (cuBLAS may pick another algorithm on another stream: equal to round-off, in order)
     assert list(run) == pytest.approx(sequential, rel=1e-4) and run.stats.items == {"source": 6, "square": 6,
                                                                                      "host": 6}
+
+
+@pytest.mark.gpu
+def test_a_prioritised_source_streams_before_the_stages_and_gives_the_same_result() -> None:
+    """prioritise_source: the source's thread on the device's highest-priority stream, the stages' on its lowest;
+    the items are those of the run without priorities."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    lowest = torch.cuda.Stream.priority_range()[0]
+    seen: dict[str, int] = {}
+
+    def source():
+        seen["source"] = torch.cuda.current_stream().priority
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        for _ in range(4):
+            yield torch.randn(512, 512, device="cuda", generator=generator)
+
+    def square(x):
+        seen["square"] = torch.cuda.current_stream().priority
+        return [(x @ x).double().sum().item()]
+
+    plain = list(run_stages(source(), [Stage("square", square)], device="cuda"))
+    assert seen == {"source": 0, "square": 0}
+    prioritised = list(run_stages(source(), [Stage("square", square)], device="cuda", prioritise_source=True))
+    assert seen["square"] == lowest and seen["source"] < seen["square"]  # (lower is more urgent)
+    assert prioritised == pytest.approx(plain, rel=1e-4)

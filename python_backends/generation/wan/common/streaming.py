@@ -30,10 +30,13 @@ class OverlapOptions:
     """The Wan engines' stage-pipeline switches (`wan_overlap`): everything after the DiT that the next clip does
     not need runs in stage threads (their own CUDA streams) while the DiT works on the next block or clip
     (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. The same frames either
-    way. Subclasses that add a __post_init__ call this one."""
+    way. With dit_priority (`wan_dit_priority`) the DiT's stream has the GPU's highest priority and the stages'
+    the lowest, so decoding and interpolation fill the SMs the DiT leaves instead of slowing it. Subclasses that
+    add a __post_init__ call this one."""
 
     overlap: bool = True
     overlap_depth: int = 2
+    dit_priority: bool = False
 
     def __post_init__(self) -> None:
         if self.overlap_depth < 1:
@@ -143,7 +146,8 @@ def stream_chunks(engine: Any, label: str, source: Iterable[Any], chunks: ChunkM
     for benchmarks)."""
     options = engine.options
     run = run_stages(source, [*stages, Stage("frames", chunks.run, chunks.flush)], depth=options.overlap_depth,
-                     device=engine.device, source_name=source_name, overlap=options.overlap)
+                     device=engine.device, source_name=source_name, overlap=options.overlap,
+                     prioritise_source=options.dit_priority)
     try:
         yield from run
     finally:
