@@ -58,7 +58,6 @@ from python_backends import spec  # noqa: E402
 from python_backends.audio import mel  # noqa: E402
 from python_backends.catalog import ROLES  # noqa: E402
 from python_backends.errors import WeightsUnavailable  # noqa: E402
-from python_backends.face_landmarks import FaceLandmarksSettings, build_face_landmarks  # noqa: E402
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
@@ -179,10 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     source, landmarks = asyncio.run(_source(call, photo, "arcface"))
     source = dataclasses.replace(source, landmarks=to_ibug68(landmarks))  # as SourceFace.from_report maps them
     speech = _speech(args.seconds)
-    # The clip (not timed) is animated from the shipped dlib landmarks: random HRNet points would warp noise.
-    dlib = build_face_landmarks(FaceLandmarksSettings(engine="dlib"), "cpu").predict(
-        {spec.IMAGE: photo[None], spec.FACE_BOX: source.box.astype(np.float32)[None]})[0][spec.LANDMARKS]
-    job = GenerationJob(photo=photo, landmarks=dlib, waveform=speech, params=GenerationParams(
+    # The clip (not timed) is animated from the photo's Face Mesh points in iBUG-68 order, as the served preview is
+    job = GenerationJob(photo=photo, landmarks=source.landmarks, waveform=speech, params=GenerationParams(
         width=args.size[0], height=args.size[1], fps=args.fps, max_duration_s=args.seconds))
     frames = np.concatenate([c.frames for c in PreviewEngine().generate(job)])
     mel_frames = mel.melspectrogram(speech)
