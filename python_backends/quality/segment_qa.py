@@ -309,11 +309,12 @@ async def safety_gate(frames: np.ndarray, start: int, ctx: JobContext, call: Mod
         return Gate("content_safety", UNAVAILABLE, str(exc))
     ctx.safety = True
     reports = [json.loads(report) for report in outputs[spec.SAFETY_REPORT].reshape(-1)]
-    scores = [r["nsfw"].get("score", 0.0) for r in reports]
+    # a check the model could not make (NudeNet not installed) has no score: the gate is then unavailable
+    scores = [score for r in reports if (score := r["nsfw"].get("score")) is not None]
     failing = [int(picks[i]) + start for i, r in enumerate(reports) if r["nsfw"]["status"] == FAIL]
     statuses = {r["nsfw"]["status"] for r in reports}
-    details = {"checked_frames": [int(i) + start for i in picks], "max_nsfw_score": round(max(scores), 4),
-               "frames": failing}
+    details = {"checked_frames": [int(i) + start for i in picks],
+               "max_nsfw_score": round(max(scores), 4) if scores else None, "frames": failing}
     if failing:
         return Gate("content_safety", FAIL, f"NSFW content on {len(failing)} of {len(picks)} checked frames", details)
     if statuses != {PASS}:

@@ -3,6 +3,7 @@ public-figure gallery (match, no match, mismatch, reload), and `unavailable` whe
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -352,6 +353,28 @@ def test_without_nudenet_the_nsfw_check_is_unavailable(monkeypatch, empty_root):
     (report,) = _reports(model, image=np.zeros((1, 32, 32, 3), np.uint8))
     assert report["nsfw"]["status"] == "unavailable" and "install nudenet" in report["nsfw"]["reason"]
     assert report["status"] == "unavailable"
+
+
+def test_without_nudenet_the_segment_gate_is_unavailable_not_an_error(monkeypatch, empty_root):
+    """QA's content_safety gate over a model loaded without NudeNet (scores None): unavailable, never a pass."""
+    from python_backends.quality.gate import UNAVAILABLE as GATE_UNAVAILABLE
+    from python_backends.quality.segment_qa import JobContext, SourceFace, safety_gate
+    from python_backends.quality.settings import QualitySettings
+
+    monkeypatch.setattr(predictor_module, "package_path", lambda *_: None)
+    model = build_content_safety(ContentSafetySettings(), "cpu", empty_root)
+
+    async def call(model_spec, inputs):
+        assert model_spec.name == spec.CONTENT_SAFETY.name
+        return {spec.SAFETY_REPORT: np.concatenate([out[spec.SAFETY_REPORT] for out in model.predict(inputs)])}
+
+    source = SourceFace(np.zeros((64, 64, 3), np.uint8), np.array([8, 8, 56, 56], np.float64),
+                        np.zeros((5, 2), np.float32), np.zeros((68, 2)), np.ones(128) / np.sqrt(128), "test")
+    ctx = JobContext(source, None, 25.0, QualitySettings())
+    gate = asyncio.run(safety_gate(np.zeros((50, 32, 32, 3), np.uint8), 100, ctx, call))
+    assert gate.name == "content_safety" and gate.status == GATE_UNAVAILABLE
+    assert "install nudenet" in gate.reason and gate.details["max_nsfw_score"] is None
+    assert gate.details["checked_frames"][0] == 100 and gate.details["frames"] == []
 
 
 def test_weights_choice_is_the_shipped_detector(empty_root):
