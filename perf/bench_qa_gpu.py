@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
         "each_gate_alone_total_without_refiner_s": round(
             sum(v for k, v in alone.items() if not k.startswith("mouth_refiner")), 3),
         "as_served_qa_s": round(served_s, 3), "as_served_segments": segments,
-        # of the served mouth passes' time (each segment's `refine`): Wav2Lip's crops to the device, the network
-        # and the copy back (Wav2LipRefiner.predict_faces); the rest is cutting and pasting the crops on the CPU
+        # of the served mouth passes' time (each segment's plosive `refine`, and the low-sync pass unless
+        # --no-refine-low-sync): Wav2Lip's crops to the device, the network and the copy back
+        # (Wav2LipRefiner.predict_faces); the rest is cutting and pasting the crops on the CPU
         "as_served_refiner_network_s": round(network_s[0], 3),
         "target_s": 3.0,
         "note": "random weights where the weights column says so: timings are real, verdicts are noise",

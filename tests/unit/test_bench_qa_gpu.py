@@ -30,9 +30,8 @@ def test_a_small_clip_is_timed_per_gate_with_random_weights(tmp_path: Path) -> N
     (segment,) = result["as_served_segments"]
     assert result["as_served_qa_s"] > 0 and segment["frames"] == 6 and "lipsync" in segment["gates"]
     assert segment["timings_ms"]["wall"] <= result["as_served_qa_s"] * 1000.0 + 1.0  # both rounded
-    # the refiner's network time is a part of the served mouth passes' time (none: no plosive in 0.5 s)
-    refine_s = segment["timings_ms"].get("refine", 0.0) / 1000.0
-    assert 0.0 <= result["as_served_refiner_network_s"] <= refine_s + 0.001
+    # the refiner's network time is a part of the served mouth passes' (a low-sync pass, if random SyncNet fails)
+    assert 0.0 <= result["as_served_refiner_network_s"] <= segment["timings_ms"]["wall"] / 1000.0 + 0.001
     # SyncNet and the refiner answered (random weights): no gate fell back to "unavailable" for want of a model
     assert segment["gates"]["content_safety"] != "unavailable"
 
