@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_file, also when loaded by path (tests)
 
-from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+from cli_args import frame_size, frame_sizes  # noqa: E402  (perf/ is on sys.path)
+from results_file import write_json  # noqa: E402
 from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--sizes", default=None, help="generated sizes to run, WxH,... (default 832x480,1280x720; "
-                        "704x384 for liveavatar)")
+    parser.add_argument("--sizes", type=frame_sizes, default=None,
+                        help="generated sizes to run, WxH,... (default 832x480,1280x720; 704x384 for liveavatar)")
     parser.add_argument("--engine", choices=("s2v", "liveavatar"), default="s2v")
     parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
@@ -183,11 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--balance-clips", action=argparse.BooleanOptionalAction, default=True,
                         help="s2v: clips only as long as the job needs (3 x 56 frames for 10 s, not 3 x 80)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each --dit-priority choice")
-    parser.add_argument("--output-size", default="1920x1080", help="WxH the frames are resized to")
+    parser.add_argument("--output-size", type=frame_size, default="1920x1080", help="WxH the frames are resized to")
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True,
                         help="encode the 1080p stream to H.264 on the CPU as the last stage")
     args = parser.parse_args(argv)
-    args.sizes = args.sizes or ("704x384" if args.engine == "liveavatar" else "832x480,1280x720")
+    args.sizes = args.sizes or frame_sizes("704x384" if args.engine == "liveavatar" else "832x480,1280x720")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     speed = {"default_steps": args.steps, "default_guidance": 1.0,
@@ -214,10 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
     engine = build_engine(args.tiny, device, options)
     result["build_s"] = round(time.perf_counter() - t0, 2)
     print(f"engine built in {result['build_s']} s", flush=True)
-    output = tuple(int(v) for v in args.output_size.split("x"))
+    output = args.output_size
     result["options"]["interpolation"] = engine.interpolation.method
-    for size_text in args.sizes.split(","):
-        width, height = (int(v) for v in size_text.split("x"))
+    for width, height in args.sizes:
         if args.tiny:
             width, height = 64, 64
         t0 = time.perf_counter()

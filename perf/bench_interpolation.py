@@ -50,7 +50,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
+from cli_args import frame_sizes  # noqa: E402  (perf/ is on sys.path)
+from results_file import write_json  # noqa: E402
 
 from python_backends.frame_interpolation.flow_interpolator import (  # noqa: E402
     FlowInterpolator,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--frames", type=int, default=61, help="first frames of each video (0: all)")
     parser.add_argument("--videos", default=",".join(VIDEOS))
     parser.add_argument("--cost-frames", type=int, default=9, help="16 fps source frames per cost run")
-    parser.add_argument("--cost-sizes", default=",".join(f"{w}x{h}" for w, h in COST_SIZES))
+    parser.add_argument("--cost-sizes", type=frame_sizes, default=",".join(f"{w}x{h}" for w, h in COST_SIZES))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); one "
                         "makes CPU-ms the work of one core, steady on a shared machine")
     parser.add_argument("--markdown", type=Path, help="print the RESULTS tables of a JSON written before")
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     costed = {"repeat": None, "flow": FlowInterpolator(args.device), "rife-4.26": load_rife(rife_path, args.device)}
     if on_cpu:
         costed["dis"] = DisInterpolator()
-    for size in [tuple(int(v) for v in text.split("x")) for text in args.cost_sizes.split(",")]:
+    for size in args.cost_sizes:
         for name, interpolator in costed.items():
             result["cost"].append(cost(frames, size, name, interpolator, args.device))
     result["load_average_end"] = list(os.getloadavg())

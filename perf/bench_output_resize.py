@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_encoding import Frames, _cpu  # noqa: E402  (perf/ is on sys.path)
+from cli_args import frame_size, frame_sizes  # noqa: E402
 from results_file import write_json  # noqa: E402
 
 from client.encoding import encoder_frame  # noqa: E402
@@ -90,16 +91,16 @@ def measure(generated: tuple[int, int], output: tuple[int, int], count: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("perf/results/output_resize_cpu.json"))
-    parser.add_argument("--generated", default="832x480,704x384", help="generated sizes WxH, comma-separated")
-    parser.add_argument("--output", default="1920x1080")
+    parser.add_argument("--generated", type=frame_sizes, default="832x480,704x384",
+                        help="generated sizes WxH, comma-separated")
+    parser.add_argument("--output", type=frame_size, default="1920x1080")
     parser.add_argument("--frames", type=int, default=60)
     args = parser.parse_args()
     cv2.setNumThreads(1)  # one thread for both paths: the contention-independent cost
-    output = tuple(int(v) for v in args.output.split("x"))
+    output = args.output
     load_before = os.getloadavg()
     runs = []
-    for size in args.generated.split(","):
-        generated = tuple(int(v) for v in size.split("x"))
+    for generated in args.generated:
         runs.append(measure(generated, output, args.frames))
         print(runs[-1], flush=True)
     write_json(args.out, {

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import SAMPLES, LocalCaller, _source, _speech  # noqa: E402
+from cli_args import frame_size  # noqa: E402
 from random_weights import FILES, describe, models_of, write_random_weights  # noqa: E402
 from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
 
@@ -112,15 +113,6 @@ def weights_root(given: Path | None, random: tuple[str, ...], scratch: Path
         elif model in random:
             missing.append(model)
     return root, real_files, describe(write_random_weights(root, tuple(missing)))
-
-
-def frame_size(text: str) -> tuple[int, int]:
-    """--size: WIDTHxHEIGHT."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size {text!r}: give WIDTHxHEIGHT, e.g. 832x480") from None
-    return width, height
 
 
 def build_models(root: Path, device: str) -> tuple[dict, dict[str, str]]:

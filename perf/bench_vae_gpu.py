@@ -40,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_file, also when loaded by path (tests)
 
-from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
+from cli_args import frame_sizes  # noqa: E402  (perf/ is on sys.path)
+from results_file import hardware, write_json  # noqa: E402
 
 from python_backends.generation.wan.common.vae import (  # noqa: E402
     FixedPointMemo,
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: a narrow VAE, tiny frames")
     parser.add_argument("--cpu", action="store_true", help="the release-size VAE on the CPU in float32")
     parser.add_argument("--parts", default="variants,start", help="of variants, start (see the docstring)")
-    parser.add_argument("--sizes", default="832x480,704x384", help="WxH,...")
+    parser.add_argument("--sizes", type=frame_sizes, default="832x480,704x384", help="WxH,...")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed passes after the warm-up (the best is kept; the block is timed 3 times a pass)")
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads() if device.type == "cpu" else None, "parts": sorted(parts),
         "sizes": []}
     timer = Timer(device)
-    sizes = [TINY_SIZE] if args.tiny else [tuple(int(v) for v in text.split("x")) for text in args.sizes.split(",")]
+    sizes = [TINY_SIZE] if args.tiny else args.sizes
     for width, height in sizes:
         generator = torch.Generator().manual_seed(1)
         history = (torch.rand(1, 3, history_frames, height, width, generator=generator) * 2 - 1).to(device, dtype)

@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cli_args import frame_size  # noqa: E402
 from latency_budget import run_job, stages, summarise_run  # noqa: E402
 from random_weights import describe, models_of, write_random_weights  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--chart", type=Path, default=None)
     parser.add_argument("--engine", default="liveavatar-14B", help="liveavatar-14B | s2v-14B | preview (CPU smoke)")
-    parser.add_argument("--size", default="832x480", help="generated size WxH")
-    parser.add_argument("--output-size", default="1920x1080")
+    parser.add_argument("--size", type=frame_size, default="832x480", help="generated size WxH")
+    parser.add_argument("--output-size", type=frame_size, default="1920x1080")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup-seconds", type=float, default=6.0, help="long enough for two clips")
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
         random_models = models_of(args.random_weights)
     except ValueError as exc:
         parser.error(str(exc))
-    width, height = (int(v) for v in args.size.split("x"))
-    out_w, out_h = (int(v) for v in args.output_size.split("x"))
+    width, height = args.size
+    out_w, out_h = args.output_size
     wan = args.engine != "preview"
     generator = {"engine": args.engine, "preload": str(wan).lower(), "benchmark_random_weights": str(wan).lower()}
     if wan:

@@ -47,8 +47,10 @@ class JoinedFrames:
         yield from self.frames
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:  # numpy 2's protocol: the joined array never exists without a copy
+            raise ValueError("JoinedFrames cannot be viewed as one array without a copy")
         joined = np.concatenate([self.before[None], self.frames])
-        return joined if dtype is None else joined.astype(dtype)
+        return joined if dtype is None else joined.astype(dtype, copy=False)
 
 
 def frames_of(frames: np.ndarray | JoinedFrames) -> np.ndarray | JoinedFrames:

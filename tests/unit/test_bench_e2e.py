@@ -3,6 +3,7 @@ overlapped wall time, the time to the first frames and the encoded stream, overl
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -40,3 +41,22 @@ def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str)
         # every chunk says what the engine spent on it (here 0.5 s is one chunk)
         assert run["chunk_timing_s"] == [run["first_chunk_timing_s"]]
         assert all({"denoise_s", "decode_s", "encode_s"} <= set(t) for t in run["chunk_timing_s"])
+
+
+def test_dit_priority_both_alternates_the_setting_over_overlapped_runs(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    _bench().main(["--tiny", "--engine", "liveavatar", "--sizes", "64x64", "--seconds", "0.5", "--warmup-seconds",
+                   "0.25", "--output-size", "96x64", "--overlap", "on", "--dit-priority", "both", "--repeats", "2",
+                   "--no-encode", "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert [(run["overlap"], run["dit_priority"]) for run in runs] == [(True, False), (True, True)] * 2
+    assert all(run["frames"] == 15 for run in runs)  # the same clip either way (on the CPU the setting does nothing)
+
+
+def test_sizes_are_parsed_once_for_every_script() -> None:
+    cli_args = load_perf_script("cli_args")
+    assert cli_args.frame_size("832X480") == (832, 480)
+    assert cli_args.frame_sizes("832x480,704x384") == [(832, 480), (704, 384)]
+    for bad in ("832", "832x", "0x480", "axb"):
+        with pytest.raises(argparse.ArgumentTypeError, match="832x480|positive"):
+            cli_args.frame_size(bad)

@@ -149,6 +149,9 @@ def test_joined_frames_read_the_frame_before_and_the_segment_in_place():
     np.testing.assert_array_equal(joined[1:4], copy[1:4])
     np.testing.assert_array_equal(np.stack(list(joined)), copy)
     np.testing.assert_array_equal(np.asarray(joined), copy)
+    assert joined.__array__(np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="without a copy"):  # numpy 2 asks so for np.asarray(joined, copy=False)
+        joined.__array__(copy=False)
     with pytest.raises(IndexError):
         joined[7]
     with pytest.raises(ValueError, match="must match"):
