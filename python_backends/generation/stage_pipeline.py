@@ -17,9 +17,9 @@ On a GPU every thread issues its work on its own CUDA stream; an item crosses to
 recorded after it was made, which the next stream waits for, and each stage waits for its own stream before it
 hands an item on, so a tensor is never freed while another stream still reads it, and the stage times are real.
 With `prioritise_source` the source's stream gets the device's highest priority and the stages' streams the
-lowest: the GPU's block scheduler then starts the source's pending thread blocks first, so the stages fill the
-SMs the source leaves instead of slowing it. That is the choice when the source is the critical path (the DiT,
-whose blocks follow one another, while a stage can fall behind by up to `depth` items at no cost).
+lowest: the GPU's block scheduler then starts the source's pending thread blocks first, and the stages get the SMs
+the source leaves. For LiveAvatar on an H100 that made the DiT 8-12 % faster but decoding fell behind, and the
+clip ended 7 % later (perf/RESULTS.md, "An H200 again"), so the engines leave it off by default.
 
 Errors: an exception in the source or any stage stops the threads upstream and is raised in the consumer (the
 original exception). Closing the iterator (a client that stopped reading) stops every thread too.

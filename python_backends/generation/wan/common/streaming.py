@@ -31,8 +31,8 @@ class OverlapOptions:
     not need runs in stage threads (their own CUDA streams) while the DiT works on the next block or clip
     (generation/stage_pipeline.py); at most overlap_depth items wait between two stages. The same frames either
     way. With dit_priority (`wan_dit_priority`) the DiT's stream has the GPU's highest priority and the stages'
-    the lowest, so decoding and interpolation fill the SMs the DiT leaves instead of slowing it. Subclasses that
-    add a __post_init__ call this one."""
+    the lowest; off by default: measured, the clip ended later (stage_pipeline.py). Subclasses that add a
+    __post_init__ call this one."""
 
     overlap: bool = True
     overlap_depth: int = 2
