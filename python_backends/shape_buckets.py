@@ -3,9 +3,11 @@ instead of for every new batch size a request brings.
 
 On one H100 the first call at a batch size the process had not run took 57-78 ms for Wav2Lip, 34-43 ms for ArcFace
 and 6-16 ms for SyncNet, against 0.6-10 ms after (perf/results/batch_shapes_h100.json), and QA's plosive runs,
-detected frames and last partial batches bring new sizes every segment. The rows added repeat the last item and are
-dropped from the output: in eval mode no layer of these networks mixes the items of a batch. On the CPU nothing is
-padded: there padding costs compute and buys nothing.
+detected frames and last partial batches bring new sizes every segment. With the buckets warmed at load the first
+call at a new size took 9-10.5 ms for Wav2Lip and 8.6-9.7 ms for ArcFace, what a warm call takes
+(batch_shapes_bucketed_h100.json; padded calls cost ArcFace up to 4 ms more). The rows added repeat the last item
+and are dropped from the output: in eval mode no layer of these networks mixes the items of a batch. On the CPU
+nothing is padded: there padding costs compute and buys nothing.
 """
 
 from __future__ import annotations
