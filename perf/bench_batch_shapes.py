@@ -10,13 +10,14 @@ took is in the JSON), then each size padded to its bucket.
     python3 perf/bench_batch_shapes.py --bucketed --out $OUT/batch_shapes_bucketed_h100.json
 
 perf/results/batch_shapes_h100.json came from this script's first version, which made each call's random inputs
-inside the timed call (microseconds on the GPU) and had no --bucketed.
+inside the timed call (microseconds on the GPU) and had no --bucketed; it and batch_shapes_{plain_h100_s31,
+bucketed_h100}.json came from versions that did not yet name the GPU, host and torch in the JSON (the device
+machine's reply did: one NVIDIA H100 80GB HBM3, 16 cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_file import hardware, write_json  # noqa: E402  (perf/ is on sys.path)
 
 from python_backends.face_embedding.iresnet import build_iresnet  # noqa: E402
 from python_backends.lipsync_scorer.syncnet import SyncNet  # noqa: E402
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bucketed", action="store_true", help="warm the buckets, then pad to them")
     args = parser.parse_args(argv)
     dev = "cuda"
-    out = {"cudnn_benchmark": torch.backends.cudnn.benchmark, "bucketed": args.bucketed}
+    out = {"script": "perf/bench_batch_shapes.py", "gpu": torch.cuda.get_device_name(), "host": hardware(),
+           "torch": torch.__version__, "cudnn_benchmark": torch.backends.cudnn.benchmark, "bucketed": args.bucketed}
     w, s, a = Wav2Lip().to(dev).eval(), SyncNet().to(dev).eval(), build_iresnet("iresnet50").to(dev).eval()
     # name: (forward, the inputs for n items, the largest batch the GPU profile runs it at)
     models = {
@@ -72,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rows[n] = {"first_ms": timed(fn), "second_ms": timed(fn), "third_ms": timed(fn)}
             out[name] = rows
             print(name, rows, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_json(args.out, out)
     return out
 
 

@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"engine built in {result['build_s']} s", flush=True)
     output = args.output_size
     result["options"]["interpolation"] = engine.interpolation.method
+    choice = {"on": [True], "off": [False], "both": [False, True]}
+    priorities = choice[args.dit_priority] * args.repeats  # alternating when "both"
+    modes = [(overlap, priority) for overlap in choice[args.overlap]
+             for priority in (priorities if overlap else [False])]
     for width, height in args.sizes:
         if args.tiny:
             width, height = 64, 64
@@ -227,10 +231,6 @@ def main(argv: list[str] | None = None) -> dict:
         run_clip(engine, warmup, args.fps, args.steps, (width, height), output, device)
         warm = round(time.perf_counter() - t0, 2)
         print(f"{width}x{height}: warm-up ({warmup:g} s clip, compile) {warm} s", flush=True)
-        choice = {"on": [True], "off": [False], "both": [False, True]}
-        priorities = choice[args.dit_priority] * args.repeats
-        modes = [(overlap, priority) for overlap in choice[args.overlap]
-                 for priority in (priorities if overlap else [False])]
         for overlap, priority in modes:
             with tempfile.TemporaryDirectory() as scratch:
                 encode_to = Path(scratch) / "clip.mp4" if args.encode else None

@@ -62,11 +62,10 @@ from python_backends.errors import WeightsUnavailable  # noqa: E402
 from python_backends.face_landmarks.head_pose import to_ibug68  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.preview import PreviewEngine  # noqa: E402
-from python_backends.mouth_refiner.plosive import plosive_frames, refine_runs  # noqa: E402
 from python_backends.pipeline import TalkingHeadSettings, planned_length  # noqa: E402
 from python_backends.quality.colour import match_colour  # noqa: E402
 from python_backends.quality.envelope_sync import mouth_opening  # noqa: E402
-from python_backends.quality.segment_job import process_segment, refine_mouth  # noqa: E402
+from python_backends.quality.segment_job import plosive_runs, process_segment, refine_mouth  # noqa: E402
 from python_backends.quality.segment_qa import (  # noqa: E402
     Boundary,
     JobContext,
@@ -75,7 +74,6 @@ from python_backends.quality.segment_qa import (  # noqa: E402
     identity_gate,
     lipsync_gate,
     safety_gate,
-    segment_audio,
 )
 from python_backends.quality.tracking import track_faces  # noqa: E402
 from python_backends.settings import from_mapping  # noqa: E402
@@ -233,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
             await timed("content_safety", safety_gate(part, begin, ctx, call))
             await timed("mouth_refiner_all_frames", refine_mouth(part, track.boxes, [(0, count)], begin, ctx, call))
             # the served pass: Wav2Lip over the plosive runs only, one request per run
-            runs = refine_runs(plosive_frames(segment_audio(speech, begin, count, args.fps), args.fps), count)
+            runs = plosive_runs(speech, begin, count, args.fps)
             if runs:
                 await timed("mouth_refiner_plosive_runs", refine_mouth(part, track.boxes, runs, begin, ctx, call,
                                                                        track.outer_lips))

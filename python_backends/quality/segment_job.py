@@ -117,6 +117,11 @@ async def safety_of_photo(ctx: JobContext, call: ModelCaller) -> dict:
     return report
 
 
+def plosive_runs(waveform: np.ndarray, start: int, count: int, fps: float) -> list[tuple[int, int]]:
+    """The runs [a, b) of a segment's `count` frames from clip frame `start` that the plosive mouth pass redoes."""
+    return refine_runs(plosive_frames(segment_audio(waveform, start, count, fps), fps), count)
+
+
 async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[int, int]], start: int,
                        ctx: JobContext, call: ModelCaller, lips: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Wav2Lip over each run [a, b) of the segment's frames; the refiner's absence is recorded, not hidden.
@@ -171,8 +176,7 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
     post: dict = {"colour": colour.as_dict()}
     if ctx.settings.refine_plosives and ctx.waveform is not None:
         # Plosive mouths (lips pressed shut before the burst) are what generators get wrong most often.
-        runs = refine_runs(plosive_frames(segment_audio(ctx.waveform, start, len(frames), ctx.fps), ctx.fps),
-                           len(frames))
+        runs = plosive_runs(ctx.waveform, start, len(frames), ctx.fps)
         if runs:
             t0 = time.perf_counter()
             frames, post["plosives"] = await refine_mouth(frames, track.boxes, runs, start, ctx, call,
