@@ -158,6 +158,47 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
     return result
 
 
+# kernel name fragments (lower case) -> what the kernel is, first match wins
+KERNEL_KINDS = (
+    ("attention", ("sdpa", "fmha", "flash", "attention", "attn")),
+    ("fp8 gemm", ("e4m3", "f8f8", "fp8")),
+    ("convolution", ("conv", "fprop", "dgrad", "implicit")),
+    ("gemm", ("gemm", "xmma", "cutlass", "cublas", "nvjet", "s16816", "sm90_")),
+    ("compiled (Triton)", ("triton_",)),
+    ("copy", ("memcpy", "memset", "copy")),
+    ("eager elementwise / reduction", ("elementwise", "vectorized", "reduce", "unrolled", "index", "cat")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, parts in KERNEL_KINDS if any(p in lowered for p in parts)), "other")
+
+
+def kernel_profile(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size: tuple[int, int],
+                   output: tuple[int, int], device: torch.device, top: int = 40) -> dict:
+    """One `seconds` clip, stages one after another and no encoding, under torch.profiler: the GPU's kernel time
+    by kind of kernel (KERNEL_KINDS) and the `top` kernels, against the run's wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run = run_clip(engine, seconds, fps, steps, size, output, device, overlap=False)
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA] \
+        if device.type == "cuda" else []
+    total_us = sum(e.self_device_time_total for e in kernels)
+    kinds: dict[str, float] = {}
+    for event in kernels:
+        kind = kernel_kind(event.key)
+        kinds[kind] = kinds.get(kind, 0.0) + event.self_device_time_total
+    ranked = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return {"seconds": seconds, "generated_size": list(size), "wall_s": run["total_s"],
+            "stage_busy_s": run["stage_busy_s"], "kernel_s": round(total_us / 1e6, 3),
+            "by_kind_s": {k: round(v / 1e6, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": e.key[:200], "kind": kernel_kind(e.key), "calls": e.count,
+                             "total_ms": round(e.self_device_time_total / 1e3, 2)} for e in ranked]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -187,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-size", type=frame_size, default="1920x1080", help="WxH the frames are resized to")
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True,
                         help="encode the 1080p stream to H.264 on the CPU as the last stage")
+    parser.add_argument("--profile-seconds", type=float, default=0.0,
+                        help="after the timed runs of each size, profile a clip this long (stages one after "
+                             "another, no encoding): GPU kernel time by kind of kernel (0: no profile)")
     args = parser.parse_args(argv)
     args.sizes = args.sizes or frame_sizes("704x384" if args.engine == "liveavatar" else "832x480,1280x720")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -240,6 +284,13 @@ def main(argv: list[str] | None = None) -> dict:
             result["runs"].append(run)
             write_json(args.out, result)
             print(json.dumps(run), flush=True)
+        if args.profile_seconds > 0:
+            profiled = kernel_profile(engine, args.profile_seconds, args.fps, args.steps, (width, height), output,
+                                      device)
+            result.setdefault("kernel_profiles", []).append(profiled)
+            write_json(args.out, result)
+            print(json.dumps({k: profiled[k] for k in ("generated_size", "wall_s", "kernel_s", "by_kind_s")}),
+                  flush=True)
     return result
 
 

@@ -52,6 +52,7 @@ FACE_COUNT = "face_count"  # INT32 [1]
 EXPECTED_FACE_PX = "expected_face_px"
 LANDMARKS = "landmarks"  # FP32 [P, 2]
 MOUTH_CONTOUR = "mouth_contour"  # FP32 [n, K, 2]: the outer lip contour per frame (Face Mesh), in pixels
+FRAME_INDEX = "frame_index"  # INT64 [n]: each frame's index in the clip (several runs of frames in one request)
 HEAD_POSE = "head_pose"  # FP32 [3] yaw, pitch, roll in degrees
 EMBEDDING = "embedding"  # FP32 [D], L2-normalised
 AUDIO_BYTES = "audio_bytes"  # BYTES [1]: an encoded audio file in any format ffmpeg reads
@@ -202,6 +203,7 @@ MOUTH_REFINER = ModelSpec(
         TensorSpec(START_FRAME, "INT64", (1,)),
         TensorSpec(FPS, "FP32", (1,)),
         TensorSpec(MOUTH_CONTOUR, "FP32", (-1, -1, 2), optional=True),
+        TensorSpec(FRAME_INDEX, "INT64", (-1,), optional=True),
     ),
     outputs=(TensorSpec(FRAMES, "UINT8", (-1, -1, -1, 3)), _INFO),
     max_batch_size=1,

@@ -54,7 +54,8 @@ def _scalar(batch: dict[str, np.ndarray], name: str, index: int) -> np.ndarray:
 
 
 class MouthRefiner:
-    """The Triton predictor: one refined run of frames per request (max_batch_size 1)."""
+    """The Triton predictor: one request refines a run of frames, or several runs one after another
+    (`frame_index`), which then share the network's batches."""
 
     def __init__(self, refiner: Wav2LipRefiner, weights: WeightsChoice) -> None:
         self.refiner = refiner
@@ -66,11 +67,12 @@ class MouthRefiner:
                 raise InputError(f"missing input {name!r}")
         results = []
         for i in range(len(batch[spec.FRAMES])):
-            contours = batch[spec.MOUTH_CONTOUR][i] if spec.MOUTH_CONTOUR in batch else None
+            optional = {key: batch[name][i] for key, name in (("contours", spec.MOUTH_CONTOUR),
+                                                              ("frame_index", spec.FRAME_INDEX)) if name in batch}
             frames = self.refiner.refine(
                 batch[spec.FRAMES][i], batch[spec.FACE_BOXES][i], batch[spec.MEL][i],
                 start_frame=int(_scalar(batch, spec.START_FRAME, i)), fps=float(_scalar(batch, spec.FPS, i)),
-                contours=contours,
+                **optional,
             )
             results.append({spec.FRAMES: frames})
         return results

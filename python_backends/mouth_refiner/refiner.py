@@ -6,7 +6,8 @@ clamped to the image, then get_smoothened_boxes' forward moving average), the 96
 mask (`img_masked[:, img_size//2:] = 0`), the six channels (masked, then the same crop as the reference), BGR
 order scaled to [0, 1], the mel windows (16 frames starting at `int(i * 80. / fps)`, the last one clamped to the
 end of the mel). Changed: the paste-back is a feathered blend over the lower face instead of a hard paste
-(`blend_mask` says why), and a run of frames from the middle of a clip indexes the clip's mel at `start_frame`.
+(`blend_mask` says why), frames from the middle of a clip index the clip's mel by their place in the clip, and one
+call takes several runs one after another (`frame_index`), each smoothed on its own, through one network pass.
 """
 
 from __future__ import annotations
@@ -31,18 +32,24 @@ def mel_start(frame: int, fps: float) -> int:
     return int(frame * (MEL_FPS / fps))
 
 
-def mel_windows(mel: np.ndarray, start_frame: int, count: int, fps: float) -> np.ndarray:
-    """[count, 80, 16]: the mel window of each frame of a run that starts at clip frame `start_frame`.
+def mel_windows(mel: np.ndarray, frame_index: np.ndarray, fps: float) -> np.ndarray:
+    """[n, 80, 16]: the mel window of each frame, given its index in the clip.
 
     A window running past the end of the mel is the mel's last 16 frames, as the official last chunk.
     """
     total = mel.shape[1]
-    windows = np.empty((count, mel.shape[0], MEL_STEP), dtype=np.float32)
-    for k in range(count):
-        start = mel_start(start_frame + k, fps)
+    windows = np.empty((len(frame_index), mel.shape[0], MEL_STEP), dtype=np.float32)
+    for k, frame in enumerate(frame_index):
+        start = mel_start(int(frame), fps)
         start = total - MEL_STEP if start + MEL_STEP > total else start
         windows[k] = mel[:, start : start + MEL_STEP]
     return windows
+
+
+def runs_of(frame_index: np.ndarray) -> list[slice]:
+    """The stretches of consecutive clip frames in `frame_index` (increasing), as slices of it."""
+    edges = [0, *(np.flatnonzero(np.diff(frame_index) != 1) + 1).tolist(), len(frame_index)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def padded_boxes(boxes: np.ndarray, pads: Sequence[int], height: int, width: int) -> np.ndarray:
@@ -130,8 +137,25 @@ def blend_into(frame: np.ndarray, box: Sequence[int], face_rgb: np.ndarray, feat
     frame[y1:y2, x1:x2] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-def check_run(frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray, start_frame: int, fps: float) -> None:
-    """InputError naming the problem unless the run's arrays fit together."""
+def frame_indices(start_frame: int, count: int, frame_index: np.ndarray | None) -> np.ndarray:
+    """[count] int64: each frame's index in the clip (`frame_index`, or consecutive from `start_frame`), or
+    InputError."""
+    if frame_index is None:
+        return np.arange(start_frame, start_frame + count, dtype=np.int64)
+    index = np.asarray(frame_index).reshape(-1)
+    if index.dtype.kind not in "iu" or len(index) != count:
+        raise InputError(f"frame_index must hold one integer clip index per frame: got {index.dtype} "
+                         f"{list(np.shape(frame_index))} for {count} frames")
+    if count and (index[0] != start_frame or np.any(np.diff(index) <= 0)):
+        raise InputError(f"frame_index must increase and start at start_frame ({start_frame}); got "
+                         f"{index[:4].tolist()}...")
+    return index.astype(np.int64)
+
+
+def check_run(frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray, start_frame: int, fps: float,
+              last: int | None = None) -> None:
+    """InputError naming the problem unless the run's arrays fit together (`last`: the clip index of the last
+    frame, by default start_frame + n - 1)."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
         raise InputError(f"frames must be UINT8 [n, H, W, 3] RGB with n >= 1, got {frames.dtype} {list(frames.shape)}")
     if boxes.shape != (len(frames), 4):
@@ -150,7 +174,7 @@ def check_run(frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray, start_fram
         raise InputError(f"fps must be within (0, {MAX_FPS:g}], got {fps}")
     if start_frame < 0:
         raise InputError(f"start_frame must be >= 0, got {start_frame}")
-    last = start_frame + len(frames) - 1
+    last = start_frame + len(frames) - 1 if last is None else last
     if mel_start(last, fps) >= mel.shape[1]:
         seconds = mel.shape[1] / MEL_FPS
         raise InputError(
@@ -173,14 +197,16 @@ class Wav2LipRefiner:
                                                 torch.zeros(n, 6, IMG_SIZE, IMG_SIZE, device=self.device)),
                          batch_size)
 
-    def face_boxes(self, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-        """[n, 4] int: the boxes the crops are cut from (padded, clamped, smoothed), or InputError."""
+    def face_boxes(self, boxes: np.ndarray, height: int, width: int, runs: list[slice] | None = None) -> np.ndarray:
+        """[n, 4] int: the boxes the crops are cut from (padded, clamped, smoothed over each of `runs`, by default
+        all of them as one run), or InputError."""
         padded = padded_boxes(boxes, self.pads, height, width)
         if np.any(padded[:, 2] <= padded[:, 0]) or np.any(padded[:, 3] <= padded[:, 1]):
             bad = int(np.flatnonzero((padded[:, 2] <= padded[:, 0]) | (padded[:, 3] <= padded[:, 1]))[0])
             raise InputError(f"face_boxes[{bad}] = {boxes[bad].tolist()} is empty or outside the {width}x{height} "
                              "frame; send x1, y1, x2, y2 in pixels of the frame", "bad_face_geometry")
-        smoothed = smooth_boxes(padded, self.box_smoothing)
+        smoothed = np.concatenate([smooth_boxes(padded[run], self.box_smoothing)
+                                   for run in runs or [slice(None)]])
         sizes = np.minimum(smoothed[:, 2] - smoothed[:, 0], smoothed[:, 3] - smoothed[:, 1])
         if sizes.min() < MIN_FACE_PX:
             bad = int(np.argmin(sizes))
@@ -201,15 +227,19 @@ class Wav2LipRefiner:
         return out
 
     def refine(self, frames: np.ndarray, boxes: np.ndarray, mel: np.ndarray, start_frame: int = 0,
-               fps: float = 25.0, contours: np.ndarray | None = None) -> np.ndarray:
+               fps: float = 25.0, contours: np.ndarray | None = None,
+               frame_index: np.ndarray | None = None) -> np.ndarray:
         """frames [n, H, W, 3] uint8 RGB, boxes [n, 4] x1, y1, x2, y2 (the face detector's), mel [80, T] of the
         whole clip, start_frame = the clip index of frames[0] -> new frames [n, H, W, 3] uint8. With `contours`
-        [n, K, 2] (each frame's outer lip contour) only the mouth region is blended back."""
+        [n, K, 2] (each frame's outer lip contour) only the mouth region is blended back. `frame_index` [n] (each
+        frame's clip index) makes the frames several runs one after another: each is what its own call would
+        give (its boxes smoothed on their own), and all go through the network together."""
         frames = np.asarray(frames)
         boxes = np.asarray(boxes, dtype=np.float32)
         mel = np.asarray(mel, dtype=np.float32)
         start_frame, fps = int(start_frame), float(fps)
-        check_run(frames, boxes, mel, start_frame, fps)
+        index = frame_indices(start_frame, len(frames), frame_index)
+        check_run(frames, boxes, mel, start_frame, fps, int(index[-1]) if len(index) else None)
         if contours is not None:
             contours = np.asarray(contours, np.float32)
             if contours.ndim != 3 or contours.shape[0] != len(frames) or contours.shape[1] < 3 \
@@ -217,13 +247,13 @@ class Wav2LipRefiner:
                 raise InputError(f"mouth_contour must be [n, K >= 3, 2] finite pixels, one contour per frame; got "
                                  f"{list(contours.shape)} for {len(frames)} frames", "bad_face_geometry")
         height, width = frames.shape[1:3]
-        coords = self.face_boxes(boxes, height, width)
+        coords = self.face_boxes(boxes, height, width, runs_of(index))
         # The network was trained on BGR crops (cv2.imread order); our frames are RGB.
         crops = np.stack([
             cv2.resize(np.ascontiguousarray(frame[y1:y2, x1:x2, ::-1]), (IMG_SIZE, IMG_SIZE))
             for frame, (x1, y1, x2, y2) in zip(frames, coords)
         ])
-        faces = self.predict_faces(crops, mel_windows(mel, start_frame, len(frames), fps))
+        faces = self.predict_faces(crops, mel_windows(mel, index, fps))
         out = frames.copy()
         # The prediction stays float through resize and blend (the official truncates it to uint8 first).
         for k, (frame, face, (x1, y1, x2, y2)) in enumerate(zip(out, faces, coords)):

@@ -123,30 +123,32 @@ def plosive_runs(waveform: np.ndarray, start: int, count: int, fps: float) -> li
 
 
 async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[int, int]], start: int,
-                       ctx: JobContext, call: ModelCaller, lips: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                       ctx: JobContext, call: ModelCaller, lips: np.ndarray | None = None,
+                       in_place: bool = False) -> tuple[np.ndarray, dict]:
     """Wav2Lip over each run [a, b) of the segment's frames; the refiner's absence is recorded, not hidden.
-    `lips` ([T, K, 2] outer lip contours, from Face Mesh) keep the blend to the mouth region."""
+    `lips` ([T, K, 2] outer lip contours, from Face Mesh) keep the blend to the mouth region. `in_place`: the
+    caller owns `frames` and the new mouths are written into them (else into a copy)."""
     if ctx.refiner is False or ctx.mel is None:
         return frames, {"status": "unavailable", "reason": ctx.refiner_reason or "no speech"}
-
-    def inputs(a: int, b: int) -> dict[str, np.ndarray]:
-        request = {spec.FRAMES: frames[a:b][None], spec.FACE_BOXES: boxes[a:b].astype(np.float32)[None],
-                   spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[start + a]], np.int64),
-                   spec.FPS: np.array([[ctx.fps]], np.float32)}
-        if lips is not None:
-            request[spec.MOUTH_CONTOUR] = lips[a:b].astype(np.float32)[None]
-        return request
-
-    try:  # the runs go out together: runs of equal length share a batch where the refiner batches (GPU profile)
-        outputs = await asyncio.gather(*(call(spec.MOUTH_REFINER, inputs(a, b)) for a, b in runs))
+    # One request for all the (non-empty list of) runs, each frame with its clip index: the refiner smooths each
+    # run on its own and sends all their crops through the network together (a request per run cost a network
+    # call each). One run is a slice: no copy of the frames.
+    index = np.concatenate([np.arange(a, b) for a, b in runs])
+    picked = slice(*runs[0]) if len(runs) == 1 else index
+    request = {spec.FRAMES: frames[picked][None], spec.FACE_BOXES: boxes[picked].astype(np.float32)[None],
+               spec.MEL: ctx.mel[None], spec.START_FRAME: np.array([[start + index[0]]], np.int64),
+               spec.FPS: np.array([[ctx.fps]], np.float32), spec.FRAME_INDEX: (start + index)[None]}
+    if lips is not None:
+        request[spec.MOUTH_CONTOUR] = lips[picked].astype(np.float32)[None]
+    try:
+        output = await call(spec.MOUTH_REFINER, request)
     except WeightsUnavailable as exc:
         ctx.refiner, ctx.refiner_reason = False, str(exc)
         return frames, {"status": "unavailable", "reason": str(exc)}
     ctx.refiner = True
-    out = frames.copy()  # only once there is something to write: a whole segment's copy costs as much as a gate
-    for (a, b), output in zip(runs, outputs):
-        out[a:b] = output[spec.FRAMES][0]
-    info = json.loads(outputs[-1][spec.MODEL_INFO].reshape(-1)[0]) if outputs else {}
+    out = frames if in_place else frames.copy()  # a whole segment's copy costs as much as a gate
+    out[picked] = output[spec.FRAMES][0]
+    info = json.loads(output[spec.MODEL_INFO].reshape(-1)[0])
     return out, {"status": "applied", "frames": [[start + a, start + b] for a, b in runs], "model": info}
 
 
@@ -174,19 +176,22 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
         place_landmarks(raw, faces, call, ctx.settings.request_frames), colour_matched())
     timings = {"tracking": since(started), "colour": colour_ms}
     post: dict = {"colour": colour.as_dict()}
+    # The colour match's output is this function's own array; without a correction it is the caller's `raw`.
+    owned = frames is not raw
     if ctx.settings.refine_plosives and ctx.waveform is not None:
         # Plosive mouths (lips pressed shut before the burst) are what generators get wrong most often.
         runs = plosive_runs(ctx.waveform, start, len(frames), ctx.fps)
         if runs:
             t0 = time.perf_counter()
             frames, post["plosives"] = await refine_mouth(frames, track.boxes, runs, start, ctx, call,
-                                                          track.outer_lips)
+                                                          track.outer_lips, in_place=owned)
+            owned = owned or post["plosives"]["status"] == "applied"
             timings["refine"] = since(t0)
     qa = await check_segment(frames, track, index, start, ctx, call, boundary)
     sync = next(g for g in qa.gates if g.name == "lipsync")
     if ctx.settings.refine_low_sync and sync.status == FAIL:
         frames, post["low_sync"] = await refine_mouth(frames, track.boxes, [(0, len(frames))], start, ctx, call,
-                                                      track.outer_lips)
+                                                      track.outer_lips, in_place=owned)
         if post["low_sync"]["status"] == "applied":
             track = await track_segment(frames, ctx, call, boundary)
             qa = await check_segment(frames, track, index, start, ctx, call, boundary)

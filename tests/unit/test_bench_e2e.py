@@ -53,6 +53,28 @@ def test_dit_priority_both_alternates_the_setting_over_overlapped_runs(tmp_path:
     assert all(run["frames"] == 15 for run in runs)  # the same clip either way (on the CPU the setting does nothing)
 
 
+def test_a_profiled_clip_reports_kernel_time_by_kind(tmp_path: Path) -> None:
+    out = tmp_path / "e2e.json"
+    bench = _bench()
+    bench.main(["--tiny", "--engine", "liveavatar", "--sizes", "64x64", "--seconds", "0.5", "--warmup-seconds",
+                "0.25", "--output-size", "96x64", "--overlap", "on", "--no-encode", "--profile-seconds", "0.25",
+                "--out", str(out)])
+    (profiled,) = json.loads(out.read_text())["kernel_profiles"]
+    assert profiled["seconds"] == 0.25 and profiled["wall_s"] > 0 and profiled["stage_busy_s"]["denoise"] > 0
+    assert profiled["kernel_s"] == 0 and profiled["top_kernels"] == []  # the CPU runs no GPU kernels
+    kinds = {"cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3": "attention",
+             "void cutlass::device_kernel<GemmUniversal<float_e4m3_t, float_e4m3_t>>": "fp8 gemm",
+             "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolution",
+             "nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT": "gemm", "ampere_sgemm_bias": "gemm",
+             "at::native::(anonymous namespace)::fill_kernel": "other",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "gemm",
+             "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "compiled (Triton)",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": (
+                 "eager elementwise / reduction"),
+             "Memcpy HtoD (Pageable -> Device)": "copy"}
+    assert {name: bench.kernel_kind(name) for name in kinds} == kinds
+
+
 def test_sizes_are_parsed_once_for_every_script() -> None:
     cli_args = load_perf_script("cli_args")
     assert cli_args.frame_size("832X480") == (832, 480)

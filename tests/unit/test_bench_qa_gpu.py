@@ -26,6 +26,10 @@ def test_a_small_clip_is_timed_per_gate_with_random_weights(tmp_path: Path) -> N
     assert set(result["each_gate_alone_s"]) == {"tracking", "colour_match", "identity", "lipsync", "flicker",
                                                 "jaw_eyes_edge", "content_safety", "mouth_refiner_all_frames"}
     assert all(v > 0 for v in result["each_gate_alone_s"].values())
+    # Wav2Lip's network is a part of the whole-clip mouth pass (no plosive run in half a second of this speech)
+    assert set(result["each_gate_alone_refiner_network_s"]) == {"mouth_refiner_all_frames"}
+    assert 0 < result["each_gate_alone_refiner_network_s"]["mouth_refiner_all_frames"] \
+        <= result["each_gate_alone_s"]["mouth_refiner_all_frames"]
     assert result["clip"] == {"seconds": 0.5, "fps": 12.0, "size": "128x96", "frames": 6, "segments": [6]}
     (segment,) = result["as_served_segments"]
     assert result["as_served_qa_s"] > 0 and segment["frames"] == 6 and "lipsync" in segment["gates"]

@@ -3,6 +3,7 @@ feathered blend, plosive detection, and the mouth_refiner model's weights choice
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 
@@ -226,13 +227,13 @@ def _official_mel_chunks(mel, fps):
 def test_mel_windows_follow_the_official_indexing(fps):
     mel = _mel(203)
     official = _official_mel_chunks(mel, fps)
-    whole = mel_windows(mel, 0, len(official), fps)
+    whole = mel_windows(mel, np.arange(len(official)), fps)
     assert all(np.array_equal(w, c) for w, c in zip(whole, official))
     for start in (1, 7, len(official) - 3):
-        run = mel_windows(mel, start, 3, fps)
+        run = mel_windows(mel, np.arange(start, start + 3), fps)
         assert all(np.array_equal(run[k], official[start + k]) for k in range(3))
     # Frames past the official list (which stops there) get the same clamped last window.
-    assert np.array_equal(mel_windows(mel, len(official), 1, fps)[0], official[-1])
+    assert np.array_equal(mel_windows(mel, [len(official)], fps)[0], official[-1])
 
 
 def test_network_inputs_match_the_official_datagen():
@@ -328,6 +329,70 @@ def test_refine_with_a_lip_contour_keeps_the_cheeks_and_chin(predictor, astronau
     assert np.array_equal(masked[cheek], image[cheek]) and not np.array_equal(plain[cheek], image[cheek])
     with pytest.raises(InputError, match="mouth_contour"):
         predictor.refiner.refine(image[None], box[None], mel, start_frame=10, fps=25.0, contours=lips[:, :2])
+
+
+def test_runs_in_one_call_are_what_their_own_calls_give(predictor, astronaut):
+    """frame_index puts several runs in one request (a segment's plosive runs): each run's boxes are smoothed on
+    their own and its mel windows follow its frames' places in the clip, as one call per run would do."""
+    frames, boxes = _run(astronaut, count=7, step=4)
+    mel = _mel()
+    index = np.array([5, 6, 7, 20, 21, 22, 23])
+    together = predictor.refiner.refine(frames, boxes, mel, start_frame=5, fps=25.0, frame_index=index)
+    alone = np.concatenate([predictor.refiner.refine(frames[:3], boxes[:3], mel, start_frame=5, fps=25.0),
+                            predictor.refiner.refine(frames[3:], boxes[3:], mel, start_frame=20, fps=25.0)])
+    assert np.abs(together.astype(int) - alone.astype(int)).max() <= 1  # float rounding across batch sizes
+    # as one run the boxes would be smoothed across the gap and the mel read at frames 8..11
+    as_one = predictor.refiner.refine(frames, boxes, mel, start_frame=5, fps=25.0)
+    assert np.abs(as_one[3:].astype(int) - alone[3:].astype(int)).max() > 1
+
+
+@pytest.mark.parametrize("index, message", [
+    ([5, 6], "one integer clip index per frame"),
+    ([5.0, 6.0, 7.0], "one integer clip index per frame"),
+    ([4, 6, 7], "start at start_frame"),
+    ([5, 5, 6], "must increase"),
+    ([5, 6, 400], "covers only 2.50 s"),  # the last frame's place, not start_frame + n - 1, must have speech
+])
+def test_bad_frame_index_is_an_input_error(predictor, astronaut, index, message):
+    frames, boxes = _run(astronaut, count=3)
+    with pytest.raises(InputError, match=message):
+        predictor.refiner.refine(frames, boxes, _mel(), start_frame=5, fps=25.0, frame_index=np.array(index))
+
+
+def test_a_segments_runs_go_to_the_refiner_in_one_request():
+    """The served plosive pass (segment_job.refine_mouth): one request holding every run's frames, boxes and lip
+    contours with their clip indices; the answer lands on those frames only."""
+    from types import SimpleNamespace
+
+    from python_backends.quality.segment_job import refine_mouth
+
+    sent = []
+
+    async def call(model, inputs):
+        sent.append((model, inputs))
+        return {spec.FRAMES: inputs[spec.FRAMES] + 1, spec.MODEL_INFO: np.array([[b'{"engine": "wav2lip"}']], object)}
+
+    frames = np.arange(12, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 6, 3), np.uint8)
+    boxes = np.arange(48, dtype=np.float64).reshape(12, 4)
+    lips = np.arange(12 * 5 * 2, dtype=np.float64).reshape(12, 5, 2)
+    ctx = SimpleNamespace(refiner=None, refiner_reason=None, mel=_mel(), fps=30.0)
+    out, info = asyncio.run(refine_mouth(frames, boxes, [(1, 3), (7, 10)], 100, ctx, call, lips))
+    (model, inputs), = sent
+    picked = [1, 2, 7, 8, 9]
+    assert model is spec.MOUTH_REFINER
+    assert inputs[spec.FRAME_INDEX].tolist() == [[101, 102, 107, 108, 109]] and inputs[spec.START_FRAME][0, 0] == 101
+    assert np.array_equal(inputs[spec.FRAMES][0], frames[picked])
+    assert np.array_equal(inputs[spec.FACE_BOXES][0], boxes[picked].astype(np.float32))
+    assert np.array_equal(inputs[spec.MOUTH_CONTOUR][0], lips[picked].astype(np.float32))
+    assert np.array_equal(out[picked], frames[picked] + 1)
+    others = [i for i in range(12) if i not in picked]
+    assert np.array_equal(out[others], frames[others]) and ctx.refiner is True
+    assert info == {"status": "applied", "frames": [[101, 103], [107, 110]], "model": {"engine": "wav2lip"}}
+    assert np.array_equal(frames[picked], np.array(picked, np.uint8)[:, None, None, None] * np.ones((1, 4, 6, 3)))
+    # in place: the caller's own frames get the new mouths, and no copy of the segment is made
+    mine = frames.copy()
+    out, _ = asyncio.run(refine_mouth(mine, boxes, [(1, 3), (7, 10)], 100, ctx, call, lips, in_place=True))
+    assert out is mine and np.array_equal(mine[picked], frames[picked] + 1)
 
 
 @pytest.mark.parametrize("change, message", [
