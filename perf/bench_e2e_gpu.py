@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch._inductor import config as inductor_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny Wan fixtures (tests/wan_fixtures)
@@ -252,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
                         "infer_frames", "balance_clips", "attention_backend")},
+                    # Inductor's tuning switches (TORCHINDUCTOR_* environment variables) the compiled blocks ran with
+                    "inductor": {k: getattr(inductor_config, k) for k in (
+                        "coordinate_descent_tuning", "max_autotune", "max_autotune_pointwise")},
                     "excluded": ["umT5 prompt encoding (cached per prompt)", "wav2vec2 (features given)",
                                  "CPU stages: pre-processing, QA", "process hops (BLS, gRPC)"],
                     "runs": []}

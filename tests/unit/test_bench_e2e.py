@@ -24,6 +24,8 @@ def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str)
                    "--output-size", "96x64", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["engine"] == engine and result["options"]["interpolation"] == "flow"
+    assert result["inductor"] == {"coordinate_descent_tuning": False, "max_autotune": False,
+                                  "max_autotune_pointwise": False}  # no TORCHINDUCTOR_* tuning set here
     sequential, overlapped = result["runs"]
     assert (sequential["overlap"], overlapped["overlap"]) == (False, True)
     for run in result["runs"]:
