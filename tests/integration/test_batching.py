@@ -10,6 +10,7 @@ from PIL import Image
 
 from client.triton_client import Endpoint, RequestRejected, TalkingHeadClient
 from python_backends import spec
+from python_backends.errors import WEIGHTS_UNAVAILABLE
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +64,18 @@ def test_the_detector_takes_an_expected_face_size_alone_and_among_requests_witho
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(one, range(8))) == [1] * 8
+
+
+def test_the_mouth_refiner_takes_a_segments_runs_in_one_request(triton_server, samples):
+    """mouth_refiner's optional frame_index (QA sends a segment's plosive runs in one request) is accepted by the
+    served configuration: without Wav2Lip weights the answer is the model's own 'weights unavailable', not
+    Triton's refusal of an unknown input."""
+    image = np.asarray(Image.open(samples / "astronaut.png").convert("RGB"))
+    frames = np.stack([image] * 4)[None]
+    inputs = {spec.FRAMES: frames, spec.FACE_BOXES: np.tile(np.array([[150, 60, 330, 290]], np.float32), (1, 4, 1)),
+              spec.MEL: np.zeros((1, 80, 200), np.float32), spec.START_FRAME: np.array([[3]], np.int64),
+              spec.FPS: np.array([[25.0]], np.float32), spec.FRAME_INDEX: np.array([[3, 4, 9, 10]], np.int64)}
+    with TalkingHeadClient(Endpoint(triton_server.grpc_url, "grpc")) as client:
+        with pytest.raises(RequestRejected) as refused:
+            client.infer(spec.MOUTH_REFINER, inputs)
+    assert refused.value.code == WEIGHTS_UNAVAILABLE, str(refused.value)
