@@ -154,8 +154,11 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
               "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None,
               "first_chunk_timing_s": timings[0] if timings else {}, "chunk_timing_s": timings}
     if encoder is not None:
+        # the first frame handed to the encoder and its first packet, apart: what the stages before it take
+        # against what x264 holds back (its lookahead and frame threads)
         result["encode"] = {k: encoder.result[k] for k in ("codec", "width", "height", "frames", "bytes",
-                                                           "time_to_first_packet_s", "encode_s", "close_s")}
+                                                           "time_to_first_frame_s", "time_to_first_packet_s",
+                                                           "encode_s", "close_s")}
     return result
 
 
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="generated sizes to run, WxH,... (default 832x480,1280x720; 704x384 for liveavatar)")
     parser.add_argument("--engine", choices=("s2v", "liveavatar"), default="s2v")
     parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
+    parser.add_argument("--release-residual", action=argparse.BooleanOptionalAction, default=True,
+                        help="liveavatar: the release's bf16 residual stream between DiT blocks (off: float32)")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                         help="stages after the DiT overlapped with it, one after another, or both runs")
     parser.add_argument("--dit-priority", choices=("on", "off", "both"), default="off",
@@ -243,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
              "vae_compile": args.vae_compile and device.type == "cuda", "attention_backend": args.attention}
     if args.engine == "liveavatar":
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
-                                    history_frames=13 if args.tiny else args.history_frames)
+                                    history_frames=13 if args.tiny else args.history_frames,
+                                    release_residual=args.release_residual)
     else:
         options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80,
                                 balance_clips=args.balance_clips)
@@ -253,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
                         "infer_frames", "balance_clips", "attention_backend")},
+                    "release_residual": getattr(options, "release_residual", None),
                     # Inductor's tuning switches (TORCHINDUCTOR_* environment variables) the compiled blocks ran with
                     "inductor": {k: getattr(inductor_config, k) for k in (
                         "coordinate_descent_tuning", "max_autotune", "max_autotune_pointwise")},

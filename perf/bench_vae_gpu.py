@@ -19,7 +19,9 @@ latents; the next block decoded from either state).
 Variants (vae.configure_vae, the `wan_vae_memory_format` / `wan_vae_compile` settings): default (contiguous,
 eager), channels_last_3d, compile, both. Each variant's outputs are compared with the default's on the same inputs
 (rel L2: |variant - default| / |default|); the decode inputs are the default's latents, so each figure is that
-stage's own difference.
+stage's own difference. In bf16 each is also compared with the same work in float32 (`rel_l2_vs_float32`): bf16
+kernels that round differently all differ from each other, and what tells whether a variant loses accuracy is
+whether it is further from float32 than the default is.
 
     python perf/bench_vae_gpu.py --out perf/results/vae_h200.json
     python perf/bench_vae_gpu.py --tiny --variants default,channels_last_3d --out /tmp/vae_tiny.json  # CPU smoke
@@ -127,6 +129,17 @@ def run_variant(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix:
     return {"ms": {key: round(min(v), 2) for key, v in times.items()},
             "ms_all": {key: [round(x, 2) for x in v] for key, v in times.items()},
             "warmup_s": round(warmup_s, 2), "outputs": outputs}
+
+
+def float32_outputs(vae: WanVAE, history: torch.Tensor, block: torch.Tensor, prefix: torch.Tensor) -> dict:
+    """run_variant's outputs from a float32 copy of `vae` (the same weights and inputs, eager, contiguous): the
+    yardstick for the bf16 variants, whose kernels round differently from each other and from it."""
+    vae32 = copy.deepcopy(vae).float()
+    primer = HistoryPrimer(vae32)
+    latents = primer.encode(history.float())
+    decoder = LatentDecoder(vae32)
+    decoder.advance(prefix.float()[:, :, -primer.latents_needed:])
+    return {"encode": latents, "block": torch.cat(list(decoder.feed(block.float())), dim=2)}
 
 
 # LatentEncoder's (skip_still_start, settle_still_start) per way of encoding a still start: every chunk run, chunks
@@ -257,7 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
             outputs = run.pop("outputs")
             if name == "default":
                 reference = outputs
+                if dtype != torch.float32:
+                    reference32 = float32_outputs(base, history, block, outputs["encode"])
             run["rel_l2_vs_default"] = {key: rel_l2(outputs[key], reference[key]) for key in outputs}
+            if dtype != torch.float32:  # a layout whose error against float32 is the default's is as accurate
+                run["rel_l2_vs_float32"] = {key: rel_l2(outputs[key], reference32[key]) for key in outputs}
             run["peak_memory_gib"] = (round(torch.cuda.max_memory_allocated() / 2**30, 2)
                                       if device.type == "cuda" else None)
             if name == "default":
@@ -267,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
                 run["speedup_vs_default"] = {key: round(base_ms[key] / max(ms, 1e-6), 3)
                                              for key, ms in run["ms"].items()}
             entry["variants"][name] = run
-            print(f"    ms {run['ms']}  rel L2 {run['rel_l2_vs_default']}", flush=True)
+            print(f"    ms {run['ms']}  rel L2 {run['rel_l2_vs_default']} (vs float32 "
+                  f"{run.get('rel_l2_vs_float32')})", flush=True)
             if vae is not base:
                 del vae
         result["sizes"].append(entry)

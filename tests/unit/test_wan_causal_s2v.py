@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from wan_fixtures.tiny import TINY_S2V_CONFIG
 
 from python_backends.generation.wan.common.transformer import apply_rope, rope_cos_sin, unpatchify
-from python_backends.generation.wan.s2v.causal import REF_DISTANCES, CausalS2V, RefDistances, StepCache, ref_shift
+from python_backends.generation.wan.s2v.causal import (
+    REF_DISTANCES,
+    CausalS2V,
+    CondCache,
+    RefDistances,
+    StepCache,
+    ref_shift,
+)
+from python_backends.generation.wan.s2v.engine import compile_regions
 from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES, WanS2VTransformer, build_s2v_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,9 +54,9 @@ def case(model: WanS2VTransformer, blocks: int, seed: int = 0) -> dict:
 def streamed(model: WanS2VTransformer, x: dict, t: float, window: int, shift: int = 0) -> list[torch.Tensor]:
     causal = CausalS2V(model)
     cond = causal.prefill(x["ref"], x["motion"], x["context"])
-    cache = causal.new_step_cache(window)
-    return [causal.block(latents, torch.tensor([t]), x["context"], audio, cond, cache, block=b,
-                         frame_start=b * FRAMES, shift=shift)
+    cache = causal.new_step_cache(cond, window, SIDE, SIDE)
+    return [causal.block(latents, torch.tensor([t]), x["context"], audio, cache, block=b, frame_start=b * FRAMES,
+                         shift=shift)
             for b, (latents, audio) in enumerate(zip(x["latents"], x["audio"]))]
 
 
@@ -132,29 +140,45 @@ def test_reference_distances_are_seeded_or_fixed() -> None:
         RefDistances(0, fixed=31)
 
 
-def test_step_cache_is_a_ring_of_equal_blocks() -> None:
-    cache = StepCache(layers=1, window=2)
+def test_step_cache_holds_the_condition_then_a_ring_of_equal_blocks() -> None:
+    cond_k, cond_v = torch.full((1, 3, 2, 8), -1.0), torch.full((1, 3, 2, 8), -2.0)  # 2 reference + 1 motion token
+    cond_k[:, 2] = -3.0
+    cache = StepCache(CondCache([cond_k], [cond_v], n_ref=2), window=2, block_tokens=4)
     blocks = [torch.full((1, 4, 2, 8), float(i)) for i in range(3)]
-    keys, _ = cache.store(0, 0, blocks[0], blocks[0])
-    assert keys.shape[1] == 4
+    keys, values = cache.store(0, 0, blocks[0], blocks[0])
+    assert keys.shape[1] == 7 and keys[0, :, 0, 0].tolist() == [-1, -1, -3, 0, 0, 0, 0]
+    assert values[0, :3, 0, 0].tolist() == [-2, -2, -2]
     cache.store(0, 1, blocks[1], blocks[1])
     keys, values = cache.store(0, 2, blocks[2], blocks[2])  # overwrites block 0's slot
-    assert sorted(keys[0, :, 0, 0].unique().tolist()) == [1.0, 2.0] and keys.shape[1] == 8
+    assert keys.shape[1] == 11 and sorted(keys[0, 3:, 0, 0].unique().tolist()) == [1.0, 2.0]
     with pytest.raises(ValueError, match="same token count"):
         cache.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))
 
 
-def test_compiled_blocks_do_not_recompile_per_layer(model: WanS2VTransformer) -> None:
-    """Every layer's compiled block must reuse one graph: the streaming attention once closed over the layer
-    index, so torch.compile recompiled per layer, hit its limit of 8 and ran the 40 blocks of the 14B eagerly."""
+def test_step_cache_rolls_out_the_reference_keys_and_back() -> None:
+    g = torch.Generator().manual_seed(0)
+    cond_k, cond_v = torch.randn(1, 3, 2, 8, generator=g), torch.randn(1, 3, 2, 8, generator=g)
+    cache = StepCache(CondCache([cond_k], [cond_v], n_ref=2), window=1, block_tokens=1)
+    block = torch.zeros(1, 1, 2, 8)
+    by5 = rope_cos_sin(torch.tensor([[5, 0, 0]]), 8)
+    keys, _ = cache.store(0, 0, block, block, 5, by5)
+    torch.testing.assert_close(keys[:, :2], apply_rope(cond_k[:, :2], *by5))
+    assert torch.equal(keys[:, 2], cond_k[:, 2])  # motion keys keep their positions
+    keys, _ = cache.store(0, 1, block, block, 0)
+    assert torch.equal(keys[:, :3], cond_k)  # a later forward without rollout sees the prefill's keys again
+
+
+def test_compiled_regions_do_not_recompile_per_layer(model: WanS2VTransformer) -> None:
+    """Every layer's compiled block (and audio injection) must reuse one graph: the streaming attention once closed
+    over the layer index, so torch.compile recompiled per layer, hit its limit of 8 and ran the 40 blocks of the
+    14B eagerly."""
     import copy
 
     import torch._dynamo
 
     compiled = copy.deepcopy(model)
-    assert len(compiled.blocks) == 2
-    for block in compiled.blocks:
-        block.compile(backend="eager")
+    assert len(compiled.blocks) == 2 and len(compiled.audio_injector.injector) == 2
+    compile_regions(compiled, backend="eager")
     x = case(compiled, blocks=3)
     torch._dynamo.reset()
     # One graph for the prefill's token count and one for a block's: a third compile means a guard on the layer.
@@ -163,3 +187,26 @@ def test_compiled_blocks_do_not_recompile_per_layer(model: WanS2VTransformer) ->
     torch._dynamo.reset()
     reference = streamed(model, x, t=500.0, window=2)
     assert all(torch.equal(a, b) for a, b in zip(out, reference))
+
+
+def test_the_release_residual_stream_leaves_each_block_in_bf16(model: WanS2VTransformer) -> None:
+    """LiveAvatar's blocks return the residual stream in bf16 (WanAttentionBlock.residual_dtype): with it set, every
+    block hands on bf16 and the flow stays within bf16 rounding of the official float32 stream's."""
+    import copy
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    x = case(bf16, blocks=2)
+    official = streamed(bf16, x, t=500.0, window=2)
+    seen: list[torch.dtype] = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype)) for block in bf16.blocks]
+    for block in bf16.blocks:
+        block.residual_dtype = torch.bfloat16
+    try:
+        release = streamed(bf16, x, t=500.0, window=2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    for a, b in zip(release, official):
+        assert not torch.equal(a, b)
+        assert float((a - b).norm() / b.norm()) < 1e-2

@@ -126,7 +126,9 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(linear(self.q, x)).view(shape)
         k = self.norm_k(linear(self.k, x)).view(shape)
         v = linear(self.v, x).view(shape)
-        out = attn(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
+        # The official attention wrapper casts the rotated float32 q and k to the compute dtype; casting here, in
+        # the compiled block, writes them once in that dtype instead of in float32 (the same rounding).
+        out = attn(apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype), v)
         return linear(self.o, out.flatten(2))
 
 
@@ -162,7 +164,13 @@ class WanAttentionBlock(nn.Module):
 
     `e` is [B, 6, G, dim] float32 (the time projection); token range g (bounds[g]:bounds[g+1]) uses slot g.
     One range gives the T2V behaviour; S2V uses two (noisy tokens, then reference/motion tokens).
+
+    `residual_dtype` None is the official arithmetic: the residual stream leaves the block in float32. A dtype
+    (LiveAvatar's bf16) is what LiveAvatar's CausalWanAttentionBlock_S2V does: the block still adds its updates
+    in float32, but rounds the stream to that dtype before the cross-attention's norm and returns it in that dtype.
     """
+
+    residual_dtype: torch.dtype | None = None
 
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool = True, cross_attn_norm: bool = True,
                  eps: float = 1e-6) -> None:
@@ -181,10 +189,12 @@ class WanAttentionBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(dim=1)
         y = self.self_attn(modulate(self.norm1(x).float(), shift_msa, scale_msa, bounds), cos, sin, self_attention)
         x = x + gate(y, gate_msa, bounds)
-        x = x + self.cross_attn(self.norm3(x), context)
+        rounded = x if self.residual_dtype is None else x.to(self.residual_dtype)
+        x = x + self.cross_attn(self.norm3(rounded), context)
         h = modulate(self.norm2(x).float(), shift_ffn, scale_ffn, bounds)
         y = linear(self.ffn[2], F.gelu(linear(self.ffn[0], h), approximate="tanh"))
-        return x + gate(y, gate_ffn, bounds)
+        x = x + gate(y, gate_ffn, bounds)
+        return x if self.residual_dtype is None else x.to(self.residual_dtype)
 
 
 class Head(nn.Module):

@@ -11,11 +11,12 @@ Wan2.2-S2V-14B folder and merges its LoRA); what changes is which tokens a forwa
   Each layer's keys and values of these condition tokens are kept (`CondCache`).
 * Block forward (`_forward_inference`): the token sequence is one block of `block_frames` (3) latent frames,
   noisy tokens only (mark 0, modulated with the block's t). Its queries attend to the keys and values of the
-  last `window` blocks (this one included) followed by the condition keys and values. Rotary frame positions are
-  absolute: a block starting at latent frame f0 sits at f0 .. f0 + 2. Audio injection (the block's own audio
-  frames, encoded with the official 73-copy padding of its first frame), text cross-attention, FFN and the head
-  are the official ones on the block's tokens. The release's head takes per-frame t; within a block every frame
-  has the same t, which is what our head gets.
+  last `window` blocks (this one included) and of the condition tokens (the release concatenates them in that
+  order; here the condition's come first, in the same buffer, which softmax attention does not see). Rotary
+  frame positions are absolute: a block starting at latent frame f0 sits at f0 .. f0 + 2. Audio injection (the
+  block's own audio frames, encoded with the official 73-copy padding of its first frame), text cross-attention,
+  FFN and the head are the official ones on the block's tokens. The release's head takes per-frame t; within a
+  block every frame has the same t, which is what our head gets.
 * One KV cache per denoising step (`StepCache`): step i's cache holds what each earlier block's tokens were at
   step i (computed from that block's own noisy latents at step i; there is no clean re-encoding pass), so block b
   at step i sees blocks b - window + 1 .. b at step i. The release allocates one clip of tokens per cache
@@ -34,10 +35,11 @@ inference. The streaming side never forms that mask (it prefills, then runs bloc
 the agreement checks the caches, slots, window, positions, modulation and per-block audio.
 
 Departures, all below bf16 precision: LiveAvatar's rope_precompute stores its rotary factors as complex32 (fp16
-parts, ~5e-4 error) and its blocks return the residual stream in bf16; here float32 rotary tables from float64
-angles and the official float32 residual stream, as our parity-proven S2V path. The release keeps condition keys
-unrotated and rotates them every forward; here they are kept rotated at the prefill positions and the reference
-rows are rotated by the rollout (rotations compose: angle(30 + n) = angle(30) + angle(n)).
+parts, ~5e-4 error); here float32 rotary tables from float64 angles, as our parity-proven S2V path. Its blocks
+return the residual stream in bf16: the LiveAvatar engine does too (LiveAvatarOptions.release_residual; the
+official S2V's float32 stream when off). The release keeps condition keys unrotated and rotates them every
+forward; here they are kept rotated at the prefill positions and the reference rows are rotated by the rollout
+(rotations compose: angle(30 + n) = angle(30) + angle(n)).
 """
 
 from __future__ import annotations
@@ -65,36 +67,56 @@ REF_DISTANCES = (4, 30)  # _forward_inference: relative_dist = random.randint(4,
 @dataclass
 class CondCache:
     """Keys (rotated at the prefill positions) and values of the condition tokens, per layer; the first `n_ref`
-    tokens are the reference image's."""
+    tokens are the reference image's, also kept on their own (`ref_keys`) for the rollout."""
 
     keys: list[torch.Tensor]  # [B, n_cond, heads, head_dim]
     values: list[torch.Tensor]
     n_ref: int
 
+    def __post_init__(self) -> None:
+        self.ref_keys = [k[:, : self.n_ref].clone() for k in self.keys]  # clones: they outlive `keys`
+
 
 class StepCache:
-    """One denoising step's keys and values of the last `window` blocks, per layer: a ring, oldest overwritten."""
+    """One denoising step's keys and values per layer, in one buffer: the condition tokens' first (the reference's
+    rows rolled out per forward), then the last `window` blocks' as a ring, oldest overwritten.
 
-    def __init__(self, layers: int, window: int) -> None:
+    A block's attention reads one contiguous slice of it. Keeping the condition apart and concatenating it to the
+    window per layer and forward copied every cached key and value once more per forward (softmax attention does
+    not depend on the keys' order). The price: each step's cache holds its own copy of the condition."""
+
+    def __init__(self, cond: CondCache, window: int, block_tokens: int) -> None:
         if window < 1:
             raise ValueError(f"the attention window must hold at least one block, got {window}")
-        self.window = window
-        self.keys: list[torch.Tensor | None] = [None] * layers
-        self.values: list[torch.Tensor | None] = [None] * layers
+        self.window, self.block_tokens = window, block_tokens
+        self.n_cond, self.n_ref, self.ref_keys = cond.keys[0].shape[1], cond.n_ref, cond.ref_keys
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for k, v in zip(cond.keys, cond.values):
+            shape = (v.shape[0], self.n_cond + window * block_tokens, *v.shape[2:])
+            keys, values = v.new_empty(shape), v.new_empty(shape)
+            keys[:, : self.n_cond], values[:, : self.n_cond] = k, v
+            self.keys.append(keys)
+            self.values.append(values)
+        self.shifts = [0] * len(self.keys)  # frames the reference rows of each layer are rolled out by now
 
-    def store(self, layer: int, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write block `block`'s keys/values (the absolute block index decides the slot) and return the window's."""
+    def store(self, layer: int, block: int, k: torch.Tensor, v: torch.Tensor, shift: int = 0,
+              ref_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write block `block`'s keys/values (the absolute block index decides the slot), move the reference keys
+        `shift` frames from their prefill positions (`ref_rope`: the rotation by `shift`), and return the keys and
+        values the block attends to: the condition's, then the window's."""
         n = k.shape[1]
-        if self.keys[layer] is None:
-            self.keys[layer] = v.new_empty(v.shape[0], self.window * n, *v.shape[2:])
-            self.values[layer] = v.new_empty(v.shape[0], self.window * n, *v.shape[2:])
+        if n != self.block_tokens:
+            raise ValueError(f"every block must have the same token count ({self.block_tokens}), got {n}")
         keys, values = self.keys[layer], self.values[layer]
-        if keys.shape[1] != self.window * n:
-            raise ValueError(f"every block must have the same token count ({keys.shape[1] // self.window}), got {n}")
-        slot = (block % self.window) * n
+        slot = self.n_cond + (block % self.window) * n
         keys[:, slot : slot + n] = k
         values[:, slot : slot + n] = v
-        filled = min(block + 1, self.window) * n
+        if shift != self.shifts[layer]:
+            ref = self.ref_keys[layer]
+            keys[:, : self.n_ref] = ref if not shift else apply_rope(ref, *ref_rope)
+            self.shifts[layer] = shift
+        filled = self.n_cond + min(block + 1, self.window) * n
         return keys[:, :filled], values[:, :filled]
 
 
@@ -111,7 +133,7 @@ class _AttentionCall:
     recording: tuple[list, list] | None = None
     cache: StepCache | None = None
     block: int = 0
-    cond: CondCache | None = None
+    shift: int = 0
     ref_rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def set(self, **fields) -> None:
@@ -136,12 +158,8 @@ class _LayerAttention:
             keys, values = call.recording
             keys[index], values[index] = k.to(v.dtype), v
             return attention(q, k, v)
-        keys, values = call.cache.store(index, call.block, k.to(v.dtype), v)
-        cond_k = call.cond.keys[index]
-        if call.ref_rope is not None:
-            moved = apply_rope(cond_k[:, : call.cond.n_ref], *call.ref_rope).to(cond_k.dtype)
-            cond_k = torch.cat([moved, cond_k[:, call.cond.n_ref :]], dim=1)
-        return attention(q, torch.cat([keys, cond_k], dim=1), torch.cat([values, call.cond.values[index]], dim=1))
+        keys, values = call.cache.store(index, call.block, k.to(v.dtype), v, call.shift, call.ref_rope)
+        return attention(q, keys, values)
 
 
 class CausalS2V:
@@ -160,8 +178,10 @@ class CausalS2V:
     def device(self) -> torch.device:
         return self.model.patch_embedding.weight.device
 
-    def new_step_cache(self, window: int) -> StepCache:
-        return StepCache(len(self.model.blocks), window)
+    def new_step_cache(self, cond: CondCache, window: int, latent_height: int, latent_width: int) -> StepCache:
+        """A denoising step's cache for blocks of latents [.., block_frames, latent_height, latent_width]."""
+        _, ph, pw = self.model.config.patch_size
+        return StepCache(cond, window, self.block_frames * (latent_height // ph) * (latent_width // pw))
 
     @torch.no_grad()
     def prefill(self, ref_latents: torch.Tensor, motion_latents: torch.Tensor,
@@ -184,8 +204,7 @@ class CausalS2V:
 
     @torch.no_grad()
     def block(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | Sequence[torch.Tensor],
-              audio: torch.Tensor, cond: CondCache, cache: StepCache, block: int, frame_start: int,
-              shift: int = 0) -> torch.Tensor:
+              audio: torch.Tensor, cache: StepCache, block: int, frame_start: int, shift: int = 0) -> torch.Tensor:
         """The flow [B, out_dim, F, H, W] for one block of noisy latents [B, in_dim, F, H, W] at `timestep`.
 
         audio [B, layers, audio_dim, 4 F] are the block's audio frames; `block` its absolute index (its slot in
@@ -207,11 +226,10 @@ class CausalS2V:
         n = x.shape[1]
         tokens = S2VTokens(x, e, e0, (0, n), cos.to(device), sin.to(device), m._context(context, b, device), n, grid,
                            audio_local, audio_global)
-        ref_cos = ref_sin = None
+        ref_rope = None
         if shift:
-            ref_cos, ref_sin = (t.to(device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))
-
-        self._call.set(cache=cache, block=block, cond=cond, ref_rope=None if ref_cos is None else (ref_cos, ref_sin))
+            ref_rope = tuple(t.to(device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))
+        self._call.set(cache=cache, block=block, shift=shift, ref_rope=ref_rope)
         out = m.head(m.run_blocks(tokens, self._layers.__getitem__), e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
 

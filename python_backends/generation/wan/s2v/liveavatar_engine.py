@@ -39,8 +39,8 @@ Departures (the S2V engine's where they apply): `audio_sync` (on: audio windows 
 output frame k belongs to audio frame k; the release muxes the 3-frame lead); length (exactly the audio's
 frames, and no block past the last needed frame is denoised; the release makes whole clips); photo fit (scale to
 cover + crop); noise from a CPU generator in float32 (release: bf16 on the GPU); the reference distance from a
-seeded generator (release: unseeded); frame rate by nearest-time selection; bf16 / rotary precision as
-causal_s2v.py says. A segment that starts mid-video (a QA re-roll) starts a new causal stream: its condition is
+seeded generator (release: unseeded); frame rate by nearest-time selection; rotary precision as causal_s2v.py
+says. A segment that starts mid-video (a QA re-roll) starts a new causal stream: its condition is
 prefilled with the caller's last frames as motion frames (what the release's --enable_online_decode does after
 the first clip) and its KV caches start empty. A segment that continues an accepted one served by video_generator
 goes on with that request's stream instead (generation/live_streams.py): one causal stream, as the release runs.
@@ -123,6 +123,10 @@ class LiveAvatarOptions(WanS2VOptions):
     # causal VAE's state only depends on the last of them, so by default only those are encoded and decoded
     # (HistoryPrimer: the same state, the same frames). True runs the release's full re-encode, for comparison.
     full_history_priming: bool = False
+    # The release's DiT blocks hand the residual stream on in the compute dtype (bf16 on a GPU: its
+    # CausalWanAttentionBlock_S2V; common/transformer.py WanAttentionBlock.residual_dtype), half the bytes of the
+    # official S2V's float32 stream between blocks and in the audio injection. False keeps the float32 stream.
+    release_residual: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -220,6 +224,9 @@ class WanLiveAvatarEngine(WanS2VEngine):
             raise TypeError("WanLiveAvatarEngine needs LiveAvatarOptions")
         self.causal = CausalS2V(self.transformer, self.options.block_frames,
                                 (self.task.motion_frames, self.task.lat_motion_frames))
+        compute_dtype = self.transformer.patch_embedding.weight.dtype
+        for block in self.transformer.blocks:
+            block.residual_dtype = compute_dtype if self.options.release_residual else None
         self.name = self.name.replace("wan2.2-s2v", "liveavatar-wan2.2-s2v", 1)
 
     @classmethod
@@ -285,16 +292,18 @@ class WanLiveAvatarEngine(WanS2VEngine):
         condition = sum(ZIP_FRAME_BUCKETS) if self.transformer.config.enable_framepack else -1
         motion_latents = primer.encode(history, -1 if opt.full_history_priming else condition)
         encode_s += clock.lap("history_encode")
-        cond = self.causal.prefill(ref_latents, motion_latents, [context])
-        caches = [self.causal.new_step_cache(opt.blocks_per_clip) for _ in range(steps)]
-        distances = RefDistances(p.seed, opt.ref_distance)
-        encode_s += clock.lap("dit_prefill")
         lat_shape = (1, self.transformer.config.in_dim, opt.infer_frames // TEMPORAL_STRIDE,
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
+        cond = self.causal.prefill(ref_latents, motion_latents, [context])
+        # the condition's keys and values live on in each step's cache, which copies them (cond is released here)
+        caches = [self.causal.new_step_cache(cond, opt.blocks_per_clip, *lat_shape[-2:]) for _ in range(steps)]
+        del cond
+        distances = RefDistances(p.seed, opt.ref_distance)
+        encode_s += clock.lap("dit_prefill")
         shift = task.sample_shift if opt.shift is None else opt.shift
 
         source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
-                                       context, cond, caches, distances)
+                                       context, caches, distances)
         decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, blocks,
                                 {"encode_s": encode_s, **clock.phases})
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
@@ -304,7 +313,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
 
     def _denoised_blocks(self, blocks: int, lat_shape: tuple[int, ...], shift: float, steps: int, seed: int,
                          features30: torch.Tensor, audio_offset: int, frame_base: int, context: torch.Tensor,
-                         cond: object, caches: list, distances: RefDistances) -> Iterator[_Block]:
+                         caches: list, distances: RefDistances) -> Iterator[_Block]:
         """The source of the stage pipeline: the DiT's blocks, one after another (nothing here waits on decoding:
         the next block continues from the KV caches, not from decoded frames)."""
         opt, fps16 = self.options, self.task.sample_fps
@@ -322,8 +331,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
             sampler = make_sampler(opt.sampler, steps, shift)
             for step in range(steps):
                 moved = ref_shift(frame_start, distances.next())
-                flow = self.causal.block(latents, sampler.timestep(self.device), [context], audio, cond, caches[step],
-                                         n, frame_start, moved)
+                flow = self.causal.block(latents, sampler.timestep(self.device), [context], audio, caches[step], n,
+                                         frame_start, moved)
                 latents = sampler.step(flow, latents)
             self._sync()
             yield _Block(n, clip, index, latents, time.perf_counter() - t0, float(steps))
