@@ -7,8 +7,10 @@ Euler sampler without CFG (what step-distilled checkpoints run), FP8 linear laye
 The stages after the DiT run as the served engines run them (generation/stage_pipeline.py): VAE decoding
 (LiveAvatar: beside the next block's denoising; S2V: in the DiT's thread, as the next clip's motion frames need
 it), the copy to the host and 16 -> `--fps` frame interpolation (the flow interpolator: no RIFE weights here), then
-here each chunk resized to `--output-size` (1920x1080) on the GPU (bicubic: no learned upscaler), copied to the
-host as uint8 and encoded to H.264 on the CPU (client/encoding.py; `--no-encode` leaves it out). `--overlap both`
+each chunk encoded to H.264 on the CPU (client/encoding.py; `--no-encode` leaves it out) and scaled to
+`--output-size` (1920x1080; Lanczos, no learned upscaler) in the encoder's colour conversion, as the client does
+for a served job (client/delivery.py encoder_resize: the server streams the generated size). `--resize gpu` resizes
+on the GPU instead (bicubic) and copies the output size to the host before the encoder. `--overlap both`
 (the default) runs the clip with the stages overlapped and one after another; each run reports every stage's busy
 time, their sum, the overlapped wall time, the time to the first frames and the peak GPU memory.
 
@@ -86,12 +88,13 @@ class ResizeAndCopy:
 
 
 class Encode:
-    """Stage: H.264 on the CPU as the client encodes the stream (client/encoding.py, its defaults)."""
+    """Stage: H.264 on the CPU as the client encodes the stream (client/encoding.py, its defaults); with `size`,
+    scaling the frames to it in the colour conversion, as the client does for a served job (encoder_resize)."""
 
-    def __init__(self, path: Path, fps: float, started: float) -> None:
-        from client.encoding import StreamingEncoder
+    def __init__(self, path: Path, fps: float, started: float, size: tuple[int, int] | None = None) -> None:
+        from client.encoding import EncodeOptions, StreamingEncoder
 
-        self.encoder = StreamingEncoder(path, fps, t0=started)
+        self.encoder = StreamingEncoder(path, fps, options=EncodeOptions(size=size), t0=started)
         self.result: dict | None = None
 
     def run(self, frames: np.ndarray) -> list[int]:
@@ -105,9 +108,11 @@ class Encode:
 
 def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size: tuple[int, int],
              output: tuple[int, int], device: torch.device, overlap: bool = True, encode_to: Path | None = None,
-             dit_priority: bool = False) -> dict:
-    """One clip through the engine and the stages after it (resize + copy, optionally encoding), overlapped or
-    one after another; the wall time, time to the first frames and each stage's busy time."""
+             dit_priority: bool = False, resize_on_gpu: bool = False) -> dict:
+    """One clip through the engine and the stages after it, overlapped or one after another; the wall time, time
+    to the first frames and each stage's busy time. The frames reach the output size as a served job's do, in the
+    encoder's colour conversion (the server streams the generated size), or with `resize_on_gpu` resized on the
+    GPU and copied to the host at the output size before the encoder."""
     width, height = size
     config = engine.transformer.config
     rng = np.random.default_rng(0)
@@ -121,9 +126,11 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    resize = ResizeAndCopy(output, device)
-    stages = [Stage("resize+copy", resize.run)]
-    encoder = Encode(encode_to, fps, started) if encode_to is not None else None
+    if resize_on_gpu:
+        stages = [Stage("resize+copy", ResizeAndCopy(output, device).run)]
+    else:
+        stages = [Stage("hand-off", lambda chunk: [chunk.frames])]  # already on the host at the generated size
+    encoder = Encode(encode_to, fps, started, None if resize_on_gpu else output) if encode_to is not None else None
     if encoder is not None:
         stages.append(Stage("encode", encoder.run, encoder.flush))
     # per chunk, the engine's seconds by part; the first also holds the request's start by phase (start_*_s)
@@ -149,7 +156,8 @@ def run_clip(engine: WanS2VEngine, seconds: float, fps: float, steps: int, size:
               "time_to_first_chunk_s": round(first, 3), "total_s": round(total, 3),
               "stage_busy_s": busy, "sum_of_stages_s": round(sum(busy.values()), 3),
               "engine_wall_s": inner["wall_s"], "engine_time_to_first_chunk_s": inner["first_item_s"],
-              "upscale_and_copy_s": busy["resize+copy"],
+              "resize": "gpu" if resize_on_gpu else "encoder",
+              "upscale_and_copy_s": busy.get("resize+copy"),
               "gpu_seconds_per_output_second": round(total / seconds, 3),
               "realtime_factor": round(seconds / total, 3), "peak_memory_gib": round(peak, 2) if peak else None,
               "first_chunk_timing_s": timings[0] if timings else {}, "chunk_timing_s": timings}
@@ -232,6 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="s2v: clips only as long as the job needs (3 x 56 frames for 10 s, not 3 x 80)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each --dit-priority choice")
     parser.add_argument("--output-size", type=frame_size, default="1920x1080", help="WxH the frames are resized to")
+    parser.add_argument("--resize", choices=("encoder", "gpu"), default="encoder",
+                        help="where frames reach --output-size: in the encoder's colour conversion, as served jobs "
+                             "do (the server streams the generated size), or on the GPU before the copy to the host")
     parser.add_argument("--encode", action=argparse.BooleanOptionalAction, default=True,
                         help="encode the 1080p stream to H.264 on the CPU as the last stage")
     parser.add_argument("--profile-seconds", type=float, default=0.0,
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
             with tempfile.TemporaryDirectory() as scratch:
                 encode_to = Path(scratch) / "clip.mp4" if args.encode else None
                 run = run_clip(engine, args.seconds, args.fps, args.steps, (width, height), output, device,
-                               overlap, encode_to, priority)
+                               overlap, encode_to, priority, args.resize == "gpu")
             run["warmup_s"] = warm
             result["runs"].append(run)
             write_json(args.out, result)

@@ -17,11 +17,11 @@ def _bench():
     return load_perf_script("bench_e2e_gpu")
 
 
-@pytest.mark.parametrize("engine", ["liveavatar", "s2v"])
-def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize(("engine", "resize"), [("liveavatar", "encoder"), ("s2v", "gpu")])
+def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str, resize: str) -> None:
     out = tmp_path / "e2e.json"
     _bench().main(["--tiny", "--engine", engine, "--sizes", "64x64", "--seconds", "0.5", "--warmup-seconds", "0.25",
-                   "--output-size", "96x64", "--out", str(out)])
+                   "--output-size", "96x64", "--resize", resize, "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["engine"] == engine and result["options"]["interpolation"] == "flow"
     assert result["inductor"] == {"coordinate_descent_tuning": False, "max_autotune": False,
@@ -31,7 +31,10 @@ def test_tiny_runs_report_stages_overlapped_and_not(tmp_path: Path, engine: str)
     for run in result["runs"]:
         assert run["frames"] == 15 and run["output_size"] == [96, 64]  # 0.5 s at 30 fps
         dit = "denoise" if engine == "liveavatar" else "denoise+decode"
-        stages = {dit, "frames", "resize+copy", "encode"} | ({"decode"} if engine == "liveavatar" else set())
+        # the frames reach 96x64 in the encoder (as served jobs do) or on the GPU before the copy
+        assert run["resize"] == resize and (run["upscale_and_copy_s"] is None) == (resize == "encoder")
+        handed = "hand-off" if resize == "encoder" else "resize+copy"
+        stages = {dit, "frames", handed, "encode"} | ({"decode"} if engine == "liveavatar" else set())
         assert set(run["stage_busy_s"]) == stages and all(v >= 0 for v in run["stage_busy_s"].values())
         assert 0 < run["time_to_first_chunk_s"] <= run["total_s"]
         assert run["sum_of_stages_s"] == pytest.approx(sum(run["stage_busy_s"].values()), abs=0.01)
