@@ -24,8 +24,8 @@ from python_backends.generation.wan.s2v.causal import (
     CausalS2V,
     CondCache,
     RefDistances,
-    StepCache,
     ref_shift,
+    step_caches,
 )
 from python_backends.generation.wan.s2v.engine import compile_regions
 from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES, WanS2VTransformer, build_s2v_model
@@ -51,10 +51,12 @@ def case(model: WanS2VTransformer, blocks: int, seed: int = 0) -> dict:
     }
 
 
-def streamed(model: WanS2VTransformer, x: dict, t: float, window: int, shift: int = 0) -> list[torch.Tensor]:
+def streamed(model: WanS2VTransformer, x: dict, t: float, window: int, shift: int = 0,
+             step: int = 1) -> list[torch.Tensor]:
+    """The blocks streamed through step `step`'s cache of two (0: the ring left of the shared condition)."""
     causal = CausalS2V(model)
     cond = causal.prefill(x["ref"], x["motion"], x["context"])
-    cache = causal.new_step_cache(cond, window, SIDE, SIDE)
+    cache = causal.new_step_caches(cond, 2, window, SIDE, SIDE)[step]
     return [causal.block(latents, torch.tensor([t]), x["context"], audio, cache, block=b, frame_start=b * FRAMES,
                          shift=shift)
             for b, (latents, audio) in enumerate(zip(x["latents"], x["audio"]))]
@@ -91,12 +93,14 @@ def masked_full_forward(model: WanS2VTransformer, x: dict, t: float, window: int
     return unpatchify(out, tokens.grid, model.config.patch_size, model.config.out_dim)
 
 
+@pytest.mark.parametrize("step", [0, 1], ids=["left-ring", "right-ring"])
 @pytest.mark.parametrize("blocks,window", [(1, 4), (3, 4), (4, 2)], ids=["one-block", "in-window", "ring"])
-def test_streaming_equals_the_masked_full_forward(model: WanS2VTransformer, blocks: int, window: int) -> None:
+def test_streaming_equals_the_masked_full_forward(model: WanS2VTransformer, blocks: int, window: int,
+                                                  step: int) -> None:
     x = case(model, blocks)
     for t in (1000.0, 602.15):
         full = masked_full_forward(model, x, t, window)
-        for b, out in enumerate(streamed(model, x, t, window)):
+        for b, out in enumerate(streamed(model, x, t, window, step=step)):
             torch.testing.assert_close(out, full[:, :, b * FRAMES : (b + 1) * FRAMES], rtol=1e-5, atol=1e-5,
                                        msg=lambda m, b=b, t=t: f"block {b}, t={t}: {m}")
 
@@ -140,32 +144,37 @@ def test_reference_distances_are_seeded_or_fixed() -> None:
         RefDistances(0, fixed=31)
 
 
-def test_step_cache_holds_the_condition_then_a_ring_of_equal_blocks() -> None:
+def test_two_step_caches_share_the_condition_between_their_rings() -> None:
     cond_k, cond_v = torch.full((1, 3, 2, 8), -1.0), torch.full((1, 3, 2, 8), -2.0)  # 2 reference + 1 motion token
     cond_k[:, 2] = -3.0
-    cache = StepCache(CondCache([cond_k], [cond_v], n_ref=2), window=2, block_tokens=4)
+    left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2), steps=2, window=2, block_tokens=4)
+    assert left.shared is right.shared and left.shared.keys[0].shape[1] == 8 + 3 + 8  # two rings of 2 blocks
     blocks = [torch.full((1, 4, 2, 8), float(i)) for i in range(3)]
-    keys, values = cache.store(0, 0, blocks[0], blocks[0])
-    assert keys.shape[1] == 7 and keys[0, :, 0, 0].tolist() == [-1, -1, -3, 0, 0, 0, 0]
-    assert values[0, :3, 0, 0].tolist() == [-2, -2, -2]
-    cache.store(0, 1, blocks[1], blocks[1])
-    keys, values = cache.store(0, 2, blocks[2], blocks[2])  # overwrites block 0's slot
-    assert keys.shape[1] == 11 and sorted(keys[0, 3:, 0, 0].unique().tolist()) == [1.0, 2.0]
+    keys, values = left.store(0, 0, blocks[0], blocks[0])
+    assert keys[0, :, 0, 0].tolist() == [0] * 4 + [-1, -1, -3] and values[0, 4:, 0, 0].tolist() == [-2] * 3
+    keys, _ = right.store(0, 0, blocks[1] * 10, blocks[1] * 10)  # the other step's block 0
+    assert keys[0, :, 0, 0].tolist() == [-1, -1, -3] + [10] * 4
+    for cache in (left, right):
+        cache.store(0, 1, blocks[1], blocks[1])
+        keys, _ = cache.store(0, 2, blocks[2], blocks[2])  # overwrites block 0's slot
+        assert keys.shape[1] == 11 and sorted(keys[0, :, 0, 0].unique().tolist()) == [-3.0, -1.0, 1.0, 2.0]
+    (alone,) = step_caches(CondCache([cond_k], [cond_v], n_ref=2), steps=1, window=2, block_tokens=4)
+    assert alone.shared.keys[0].shape[1] == 3 + 8  # an odd step out has one ring
     with pytest.raises(ValueError, match="same token count"):
-        cache.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))
+        right.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))
 
 
 def test_step_cache_rolls_out_the_reference_keys_and_back() -> None:
     g = torch.Generator().manual_seed(0)
     cond_k, cond_v = torch.randn(1, 3, 2, 8, generator=g), torch.randn(1, 3, 2, 8, generator=g)
-    cache = StepCache(CondCache([cond_k], [cond_v], n_ref=2), window=1, block_tokens=1)
+    left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2), steps=2, window=1, block_tokens=1)
     block = torch.zeros(1, 1, 2, 8)
     by5 = rope_cos_sin(torch.tensor([[5, 0, 0]]), 8)
-    keys, _ = cache.store(0, 0, block, block, 5, by5)
-    torch.testing.assert_close(keys[:, :2], apply_rope(cond_k[:, :2], *by5))
-    assert torch.equal(keys[:, 2], cond_k[:, 2])  # motion keys keep their positions
-    keys, _ = cache.store(0, 1, block, block, 0)
-    assert torch.equal(keys[:, :3], cond_k)  # a later forward without rollout sees the prefill's keys again
+    keys, _ = left.store(0, 0, block, block, 5, by5)
+    torch.testing.assert_close(keys[:, 1:3], apply_rope(cond_k[:, :2], *by5))
+    assert torch.equal(keys[:, 3], cond_k[:, 2])  # motion keys keep their positions
+    keys, _ = right.store(0, 0, block, block, 0)
+    assert torch.equal(keys[:, :3], cond_k)  # the next step's forward without rollout sees the prefill's keys
 
 
 def test_compiled_regions_do_not_recompile_per_layer(model: WanS2VTransformer) -> None:

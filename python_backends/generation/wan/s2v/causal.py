@@ -77,47 +77,78 @@ class CondCache:
         self.ref_keys = [k[:, : self.n_ref].clone() for k in self.keys]  # clones: they outlive `keys`
 
 
-class StepCache:
-    """One denoising step's keys and values per layer, in one buffer: the condition tokens' first (the reference's
-    rows rolled out per forward), then the last `window` blocks' as a ring, oldest overwritten.
+class _SharedKV:
+    """Per layer, one buffer of keys and one of values: [left ring | condition | right ring]. Each ring holds one
+    denoising step's last `window` blocks; the two steps on either side share the condition's copy, and the keys a
+    block attends to, its step's filled slots and the condition, are one contiguous slice either way (the left
+    ring fills leftwards from the condition). The reference's rows are rolled out per forward, for whichever step
+    runs it: steps run one after another."""
 
-    A block's attention reads one contiguous slice of it. Keeping the condition apart and concatenating it to the
-    window per layer and forward copied every cached key and value once more per forward (softmax attention does
-    not depend on the keys' order). The price: each step's cache holds its own copy of the condition."""
-
-    def __init__(self, cond: CondCache, window: int, block_tokens: int) -> None:
-        if window < 1:
-            raise ValueError(f"the attention window must hold at least one block, got {window}")
-        self.window, self.block_tokens = window, block_tokens
-        self.n_cond, self.n_ref, self.ref_keys = cond.keys[0].shape[1], cond.n_ref, cond.ref_keys
+    def __init__(self, cond: CondCache, window: int, block_tokens: int, sides: int) -> None:
+        self.n_ref, self.ref_keys = cond.n_ref, cond.ref_keys
+        ring = window * block_tokens
+        self.cond_start = ring if sides == 2 else 0
+        self.cond_end = self.cond_start + cond.keys[0].shape[1]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for k, v in zip(cond.keys, cond.values):
-            shape = (v.shape[0], self.n_cond + window * block_tokens, *v.shape[2:])
+            shape = (v.shape[0], self.cond_end + ring, *v.shape[2:])
             keys, values = v.new_empty(shape), v.new_empty(shape)
-            keys[:, : self.n_cond], values[:, : self.n_cond] = k, v
+            keys[:, self.cond_start : self.cond_end], values[:, self.cond_start : self.cond_end] = k, v
             self.keys.append(keys)
             self.values.append(values)
         self.shifts = [0] * len(self.keys)  # frames the reference rows of each layer are rolled out by now
+
+    def roll_reference(self, layer: int, shift: int, ref_rope: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        if shift != self.shifts[layer]:
+            ref = self.ref_keys[layer]
+            rows = slice(self.cond_start, self.cond_start + self.n_ref)
+            self.keys[layer][:, rows] = ref if not shift else apply_rope(ref, *ref_rope)
+            self.shifts[layer] = shift
+
+
+class StepCache:
+    """One denoising step's keys and values per layer: the condition tokens' (the reference's rows rolled out per
+    forward) and the last `window` blocks' as a ring, oldest overwritten, in one buffer (_SharedKV) so that a
+    block's attention reads one contiguous slice. Concatenating the window and the condition per layer and forward
+    instead copied every cached key and value once more per forward (softmax attention does not depend on the
+    keys' order). The price: a copy of the condition per two steps (`step_caches`)."""
+
+    def __init__(self, shared: _SharedKV, right: bool, window: int, block_tokens: int) -> None:
+        self.shared, self.right, self.window, self.block_tokens = shared, right, window, block_tokens
 
     def store(self, layer: int, block: int, k: torch.Tensor, v: torch.Tensor, shift: int = 0,
               ref_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Write block `block`'s keys/values (the absolute block index decides the slot), move the reference keys
         `shift` frames from their prefill positions (`ref_rope`: the rotation by `shift`), and return the keys and
-        values the block attends to: the condition's, then the window's."""
+        values the block attends to: its step's filled slots and the condition's."""
         n = k.shape[1]
         if n != self.block_tokens:
             raise ValueError(f"every block must have the same token count ({self.block_tokens}), got {n}")
-        keys, values = self.keys[layer], self.values[layer]
-        slot = self.n_cond + (block % self.window) * n
-        keys[:, slot : slot + n] = k
-        values[:, slot : slot + n] = v
-        if shift != self.shifts[layer]:
-            ref = self.ref_keys[layer]
-            keys[:, : self.n_ref] = ref if not shift else apply_rope(ref, *ref_rope)
-            self.shifts[layer] = shift
-        filled = self.n_cond + min(block + 1, self.window) * n
-        return keys[:, :filled], values[:, :filled]
+        shared = self.shared
+        keys, values = shared.keys[layer], shared.values[layer]
+        slot, filled = block % self.window, min(block + 1, self.window) * n
+        if self.right:
+            start, view = shared.cond_end + slot * n, slice(shared.cond_start, shared.cond_end + filled)
+        else:
+            start, view = shared.cond_start - (slot + 1) * n, slice(shared.cond_start - filled, shared.cond_end)
+        keys[:, start : start + n] = k
+        values[:, start : start + n] = v
+        shared.roll_reference(layer, shift, ref_rope)
+        return keys[:, view], values[:, view]
+
+
+def step_caches(cond: CondCache, steps: int, window: int, block_tokens: int) -> list[StepCache]:
+    """A StepCache per denoising step, two steps per copy of the condition."""
+    if window < 1:
+        raise ValueError(f"the attention window must hold at least one block, got {window}")
+    caches = []
+    for first in range(0, steps, 2):
+        sides = min(2, steps - first)
+        shared = _SharedKV(cond, window, block_tokens, sides)
+        caches += [StepCache(shared, right, window, block_tokens) for right in ((False, True) if sides == 2 else
+                                                                                  (True,))]
+    return caches
 
 
 def ref_shift(frame_start: int, distance: int) -> int:
@@ -178,10 +209,11 @@ class CausalS2V:
     def device(self) -> torch.device:
         return self.model.patch_embedding.weight.device
 
-    def new_step_cache(self, cond: CondCache, window: int, latent_height: int, latent_width: int) -> StepCache:
-        """A denoising step's cache for blocks of latents [.., block_frames, latent_height, latent_width]."""
+    def new_step_caches(self, cond: CondCache, steps: int, window: int, latent_height: int,
+                        latent_width: int) -> list[StepCache]:
+        """Each denoising step's cache for blocks of latents [.., block_frames, latent_height, latent_width]."""
         _, ph, pw = self.model.config.patch_size
-        return StepCache(cond, window, self.block_frames * (latent_height // ph) * (latent_width // pw))
+        return step_caches(cond, steps, window, self.block_frames * (latent_height // ph) * (latent_width // pw))
 
     @torch.no_grad()
     def prefill(self, ref_latents: torch.Tensor, motion_latents: torch.Tensor,

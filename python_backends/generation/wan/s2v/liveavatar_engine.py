@@ -295,8 +295,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
         lat_shape = (1, self.transformer.config.in_dim, opt.infer_frames // TEMPORAL_STRIDE,
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
         cond = self.causal.prefill(ref_latents, motion_latents, [context])
-        # the condition's keys and values live on in each step's cache, which copies them (cond is released here)
-        caches = [self.causal.new_step_cache(cond, opt.blocks_per_clip, *lat_shape[-2:]) for _ in range(steps)]
+        # the condition's keys and values live on in the step caches, which copy them (cond is released here)
+        caches = self.causal.new_step_caches(cond, steps, opt.blocks_per_clip, *lat_shape[-2:])
         del cond
         distances = RefDistances(p.seed, opt.ref_distance)
         encode_s += clock.lap("dit_prefill")
