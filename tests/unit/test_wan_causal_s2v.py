@@ -57,8 +57,7 @@ def streamed(model: WanS2VTransformer, x: dict, t: float, window: int, shift: in
     causal = CausalS2V(model)
     cond = causal.prefill(x["ref"], x["motion"], x["context"])
     cache = causal.new_step_caches(cond, 2, window, SIDE, SIDE)[step]
-    return [causal.block(latents, torch.tensor([t]), x["context"], audio, cache, block=b, frame_start=b * FRAMES,
-                         shift=shift)
+    return [causal.block(latents, torch.tensor([t]), audio, cache, block=b, frame_start=b * FRAMES, shift=shift)
             for b, (latents, audio) in enumerate(zip(x["latents"], x["audio"]))]
 
 
@@ -147,7 +146,7 @@ def test_reference_distances_are_seeded_or_fixed() -> None:
 def test_two_step_caches_share_the_condition_between_their_rings() -> None:
     cond_k, cond_v = torch.full((1, 3, 2, 8), -1.0), torch.full((1, 3, 2, 8), -2.0)  # 2 reference + 1 motion token
     cond_k[:, 2] = -3.0
-    left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2), steps=2, window=2, block_tokens=4)
+    left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2, text=[]), steps=2, window=2, block_tokens=4)
     assert left.shared is right.shared and left.shared.keys[0].shape[1] == 8 + 3 + 8  # two rings of 2 blocks
     blocks = [torch.full((1, 4, 2, 8), float(i)) for i in range(3)]
     keys, values = left.store(0, 0, blocks[0], blocks[0])
@@ -158,7 +157,7 @@ def test_two_step_caches_share_the_condition_between_their_rings() -> None:
         cache.store(0, 1, blocks[1], blocks[1])
         keys, _ = cache.store(0, 2, blocks[2], blocks[2])  # overwrites block 0's slot
         assert keys.shape[1] == 11 and sorted(keys[0, :, 0, 0].unique().tolist()) == [-3.0, -1.0, 1.0, 2.0]
-    (alone,) = step_caches(CondCache([cond_k], [cond_v], n_ref=2), steps=1, window=2, block_tokens=4)
+    (alone,) = step_caches(CondCache([cond_k], [cond_v], n_ref=2, text=[]), steps=1, window=2, block_tokens=4)
     assert alone.shared.keys[0].shape[1] == 3 + 8  # an odd step out has one ring
     with pytest.raises(ValueError, match="same token count"):
         right.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))
@@ -167,7 +166,7 @@ def test_two_step_caches_share_the_condition_between_their_rings() -> None:
 def test_step_cache_rolls_out_the_reference_keys_and_back() -> None:
     g = torch.Generator().manual_seed(0)
     cond_k, cond_v = torch.randn(1, 3, 2, 8, generator=g), torch.randn(1, 3, 2, 8, generator=g)
-    left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2), steps=2, window=1, block_tokens=1)
+    left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2, text=[]), steps=2, window=1, block_tokens=1)
     block = torch.zeros(1, 1, 2, 8)
     by5 = rope_cos_sin(torch.tensor([[5, 0, 0]]), 8)
     keys, _ = left.store(0, 0, block, block, 5, by5)

@@ -187,10 +187,10 @@ def test_the_first_chunk_streams_before_the_last_block_is_denoised(engine, photo
     first_chunk, waited = threading.Event(), []
     block = engine.causal.block
 
-    def gated(latents, t, context, audio, cache, n, *args):
+    def gated(latents, t, audio, cache, n, *args):
         if n == 2 and not waited:
             waited.append(first_chunk.wait(timeout=60))
-        return block(latents, t, context, audio, cache, n, *args)
+        return block(latents, t, audio, cache, n, *args)
 
     monkeypatch.setattr(engine.causal, "block", gated)
     chunks = []

@@ -133,12 +133,19 @@ class WanSelfAttention(nn.Module):
 
 
 class WanCrossAttention(WanSelfAttention):
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        b = x.shape[0]
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context's keys and values [B, L, heads, head_dim]."""
+        b = context.shape[0]
         n, d = self.num_heads, self.head_dim
-        q = self.norm_q(linear(self.q, x)).view(b, -1, n, d)
-        k = self.norm_k(linear(self.k, context)).view(b, -1, n, d)
-        v = linear(self.v, context).view(b, -1, n, d)
+        return self.norm_k(linear(self.k, context)).view(b, -1, n, d), linear(self.v, context).view(b, -1, n, d)
+
+    def forward(self, x: torch.Tensor,  # type: ignore[override]
+                context: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """`context` [B, L, dim], or its keys and values from context_kv (a streaming forward, whose prompt is the
+        same for every block, computes them once, as LiveAvatar's crossattn_cache keeps them)."""
+        b = x.shape[0]
+        q = self.norm_q(linear(self.q, x)).view(b, -1, self.num_heads, self.head_dim)
+        k, v = context if isinstance(context, tuple) else self.context_kv(context)
         return linear(self.o, attention(q, k, v).flatten(2))
 
 

@@ -67,11 +67,13 @@ REF_DISTANCES = (4, 30)  # _forward_inference: relative_dist = random.randint(4,
 @dataclass
 class CondCache:
     """Keys (rotated at the prefill positions) and values of the condition tokens, per layer; the first `n_ref`
-    tokens are the reference image's, also kept on their own (`ref_keys`) for the rollout."""
+    tokens are the reference image's, also kept on their own (`ref_keys`) for the rollout. `text`: per layer, the
+    prompt's cross-attention keys and values, the same for every forward of the video."""
 
     keys: list[torch.Tensor]  # [B, n_cond, heads, head_dim]
     values: list[torch.Tensor]
     n_ref: int
+    text: list[tuple[torch.Tensor, torch.Tensor]]
 
     def __post_init__(self) -> None:
         self.ref_keys = [k[:, : self.n_ref].clone() for k in self.keys]  # clones: they outlive `keys`
@@ -85,7 +87,7 @@ class _SharedKV:
     runs it: steps run one after another."""
 
     def __init__(self, cond: CondCache, window: int, block_tokens: int, sides: int) -> None:
-        self.n_ref, self.ref_keys = cond.n_ref, cond.ref_keys
+        self.n_ref, self.ref_keys, self.text = cond.n_ref, cond.ref_keys, cond.text
         ring = window * block_tokens
         self.cond_start = ring if sides == 2 else 0
         self.cond_end = self.cond_start + cond.keys[0].shape[1]
@@ -226,22 +228,24 @@ class CausalS2V:
         x = m.mark(torch.cat([ref, motion], dim=1), [(1, ref.shape[1]), (2, motion.shape[1])])
         cos, sin = rope_cos_sin(torch.cat([ref_positions(ref_hw), motion_pos]), m.config.head_dim)
         e, e0 = m.time_modulation(torch.zeros(1), b, zero_slot=False, device=device)
-        tokens = S2VTokens(x, e, e0, (0, x.shape[1]), cos.to(device), sin.to(device), m._context(context, b, device),
-                           0, (0, 0, 0), None, None)
+        embedded = m._context(context, b, device)
+        text = [block.cross_attn.context_kv(embedded) for block in m.blocks]
+        tokens = S2VTokens(x, e, e0, (0, x.shape[1]), cos.to(device), sin.to(device), text, 0, (0, 0, 0), None,
+                           None)
         keys: list[torch.Tensor] = [None] * len(m.blocks)  # type: ignore[list-item]
         values: list[torch.Tensor] = [None] * len(m.blocks)  # type: ignore[list-item]
         self._call.set(recording=(keys, values))
         m.run_blocks(tokens, self._layers.__getitem__)
-        return CondCache(keys, values, ref.shape[1])
+        return CondCache(keys, values, ref.shape[1], text)
 
     @torch.no_grad()
-    def block(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | Sequence[torch.Tensor],
-              audio: torch.Tensor, cache: StepCache, block: int, frame_start: int, shift: int = 0) -> torch.Tensor:
+    def block(self, latents: torch.Tensor, timestep: torch.Tensor, audio: torch.Tensor, cache: StepCache, block: int,
+              frame_start: int, shift: int = 0) -> torch.Tensor:
         """The flow [B, out_dim, F, H, W] for one block of noisy latents [B, in_dim, F, H, W] at `timestep`.
 
         audio [B, layers, audio_dim, 4 F] are the block's audio frames; `block` its absolute index (its slot in
-        `cache`, the cache of this denoising step); `frame_start` its first latent frame; `shift` the frames the
-        reference keys move by (`ref_shift`).
+        `cache`, the cache of this denoising step, which also holds the prompt's keys and values from the prefill);
+        `frame_start` its first latent frame; `shift` the frames the reference keys move by (`ref_shift`).
         """
         m, device = self.model, self.device
         cfg = m.config
@@ -256,8 +260,8 @@ class CausalS2V:
         cos, sin = rope_cos_sin(positions, cfg.head_dim)
         e, e0 = m.time_modulation(timestep, b, zero_slot=False, device=device)
         n = x.shape[1]
-        tokens = S2VTokens(x, e, e0, (0, n), cos.to(device), sin.to(device), m._context(context, b, device), n, grid,
-                           audio_local, audio_global)
+        tokens = S2VTokens(x, e, e0, (0, n), cos.to(device), sin.to(device), cache.shared.text, n, grid, audio_local,
+                           audio_global)
         ref_rope = None
         if shift:
             ref_rope = tuple(t.to(device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))

@@ -303,7 +303,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
         shift = task.sample_shift if opt.shift is None else opt.shift
 
         source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
-                                       context, caches, distances)
+                                       caches, distances)
         decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, blocks,
                                 {"encode_s": encode_s, **clock.phases})
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
@@ -312,8 +312,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
                                  (Stage("decode", decoder.run, start=decoder.start),))
 
     def _denoised_blocks(self, blocks: int, lat_shape: tuple[int, ...], shift: float, steps: int, seed: int,
-                         features30: torch.Tensor, audio_offset: int, frame_base: int, context: torch.Tensor,
-                         caches: list, distances: RefDistances) -> Iterator[_Block]:
+                         features30: torch.Tensor, audio_offset: int, frame_base: int, caches: list,
+                         distances: RefDistances) -> Iterator[_Block]:
         """The source of the stage pipeline: the DiT's blocks, one after another (nothing here waits on decoding:
         the next block continues from the KV caches, not from decoded frames)."""
         opt, fps16 = self.options, self.task.sample_fps
@@ -331,8 +331,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
             sampler = make_sampler(opt.sampler, steps, shift)
             for step in range(steps):
                 moved = ref_shift(frame_start, distances.next())
-                flow = self.causal.block(latents, sampler.timestep(self.device), [context], audio, caches[step], n,
-                                         frame_start, moved)
+                flow = self.causal.block(latents, sampler.timestep(self.device), audio, caches[step], n, frame_start,
+                                         moved)
                 latents = sampler.step(flow, latents)
             self._sync()
             yield _Block(n, clip, index, latents, time.perf_counter() - t0, float(steps))

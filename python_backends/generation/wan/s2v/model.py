@@ -107,7 +107,8 @@ class S2VTokens(NamedTuple):
     bounds: tuple[int, ...]  # token range offsets (0, n_video, seq) or (0, seq)
     cos: torch.Tensor  # [seq, head_dim // 2] rotary tables, one row per token (global positions)
     sin: torch.Tensor
-    context: torch.Tensor  # [B, text_len, dim] embedded prompt
+    # [B, text_len, dim] embedded prompt, or per layer its cross-attention keys and values (WanCrossAttention)
+    context: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]]
     n_video: int  # tokens of the noisy latents (the ones the head predicts)
     grid: tuple[int, int, int]  # token grid of the noisy latents (frames, rows, cols)
     audio_local: torch.Tensor  # [B, frames, num_audio_token + 1, dim]
@@ -504,7 +505,8 @@ class WanS2VTransformer(nn.Module):
         x = tokens.x
         for index, block in enumerate(self.blocks):
             attn = self.self_attention if attention_of is None else attention_of(index)
-            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, tokens.context, attn)
+            context = tokens.context[index] if isinstance(tokens.context, list) else tokens.context
+            x = block(x, tokens.e0, tokens.bounds, tokens.cos, tokens.sin, context, attn)
             if index in self.audio_injector.injected_block_id and tokens.n_video:
                 x = self._inject_audio(index, x, tokens)
         return x
