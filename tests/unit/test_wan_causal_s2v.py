@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from wan_fixtures.tiny import TINY_S2V_CONFIG
 
+from python_backends.generation.wan.common.scheduler import make_sampler
+from python_backends.generation.wan.common.transfer import to_device
 from python_backends.generation.wan.common.transformer import apply_rope, rope_cos_sin, unpatchify
 from python_backends.generation.wan.s2v.causal import (
     REF_DISTANCES,
@@ -218,3 +220,29 @@ def test_the_release_residual_stream_leaves_each_block_in_bf16(model: WanS2VTran
     for a, b in zip(release, official):
         assert not torch.equal(a, b)
         assert float((a - b).norm() / b.norm()) < 1e-2
+
+
+def test_to_device_keeps_a_host_tensor_on_the_cpu() -> None:
+    t = torch.arange(6.0)
+    assert torch.equal(to_device(t, "cpu"), t)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_block_forward_does_not_wait_for_the_gpu(model: WanS2VTransformer) -> None:
+    """A forward per denoising step: a copy that synchronises the stream (a pageable .to(device), .item()) makes
+    the GPU idle while the CPU queues the next forward's first kernels."""
+    import copy
+
+    cuda_model = copy.deepcopy(model).cuda()
+    x = {k: [t.cuda() for t in v] if isinstance(v, list) else v.cuda() for k, v in case(cuda_model, 2).items()}
+    causal = CausalS2V(cuda_model)
+    cache = causal.new_step_caches(causal.prefill(x["ref"], x["motion"], x["context"]), 1, 2, SIDE, SIDE)[0]
+    t = make_sampler("euler-diffusers", 4, 3.0).timestep("cuda")
+    causal.block(x["latents"][0], t, x["audio"][0], cache, block=0, frame_start=0)  # lazy initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        t = make_sampler("euler-diffusers", 4, 3.0).timestep("cuda")
+        causal.block(x["latents"][1], t, x["audio"][1], cache, block=1, frame_start=FRAMES, shift=5)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

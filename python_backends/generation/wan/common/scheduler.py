@@ -37,6 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .transfer import to_device
+
 NUM_TRAIN_TIMESTEPS = 1000
 # sigma_max of the official scheduler: the first training sigma 1 - 1/1000, stored in float32 before .item().
 OFFICIAL_SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
@@ -104,7 +106,8 @@ class FlowSampler:
 
     def timestep(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The model's timestep input for the current step: [1] float32."""
-        return torch.tensor([float(self.timesteps[self.index])], dtype=torch.float32, device=device)
+        t = torch.tensor([float(self.timesteps[self.index])], dtype=torch.float32)
+        return t if device is None else to_device(t, device)  # once per step: no wait for the stream
 
     def _sigma(self, i: int) -> float:
         return float(self.sigmas[i])

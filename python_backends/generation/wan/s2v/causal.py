@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..common.transfer import to_device
 from ..common.transformer import apply_rope, rope_cos_sin, unpatchify
 from .model import (
     DEFAULT_MOTION_FRAMES,
@@ -260,11 +261,12 @@ class CausalS2V:
         cos, sin = rope_cos_sin(positions, cfg.head_dim)
         e, e0 = m.time_modulation(timestep, b, zero_slot=False, device=device)
         n = x.shape[1]
-        tokens = S2VTokens(x, e, e0, (0, n), cos.to(device), sin.to(device), cache.shared.text, n, grid, audio_local,
-                           audio_global)
+        # per forward, so copied without waiting for the stream (transfer.py)
+        tokens = S2VTokens(x, e, e0, (0, n), to_device(cos, device), to_device(sin, device), cache.shared.text, n,
+                           grid, audio_local, audio_global)
         ref_rope = None
         if shift:
-            ref_rope = tuple(t.to(device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))
+            ref_rope = tuple(to_device(t, device) for t in rope_cos_sin(torch.tensor([[shift, 0, 0]]), cfg.head_dim))
         self._call.set(cache=cache, block=block, shift=shift, ref_rope=ref_rope)
         out = m.head(m.run_blocks(tokens, self._layers.__getitem__), e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)

@@ -81,6 +81,7 @@ from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.streaming import ChunkMaker, OverlapOptions, PhaseClock, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
+from ..common.transfer import to_device
 from ..common.vae import SPATIAL_STRIDE, VAE_MEMORY_FORMATS, WanVAE, configure_vae, load_vae, read_checkpoint
 from .model import WanS2VTransformer, cfg_forward, guide
 
@@ -262,8 +263,8 @@ def audio_window(features30: torch.Tensor, first: int, count: int, fps: int) -> 
     valid = index < features30.shape[2]
     out = features30.new_zeros(1, features30.shape[0], features30.shape[1], count)
     if valid.any():
-        positions = torch.from_numpy(np.flatnonzero(valid)).to(features30.device)
-        out[0, :, :, positions] = features30[:, :, torch.from_numpy(index[valid]).to(features30.device)]
+        positions = to_device(torch.from_numpy(np.flatnonzero(valid)), features30.device)
+        out[0, :, :, positions] = features30[:, :, to_device(torch.from_numpy(index[valid]), features30.device)]
     return out
 
 
