@@ -83,9 +83,9 @@ def estimate_flow(image0: torch.Tensor, image1: torch.Tensor, settings: FlowSett
         if flow is None:
             flow = level0.new_zeros(level0.shape[0], 2, *level0.shape[-2:])
         else:
-            scale = torch.tensor([level0.shape[-1] / flow.shape[-1], level0.shape[-2] / flow.shape[-2]],
-                                 device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
-            flow = F.interpolate(flow, size=level0.shape[-2:], mode="bilinear", align_corners=False) * scale
+            up = F.interpolate(flow, size=level0.shape[-2:], mode="bilinear", align_corners=False)
+            flow = torch.stack([up[:, 0] * (level0.shape[-1] / flow.shape[-1]),
+                                up[:, 1] * (level0.shape[-2] / flow.shape[-2])], dim=1)
         for _ in range(settings.iterations):
             warped = backward_warp(level1, flow)
             gx, gy = _gradients(0.5 * (level0 + warped))

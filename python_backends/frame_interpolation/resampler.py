@@ -8,7 +8,8 @@ Positions past the last source frame take the last frame.
 
 A request may cover a segment of the clip (output frames first .. first + total - 1): the caller then pushes
 source frames from `base` (the first source frame that segment needs) to `source_stop` - 1, in pieces of any
-size; all outputs of one source pair are interpolated in one call.
+size; all outputs of the source pairs a push completes are interpolated in one call where the interpolator takes
+several pairs at once (FlowInterpolator.pairs), else one call per pair.
 """
 
 from __future__ import annotations
@@ -82,17 +83,21 @@ class InterpolatingResampler:
         return out
 
     def _render(self, ready: list[tuple[int, float]]) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        i = 0
-        while i < len(ready):
-            k, t = ready[i]
-            if not t:
-                out.append(self.pending[k])
-                i += 1
-                continue
-            times = [t]
-            while i + len(times) < len(ready) and ready[i + len(times)][0] == k and ready[i + len(times)][1]:
-                times.append(ready[i + len(times)][1])
-            out.extend(self.interpolator(self.pending[k], self.pending[k + 1], times))
-            i += len(times)
-        return out
+        # every output is a source frame (an int) or the next of its source pair's interpolated frames
+        pairs: dict[int, list[float]] = {}
+        for k, t in ready:
+            if t:
+                pairs.setdefault(k, []).append(t)
+        made = dict(zip(pairs, interpolate_pairs(self.interpolator, [
+            (self.pending[k], self.pending[k + 1], times) for k, times in pairs.items()])))
+        return [made[k].pop(0) if t else self.pending[k] for k, t in ready]
+
+
+def interpolate_pairs(interpolator: FrameInterpolator,
+                      pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]]) -> list[list[np.ndarray]]:
+    """The frames of each (frame0, frame1, times): in one call where the interpolator batches pairs (`pairs`)."""
+    if not pairs:
+        return []
+    if hasattr(interpolator, "pairs"):
+        return interpolator.pairs(pairs)
+    return [interpolator(frame0, frame1, times) for frame0, frame1, times in pairs]

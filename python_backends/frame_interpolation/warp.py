@@ -16,7 +16,8 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     _, _, height, width = flow.shape
     xs = torch.linspace(-1.0, 1.0, width, device=flow.device, dtype=flow.dtype)
     ys = torch.linspace(-1.0, 1.0, height, device=flow.device, dtype=flow.dtype)
-    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)[None]  # [1, 2, H, W]
-    norm = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], device=flow.device, dtype=flow.dtype)
-    grid = (base + flow * norm.view(1, 2, 1, 1)).permute(0, 2, 3, 1)
+    # pixels to grid units by Python scalars: a tensor of them made on the host would be copied to the GPU, which
+    # synchronises the stream at every warp
+    grid = torch.stack([xs.view(1, 1, -1) + flow[:, 0] * (2.0 / max(width - 1, 1)),
+                        ys.view(1, -1, 1) + flow[:, 1] * (2.0 / max(height - 1, 1))], dim=-1)
     return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)

@@ -96,6 +96,26 @@ def test_resampler_interpolates_between_the_two_neighbours(source_fps: float, fp
     assert all(times == sorted(times) and 0 < min(times) and max(times) < 1 for _, _, times in interpolator.calls)
 
 
+class BatchingInterpolator(RecordingInterpolator):
+    """RecordingInterpolator that also takes several pairs in one call, as FlowInterpolator.pairs does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def pairs(self, pairs) -> list[list[np.ndarray]]:
+        self.batches.append(len(pairs))
+        return [self(frame0, frame1, times) for frame0, frame1, times in pairs]
+
+
+def test_resampler_sends_the_pairs_a_push_completes_in_one_batch() -> None:
+    count, interpolator = 37, BatchingInterpolator()
+    total = math.ceil(count / 16 * 30 - 1e-9)
+    out = stream(InterpolatingResampler(16, 30, count, total, interpolator=interpolator), source(count), (12, 12))
+    assert out == [expected_frame(j, 16, 30, count) for j in range(total)]
+    assert len(interpolator.batches) == 3 and sum(interpolator.batches) == len(interpolator.calls) > 30
+
+
 def test_16_to_30_fps_schedule() -> None:
     """At 16 -> 30 fps, output frame j is at 8 j / 15 source frames: exact every 15th frame, else between."""
     assert source_position(0, 16, 30, 100, True) == (0, 0.0)
@@ -178,6 +198,18 @@ def test_flow_interpolator_recovers_a_translation(size: tuple[int, int]) -> None
     scores = psnr(middle[inner], truth), psnr(frame1[inner], truth), psnr(blend, truth)
     assert scores[0] > 45 and scores[0] > max(scores[1:]) + 25, scores
     assert psnr(quarter[inner], crop(0.25)[inner]) > 45 > psnr(frame0[inner], crop(0.25)[inner]) + 20
+
+
+def test_flow_interpolator_takes_several_pairs_at_once() -> None:
+    """pairs() (one batch per resampler push) gives what one call per pair gives."""
+    big = texture(150, 200)
+    frames = [big[10 + 2 * i:138 + 2 * i, 10 + 3 * i:170 + 3 * i] for i in range(4)]
+    interpolator = FlowInterpolator("cpu", batch_pairs=True)  # the GPU's default, here on the CPU
+    requests = [(frames[0], frames[1], [0.5]), (frames[1], frames[2], [0.25, 0.75]), (frames[2], frames[3], [0.4])]
+    for (frame0, frame1, times), batched in zip(requests, interpolator.pairs(requests), strict=True):
+        alone = interpolator(frame0, frame1, times)
+        assert len(batched) == len(times)
+        assert all(np.abs(a.astype(int) - b).max() <= 1 for a, b in zip(batched, alone, strict=True))
 
 
 def test_flow_interpolator_on_still_frames_returns_them() -> None:

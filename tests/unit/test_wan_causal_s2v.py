@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from wan_fixtures.tiny import TINY_S2V_CONFIG
 
 from python_backends.generation.wan.common.scheduler import make_sampler
-from python_backends.generation.wan.common.transfer import to_device
 from python_backends.generation.wan.common.transformer import apply_rope, rope_cos_sin, unpatchify
 from python_backends.generation.wan.s2v.causal import (
     REF_DISTANCES,
@@ -31,6 +30,7 @@ from python_backends.generation.wan.s2v.causal import (
 )
 from python_backends.generation.wan.s2v.engine import compile_regions
 from python_backends.generation.wan.s2v.model import DEFAULT_MOTION_FRAMES, WanS2VTransformer, build_s2v_model
+from python_backends.transfer import to_device
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FRAMES, SIDE = 3, 8  # latent frames per block; latent side (FramePack's 4x patches need multiples of 8)

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .transfer import to_device
+from ....transfer import to_device
 
 NUM_TRAIN_TIMESTEPS = 1000
 # sigma_max of the official scheduler: the first training sigma 1 - 1/1000, stored in float32 before .item().

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..common.transfer import to_device
+from ....transfer import to_device
 from ..common.transformer import apply_rope, rope_cos_sin, unpatchify
 from .model import (
     DEFAULT_MOTION_FRAMES,

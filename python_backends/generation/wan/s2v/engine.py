@@ -74,6 +74,7 @@ from ....audio.wav2vec2 import FPS as WAV2VEC2_FPS
 from ....audio.wav2vec2 import SAMPLE_RATE, Wav2Vec2Features, check_folder
 from ....errors import InputError, WeightsUnavailable
 from ....frame_interpolation.config import Interpolation
+from ....transfer import to_device
 from ...job import GenerationJob, GenerationParams, segment_range
 from ..common.attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
 from ..common.checkpoint import check_release_layout, load_s2v_transformer, shared_release_entries
@@ -81,7 +82,6 @@ from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.streaming import ChunkMaker, OverlapOptions, PhaseClock, PixelPiece, WanFrameChunk, stream_chunks
 from ..common.text_encoder import UMT5Config, WanTextEncoder, load_text_encoder
-from ..common.transfer import to_device
 from ..common.vae import SPATIAL_STRIDE, VAE_MEMORY_FORMATS, WanVAE, configure_vae, load_vae, read_checkpoint
 from .model import WanS2VTransformer, cfg_forward, guide
 
