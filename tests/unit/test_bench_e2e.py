@@ -87,3 +87,17 @@ def test_sizes_are_parsed_once_for_every_script() -> None:
     for bad in ("832", "832x", "0x480", "axb"):
         with pytest.raises(argparse.ArgumentTypeError, match="832x480|positive"):
             cli_args.frame_size(bad)
+
+
+def test_the_ab_script_says_what_it_needs(tmp_path: Path) -> None:
+    """perf/liveavatar_ab.sh (the device runs' driver) refuses to start without $OUT or with an unknown part."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "perf" / "liveavatar_ab.sh"
+    env = {"PATH": os.environ["PATH"]}
+    missing = subprocess.run(["sh", str(script), "e2e"], env=env, capture_output=True, text=True, timeout=30)
+    assert missing.returncode != 0 and "set OUT" in missing.stderr
+    unknown = subprocess.run(["sh", str(script), "all"], env={**env, "OUT": str(tmp_path)}, capture_output=True,
+                             text=True, timeout=30)
+    assert unknown.returncode == 2 and "e2e, tuning or kernels" in unknown.stderr
