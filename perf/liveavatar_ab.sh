@@ -3,7 +3,7 @@
 # call; every run is a perf/ bench that writes its own JSON into $OUT (bench_e2e_gpu: ~100 s a run at 832x480).
 #
 #   perf/liveavatar_ab.sh e2e      # baseline (BEFORE=<checkout of an older commit>, if set), then each switch
-#   perf/liveavatar_ab.sh tuning   # VAE compile, then also Inductor's coordinate-descent tuning
+#   perf/liveavatar_ab.sh tuning   # VAE compile, then also the VAE's channels-last layout
 #   perf/liveavatar_ab.sh kernels  # VAE layouts against float32, flow interpolation cost, the GPU-only tests
 #
 # SIZE (default 832x480) picks the generated size; RUN_S (default 170) bounds each bench.
@@ -31,8 +31,8 @@ e2e)
     ;;
 tuning)
     run vae_compile python3 perf/bench_e2e_gpu.py $bench --vae-compile --out "$out/e2e_vae_compile.json"
-    run coordinate_descent env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python3 perf/bench_e2e_gpu.py $bench \
-        --vae-compile --out "$out/e2e_coordinate_descent.json"
+    run vae_both python3 perf/bench_e2e_gpu.py $bench --vae-compile --vae-memory-format channels_last_3d \
+        --out "$out/e2e_vae_both.json"
     ;;
 kernels)
     run vae python3 perf/bench_vae_gpu.py --sizes "$size" --parts variants --out "$out/vae_variants.json"
