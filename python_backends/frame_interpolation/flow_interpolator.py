@@ -81,8 +81,9 @@ class FlowInterpolator:
                  batch_pairs: bool | None = None) -> None:
         self.device = torch.device(device)
         self.settings = settings or FlowInterpolatorSettings()
-        # `pairs` in one batch: on a GPU, where each pair's few hundred small kernels are launch-bound; not on the
-        # CPU (None), where a block's pairs in one batch ran slower than one by one (the larger working set)
+        # whether the resampler hands it a push's pairs in one batch (`pairs`): on a GPU, where each pair's few
+        # hundred small kernels are launch-bound; not on the CPU (None), where a block's pairs in one batch ran slower
+        # than one by one (the larger working set)
         self.batch_pairs = self.device.type == "cuda" if batch_pairs is None else batch_pairs
 
     @torch.no_grad()
@@ -129,10 +130,7 @@ class FlowInterpolator:
 
     def pairs(self, pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]]) -> list[list[np.ndarray]]:
         """__call__ for several (frame0, frame1, times) at once: one batch of flows, one of frames and one copy each
-        way, where pair by pair a block's dozen pairs cost a dozen times the kernel launches and host syncs (one by
-        one unless `batch_pairs`)."""
-        if not self.batch_pairs:
-            return [self(frame0, frame1, times) for frame0, frame1, times in pairs]
+        way, where pair by pair a block's dozen pairs cost a dozen times the kernel launches and host syncs."""
         image0 = to_tensor(np.stack([a for a, _, _ in pairs]), self.device)
         image1 = to_tensor(np.stack([b for _, b, _ in pairs]), self.device)
         times = [t for _, _, ts in pairs for t in ts]

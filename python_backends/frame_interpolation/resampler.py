@@ -95,9 +95,10 @@ class InterpolatingResampler:
 
 def interpolate_pairs(interpolator: FrameInterpolator,
                       pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]]) -> list[list[np.ndarray]]:
-    """The frames of each (frame0, frame1, times): in one call where the interpolator batches pairs (`pairs`)."""
+    """The frames of each (frame0, frame1, times): in one call where the interpolator batches pairs (its `pairs`,
+    when its `batch_pairs` says so), else one call per pair."""
     if not pairs:
         return []
-    if hasattr(interpolator, "pairs"):
+    if getattr(interpolator, "batch_pairs", False):
         return interpolator.pairs(pairs)
     return [interpolator(frame0, frame1, times) for frame0, frame1, times in pairs]

@@ -97,7 +97,9 @@ def test_resampler_interpolates_between_the_two_neighbours(source_fps: float, fp
 
 
 class BatchingInterpolator(RecordingInterpolator):
-    """RecordingInterpolator that also takes several pairs in one call, as FlowInterpolator.pairs does."""
+    """RecordingInterpolator that also takes several pairs in one call, as FlowInterpolator.pairs does on a GPU."""
+
+    batch_pairs = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,7 +206,7 @@ def test_flow_interpolator_takes_several_pairs_at_once() -> None:
     """pairs() (one batch per resampler push) gives what one call per pair gives."""
     big = texture(150, 200)
     frames = [big[10 + 2 * i:138 + 2 * i, 10 + 3 * i:170 + 3 * i] for i in range(4)]
-    interpolator = FlowInterpolator("cpu", batch_pairs=True)  # the GPU's default, here on the CPU
+    interpolator = FlowInterpolator("cpu")  # the resampler batches on a GPU only (batch_pairs); pairs() does here too
     requests = [(frames[0], frames[1], [0.5]), (frames[1], frames[2], [0.25, 0.75]), (frames[2], frames[3], [0.4])]
     for (frame0, frame1, times), batched in zip(requests, interpolator.pairs(requests), strict=True):
         alone = interpolator(frame0, frame1, times)

@@ -89,6 +89,7 @@ class _SharedKV:
 
     def __init__(self, cond: CondCache, window: int, block_tokens: int, sides: int) -> None:
         self.n_ref, self.ref_keys, self.text = cond.n_ref, cond.ref_keys, cond.text
+        self.window, self.block_tokens = window, block_tokens
         ring = window * block_tokens
         self.cond_start = ring if sides == 2 else 0
         self.cond_end = self.cond_start + cond.keys[0].shape[1]
@@ -117,20 +118,19 @@ class StepCache:
     instead copied every cached key and value once more per forward (softmax attention does not depend on the
     keys' order). The price: a copy of the condition per two steps (`step_caches`)."""
 
-    def __init__(self, shared: _SharedKV, right: bool, window: int, block_tokens: int) -> None:
-        self.shared, self.right, self.window, self.block_tokens = shared, right, window, block_tokens
+    def __init__(self, shared: _SharedKV, right: bool) -> None:
+        self.shared, self.right = shared, right
 
     def store(self, layer: int, block: int, k: torch.Tensor, v: torch.Tensor, shift: int = 0,
               ref_rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Write block `block`'s keys/values (the absolute block index decides the slot), move the reference keys
         `shift` frames from their prefill positions (`ref_rope`: the rotation by `shift`), and return the keys and
         values the block attends to: its step's filled slots and the condition's."""
-        n = k.shape[1]
-        if n != self.block_tokens:
-            raise ValueError(f"every block must have the same token count ({self.block_tokens}), got {n}")
-        shared = self.shared
+        shared, n = self.shared, k.shape[1]
+        if n != shared.block_tokens:
+            raise ValueError(f"every block must have the same token count ({shared.block_tokens}), got {n}")
         keys, values = shared.keys[layer], shared.values[layer]
-        slot, filled = block % self.window, min(block + 1, self.window) * n
+        slot, filled = block % shared.window, min(block + 1, shared.window) * n
         if self.right:
             start, view = shared.cond_end + slot * n, slice(shared.cond_start, shared.cond_end + filled)
         else:
@@ -149,8 +149,7 @@ def step_caches(cond: CondCache, steps: int, window: int, block_tokens: int) -> 
     for first in range(0, steps, 2):
         sides = min(2, steps - first)
         shared = _SharedKV(cond, window, block_tokens, sides)
-        caches += [StepCache(shared, right, window, block_tokens) for right in ((False, True) if sides == 2 else
-                                                                                  (True,))]
+        caches += [StepCache(shared, right) for right in (False, True)[2 - sides:]]  # a lone step: the right ring
     return caches
 
 
