@@ -5,8 +5,11 @@
 #   perf/liveavatar_ab.sh e2e      # baseline (BEFORE=<checkout of an older commit>, if set), then each switch
 #   perf/liveavatar_ab.sh tuning   # VAE compile, then also the VAE's channels-last layout
 #   perf/liveavatar_ab.sh kernels  # VAE layouts against float32, flow interpolation cost, the GPU-only tests
+#   perf/liveavatar_ab.sh before   # the baseline alone (BEFORE required)
+#   perf/liveavatar_ab.sh profile  # every setting as configs/gpu.pbtxt serves it (bf16 stream, both VAE options)
 #
-# SIZE (default 832x480) picks the generated size; RUN_S (default 170) bounds each bench.
+# SIZE (default 832x480) picks the generated size, or sizes (832x480,704x384: one process, one engine build);
+# RUN_S (default 170) bounds each bench.
 set -eu
 part=${1:?usage: liveavatar_ab.sh e2e|tuning|kernels}
 out=${OUT:?set OUT to the folder for the JSON files}
@@ -20,11 +23,13 @@ run() {  # name, then the command; its log beside its JSON, a failure reported a
     timeout "$limit" "$@" >"$out/$name.log" 2>&1 || echo "== $name failed (exit $?): see $out/$name.log"
     tail -n 1 "$out/$name.log" | cut -c 1-400
 }
+before() {  # an older bench always resized on the GPU: the "exact" run below keeps that path, so the two compare
+    (cd "$BEFORE" && run before python3 perf/bench_e2e_gpu.py $bench --out "$out/e2e_before.json")
+}
 case $part in
 e2e)
     if [ -n "${BEFORE:-}" ]; then
-        # an older bench always resized on the GPU: the "exact" run below keeps that path, so the two compare
-        (cd "$BEFORE" && run before python3 perf/bench_e2e_gpu.py $bench --out "$out/e2e_before.json")
+        before
     fi
     run exact python3 perf/bench_e2e_gpu.py $bench --resize gpu --no-release-residual --out "$out/e2e_exact.json"
     run release python3 perf/bench_e2e_gpu.py $bench --out "$out/e2e_release.json"
@@ -40,8 +45,16 @@ kernels)
     run gpu_tests python3 -m pytest -q tests/unit/test_wan_causal_s2v.py tests/unit/test_frame_interpolation.py \
         -k "wait or gpu"
     ;;
+before)
+    : "${BEFORE:?set BEFORE to a checkout of the older commit}"
+    before
+    ;;
+profile)
+    run profile python3 perf/bench_e2e_gpu.py $bench --vae-compile --vae-memory-format channels_last_3d \
+        --out "$out/e2e_profile.json"
+    ;;
 *)
-    echo "unknown part $part: e2e, tuning or kernels" >&2
+    echo "unknown part $part: e2e, tuning, kernels, before or profile" >&2
     exit 2
     ;;
 esac
