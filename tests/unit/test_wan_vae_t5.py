@@ -30,6 +30,7 @@ from python_backends.generation.wan.common.vae import (
     NearestUpsample2x,
     StreamState,
     WanVAE,
+    _compiled_norm_silu,
     _fused_norm_silu,
     _norm_silu,
     configure_vae,
@@ -244,6 +245,34 @@ def test_fused_norm_silu_is_the_norm_then_silu(dtype: torch.dtype, tolerance: fl
     fused = _fused_norm_silu(x, gamma)
     assert fused.dtype == dtype and _rel(fused.float(), _norm_silu(x, gamma, 16**0.5).float()) < tolerance
     assert torch.equal(_fused_norm_silu(torch.zeros_like(x), gamma), torch.zeros_like(x))  # no 0 / 0
+
+
+def test_compiled_norms_run_while_another_thread_compiles() -> None:
+    """On the H200 the VAE's compiled norms, called on a stage thread while the DiT's blocks compiled on another,
+    raised: Inductor FX-traces while it compiles, and dynamo reads that from a process-wide flag. Here another
+    thread holds an FX trace open (its module's forward waits) while this one calls the compiled norm."""
+    import threading
+
+    import torch.fx
+
+    tracing, release = threading.Event(), threading.Event()
+
+    class Waits(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tracing.set()
+            release.wait(timeout=60)
+            return x + 1
+
+    tracer = threading.Thread(target=torch.fx.symbolic_trace, args=(Waits(),))
+    tracer.start()
+    try:
+        assert tracing.wait(timeout=60)
+        x, gamma = torch.randn(1, 8, 2, 3, 4), 1 + 0.1 * torch.randn(8, 1, 1, 1)
+        out = _compiled_norm_silu()(x, gamma, 8**0.5)
+    finally:
+        release.set()
+        tracer.join(timeout=60)
+    torch.testing.assert_close(out, _fused_norm_silu(x, gamma))
 
 
 def test_nearest_upsampling_in_bfloat16_copies_pixels_exactly() -> None:

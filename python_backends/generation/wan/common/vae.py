@@ -29,6 +29,7 @@ from torch import nn
 
 from ....checkpoints import check_state_dict as strict_check
 from ....errors import WeightsUnavailable
+from .compile_threads import allow_compiled_calls_beside_compiling
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +439,7 @@ def _compiled_norm_silu() -> Callable[[torch.Tensor, torch.Tensor, float], torch
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
+    allow_compiled_calls_beside_compiling()
     compiled = torch.compile(_fused_norm_silu, dynamic=True)
     return lambda x, gamma, scale: compiled(x, gamma.detach())
 

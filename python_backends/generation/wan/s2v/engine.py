@@ -78,6 +78,7 @@ from ....transfer import to_device
 from ...job import GenerationJob, GenerationParams, segment_range
 from ..common.attention import ATTENTION_BACKENDS, SDPA, attention_function, check_attention_backend
 from ..common.checkpoint import check_release_layout, load_s2v_transformer, shared_release_entries
+from ..common.compile_threads import allow_compiled_calls_beside_compiling
 from ..common.configs import S2V_14B, WanS2VTaskConfig, WanS2VTransformerConfig
 from ..common.scheduler import SAMPLERS, make_sampler
 from ..common.streaming import ChunkMaker, OverlapOptions, PhaseClock, PixelPiece, WanFrameChunk, stream_chunks
@@ -728,6 +729,7 @@ def compile_regions(transformer: torch.nn.Module, **compile_options) -> None:
     clip: motion-frame packing, audio windows), while per-block compiling takes ~20 s. S2V's audio injection runs
     between blocks: its norms and cross-attentions are compiled the same way (a graph each for all injectors), so
     their float32 elementwise passes over the video tokens fuse as the blocks' do."""
+    allow_compiled_calls_beside_compiling()
     modules = list(transformer.blocks)
     injector = getattr(transformer, "audio_injector", None)
     if injector is not None:
