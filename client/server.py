@@ -200,7 +200,11 @@ class TritonServer:
             )
         except OSError as exc:
             raise ServerError(f"cannot start {argv[0]}: {exc}") from None
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:  # not ready, exited, or interrupted (Ctrl-C, a SIGTERM handler): leave no server behind
+            self.stop()
+            raise
         if opts.restart_dead_stubs:
             self.watchdog = StubWatchdog(self.process.pid, opts.http_url, {ADMIN_HEADER: self.admin_token}).start()
         return self
@@ -220,7 +224,6 @@ class TritonServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.25)
-        self.stop()
         raise ServerError(
             f"tritonserver not ready after {self.options.startup_timeout_s:.0f} s:\n{self.log_tail()}"
         )

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--random-weights", default="", help="comma-separated QA models served from random weights in "
                         "their official layouts (perf/random_weights.py), e.g. face_embedder for ArcFace on the GPU: "
                         "speed only, their gates' verdicts mean nothing")
-    parser.add_argument("--vae-memory-format", default="channels_last_3d",
-                        help="contiguous | channels_last_3d (the GPU profile's)")
+    parser.add_argument("--vae-memory-format", default="contiguous",
+                        help="contiguous (the GPU profile's) | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the VAE's compiled norms (on in the GPU profile)")
     args = parser.parse_args(argv)
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
                                 model_config_name=profile)
         log = work / "tritonserver.log"
         t0 = time.perf_counter()
+        # a run cut short by `timeout` (a device call's limit) still writes its JSON and keeps the server's log
+        signal.signal(signal.SIGTERM, _stopped)
+        print("starting tritonserver", flush=True)
         try:
             with GpuMemory() as memory, TritonServer(options, log_path=log):
                 result["server_ready_s"] = round(time.perf_counter() - t0, 2)
@@ -211,11 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
             lines = log.read_text(errors="replace").splitlines() if log.exists() else []
             result["tritonserver_log_errors"] = [line[:2000] for line in lines if line.startswith("E")][-40:]
             result["tritonserver_log_tail"] = "\n".join(lines[-30:])
+            if log.exists():
+                shutil.copyfile(log, args.out.with_suffix(".tritonserver.log"))
             write_json(args.out, result)
     run = result["run"]
     summarise_run(run, args.chart, f"one {args.seconds:g} s clip through tritonserver: {run['engine']}",
                   where=result.get("gpu") or "CPU")
     return result
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
 
 
 if __name__ == "__main__":
