@@ -6,7 +6,7 @@
 #   perf/liveavatar_ab.sh tuning   # VAE compile, then also the VAE's channels-last layout
 #   perf/liveavatar_ab.sh kernels  # VAE layouts against float32, flow interpolation cost, the GPU-only tests
 #   perf/liveavatar_ab.sh before   # the baseline alone (BEFORE required)
-#   perf/liveavatar_ab.sh profile  # every setting as configs/gpu.pbtxt serves it (bf16 stream, both VAE options)
+#   perf/liveavatar_ab.sh profile  # every setting as configs/gpu.pbtxt serves it (bf16 stream, compiled VAE norms)
 #
 # SIZE (default 832x480) picks the generated size, or sizes (832x480,704x384: one process, one engine build);
 # RUN_S (default 170) bounds each bench.
@@ -50,8 +50,7 @@ before)
     before
     ;;
 profile)
-    run profile python3 perf/bench_e2e_gpu.py $bench --vae-compile --vae-memory-format channels_last_3d \
-        --out "$out/e2e_profile.json"
+    run profile python3 perf/bench_e2e_gpu.py $bench --vae-compile --out "$out/e2e_profile.json"
     ;;
 *)
     echo "unknown part $part: e2e, tuning, kernels, before or profile" >&2
