@@ -3,15 +3,14 @@
 # call; every run is a perf/ bench that writes its own JSON into $OUT (bench_e2e_gpu: ~100 s a run at 832x480).
 #
 #   perf/liveavatar_ab.sh e2e      # baseline (BEFORE=<checkout of an older commit>, if set), then each switch
-#   perf/liveavatar_ab.sh tuning   # VAE compile, then also the VAE's channels-last layout
+#   perf/liveavatar_ab.sh tuning   # VAE compile (the GPU profile's settings), then also the VAE's channels-last layout
 #   perf/liveavatar_ab.sh kernels  # VAE layouts against float32, flow interpolation cost, the GPU-only tests
 #   perf/liveavatar_ab.sh before   # the baseline alone (BEFORE required)
-#   perf/liveavatar_ab.sh profile  # every setting as configs/gpu.pbtxt serves it (bf16 stream, compiled VAE norms)
 #
 # SIZE (default 832x480) picks the generated size, or sizes (832x480,704x384: one process, one engine build);
 # RUN_S (default 170) bounds each bench.
 set -eu
-part=${1:?usage: liveavatar_ab.sh e2e|tuning|kernels}
+part=${1:?usage: liveavatar_ab.sh e2e|tuning|kernels|before}
 out=${OUT:?set OUT to the folder for the JSON files}
 size=${SIZE:-832x480}
 limit=${RUN_S:-170}
@@ -49,11 +48,8 @@ before)
     : "${BEFORE:?set BEFORE to a checkout of the older commit}"
     before
     ;;
-profile)
-    run profile python3 perf/bench_e2e_gpu.py $bench --vae-compile --out "$out/e2e_profile.json"
-    ;;
 *)
-    echo "unknown part $part: e2e, tuning, kernels, before or profile" >&2
+    echo "unknown part $part: e2e, tuning, kernels or before" >&2
     exit 2
     ;;
 esac

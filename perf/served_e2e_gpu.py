@@ -212,11 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
                 result["run"] = summarise(job)
                 result["peak_gpu_memory_mib"] = memory.peak_mib or None
         finally:
-            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            lines = []
+            if log.exists():
+                lines = log.read_text(errors="replace").splitlines()
+                shutil.copyfile(log, args.out.with_suffix(".tritonserver.log"))
             result["tritonserver_log_errors"] = [line[:2000] for line in lines if line.startswith("E")][-40:]
             result["tritonserver_log_tail"] = "\n".join(lines[-30:])
-            if log.exists():
-                shutil.copyfile(log, args.out.with_suffix(".tritonserver.log"))
             write_json(args.out, result)
     run = result["run"]
     summarise_run(run, args.chart, f"one {args.seconds:g} s clip through tritonserver: {run['engine']}",

@@ -100,7 +100,7 @@ def test_the_ab_script_says_what_it_needs(tmp_path: Path) -> None:
     assert missing.returncode != 0 and "set OUT" in missing.stderr
     unknown = subprocess.run(["sh", str(script), "all"], env={**env, "OUT": str(tmp_path)}, capture_output=True,
                              text=True, timeout=30)
-    assert unknown.returncode == 2 and "e2e, tuning, kernels, before or profile" in unknown.stderr
+    assert unknown.returncode == 2 and "e2e, tuning, kernels or before" in unknown.stderr
     no_baseline = subprocess.run(["sh", str(script), "before"], env={**env, "OUT": str(tmp_path)},
                                  capture_output=True, text=True, timeout=30)
     assert no_baseline.returncode != 0 and "set BEFORE" in no_baseline.stderr
