@@ -78,6 +78,22 @@ def test_streams_block_by_block_over_two_clips(engine, reference_run) -> None:
     assert engine.name.startswith("liveavatar-")
 
 
+def test_the_last_block_leaves_the_decoder_per_latent_frame(engine, photo, speech, reference_run,
+                                                            monkeypatch) -> None:
+    """Nothing is denoised after the last block, so its frames go on to the copy, interpolation and encoding as
+    each latent frame is decoded (the video's tail, pipelined); the chunks and their frames stay the same."""
+    from python_backends.generation.wan.common import streaming
+
+    pieces, run = [], streaming.ChunkMaker.run
+    monkeypatch.setattr(streaming.ChunkMaker, "run", lambda self, piece: pieces.append(
+        (piece.timing["block"], piece.pixels.shape[2], piece.flush)) or run(self, piece))
+    chunks = list(engine.generate(job(photo, speech)))
+    assert pieces == [(0.0, 9, True), (1.0, 12, True), (2.0, 4, False), (2.0, 4, False), (2.0, 4, True)]
+    assert [len(c.frames) for c in chunks] == [9, 12, 11]  # the last piece's extra frame is past the video's end
+    assert np.array_equal(np.concatenate([c.frames for c in chunks]),
+                          np.concatenate([c.frames for c in reference_run]))
+
+
 def test_the_first_chunk_says_where_the_requests_start_went(reference_run) -> None:
     first, *later = reference_run
     phases = {f"start_{p}_s" for p in ("audio_features", "text", "reference_encode", "history_encode",
@@ -333,16 +349,17 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
         runs[full] = (chunks, list(pixels), list(encoded))
     (full_chunks, full_pixels, full_encoded), (chunks, tail_pixels, tail_encoded) = runs[True], runs[False]
     assert [c.clip for c in chunks] == [c.clip for c in full_chunks] == [0, 1, 2]
-    # the reference photo (5 frames), the whole history for the motion condition and clip 0, then per clip
-    assert full_encoded == [(5, 5), (265, 265), (265, 265), (265, 265)]
+    # the whole history for the motion condition and clip 0, the reference photo (5 frames), then per clip
+    assert full_encoded == [(265, 265), (5, 5), (265, 265), (265, 265)]
     # the history's last 261 frames give the condition's 19 and the decoder's 38 latent frames; the photo's still
-    # run is encoded to the fixed point (117 frames) once. After a fresh clip 0 the history moved 9 frames (12 less
-    # the 3 dropped), off the 4-frame grouping, so clip 1 restarts on the 261: from the fixed point, the last 12
-    # frames are left to encode. Continuing, the history is the photo then 4 frames of the last segment.
-    assert tail_encoded == ([(5, 5), (261, 121), (12, 12), (12, 12)] if continuing else
-                            [(5, 5), (261, 117), (261, 12), (12, 12)])
+    # run is encoded to the fixed point (117 frames) once, and a fresh history's encoding gives the reference latent
+    # too. After a fresh clip 0 the history moved 9 frames (12 less the 3 dropped), off the 4-frame grouping, so
+    # clip 1 restarts on the 261: from the fixed point, the last 12 frames are left to encode. Continuing, the
+    # history is the photo then 4 frames of the last segment, and the reference is encoded on its own.
+    assert tail_encoded == ([(261, 121), (5, 5), (12, 12), (12, 12)] if continuing else
+                            [(261, 117), (261, 12), (12, 12)])
     # bitwise: every VAE layer sees the same shapes and tails on both paths (HistoryPrimer)
-    assert len(tail_pixels) == len(full_pixels) == 3
+    assert len(tail_pixels) == len(full_pixels) == 5  # 3 blocks, the last streamed per latent frame
     assert all(torch.equal(a, b) for a, b in zip(tail_pixels, full_pixels, strict=True))
     for a, b in zip(chunks, full_chunks, strict=True):
         assert a.start_frame == b.start_frame and np.array_equal(a.frames, b.frames)

@@ -12,10 +12,11 @@ alpha 64 on every q, k, v, o, ffn.0, ffn.2: liveavatar/configs/s2v_causal_sft.ya
 Per job:
 1. Size: the official get_size_less_than_area of the photo within the area 704 x 384 (`--size "704*384"` is an
    area; sides multiples of 64). The reference latent is the *second* latent frame of 5 copies of the photo
-   (`vae.encode(ref x 5)[:, :, 1:]`), and the motion latents are the VAE latents of the photo repeated 5 x 73 =
-   365 times (the release repeats its 5-frame reference tensor 73 times); the DiT's frame packer takes their last
-   19. They never change during the video: without --enable_online_decode (the script's default) the
-   condition is prefilled once (causal_s2v.CausalS2V.prefill) and continuity comes from the KV caches.
+   (`vae.encode(ref x 5)[:, :, 1:]`; here read off the history's encoding, which starts with those 5), and the
+   motion latents are the VAE latents of the photo repeated 5 x 73 = 365 times (the release repeats its 5-frame
+   reference tensor 73 times); the DiT's frame packer takes their last 19. They never change during the video:
+   without --enable_online_decode (the script's default) the condition is prefilled once
+   (causal_s2v.CausalS2V.prefill) and continuity comes from the KV caches.
 2. Clips of --infer_frames 48 frames = 12 latent frames = 4 blocks of 3 latent frames. Per clip, noise
    [16, 12, H/8, W/8] from seed + clip; per block, 4 Euler steps on diffusers' FlowMatchEulerDiscreteScheduler
    with shift 3 (t = 1000, 857.69, 602.15, 8.93; scheduler.py "euler-diffusers"), no CFG (guide 0), each step
@@ -283,15 +284,21 @@ class WanLiveAvatarEngine(WanS2VEngine):
         fitted = fit_photo(photo, height, width)
         pixels = torch.from_numpy(fitted).to(self.device).permute(2, 0, 1)[None, :, None].float().div(127.5).sub(1.0)
         pixels = pixels.to(self.vae.dtype)
-        ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
-        encode_s = clock.lap("reference_encode")
         history = self._history(job, pixels, plan, p.fps)
         primer = HistoryPrimer(self.vae, opt.full_history_priming)
         # The DiT's motion condition: frame packing reads only the last 19 latent frames, and those are exact from
         # the history's tail that priming encodes anyway; without frame packing, all of them as the release does.
         condition = sum(ZIP_FRAME_BUCKETS) if self.transformer.config.enable_framepack else -1
         motion_latents = primer.encode(history, -1 if opt.full_history_priming else condition)
-        encode_s += clock.lap("history_encode")
+        encode_s = clock.lap("history_encode")
+        if plan.continuing or opt.full_history_priming or history.shape[2] < REFERENCE_COPIES:
+            ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
+        else:
+            # The history's tail starts with the photo still, so its encoding began as encoding the 5 copies does
+            # (the photo alone, then 4 copies, through the same layers): its second latent frame is the
+            # reference latent, bitwise, and the request's start saves a VAE encode.
+            ref_latents = motion_latents[:, :, 1:2]
+        encode_s += clock.lap("reference_encode")
         lat_shape = (1, self.transformer.config.in_dim, opt.infer_frames // TEMPORAL_STRIDE,
                      height // SPATIAL_STRIDE, width // SPATIAL_STRIDE)
         cond = self.causal.prefill(ref_latents, motion_latents, [context])
@@ -387,16 +394,26 @@ class _BlockDecoder:
 
     def run(self, block: _Block) -> Iterator[PixelPiece]:
         engine, vae = self.engine, self.engine.vae
-        t0 = time.perf_counter()
-        pixels = torch.cat(list(self.decoder.feed(block.latents)), dim=2)
-        if self.dropped:
-            pixels, self.dropped = pixels[:, :, self.dropped:], 0
-        self.clip_pixels.append(pixels.to(vae.dtype))
-        engine._sync()
-        self.spent["decode_s"] += time.perf_counter() - t0
-        sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
         timing = {"denoise_s": block.denoise_s, "steps": block.steps, "block": float(block.n)}
-        yield PixelPiece(pixels, block.clip, timing, sums, flush=True)
+        # The last block's frames leave per latent frame: nothing is denoised after it, so its decoding, the copy,
+        # interpolation and encoding are the video's tail, and pipelining them shortens it. The others leave whole
+        # (one copy and one interpolation batch each): their stages overlap the next block's denoising anyway.
+        pieces = self.decoder.feed(block.latents)
+        if block.n + 1 < self.blocks:
+            pieces = iter([torch.cat(list(pieces), dim=2)])
+        t0 = time.perf_counter()
+        for pixels, last in _with_last(pieces):
+            if self.dropped:
+                pixels, self.dropped = pixels[:, :, self.dropped:], max(0, self.dropped - pixels.shape[2])
+            self.clip_pixels.append(pixels.to(vae.dtype))
+            engine._sync()
+            self.spent["decode_s"] += time.perf_counter() - t0
+            sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
+            if pixels.shape[2]:
+                yield PixelPiece(pixels, block.clip, timing, sums, flush=last)
+            else:  # all dropped (a first block decoded frame by frame): its cost goes with the next piece
+                self.spent = {k: self.spent.get(k, 0.0) + v for k, v in sums.items()}
+            t0 = time.perf_counter()
         if block.index == engine.options.blocks_per_clip - 1 and block.n + 1 < self.blocks:
             # the next clip's decoder primes on this clip's last frames
             recent = torch.cat(self.clip_pixels, dim=2)[:, :, -engine.task.motion_frames:]
@@ -404,3 +421,12 @@ class _BlockDecoder:
             self.history = torch.cat([self.history, recent], dim=2)[:, :, -self.history.shape[2]:]
             self.moved = recent.shape[2]
             self._prime(block.clip + 1)
+
+
+def _with_last(items: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, bool]]:
+    """(item, whether it is the last) for each item."""
+    pending = next(items, None)
+    while pending is not None:
+        following = next(items, None)
+        yield pending, following is None
+        pending = following
