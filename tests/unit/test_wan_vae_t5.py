@@ -559,6 +559,41 @@ def test_a_still_starts_units_stop_running_once_settled_with_the_same_latents_an
     assert settled_calls == {"conv1": 1 + 2 + 2, "head": 1 + 28 + 2}
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_advancing_over_identical_latents_runs_each_part_until_it_settles(
+        aux: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A still photo's history gives a run of identical latent frames: LatentDecoder.advance runs each part over
+    them only until its state stops changing (_SettlingChain), and leaves bitwise the state that running every
+    active part leaves, so the next frames decode the same."""
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(7)
+    moving = torch.randn(1, 16, 6, 1, 1, generator=generator, dtype=torch.float64)
+    # two frames, a still run of 40 (longer than the decoder's memory of 38), then two more: two calls of advance
+    latents = torch.cat([moving[:, :, :2], moving[:, :, 2:3].expand(-1, -1, 40, -1, -1), moving[:, :, 3:5]], dim=2)
+    calls = {"conv1": 0}
+    vae.decoder.conv1.register_forward_hook(lambda *_: calls.__setitem__("conv1", calls["conv1"] + 1))
+
+    def advanced(settle: bool) -> tuple[LatentDecoder, int]:
+        monkeypatch.setattr(LatentDecoder, "settle_still_latents", settle)
+        calls["conv1"] = 0
+        decoder = LatentDecoder(vae)
+        decoder.advance(latents[:, :, :30])
+        decoder.advance(latents[:, :, 30:])
+        return decoder, calls["conv1"]
+
+    (every, every_calls), (settled, settled_calls) = advanced(False), advanced(True)
+    assert every.state.tails.keys() == settled.state.tails.keys() and every.state.started == settled.state.started
+    assert all(torch.equal(settled.state.tails[layer], tail) for layer, tail in every.state.tails.items())
+    following = moving[:, :, 5:]
+    assert torch.equal(torch.cat(list(settled.feed(following)), 2), torch.cat(list(every.feed(following)), 2))
+    # the first part (a causal conv with two frames of past) runs on every frame of both calls (all within its 38
+    # frames of memory), and settling on the 2 moving frames before the run, 3 of the run (its tail holds the run
+    # after 2, unchanged by the third), 2 in the second call (a run restarts with each call: its first frame runs
+    # plainly and its second finds the tail unchanged) and the 2 moving frames after
+    assert every_calls == 30 + 14
+    assert settled_calls == 2 + 3 + 2 + 2
+
+
 def test_still_frames_counts_the_frames_equal_to_the_first() -> None:
     video = torch.zeros(2, 3, 40, 4, 4)
     video[1, 2, 37, 3, 3] = 1.0  # one value in one frame of one clip of the batch differs

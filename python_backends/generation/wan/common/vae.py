@@ -294,26 +294,31 @@ class Encoder3d(nn.Module):
         return chain
 
 
+Unit = tuple[nn.Module, Callable[[torch.Tensor, StreamState], torch.Tensor]]  # a module and how it runs
+
+
 class _SettlingChain:
-    """Encoder3d over a run of identical chunks, each unit of its chain run only until it settles.
+    """A chain of units (Encoder3d.units, the decoder's parts) over a run of identical chunks, each unit run only
+    until it settles.
 
     A unit whose input no longer changes and whose state came out of a chunk as it went in gives that chunk's
     output for every later identical chunk, and keeps that state: the same inputs through the same layers give the
     same values. So once a unit settles, the units before it are skipped; their one constant output is kept and
-    fed on. Units settle in order, the full-resolution ones after a few chunks and the deepest last, so a still
-    start costs little more than its deep layers. Checked with torch.equal, never assumed: bitwise the encoder's
-    own outputs and state."""
+    fed on. Units settle in order, the encoder's full-resolution ones after a few chunks and the deepest last, so a
+    still start costs little more than its deep layers. Checked with torch.equal, never assumed: bitwise the
+    chain's own outputs and state."""
 
-    def __init__(self, encoder: Encoder3d) -> None:
-        self.units = [(fn, set(module.modules())) for module, fn in encoder.units()]
+    def __init__(self, units: Sequence[Unit]) -> None:
+        self.units = [(fn, set(module.modules())) for module, fn in units]
         self.settled = 0  # units [0, settled) settled
         self.output: torch.Tensor | None = None  # of unit settled - 1
 
-    def __call__(self, chunk: torch.Tensor, state: StreamState) -> torch.Tensor:
-        """The encoder's output for `chunk`, the same chunk as every call before on this chain."""
+    def __call__(self, chunk: torch.Tensor, state: StreamState, count: int | None = None) -> torch.Tensor:
+        """The output of the chain's first `count` units (all) for `chunk`, the same chunk as every call before on
+        this chain; `count` may grow from call to call."""
         x = chunk if self.output is None else self.output
         settling = True  # whether the units before this one have all settled
-        for index in range(self.settled, len(self.units)):
+        for index in range(self.settled, len(self.units) if count is None else count):
             fn, modules = self.units[index]
             before = _tails_of(state, modules) if settling else {}  # past the first unsettled unit: not compared
             x = fn(x, state)
@@ -373,8 +378,13 @@ class Decoder3d(nn.Module):
     def forward(self, x: torch.Tensor, state: StreamState, parts: int | None = None) -> torch.Tensor:
         """`parts`: run only the first that many (LatentDecoder.advance); the rest leave their state as it is."""
         for part in self.parts()[:parts]:
-            x = _run(part, x, state) if isinstance(part, nn.Sequential) else part(x, state)
+            x = run_part(part, x, state)
         return x
+
+
+def run_part(part: nn.Module, x: torch.Tensor, state: StreamState) -> torch.Tensor:
+    """One part of Decoder3d.parts on `x`."""
+    return _run(part, x, state) if isinstance(part, nn.Sequential) else part(x, state)
 
 
 class WanVAE(nn.Module):
@@ -545,7 +555,7 @@ class LatentEncoder:
             self.state.tails, self.state.started = dict(memo.tails), set(memo.started)
             memo = None
         # chunks 1 .. still are the same 4 frames of the picture: the encoder's units stop running once settled
-        settling = _SettlingChain(vae.encoder) if still and self.settle_still_start else None
+        settling = _SettlingChain(vae.encoder.units()) if still and self.settle_still_start else None
         for index in range(len(out), len(chunks)):
             chunk = chunks[index]
             run = settling if settling is not None and 1 <= index <= still else vae.encoder
@@ -580,6 +590,8 @@ class LatentDecoder:
     pixels of decoding them at once (conv2 is 1x1x1, the decoder carries its causal tails in the stream state),
     so frames can leave as soon as each piece of latents is denoised."""
 
+    settle_still_latents = True  # False: advance runs every active part on a run of identical latent frames too
+
     def __init__(self, vae: WanVAE) -> None:
         self.vae = vae
         self.state = StreamState()
@@ -607,16 +619,26 @@ class LatentDecoder:
         """The state `feed` would leave, without the pixels: per latent frame only the parts of the decoder whose
         work the final state depends on (decoder_steps), so the full-resolution parts run for the last few frames
         only. Exact: each part runs its usual chunk shapes on the same inputs over the frames that count; where it
-        starts late, its first outputs (from zero or stale tails) fall outside what the final state depends on."""
+        starts late, its first outputs (from zero or stale tails) fall outside what the final state depends on.
+
+        On a run of identical latent frames (a still photo's history) the parts run as a _SettlingChain from the
+        run's second frame on: each only until it settles, bitwise what running them all gives."""
         vae, steps = self.vae, decoder_steps(self.vae)
         parts, frames = vae.decoder.parts(), latents.shape[2]
+        chain, previous = None, None
         for i, x in enumerate(self._inputs(latents)):
             active = sum(1 for needed in steps if needed >= frames - i)
             if self.latent_frames:  # a part starting late is past the video's first frame, as the others are
                 self.state.started.update(p for p in parts[:active] if isinstance(p, Resample)
                                           and p.mode == "upsample3d")
-            if active:
-                vae.decoder(x, self.state, parts=active)
+            if self.settle_still_latents and previous is not None and torch.equal(x, previous):
+                chain = chain or _SettlingChain([(part, functools.partial(run_part, part)) for part in parts])
+                chain(x, self.state, active)
+            else:
+                chain = None
+                if active:
+                    vae.decoder(x, self.state, parts=active)
+            previous = x
             self.latent_frames += 1
 
     def _inputs(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
