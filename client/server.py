@@ -8,6 +8,7 @@ python-backend stub (no orphans).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -24,8 +25,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from python_backends.licences import COMMERCIAL_ENV
 from python_backends.weights import WEIGHTS_ENV
 
@@ -34,6 +33,10 @@ from .stub_watchdog import ADMIN_HEADER, StubWatchdog
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# what the dynamic loader prints when the python-backend stub's binary cannot start
+STUB_LOAD_ERROR = "error while loading shared libraries"
 
 
 class ServerError(RuntimeError):
@@ -92,6 +95,23 @@ def _site_packages() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
 
+def _pytriton_package() -> Path:
+    """The nvidia-pytriton package folder wherever this interpreter imports it from (site-packages, the user's, a
+    `pip install --target` folder on PYTHONPATH), without importing it; its bundled libraries sit beside it."""
+    spec = importlib.util.find_spec("pytriton")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else _site_packages() / "pytriton"
+
+
+def _stub_numpy_major() -> int | None:
+    """numpy's major version as the python-backend stub sees it: its embedded interpreter ignores PYTHONPATH
+    (checked: PYTHONPATH reaches the stub's environment but not its sys.path), so ask this interpreter in
+    isolated mode (-I) rather than trusting the numpy this process imported."""
+    probe = subprocess.run([sys.executable, "-I", "-c", "import numpy; print(numpy.__version__)"],
+                           capture_output=True, text=True, timeout=60)
+    return int(probe.stdout.split(".")[0]) if probe.returncode == 0 and probe.stdout.strip() else None
+
+
 def _pytriton_backend_dir(triton_root: Path) -> Path:
     """A backends folder whose python backend carries the stub for this interpreter."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -121,23 +141,29 @@ def server_command(options: ServerOptions, admin_token: str | None = None) -> tu
     if options.commercial:
         env[COMMERCIAL_ENV] = "1"
     env.update(options.env)
-    if int(np.__version__.split(".")[0]) >= 2:
+    if env.get("PYTHONPATH"):
+        logger.warning("PYTHONPATH is set, but tritonserver's python-backend stubs ignore it: the models import "
+                       "only from %s's site-packages and the working directory; install what they need there "
+                       "(pip install, not pip install --target)", sys.executable)
+    if (_stub_numpy_major() or 0) >= 2:
         # Seen on the GPU image (numpy 2.x): numeric outputs survive through dlpack, but every BYTES output
         # (model_info, reports, chunk_info) reaches the client empty with this numpy-1 python-backend stub.
-        logger.warning("numpy %s in the server environment: BYTES outputs come back empty from the "
-                       "python backend; install numpy<2 there (pip install 'numpy<2')", np.__version__)
+        logger.warning("numpy 2 in %s's site-packages: BYTES outputs come back empty from the python backend; "
+                       "install numpy<2 there (pip install 'numpy<2'; one on PYTHONPATH does not reach the "
+                       "backend)", sys.executable)
     system = shutil.which("tritonserver")
     if system:
         argv = [system]
     else:
-        triton_root = _site_packages() / "pytriton" / "tritonserver"
+        package = _pytriton_package()
+        triton_root = package / "tritonserver"
         binary = triton_root / "bin" / "tritonserver"
         if not binary.exists():
             raise ServerError(
                 "no tritonserver found: install the server extra (pip install -e '.[server]', which brings "
                 "nvidia-pytriton) or run inside the NGC Triton container"
             )
-        libs = [str(_site_packages() / "nvidia_pytriton.libs")]
+        libs = [str(package.parent / "nvidia_pytriton.libs")]  # the wheel's bundled libraries (libcudart ...)
         # The stub links libpython3.X dynamically; the loader would pick the system one, whose patch release
         # may not match this interpreter's stdlib extensions (seen: Debian 3.11.2 libpython under a pyenv
         # 3.11.7 venv makes `import ssl` fail). Put this interpreter's own shared libpython first.
@@ -217,6 +243,14 @@ class TritonServer:
                 raise ServerError(
                     f"tritonserver exited with code {self.process.returncode} while starting:\n{self.log_tail()}"
                 )
+            unloadable = self._stub_load_error()
+            if unloadable:
+                # Triton waits on a stub that never started and does not get ready (seen for 500 s on a GPU
+                # machine): say why at once instead.
+                raise ServerError(f"a python-backend stub cannot start: {unloadable}\nThe library it names "
+                                  "must be on LD_LIBRARY_PATH (the nvidia-pytriton wheel bundles its own in "
+                                  "nvidia_pytriton.libs beside the pytriton package): reinstall nvidia-pytriton "
+                                  "whole rather than linking parts of it")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -227,6 +261,11 @@ class TritonServer:
         raise ServerError(
             f"tritonserver not ready after {self.options.startup_timeout_s:.0f} s:\n{self.log_tail()}"
         )
+
+    def _stub_load_error(self) -> str:
+        """The dynamic loader's refusal to start a stub (a missing shared library) in the log, or ''."""
+        found = [line for line in self.log_tail(200).splitlines() if STUB_LOAD_ERROR in line]
+        return found[-1].strip() if found else ""
 
     def exited(self) -> bool:
         """The server process ended by itself (not through stop()): a crash, or a kill from outside."""

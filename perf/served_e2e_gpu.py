@@ -12,6 +12,10 @@ generation per segment is measured, as a clip that passes would cost; every gate
 run where `--profile` puts them: `cpu` (their checked-in configs) or `gpu` (KIND_GPU for every model that has a
 GPU path). A warm-up job (two clips, so both compiled graphs exist) runs first and is reported apart.
 
+The python-backend stubs see only the interpreter's site-packages (their embedded interpreter ignores PYTHONPATH):
+install what the models need there, nvidia-pytriton whole and numpy<2 included, not into a `pip install --target`
+folder.
+
     python perf/served_e2e_gpu.py --out $OUT/served_e2e_h200.json --chart $OUT/served_e2e_h200.png
     python perf/served_e2e_gpu.py --engine preview --seconds 2 --warmup-seconds 1 --out /tmp/served.json  # CPU smoke
 """

@@ -53,3 +53,48 @@ def test_a_server_not_ready_in_time_is_stopped_with_its_log(stand_in: None, tmp_
     with pytest.raises(ServerError, match="not ready after"):
         server.start()
     assert server.process is None
+
+
+def test_a_stub_that_cannot_load_its_libraries_fails_the_start_at_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton waits on a python-backend stub that the dynamic loader refused (seen: 500 s without getting ready on
+    a GPU machine whose pytriton libraries were not beside the package): the launcher reads the loader's line in the
+    log, stops the server and says what is missing."""
+    line = ("/cache/triton_python_backend_stub: error while loading shared libraries: libcudart-09529672.so.12.6.77: "
+            "cannot open shared object file: No such file or directory")
+
+    def command(options: ServerOptions, admin_token: str | None) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", f"import time; print({line!r}, flush=True); time.sleep(120)"], {}
+
+    monkeypatch.setattr(server_module, "server_command", command)
+    server = TritonServer(_options(60), log_path=tmp_path / "server.log")
+    with pytest.raises(ServerError, match="stub cannot start: .*libcudart-09529672") as raised:
+        server.start()
+    assert "nvidia_pytriton.libs" in str(raised.value) and server.process is None
+
+
+def test_pytriton_is_found_where_python_imports_it_with_its_libraries(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """nvidia-pytriton installed outside site-packages (pip install --target, on PYTHONPATH): the server binary and
+    the libraries bundled beside the package come from there, and the launcher warns that the stubs will not see
+    PYTHONPATH (their embedded interpreter ignores it)."""
+    import logging
+
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    root = tmp_path / "target" / "pytriton"
+    for path in (root / "tritonserver" / "bin" / "tritonserver",
+                 root / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub",
+                 root / "tritonserver" / "backends" / "python" / "libtriton_python.so", root / "__init__.py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path / "target"))
+    monkeypatch.delitem(sys.modules, "pytriton", raising=False)
+    monkeypatch.setattr(server_module.shutil, "which", lambda name: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "target"))
+    with caplog.at_level(logging.WARNING, logger=server_module.__name__):
+        argv, env = server_module.server_command(_options(1))
+    assert argv[0] == str(root / "tritonserver" / "bin" / "tritonserver")
+    assert str(tmp_path / "target" / "nvidia_pytriton.libs") in env["LD_LIBRARY_PATH"].split(":")
+    assert any("PYTHONPATH is set" in record.getMessage() for record in caplog.records)
