@@ -398,11 +398,11 @@ class _BlockDecoder:
         # The last block's frames leave per latent frame: nothing is denoised after it, so its decoding, the copy,
         # interpolation and encoding are the video's tail, and pipelining them shortens it. The others leave whole
         # (one copy and one interpolation batch each): their stages overlap the next block's denoising anyway.
-        pieces = self.decoder.feed(block.latents)
+        pieces, count = self.decoder.feed(block.latents), block.latents.shape[2]  # a piece per latent frame
         if block.n + 1 < self.blocks:
-            pieces = iter([torch.cat(list(pieces), dim=2)])
+            pieces, count = iter([torch.cat(list(pieces), dim=2)]), 1
         t0 = time.perf_counter()
-        for pixels, last in _with_last(pieces):
+        for index, pixels in enumerate(pieces):
             if self.dropped:
                 pixels, self.dropped = pixels[:, :, self.dropped:], max(0, self.dropped - pixels.shape[2])
             self.clip_pixels.append(pixels.to(vae.dtype))
@@ -410,7 +410,7 @@ class _BlockDecoder:
             self.spent["decode_s"] += time.perf_counter() - t0
             sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
             if pixels.shape[2]:
-                yield PixelPiece(pixels, block.clip, timing, sums, flush=last)
+                yield PixelPiece(pixels, block.clip, timing, sums, flush=index == count - 1)
             else:  # all dropped (a first block decoded frame by frame): its cost goes with the next piece
                 self.spent = {k: self.spent.get(k, 0.0) + v for k, v in sums.items()}
             t0 = time.perf_counter()
@@ -421,12 +421,3 @@ class _BlockDecoder:
             self.history = torch.cat([self.history, recent], dim=2)[:, :, -self.history.shape[2]:]
             self.moved = recent.shape[2]
             self._prime(block.clip + 1)
-
-
-def _with_last(items: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, bool]]:
-    """(item, whether it is the last) for each item."""
-    pending = next(items, None)
-    while pending is not None:
-        following = next(items, None)
-        yield pending, following is None
-        pending = following
