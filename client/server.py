@@ -104,9 +104,13 @@ def _pytriton_package() -> Path:
 
 
 def _stub_numpy_major() -> int | None:
-    """numpy's major version as the python-backend stub sees it: its embedded interpreter ignores PYTHONPATH
-    (checked: PYTHONPATH reaches the stub's environment but not its sys.path), so ask this interpreter in
-    isolated mode (-I) rather than trusting the numpy this process imported."""
+    """numpy's major version as the python-backend stub sees it. Its embedded interpreter ignores PYTHONPATH
+    (checked: PYTHONPATH reaches the stub's environment but not its sys.path), so where this process's numpy may
+    have come from PYTHONPATH, ask this interpreter in isolated mode (-I); elsewhere it is the one imported here."""
+    if not os.environ.get("PYTHONPATH"):
+        import numpy
+
+        return int(numpy.__version__.split(".")[0])
     probe = subprocess.run([sys.executable, "-I", "-c", "import numpy; print(numpy.__version__)"],
                            capture_output=True, text=True, timeout=60)
     return int(probe.stdout.split(".")[0]) if probe.returncode == 0 and probe.stdout.strip() else None

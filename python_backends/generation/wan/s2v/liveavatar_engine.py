@@ -408,11 +408,9 @@ class _BlockDecoder:
             self.clip_pixels.append(pixels.to(vae.dtype))
             engine._sync()
             self.spent["decode_s"] += time.perf_counter() - t0
-            sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
-            if pixels.shape[2]:
+            if pixels.shape[2]:  # a piece all dropped (a first block decoded frame by frame) leaves its cost spent
+                sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
                 yield PixelPiece(pixels, block.clip, timing, sums, flush=index == count - 1)
-            else:  # all dropped (a first block decoded frame by frame): its cost goes with the next piece
-                self.spent = {k: self.spent.get(k, 0.0) + v for k, v in sums.items()}
             t0 = time.perf_counter()
         if block.index == engine.options.blocks_per_clip - 1 and block.n + 1 < self.blocks:
             # the next clip's decoder primes on this clip's last frames
