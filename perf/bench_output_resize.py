@@ -29,6 +29,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,10 +65,14 @@ def measure(generated: tuple[int, int], output: tuple[int, int], count: int) -> 
     truth = Frames(*output).chunk(0, count)
     small = np.stack([cv2.resize(frame, generated, interpolation=cv2.INTER_AREA) for frame in truth])
     reference = [_planes(encoder_frame(frame)) for frame in truth]
-    encoder_frame(small[0], output)  # swscale builds its filters on first use: not a per-frame cost
+    # one swscale context per path, as StreamingEncoder keeps one per stream: it builds its filters on first use,
+    # not a per-frame cost
+    convert, scale = VideoReformatter(), VideoReformatter()
+    encoder_frame(small[0], output, scale)
     resized, resize_ms = _timed(lambda i: resize_frames(small[i:i + 1], output)[0], count)
-    server, convert_ms = _timed(lambda i: encoder_frame(resized[i]), count)
-    encoder, scale_ms = _timed(lambda i: encoder_frame(small[i], output), count)
+    encoder_frame(resized[0], None, convert)
+    server, convert_ms = _timed(lambda i: encoder_frame(resized[i], None, convert), count)
+    encoder, scale_ms = _timed(lambda i: encoder_frame(small[i], output, scale), count)
     server, encoder = [_planes(f) for f in server], [_planes(f) for f in encoder]
 
     def fidelity(planes: list[list[np.ndarray]], against: list[list[np.ndarray]]) -> dict:
