@@ -78,20 +78,25 @@ def test_streams_block_by_block_over_two_clips(engine, reference_run) -> None:
     assert engine.name.startswith("liveavatar-")
 
 
-def test_the_last_block_leaves_the_decoder_per_latent_frame(engine, photo, speech, reference_run,
-                                                            monkeypatch) -> None:
+@pytest.mark.parametrize(("frame_count", "decoded", "last_chunk"), [(None, 3, 11), (28, 2, 7)], ids=["32", "28"])
+def test_the_last_block_leaves_the_decoder_per_latent_frame(engine, photo, speech, reference_run, monkeypatch,
+                                                            frame_count, decoded, last_chunk) -> None:
     """Nothing is denoised after the last block, so its frames go on to the copy, interpolation and encoding as
-    each latent frame is decoded (the video's tail, pipelined); the chunks and their frames stay the same."""
+    each latent frame is decoded (the video's tail, pipelined); the chunks and their frames stay the same. Its
+    latent frames past the last frame needed are not decoded: with 28 frames, block 2 (frames 21-32) needs only
+    its first two latent frames (21-28), and the causal decoder gives them the same pixels without the third."""
     from python_backends.generation.wan.common import streaming
 
     pieces, run = [], streaming.ChunkMaker.run
     monkeypatch.setattr(streaming.ChunkMaker, "run", lambda self, piece: pieces.append(
         (piece.timing["block"], piece.pixels.shape[2], piece.flush)) or run(self, piece))
-    chunks = list(engine.generate(job(photo, speech)))
-    assert pieces == [(0.0, 9, True), (1.0, 12, True), (2.0, 4, False), (2.0, 4, False), (2.0, 4, True)]
-    assert [len(c.frames) for c in chunks] == [9, 12, 11]  # the last piece's extra frame is past the video's end
+    params = {} if frame_count is None else {"frame_count": frame_count}
+    chunks = list(engine.generate(job(photo, speech, **params)))
+    assert pieces == [(0.0, 9, True), (1.0, 12, True)] + [(2.0, 4, False)] * (decoded - 1) + [(2.0, 4, True)]
+    # the last piece's extra frames are past the video's end
+    assert [len(c.frames) for c in chunks] == [9, 12, last_chunk]
     assert np.array_equal(np.concatenate([c.frames for c in chunks]),
-                          np.concatenate([c.frames for c in reference_run]))
+                          np.concatenate([c.frames for c in reference_run])[: 21 + last_chunk])
 
 
 def test_the_first_chunk_says_where_the_requests_start_went(reference_run) -> None:
@@ -359,7 +364,8 @@ def test_priming_from_the_history_tail_streams_the_full_history_frames(
     assert tail_encoded == ([(261, 121), (5, 5), (12, 12), (12, 12)] if continuing else
                             [(261, 117), (261, 12), (12, 12)])
     # bitwise: every VAE layer sees the same shapes and tails on both paths (HistoryPrimer)
-    assert len(tail_pixels) == len(full_pixels) == 5  # 3 blocks, the last streamed per latent frame
+    # 3 blocks, the last streamed per latent frame and only its first decoded: it holds the 22nd and last frame
+    assert len(tail_pixels) == len(full_pixels) == 3
     assert all(torch.equal(a, b) for a, b in zip(tail_pixels, full_pixels, strict=True))
     for a, b in zip(chunks, full_chunks, strict=True):
         assert a.start_frame == b.start_frame and np.array_equal(a.frames, b.frames)

@@ -113,7 +113,7 @@ class ChunkMaker:
 
     def run(self, piece: PixelPiece) -> list[WanFrameChunk]:
         t0 = time.perf_counter()
-        frames = to_uint8(piece.pixels)[: max(0, self.needed - self.produced)]  # the copy to the host
+        frames = to_uint8(piece.pixels[:, :, : max(0, self.needed - self.produced)])  # the copy to the host
         self.produced += len(frames)
         self.buffer.extend(self.resampler.push(frames))
         self.clip, self.timing = piece.clip, {**self.timing, **piece.timing}

@@ -311,8 +311,8 @@ class WanLiveAvatarEngine(WanS2VEngine):
 
         source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
                                        caches, distances)
-        decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, blocks,
-                                {"encode_s": encode_s, **clock.phases})
+        decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, plan.needed + dropped,
+                                blocks, {"encode_s": encode_s, **clock.phases})
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
                             sampling, started)
         yield from stream_chunks(self, "LiveAvatar", source, chunks, "denoise",
@@ -357,17 +357,18 @@ class _Block:
 
 class _BlockDecoder:
     """The decode stage: per clip, the causal VAE primed with the latents of the last `history_frames` frames (the
-    photo's for the first clip), then each block's latents decoded as it arrives. Priming is off the critical path:
-    the first clip's before the first block arrives (`start`), the next clip's right after this clip's last block
-    went out, while the DiT denoises the next block. `start` holds the request's start by phase (encode_s and
-    PhaseClock's start_*_s); it goes out with the first piece, with the first clip's priming as
-    start_decoder_prime_s."""
+    photo's for the first clip), then each block's latents decoded as it arrives, up to `frames` (the dropped
+    included). Priming is off the critical path: the first clip's before the first block arrives (`start`), the
+    next clip's right after this clip's last block went out, while the DiT denoises the next block. `start` holds
+    the request's start by phase (encode_s and PhaseClock's start_*_s); it goes out with the first piece, with the
+    first clip's priming as start_decoder_prime_s."""
 
     def __init__(self, engine: WanLiveAvatarEngine, primer: HistoryPrimer, motion_latents: torch.Tensor,
-                 history: torch.Tensor, dropped: int, blocks: int, start: dict[str, float]) -> None:
+                 history: torch.Tensor, dropped: int, frames: int, blocks: int, start: dict[str, float]) -> None:
         self.engine, self.primer, self.motion_latents, self.history = engine, primer, motion_latents, history
         self.moved = 0  # frames the history moved on since the last priming
-        self.dropped, self.blocks = dropped, blocks
+        self.dropped, self.frames, self.blocks = dropped, frames, blocks
+        self.per_block = TEMPORAL_STRIDE * engine.options.block_frames
         self.spent = {**start, "decode_s": 0.0}  # not yet reported with a piece
         self.decoder: LatentDecoder | None = None
         self.clip_pixels: list[torch.Tensor] = []
@@ -398,7 +399,10 @@ class _BlockDecoder:
         # The last block's frames leave per latent frame: nothing is denoised after it, so its decoding, the copy,
         # interpolation and encoding are the video's tail, and pipelining them shortens it. The others leave whole
         # (one copy and one interpolation batch each): their stages overlap the next block's denoising anyway.
-        pieces, count = self.decoder.feed(block.latents), block.latents.shape[2]  # a piece per latent frame
+        latents = block.latents
+        if block.n + 1 == self.blocks:  # past the last frame needed: not decoded (the decoder is causal)
+            latents = latents[:, :, : -(-(self.frames - block.n * self.per_block) // TEMPORAL_STRIDE)]
+        pieces, count = self.decoder.feed(latents), latents.shape[2]  # a piece per latent frame
         if block.n + 1 < self.blocks:
             pieces, count = iter([torch.cat(list(pieces), dim=2)]), 1
         t0 = time.perf_counter()
