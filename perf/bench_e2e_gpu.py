@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--vae-memory-format", default="contiguous", help="contiguous | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--vae-cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
+                        help="cuDNN times the VAE's convolution algorithms per shape (process-wide)")
     parser.add_argument("--sizes", type=frame_sizes, default=None,
                         help="generated sizes to run, WxH,... (default 832x480,1280x720; 704x384 for liveavatar)")
     parser.add_argument("--engine", choices=("s2v", "liveavatar"), default="s2v")
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
              "vae_dtype": "bfloat16" if device.type == "cuda" else "float32",
              "fp8": None if args.fp8 == "none" or device.type == "cpu" else args.fp8,
              "compile": args.compile and device.type == "cuda", "vae_memory_format": args.vae_memory_format,
-             "vae_compile": args.vae_compile and device.type == "cuda", "attention_backend": args.attention}
+             "vae_compile": args.vae_compile and device.type == "cuda", "attention_backend": args.attention,
+             "vae_cudnn_benchmark": args.vae_cudnn_benchmark and device.type == "cuda"}
     if args.engine == "liveavatar":
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames,
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
-                        "infer_frames", "balance_clips", "attention_backend")},
+                        "vae_cudnn_benchmark", "infer_frames", "balance_clips", "attention_backend")},
                     "release_residual": getattr(options, "release_residual", None),
                     # Inductor's tuning switches (TORCHINDUCTOR_* environment variables) the compiled blocks ran with
                     "inductor": {k: getattr(inductor_config, k) for k in (

@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="contiguous (the GPU profile's) | channels_last_3d")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the VAE's compiled norms (on in the GPU profile)")
+    parser.add_argument("--vae-cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
+                        help="cuDNN times the VAE's convolution algorithms per shape (off in the GPU profile)")
     args = parser.parse_args(argv)
     try:
         random_models = models_of(args.random_weights)
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "wan_vae_dtype": "bfloat16", "wan_sampler": "euler", "wan_steps": "4",
                           "liveavatar_history_frames": str(args.history_frames),
                           "wan_vae_memory_format": args.vae_memory_format,
-                          "wan_vae_compile": str(args.vae_compile).lower()})
+                          "wan_vae_compile": str(args.vae_compile).lower(),
+                          "wan_vae_cudnn_benchmark": str(args.vae_cudnn_benchmark).lower()})
     talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
                     "first_segment_s": str(args.first_segment_s), "segment_s": str(args.segment_s),
                     "continue_streams": str(args.continue_streams).lower()}

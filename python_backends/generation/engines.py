@@ -67,7 +67,8 @@ def _fp8(settings: VideoGeneratorSettings) -> str | None:
 
 
 def _vae_speed(settings: VideoGeneratorSettings) -> dict[str, Any]:
-    return {"vae_memory_format": settings.wan_vae_memory_format, "vae_compile": settings.wan_vae_compile}
+    return {"vae_memory_format": settings.wan_vae_memory_format, "vae_compile": settings.wan_vae_compile,
+            "vae_cudnn_benchmark": settings.wan_vae_cudnn_benchmark}
 
 
 def _stages(settings: VideoGeneratorSettings) -> dict[str, bool]:

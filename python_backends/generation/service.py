@@ -74,6 +74,7 @@ class VideoGeneratorSettings:
     wan_vae_dtype: str = "float32"
     wan_vae_memory_format: str = "contiguous"  # or channels_last_3d (wan/common/vae.py configure_vae)
     wan_vae_compile: bool = False  # torch.compile the VAE's norm + SiLU pairs
+    wan_vae_cudnn_benchmark: bool = False  # cuDNN times its convolution algorithms per shape (process-wide)
     wan_overlap: bool = True  # decoding, interpolation and the host copy overlap the DiT (stage_pipeline.py)
     wan_dit_priority: bool = False  # the DiT's CUDA stream before the overlapped stages' (stage_pipeline.py)
     wan_balance_clips: bool = False  # S2V: as many clips as full ones would take, each only as long as needed

@@ -631,3 +631,16 @@ def test_advancing_a_decoder_leaves_the_state_that_decoding_does(aux: dict[str, 
     hook.remove()
     following = latents[:, :, 57:]
     assert torch.equal(torch.cat(list(advanced.feed(following)), 2), torch.cat(list(decoded.feed(following)), 2))
+
+
+def test_cudnn_benchmark_is_switched_on_only_when_asked(aux: dict[str, Path], monkeypatch) -> None:
+    """Process-wide, so configure_vae only ever switches it on: a second engine without it must not switch it off
+    under the first."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    vae = load_vae(aux["vae"], dim=TINY_VAE_DIM)
+    configure_vae(vae)
+    assert not torch.backends.cudnn.benchmark
+    configure_vae(vae, cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark
+    configure_vae(vae)
+    assert torch.backends.cudnn.benchmark

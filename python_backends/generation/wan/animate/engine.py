@@ -203,6 +203,7 @@ class WanAnimateOptions(OverlapOptions):
     vae_dtype: str = "float32"
     vae_memory_format: str = "contiguous"  # the `wan_vae_*` switches, as S2V's
     vae_compile: bool = False
+    vae_cudnn_benchmark: bool = False
     text_cache_size: int = 8
     # A step-distillation LoRA merged at load (any lora.py layout), e.g. the Wan2.1-I2V 4-step LoRA LightX2V's
     # configs/wan22/wan_animate_lora.json applies to Animate-14B with 4 UniPC steps, shift 5, no CFG.
@@ -299,7 +300,8 @@ class WanAnimateEngine(WanEngineBase):
         apply_fp8_and_compile(transformer, options.fp8, options.compile)
         config = transformer.config
         vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config,
-                                                      options.vae_memory_format, options.vae_compile)
+                                                      options.vae_memory_format, options.vae_compile,
+                                                      options.vae_cudnn_benchmark)
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
         if landmarker is None:
             try:

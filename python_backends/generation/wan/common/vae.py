@@ -454,18 +454,24 @@ def _compiled_norm_silu() -> Callable[[torch.Tensor, torch.Tensor, float], torch
     return lambda x, gamma, scale: compiled(x, gamma.detach())
 
 
-def configure_vae(vae: WanVAE, memory_format: str = "contiguous", compile: bool = False) -> WanVAE:
+def configure_vae(vae: WanVAE, memory_format: str = "contiguous", compile: bool = False,
+                  cudnn_benchmark: bool = False) -> WanVAE:
     """The VAE's speed options, in place; each gives the default's results to round-off (tests/unit/test_wan_vae_t5).
 
     memory_format "channels_last_3d": the convolutions' weights and inputs channels-last, the layout cuDNN's fast
     3-D kernels use in bf16; the per-frame 2-D layers then see channels-last views instead of transposed copies.
     compile: each RMSNorm + SiLU pair becomes one compiled kernel (five passes over the activation in eager); the
-    convolutions stay cuDNN's. The first use of each new shape pays the compile time."""
+    convolutions stay cuDNN's. The first use of each new shape pays the compile time.
+    cudnn_benchmark: cuDNN times its convolution algorithms on each shape's first call and keeps the fastest,
+    instead of picking by heuristics. Process-wide (torch.backends.cudnn.benchmark), so it is only ever switched on
+    here; within a process a shape always gets the same algorithm, so the exact shortcuts stay bitwise."""
     if memory_format not in VAE_MEMORY_FORMATS:
         raise ValueError(f"VAE memory format must be one of {', '.join(VAE_MEMORY_FORMATS)}, got {memory_format!r}")
     layout = VAE_MEMORY_FORMATS[memory_format]
     channels_last = layout == torch.channels_last_3d
     norm_silu = _compiled_norm_silu() if compile else _norm_silu
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     with torch.no_grad():
         for module in vae.modules():
             if isinstance(module, (CausalConv3d, Resample)):

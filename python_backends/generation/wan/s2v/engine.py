@@ -120,6 +120,7 @@ class WanS2VOptions(OverlapOptions):
     vae_dtype: str = "float32"  # the official VAE runs in float32
     vae_memory_format: str = "contiguous"  # or channels_last_3d (vae.configure_vae: same results, to round-off)
     vae_compile: bool = False  # torch.compile the VAE's norm + SiLU pairs (vae.configure_vae)
+    vae_cudnn_benchmark: bool = False  # cuDNN times its convolution algorithms per shape (vae.configure_vae)
     # Motion latents decoded before a clip's own to prime the causal VAE decoder. None: all 19 (official,
     # exact); fewer is faster (at 480p the 19 cost about as much as decoding 70 frames) but approximate.
     decode_context_latents: int | None = None
@@ -225,12 +226,12 @@ def infer_vae_dim(state: Mapping[str, torch.Tensor], source: Path) -> int:
 def load_vae_and_text_encoder(folder: Path, task: WanS2VTaskConfig | WanAnimateTaskConfig, device: torch.device,
                               vae_dtype: str, transformer: WanS2VTransformerConfig | WanAnimateTransformerConfig,
                               vae_memory_format: str = "contiguous", vae_compile: bool = False,
-                              ) -> tuple[WanVAE, WanTextEncoder]:
+                              vae_cudnn_benchmark: bool = False) -> tuple[WanVAE, WanTextEncoder]:
     """The Wan2.1 VAE and the umT5 encoder of a release folder, shared by the S2V and Animate engines; umT5 in
     float32 on CPU, else in the release's t5_dtype, and checked to make the text features the DiT takes."""
     vae_path = folder / task.vae_checkpoint
     vae = load_vae(vae_path, device, getattr(torch, vae_dtype), dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
-    configure_vae(vae, vae_memory_format, vae_compile)
+    configure_vae(vae, vae_memory_format, vae_compile, vae_cudnn_benchmark)
     t5_path = folder / task.t5_checkpoint
     t5_config = infer_umt5_config(read_checkpoint(t5_path), t5_path)
     if t5_config.dim != transformer.text_dim:
@@ -476,7 +477,8 @@ class WanS2VEngine(WanEngineBase):
         _apply_speed_options(transformer, folder, options)
 
         vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config,
-                                                      options.vae_memory_format, options.vae_compile)
+                                                      options.vae_memory_format, options.vae_compile,
+                                                      options.vae_cudnn_benchmark)
         audio_encoder = Wav2Vec2Features(folder / task.wav2vec, device=str(device))
         if (audio_encoder.layers, audio_encoder.dim) != (config.audio_layers, config.audio_dim):
             raise WeightsUnavailable(

@@ -58,7 +58,7 @@ def build_random_engine(options: WanS2VOptions, device: torch.device | str,
     transformer = build_s2v_model(config, device, dtype)
     _apply_speed_options(transformer, Path("."), options)
     vae = WanVAE(dim=RELEASE_VAE_DIM if release else SMALL_VAE_DIM).to(device, getattr(torch, options.vae_dtype))
-    configure_vae(vae, options.vae_memory_format, options.vae_compile)
+    configure_vae(vae, options.vae_memory_format, options.vae_compile, options.vae_cudnn_benchmark)
     text_encoder = audio_encoder = None
     if encoders:
         from ....audio.wav2vec2 import Wav2Vec2Features
