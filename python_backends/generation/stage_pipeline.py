@@ -23,6 +23,11 @@ clip ended 7 % later (perf/RESULTS.md, "An H200 again"), so the engines leave it
 
 Errors: an exception in the source or any stage stops the threads upstream and is raised in the consumer (the
 original exception). Closing the iterator (a client that stopped reading) stops every thread too.
+
+The threads live on between runs, one set per role (the source's name, each stage's; _Workers): PyTorch keeps
+cuDNN's execution plans, and with torch.backends.cudnn.benchmark their timings, per thread (Conv_v8.cpp's
+thread_local benchmark cache), so a thread per run would build or time every convolution's plan again at every
+request. On an H100 with the VAE's cuDNN benchmark on, that made each request's start 3-4x slower.
 """
 
 from __future__ import annotations
@@ -38,6 +43,64 @@ from typing import Any
 _POLL_S = 0.05  # how often a blocked thread looks at the stop flag
 _END = object()  # the source is exhausted and every stage flushed
 _STOPPED = object()  # a thread stopped early (the run was cancelled or a later stage failed)
+
+
+class _Worker:
+    """A long-lived thread running one job at a time for `_Workers`."""
+
+    def __init__(self, role: str, workers: _Workers) -> None:
+        self.role, self.workers = role, workers
+        self.jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...], threading.Event]] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=f"stage-{role}", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            target, args, done = self.jobs.get()
+            try:
+                target(*args)  # the run's thread functions hand their own errors to the consumer
+            finally:
+                self.workers.release(self)
+                done.set()
+
+
+class _Workers:
+    """Threads per role, kept when idle: a run takes an idle one of each role it needs or starts a new one, so
+    one run at a time always gets the same threads, and concurrent runs get their own."""
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[_Worker]] = {}
+        self._busy: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def start(self, role: str, target: Callable[..., None], *args: Any) -> threading.Event:
+        """Run `target(*args)` on a thread of `role`; the event is set when it returned."""
+        with self._lock:
+            idle = self._idle.get(role)
+            worker = idle.pop() if idle else None
+        worker = worker or _Worker(role, self)
+        with self._lock:
+            self._busy[id(worker)] = role
+        done = threading.Event()
+        worker.jobs.put((target, args, done))
+        return done
+
+    def release(self, worker: _Worker) -> None:
+        with self._lock:
+            self._busy.pop(id(worker), None)
+            self._idle.setdefault(worker.role, []).append(worker)
+
+    def busy(self) -> list[str]:
+        """The roles of the threads running a job now (tests: a run that ended left none working)."""
+        with self._lock:
+            return sorted(self._busy.values())
+
+
+_WORKERS = _Workers()
+
+
+def busy_stage_threads() -> list[str]:
+    return _WORKERS.busy()
+
 
 
 @dataclass(frozen=True)
@@ -124,6 +187,9 @@ class _Device:
         import torch
 
         self.torch = torch
+        # the caller's intra-op threads: a kept thread would otherwise go on with the count of its first run, and
+        # a different count sums in another order (the same items as one thread, bit for bit, needs the same)
+        self.threads = torch.get_num_threads()
         place = torch.device(device)
         self.cuda = place.type == "cuda" and torch.cuda.is_available()
         if self.cuda and place.index is None:  # "cuda": the caller's current device (set_device needs an index)
@@ -131,11 +197,13 @@ class _Device:
         self.device = place if self.cuda else None
 
     def thread_context(self, priority: bool | None = None) -> contextlib.ExitStack:
-        """Entered in the thread it serves: grad mode and the current device are per thread (no grad, the
-        caller's device), and the thread's work goes on a stream of its own: of the device's highest priority
-        (True), its lowest (False) or the default (None)."""
+        """Entered in the thread it serves: grad mode, the current device and the intra-op thread count are per
+        thread (no grad, the caller's device and count), and the thread's work goes on a stream of its own: of the
+        device's highest priority (True), its lowest (False) or the default (None)."""
         stack = contextlib.ExitStack()
         if self.torch is not None:
+            if self.torch.get_num_threads() != self.threads:
+                self.torch.set_num_threads(self.threads)
             stack.enter_context(self.torch.no_grad())
         if self.cuda:
             self.torch.cuda.set_device(self.device)
@@ -152,6 +220,10 @@ class _Device:
         caches) is read by the threads' own streams, which would not wait for it."""
         if self.cuda:
             self.torch.cuda.current_stream(self.device).synchronize()
+
+    def record(self) -> Any:
+        """An event after what this thread's stream has queued so far (None on the CPU)."""
+        return self.torch.cuda.current_stream(self.device).record_event() if self.cuda else None
 
     def wait(self, message: _Message) -> None:
         if message.event is not None:
@@ -247,14 +319,9 @@ class StageRun:
         self._device.settle_caller()
         cancel = threading.Event()
         channels = [_Channel(self.depth, cancel, self.stats) for _ in range(len(self.stages) + 1)]
-        threads = [threading.Thread(target=self._source_thread, args=(channels[0],),
-                                    name=f"stage-{self.source_name}", daemon=True)]
-        for index, stage in enumerate(self.stages):
-            threads.append(threading.Thread(target=self._stage_thread, args=(stage, channels[index],
-                                                                             channels[index + 1]),
-                                            name=f"stage-{stage.name}", daemon=True))
-        for thread in threads:
-            thread.start()
+        threads = [_WORKERS.start(self.source_name, self._source_thread, channels[0])]
+        threads += [_WORKERS.start(stage.name, self._stage_thread, stage, channels[index], channels[index + 1])
+                    for index, stage in enumerate(self.stages)]
         try:
             while True:
                 message = channels[-1].get()
@@ -267,8 +334,8 @@ class StageRun:
                 yield message.value
         finally:
             cancel.set()
-            for thread in threads:
-                thread.join()
+            for done in threads:
+                done.wait()
             self.stats.wall_s = time.perf_counter() - started
 
     def _emit(self, name: str, produce: Callable[[], Iterable[Any]], out: _Channel) -> bool:
@@ -323,3 +390,26 @@ def run_stages(source: Iterable[Any], stages: Sequence[Stage], depth: int = 2, d
                source_name: str = "source", overlap: bool = True, prioritise_source: bool = False) -> StageRun:
     """The items of `source` through `stages`, overlapped in threads (or one after another with overlap=False)."""
     return StageRun(source, stages, depth, device, source_name, overlap, prioritise_source)
+
+
+def on_kept_thread(role: str, work: Callable[[], Any], device: Any = None) -> Any:
+    """`work()` on a kept thread of `role` (on a GPU, on that thread's stream, ordered after what the caller queued
+    and finished before this returns), for work whose per-thread cuDNN plans should outlive the calling thread: a
+    request's start runs on whichever thread of a serving pool took the request."""
+    place = _Device(device)
+    before = place.record()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with place.thread_context():
+                place.wait(_Message(None, before))
+                out["value"] = work()
+                place.finish()
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            out["error"] = exc
+
+    _WORKERS.start(role, target).wait()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from python_backends.generation.stage_pipeline import Stage, run_stages
+from python_backends.generation.stage_pipeline import Stage, busy_stage_threads, on_kept_thread, run_stages
 
 
 def _double(x: int) -> list[int]:
@@ -65,7 +65,7 @@ def test_an_error_anywhere_reaches_the_consumer_without_a_hang(where) -> None:
     with pytest.raises(ValueError, match=f"{where} broke"):
         list(run_stages(source(), stages, depth=2))
     assert time.perf_counter() - started < 5.0
-    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+    assert not busy_stage_threads()
 
 
 def test_backpressure_bounds_what_runs_ahead_of_a_slow_consumer() -> None:
@@ -116,7 +116,7 @@ def test_closing_early_stops_every_thread_and_closes_the_source() -> None:
     assert next(run) == 0
     run.close()
     assert closed.is_set()
-    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+    assert not busy_stage_threads()
 
 
 def test_stages_overlap_in_time() -> None:
@@ -201,3 +201,45 @@ def test_a_prioritised_source_streams_before_the_stages_and_gives_the_same_resul
     prioritised = list(run_stages(source(), [Stage("square", square)], device="cuda", prioritise_source=True))
     assert seen["square"] == lowest and seen["source"] < seen["square"]  # (lower is more urgent)
     assert prioritised == pytest.approx(plain, rel=1e-4)
+
+
+def test_runs_one_after_another_keep_their_threads_and_concurrent_runs_get_their_own() -> None:
+    """cuDNN's plans (and benchmark timings) are kept per thread, so a role's thread outlives its run."""
+    seen: set[tuple[str, int]] = set()
+
+    def stage(role: str) -> Stage:
+        return Stage(role, lambda x: seen.add((role, threading.get_ident())) or [threading.get_ident()])
+
+    for _ in range(2):
+        list(run_stages(iter(range(3)), [stage("a"), stage("b")]))
+    assert len(seen) == 2  # one thread per role, the same in both runs
+    one = run_stages(iter(range(100)), [stage("a")])  # long enough that both sources are still working
+    other = run_stages(iter(range(100)), [stage("a")])
+    held = next(one)  # `one`'s thread of role "a" is still working while `other` runs
+    assert next(other) != held
+    assert busy_stage_threads() == ["a", "a", "source", "source"]
+    one.close(), other.close()
+    assert not busy_stage_threads()
+
+
+def test_a_kept_thread_takes_the_callers_intra_op_thread_count() -> None:
+    """A count of its first run's would sum in another order than the caller's one-thread run."""
+    torch = pytest.importorskip("torch")
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            list(run_stages(iter(range(2)), [Stage("counted", lambda x: seen.append(torch.get_num_threads()) or [x])],
+                            device="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 2, 1, 1]
+
+
+def test_work_on_a_kept_thread_returns_its_value_or_raises_its_error_in_the_caller() -> None:
+    ident = on_kept_thread("probe", threading.get_ident)
+    assert ident != threading.get_ident() and on_kept_thread("probe", threading.get_ident) == ident
+    with pytest.raises(ValueError, match="no photo"):
+        on_kept_thread("probe", lambda: (_ for _ in ()).throw(ValueError("no photo")))
+    assert not busy_stage_threads()

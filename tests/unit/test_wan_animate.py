@@ -9,7 +9,6 @@ import json
 import math
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from wan_fixtures.tiny_animate import (
 
 from python_backends.errors import ConfigError, InputError
 from python_backends.generation.job import GenerationJob, GenerationParams
+from python_backends.generation.stage_pipeline import busy_stage_threads
 from python_backends.generation.wan.animate.checkpoint import load_animate_transformer, read_animate_config
 from python_backends.generation.wan.animate.clip_vision import (
     CLIP_FILE,
@@ -771,7 +771,7 @@ def test_an_error_in_a_stage_or_the_dit_reaches_the_caller(tiny_engine: WanAnima
     monkeypatch.setattr(streaming, "to_uint8", failing_copy)
     with pytest.raises(RuntimeError, match="host copy failed"):
         list(tiny_engine.generate_from(engine_job(), cond))
-    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+    assert not busy_stage_threads()
     monkeypatch.undo()
 
     denoise = tiny_engine._denoise
@@ -790,4 +790,4 @@ def test_an_error_in_a_stage_or_the_dit_reaches_the_caller(tiny_engine: WanAnima
             received.append(chunk)
     # Only clip 0's chunks came before it (a failing run may drop chunks still queued: nobody will show them).
     assert {c.clip for c in received} <= {0}
-    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+    assert not busy_stage_threads()

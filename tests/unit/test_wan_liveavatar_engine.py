@@ -222,8 +222,7 @@ def test_the_first_chunk_streams_before_the_last_block_is_denoised(engine, photo
 
 
 def test_a_failing_stage_raises_in_the_consumer_and_stops_the_dit(engine, photo, speech, monkeypatch) -> None:
-    import threading
-
+    from python_backends.generation.stage_pipeline import busy_stage_threads
     from python_backends.generation.wan.s2v import liveavatar_engine
 
     calls = []
@@ -238,7 +237,7 @@ def test_a_failing_stage_raises_in_the_consumer_and_stops_the_dit(engine, photo,
     monkeypatch.setattr(liveavatar_engine, "LatentDecoder", Broken)
     with pytest.raises(RuntimeError, match="decoder out of memory"):
         list(engine.generate(job(photo, speech)))
-    assert not [t for t in threading.enumerate() if t.name.startswith("stage-")]
+    assert not busy_stage_threads()
 
 
 # ---------------------------------------------------------------- through video_generator's logic

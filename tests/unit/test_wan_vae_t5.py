@@ -637,10 +637,11 @@ def test_cudnn_benchmark_is_switched_on_only_when_asked(aux: dict[str, Path], mo
     """Process-wide, so configure_vae only ever switches it on: a second engine without it must not switch it off
     under the first."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
     vae = load_vae(aux["vae"], dim=TINY_VAE_DIM)
     configure_vae(vae)
-    assert not torch.backends.cudnn.benchmark
-    configure_vae(vae, cudnn_benchmark=True)
-    assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    configure_vae(vae, cudnn_benchmark=True)  # deterministic: the settling shortcuts need repeatable kernels
+    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
     configure_vae(vae)
-    assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic

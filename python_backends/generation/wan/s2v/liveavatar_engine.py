@@ -62,7 +62,7 @@ import torch
 
 from ....errors import InputError, WeightsUnavailable
 from ...job import GenerationJob
-from ...stage_pipeline import Stage
+from ...stage_pipeline import Stage, on_kept_thread
 from ..common.configs import S2V_14B, WanS2VTaskConfig
 from ..common.scheduler import make_sampler
 from ..common.streaming import ChunkMaker, PhaseClock, PixelPiece, stream_chunks
@@ -101,6 +101,7 @@ LORA_RANK, LORA_ALPHA = 128, 64.0  # liveavatar/configs/s2v_causal_sft.yaml
 LORA_TARGETS = ("q", "k", "v", "o", "ffn.0", "ffn.2")  # same file, lora_target_modules
 REFERENCE_COPIES = 5  # the release encodes 5 copies of the photo and keeps the second latent frame
 MOTION_HISTORY_FRAMES = REFERENCE_COPIES * S2V_14B.motion_frames  # 365: the 5-frame reference repeated 73 times
+VAE_START_ROLE = "vae-start"  # the kept thread that encodes a request's history (stage_pipeline.on_kept_thread)
 
 
 @dataclass(frozen=True)
@@ -289,10 +290,14 @@ class WanLiveAvatarEngine(WanS2VEngine):
         # The DiT's motion condition: frame packing reads only the last 19 latent frames, and those are exact from
         # the history's tail that priming encodes anyway; without frame packing, all of them as the release does.
         condition = sum(ZIP_FRAME_BUCKETS) if self.transformer.config.enable_framepack else -1
-        motion_latents = primer.encode(history, -1 if opt.full_history_priming else condition)
+        # on a kept thread: cuDNN's plans (and benchmark timings) are per thread, and this one may be a serving
+        # pool's thread that never ran the VAE (stage_pipeline._Workers)
+        motion_latents = on_kept_thread(VAE_START_ROLE, lambda: primer.encode(
+            history, -1 if opt.full_history_priming else condition), self.device)
         encode_s = clock.lap("history_encode")
         if plan.continuing or opt.full_history_priming or history.shape[2] < REFERENCE_COPIES:
-            ref_latents = self.vae.encode(pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2]
+            ref_latents = on_kept_thread(VAE_START_ROLE, lambda: self.vae.encode(
+                pixels.expand(-1, -1, REFERENCE_COPIES, -1, -1))[:, :, 1:2], self.device)
         else:
             # The history's tail starts with the photo still, so its encoding began as encoding the 5 copies does
             # (the photo alone, then 4 copies, through the same layers): its second latent frame is the
