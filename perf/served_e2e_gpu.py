@@ -155,12 +155,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--random-weights", default="", help="comma-separated QA models served from random weights in "
                         "their official layouts (perf/random_weights.py), e.g. face_embedder for ArcFace on the GPU: "
                         "speed only, their gates' verdicts mean nothing")
-    parser.add_argument("--vae-memory-format", default="contiguous",
-                        help="contiguous (the GPU profile's) | channels_last_3d")
+    parser.add_argument("--vae-memory-format", default="channels_last_3d",
+                        help="channels_last_3d (the GPU profile's) | contiguous")
     parser.add_argument("--vae-compile", action=argparse.BooleanOptionalAction, default=True,
                         help="the VAE's compiled norms (on in the GPU profile)")
-    parser.add_argument("--vae-cudnn-benchmark", action=argparse.BooleanOptionalAction, default=False,
-                        help="cuDNN times the VAE's convolution algorithms per shape (off in the GPU profile)")
+    parser.add_argument("--vae-cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                        help="cuDNN times the VAE's convolution algorithms per shape (on in the GPU profile)")
     args = parser.parse_args(argv)
     try:
         random_models = models_of(args.random_weights)
