@@ -76,9 +76,7 @@ class _Workers:
         """Run `target(*args)` on a thread of `role`; the event is set when it returned."""
         with self._lock:
             idle = self._idle.get(role)
-            worker = idle.pop() if idle else None
-        worker = worker or _Worker(role, self)
-        with self._lock:
+            worker = idle.pop() if idle else _Worker(role, self)
             self._busy[id(worker)] = role
         done = threading.Event()
         worker.jobs.put((target, args, done))
@@ -100,7 +98,6 @@ _WORKERS = _Workers()
 
 def busy_stage_threads() -> list[str]:
     return _WORKERS.busy()
-
 
 
 @dataclass(frozen=True)

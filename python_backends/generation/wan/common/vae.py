@@ -463,9 +463,9 @@ def configure_vae(vae: WanVAE, memory_format: str = "contiguous", compile: bool 
     compile: each RMSNorm + SiLU pair becomes one compiled kernel (five passes over the activation in eager); the
     convolutions stay cuDNN's. The first use of each new shape pays the compile time.
     cudnn_benchmark: cuDNN times its convolution algorithms on each shape's first call and keeps the fastest,
-    instead of picking by heuristics, among the deterministic ones: the settling shortcuts (_SettlingChain) stop
-    a unit when its output repeats bitwise, and a nondeterministic algorithm never repeats (on an H100 the request's
-    start then ran every unit, 3-4x slower). Process-wide (torch.backends.cudnn), so only ever switched on here."""
+    instead of picking by heuristics, among the deterministic ones, because the settling shortcuts (_SettlingChain)
+    stop a unit when its output repeats bitwise. PyTorch keeps the timings per thread, so the threads that run the
+    VAE live on between requests (stage_pipeline). Process-wide (torch.backends.cudnn): only ever switched on here."""
     if memory_format not in VAE_MEMORY_FORMATS:
         raise ValueError(f"VAE memory format must be one of {', '.join(VAE_MEMORY_FORMATS)}, got {memory_format!r}")
     layout = VAE_MEMORY_FORMATS[memory_format]
