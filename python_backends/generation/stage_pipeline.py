@@ -33,12 +33,15 @@ request. On an H100 with the VAE's cuDNN benchmark on, that made each request's 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often a blocked thread looks at the stop flag
 _END = object()  # the source is exhausted and every stage flushed
@@ -58,6 +61,8 @@ class _Worker:
             target, args, done = self.jobs.get()
             try:
                 target(*args)  # the run's thread functions hand their own errors to the consumer
+            except BaseException:  # noqa: BLE001 - a kept thread outlives a job's failure, or its next job would hang
+                log.exception("a %s job failed outside its run's error handling", self.role)
             finally:
                 self.workers.release(self)
                 done.set()

@@ -243,3 +243,14 @@ def test_work_on_a_kept_thread_returns_its_value_or_raises_its_error_in_the_call
     with pytest.raises(ValueError, match="no photo"):
         on_kept_thread("probe", lambda: (_ for _ in ()).throw(ValueError("no photo")))
     assert not busy_stage_threads()
+
+
+def test_a_kept_thread_outlives_a_job_that_raised_past_its_run(caplog) -> None:
+    from python_backends.generation import stage_pipeline
+
+    def broken() -> None:
+        raise RuntimeError("outside the run's handling")
+
+    stage_pipeline._WORKERS.start("fragile", broken).wait()
+    assert "outside the run's handling" in caplog.text
+    assert on_kept_thread("fragile", lambda: 7) == 7  # the same thread, still serving
