@@ -321,8 +321,8 @@ class StageRun:
         self._device.settle_caller()
         cancel = threading.Event()
         channels = [_Channel(self.depth, cancel, self.stats) for _ in range(len(self.stages) + 1)]
-        threads = [_WORKERS.start(self.source_name, self._source_thread, channels[0])]
-        threads += [_WORKERS.start(stage.name, self._stage_thread, stage, channels[index], channels[index + 1])
+        finished = [_WORKERS.start(self.source_name, self._source_thread, channels[0])]
+        finished += [_WORKERS.start(stage.name, self._stage_thread, stage, channels[index], channels[index + 1])
                     for index, stage in enumerate(self.stages)]
         try:
             while True:
@@ -336,7 +336,7 @@ class StageRun:
                 yield message.value
         finally:
             cancel.set()
-            for done in threads:
+            for done in finished:
                 done.wait()
             self.stats.wall_s = time.perf_counter() - started
 

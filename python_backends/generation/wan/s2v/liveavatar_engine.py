@@ -317,7 +317,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
         source = self._denoised_blocks(blocks, lat_shape, shift, steps, p.seed, features30, audio_offset, frame_base,
                                        caches, distances)
         decoder = _BlockDecoder(self, primer, motion_latents, history, dropped, plan.needed + dropped,
-                                blocks, {"encode_s": encode_s, **clock.phases})
+                                {"encode_s": encode_s, **clock.phases})
         chunks = ChunkMaker(plan.resampler, plan.needed, plan.segment.start, p.fps, plan.total, plan.total + 1,
                             sampling, started)
         yield from stream_chunks(self, "LiveAvatar", source, chunks, "denoise",
@@ -369,10 +369,10 @@ class _BlockDecoder:
     first clip's priming as start_decoder_prime_s."""
 
     def __init__(self, engine: WanLiveAvatarEngine, primer: HistoryPrimer, motion_latents: torch.Tensor,
-                 history: torch.Tensor, dropped: int, frames: int, blocks: int, start: dict[str, float]) -> None:
+                 history: torch.Tensor, dropped: int, frames: int, start: dict[str, float]) -> None:
         self.engine, self.primer, self.motion_latents, self.history = engine, primer, motion_latents, history
         self.moved = 0  # frames the history moved on since the last priming
-        self.dropped, self.frames, self.blocks = dropped, frames, blocks
+        self.dropped, self.frames = dropped, frames
         self.per_block = TEMPORAL_STRIDE * engine.options.block_frames
         self.spent = {**start, "decode_s": 0.0}  # not yet reported with a piece
         self.decoder: LatentDecoder | None = None
@@ -404,11 +404,11 @@ class _BlockDecoder:
         # The last block's frames leave per latent frame: nothing is denoised after it, so its decoding, the copy,
         # interpolation and encoding are the video's tail, and pipelining them shortens it. The others leave whole
         # (one copy and one interpolation batch each): their stages overlap the next block's denoising anyway.
-        latents = block.latents
-        if block.n + 1 == self.blocks:  # past the last frame needed: not decoded (the decoder is causal)
-            latents = latents[:, :, : -(-(self.frames - block.n * self.per_block) // TEMPORAL_STRIDE)]
+        latents, last = block.latents, (block.n + 1) * self.per_block >= self.frames
+        if last:  # past the last frame needed: not decoded (the decoder is causal)
+            latents = latents[:, :, : math.ceil((self.frames - block.n * self.per_block) / TEMPORAL_STRIDE)]
         pieces, count = self.decoder.feed(latents), latents.shape[2]  # a piece per latent frame
-        if block.n + 1 < self.blocks:
+        if not last:
             pieces, count = iter([torch.cat(list(pieces), dim=2)]), 1
         t0 = time.perf_counter()
         for index, pixels in enumerate(pieces):
@@ -421,7 +421,7 @@ class _BlockDecoder:
                 sums, self.spent = self.spent, {"encode_s": 0.0, "decode_s": 0.0}
                 yield PixelPiece(pixels, block.clip, timing, sums, flush=index == count - 1)
             t0 = time.perf_counter()
-        if block.index == engine.options.blocks_per_clip - 1 and block.n + 1 < self.blocks:
+        if block.index == engine.options.blocks_per_clip - 1 and not last:
             # the next clip's decoder primes on this clip's last frames
             recent = torch.cat(self.clip_pixels, dim=2)[:, :, -engine.task.motion_frames:]
             # the history keeps its length (1 + 4k frames), also when it is shorter than a clip
