@@ -16,9 +16,7 @@ from python_backends import spec
 from python_backends.errors import split_code
 
 PROTOCOLS = ("grpc", "http")
-# A stream silent for this long, keep-alives included (the server sends one every spec.STREAM_KEEPALIVE_S), has
-# lost the process serving it. Twelve missed keep-alives: a loaded server may be late with a few.
-IDLE_TIMEOUT_S = 12 * spec.STREAM_KEEPALIVE_S
+IDLE_TIMEOUT_S = spec.STREAM_SILENCE_S  # the server sends a keep-alive every spec.STREAM_KEEPALIVE_S
 
 
 class RequestRejected(Exception):

@@ -146,6 +146,9 @@ _CHUNK_OUTPUTS = (
 # Decoupled models answer a request that has been silent this long with an empty response (no outputs), so a
 # client can tell a slow job from a dead server process (python_backends/keepalive.py).
 STREAM_KEEPALIVE_S = 5.0
+# A stream silent for this long, keep-alives included, has lost the process serving it (twelve missed keep-alives:
+# a loaded server may be late with a few). The client's idle timeout and talking_head's wait on its callees.
+STREAM_SILENCE_S = 12 * STREAM_KEEPALIVE_S
 
 # Decoupled: one response per chunk of frames, then an empty final response. Per-request knobs (engine, seed,
 # steps, guidance, width, height, fps, max_duration_s, chunk_frames, prompt) travel as request parameters.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from .errors import (
 )
 from .keepalive import KeepAlive, ResponseStream
 from .settings import from_model_config
-from .spec import MODEL_INFO, STREAM_KEEPALIVE_S, ModelSpec, TensorSpec
+from .spec import MODEL_INFO, STREAM_KEEPALIVE_S, STREAM_SILENCE_S, ModelSpec, TensorSpec
 from .stream_remains import STREAM_REMAINS
 from .weights import WeightsChoice
 
@@ -391,7 +392,10 @@ class StreamingModel:
         except Exception as exc:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
-            stream.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), final=True)
+            try:
+                stream.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), final=True)
+            except Exception:  # on a worker no one joins: said here, or never (its caller stops at the silence)
+                self.logger.log_error(f"{self.spec.name}: the error response was not sent: {traceback.format_exc()}")
         finally:
             job.close()  # done, failed, cancelled or its client gone: the gauges come down
 
@@ -422,14 +426,21 @@ def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: di
 _END = object()
 
 
-def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], poll_s: float = 1.0):
-    """The responses of a decoupled BLS request, failing fast if the callee's stub process dies meanwhile.
+def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], poll_s: float = 1.0,
+                      silence_s: float = STREAM_SILENCE_S, clock: Callable[[], float] = time.monotonic):
+    """The responses of a decoupled BLS request, failing fast if the callee's stub process dies meanwhile or the
+    stream goes silent for `silence_s`, keep-alives included.
 
     Triton 2.51 never answers a streamed request whose python-backend stub died, so a plain `exec` loop would
     wait forever and hold this worker thread. The request runs on a helper thread; while it is silent, the
     callee's stubs (as found at the start, in /proc) are checked every `poll_s`. If one died, this raises at
     once and the helper thread is left blocked (a daemon: it never holds the process open). The helper parks
     what the stream leaves and a stream read to its end settles it (stream_remains.py).
+
+    Silence: our decoupled models send a keep-alive on any stream silent for STREAM_KEEPALIVE_S until its final
+    response, so a stream that goes quiet while its stub lives lost its final response. That happened on an H100:
+    video_generator ran out of GPU memory at a request's start, logged it, and talking_head went on waiting for
+    8 minutes (perf/results/served_e2e_h100_704_hung.tritonserver.log).
     """
     from .stub_processes import alive, sibling_stubs
 
@@ -450,6 +461,7 @@ def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], pol
         responses.put(_END)
 
     threading.Thread(target=pump, name=f"bls-{model}", daemon=True).start()
+    heard = clock()
     while True:
         try:
             item = responses.get(timeout=poll_s)
@@ -460,7 +472,13 @@ def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], pol
                     f"{model} stopped mid-request: its process (pid {dead[0]}) died, Stub process is not healthy; "
                     "the server reloads the model: send the job again"
                 ) from None
+            if clock() - heard > silence_s:
+                raise TalkingHeadError(
+                    f"{model} sent nothing for {silence_s:g} s, not even a keep-alive: its answer was lost or its "
+                    "worker is stuck (the server log says which); send the job again"
+                ) from None
             continue
+        heard = clock()
         if item is _END:
             STREAM_REMAINS.settle(is_cancelled)
             return

@@ -8,11 +8,14 @@ from __future__ import annotations
 import gc
 import json
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
+from python_backends.errors import TalkingHeadError
 from python_backends.spec import ModelSpec, TensorSpec
 from python_backends.stream_remains import StreamRemains
 
@@ -123,6 +126,47 @@ def test_guarded_responses_keeps_the_stream_until_its_caller_settles_it(fake_pb_
     gc.collect()
     assert caller.round_trips == 2 and request.iterator() is None and all(r() is None for r in watched)
     assert len(STREAM_REMAINS) == 0
+
+
+
+class SilentBls:
+    """A decoupled BLS request whose stream sends `keepalives` empty responses `every` s apart, then falls silent
+    without a final response (what talking_head saw of video_generator's lost error response), unless `last` is
+    given: then that response ends it."""
+
+    def __init__(self, pb_utils, keepalives: int, every: float, last: dict[str, np.ndarray] | None = None) -> None:
+        self.pb_utils, self.keepalives, self.every, self.last = pb_utils, keepalives, every, last
+        self.released = threading.Event()
+
+    def exec(self, decoupled: bool):
+        assert decoupled
+        for _ in range(self.keepalives):
+            self.released.wait(self.every)
+            yield Response({}, self.pb_utils)
+        if self.last is None:
+            self.released.wait()  # silent until the test ends
+            return
+        yield Response(self.last, self.pb_utils)
+
+
+def test_a_stream_silent_past_the_limit_fails_the_caller_with_the_model_named(fake_pb_utils):
+    bls = SilentBls(fake_pb_utils.pb_utils, keepalives=2, every=0.05)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TalkingHeadError, match="video_generator sent nothing for 0.3 s, not even a keep-alive"):
+            list(fake_pb_utils.guarded_responses(bls, "video_generator", Request().is_cancelled, poll_s=0.02,
+                                                 silence_s=0.3))
+    finally:
+        bls.released.set()
+    # the limit counts from the last keep-alive (0.1 s in), not from the request's start
+    assert 0.4 <= time.monotonic() - started < 3.0
+
+
+def test_keep_alives_hold_a_stream_open_past_the_silence_limit(fake_pb_utils):
+    bls = SilentBls(fake_pb_utils.pb_utils, keepalives=8, every=0.1, last={"x": np.ones(2, np.float32)})
+    responses = list(fake_pb_utils.guarded_responses(bls, "video_generator", Request().is_cancelled, poll_s=0.02,
+                                                     silence_s=0.3))
+    assert len(responses) == 9 and responses[-1].output_tensors()[0].as_numpy().tolist() == [1.0, 1.0]
 
 
 # ---------------------------------------------------------------- outputs a request asked for
