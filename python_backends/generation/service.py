@@ -9,9 +9,11 @@ S2V sampler (40 UniPC steps x CFG 4.5 = 80 DiT forwards per 80-frame clip), else
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import spec
-from ..errors import ConfigError, InputError, WeightsUnavailable
+from ..errors import ConfigError, InputError, TalkingHeadError, WeightsUnavailable
 from ..frame_interpolation import config as interpolation
 from ..licences import LicencePolicy
 from ..weights import ALLOWED, OFFICIAL, SHIPPED, UNAVAILABLE, WeightsChoice, weights_root
@@ -309,7 +311,7 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
     job = job_from_inputs(inputs, parameters)
     name = registry.resolve(job.params.engine, job)
     engine = registry.get(name)
-    started = last = time.perf_counter()
+    started = time.perf_counter()
     spec_of = ENGINE_SPECS[name]
     if job.params.whole_clips:
         job = replace(job, params=replace(job.params, frame_count=served_frame_count(name, job.params)))
@@ -322,10 +324,44 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
         chunks = engine.generate(job)
     if not spec_of.renders_segments:
         chunks = _segment_of(chunks, job.params)
+    try:
+        yield from _chunk_outputs(chunks, engine.name, name, job, served, started)
+    except Exception as exc:
+        if not _out_of_memory(exc):
+            raise
+        p = job.params
+        size = f"{p.width}x{p.height}" if p.width and p.height else "its default size"
+        message = (f"video_generator ran out of GPU memory generating {size} with {name} "
+                   f"({'. '.join(str(exc).split('. ')[:3])}.): ask for a smaller width and height, or serve it on a "
+                   "GPU with more memory")
+        traceback.clear_frames(exc.__traceback__)  # the failed request's tensors go with its frames
+    else:
+        return
+    del chunks
+    _release_cached_gpu_memory()
+    raise TalkingHeadError(message)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__ == "torch"
+
+
+def _release_cached_gpu_memory() -> None:
+    """Give the blocks PyTorch caches back to the driver after an out-of-memory error: the next request (and the
+    python backend's own sends, which then failed to reach talking_head on an H100) start from free memory."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _chunk_outputs(chunks: Iterator, engine_name: str, name: str, job: GenerationJob, served: dict,
+                   started: float) -> Iterator[dict]:
+    spec_of, last = ENGINE_SPECS[name], started
     for index, chunk in enumerate(chunks):
         now = time.perf_counter()
         info = {
-            "engine": engine.name,
+            "engine": engine_name,
             "engine_id": name,
             "label": spec_of.label,
             "native_clip_s": spec_of.native_clip_s,

@@ -412,6 +412,39 @@ def test_segments_continuing_a_held_stream_are_the_whole_videos_frames(folders, 
     assert len(run(inputs, frame_count=14, whole_clips=True)[0]) == min(48, len(whole)) > 14
 
 
+
+def test_running_out_of_gpu_memory_is_explained_and_the_next_request_runs(folders, photo, speech,
+                                                                          monkeypatch) -> None:
+    """A request that runs out of GPU memory (on an H100, LiveAvatar's KV caches at a request's start) fails with
+    what to do, holds no stream, gives PyTorch's cached blocks back, and the next request runs."""
+    from python_backends import spec
+    from python_backends.errors import TalkingHeadError
+    from python_backends.generation.service import EngineRegistry, generate
+    from python_backends.generation.stage_pipeline import busy_stage_threads
+    from python_backends.generation.wan.s2v import causal
+
+    registry = EngineRegistry(served_settings(liveavatar_history_frames="13"), "cpu", folders[0].parent.parent)
+    inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
+    params = {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16, "engine": "liveavatar-14B", "stream": "job:0"}
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 274.00 MiB. GPU 0 has a total capacity "
+                                     "of 79.18 GiB of which 254.56 MiB is free. Process 731 has 582.00 MiB in use.")
+
+    caches = causal.step_caches
+    monkeypatch.setattr(causal, "step_caches", out_of_memory)
+    released: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
+    with pytest.raises(TalkingHeadError, match=(
+            r"^video_generator ran out of GPU memory generating 64x64 with liveavatar-14B \(CUDA out of memory\. "
+            r"Tried to allocate 274\.00 MiB\. GPU 0 has .* 254\.56 MiB is free\.\): ask for a smaller width and "
+            r"height, or serve it on a GPU with more memory$")):
+        list(generate(registry, inputs, params))
+    assert released == [True] and len(registry.streams) == 0 and not busy_stage_threads()
+    monkeypatch.setattr(causal, "step_caches", caches)
+    assert sum(len(o[spec.FRAMES]) for o in generate(registry, inputs, params)) == 8  # 0.5 s at 16 fps
+
+
 def test_a_history_shorter_than_a_clip_keeps_its_length_over_clip_boundaries(engine, photo, speech) -> None:
     # 13 history frames, 24-frame clips: the second boundary's history is the last 13 of the clip's frames (it was
     # the clip's 24, not 1 + 4k frames, and the encoder refused it).
