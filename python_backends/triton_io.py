@@ -32,7 +32,7 @@ from .errors import (
 )
 from .keepalive import KeepAlive, ResponseStream
 from .settings import from_model_config
-from .spec import MODEL_INFO, STREAM_KEEPALIVE_S, STREAM_SILENCE_S, ModelSpec, TensorSpec
+from .spec import CHUNK_INFO, MODEL_INFO, STREAM_KEEPALIVE_S, STREAM_SILENCE_S, ModelSpec, TensorSpec
 from .stream_remains import STREAM_REMAINS
 from .weights import WeightsChoice
 
@@ -187,14 +187,18 @@ class TritonModelCaller:
 
 
 def _raise_bls_error(model: ModelSpec, error) -> None:
+    _raise_callee_error(model, error.message(), int(error.code()))
+
+
+def _raise_callee_error(model: ModelSpec, message: str, status: int) -> None:
     # A user error downstream is still a user error here. BLS responses do not always carry the callee's
     # error code (seen: INTERNAL for an INVALID_ARG on Triton 2.51), so our code suffix decides.
-    text, code = split_code(error.message())
-    if error.code() == pb_utils.TritonError.UNAVAILABLE or code == WEIGHTS_UNAVAILABLE:
+    text, code = split_code(message)
+    if status == int(pb_utils.TritonError.UNAVAILABLE) or code == WEIGHTS_UNAVAILABLE:
         raise WeightsUnavailable(f"{model.name}: {text}")
-    if error.code() == pb_utils.TritonError.INVALID_ARG or code:
-        raise input_error_from_message(error.message())
-    raise TalkingHeadError(f"{model.name} failed: {error.message()}")
+    if status == int(pb_utils.TritonError.INVALID_ARG) or code:
+        raise input_error_from_message(message)
+    raise TalkingHeadError(f"{model.name} failed: {message}")
 
 
 def _as_numpy(response, spec: TensorSpec) -> np.ndarray:
@@ -369,6 +373,7 @@ class StreamingModel:
 
     def _serve(self, request, stream: ResponseStream, job: BacklogJob) -> None:
         cancelled = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
+        in_band = False
         try:
             job.start()
             if request.is_cancelled():  # cancelled (or its client gone) while it waited for this worker
@@ -376,6 +381,8 @@ class StreamingModel:
                 return
             inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
+            in_band = bool(parameters.pop(IN_BAND_ERRORS, False)) and any(
+                t.name == CHUNK_INFO for t in self.spec.outputs)
             requested = set(request.requested_output_names())
             if not self.reports_segments:
                 job.begin(0)
@@ -393,7 +400,12 @@ class StreamingModel:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
             try:
-                stream.send(pb_utils.InferenceResponse(error=triton_error(exc, self.spec.name)), final=True)
+                error = triton_error(exc, self.spec.name)
+                if in_band:
+                    stream.send(in_band_error(self.spec, error))
+                    stream.send(final=True)
+                else:
+                    stream.send(pb_utils.InferenceResponse(error=error), final=True)
             except Exception:  # on a worker no one joins: said here, or never (its caller stops at the silence)
                 self.logger.log_error(f"{self.spec.name}: the error response was not sent: {traceback.format_exc()}")
         finally:
@@ -405,22 +417,46 @@ class StreamingModel:
         self._gauges.close()
 
 
+# Asked by stream_model of the decoupled models it calls: a Triton 2.51 BLS caller never receives a decoupled
+# callee's error response that follows another response of the same request (a chunk or a keep-alive; the first
+# response arrives, tests/integration/test_bls_stream_errors.py), so such a callee sends its error as a chunk whose
+# CHUNK_INFO holds STREAM_ERROR, then ends the stream.
+IN_BAND_ERRORS = "in_band_errors"
+STREAM_ERROR = "stream_error"
+
+
+def in_band_error(model: ModelSpec, error) -> pb_utils.InferenceResponse:
+    info = json.dumps({STREAM_ERROR: {"message": error.message(), "code": int(error.code())}})
+    return pb_utils.InferenceResponse(output_tensors=[output_tensor(model.output(CHUNK_INFO), [info.encode()])])
+
+
+def _raise_in_band_error(model: ModelSpec, outputs: dict[str, np.ndarray]) -> None:
+    if CHUNK_INFO not in outputs:
+        return
+    info = json.loads(outputs[CHUNK_INFO].reshape(-1)[0])
+    if STREAM_ERROR in info:
+        _raise_callee_error(model, info[STREAM_ERROR]["message"], info[STREAM_ERROR]["code"])
+
+
 def stream_model(model: ModelSpec, inputs: dict[str, np.ndarray], parameters: dict,
                  is_cancelled: Callable[[], bool]):
-    """Call a decoupled model through BLS and yield its responses' outputs as dicts of arrays. `is_cancelled` is
-    the calling request's (open while this runs): stream_remains.py says why it is asked."""
+    """Call a decoupled model through BLS and yield its responses' outputs as dicts of arrays; its errors raise
+    here, wherever in the stream they come. `is_cancelled` is the calling request's (open while this runs):
+    stream_remains.py says why it is asked."""
     request = pb_utils.InferenceRequest(
         model_name=model.name,
         requested_output_names=[tensor.name for tensor in model.outputs],
         inputs=[output_tensor(model.input(name), value) for name, value in inputs.items()],
         # BLS takes only bool/int/str parameter values; settings parsing reads numbers back from strings.
-        parameters={k: str(v) if isinstance(v, float) else v for k, v in parameters.items()},
+        parameters={**{k: str(v) if isinstance(v, float) else v for k, v in parameters.items()}, IN_BAND_ERRORS: True},
     )
     for response in guarded_responses(request, model.name, is_cancelled):
         if response.has_error():
             _raise_bls_error(model, response.error())
         if response.output_tensors():
-            yield {t.name(): _tensor_numpy(t) for t in response.output_tensors()}
+            outputs = {t.name(): _tensor_numpy(t) for t in response.output_tensors()}
+            _raise_in_band_error(model, outputs)
+            yield outputs
 
 
 _END = object()
