@@ -205,19 +205,26 @@ def main(argv: list[str] | None = None) -> dict:
         # a run cut short by `timeout` (a device call's limit) still writes its JSON and keeps the server's log
         signal.signal(signal.SIGTERM, _stopped)
         print("starting tritonserver", flush=True)
+        stage, began = "server start", t0
         try:
             with GpuMemory() as memory, TritonServer(options, log_path=log):
                 result["server_ready_s"] = round(time.perf_counter() - t0, 2)
                 result["gpu_memory_after_load_mib"] = memory.read()
                 result["gpu"] = memory.name()
                 print(f"server ready in {result['server_ready_s']} s", flush=True)
+                stage, began = "warm-up job", time.perf_counter()
                 warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters, args.resize_at)
                 result["warmup"] = {"seconds": args.warmup_seconds, "end_to_end_s": round(warm["total_s"], 2),
                                     "time_to_first_chunk_s": round(warm["first_chunk_s"], 2)}
                 print(f"warm-up: {json.dumps(result['warmup'])}", flush=True)
+                stage, began = "timed job", time.perf_counter()
                 job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters, args.resize_at)
                 result["run"] = summarise(job)
                 result["peak_gpu_memory_mib"] = memory.peak_mib or None
+        except BaseException as exc:  # what failed, and after how long, is part of the result
+            result["failed"] = {"stage": stage, "after_s": round(time.perf_counter() - began, 2),
+                                "error": str(exc)[:2000]}
+            raise
         finally:
             lines = []
             if log.exists():
