@@ -374,10 +374,18 @@ class StreamingModel:
     def _serve(self, request, stream: ResponseStream, job: BacklogJob) -> None:
         cancelled = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
         in_band = False
+
+        def fail(error) -> None:
+            if in_band:
+                stream.send(in_band_error(self.spec, error))
+                stream.send(final=True)
+            else:
+                stream.send(pb_utils.InferenceResponse(error=error), final=True)
+
         try:
             job.start()
             if request.is_cancelled():  # cancelled (or its client gone) while it waited for this worker
-                stream.send(pb_utils.InferenceResponse(error=cancelled), final=True)
+                fail(cancelled)
                 return
             inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
@@ -388,7 +396,7 @@ class StreamingModel:
                 job.begin(0)
             for outputs in self.stream(inputs, parameters, request.is_cancelled, job):
                 if request.is_cancelled():
-                    stream.send(pb_utils.InferenceResponse(error=cancelled), final=True)
+                    fail(cancelled)
                     return
                 # Only what the client asked for: Triton 2.51's response sender drops the other tensors on a thread
                 # without the GIL (stream_remains.py has the same bug's other face).
@@ -400,12 +408,7 @@ class StreamingModel:
             if not isinstance(exc, InputError):
                 self.logger.log_error(f"{self.spec.name}: {traceback.format_exc()}")
             try:
-                error = triton_error(exc, self.spec.name)
-                if in_band:
-                    stream.send(in_band_error(self.spec, error))
-                    stream.send(final=True)
-                else:
-                    stream.send(pb_utils.InferenceResponse(error=error), final=True)
+                fail(triton_error(exc, self.spec.name))
             except Exception:  # on a worker no one joins: said here, or never (its caller stops at the silence)
                 self.logger.log_error(f"{self.spec.name}: the error response was not sent: {traceback.format_exc()}")
         finally:
@@ -474,9 +477,10 @@ def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], pol
     what the stream leaves and a stream read to its end settles it (stream_remains.py).
 
     Silence: our decoupled models send a keep-alive on any stream silent for STREAM_KEEPALIVE_S until its final
-    response, so a stream that goes quiet while its stub lives lost its final response. That happened on an H100:
-    video_generator ran out of GPU memory at a request's start, logged it, and talking_head went on waiting for
-    8 minutes (perf/results/served_e2e_h100_704_hung.tritonserver.log).
+    response, so a stream that goes quiet while its stub lives lost its final response or its worker is stuck.
+    Before in-band errors (IN_BAND_ERRORS) an error after a keep-alive was lost this way: on an H100, video_generator
+    ran out of GPU memory at a request's start and talking_head waited for 8 minutes
+    (perf/results/served_e2e_h100_704_hung.tritonserver.log).
     """
     from .stub_processes import alive, sibling_stubs
 

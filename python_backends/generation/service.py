@@ -347,8 +347,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _release_cached_gpu_memory() -> None:
-    """Give the blocks PyTorch caches back to the driver after an out-of-memory error: the next request (and the
-    python backend's own sends, which then failed to reach talking_head on an H100) start from free memory."""
+    """Give the blocks PyTorch caches back to the driver after an out-of-memory error, so that the next request
+    (or another process on the GPU) starts from free memory."""
     import torch
 
     gc.collect()
