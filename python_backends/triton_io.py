@@ -466,7 +466,7 @@ _END = object()
 
 
 def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], poll_s: float = 1.0,
-                      silence_s: float = STREAM_SILENCE_S, clock: Callable[[], float] = time.monotonic):
+                      silence_s: float = STREAM_SILENCE_S):
     """The responses of a decoupled BLS request, failing fast if the callee's stub process dies meanwhile or the
     stream goes silent for `silence_s`, keep-alives included.
 
@@ -501,7 +501,7 @@ def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], pol
         responses.put(_END)
 
     threading.Thread(target=pump, name=f"bls-{model}", daemon=True).start()
-    heard = clock()
+    heard = time.monotonic()
     while True:
         try:
             item = responses.get(timeout=poll_s)
@@ -512,13 +512,13 @@ def guarded_responses(request, model: str, is_cancelled: Callable[[], bool], pol
                     f"{model} stopped mid-request: its process (pid {dead[0]}) died, Stub process is not healthy; "
                     "the server reloads the model: send the job again"
                 ) from None
-            if clock() - heard > silence_s:
+            if time.monotonic() - heard > silence_s:
                 raise TalkingHeadError(
                     f"{model} sent nothing for {silence_s:g} s, not even a keep-alive: its answer was lost or its "
                     "worker is stuck (the server log says which); send the job again"
                 ) from None
             continue
-        heard = clock()
+        heard = time.monotonic()
         if item is _END:
             STREAM_REMAINS.settle(is_cancelled)
             return
