@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the VAE's compiled norms (on in the GPU profile)")
     parser.add_argument("--vae-cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
                         help="cuDNN times the VAE's convolution algorithms per shape (on in the GPU profile)")
+    parser.add_argument("--text-encoder-cpu", action=argparse.BooleanOptionalAction, default=False,
+                        help="umT5 on the CPU (wan_text_encoder_cpu): what LiveAvatar needs to fit an 80 GB card")
+    parser.add_argument("--oversize", type=frame_size, default=None,
+                        help="after the timed job, ask for a clip at this WxH, too large for the GPU: its error must "
+                             "reach the client, and a job at --size must run after it")
     args = parser.parse_args(argv)
     try:
         random_models = models_of(args.random_weights)
@@ -177,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "liveavatar_history_frames": str(args.history_frames),
                           "wan_vae_memory_format": args.vae_memory_format,
                           "wan_vae_compile": str(args.vae_compile).lower(),
-                          "wan_vae_cudnn_benchmark": str(args.vae_cudnn_benchmark).lower()})
+                          "wan_vae_cudnn_benchmark": str(args.vae_cudnn_benchmark).lower(),
+                          "wan_text_encoder_cpu": str(args.text_encoder_cpu).lower()})
     talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
                     "first_segment_s": str(args.first_segment_s), "segment_s": str(args.segment_s),
                     "continue_streams": str(args.continue_streams).lower()}
@@ -221,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
                 job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters, args.resize_at)
                 result["run"] = summarise(job)
                 result["peak_gpu_memory_mib"] = memory.peak_mib or None
+                if args.oversize:
+                    stage, began = "oversize job", time.perf_counter()
+                    result["oversize"] = oversize_then_serve(options.grpc_url, work, parameters, args)
         except BaseException as exc:  # what failed, and after how long, is part of the result
             result["failed"] = {"stage": stage, "after_s": round(time.perf_counter() - began, 2),
                                 "error": str(exc)[:2000]}
@@ -237,6 +246,25 @@ def main(argv: list[str] | None = None) -> dict:
     summarise_run(run, args.chart, f"one {args.seconds:g} s clip through tritonserver: {run['engine']}",
                   where=result.get("gpu") or "CPU")
     return result
+
+
+def oversize_then_serve(url: str, work: Path, parameters: dict, args: argparse.Namespace) -> dict:
+    """A job at --oversize, which should fail with video_generator's out-of-memory message at the client (not hang:
+    the in-band errors of triton_io), then a 2 s job at --size on the same server."""
+    width, height = args.oversize
+    began = time.perf_counter()
+    try:
+        run_job(url, args.warmup_seconds, work / "oversize.mp4", {**parameters, "width": width, "height": height},
+                args.resize_at)
+        outcome: dict = {"size": [width, height], "failed": False}
+    except Exception as exc:  # the expected outcome on a GPU too small for the size
+        outcome = {"size": [width, height], "failed": True, "error": str(exc)[:2000]}
+    outcome["answered_after_s"] = round(time.perf_counter() - began, 2)
+    print(f"oversize: {json.dumps(outcome)[:600]}", flush=True)
+    after = run_job(url, 2.0, work / "after.mp4", parameters, args.resize_at)
+    outcome["next_job"] = {"seconds": 2.0, "end_to_end_s": round(after["total_s"], 2),
+                           "time_to_first_chunk_s": round(after["first_chunk_s"], 2)}
+    return outcome
 
 
 def _stopped(signum: int, frame: object) -> None:

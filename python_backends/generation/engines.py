@@ -66,9 +66,11 @@ def _fp8(settings: VideoGeneratorSettings) -> str | None:
     return None if settings.wan_fp8 == "none" else settings.wan_fp8
 
 
-def _vae_speed(settings: VideoGeneratorSettings) -> dict[str, Any]:
+def _vae_and_text_encoder(settings: VideoGeneratorSettings) -> dict[str, Any]:
+    """The VAE's switches, and umT5's place: what shares the GPU with the DiT."""
     return {"vae_memory_format": settings.wan_vae_memory_format, "vae_compile": settings.wan_vae_compile,
-            "vae_cudnn_benchmark": settings.wan_vae_cudnn_benchmark}
+            "vae_cudnn_benchmark": settings.wan_vae_cudnn_benchmark,
+            "text_encoder_cpu": settings.wan_text_encoder_cpu}
 
 
 def _stages(settings: VideoGeneratorSettings) -> dict[str, bool]:
@@ -82,7 +84,7 @@ def _s2v_options(settings: VideoGeneratorSettings, root: Path | None = None):
         sampler=settings.wan_sampler, default_steps=settings.wan_steps or None, lora=settings.wan_lora or None,
         fp8=_fp8(settings), attention_backend=settings.wan_attention, compile=settings.wan_compile,
         vae_dtype=settings.wan_vae_dtype, balance_clips=settings.wan_balance_clips, **_stages(settings),
-        **_vae_speed(settings))
+        **_vae_and_text_encoder(settings))
 
 
 def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = None):
@@ -92,7 +94,7 @@ def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = No
                              compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
                              history_frames=settings.liveavatar_history_frames,
                              ref_distance=settings.liveavatar_ref_distance or None, **_stages(settings),
-                             **_vae_speed(settings))
+                             **_vae_and_text_encoder(settings))
 
 
 def animate_lora(settings: VideoGeneratorSettings, root: Path | None) -> Path | None:
@@ -108,7 +110,7 @@ def _animate_options(settings: VideoGeneratorSettings, root: Path | None):
     return WanAnimateOptions(
         sampler=settings.wan_sampler, fp8=_fp8(settings), compile=settings.wan_compile,
         vae_dtype=settings.wan_vae_dtype, lora=None if lora is None else str(lora), **_stages(settings),
-        **_vae_speed(settings),
+        **_vae_and_text_encoder(settings),
         default_steps=settings.animate_lora_steps if lora is not None else settings.wan_steps or None)
 
 

@@ -56,6 +56,9 @@ class FrameChunk:
 class VideoEngine(Protocol):
     name: str
 
+    def prepare(self) -> None:
+        """Work done once at load so that no request waits for it."""
+
     def generate(self, job: GenerationJob) -> Iterator[FrameChunk]:
         """Yield chunks in order as they are ready; stop early if the consumer stops iterating."""
 

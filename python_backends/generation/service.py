@@ -77,6 +77,8 @@ class VideoGeneratorSettings:
     wan_vae_memory_format: str = "contiguous"  # or channels_last_3d (wan/common/vae.py configure_vae)
     wan_vae_compile: bool = False  # torch.compile the VAE's norm + SiLU pairs
     wan_vae_cudnn_benchmark: bool = False  # cuDNN times its convolution algorithms per shape (process-wide)
+    # umT5-XXL on the CPU (official --t5_cpu): 11 GiB of GPU memory for the DiT, seconds per new prompt
+    wan_text_encoder_cpu: bool = False
     wan_overlap: bool = True  # decoding, interpolation and the host copy overlap the DiT (stage_pipeline.py)
     wan_dit_priority: bool = False  # the DiT's CUDA stream before the overlapped stages' (stage_pipeline.py)
     wan_balance_clips: bool = False  # S2V: as many clips as full ones would take, each only as long as needed
@@ -204,6 +206,7 @@ class EngineRegistry:
                     engine = _load_wan(name, paths, self.device, self.settings, self.root)
                 engine.interpolation = interpolation.resolve(self.settings.frame_interpolation, self.root)
                 engine.interpolation.interpolator(self.device)  # a bad RIFE file fails here, not mid-request
+                engine.prepare()
                 self._engines[name] = engine
             return self._engines[name]
 
@@ -331,9 +334,11 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
             raise
         p = job.params
         size = f"{p.width}x{p.height}" if p.width and p.height else "its default size"
+        text = "" if registry.settings.wan_text_encoder_cpu else (
+            ", set video_generator's wan_text_encoder_cpu (umT5 on the CPU leaves 11 GiB to the DiT)")
         message = (f"video_generator ran out of GPU memory generating {size} with {name} "
-                   f"({'. '.join(str(exc).split('. ')[:3])}.): ask for a smaller width and height, or serve it on a "
-                   "GPU with more memory")
+                   f"({'. '.join(str(exc).split('. ')[:3])}.): ask for a smaller width and height{text}, or serve it "
+                   "on a GPU with more memory")
         traceback.clear_frames(exc.__traceback__)  # the failed request's tensors go with its frames
     else:
         return

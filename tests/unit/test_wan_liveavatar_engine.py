@@ -413,8 +413,19 @@ def test_segments_continuing_a_held_stream_are_the_whole_videos_frames(folders, 
 
 
 
-def test_running_out_of_gpu_memory_is_explained_and_the_next_request_runs(folders, photo, speech,
-                                                                          monkeypatch) -> None:
+def test_the_served_engine_encodes_its_prompt_at_load_where_the_setting_puts_umt5(folders) -> None:
+    from python_backends.generation.service import LIVEAVATAR, EngineRegistry
+
+    registry = EngineRegistry(served_settings(wan_text_encoder_cpu="true", preload="true"), "cpu",
+                              folders[0].parent.parent)
+    engine = registry.get(LIVEAVATAR)
+    assert engine.options.text_encoder_cpu and engine.text_encoder.device == torch.device("cpu")
+    assert list(engine._contexts) == [engine.options.default_prompt]  # no CFG: no negative prompt
+
+
+@pytest.mark.parametrize("text_encoder_cpu", ["false", "true"])
+def test_running_out_of_gpu_memory_is_explained_and_the_next_request_runs(folders, photo, speech, monkeypatch,
+                                                                          text_encoder_cpu: str) -> None:
     """A request that runs out of GPU memory (on an H100, LiveAvatar's KV caches at a request's start) fails with
     what to do, holds no stream, gives PyTorch's cached blocks back, and the next request runs."""
     from python_backends import spec
@@ -423,9 +434,13 @@ def test_running_out_of_gpu_memory_is_explained_and_the_next_request_runs(folder
     from python_backends.generation.stage_pipeline import busy_stage_threads
     from python_backends.generation.wan.s2v import causal
 
-    registry = EngineRegistry(served_settings(liveavatar_history_frames="13"), "cpu", folders[0].parent.parent)
+    registry = EngineRegistry(served_settings(liveavatar_history_frames="13", wan_text_encoder_cpu=text_encoder_cpu),
+                              "cpu", folders[0].parent.parent)
     inputs = {spec.IMAGE: photo, spec.WAVEFORM: speech[: SR // 2]}
     params = {"seed": 3, "width": SIZE, "height": SIZE, "fps": 16, "engine": "liveavatar-14B", "stream": "job:0"}
+    # umT5 on the GPU is the first thing to move off it
+    text = "" if text_encoder_cpu == "true" else (r", set video_generator's wan_text_encoder_cpu \(umT5 on the CPU "
+                                                  r"leaves 11 GiB to the DiT\)")
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 274.00 MiB. GPU 0 has a total capacity "
@@ -438,7 +453,7 @@ def test_running_out_of_gpu_memory_is_explained_and_the_next_request_runs(folder
     with pytest.raises(TalkingHeadError, match=(
             r"^video_generator ran out of GPU memory generating 64x64 with liveavatar-14B \(CUDA out of memory\. "
             r"Tried to allocate 274\.00 MiB\. GPU 0 has .* 254\.56 MiB is free\.\): ask for a smaller width and "
-            r"height, or serve it on a GPU with more memory$")):
+            rf"height{text}, or serve it on a GPU with more memory$")):
         list(generate(registry, inputs, params))
     assert released == [True] and len(registry.streams) == 0 and not busy_stage_threads()
     monkeypatch.setattr(causal, "step_caches", caches)

@@ -455,3 +455,49 @@ def test_vae_options_are_checked_for_s2v_and_animate() -> None:
         with pytest.raises(ValueError, match="vae_dtype must be"):
             options(vae_dtype="int8")
         assert options(vae_memory_format="channels_last_3d", vae_compile=True).vae_compile
+
+
+class CountingTextEncoder:
+    """The engine's umT5, counting the prompts it encodes."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.prompts = encoder, []
+
+    def __call__(self, prompts):
+        self.prompts += list(prompts)
+        return self.encoder(prompts)
+
+
+def test_prepare_encodes_the_default_prompts_so_that_no_request_waits_for_umt5(release: Path, photo: np.ndarray,
+                                                                              speech: np.ndarray) -> None:
+    from python_backends.generation.wan.common.configs import S2V_14B
+
+    engine = WanS2VEngine.from_folder(release, "cpu", options=WanS2VOptions(infer_frames=PER_CLIP,
+                                                                            text_encoder_cpu=True))
+    counting = engine.text_encoder = CountingTextEncoder(engine.text_encoder)
+    engine.prepare()
+    assert counting.prompts == [WanS2VOptions.default_prompt, S2V_14B.sample_neg_prompt]  # CFG reads both
+    run(engine, photo, speech[: SR // 2])
+    assert len(counting.prompts) == 2  # the request found them encoded
+    run(engine, photo, speech[: SR // 2], prompt="A woman smiles while she talks.")
+    assert counting.prompts[2:] == ["A woman smiles while she talks."]
+
+
+def test_the_text_encoder_goes_to_the_cpu_in_float32_when_asked() -> None:
+    from python_backends.generation.wan.s2v.engine import text_encoder_placement
+
+    gpu = torch.device("cuda", 0)  # placement only: no GPU is touched
+    assert text_encoder_placement(gpu, False) == (gpu, torch.bfloat16)  # the release's t5_dtype beside the DiT
+    assert text_encoder_placement(gpu, True) == (torch.device("cpu"), torch.float32)  # official --t5_cpu
+    assert text_encoder_placement(torch.device("cpu"), False) == (torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_engine_with_its_text_encoder_on_the_cpu_generates(release: Path, photo: np.ndarray,
+                                                                speech: np.ndarray) -> None:
+    engine = WanS2VEngine.from_folder(release, "cuda", options=WanS2VOptions(infer_frames=PER_CLIP,
+                                                                             text_encoder_cpu=True))
+    assert engine.device.type == "cuda" and engine.text_encoder.device == torch.device("cpu")
+    assert engine.text_encoder.model.token_embedding.weight.dtype == torch.float32
+    chunks, _ = run(engine, photo, speech[: SR // 2])
+    assert sum(len(c.frames) for c in chunks) == 8 and np.isfinite(frames_of(chunks)).all()

@@ -85,6 +85,9 @@ class PreviewEngine:
     def __init__(self, settings: PreviewSettings | None = None) -> None:
         self.settings = settings or PreviewSettings()
 
+    def prepare(self) -> None:
+        """Nothing to do at load."""
+
     def generate(self, job: GenerationJob) -> Iterator[FrameChunk]:
         s, p = self.settings, job.params
         if job.landmarks is None or np.asarray(job.landmarks).shape != (68, 2):

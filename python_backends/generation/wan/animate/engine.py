@@ -205,6 +205,7 @@ class WanAnimateOptions(OverlapOptions):
     vae_compile: bool = False
     vae_cudnn_benchmark: bool = False
     text_cache_size: int = 8
+    text_encoder_cpu: bool = False  # umT5 on the CPU (S2V's option of that name)
     # A step-distillation LoRA merged at load (any lora.py layout), e.g. the Wan2.1-I2V 4-step LoRA LightX2V's
     # configs/wan22/wan_animate_lora.json applies to Animate-14B with 4 UniPC steps, shift 5, no CFG.
     lora: str | None = None
@@ -283,6 +284,9 @@ class WanAnimateEngine(WanEngineBase):
         self._contexts: dict[str, torch.Tensor] = {}
         self._blank: dict[tuple[int, int, int], torch.Tensor] = {}
 
+    def _default_prompt(self) -> str:
+        return self.options.default_prompt or self.task.prompt
+
     @classmethod
     def from_folder(cls, folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                     options: WanAnimateOptions | None = None, landmarker: Landmarker | None = None,
@@ -301,7 +305,7 @@ class WanAnimateEngine(WanEngineBase):
         config = transformer.config
         vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config,
                                                       options.vae_memory_format, options.vae_compile,
-                                                      options.vae_cudnn_benchmark)
+                                                      options.vae_cudnn_benchmark, options.text_encoder_cpu)
         clip = load_clip_vision(folder / task.clip_checkpoint, device)
         if landmarker is None:
             try:
@@ -368,7 +372,7 @@ class WanAnimateEngine(WanEngineBase):
     def generate_from(self, job: GenerationJob, cond: AnimateConditioning) -> Iterator[WanFrameChunk]:
         """Stream the video of `job.photo` moving as `cond` says, in chunks as it is decoded."""
         started = time.perf_counter()
-        p, opt, task = job.params, self.options, self.task
+        p, opt = job.params, self.options
         photo = np.asarray(job.photo)
         if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
             raise InputError(f"the photo must be [H, W, 3] uint8 RGB, got {photo.shape} {photo.dtype}", "bad_photo")
@@ -404,8 +408,8 @@ class WanAnimateEngine(WanEngineBase):
         image_context = self.transformer.encode_image(clip_features)
         self._sync()
         encode_s = time.perf_counter() - t0
-        context = self._text(p.prompt or opt.default_prompt or task.prompt)
-        context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
+        context = self._text(self._prompt(job))
+        context_null = self._text(self._negative_prompt())
 
         lat_h, lat_w = height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
         y_ref = torch.cat([torch.ones(1, 4, 1, lat_h, lat_w, device=self.device), ref_latents], dim=1)

@@ -125,6 +125,9 @@ class WanS2VOptions(OverlapOptions):
     # exact); fewer is faster (at 480p the 19 cost about as much as decoding 70 frames) but approximate.
     decode_context_latents: int | None = None
     text_cache_size: int = 8  # prompts whose umT5 context is kept
+    # umT5-XXL (11 GiB in bf16) on the CPU in float32, as the official --t5_cpu: the GPU memory goes to the DiT
+    # (LiveAvatar's KV caches need it on an 80 GB card); a new prompt costs seconds there, a cached one nothing.
+    text_encoder_cpu: bool = False
     # Speed switches (perf/RESULTS.md measures each on the H100):
     lora: str | None = None  # LoRA merged into the DiT at load, e.g. a step-distillation LoRA (LightX2V-style);
     #                          a path, absolute or relative to the release folder; pair it with sampler=euler
@@ -223,12 +226,23 @@ def infer_vae_dim(state: Mapping[str, torch.Tensor], source: Path) -> int:
     return _shape(state, "encoder.conv1.weight", source)[0]
 
 
+def text_encoder_placement(device: torch.device, text_encoder_cpu: bool,
+                           t5_dtype: str = "bfloat16") -> tuple[torch.device, torch.dtype]:
+    """Where umT5 runs and in what: float32 on the CPU (the DiT's, or beside a GPU DiT with text_encoder_cpu), else
+    the release's t5_dtype."""
+    if text_encoder_cpu or device.type == "cpu":
+        return torch.device("cpu"), torch.float32
+    return device, getattr(torch, t5_dtype)
+
+
 def load_vae_and_text_encoder(folder: Path, task: WanS2VTaskConfig | WanAnimateTaskConfig, device: torch.device,
                               vae_dtype: str, transformer: WanS2VTransformerConfig | WanAnimateTransformerConfig,
                               vae_memory_format: str = "contiguous", vae_compile: bool = False,
-                              vae_cudnn_benchmark: bool = False) -> tuple[WanVAE, WanTextEncoder]:
+                              vae_cudnn_benchmark: bool = False,
+                              text_encoder_cpu: bool = False) -> tuple[WanVAE, WanTextEncoder]:
     """The Wan2.1 VAE and the umT5 encoder of a release folder, shared by the S2V and Animate engines; umT5 in
-    float32 on CPU, else in the release's t5_dtype, and checked to make the text features the DiT takes."""
+    float32 on CPU (`device`'s or, with text_encoder_cpu, beside a GPU DiT), else in the release's t5_dtype, and
+    checked to make the text features the DiT takes."""
     vae_path = folder / task.vae_checkpoint
     vae = load_vae(vae_path, device, getattr(torch, vae_dtype), dim=infer_vae_dim(read_checkpoint(vae_path), vae_path))
     configure_vae(vae, vae_memory_format, vae_compile, vae_cudnn_benchmark)
@@ -237,8 +251,8 @@ def load_vae_and_text_encoder(folder: Path, task: WanS2VTaskConfig | WanAnimateT
     if t5_config.dim != transformer.text_dim:
         raise WeightsUnavailable(f"{t5_path} makes {t5_config.dim}-wide text features but the DiT in {folder} "
                                  f"takes text_dim {transformer.text_dim}: the files are not from one release")
-    t5_dtype = torch.float32 if device.type == "cpu" else getattr(torch, task.t5_dtype)
-    text_encoder = load_text_encoder(t5_path, folder / task.t5_tokenizer, device, t5_dtype, t5_config,
+    t5_device, t5_dtype = text_encoder_placement(device, text_encoder_cpu, task.t5_dtype)
+    text_encoder = load_text_encoder(t5_path, folder / task.t5_tokenizer, t5_device, t5_dtype, t5_config,
                                      text_len=transformer.text_len)
     return vae, text_encoder
 
@@ -411,6 +425,23 @@ class WanEngineBase:
     """
 
     interpolation: Interpolation = Interpolation()
+    uses_negative_prompt = True  # its sampler reads the negative prompt's context (CFG); LiveAvatar's does not
+
+    def _default_prompt(self) -> str:
+        return self.options.default_prompt
+
+    def _prompt(self, job: GenerationJob) -> str:
+        return job.params.prompt or self._default_prompt()
+
+    def _negative_prompt(self) -> str:
+        return self.options.negative_prompt if self.options.negative_prompt is not None else self.task.sample_neg_prompt
+
+    def prepare(self) -> None:
+        """Encode the prompts a request without one uses at load: umT5 on the CPU (text_encoder_cpu) takes seconds
+        per prompt, which the first request should not wait for."""
+        self._text(self._default_prompt())
+        if self.uses_negative_prompt:
+            self._text(self._negative_prompt())
 
     def _text(self, prompt: str) -> torch.Tensor:
         context = self._contexts.get(prompt)
@@ -478,7 +509,7 @@ class WanS2VEngine(WanEngineBase):
 
         vae, text_encoder = load_vae_and_text_encoder(folder, task, device, options.vae_dtype, config,
                                                       options.vae_memory_format, options.vae_compile,
-                                                      options.vae_cudnn_benchmark)
+                                                      options.vae_cudnn_benchmark, options.text_encoder_cpu)
         audio_encoder = Wav2Vec2Features(folder / task.wav2vec, device=str(device))
         if (audio_encoder.layers, audio_encoder.dim) != (config.audio_layers, config.audio_dim):
             raise WeightsUnavailable(
@@ -612,8 +643,8 @@ class WanS2VEngine(WanEngineBase):
             sampling = {**sampling, "frames_per_clip": per_clip, "latent_frames_per_forward": per_clip // 4}
         audio_offset = first16 - dropped if opt.audio_sync else first16
 
-        context = self._text(p.prompt or opt.default_prompt)
-        context_null = self._text(opt.negative_prompt if opt.negative_prompt is not None else task.sample_neg_prompt)
+        context = self._text(self._prompt(job))
+        context_null = self._text(self._negative_prompt())
         clock.lap("text")
         ref_latents, encode_s = self._reference(photo, height, width)
         clock.lap("reference_encode")

@@ -219,6 +219,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
     """Wan2.2-S2V-14B with the LiveAvatar LoRA merged, run block-causally (see the module docstring)."""
 
     renders_segments = True
+    uses_negative_prompt = False  # no CFG: the release samples with guide scale 0
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -277,7 +278,7 @@ class WanLiveAvatarEngine(WanS2VEngine):
         per_block = TEMPORAL_STRIDE * opt.block_frames
         blocks = math.ceil((plan.needed + dropped) / per_block)  # none past the last needed frame
         frame_base = (plan.first16 + FIRST_CLIP_DROPPED_FRAMES) // TEMPORAL_STRIDE if plan.continuing else 0
-        context = self._text(p.prompt or opt.default_prompt)
+        context = self._text(self._prompt(job))
         clock.lap("text")
         log.info("LiveAvatar job: %dx%d -> %d block(s) of %d frames, %d steps (%s), no CFG", width, height, blocks,
                  per_block, steps, opt.sampler)

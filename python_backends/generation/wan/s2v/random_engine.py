@@ -22,7 +22,7 @@ from ..common.configs import S2V_14B, WanS2VTransformerConfig
 from ..common.stand_ins import write_tokenizer, write_wav2vec2
 from ..common.text_encoder import UMT5_XXL, UMT5Config, UMT5Encoder, UMT5Tokenizer, WanTextEncoder
 from ..common.vae import WanVAE, configure_vae
-from .engine import WanS2VEngine, WanS2VOptions, _apply_speed_options
+from .engine import WanS2VEngine, WanS2VOptions, _apply_speed_options, text_encoder_placement
 from .liveavatar_engine import LiveAvatarOptions, WanLiveAvatarEngine
 from .model import build_s2v_model, init_random_weights_
 
@@ -35,10 +35,12 @@ STAND_INS = ("random weights built in memory (benchmark: the video is noise)",
              "wav2vec2 random at XLSR-53's shape")
 
 
-def random_text_encoder(config: WanS2VTransformerConfig, release: bool, device: torch.device, dtype: torch.dtype,
+def random_text_encoder(config: WanS2VTransformerConfig, release: bool, device: torch.device, on_cpu: bool,
                         scratch: Path) -> WanTextEncoder:
-    """umT5-XXL for the release's DiT, a narrow encoder of the same width for a smaller (test) DiT."""
+    """umT5-XXL for the release's DiT, a narrow encoder of the same width for a smaller (test) DiT; placed as a
+    release's (text_encoder_placement)."""
     t5 = UMT5_XXL if release else replace(SMALL_T5, dim=config.text_dim)
+    device, dtype = text_encoder_placement(device, on_cpu)
     with torch.device("meta"):
         model = UMT5Encoder(t5)
     model = init_random_weights_(model.to(dtype).to_empty(device=device)).eval().requires_grad_(False)
@@ -64,7 +66,7 @@ def build_random_engine(options: WanS2VOptions, device: torch.device | str,
         from ....audio.wav2vec2 import Wav2Vec2Features
 
         scratch = Path(scratch or tempfile.mkdtemp(prefix="random-wan-"))
-        text_encoder = random_text_encoder(config, release, device, dtype, scratch)
+        text_encoder = random_text_encoder(config, release, device, options.text_encoder_cpu, scratch)
         wav2vec = write_wav2vec2(scratch / S2V_14B.wav2vec, config.audio_dim, config.audio_layers - 1,
                                  release_shape=release)
         audio_encoder = Wav2Vec2Features(wav2vec, device=str(device))
