@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "generated_size": [width, height], "output_size": [out_w, out_h], "fps": args.fps,
                     "clip_seconds": args.seconds, "model_config_name": profile, "resize_at": args.resize_at,
                     "video_generator_parameters": generator, "talking_head_parameters": talking_head,
+                    "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),  # the stubs inherit it
                     "weights": "random, built in memory at release size (benchmark_random_weights)" if wan else
                     "none (preview engine)"}
     with tempfile.TemporaryDirectory() as tmp:

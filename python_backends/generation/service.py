@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import threading
 import time
 import traceback
@@ -44,6 +45,8 @@ from .job import (
 from .live_streams import LiveStream, LiveStreams, fingerprint
 from .preview import ENGINE_NAME as PREVIEW_NAME
 from .preview import PreviewEngine
+
+log = logging.getLogger(__name__)
 
 LIVEAVATAR_LICENCE = "Apache-2.0 (LiveAvatar LoRA, Alibaba-Quark/LiveAvatar; base Wan2.2-S2V-14B, Apache-2.0)"
 # ModelTC/LightX2V and ModelTC/Wan2.2-Lightning carry Apache-2.0 LICENSE files; the Hugging Face cards of the LoRA
@@ -339,6 +342,7 @@ def generate(registry: EngineRegistry, inputs: dict[str, np.ndarray], parameters
         message = (f"video_generator ran out of GPU memory generating {size} with {name} "
                    f"({'. '.join(str(exc).split('. ')[:3])}.): ask for a smaller width and height{text}, or serve it "
                    "on a GPU with more memory")
+        log.warning("%s: %s", message, exc)  # the allocator's whole account (per process, reserved) is the operator's
         traceback.clear_frames(exc.__traceback__)  # the failed request's tensors go with its frames
     else:
         return
