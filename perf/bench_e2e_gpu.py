@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history-frames", type=int, default=365, help="liveavatar: VAE history (release: 365)")
     parser.add_argument("--release-residual", action=argparse.BooleanOptionalAction, default=True,
                         help="liveavatar: the release's bf16 residual stream between DiT blocks (off: float32)")
+    parser.add_argument("--kv-cache-fp8", action=argparse.BooleanOptionalAction, default=False,
+                        help="liveavatar: its KV caches in FP8 e4m3 (half their memory; not the release's)")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                         help="stages after the DiT overlapped with it, one after another, or both runs")
     parser.add_argument("--dit-priority", choices=("on", "off", "both"), default="off",
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.engine == "liveavatar":
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames,
-                                    release_residual=args.release_residual)
+                                    release_residual=args.release_residual, kv_cache_fp8=args.kv_cache_fp8)
     else:
         options = WanS2VOptions(sampler="euler", **speed, infer_frames=16 if args.tiny else 80,
                                 balance_clips=args.balance_clips)
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
                         "vae_cudnn_benchmark", "infer_frames", "balance_clips", "attention_backend")},
                     "release_residual": getattr(options, "release_residual", None),
+                    "kv_cache_fp8": getattr(options, "kv_cache_fp8", None),
                     # Inductor's tuning switches (TORCHINDUCTOR_* environment variables) the compiled blocks ran with
                     "inductor": {k: getattr(inductor_config, k) for k in (
                         "coordinate_descent_tuning", "max_autotune", "max_autotune_pointwise")},

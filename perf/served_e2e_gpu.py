@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="cuDNN times the VAE's convolution algorithms per shape (on in the GPU profile)")
     parser.add_argument("--text-encoder-cpu", action=argparse.BooleanOptionalAction, default=False,
                         help="umT5 on the CPU (wan_text_encoder_cpu): what LiveAvatar needs to fit an 80 GB card")
+    parser.add_argument("--kv-cache-fp8", action=argparse.BooleanOptionalAction, default=False,
+                        help="LiveAvatar's KV caches in FP8 (liveavatar_kv_cache_fp8): half their memory")
     parser.add_argument("--oversize", type=frame_size, default=None,
                         help="after the timed job, ask for a clip at this WxH, too large for the GPU: its error must "
                              "reach the client, and a job at --size must run after it")
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "wan_vae_memory_format": args.vae_memory_format,
                           "wan_vae_compile": str(args.vae_compile).lower(),
                           "wan_vae_cudnn_benchmark": str(args.vae_cudnn_benchmark).lower(),
-                          "wan_text_encoder_cpu": str(args.text_encoder_cpu).lower()})
+                          "wan_text_encoder_cpu": str(args.text_encoder_cpu).lower(),
+                          "liveavatar_kv_cache_fp8": str(args.kv_cache_fp8).lower()})
     talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
                     "first_segment_s": str(args.first_segment_s), "segment_s": str(args.segment_s),
                     "continue_streams": str(args.continue_streams).lower()}

@@ -93,7 +93,8 @@ def _liveavatar_options(settings: VideoGeneratorSettings, root: Path | None = No
     return LiveAvatarOptions(fp8=_fp8(settings), attention_backend=settings.wan_attention,
                              compile=settings.wan_compile, vae_dtype=settings.wan_vae_dtype,
                              history_frames=settings.liveavatar_history_frames,
-                             ref_distance=settings.liveavatar_ref_distance or None, **_stages(settings),
+                             ref_distance=settings.liveavatar_ref_distance or None,
+                             kv_cache_fp8=settings.liveavatar_kv_cache_fp8, **_stages(settings),
                              **_vae_and_text_encoder(settings))
 
 

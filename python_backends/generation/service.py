@@ -94,6 +94,7 @@ class VideoGeneratorSettings:
     live_stream_idle_s: float = 60.0
     liveavatar_history_frames: int = 365  # frames VAE-encoded for motion latents / decoder priming (release: 365)
     liveavatar_ref_distance: int = 0  # 0: drawn per forward from 4..30 as the release does; 4..30 fixes it
+    liveavatar_kv_cache_fp8: bool = False  # its KV caches in e4m3 (half the memory, FP8 rounding; not the release's)
     # Benchmarks only: build the speech engines at release size with random weights in memory instead of reading
     # release folders (wan/random_engine.py). Speed is real; the video is noise.
     benchmark_random_weights: bool = False

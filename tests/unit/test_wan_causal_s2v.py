@@ -24,6 +24,7 @@ from python_backends.generation.wan.s2v.causal import (
     REF_DISTANCES,
     CausalS2V,
     CondCache,
+    KVRows,
     RefDistances,
     ref_shift,
     step_caches,
@@ -54,11 +55,11 @@ def case(model: WanS2VTransformer, blocks: int, seed: int = 0) -> dict:
 
 
 def streamed(model: WanS2VTransformer, x: dict, t: float, window: int, shift: int = 0,
-             step: int = 1) -> list[torch.Tensor]:
+             step: int = 1, fp8: bool = False) -> list[torch.Tensor]:
     """The blocks streamed through step `step`'s cache of two (0: the ring left of the shared condition)."""
     causal = CausalS2V(model)
     cond = causal.prefill(x["ref"], x["motion"], x["context"])
-    cache = causal.new_step_caches(cond, 2, window, SIDE, SIDE)[step]
+    cache = causal.new_step_caches(cond, 2, window, SIDE, SIDE, fp8)[step]
     return [causal.block(latents, torch.tensor([t]), audio, cache, block=b, frame_start=b * FRAMES, shift=shift)
             for b, (latents, audio) in enumerate(zip(x["latents"], x["audio"]))]
 
@@ -149,7 +150,7 @@ def test_two_step_caches_share_the_condition_between_their_rings() -> None:
     cond_k, cond_v = torch.full((1, 3, 2, 8), -1.0), torch.full((1, 3, 2, 8), -2.0)  # 2 reference + 1 motion token
     cond_k[:, 2] = -3.0
     left, right = step_caches(CondCache([cond_k], [cond_v], n_ref=2, text=[]), steps=2, window=2, block_tokens=4)
-    assert left.shared is right.shared and left.shared.keys[0].shape[1] == 8 + 3 + 8  # two rings of 2 blocks
+    assert left.shared is right.shared and left.shared.keys[0].tokens == 8 + 3 + 8  # two rings of 2 blocks
     blocks = [torch.full((1, 4, 2, 8), float(i)) for i in range(3)]
     keys, values = left.store(0, 0, blocks[0], blocks[0])
     assert keys[0, :, 0, 0].tolist() == [0] * 4 + [-1, -1, -3] and values[0, 4:, 0, 0].tolist() == [-2] * 3
@@ -160,9 +161,33 @@ def test_two_step_caches_share_the_condition_between_their_rings() -> None:
         keys, _ = cache.store(0, 2, blocks[2], blocks[2])  # overwrites block 0's slot
         assert keys.shape[1] == 11 and sorted(keys[0, :, 0, 0].unique().tolist()) == [-3.0, -1.0, 1.0, 2.0]
     (alone,) = step_caches(CondCache([cond_k], [cond_v], n_ref=2, text=[]), steps=1, window=2, block_tokens=4)
-    assert alone.shared.keys[0].shape[1] == 3 + 8  # an odd step out has one ring
+    assert alone.shared.keys[0].tokens == 3 + 8  # an odd step out has one ring
     with pytest.raises(ValueError, match="same token count"):
         right.store(0, 3, torch.zeros(1, 5, 2, 8), torch.zeros(1, 5, 2, 8))
+
+
+def test_fp8_rows_keep_each_value_to_e4m3s_rounding_in_a_byte() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 6, 2, 16, generator=g) * torch.logspace(-3, 3, 6).view(1, 6, 1, 1)  # rows far apart in scale
+    rows = KVRows(x, 10, fp8=True)
+    rows.write(slice(2, 8), x)
+    back = rows.read(slice(2, 8))
+    assert rows.data.element_size() == 1 and back.dtype == x.dtype and back.shape == x.shape
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    # e4m3: 3 mantissa bits (half a step is 2^-4 of the value), subnormal steps of 2^-9 of the row's scale
+    assert ((back - x).abs() <= x.abs() * 2**-4 + amax / 448 * 2**-10).all()
+    assert not torch.equal(back, x)
+    plain = KVRows(x, 10)
+    plain.write(slice(2, 8), x)
+    assert plain.scale is None and torch.equal(plain.read(slice(2, 8)), x)
+
+
+def test_fp8_caches_stream_what_exact_caches_do_to_fp8_rounding(model: WanS2VTransformer) -> None:
+    x = case(model, 4)
+    for t in (1000.0, 602.15):
+        for b, (exact, fp8) in enumerate(zip(streamed(model, x, t, 2), streamed(model, x, t, 2, fp8=True))):
+            error = ((fp8 - exact).norm() / exact.norm()).item()
+            assert 0 < error < 0.01, f"block {b}, t={t}: relative error {error:.4f}"  # measured 0.14-0.22 %
 
 
 def test_step_cache_rolls_out_the_reference_keys_and_back() -> None:

@@ -134,6 +134,18 @@ def test_same_seed_same_video_another_seed_another(engine, photo, speech, refere
     assert other.shape == frames.shape and not np.array_equal(other, frames)
 
 
+def test_fp8_kv_caches_make_the_same_video_to_their_rounding(folders, photo, speech, reference_run) -> None:
+    from python_backends.generation.engines import ENGINES
+
+    assert ENGINES["liveavatar-14B"].options(served_settings(liveavatar_kv_cache_fp8="true"), None).kv_cache_fp8
+    fp8 = WanLiveAvatarEngine.from_folders(*folders, "cpu", options=replace(OPTIONS, kv_cache_fp8=True))
+    frames = np.concatenate([c.frames for c in reference_run]).astype(np.int16)
+    quantized = np.concatenate([c.frames for c in fp8.generate(job(photo, speech))]).astype(np.int16)
+    assert quantized.shape == frames.shape and not np.array_equal(quantized, frames)
+    diff = np.abs(quantized - frames)
+    assert diff.mean() < 0.25 and diff.max() <= 4  # of 255; measured 0.031 and 2 (tiny model, 3 blocks, 4 steps)
+
+
 def test_fewer_steps_and_a_short_segment(engine, photo, speech) -> None:
     two = list(engine.generate(job(photo, speech, steps=2, frame_count=5)))
     assert sum(len(c.frames) for c in two) == 5 and two[0].sampling["steps"] == 2

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ....transfer import to_device
+from ..common.fp8 import FP8_DTYPE, quantize
 from ..common.transformer import apply_rope, rope_cos_sin, unpatchify
 from .model import (
     DEFAULT_MOTION_FRAMES,
@@ -80,6 +81,36 @@ class CondCache:
         self.ref_keys = [k[:, : self.n_ref].clone() for k in self.keys]  # clones: they outlive `keys`
 
 
+class KVRows:
+    """One layer's keys or values [B, tokens, heads, head_dim]: in the compute dtype, or with `fp8` in e4m3 with a
+    scale per token and head (the rows are dequantised as a forward reads them). FP8 halves the KV caches, which
+    are most of LiveAvatar's memory at a request (41.5 GB at 704x384 in bf16); e4m3 keeps 3 mantissa bits, so each
+    element carries up to 2^-4 of its row's largest magnitude in rounding error. Not the release's: a setting."""
+
+    def __init__(self, like: torch.Tensor, tokens: int, fp8: bool = False) -> None:
+        shape = (like.shape[0], tokens, *like.shape[2:])
+        self.dtype, self.fp8 = like.dtype, fp8
+        self.data = torch.empty(shape, dtype=FP8_DTYPE if fp8 else like.dtype, device=like.device)
+        self.scale = torch.empty((*shape[:-1], 1), dtype=like.dtype, device=like.device) if fp8 else None
+
+    @property
+    def tokens(self) -> int:
+        return self.data.shape[1]
+
+    def write(self, rows: slice, x: torch.Tensor) -> None:
+        if self.scale is None:
+            self.data[:, rows] = x
+            return
+        q, scale = quantize(x, "rowwise")
+        self.data[:, rows], self.scale[:, rows] = q, scale
+
+    def read(self, rows: slice) -> torch.Tensor:
+        """The rows in the compute dtype: a view, or (fp8) a dequantised copy."""
+        if self.scale is None:
+            return self.data[:, rows]
+        return self.data[:, rows].to(self.dtype) * self.scale[:, rows]
+
+
 class _SharedKV:
     """Per layer, one buffer of keys and one of values: [left ring | condition | right ring]. Each ring holds one
     denoising step's last `window` blocks; the two steps on either side share the condition's copy, and the keys a
@@ -87,18 +118,19 @@ class _SharedKV:
     ring fills leftwards from the condition). The reference's rows are rolled out per forward, for whichever step
     runs it: steps run one after another."""
 
-    def __init__(self, cond: CondCache, window: int, block_tokens: int, sides: int) -> None:
+    def __init__(self, cond: CondCache, window: int, block_tokens: int, sides: int, fp8: bool = False) -> None:
         self.n_ref, self.ref_keys, self.text = cond.n_ref, cond.ref_keys, cond.text
         self.window, self.block_tokens = window, block_tokens
         ring = window * block_tokens
         self.cond_start = ring if sides == 2 else 0
         self.cond_end = self.cond_start + cond.keys[0].shape[1]
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        self.keys: list[KVRows] = []
+        self.values: list[KVRows] = []
+        condition = slice(self.cond_start, self.cond_end)
         for k, v in zip(cond.keys, cond.values):
-            shape = (v.shape[0], self.cond_end + ring, *v.shape[2:])
-            keys, values = v.new_empty(shape), v.new_empty(shape)
-            keys[:, self.cond_start : self.cond_end], values[:, self.cond_start : self.cond_end] = k, v
+            keys, values = KVRows(v, self.cond_end + ring, fp8), KVRows(v, self.cond_end + ring, fp8)
+            keys.write(condition, k)
+            values.write(condition, v)
             self.keys.append(keys)
             self.values.append(values)
         self.shifts = [0] * len(self.keys)  # frames the reference rows of each layer are rolled out by now
@@ -107,7 +139,7 @@ class _SharedKV:
         if shift != self.shifts[layer]:
             ref = self.ref_keys[layer]
             rows = slice(self.cond_start, self.cond_start + self.n_ref)
-            self.keys[layer][:, rows] = ref if not shift else apply_rope(ref, *ref_rope)
+            self.keys[layer].write(rows, ref if not shift else apply_rope(ref, *ref_rope))
             self.shifts[layer] = shift
 
 
@@ -135,20 +167,20 @@ class StepCache:
             start, view = shared.cond_end + slot * n, slice(shared.cond_start, shared.cond_end + filled)
         else:
             start, view = shared.cond_start - (slot + 1) * n, slice(shared.cond_start - filled, shared.cond_end)
-        keys[:, start : start + n] = k
-        values[:, start : start + n] = v
+        keys.write(slice(start, start + n), k)
+        values.write(slice(start, start + n), v)
         shared.roll_reference(layer, shift, ref_rope)
-        return keys[:, view], values[:, view]
+        return keys.read(view), values.read(view)
 
 
-def step_caches(cond: CondCache, steps: int, window: int, block_tokens: int) -> list[StepCache]:
-    """A StepCache per denoising step, two steps per copy of the condition."""
+def step_caches(cond: CondCache, steps: int, window: int, block_tokens: int, fp8: bool = False) -> list[StepCache]:
+    """A StepCache per denoising step, two steps per copy of the condition; `fp8`: KVRows in e4m3."""
     if window < 1:
         raise ValueError(f"the attention window must hold at least one block, got {window}")
     caches = []
     for first in range(0, steps, 2):
         sides = min(2, steps - first)
-        shared = _SharedKV(cond, window, block_tokens, sides)
+        shared = _SharedKV(cond, window, block_tokens, sides, fp8)
         caches += [StepCache(shared, right) for right in (False, True)[2 - sides:]]  # a lone step: the right ring
     return caches
 
@@ -212,10 +244,11 @@ class CausalS2V:
         return self.model.patch_embedding.weight.device
 
     def new_step_caches(self, cond: CondCache, steps: int, window: int, latent_height: int,
-                        latent_width: int) -> list[StepCache]:
+                        latent_width: int, fp8: bool = False) -> list[StepCache]:
         """Each denoising step's cache for blocks of latents [.., block_frames, latent_height, latent_width]."""
         _, ph, pw = self.model.config.patch_size
-        return step_caches(cond, steps, window, self.block_frames * (latent_height // ph) * (latent_width // pw))
+        return step_caches(cond, steps, window, self.block_frames * (latent_height // ph) * (latent_width // pw),
+                           fp8)
 
     @torch.no_grad()
     def prefill(self, ref_latents: torch.Tensor, motion_latents: torch.Tensor,
