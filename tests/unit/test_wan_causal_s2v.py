@@ -182,6 +182,16 @@ def test_fp8_rows_keep_each_value_to_e4m3s_rounding_in_a_byte() -> None:
     assert plain.scale is None and torch.equal(plain.read(slice(2, 8)), x)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused dequantisation is a Triton kernel)")
+def test_fp8_rows_read_on_the_gpu_are_the_eager_values() -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(1, 300, 40, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    rows = KVRows(x, 300, fp8=True)
+    rows.write(slice(0, 300), x)
+    fused = rows.read(slice(17, 299))
+    assert torch.equal(fused, rows.data[:, 17:299].to(torch.bfloat16) * rows.scale[:, 17:299])
+
+
 def test_fp8_caches_stream_what_exact_caches_do_to_fp8_rounding(model: WanS2VTransformer) -> None:
     x = case(model, 4)
     for t in (1000.0, 602.15):
