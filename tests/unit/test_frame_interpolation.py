@@ -350,7 +350,7 @@ def test_the_video_generator_gives_loaded_wan_engines_the_configured_interpolati
     from python_backends.generation import service
 
     (tmp_path / "video_generator" / "Wan2.2-S2V-14B").mkdir(parents=True)
-    monkeypatch.setattr(service, "_load_wan", lambda *args: types.SimpleNamespace())  # the wiring, not the DiT
+    monkeypatch.setattr(service, "_load_wan", lambda *args: types.SimpleNamespace(prepare=lambda: None))  # the wiring
 
     def engine(**parameters):
         settings = service.VideoGeneratorSettings(frame_interpolation=InterpolationSettings(**parameters))
