@@ -85,11 +85,12 @@ class KVRows:
     """One layer's keys or values [B, tokens, heads, head_dim]: in the compute dtype, or with `fp8` in e4m3 with a
     scale per token and head (the rows are dequantised as a forward reads them). FP8 halves the KV caches, which
     are most of LiveAvatar's memory at a request (41.5 GB at 704x384 in bf16); e4m3 keeps 3 mantissa bits, so each
-    element carries up to 2^-4 of its row's largest magnitude in rounding error. Not the release's: a setting."""
+    element carries up to 2^-4 of its magnitude in rounding error (more for those over 2^14 below their row's largest).
+    Not the release's numerics: a setting (LiveAvatarOptions.kv_cache_fp8)."""
 
     def __init__(self, like: torch.Tensor, tokens: int, fp8: bool = False) -> None:
         shape = (like.shape[0], tokens, *like.shape[2:])
-        self.dtype, self.fp8 = like.dtype, fp8
+        self.dtype = like.dtype
         self.data = torch.empty(shape, dtype=FP8_DTYPE if fp8 else like.dtype, device=like.device)
         self.scale = torch.empty((*shape[:-1], 1), dtype=like.dtype, device=like.device) if fp8 else None
 
