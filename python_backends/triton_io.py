@@ -372,8 +372,14 @@ class StreamingModel:
         return None
 
     def _serve(self, request, stream: ResponseStream, job: BacklogJob) -> None:
-        cancelled = pb_utils.TritonError("the client cancelled the request", pb_utils.TritonError.CANCELLED)
         in_band = False
+
+        def cancel() -> None:
+            # One final error response, never in-band: the caller has stopped reading. Triton's vLLM backend answers
+            # a cancellation so too; an in-band error then the final flag (two responses to a cancelled request) is
+            # the unconfirmed suspect of one CI run's tritonserver abort ("double free or corruption").
+            stream.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "the client cancelled the request", pb_utils.TritonError.CANCELLED)), final=True)
 
         def fail(error) -> None:
             if in_band:
@@ -385,7 +391,7 @@ class StreamingModel:
         try:
             job.start()
             if request.is_cancelled():  # cancelled (or its client gone) while it waited for this worker
-                fail(cancelled)
+                cancel()
                 return
             inputs = read_inputs(request, self.spec)
             parameters = json.loads(request.parameters() or "{}")
@@ -396,7 +402,7 @@ class StreamingModel:
                 job.begin(0)
             for outputs in self.stream(inputs, parameters, request.is_cancelled, job):
                 if request.is_cancelled():
-                    fail(cancelled)
+                    cancel()
                     return
                 # Only what the client asked for: Triton 2.51's response sender drops the other tensors on a thread
                 # without the GIL (stream_remains.py has the same bug's other face).
