@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from wan_fixtures.tiny import TINY_S2V_CONFIG
 
+from python_backends.generation.wan.common.fp8 import quantize
 from python_backends.generation.wan.common.scheduler import make_sampler
 from python_backends.generation.wan.common.transformer import apply_rope, rope_cos_sin, unpatchify
 from python_backends.generation.wan.s2v.causal import (
@@ -182,12 +183,19 @@ def test_fp8_rows_keep_each_value_to_e4m3s_rounding_in_a_byte() -> None:
     assert plain.scale is None and torch.equal(plain.read(slice(2, 8)), x)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused dequantisation is a Triton kernel)")
-def test_fp8_rows_read_on_the_gpu_are_the_eager_values() -> None:
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused (de)quantisation is a Triton kernel)")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fp8_rows_written_and_read_on_the_gpu_are_the_eager_values(batch: int) -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(1, 300, 40, 128, generator=g, device="cuda", dtype=torch.bfloat16)
-    rows = KVRows(x, 300, fp8=True)
-    rows.write(slice(0, 300), x)
+    x = torch.randn(batch, 300, 40, 128, generator=g, device="cuda", dtype=torch.bfloat16)
+    x = x * torch.logspace(-3, 3, 300, device="cuda").view(1, 300, 1, 1).to(x.dtype)  # rows far apart in scale
+    rows = KVRows(x, 320, fp8=True)
+    rows.data.view(torch.uint8).fill_(0x7F)  # NaN in e4m3: any byte the write should not touch stays one
+    rows.write(slice(10, 310), x)
+    q, scale = quantize(x, "rowwise")
+    assert torch.equal(rows.data[:, 10:310].view(torch.uint8), q.view(torch.uint8))
+    assert torch.equal(rows.scale[:, 10:310], scale.to(rows.scale.dtype))
+    assert (rows.data[:, :10].view(torch.uint8) == 0x7F).all() and (rows.data[:, 310:].view(torch.uint8) == 0x7F).all()
     fused = rows.read(slice(17, 299))
     assert torch.equal(fused, rows.data[:, 17:299].to(torch.bfloat16) * rows.scale[:, 17:299])
 

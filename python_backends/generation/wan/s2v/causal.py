@@ -83,9 +83,10 @@ class CondCache:
 
 class KVRows:
     """One layer's keys or values [B, tokens, heads, head_dim]: in the compute dtype, or with `fp8` in e4m3 with a
-    scale per token and head (the rows are dequantised as a forward reads them). FP8 halves the KV caches, which
-    are most of LiveAvatar's memory at a request (41.5 GB at 704x384 in bf16); e4m3 keeps 3 mantissa bits, so each
-    element carries up to 2^-4 of its magnitude in rounding error (more for those over 2^14 below their row's largest).
+    scale per token and head (quantised as written, dequantised as a forward reads them; one Triton pass each on the
+    GPU: common/fp8_rows_triton.py). FP8 halves the KV caches, which are most of LiveAvatar's memory at a request
+    (41.5 GB at 704x384 in bf16); e4m3 keeps 3 mantissa bits, so each element carries up to 2^-4 of its magnitude in
+    rounding error (more for those over 2^14 below their row's largest).
     Not the release's numerics: a setting (LiveAvatarOptions.kv_cache_fp8)."""
 
     def __init__(self, like: torch.Tensor, tokens: int, fp8: bool = False) -> None:
@@ -102,8 +103,15 @@ class KVRows:
         if self.scale is None:
             self.data[:, rows] = x
             return
-        q, scale = quantize(x, "rowwise")
-        self.data[:, rows], self.scale[:, rows] = q, scale
+        q, scale = self.data[:, rows], self.scale[:, rows]
+        if x.is_cuda:
+            from ..common.fp8_rows_triton import quantizable, quantize_rows_into
+
+            x = x.contiguous()
+            if quantizable(x, q, scale):  # one kernel instead of six and two copies (the same values)
+                quantize_rows_into(x, q, scale)
+                return
+        q[:], scale[:] = quantize(x, "rowwise")
 
     def read(self, rows: slice) -> torch.Tensor:
         """The rows in the compute dtype: a view, or (fp8) a dequantised copy."""
