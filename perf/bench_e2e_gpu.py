@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"script": "perf/bench_e2e_gpu.py", "argv": sys.argv[1:], "engine": args.engine,
                     "device": str(device),
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+                    "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
                     "torch": torch.__version__, "options": {k: getattr(options, k) for k in (
                         "sampler", "default_steps", "fp8", "compile", "vae_dtype", "vae_memory_format", "vae_compile",
                         "vae_cudnn_benchmark", "infer_frames", "balance_clips", "attention_backend")},
