@@ -49,7 +49,8 @@ class WanFrameChunk(FrameChunk):
 
     timing keys: elapsed_s (since the job started), denoise_s (the clip's denoising, all attempts), encode_s
     (the clip's VAE encoding of reference / motion frames), decode_s (VAE decoding done for this chunk),
-    steps.
+    steps; on CUDA alloc_retries: the caching allocator's failed cudaMallocs since the job started (each one frees
+    its cache and waits for the device: memory pressure, which slows every block near a full card).
     """
 
     clip: int = 0
@@ -110,6 +111,13 @@ class ChunkMaker:
         self.produced = 0  # source (16 fps) frames taken so far
         self.buffer: list[np.ndarray] = []
         self.clip, self.timing, self.sums = 0, {}, {}
+        self._device: torch.device | None = None  # count_alloc_retries
+        self._retries_before = 0
+
+    def count_alloc_retries(self, device: torch.device) -> None:
+        """Report the allocator's retries on `device` from now on (WanFrameChunk's alloc_retries)."""
+        if device.type == "cuda":
+            self._device, self._retries_before = device, _alloc_retries(device)
 
     def run(self, piece: PixelPiece) -> list[WanFrameChunk]:
         t0 = time.perf_counter()
@@ -133,10 +141,16 @@ class ChunkMaker:
         frames, self.buffer = self.buffer[:count], self.buffer[count:]
         timing: dict[str, Any] = {**self.timing, **self.sums, "elapsed_s": time.perf_counter() - self.started}
         self.sums = dict.fromkeys(self.sums, 0.0)  # a later chunk of the same pieces says 0, not nothing
+        if self._device is not None:
+            timing["alloc_retries"] = _alloc_retries(self._device) - self._retries_before
         chunk = WanFrameChunk(self.index, np.stack(frames), self.fps, self.total, clip=self.clip, timing=timing,
                               sampling=self.sampling)
         self.index += count
         return chunk
+
+
+def _alloc_retries(device: torch.device) -> int:
+    return int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
 
 
 def stream_chunks(engine: Any, label: str, source: Iterable[Any], chunks: ChunkMaker, source_name: str,
@@ -145,6 +159,7 @@ def stream_chunks(engine: Any, label: str, source: Iterable[Any], chunks: ChunkM
     engine's options (OverlapOptions) say; the run's stage times stay on `engine.last_stages` (the latest job's,
     for benchmarks)."""
     options = engine.options
+    chunks.count_alloc_retries(torch.device(engine.device))
     run = run_stages(source, [*stages, Stage("frames", chunks.run, chunks.flush)], depth=options.overlap_depth,
                      device=engine.device, source_name=source_name, overlap=options.overlap,
                      prioritise_source=options.dit_priority)
