@@ -51,6 +51,10 @@ def _quantize_rows(x_ptr, q_ptr, scale_ptr, rows, x_batch_stride, q_batch_stride
     tl.store(scale_ptr + batch * scale_batch_stride + row, scale.to(scale_ptr.dtype.element_ty), mask=inside)
 
 
+def _power_of_two(width: int) -> bool:
+    return width & (width - 1) == 0  # tl.arange spans a row
+
+
 def _rows_contiguous(t: torch.Tensor) -> bool:
     """Each batch item's rows lie one after another (a slice of tokens out of [B, tokens, heads, D] does)."""
     return t[0].is_contiguous() if t.shape[0] else True
@@ -59,7 +63,7 @@ def _rows_contiguous(t: torch.Tensor) -> bool:
 def fusable(q: torch.Tensor, scale: torch.Tensor) -> bool:
     """Contiguous CUDA rows of a power-of-two width, one scale per row."""
     width = q.shape[-1]
-    return (q.is_cuda and q.is_contiguous() and scale.is_contiguous() and width & (width - 1) == 0
+    return (q.is_cuda and q.is_contiguous() and scale.is_contiguous() and _power_of_two(width)
             and scale.numel() * width == q.numel())
 
 
@@ -75,8 +79,7 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 def quantizable(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> bool:
     """x [B, ...rows, D] on CUDA into q (e4m3) and scale [B, ...rows, 1] of its shape, each batch item's rows
     contiguous (slices of the caches' token axis are), D a power of two."""
-    width = x.shape[-1]
-    return (x.is_cuda and x.is_contiguous() and width & (width - 1) == 0 and q.shape == x.shape
+    return (x.is_cuda and x.is_contiguous() and _power_of_two(x.shape[-1]) and q.shape == x.shape
             and scale.shape == (*x.shape[:-1], 1) and _rows_contiguous(q) and _rows_contiguous(scale))
 
 
