@@ -15,7 +15,10 @@ weight is refused by name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 # SpecAugment's learned mask vector: used only while training, so a checkpoint saved without it is fine.
 TRAINING_ONLY = frozenset({"wav2vec2.masked_spec_embed"})
+# One forward at a time switches cuDNN's process-wide benchmark flag, so each restores what the process had.
+_CUDNN_FLAG_LOCK = threading.Lock()
 
 
 def check_folder(folder: Path) -> None:
@@ -124,7 +129,7 @@ class Wav2Vec2Features:
             padding=len(waveforms) > 1, return_attention_mask=self.batched, return_tensors="pt",
         )
         mask = inputs.get("attention_mask") if self.batched else None
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_heuristics(self.device):
             output = self.model(
                 inputs["input_values"].to(self.device),
                 attention_mask=mask.to(self.device) if mask is not None else None,
@@ -136,3 +141,27 @@ class Wav2Vec2Features:
             ).tolist()
         hidden = hidden.float().cpu().numpy()
         return [np.ascontiguousarray(hidden[i, :, : int(n)]) for i, n in enumerate(lengths)]
+
+
+@contextlib.contextmanager
+def cudnn_heuristics(device: str) -> Iterator[None]:
+    """cuDNN picks wav2vec2's convolution algorithms by heuristics, even where the VAE's `wan_vae_cudnn_benchmark`
+    has switched benchmark mode on for the process.
+
+    Every recording length is a new shape for its convolutions, and benchmark mode times the algorithms of each new
+    shape on each new thread: 0.31-0.37 s per request on an H100 against 0.05-0.06 s by heuristics, which are as
+    fast once a length repeats (perf/results/wav2vec2_h100.json). The flag is process-wide, so a VAE convolution of
+    a shape its thread has never met, run on another thread during this forward, is planned by heuristics too; the
+    VAE's shapes are timed when the engine warms up, and its deterministic setting is left as it is."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    with _CUDNN_FLAG_LOCK:
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before

@@ -26,6 +26,7 @@ from python_backends.audio import (
 from python_backends.audio import denoise as denoise_mod
 from python_backends.audio.decode import ffmpeg_exe, layout_channels, parse_stream_info
 from python_backends.audio.features import WAV2VEC2_FOLDER
+from python_backends.audio.wav2vec2 import cudnn_heuristics
 from python_backends.errors import ConfigError, InputError, WeightsUnavailable
 from python_backends.settings import from_mapping
 from python_backends.weights import OFFICIAL, UNAVAILABLE
@@ -332,6 +333,26 @@ def test_wav2vec2_accepts_checkpoint_without_training_only_mask(tmp_path):
     tiny_wav2vec2(tmp_path / "audio_features" / WAV2VEC2_FOLDER, drop="wav2vec2.masked_spec_embed")
     predictor = build_audio_features(AudioFeaturesSettings(), "cpu", root=tmp_path)
     assert predictor.encoder.encode([speech_like(0.5)])[0].shape == (3, 24, 32)
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_wav2vec2_on_cuda_plans_by_heuristics_and_restores_the_process_flag(before):
+    # The VAE's wan_vae_cudnn_benchmark switches benchmark mode on for the process; each new recording length would
+    # then be timed per thread (0.31-0.37 s a request on an H100, perf/results/wav2vec2_h100.json).
+    torch = pytest.importorskip("torch")
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = before
+        with cudnn_heuristics("cuda:0"):
+            assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.benchmark is before
+        with pytest.raises(RuntimeError), cudnn_heuristics("cuda"):
+            raise RuntimeError("a failed forward")
+        assert torch.backends.cudnn.benchmark is before
+        with cudnn_heuristics("cpu"):  # cuDNN plays no part
+            assert torch.backends.cudnn.benchmark is before
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 @pytest.mark.parametrize("fault", ["drop", "reshape", "no_preprocessor"])
