@@ -65,9 +65,10 @@ from python_backends.generation.wan.s2v.random_engine import build_random_engine
 PROMPT_TOKENS = 40  # a one-sentence prompt's umT5 length
 
 
-def build_engine(tiny: bool, device: torch.device, options: WanS2VOptions) -> WanS2VEngine:
+def build_engine(tiny: bool, device: torch.device, options: WanS2VOptions, encoders: bool = False) -> WanS2VEngine:
+    """`encoders`: umT5 and wav2vec2 loaded as a served engine has them (the jobs still give their features)."""
     config = TINY_S2V_CONFIG if tiny else WanS2VTransformerConfig()
-    engine = build_random_engine(options, device, config, encoders=False)
+    engine = build_random_engine(options, device, config, encoders=encoders)
     dtype = engine.transformer.patch_embedding.weight.dtype
     for prompt in (options.default_prompt, engine.task.sample_neg_prompt):
         tokens = min(PROMPT_TOKENS, config.text_len)
@@ -236,6 +237,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="liveavatar: the release's bf16 residual stream between DiT blocks (off: float32)")
     parser.add_argument("--kv-cache-fp8", action=argparse.BooleanOptionalAction, default=False,
                         help="liveavatar: its KV caches in FP8 e4m3 (half their memory; not the release's)")
+    parser.add_argument("--encoders", action=argparse.BooleanOptionalAction, default=False,
+                        help="load umT5 and wav2vec2 as the served engine does (the jobs still give text contexts "
+                             "and audio features): the served process's state without the server")
+    parser.add_argument("--text-encoder-cpu", action=argparse.BooleanOptionalAction, default=False,
+                        help="with --encoders: umT5 on the CPU (wan_text_encoder_cpu)")
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="both",
                         help="stages after the DiT overlapped with it, one after another, or both runs")
     parser.add_argument("--dit-priority", choices=("on", "off", "both"), default="off",
@@ -262,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
              "fp8": None if args.fp8 == "none" or device.type == "cpu" else args.fp8,
              "compile": args.compile and device.type == "cuda", "vae_memory_format": args.vae_memory_format,
              "vae_compile": args.vae_compile and device.type == "cuda", "attention_backend": args.attention,
-             "vae_cudnn_benchmark": args.vae_cudnn_benchmark and device.type == "cuda"}
+             "vae_cudnn_benchmark": args.vae_cudnn_benchmark and device.type == "cuda",
+             "text_encoder_cpu": args.text_encoder_cpu}
     if args.engine == "liveavatar":
         options = LiveAvatarOptions(**speed, infer_frames=24 if args.tiny else 48,
                                     history_frames=13 if args.tiny else args.history_frames,
@@ -279,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "vae_cudnn_benchmark", "infer_frames", "balance_clips", "attention_backend")},
                     "release_residual": getattr(options, "release_residual", None),
                     "kv_cache_fp8": getattr(options, "kv_cache_fp8", None),
+                    "encoders": args.encoders, "text_encoder_cpu": args.text_encoder_cpu,
                     # Inductor's tuning switches (TORCHINDUCTOR_* environment variables) the compiled blocks ran with
                     "inductor": {k: getattr(inductor_config, k) for k in (
                         "coordinate_descent_tuning", "max_autotune", "max_autotune_pointwise")},
@@ -286,7 +294,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  "CPU stages: pre-processing, QA", "process hops (BLS, gRPC)"],
                     "runs": []}
     t0 = time.perf_counter()
-    engine = build_engine(args.tiny, device, options)
+    engine = build_engine(args.tiny, device, options, args.encoders)
+    # the scaled-dot-product backends PyTorch may pick from, after everything is loaded (process-wide flags)
+    result["sdp_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+                             for name in ("cudnn", "flash", "mem_efficient", "math")}
     result["build_s"] = round(time.perf_counter() - t0, 2)
     print(f"engine built in {result['build_s']} s", flush=True)
     output = args.output_size
