@@ -8,6 +8,7 @@ python-backend stub (no orphans).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -116,14 +117,46 @@ def _stub_numpy_major() -> int | None:
     return int(probe.stdout.split(".")[0]) if probe.returncode == 0 and probe.stdout.strip() else None
 
 
+def _cache_folder(kind: str, source: Path) -> Path:
+    """Our cache's folder for what is made from `source` (named by a digest of its path: stable across runs, where
+    Python's str hash is salted per process)."""
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:10]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "talkinghead"
+    return cache / f"{kind}-{digest}"
+
+
+def _libpython_dir() -> Path | None:
+    """A folder holding only a link to this interpreter's shared libpython, for the stubs' LD_LIBRARY_PATH.
+
+    The stub links libpython3.X dynamically; the loader would pick the system one, whose patch release may not match
+    this interpreter's stdlib extensions (seen: Debian 3.11.2 libpython under a pyenv 3.11.7 venv makes `import ssl`
+    fail). The interpreter's LIBDIR itself stays off the path: for a distribution's Python it is the system library
+    folder (/usr/lib/x86_64-linux-gnu), and every library there, an apt-installed cuDNN or NCCL say, would then be
+    found before the CUDA libraries that torch's wheels bring, in every model's process."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
+    library = Path(sysconfig.get_config_var("LIBDIR") or "") / (name or "")
+    if not name or not library.is_file():
+        return None
+    folder = _cache_folder(f"libpython-py{sys.version_info.major}.{sys.version_info.minor}", library)
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / name
+    if not link.exists():
+        try:
+            link.symlink_to(library)
+        except FileExistsError:  # another launcher made it meanwhile
+            pass
+    return folder
+
+
 def _pytriton_backend_dir(triton_root: Path) -> Path:
     """A backends folder whose python backend carries the stub for this interpreter."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = triton_root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(f"nvidia-pytriton has no python-backend stub for Python {version}; use 3.10-3.13")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "talkinghead"
-    backends = cache / f"triton-backends-py{version}-{abs(hash(str(triton_root))) % 10**8}"
+    backends = _cache_folder(f"triton-backends-py{version}", triton_root)
     python_dir = backends / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
     for source in [stub, *(triton_root / "backends" / "python").iterdir()]:
@@ -168,11 +201,9 @@ def server_command(options: ServerOptions, admin_token: str | None = None) -> tu
                 "nvidia-pytriton) or run inside the NGC Triton container"
             )
         libs = [str(package.parent / "nvidia_pytriton.libs")]  # the wheel's bundled libraries (libcudart ...)
-        # The stub links libpython3.X dynamically; the loader would pick the system one, whose patch release
-        # may not match this interpreter's stdlib extensions (seen: Debian 3.11.2 libpython under a pyenv
-        # 3.11.7 venv makes `import ssl` fail). Put this interpreter's own shared libpython first.
-        if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-            libs.insert(0, str(sysconfig.get_config_var("LIBDIR")))
+        libpython = _libpython_dir()  # this interpreter's own shared libpython first
+        if libpython is not None:
+            libs.insert(0, str(libpython))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (*libs, env.get("LD_LIBRARY_PATH")) if p)
         argv = [str(binary), f"--backend-directory={_pytriton_backend_dir(triton_root)}"]
     for repository in options.repositories:

@@ -55,6 +55,7 @@ from cli_args import frame_size, frame_sizes  # noqa: E402  (perf/ is on sys.pat
 from results_file import write_json  # noqa: E402
 from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
+from python_backends.generation.cuda_libraries import loaded_cuda_libraries  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.stage_pipeline import Stage, run_stages  # noqa: E402
 from python_backends.generation.wan import WanS2VTransformerConfig  # noqa: E402
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
                                overlap, encode_to, priority, args.resize == "gpu")
             run["warmup_s"] = warm
             result["runs"].append(run)
+            result["cuda_libraries"] = loaded_cuda_libraries()  # to set beside a served run's (video_generator's log)
             write_json(args.out, result)
             print(json.dumps(run), flush=True)
         if args.profile_seconds > 0:

@@ -173,13 +173,20 @@ class EngineRegistry:
         return wan_paths(self.settings, engine, self.root)
 
     def summary(self) -> str:
-        """For the model's startup log: the engine `auto` takes for speech and what a clip costs with it."""
+        """For the model's startup log: the engine `auto` takes for speech and what a clip costs with it, and on a GPU
+        the CUDA libraries the process runs with."""
         if self.settings.benchmark_random_weights:
             from .wan.s2v.random_engine import STAND_INS
 
-            return f"speech engine {self._speech_engine()} [benchmark]: {'; '.join(STAND_INS)}"
-        choice = choose_weights(self.settings, self.root)
-        return f"speech engine {choice.engine} [{choice.source}]: {choice.note}"
+            text = f"speech engine {self._speech_engine()} [benchmark]: {'; '.join(STAND_INS)}"
+        else:
+            choice = choose_weights(self.settings, self.root)
+            text = f"speech engine {choice.engine} [{choice.source}]: {choice.note}"
+        if str(self.device).startswith("cuda"):
+            from .cuda_libraries import describe_cuda_runtime
+
+            text += f"; {describe_cuda_runtime()}"
+        return text
 
     def _speech_engine(self) -> str | None:
         if self.settings.benchmark_random_weights:

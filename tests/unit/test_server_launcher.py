@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,12 @@ def test_pytriton_is_found_where_python_imports_it_with_its_libraries(tmp_path: 
     assert argv[0] == str(root / "tritonserver" / "bin" / "tritonserver")
     assert str(tmp_path / "target" / "nvidia_pytriton.libs") in env["LD_LIBRARY_PATH"].split(":")
     assert any("PYTHONPATH is set" in record.getMessage() for record in caplog.records)
+    # this interpreter's libpython comes first, alone: its LIBDIR may be the system's library folder
+    libdir = sysconfig.get_config_var("LIBDIR")
+    assert libdir not in env["LD_LIBRARY_PATH"].split(":")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        first = Path(env["LD_LIBRARY_PATH"].split(":")[0])
+        assert first.is_relative_to(tmp_path / "cache")
+        (link,) = first.iterdir()
+        assert link.resolve() == (Path(libdir) / sysconfig.get_config_var("INSTSONAME")).resolve()
+        assert server_module.server_command(_options(1))[1]["LD_LIBRARY_PATH"] == env["LD_LIBRARY_PATH"]
