@@ -8,6 +8,7 @@ python-backend stub (no orphans).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -133,20 +134,16 @@ def _libpython_dir() -> Path | None:
     fail). The interpreter's LIBDIR itself stays off the path: for a distribution's Python it is the system library
     folder (/usr/lib/x86_64-linux-gnu), and every library there, an apt-installed cuDNN or NCCL say, would then be
     found before the CUDA libraries that torch's wheels bring, in every model's process."""
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        return None
     name = sysconfig.get_config_var("INSTSONAME") or sysconfig.get_config_var("LDLIBRARY")
-    library = Path(sysconfig.get_config_var("LIBDIR") or "") / (name or "")
-    if not name or not library.is_file():
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not name:
+        return None
+    library = Path(sysconfig.get_config_var("LIBDIR") or "") / name
+    if not library.is_file():
         return None
     folder = _cache_folder(f"libpython-py{sys.version_info.major}.{sys.version_info.minor}", library)
     folder.mkdir(parents=True, exist_ok=True)
-    link = folder / name
-    if not link.exists():
-        try:
-            link.symlink_to(library)
-        except FileExistsError:  # another launcher made it meanwhile
-            pass
+    with contextlib.suppress(FileExistsError):  # made by an earlier or concurrent launch
+        (folder / name).symlink_to(library)
     return folder
 
 
