@@ -66,6 +66,11 @@ class Database:
             raise DatabaseError(f"database_url {url!r}: use sqlite:///path/to/gateway.db or postgresql://...")
         self._local = threading.local()
         self._connections: list[Any] = []
+        # A thread that `asyncio.to_thread` started goes on after its awaiting task is cancelled at shutdown, so
+        # `close` can meet a connection mid-statement; closing it then crashes the sqlite3 module. Such a
+        # connection is retired instead and closed by its own thread when the statement ends.
+        self._busy: set[Any] = set()
+        self._retired: set[Any] = set()
         self._lock = threading.Lock()
 
     def _connection(self) -> Any:
@@ -97,27 +102,46 @@ class Database:
         return conn
 
     @contextlib.contextmanager
+    def _in_use(self) -> Iterator[Any]:
+        while True:
+            conn = self._connection()
+            with self._lock:
+                if conn in self._connections:  # else a `close` came in between: this thread connects again
+                    self._busy.add(conn)
+                    break
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                self._busy.discard(conn)
+                retired = conn in self._retired
+                self._retired.discard(conn)
+            if retired:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        conn = self._connection()
-        if self.dialect == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield Cursor(conn.cursor(), "sqlite")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        else:
-            with conn.transaction(), conn.cursor() as cursor:
-                yield Cursor(cursor, "postgres")
+        with self._in_use() as conn:
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Cursor(conn.cursor(), "sqlite")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            else:
+                with conn.transaction(), conn.cursor() as cursor:
+                    yield Cursor(cursor, "postgres")
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[dict]:
         """A single read outside any write transaction (a consistent snapshot of one statement)."""
-        conn = self._connection()
-        if self.dialect == "sqlite":
-            return [dict(row) for row in conn.execute(sql, tuple(params)).fetchall()]
-        with conn.cursor() as cursor:
-            return Cursor(cursor, "postgres").execute(sql, params).all()
+        with self._in_use() as conn:
+            if self.dialect == "sqlite":
+                return [dict(row) for row in conn.execute(sql, tuple(params)).fetchall()]
+            with conn.cursor() as cursor:
+                return Cursor(cursor, "postgres").execute(sql, params).all()
 
     def script(self, statements: Sequence[str]) -> None:
         with self.transaction() as cursor:
@@ -127,12 +151,12 @@ class Database:
     def compact(self) -> None:
         """After an erasure: SQLite moves the WAL (which holds page images from before it) into the database file
         and empties it; PostgreSQL vacuums the tables that held the erased rows."""
-        conn = self._connection()
-        if self.dialect == "sqlite":
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            return
-        for table in ("jobs", "cache_entries", "webhook_deliveries", "webhook_attempts", "reviews"):
-            conn.execute(f"VACUUM {table}")
+        with self._in_use() as conn:
+            if self.dialect == "sqlite":
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                return
+            for table in ("jobs", "cache_entries", "webhook_deliveries", "webhook_attempts", "reviews"):
+                conn.execute(f"VACUUM {table}")
 
     def release_thread(self) -> None:
         """Close this thread's connection: for short-lived threads (one per job run), so connections do not pile
@@ -148,9 +172,12 @@ class Database:
             conn.close()
 
     def close(self) -> None:
+        """Close every thread's connection; one in the middle of a statement is closed by its thread afterwards."""
         with self._lock:
-            for conn in self._connections:
-                with contextlib.suppress(Exception):
-                    conn.close()
+            idle = [conn for conn in self._connections if conn not in self._busy]
+            self._retired.update(conn for conn in self._connections if conn in self._busy)
             self._connections.clear()
-        self._local = threading.local()
+            self._local = threading.local()
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()

@@ -236,6 +236,41 @@ def test_concurrent_replicas_never_claim_a_job_twice(store_url):
         replica.close()
 
 
+def test_close_leaves_a_statement_under_way_to_finish_and_its_thread_closes_the_connection(store_url):
+    # At shutdown a webhook attempt's `asyncio.to_thread` write goes on after its task is cancelled; closing its
+    # connection under it crashed the sqlite3 module.
+    db = Database(store_url)
+    db.script(["CREATE TABLE close_probe (n INTEGER)"])
+    idle = db._connection()
+    inside, go_on = threading.Event(), threading.Event()
+    used, errors = [], []
+
+    def write() -> None:
+        try:
+            with db.transaction() as cursor:
+                cursor.execute("INSERT INTO close_probe (n) VALUES (?)", (1,))
+                used.append(db._local.conn)
+                inside.set()
+                assert go_on.wait(10)
+                cursor.execute("INSERT INTO close_probe (n) VALUES (?)", (2,))
+        except Exception as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert inside.wait(10)
+    db.close()
+    with pytest.raises(Exception, match="closed"):
+        idle.execute("SELECT 1")
+    go_on.set()
+    writer.join(10)
+    assert errors == []
+    with pytest.raises(Exception, match="closed"):
+        used[0].execute("SELECT 1")
+    assert db.read("SELECT n FROM close_probe ORDER BY n") == [{"n": 1}, {"n": 2}]  # connects again after close
+    db.close()
+
+
 def test_unknown_database_url_is_explained():
     from client.gateway.db import DatabaseError
 
