@@ -55,7 +55,7 @@ from cli_args import frame_size, frame_sizes  # noqa: E402  (perf/ is on sys.pat
 from results_file import write_json  # noqa: E402
 from wan_fixtures.tiny import TINY_S2V_CONFIG  # noqa: E402
 
-from python_backends.generation.cuda_libraries import loaded_cuda_libraries  # noqa: E402
+from python_backends.generation.cuda_libraries import loaded_cuda_libraries, sdpa_backend  # noqa: E402
 from python_backends.generation.job import GenerationJob, GenerationParams  # noqa: E402
 from python_backends.generation.stage_pipeline import Stage, run_stages  # noqa: E402
 from python_backends.generation.wan import WanS2VTransformerConfig  # noqa: E402
@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the scaled-dot-product backends PyTorch may pick from, after everything is loaded (process-wide flags)
     result["sdp_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
                              for name in ("cudnn", "flash", "mem_efficient", "math")}
+    result["sdpa_backend"] = sdpa_backend(device.type)  # set beside video_generator's startup log line
     result["build_s"] = round(time.perf_counter() - t0, 2)
     print(f"engine built in {result['build_s']} s", flush=True)
     output = args.output_size

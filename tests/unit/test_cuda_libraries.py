@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from python_backends.generation.cuda_libraries import describe_cuda_runtime, loaded_cuda_libraries
+from python_backends.generation.cuda_libraries import (
+    describe_cuda_runtime,
+    loaded_cuda_libraries,
+    sdpa_backend,
+)
 from python_backends.generation.service import EngineRegistry, VideoGeneratorSettings
 
 MAPS = """\
@@ -31,3 +35,10 @@ def test_a_gpu_generator_logs_its_cuda_runtime_and_a_cpu_one_does_not():
     assert "cuDNN" not in EngineRegistry(settings, "cpu").summary()
     summary = EngineRegistry(settings, "cuda").summary()
     assert summary.endswith(describe_cuda_runtime()) and "torch " in summary and "mapped: " in summary
+
+
+def test_the_attention_kernel_sdpa_picks_is_named():
+    from torch.nn.attention import SDPBackend
+
+    assert sdpa_backend("cpu") in SDPBackend.__members__
+    assert "SDPA " in describe_cuda_runtime()
