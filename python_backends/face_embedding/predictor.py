@@ -177,6 +177,20 @@ def _check_item(index: int, shape: tuple[int, ...], box: np.ndarray, points: np.
         )
 
 
+def embeddable(shape: tuple[int, ...], boxes: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, set[str]]:
+    """(which faces this model would take [N] bool, the InputError codes of those it would refuse), for callers
+    that judge generated frames: a face there that the model refuses as bad input is a verdict, not an error."""
+    usable = np.zeros(len(boxes), dtype=bool)
+    refused: set[str] = set()
+    for index, (box, points) in enumerate(zip(boxes, keypoints)):
+        try:
+            _check_item(index, shape, np.asarray(box, np.float32), np.asarray(points, np.float32))
+            usable[index] = True
+        except InputError as exc:
+            refused.add(exc.code)
+    return usable, refused
+
+
 def validate_batch(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images [N,H,W,3] uint8, boxes [N,4] float32, keypoints [N,5,2] float32), or InputError."""
     for name in (spec.IMAGE, spec.FACE_BOX, spec.FACE_KEYPOINTS):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import spec
 from ..errors import InputError, WeightsUnavailable
-from ..face_embedding.predictor import MIN_FACE_PX
+from ..face_embedding.predictor import MIN_FACE_PX, embeddable
 from ..preprocessing import ModelCaller
 from . import (
     EyeSettings,
@@ -138,15 +138,20 @@ def presence_gate(track: FaceTrack, start: int) -> Gate:
 
 async def identity_gate(frames: np.ndarray, track: FaceTrack, start: int, ctx: JobContext, call: ModelCaller
                         ) -> tuple[Gate, list[tuple[float, float]]]:
-    # A face the detector finds below the embedder's smallest size cannot be compared: a verdict on the
-    # generated video, not an error (the embedder refuses such a box as bad input, which once ended a job).
-    sides = np.minimum(*(track.detected_boxes[:, 2:] - track.detected_boxes[:, :2]).T)
-    usable = track.found & (sides >= MIN_FACE_PX)
+    # A face the detector finds that the embedder would refuse as bad input (under its smallest size, keypoints
+    # that look mirrored on a garbled face) cannot be compared: a verdict on the generated video, not an error
+    # (such a refusal once ended a job).
+    usable = track.found.copy()
+    taken, refused = embeddable(frames.shape[1:], track.detected_boxes[usable], track.detected_keypoints[usable])
+    usable[usable] = taken
     found = track.detected[usable]
     if not len(found):
-        reason = (f"the faces found are under {MIN_FACE_PX} px across, too small to compare with the photo"
-                  if track.found.any() else "no face to compare with the photo")
-        return Gate("identity", FAIL, reason), []
+        if not track.found.any():
+            return Gate("identity", FAIL, "no face to compare with the photo"), []
+        why = [f"under {MIN_FACE_PX} px across" if code == "face_too_small" else "with a malformed box or keypoints"
+               for code in sorted(refused)]
+        return Gate("identity", FAIL, f"the faces found are {' or '.join(why)}: none can be compared with the "
+                    "photo"), []
     outputs = await batched_call(call, spec.FACE_EMBEDDER, {
         spec.IMAGE: frames[found], spec.FACE_BOX: track.detected_boxes[usable],
         spec.FACE_KEYPOINTS: track.detected_keypoints[usable]}, ctx.settings.request_frames)

@@ -118,6 +118,51 @@ def test_identity_gate_fails_a_face_too_small_to_embed_without_asking_the_embedd
 
     gate, samples = asyncio.run(identity_gate(np.zeros((2, 64, 64, 3), np.uint8), track, 0, None, no_call))
     assert gate.status == "fail" and "under 16 px across" in gate.reason and samples == []
+    assert "malformed" not in gate.reason  # the frame where no face was found has no box to judge
+
+
+def test_identity_gate_fails_faces_with_mirrored_keypoints_without_asking_the_embedder():
+    """On a noise video (random weights, 704x384) the detector's keypoints of a garbled face looked mirrored; the
+    embedder refused them as bad input and the whole job ended. A face the embedder would refuse is skipped, and
+    a segment with no other face fails the gate."""
+    import asyncio
+
+    from python_backends.quality.segment_qa import identity_gate
+    from python_backends.quality.tracking import FaceTrack
+
+    box = [8, 8, 56, 56]
+    upright = [[20, 24], [44, 24], [32, 34], [24, 46], [40, 46]]
+    mirrored = [[44, 24], [20, 24], [32, 34], [40, 46], [24, 46]]
+    track = FaceTrack(boxes=np.zeros((2, 4), np.float32), landmarks=np.zeros((2, 68, 2), np.float32),
+                      detected=np.array([0, 1]), detected_boxes=np.array([box, box], np.float32),
+                      detected_keypoints=np.array([mirrored, upright], np.float32), found=np.array([True, False]),
+                      landmarker="dlib")
+
+    async def no_call(model, inputs):
+        raise AssertionError(f"{model.name} was called with a face it refuses")
+
+    gate, samples = asyncio.run(identity_gate(np.zeros((2, 64, 64, 3), np.uint8), track, 0, None, no_call))
+    assert gate.status == "fail" and "malformed box or keypoints" in gate.reason and samples == []
+
+
+def test_the_faces_the_embedder_would_take_are_those_it_accepts():
+    from python_backends.errors import InputError
+    from python_backends.face_embedding.predictor import embeddable, validate_batch
+
+    image = np.zeros((1, 64, 64, 3), np.uint8)
+    boxes = np.array([[8, 8, 56, 56], [8, 8, 56, 56], [10, 10, 20, 20]], np.float32)
+    upright = [[20, 24], [44, 24], [32, 34], [24, 46], [40, 46]]
+    keypoints = np.array([upright, [upright[1], upright[0], upright[2], upright[4], upright[3]],
+                          [[12, 12], [18, 12], [15, 15], [13, 18], [17, 18]]], np.float32)
+    usable, refused = embeddable(image.shape[1:], boxes, keypoints)
+    assert usable.tolist() == [True, False, False] and refused == {"bad_face_geometry", "face_too_small"}
+    for box, points, ok in zip(boxes, keypoints, usable):
+        batch = {"image": image, "face_box": box[None], "face_keypoints": points[None]}
+        if ok:
+            validate_batch(batch)
+        else:
+            with pytest.raises(InputError):
+                validate_batch(batch)
 
 
 def test_lip_sync_crops_of_picked_frames_are_read_in_place():
