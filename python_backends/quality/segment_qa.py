@@ -148,8 +148,8 @@ async def identity_gate(frames: np.ndarray, track: FaceTrack, start: int, ctx: J
     if not len(found):
         if not track.found.any():
             return Gate("identity", FAIL, "no face to compare with the photo"), []
-        why = [f"under {MIN_FACE_PX} px across" if code == "face_too_small" else "with a malformed box or keypoints"
-               for code in sorted(refused)]
+        why = sorted({f"under {MIN_FACE_PX} px across" if code == "face_too_small"
+                      else "with a malformed box or keypoints" for code in refused})
         return Gate("identity", FAIL, f"the faces found are {' or '.join(why)}: none can be compared with the "
                     "photo"), []
     outputs = await batched_call(call, spec.FACE_EMBEDDER, {
