@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--first-segment-s", type=float, default=1.0,
                         help="talking_head's first_segment_s (0: segment_s; the shipped configs' 1.0 by default)")
     parser.add_argument("--segment-s", type=float, default=5.0, help="talking_head's segment_s (QA's unit)")
+    parser.add_argument("--last-segment-s", type=float, default=0.0,
+                        help="talking_head's last_segment_s: a short last segment leaves less QA after the last block "
+                             "(0: as planned, the shipped configs')")
     parser.add_argument("--continue-streams", action=argparse.BooleanOptionalAction, default=True,
                         help="talking_head's continue_streams: a segment goes on with the stream before it")
     parser.add_argument("--resize-at", choices=("encoder", "server"), default="encoder",
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "liveavatar_kv_cache_fp8": str(args.kv_cache_fp8).lower()})
     talking_head = {"max_rerolls": "0", "overlap_segments": str(args.overlap).lower(),
                     "first_segment_s": str(args.first_segment_s), "segment_s": str(args.segment_s),
+                    "last_segment_s": str(args.last_segment_s),
                     "continue_streams": str(args.continue_streams).lower()}
     profile = "gpu" if args.profile == "gpu" else None
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,

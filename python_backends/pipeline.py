@@ -45,7 +45,7 @@ from .audio.mel import melspectrogram
 from .backlog import Backlog, BacklogJob, segments_in
 from .contract import AUTO, SegmentRequest, derive_seed, parse_job_params
 from .errors import ConfigError, InputError
-from .generation.engines import ENGINES, segment_frames
+from .generation.engines import ENGINES, any_length, segment_frames
 from .preprocessing import ModelCaller, preprocess_job
 from .quality.driving_safety import safety_of_driving_video
 from .quality.report import job_report
@@ -87,6 +87,12 @@ class TalkingHeadSettings:
     # (preview engine, segments one after another) the first chunk came 3x sooner (3.4-3.5 s instead of
     # 9.9-11.0 s) and the job took 13 % longer for its extra segment (perf/results/served_first_segment_cpu_*.json).
     first_segment_s: float = 1.0
+    # Seconds of the last segment; 0: as the plan falls. Its QA is the job's tail: nothing is generated while it
+    # runs, and it grows with the segment (tracking most of all), whereas the QA of the segments before it overlaps
+    # the next one's generation (overlap_segments). So the segment before it stops this much before the end. Kept
+    # to at least one lip-sync window, like first_segment_s, and only where a segment may be any length at no cost
+    # (an engine without native clips, or one whose segments continue its stream): never a clip cut short.
+    last_segment_s: float = 0.0
     # Let the engine go on with the stream of the attempt a segment continues (video_generator's live streams):
     # where the engine supports it (LiveAvatar), a segment after an accepted one costs no new start and continues
     # the one causal stream the release runs for a whole video; a re-roll always starts anew.
@@ -95,19 +101,27 @@ class TalkingHeadSettings:
     def __post_init__(self) -> None:
         if self.first_segment_s < 0:
             raise ConfigError(f"parameter 'first_segment_s': must be >= 0 (0: segment_s), got {self.first_segment_s:g}")
+        if self.last_segment_s < 0:
+            raise ConfigError(f"parameter 'last_segment_s': must be >= 0 (0: as planned), got {self.last_segment_s:g}")
 
 
 def planned_length(start: int, total: int | None, settings: TalkingHeadSettings, fps: float,
                    engine: str | None = None, continued: bool = False) -> int:
     """Frames of the segment at `start`: whole native clips of `engine` (any length where segments continue its
-    stream), the first one `first_segment_s`, to the end if a too-short tail would be left."""
+    stream), the first one `first_segment_s`, to the end if a too-short tail would be left; with `last_segment_s`,
+    one that would reach the end or leave less than that stops that much before it."""
     quality = settings.quality
     frames = segment_frames(engine, quality.segment_s, fps, continued=continued)
     min_tail = segment_size(quality, fps)[1]
     if start == 0:  # at least one lip-sync window (or segment_s, if shorter): every gate judges it on its own
         first = segment_frames(engine, settings.first_segment_s or quality.segment_s, fps, continued=continued)
         frames = max(first, min(min_tail, frames))
-    return segment_length(start, total, frames, min_tail)
+    length = segment_length(start, total, frames, min_tail)
+    if settings.last_segment_s and total is not None and any_length(engine, continued):
+        last, rest = max(min_tail, int(round(settings.last_segment_s * fps))), total - start
+        if rest - length < last and rest - last >= min_tail:
+            length = rest - last
+    return length
 
 
 def _info(outputs: dict[str, np.ndarray]) -> dict:

@@ -162,6 +162,11 @@ def _clip_s(engine: str | None, continued: bool) -> float | None:
     return spec.native_clip_s
 
 
+def any_length(engine: str | None, continued: bool = False) -> bool:
+    """Whether a segment of `engine` (known) may be cut to any length at no cost beyond its own frames."""
+    return engine is not None and engine in ENGINES and _clip_s(engine, continued) is None
+
+
 def segment_frames(engine: str | None, segment_s: float, fps: float, continued: bool = False) -> int:
     """Frames per segment: the whole number of the engine's native clips nearest `segment_s` (at least one), or
     `segment_s` itself for an engine without a native clip (or before the engine is known) and for one whose

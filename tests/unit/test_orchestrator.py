@@ -164,6 +164,28 @@ def test_segments_that_continue_the_engines_stream_are_any_length(monkeypatch):
     assert job.run({"engine": "liveavatar-14B", "fps": 30}, settings)["frames"] == [45, 150, 105]
 
 
+@pytest.mark.parametrize("engine_id, total, frames", [
+    ("liveavatar-14B", 300, [31, 150, 88, 31]),  # the tail's QA judges 31 frames, not 119
+    ("preview", 300, [31, 150, 88, 31]),
+    ("liveavatar-14B", 200, [31, 138, 31]),  # the segment that would reach the end stops 31 frames before it
+    ("s2v-14B", 300, [150, 150]),  # whole native clips: never cut short for the tail
+])
+def test_a_short_last_segment_leaves_the_least_qa_after_the_last_block(monkeypatch, engine_id, total, frames):
+    settings = pipeline.TalkingHeadSettings(first_segment_s=1.0, last_segment_s=1.0)
+    job = FakeJob(monkeypatch, total=total, engine_id=engine_id)
+    assert job.run({"engine": engine_id, "fps": 30}, settings)["frames"] == frames
+
+
+def test_the_last_segment_is_at_least_one_lip_sync_window(monkeypatch):
+    from python_backends.settings import from_mapping
+
+    settings = pipeline.TalkingHeadSettings(first_segment_s=1.0, last_segment_s=0.2)
+    job = FakeJob(monkeypatch, total=300, engine_id="liveavatar-14B")
+    assert job.run({"engine": "liveavatar-14B", "fps": 30}, settings)["frames"] == [31, 150, 88, 31]
+    with pytest.raises(ConfigError, match="last_segment_s"):
+        from_mapping(pipeline.TalkingHeadSettings, {"last_segment_s": "-1"})
+
+
 # ---------------------------------------------------------------- overlapped segments (overlap_segments)
 
 SEQUENTIAL = pipeline.TalkingHeadSettings(first_segment_s=0, overlap_segments=False)
