@@ -164,7 +164,7 @@ def _clip_s(engine: str | None, continued: bool) -> float | None:
 
 def any_length(engine: str | None, continued: bool = False) -> bool:
     """Whether a segment of `engine` (known) may be cut to any length at no cost beyond its own frames."""
-    return engine is not None and engine in ENGINES and _clip_s(engine, continued) is None
+    return engine in ENGINES and _clip_s(engine, continued) is None
 
 
 def segment_frames(engine: str | None, segment_s: float, fps: float, continued: bool = False) -> int:
