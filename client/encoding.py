@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +33,9 @@ AUDIO_RATE = 48_000
 # ITU-R BT.709 tags (AVCOL_PRI/TRC/SPC_BT709 = 1, AVCOL_RANGE_MPEG = 1): players assume BT.709 for HD, so we
 # convert with that matrix at every size and say so in the stream, instead of leaving an untagged BT.601 clip.
 _BT709, _TV_RANGE = 1, 1
+# Preparing a 1080p frame (swscale from 832x480 with Lanczos, the watermark) costs as much as x264's veryfast encode
+# of it; more threads than this add little next to the encoder's own.
+PREPARE_THREADS_MAX = 4
 
 
 class EncodeError(RuntimeError):
@@ -49,6 +54,9 @@ class EncodeOptions:
     # Why here: one pass replaces a separate resize and the RGB -> YUV conversion, and the server can stream the
     # generated size instead of the output size (832x480 against 1920x1080 RGB: 5.2x fewer bytes per frame).
     size: tuple[int, int] | None = None
+    # Threads that convert, label and watermark frames ahead of the encoder, each frame on its own (swscale and the
+    # numpy work release the GIL); 0: up to PREPARE_THREADS_MAX by the machine's cores, 1: in the caller's thread.
+    prepare_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -60,10 +68,16 @@ class EncodeOptions:
         if self.size is not None and not all(isinstance(side, int) and side > 0 and side % 2 == 0
                                              for side in self.size):
             raise EncodeError(f"output size {self.size} must be two even whole numbers of pixels (yuv420p)")
+        if self.prepare_threads < 0:
+            raise EncodeError(f"prepare_threads {self.prepare_threads} must be >= 0 (0: by the machine's cores)")
 
     @property
     def effective_crf(self) -> int:
         return DEFAULT_CRF[self.codec] if self.crf is None else self.crf
+
+    @property
+    def effective_prepare_threads(self) -> int:
+        return self.prepare_threads or min(PREPARE_THREADS_MAX, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -205,7 +219,8 @@ class StreamingEncoder:
         self._label_text = label
         self._label: LabelPlanes | None = None
         self._scale: tuple[int, int] | None = None  # (width, height) when frames are scaled in the conversion
-        self._reformatter = VideoReformatter()
+        self._reformatters = threading.local()  # one swscale context per preparing thread
+        self._preparers: ThreadPoolExecutor | None = None
 
     @property
     def frame_size(self) -> tuple[int, int] | None:
@@ -251,6 +266,26 @@ class StreamingEncoder:
             self._watermark = WatermarkEmbedder(self._watermark_payload, video.height, video.width)
         if self._label_text is not None:
             self._label = LabelPlanes(video.height, video.width, self._label_text)
+        threads = self.options.effective_prepare_threads
+        if threads > 1:
+            self._preparers = ThreadPoolExecutor(threads, thread_name_prefix="encoder-prepare")
+
+    def _prepare(self, image: np.ndarray) -> av.VideoFrame:
+        """One RGB frame as the encoder takes it: converted (and scaled), labelled, watermarked."""
+        reformatter = getattr(self._reformatters, "context", None)
+        if reformatter is None:
+            reformatter = self._reformatters.context = VideoReformatter()
+        frame = encoder_frame(image, self._scale, reformatter)
+        if self._label is not None:
+            self._label.blend(frame)
+        if self._watermark is not None:
+            self._watermark.embed_plane(frame.planes[0])
+        return frame
+
+    def _stop_preparers(self) -> None:
+        if self._preparers is not None:
+            self._preparers.shutdown(wait=True, cancel_futures=True)
+            self._preparers = None
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write(self, frames: np.ndarray) -> None:
@@ -268,13 +303,11 @@ class StreamingEncoder:
         if self._scale is None and (height % 2 or width % 2):
             # yuv420p needs even sides: repeat the last row / column rather than scale (no resampling blur).
             frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        # Frames are prepared ahead, in order, while the encoder takes the ones before them.
+        prepared = (self._preparers.map(self._prepare, frames) if self._preparers is not None
+                    else map(self._prepare, frames))
         try:
-            for image in frames:
-                frame = encoder_frame(image, self._scale, self._reformatter)
-                if self._label is not None:
-                    self._label.blend(frame)
-                if self._watermark is not None:
-                    self._watermark.embed_plane(frame.planes[0])
+            for frame in prepared:
                 frame.pts = self.frames_written
                 self._mux(self._video.encode(frame))
                 self.frames_written += 1
@@ -310,6 +343,7 @@ class StreamingEncoder:
         if self._container is None:
             raise EncodeError("no frames were written" if self._size is None else "the encoder was already closed")
         started = time.perf_counter()
+        self._stop_preparers()
         try:
             self._mux(self._video.encode(None))
             if self._audio_stream is not None:
@@ -338,6 +372,7 @@ class StreamingEncoder:
         )
 
     def abort(self) -> None:
+        self._stop_preparers()
         if self._container is not None:
             try:
                 self._container.close()

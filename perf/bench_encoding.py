@@ -8,8 +8,13 @@
    sleeps `chunk_frames / generator_fps` per chunk and leaves the CPU to the encoder, as a GPU generator does.
    Streaming encodes each chunk as it arrives; encode-at-end waits for the last chunk, then encodes everything.
    Time saved = end-to-end(at end) - end-to-end(streaming); time to first encoded byte is from the job start.
+3. With `--generated WxH --marks`, part 1 as the served delivery runs it: frames arrive at the generated size and
+   the encoder scales them to the output size in its colour conversion, draws the AI label and embeds the
+   watermark; `--prepare-threads 1,0` times that per value of EncodeOptions.prepare_threads (1: inline, 0: auto).
 
     python perf/bench_encoding.py --out perf/results/encoding_cpu.json
+    python perf/bench_encoding.py --generated 832x480 --marks --prepare-threads 1,0 --codecs h264 --encode-only \
+        --out perf/results/encoding_prepare_cpu.json
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import resource
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -33,9 +39,11 @@ from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
+from client.disclosure import LABEL_TEXT
 from client.encoding import EncodeOptions, StreamingEncoder
 from client.probe import probe
 from client.signing import ensure_development_credential
+from client.watermark import payload_for_job
 
 PAN = 24  # pixels of margin for the pan
 
@@ -93,9 +101,13 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def encode_only(frames: Frames, total: int, fps: float, chunk: int, codec: str, folder: Path) -> dict:
-    encoder = StreamingEncoder(folder / f"encode_{codec}.mp4", fps, audio=SAMPLE_AUDIO,
-                               options=EncodeOptions(codec=codec))
+def encode_only(frames: Frames, total: int, fps: float, chunk: int, codec: str, folder: Path,
+                options: EncodeOptions | None = None, marks: bool = False) -> dict:
+    """`options` (codec aside): scaling and prepare_threads; `marks`: the AI label and watermark, as delivered."""
+    options = replace(options or EncodeOptions(), codec=codec)
+    encoder = StreamingEncoder(folder / f"encode_{codec}.mp4", fps, audio=SAMPLE_AUDIO, options=options,
+                               label=LABEL_TEXT if marks else None,
+                               watermark=payload_for_job("bench") if marks else None)
     busy = cpu = 0.0
     for start in range(0, total, chunk):
         block = frames.chunk(start, min(chunk, total - start))
@@ -109,7 +121,8 @@ def encode_only(frames: Frames, total: int, fps: float, chunk: int, codec: str, 
     cpu += _cpu_s() - cpu_began
     info = probe(result.path)
     return {
-        "codec": codec, "frames": result.frames, "encode_s": round(busy, 3), "encode_fps": round(total / busy, 2),
+        "codec": codec, "prepare_threads": options.effective_prepare_threads, "frames": result.frames,
+        "encode_s": round(busy, 3), "encode_fps": round(total / busy, 2),
         # CPU time is what the encoder costs whatever else runs on the machine; wall time is what a user waits.
         "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(1000 * cpu / total, 1),
         "fps_per_busy_core": round(total / cpu, 2),
@@ -180,17 +193,27 @@ def main() -> None:
     parser.add_argument("--content", choices=("photo", "noise"), default="photo",
                         help="photo: a pan across the bundled photo; noise: like the random-weights GPU runs' video")
     parser.add_argument("--encode-only", action="store_true", help="skip the streaming vs encode-at-end part")
+    parser.add_argument("--generated", default="", help="WxH frames arrive at, scaled by the encoder to the output")
+    parser.add_argument("--marks", action="store_true", help="the AI label and the watermark, as delivered")
+    parser.add_argument("--prepare-threads", default="0", help="comma-separated EncodeOptions.prepare_threads")
     args = parser.parse_args()
     total = round(args.seconds * args.fps)
-    frames = Frames(args.width, args.height) if args.content == "photo" else NoiseFrames(args.width, args.height)
+    made = tuple(int(v) for v in args.generated.split("x")) if args.generated else (args.width, args.height)
+    frames = Frames(*made) if args.content == "photo" else NoiseFrames(*made)
+    scaled = EncodeOptions(size=(args.width, args.height)) if args.generated else EncodeOptions()
+    threads = [int(v) for v in args.prepare_threads.split(",")]
     codecs = args.codecs.split(",")
     load_before = os.getloadavg()
     cpu_before = _cpu_s()
     with tempfile.TemporaryDirectory() as scratch:
         folder, home = Path(scratch), Path(scratch) / "home"
-        encode = {codec: encode_only(frames, total, args.fps, args.chunk_frames, codec, folder) for codec in codecs}
+        encode = {}
         for codec in codecs:
-            print(json.dumps(encode[codec]))
+            for n in threads:  # one value: keyed by codec alone, as before
+                key = codec if len(threads) == 1 else f"{codec}/prepare_threads={n}"
+                encode[key] = encode_only(frames, total, args.fps, args.chunk_frames, codec, folder,
+                                          replace(scaled, prepare_threads=n), args.marks)
+                print(json.dumps(encode[key]))
         comparison = {}
         for codec in codecs if not args.encode_only else ():
             runs = {mode: pipeline(frames, total, args.fps, args.chunk_frames, args.generator_fps, codec, folder,
@@ -203,6 +226,7 @@ def main() -> None:
         "benchmark": "bench_encoding",
         "clip": {"seconds": args.seconds, "fps": args.fps, "frames": total, "width": args.width,
                  "height": args.height, "chunk_frames": args.chunk_frames, "audio": SAMPLE_AUDIO.name,
+                 "generated": list(made), "label_and_watermark": args.marks,
                  "content": "panning crops of the bundled sample photo" if args.content == "photo" else
                  NoiseFrames.__doc__.split(".")[0]},
         "encoder": {"library": f"PyAV {av.__version__}, libavcodec "

@@ -67,13 +67,14 @@ def triton_stats(client: TalkingHeadClient) -> dict[str, dict[str, float]]:
     return stats
 
 
-def run_job(url: str, seconds: float, out: Path, parameters: dict, resize_at: str = "encoder") -> dict:
+def run_job(url: str, seconds: float, out: Path, parameters: dict, resize_at: str = "encoder",
+            encode: EncodeOptions | None = None) -> dict:
     """One job as `talkinghead generate` delivers it (client/delivery.py). `resize_at` "server" sends the output size
     to talking_head, which resizes after QA, instead of the encoder scaling in its colour conversion (the default):
-    the comparison of the two."""
+    the comparison of the two. `encode`: the encoder's options (default: the CLI's)."""
     photo, audio = (SAMPLES / "astronaut.png").read_bytes(), speech_of(seconds)
     compliance = ComplianceOptions(load_signing_config(), audit_log=out.with_suffix(".audit.log"))
-    session = DeliverySession(out, JobInputs(photo, audio, None, parameters), EncodeOptions(), compliance,
+    session = DeliverySession(out, JobInputs(photo, audio, None, parameters), encode or EncodeOptions(), compliance,
                               policy_of(LOCAL_DEFAULT))
     sent = session.server_parameters if resize_at == "encoder" else parameters
     arrivals: list[float] = []

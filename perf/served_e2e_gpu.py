@@ -42,6 +42,7 @@ from latency_budget import run_job, stages, summarise_run  # noqa: E402
 from random_weights import describe, models_of, write_random_weights  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
+from client.encoding import EncodeOptions  # noqa: E402
 from client.repository import copy_repositories, set_instance_kind, set_parameter  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
 
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="umT5 on the CPU (wan_text_encoder_cpu): what LiveAvatar needs to fit an 80 GB card")
     parser.add_argument("--kv-cache-fp8", action=argparse.BooleanOptionalAction, default=False,
                         help="LiveAvatar's KV caches in FP8 (liveavatar_kv_cache_fp8): half their memory")
+    parser.add_argument("--prepare-threads", type=int, default=0,
+                        help="the client encoder's EncodeOptions.prepare_threads (1: inline, 0: by the cores)")
     parser.add_argument("--oversize", type=frame_size, default=None,
                         help="after the timed job, ask for a clip at this WxH, too large for the GPU: its error must "
                              "reach the client, and a job at --size must run after it")
@@ -195,11 +198,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "last_segment_s": str(args.last_segment_s),
                     "continue_streams": str(args.continue_streams).lower()}
     profile = "gpu" if args.profile == "gpu" else None
+    encode = EncodeOptions(prepare_threads=args.prepare_threads)
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,
                   "seed": 1}
     result: dict = {"script": "perf/served_e2e_gpu.py", "argv": sys.argv[1:], "engine_setting": args.engine,
                     "generated_size": [width, height], "output_size": [out_w, out_h], "fps": args.fps,
                     "clip_seconds": args.seconds, "model_config_name": profile, "resize_at": args.resize_at,
+                    "encoder_prepare_threads": encode.effective_prepare_threads,
                     "video_generator_parameters": generator, "talking_head_parameters": talking_head,
                     "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),  # the stubs inherit it
                     "weights": "random, built in memory at release size (benchmark_random_weights)" if wan else
@@ -227,12 +232,13 @@ def main(argv: list[str] | None = None) -> dict:
                 result["gpu"] = memory.name()
                 print(f"server ready in {result['server_ready_s']} s", flush=True)
                 stage, began = "warm-up job", time.perf_counter()
-                warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters, args.resize_at)
+                warm = run_job(options.grpc_url, args.warmup_seconds, work / "warmup.mp4", parameters, args.resize_at,
+                               encode)
                 result["warmup"] = {"seconds": args.warmup_seconds, "end_to_end_s": round(warm["total_s"], 2),
                                     "time_to_first_chunk_s": round(warm["first_chunk_s"], 2)}
                 print(f"warm-up: {json.dumps(result['warmup'])}", flush=True)
                 stage, began = "timed job", time.perf_counter()
-                job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters, args.resize_at)
+                job = run_job(options.grpc_url, args.seconds, work / "clip.mp4", parameters, args.resize_at, encode)
                 result["run"] = summarise(job)
                 result["peak_gpu_memory_mib"] = memory.peak_mib or None
                 if args.oversize:

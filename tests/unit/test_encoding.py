@@ -36,6 +36,12 @@ def _ffmpeg_audio(path) -> np.ndarray:
     return np.frombuffer(raw, "<f4")
 
 
+def _decoded(path, count: int, width: int, height: int) -> np.ndarray:
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "pipe:1"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(count, height, width, 3)
+
+
 def _encode(path, frames_per_chunk, chunks, fps, audio=None, codec="h264", size=(63, 81), seed=0):
     rng = np.random.default_rng(seed)
     encoder = StreamingEncoder(path, fps, audio=audio, options=EncodeOptions(codec=codec),
@@ -155,12 +161,31 @@ def test_the_encoder_scales_to_the_output_size_in_its_colour_conversion(tmp_path
     assert (result.width, result.height, result.scaled_from) == (320, 180, (161, 97))
     info = probe(result.path)
     assert (info.width, info.height, info.frames) == (320, 180, 3)
-    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(result.path), "-f", "rawvideo",
-                          "-pix_fmt", "rgb24", "pipe:1"], capture_output=True, check=True).stdout
-    decoded = np.frombuffer(raw, np.uint8).reshape(3, 180, 320, 3).astype(int)
+    decoded = _decoded(result.path, 3, 320, 180).astype(int)
     assert np.abs(decoded[:, :120, :160] - (200, 60, 30)).max() <= 3  # away from the label
     with pytest.raises(EncodeError, match="even"):
         EncodeOptions(size=(321, 180))
+
+
+def test_frames_prepared_on_several_threads_encode_exactly_as_those_prepared_inline(tmp_path):
+    # Scaled, labelled and watermarked on a pool while the encoder takes the frames before: order and pixels kept.
+    rng = np.random.default_rng(3)
+    chunks = [rng.integers(0, 256, (n, 90, 158, 3), dtype=np.uint8) for n in (5, 1, 7)]
+    decoded = []
+    for threads in (1, 3):
+        encoder = StreamingEncoder(tmp_path / f"t{threads}.mp4", 25, label="AI-generated", watermark=b"8 bytes!",
+                                   options=EncodeOptions(size=(320, 180), prepare_threads=threads))
+        for chunk in chunks:
+            encoder.write(chunk)
+        assert (encoder._preparers is not None) == (threads > 1)
+        result = encoder.close()
+        assert encoder._preparers is None and result.frames == 13
+        decoded.append(_decoded(result.path, 13, 320, 180))
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+    assert len({frame.tobytes() for frame in decoded[1]}) == 13  # every frame its own, none repeated or dropped
+    assert EncodeOptions(prepare_threads=0).effective_prepare_threads >= 1
+    with pytest.raises(EncodeError, match="prepare_threads"):
+        EncodeOptions(prepare_threads=-1)
 
 
 def test_a_jobs_output_size_moves_from_the_server_to_the_encoder():
