@@ -154,7 +154,7 @@ async def refine_mouth(frames: np.ndarray, boxes: np.ndarray, runs: list[tuple[i
 
 async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobContext, call: ModelCaller,
                           boundary: Boundary | None) -> tuple[np.ndarray, SegmentQA]:
-    """The post-processed frames of a segment and their QA record. timings_ms: `tracking` (detection, then
+    """The post-processed frames of a segment and their QA record. timings_ms: `tracking` (`detection`, then
     landmarks) and `colour` overlap, `refine` is the plosive mouth pass, the gates' own, and `wall`: all of it."""
     started = time.perf_counter()
 
@@ -162,6 +162,7 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
         return round((time.perf_counter() - t0) * 1000.0, 1)
 
     faces = await detect_segment(raw, ctx, call, boundary)
+    detection_ms = since(started)
 
     async def colour_matched() -> tuple[np.ndarray, ColourCorrection, float]:
         t0 = time.perf_counter()
@@ -174,7 +175,7 @@ async def process_segment(raw: np.ndarray, index: int, start: int, ctx: JobConte
     # as before), the two longest steps before the gates.
     track, (frames, colour, colour_ms) = await asyncio.gather(
         place_landmarks(raw, faces, call, ctx.settings.request_frames), colour_matched())
-    timings = {"tracking": since(started), "colour": colour_ms}
+    timings = {"tracking": since(started), "detection": detection_ms, "colour": colour_ms}
     post: dict = {"colour": colour.as_dict()}
     # The colour match's output is this function's own array; without a correction it is the caller's `raw`.
     owned = frames is not raw

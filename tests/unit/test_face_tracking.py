@@ -140,6 +140,7 @@ def test_the_colour_match_runs_while_the_landmarker_places_the_points(monkeypatc
     np.testing.assert_array_equal(seen["boxes"], qa.track.boxes)  # the detector's boxes, as the track has them
     timings = qa.timings_ms
     assert timings["wall"] >= max(timings["tracking"], timings["total"])
+    assert 0 <= timings["detection"] <= timings["tracking"]
     assert timings["wall"] >= timings["colour"]
 
 
