@@ -209,8 +209,10 @@ def main() -> None:
         folder, home = Path(scratch), Path(scratch) / "home"
         encode = {}
         for codec in codecs:
-            for n in threads:  # one value: keyed by codec alone, as before
+            for repeat, n in enumerate(threads):  # one value: keyed by codec alone, as before
                 key = codec if len(threads) == 1 else f"{codec}/prepare_threads={n}"
+                if threads.index(n) < repeat:  # a value given again (an A/B/A/B order) is a run of its own
+                    key += f"/run{threads[:repeat + 1].count(n)}"
                 encode[key] = encode_only(frames, total, args.fps, args.chunk_frames, codec, folder,
                                           replace(scaled, prepare_threads=n), args.marks)
                 print(json.dumps(encode[key]))
