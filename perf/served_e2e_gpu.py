@@ -112,7 +112,8 @@ def summarise(job: dict) -> dict:
         "qa_verdict": job["qa"]["verdict"],
         # per segment, each gate's verdict beside the timings (which gate made a verdict `unavailable`)
         "qa_segments": [{"segment": s["segment"], "frames": s["frames"], "timings_ms": s["timings_ms"],
-                         "gates": {g["gate"]: g["status"] for g in s.get("gates", [])}}
+                         "gates": {g["gate"]: g["status"] for g in s.get("gates", [])},
+                         "colour": s.get("post", {}).get("colour")}  # applied or not: what its timing covers
                         for s in job["qa"]["segments"]],
         "chunk_render_ms": [c.get("render_ms") for c in chunks],
         "chunk_segments": [c.get("segment") for c in chunks],
