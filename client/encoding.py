@@ -33,8 +33,9 @@ AUDIO_RATE = 48_000
 # ITU-R BT.709 tags (AVCOL_PRI/TRC/SPC_BT709 = 1, AVCOL_RANGE_MPEG = 1): players assume BT.709 for HD, so we
 # convert with that matrix at every size and say so in the stream, instead of leaving an untagged BT.601 clip.
 _BT709, _TV_RANGE = 1, 1
-# Preparing a 1080p frame (swscale from 832x480 with Lanczos, the watermark) costs as much as x264's veryfast encode
-# of it; more threads than this add little next to the encoder's own.
+# Preparing a frame (swscale to the output size with Lanczos, the label, the watermark) would otherwise run in the
+# caller's thread, one frame after another, while x264 spreads over every core; a few threads hide it, more would
+# only take cores from x264 (1.24x the frames a second on a 16-core host: perf/RESULTS.md).
 PREPARE_THREADS_MAX = 4
 
 
