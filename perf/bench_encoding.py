@@ -11,6 +11,7 @@
 3. With `--generated WxH --marks`, part 1 as the served delivery runs it: frames arrive at the generated size and
    the encoder scales them to the output size in its colour conversion, draws the AI label and embeds the
    watermark; `--prepare-threads 1,0` times that per value of EncodeOptions.prepare_threads (1: inline, 0: auto).
+   `--thread-type frame` runs x264 with frame threads instead of PyAV's default slice threads.
 
     python perf/bench_encoding.py --out perf/results/encoding_cpu.json
     python perf/bench_encoding.py --generated 832x480 --marks --prepare-threads 1,0 --codecs h264 --encode-only \
@@ -196,11 +197,12 @@ def main() -> None:
     parser.add_argument("--generated", default="", help="WxH frames arrive at, scaled by the encoder to the output")
     parser.add_argument("--marks", action="store_true", help="the AI label and the watermark, as delivered")
     parser.add_argument("--prepare-threads", default="0", help="comma-separated EncodeOptions.prepare_threads")
+    parser.add_argument("--thread-type", default="slice", help="EncodeOptions.thread_type of every run: slice | frame")
     args = parser.parse_args()
     total = round(args.seconds * args.fps)
     made = tuple(int(v) for v in args.generated.split("x")) if args.generated else (args.width, args.height)
     frames = Frames(*made) if args.content == "photo" else NoiseFrames(*made)
-    scaled = EncodeOptions(size=(args.width, args.height)) if args.generated else EncodeOptions()
+    scaled = EncodeOptions(size=(args.width, args.height) if args.generated else None, thread_type=args.thread_type)
     threads = [int(v) for v in args.prepare_threads.split(",")]
     codecs = args.codecs.split(",")
     load_before = os.getloadavg()
@@ -233,7 +235,8 @@ def main() -> None:
                  NoiseFrames.__doc__.split(".")[0]},
         "encoder": {"library": f"PyAV {av.__version__}, libavcodec "
                                + ".".join(map(str, av.library_versions["libavcodec"])),
-                    "preset": "veryfast", "crf": {"h264": 18, "h265": 22}, "threads": "auto"},
+                    "preset": "veryfast", "crf": {"h264": 18, "h265": 22}, "threads": "auto",
+                    "thread_type": args.thread_type},
         "generator": {"simulated": "GPU-bound: sleeps chunk_frames / generator_fps per chunk, CPU left free",
                       "generator_fps": args.generator_fps},
         "c2pa": f"c2pa-python {c2pa.__version__}",

@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="LiveAvatar's KV caches in FP8 (liveavatar_kv_cache_fp8): half their memory")
     parser.add_argument("--prepare-threads", type=int, default=0,
                         help="the client encoder's EncodeOptions.prepare_threads (1: inline, 0: by the cores)")
+    parser.add_argument("--encoder-thread-type", default="slice",
+                        help="the client encoder's EncodeOptions.thread_type (slice: PyAV's default, or frame)")
     parser.add_argument("--oversize", type=frame_size, default=None,
                         help="after the timed job, ask for a clip at this WxH, too large for the GPU: its error must "
                              "reach the client, and a job at --size must run after it")
@@ -199,13 +201,14 @@ def main(argv: list[str] | None = None) -> dict:
                     "last_segment_s": str(args.last_segment_s),
                     "continue_streams": str(args.continue_streams).lower()}
     profile = "gpu" if args.profile == "gpu" else None
-    encode = EncodeOptions(prepare_threads=args.prepare_threads)
+    encode = EncodeOptions(prepare_threads=args.prepare_threads, thread_type=args.encoder_thread_type)
     parameters = {"fps": args.fps, "width": width, "height": height, "output_width": out_w, "output_height": out_h,
                   "seed": 1}
     result: dict = {"script": "perf/served_e2e_gpu.py", "argv": sys.argv[1:], "engine_setting": args.engine,
                     "generated_size": [width, height], "output_size": [out_w, out_h], "fps": args.fps,
                     "clip_seconds": args.seconds, "model_config_name": profile, "resize_at": args.resize_at,
                     "encoder_prepare_threads": encode.effective_prepare_threads,
+                    "encoder_thread_type": encode.thread_type,
                     "video_generator_parameters": generator, "talking_head_parameters": talking_head,
                     "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),  # the stubs inherit it
                     "weights": "random, built in memory at release size (benchmark_random_weights)" if wan else

@@ -188,6 +188,23 @@ def test_frames_prepared_on_several_threads_encode_exactly_as_those_prepared_inl
         EncodeOptions(prepare_threads=-1)
 
 
+def test_frame_threads_encode_every_frame_as_slice_threads_do(tmp_path):
+    rng = np.random.default_rng(5)
+    frames = np.repeat(rng.integers(0, 256, (1, 64, 96, 3), dtype=np.uint8), 20, axis=0)
+    frames[:, 16:48, :] = np.arange(20, dtype=np.uint8)[:, None, None, None] * 10  # a band that changes every frame
+    decoded = []
+    for thread_type in ("slice", "frame"):
+        encoder = StreamingEncoder(tmp_path / f"{thread_type}.mp4", 25,
+                                   options=EncodeOptions(thread_type=thread_type, crf=0))
+        encoder.write(frames)
+        assert encoder.close().frames == 20
+        decoded.append(_decoded(tmp_path / f"{thread_type}.mp4", 20, 96, 64).astype(int))
+    for video in decoded:  # lossless up to the RGB <-> yuv420p conversion, frames in order
+        assert np.abs(video[:, 20:44, 8:88] - frames[:, 20:44, 8:88]).max() <= 3
+    with pytest.raises(EncodeError, match="thread_type"):
+        EncodeOptions(thread_type="auto")
+
+
 def test_a_jobs_output_size_moves_from_the_server_to_the_encoder():
     parameters = {"fps": 10, "output_width": 1920, "output_height": 1080}
     sent, encode = encoder_resize(parameters, EncodeOptions(preset="fast"))
