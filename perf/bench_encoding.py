@@ -35,13 +35,14 @@ from pathlib import Path
 import av
 import c2pa
 import numpy as np
+from cli_args import frame_size  # noqa: E402  (perf/ is on sys.path)
 from PIL import Image
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
 from client.cli import SAMPLE_AUDIO, SAMPLE_PHOTO
 from client.compliance import ComplianceOptions, CompliantVideoWriter, JobInputs
 from client.disclosure import LABEL_TEXT
-from client.encoding import EncodeOptions, StreamingEncoder
+from client.encoding import THREAD_TYPES, EncodeOptions, StreamingEncoder
 from client.probe import probe
 from client.signing import ensure_development_credential
 from client.watermark import payload_for_job
@@ -104,7 +105,7 @@ def _cpu_s() -> float:
 
 def encode_only(frames: Frames, total: int, fps: float, chunk: int, codec: str, folder: Path,
                 options: EncodeOptions | None = None, marks: bool = False) -> dict:
-    """`options` (codec aside): scaling and prepare_threads; `marks`: the AI label and watermark, as delivered."""
+    """`options` (codec aside): scaling and threads; `marks`: the AI label and the watermark, as delivered."""
     options = replace(options or EncodeOptions(), codec=codec)
     encoder = StreamingEncoder(folder / f"encode_{codec}.mp4", fps, audio=SAMPLE_AUDIO, options=options,
                                label=LABEL_TEXT if marks else None,
@@ -194,15 +195,17 @@ def main() -> None:
     parser.add_argument("--content", choices=("photo", "noise"), default="photo",
                         help="photo: a pan across the bundled photo; noise: like the random-weights GPU runs' video")
     parser.add_argument("--encode-only", action="store_true", help="skip the streaming vs encode-at-end part")
-    parser.add_argument("--generated", default="", help="WxH frames arrive at, scaled by the encoder to the output")
+    parser.add_argument("--generated", type=frame_size, default=None,
+                        help="WxH frames arrive at, scaled by the encoder to the output")
     parser.add_argument("--marks", action="store_true", help="the AI label and the watermark, as delivered")
     parser.add_argument("--prepare-threads", default="0", help="comma-separated EncodeOptions.prepare_threads")
-    parser.add_argument("--thread-type", default="slice", help="EncodeOptions.thread_type of every run: slice | frame")
+    parser.add_argument("--thread-type", choices=tuple(THREAD_TYPES), default="slice",
+                        help="EncodeOptions.thread_type of every run")
     args = parser.parse_args()
     total = round(args.seconds * args.fps)
-    made = tuple(int(v) for v in args.generated.split("x")) if args.generated else (args.width, args.height)
+    made = args.generated or (args.width, args.height)
     frames = Frames(*made) if args.content == "photo" else NoiseFrames(*made)
-    scaled = EncodeOptions(size=(args.width, args.height) if args.generated else None, thread_type=args.thread_type)
+    base = EncodeOptions(size=(args.width, args.height) if args.generated else None, thread_type=args.thread_type)
     threads = [int(v) for v in args.prepare_threads.split(",")]
     codecs = args.codecs.split(",")
     load_before = os.getloadavg()
@@ -216,7 +219,7 @@ def main() -> None:
                 if threads.index(n) < repeat:  # a value given again (an A/B/A/B order) is a run of its own
                     key += f"/run{threads[:repeat + 1].count(n)}"
                 encode[key] = encode_only(frames, total, args.fps, args.chunk_frames, codec, folder,
-                                          replace(scaled, prepare_threads=n), args.marks)
+                                          replace(base, prepare_threads=n), args.marks)
                 print(json.dumps(encode[key]))
         comparison = {}
         for codec in codecs if not args.encode_only else ():

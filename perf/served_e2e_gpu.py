@@ -42,7 +42,7 @@ from latency_budget import run_job, stages, summarise_run  # noqa: E402
 from random_weights import describe, models_of, write_random_weights  # noqa: E402
 from results_file import write_json  # noqa: E402  (perf/ is on sys.path)
 
-from client.encoding import EncodeOptions  # noqa: E402
+from client.encoding import THREAD_TYPES, EncodeOptions  # noqa: E402
 from client.repository import copy_repositories, set_instance_kind, set_parameter  # noqa: E402
 from client.server import ServerOptions, TritonServer, free_port  # noqa: E402
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="LiveAvatar's KV caches in FP8 (liveavatar_kv_cache_fp8): half their memory")
     parser.add_argument("--prepare-threads", type=int, default=0,
                         help="the client encoder's EncodeOptions.prepare_threads (1: inline, 0: by the cores)")
-    parser.add_argument("--encoder-thread-type", default="slice",
+    parser.add_argument("--encoder-thread-type", choices=tuple(THREAD_TYPES), default="slice",
                         help="the client encoder's EncodeOptions.thread_type (slice: PyAV's default, or frame)")
     parser.add_argument("--oversize", type=frame_size, default=None,
                         help="after the timed job, ask for a clip at this WxH, too large for the GPU: its error must "
