@@ -216,8 +216,9 @@ def main() -> None:
         for codec in codecs:
             for repeat, n in enumerate(threads):  # one value: keyed by codec alone, as before
                 key = codec if len(threads) == 1 else f"{codec}/prepare_threads={n}"
-                if threads.index(n) < repeat:  # a value given again (an A/B/A/B order) is a run of its own
-                    key += f"/run{threads[:repeat + 1].count(n)}"
+                run = threads[:repeat + 1].count(n)
+                if run > 1:  # a value given again (an A/B/A/B order) is a run of its own
+                    key += f"/run{run}"
                 encode[key] = encode_only(frames, total, args.fps, args.chunk_frames, codec, folder,
                                           replace(base, prepare_threads=n), args.marks)
                 print(json.dumps(encode[key]))

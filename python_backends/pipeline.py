@@ -87,11 +87,13 @@ class TalkingHeadSettings:
     # (preview engine, segments one after another) the first chunk came 3x sooner (3.4-3.5 s instead of
     # 9.9-11.0 s) and the job took 13 % longer for its extra segment (perf/results/served_first_segment_cpu_*.json).
     first_segment_s: float = 1.0
-    # Seconds of the last segment; 0: as the plan falls. Its QA is the job's tail: nothing is generated while it
-    # runs, and it grows with the segment (tracking most of all), whereas the QA of the segments before it overlaps
-    # the next one's generation (overlap_segments). So the segment before it stops this much before the end. Kept
-    # to at least one lip-sync window, like first_segment_s, and only where a segment may be any length at no cost
-    # (an engine without native clips, or one whose segments continue its stream): never a clip cut short.
+    # Seconds of the last segment; 0: as the plan falls. Its QA, and the client's encoding of its chunks (sent
+    # together once judged), are the job's tail: nothing is generated meanwhile, and both grow with the segment,
+    # whereas for the segments before it they overlap the next one's generation (overlap_segments; on one H100 a
+    # 119-frame last segment took 0.95-1.88 s of QA and 2.49-3.36 s to stream, perf/RESULTS.md). So the segment
+    # before it stops this much before the end. Kept to at least one lip-sync window, like first_segment_s, and only
+    # where a segment may be any length at no cost (an engine without native clips, or one whose segments continue
+    # its stream): never a clip cut short.
     last_segment_s: float = 0.0
     # Let the engine go on with the stream of the attempt a segment continues (video_generator's live streams):
     # where the engine supports it (LiveAvatar), a segment after an accepted one costs no new start and continues
